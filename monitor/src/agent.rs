@@ -1,0 +1,135 @@
+//! The running agent: owns the loaded probes and the peak tracker, serialises collections (a
+//! scrape and the background sampler never scan at once), and tracks readiness. Start-up order is
+//! chosen so a bad listen address fails before anything is loaded, and `/healthz` answers while
+//! probes are still loading.
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Instant,
+};
+
+use log::{info, warn};
+
+use crate::{
+    cli::RunArgs,
+    export,
+    listeners::{self, PeakTracker},
+    probes::{self, ProbeOptions, Probes},
+    web,
+};
+
+struct Collector {
+    probes: Probes,
+    peaks: PeakTracker,
+}
+
+pub struct Agent {
+    collector: Mutex<Collector>,
+    ready: AtomicBool,
+    max_listener_series: usize,
+}
+
+impl Agent {
+    fn lock(&self) -> MutexGuard<'_, Collector> {
+        // A panic inside a collection must not wedge every later scrape.
+        self.collector.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
+    pub fn collect(&self) -> String {
+        let mut c = self.lock();
+        let t0 = Instant::now();
+        let mut snap = listeners::scan(None);
+        let kernel = c.probes.take_listener_stats();
+        let synack_up = c.probes.is_up(probes::SYNACK_RETRANSMIT);
+        c.peaks.observe(&mut snap.listeners, &kernel, synack_up);
+        c.peaks.report(&mut snap.listeners);
+        let ctx = export::Context {
+            probes: &c.probes.states,
+            scan_seconds: t0.elapsed().as_secs_f64(),
+            max_listener_series: self.max_listener_series,
+        };
+        export::render(&snap, &ctx)
+    }
+
+    /// Folds a scan into the peaks without starting a new period; used between scrapes when no
+    /// probe records peaks in the kernel.
+    fn sample(&self) {
+        let mut c = self.lock();
+        let mut snap = listeners::scan(None);
+        let kernel = c.probes.take_listener_stats();
+        let synack_up = c.probes.is_up(probes::SYNACK_RETRANSMIT);
+        c.peaks.observe(&mut snap.listeners, &kernel, synack_up);
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let listener = web::bind(&args.listen_address).await?;
+    let agent = Arc::new(Agent {
+        collector: Mutex::new(Collector {
+            probes: Probes::none("probes are still loading"),
+            peaks: PeakTracker::new(false),
+        }),
+        ready: AtomicBool::new(false),
+        max_listener_series: args.max_listener_series,
+    });
+    info!("serving metrics on http://{}/metrics", listener.local_addr()?);
+
+    let starter = Arc::clone(&agent);
+    let tracefs = args.tracefs.clone();
+    tokio::task::spawn_blocking(move || {
+        let probes = Probes::load(&ProbeOptions { tracefs: &tracefs });
+        {
+            let mut c = starter.lock();
+            c.peaks = PeakTracker::new(probes.is_up(probes::LISTEN_PEAK));
+            c.probes = probes;
+        }
+        starter.sample();
+        starter.ready.store(true, Ordering::Release);
+        info!("ready: first scan done");
+    });
+
+    let sampler = Arc::clone(&agent);
+    let interval = args.scan_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let needed = {
+                let c = sampler.lock();
+                sampler.is_ready() && !c.probes.is_up(probes::LISTEN_PEAK)
+            };
+            if needed {
+                let s = Arc::clone(&sampler);
+                if let Err(e) = tokio::task::spawn_blocking(move || s.sample()).await {
+                    warn!("listener sampling failed: {e}");
+                }
+            }
+        }
+    });
+
+    axum::serve(listener, web::router(agent))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

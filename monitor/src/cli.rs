@@ -1,0 +1,81 @@
+//! Command-line interface: subcommands and flags. Flag names follow the Prometheus exporter
+//! conventions (`--web.listen-address`) so operators find what they expect.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::tracefs::DEFAULT_TRACEFS;
+
+#[derive(Debug, Parser)]
+#[command(name = "connmon", version, about = "TCP connection and listen-backlog monitor (eBPF)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: attach probes and serve Prometheus metrics.
+    Run(RunArgs),
+    /// Scan every listening TCP socket once and print it.
+    Listeners(ListenersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address to serve /metrics, /healthz and /readyz on (HOST:PORT or :PORT for all interfaces).
+    #[arg(long = "web.listen-address", default_value = ":9977", env = "CONNMON_LISTEN_ADDRESS")]
+    pub listen_address: String,
+    /// Where tracefs is mounted; only the default location is mounted automatically when absent.
+    #[arg(long, default_value = DEFAULT_TRACEFS)]
+    pub tracefs: PathBuf,
+    /// How often the agent samples listeners between scrapes when no eBPF probe records peaks.
+    #[arg(long = "scan.interval", default_value = "1s", value_parser = parse_duration)]
+    pub scan_interval: Duration,
+    /// Most listeners exported per scrape (fullest queues first); the rest are counted in
+    /// connmon_listen_series_dropped.
+    #[arg(long = "listeners.max-series", default_value_t = 5000)]
+    pub max_listener_series: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ListenersArgs {
+    /// One JSON object per listener, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this network namespace: its /run/netns name or its inode.
+    #[arg(long)]
+    pub netns: Option<String>,
+}
+
+/// Durations like `500ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 5s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration {text:?}: unit must be ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("invalid duration {text:?}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

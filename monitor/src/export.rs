@@ -1,0 +1,201 @@
+//! Prometheus exposition: metric names (constants, so the README table, tests and dashboards have
+//! one spelling), rendering a scan's snapshot into a fresh prometheus-client registry, and the
+//! classic 0.0.4 text format for scrapers that do not ask for OpenMetrics. A registry is built per
+//! scrape because listeners come and go: series of vanished sockets must disappear, not linger.
+use std::collections::BTreeMap;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use crate::{listeners::Snapshot, netstat::TCP_EXT_COUNTERS, probes::ProbeState};
+
+pub const LISTEN_QUEUE_DEPTH: &str = "connmon_listen_queue_depth";
+pub const LISTEN_QUEUE_MAX: &str = "connmon_listen_queue_max";
+pub const LISTEN_QUEUE_FILL: &str = "connmon_listen_queue_fill_ratio";
+pub const LISTEN_QUEUE_PEAK: &str = "connmon_listen_queue_peak_depth";
+pub const LISTEN_DROPS: &str = "connmon_listen_drops_total";
+pub const LISTEN_SYN_QUEUE: &str = "connmon_listen_syn_queue_depth";
+pub const LISTEN_SYNACK_RETRANS: &str = "connmon_listen_synack_retransmits_total";
+pub const LISTEN_SERIES_DROPPED: &str = "connmon_listen_series_dropped";
+pub const NETNS_TCP_EXT: &str = "connmon_netns_tcp_ext_total";
+pub const NETNS_INFO: &str = "connmon_netns_info";
+pub const SCAN_DURATION: &str = "connmon_scan_duration_seconds";
+pub const SCAN_NETNS_FAILED: &str = "connmon_scan_netns_failed";
+pub const PROBE_UP: &str = "connmon_probe_up";
+pub const BUILD_INFO: &str = "connmon_build_info";
+
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+
+/// What one scrape exposes besides the snapshot itself.
+pub struct Context<'a> {
+    pub probes: &'a BTreeMap<&'static str, ProbeState>,
+    pub scan_seconds: f64,
+    /// Most listeners exported; the fullest queues are kept.
+    pub max_listener_series: usize,
+}
+
+/// Prometheus-client appends `_total` to counters and `_info` to info metrics itself.
+fn base(name: &str) -> &str {
+    name.strip_suffix("_total").or_else(|| name.strip_suffix("_info")).unwrap_or(name)
+}
+
+fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    reg.register(base(name), help, f.clone());
+    f
+}
+
+fn float_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
+    let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    reg.register(base(name), help, f.clone());
+    f
+}
+
+fn counter_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    reg.register(base(name), help, f.clone());
+    f
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Renders the snapshot as OpenMetrics text (ending in `# EOF`).
+pub fn render(snap: &Snapshot, ctx: &Context<'_>) -> String {
+    let mut reg = Registry::default();
+    let depth = gauge_family(&mut reg, LISTEN_QUEUE_DEPTH, "Connections in the listener's accept queue (established, not yet accepted), as ss Recv-Q shows");
+    let max = gauge_family(&mut reg, LISTEN_QUEUE_MAX, "Configured accept-queue backlog of the listener (ss Send-Q)");
+    let fill = float_family(&mut reg, LISTEN_QUEUE_FILL, "Accept-queue depth divided by backlog");
+    let peak = gauge_family(&mut reg, LISTEN_QUEUE_PEAK, "Highest accept-queue depth since the previous scrape; source says whether an eBPF probe saw every queued connection or scans sampled it");
+    let drops = counter_family(&mut reg, LISTEN_DROPS, "Packets the listener dropped (sk_drops: accept-queue overflows and other listen drops), as ss -m shows in skmem dN");
+    let synq = gauge_family(&mut reg, LISTEN_SYN_QUEUE, "Half-open connections (SYN received, handshake not complete) waiting on the listener");
+    let synack = counter_family(&mut reg, LISTEN_SYNACK_RETRANS, "SYN-ACKs the listener retransmitted (tracepoint tcp:tcp_retransmit_synack)");
+    let dropped = gauge_family(&mut reg, LISTEN_SERIES_DROPPED, "Listeners left out of this exposition because the series cap was reached");
+    let ext = counter_family(&mut reg, NETNS_TCP_EXT, "TcpExt counter of the network namespace (as nstat shows)");
+    let ns_info = gauge_family(&mut reg, NETNS_INFO, "Network namespaces scanned, with their /run/netns name where they have one");
+    let scan = float_family(&mut reg, SCAN_DURATION, "Time the scan behind this exposition took");
+    let ns_failed = gauge_family(&mut reg, SCAN_NETNS_FAILED, "Network namespaces the scan could not read (vanished or not enterable)");
+    let probe_up = gauge_family(&mut reg, PROBE_UP, "1 when the kernel probe is attached, 0 when it is unavailable (the agent log says why)");
+    reg.register(
+        base(BUILD_INFO),
+        "connmon build information",
+        Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
+    );
+
+    let exported = snap.listeners.len().min(ctx.max_listener_series);
+    for l in &snap.listeners[..exported] {
+        let netns = l.netns.to_string();
+        let addr = l.addr.to_string();
+        let port = l.port.to_string();
+        let comm = l.comm.clone().unwrap_or_default();
+        let id = labels(&[("netns", &netns), ("addr", &addr), ("port", &port), ("comm", &comm)]);
+        depth.get_or_create(&id).set(i64::from(l.depth));
+        max.get_or_create(&id).set(i64::from(l.backlog));
+        fill.get_or_create(&id).set(l.fill);
+        drops.get_or_create(&id).inc_by(l.drops);
+        synq.get_or_create(&id).set(i64::from(l.syn_queue));
+        if let Some(n) = l.synack_retransmits {
+            synack.get_or_create(&id).inc_by(n);
+        }
+        let mut with_source = id.clone();
+        with_source.push(("source".to_string(), l.peak_source.to_string()));
+        peak.get_or_create(&with_source).set(i64::from(l.peak_depth));
+    }
+    dropped.get_or_create(&vec![]).set((snap.listeners.len() - exported) as i64);
+    for ns in &snap.namespaces {
+        let netns = ns.inode.to_string();
+        ns_info.get_or_create(&labels(&[("netns", &netns), ("name", ns.name.as_deref().unwrap_or(""))])).set(1);
+        for counter in TCP_EXT_COUNTERS {
+            if let Some(v) = ns.tcp_ext.get(*counter) {
+                ext.get_or_create(&labels(&[("netns", &netns), ("counter", counter)])).inc_by(*v);
+            }
+        }
+    }
+    scan.get_or_create(&vec![]).set(ctx.scan_seconds);
+    ns_failed.get_or_create(&vec![]).set(snap.netns_errors as i64);
+    for (probe, state) in ctx.probes {
+        let up = i64::from(matches!(state, ProbeState::Up { .. }));
+        probe_up.get_or_create(&labels(&[("probe", probe)])).set(up);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// Rewrites OpenMetrics text as the classic Prometheus text format 0.0.4: counter and info
+/// families are named after their samples (`_total`, `_info`), info becomes gauge, and the
+/// OpenMetrics-only `# UNIT` and `# EOF` lines go.
+pub fn to_classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut kinds: BTreeMap<&str, &str> = BTreeMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                kinds.insert(name, kind);
+            }
+        }
+    }
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line.strip_prefix("# HELP ").map(|r| ("HELP", r)).or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        match meta {
+            Some((what, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let (name, tail) = match kinds.get(name) {
+                    Some(&"counter") => (format!("{name}_total"), tail.to_string()),
+                    Some(&"info") if what == "TYPE" => (format!("{name}_info"), "gauge".to_string()),
+                    Some(&"info") => (format!("{name}_info"), tail.to_string()),
+                    _ => (name.to_string(), tail.to_string()),
+                };
+                out.push_str(&format!("# {what} {name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_names_counter_and_info_families_after_their_samples() {
+        let om = "# HELP a_drops Drops.\n# TYPE a_drops counter\na_drops_total{x=\"1\"} 3\n\
+                  # HELP b Build.\n# TYPE b info\nb_info{version=\"1\"} 1\n\
+                  # HELP g G.\n# TYPE g gauge\n# UNIT g seconds\ng 1.5\n# EOF\n";
+        let classic = to_classic(om);
+        assert_eq!(
+            classic,
+            "# HELP a_drops_total Drops.\n# TYPE a_drops_total counter\na_drops_total{x=\"1\"} 3\n\
+             # HELP b_info Build.\n# TYPE b_info gauge\nb_info{version=\"1\"} 1\n\
+             # HELP g G.\n# TYPE g gauge\ng 1.5\n"
+        );
+    }
+
+    #[test]
+    fn render_exports_every_probe_and_the_build() {
+        let mut probes = BTreeMap::new();
+        probes.insert("listen_peak", ProbeState::Up { program: "x" });
+        probes.insert("synack_retransmit", ProbeState::Down { reason: "no".into() });
+        let ctx = Context { probes: &probes, scan_seconds: 0.01, max_listener_series: 10 };
+        let text = render(&Snapshot::default(), &ctx);
+        assert!(text.contains("connmon_probe_up{probe=\"listen_peak\"} 1"), "{text}");
+        assert!(text.contains("connmon_probe_up{probe=\"synack_retransmit\"} 0"), "{text}");
+        assert!(text.contains("connmon_build_info{version="), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

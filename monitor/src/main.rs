@@ -1,0 +1,76 @@
+//! connmon: TCP connection and listen-backlog monitor. `main` only maps the outcome of `run` to an
+//! exit code: errors print as one line, and a closed pipe (`connmon listeners | head`) is success.
+use std::{io::Write as _, process::ExitCode};
+
+use clap::Parser as _;
+
+mod agent;
+mod btf;
+mod cli;
+mod diag;
+mod export;
+mod listeners;
+mod netns;
+mod netstat;
+mod probes;
+mod procs;
+mod table;
+mod tracefs;
+mod web;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("connmon: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        cli::Command::Run(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(agent::run(args)),
+        cli::Command::Listeners(args) => listeners_command(&args),
+    }
+}
+
+fn listeners_command(args: &cli::ListenersArgs) -> anyhow::Result<()> {
+    if let Some(filter) = &args.netns {
+        if !netns::discover().iter().any(|ns| listeners::matches_filter(ns, filter)) {
+            anyhow::bail!("no network namespace matches {filter:?}: give a name from /run/netns or an inode");
+        }
+    }
+    let snap = listeners::scan(args.netns.as_deref());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for l in &snap.listeners {
+            serde_json::to_writer(&mut out, l)?;
+            writeln!(out)?;
+        }
+    } else {
+        table::print_listeners(&mut out, &snap.listeners)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>().is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .format_target(false)
+        .init();
+}

@@ -1,0 +1,296 @@
+//! The kernel probes: a declarative table of what connmon attaches (program, hook, what the hook
+//! needs, what happens without it), the loader that walks it with warn-and-skip, and read access to
+//! the maps the programs fill. One probe failing never stops the agent: its `connmon_probe_up` is 0,
+//! the reason is logged once with a hint, and the features behind it fall back (listener peaks to
+//! sampling) or are reported as unavailable.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
+
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{MapData, PerCpuHashMap},
+    programs::{BtfTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use log::{info, warn};
+use monitor_common::{
+    ListenerCounters, ListenerKey, ListenerPeak, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN,
+};
+
+use crate::{btf, tracefs};
+
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    /// A BTF-typed raw tracepoint (tp_btf): needs kernel BTF, not tracefs.
+    BtfTracepoint(&'static str),
+    /// A classic tracepoint: needs tracefs to read its format and attach.
+    Tracepoint { group: &'static str, name: &'static str },
+}
+
+/// One row of the probe table. Rows with the same `probe` are alternatives tried in order; the
+/// first that attaches wins.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSpec {
+    /// The `probe` label of `connmon_probe_up`.
+    pub probe: &'static str,
+    /// Program name in the eBPF object.
+    pub program: &'static str,
+    pub hook: Hook,
+    /// First mainline kernel with the hook, for the hint when it is missing.
+    pub min_kernel: &'static str,
+    /// What users get when no alternative of this probe attaches.
+    pub fallback: &'static str,
+}
+
+pub const LISTEN_PEAK: &str = "listen_peak";
+pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
+
+pub const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        probe: LISTEN_PEAK,
+        program: "sk_data_ready_btf",
+        hook: Hook::BtfTracepoint("sk_data_ready"),
+        min_kernel: "6.6",
+        fallback: "tracepoint sock:sk_data_ready",
+    },
+    ProbeSpec {
+        probe: LISTEN_PEAK,
+        program: "sk_data_ready_tp",
+        hook: Hook::Tracepoint { group: "sock", name: "sk_data_ready" },
+        min_kernel: "6.6",
+        fallback: "peak accept-queue depth sampled at each scan (source=\"sampled\")",
+    },
+    ProbeSpec {
+        probe: SYNACK_RETRANSMIT,
+        program: "tcp_retransmit_synack",
+        hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_synack" },
+        min_kernel: "4.15",
+        fallback: "no per-listener SYN-ACK retransmit counts",
+    },
+];
+
+/// Names of every probe in the table, each once, in table order.
+pub fn probe_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for spec in PROBES {
+        if !names.contains(&spec.probe) {
+            names.push(spec.probe);
+        }
+    }
+    names
+}
+
+/// State of one probe after start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeState {
+    /// Attached through this program.
+    Up { program: &'static str },
+    Down { reason: String },
+}
+
+pub struct ProbeOptions<'a> {
+    pub tracefs: &'a Path,
+}
+
+/// The loaded object, kept alive for as long as the probes should stay attached.
+pub struct Probes {
+    ebpf: Option<Ebpf>,
+    pub states: BTreeMap<&'static str, ProbeState>,
+}
+
+/// Per-listener figures the kernel side gathered.
+#[derive(Debug, Default)]
+pub struct KernelListenerStats {
+    /// Peaks since the last `take_peaks`, max over CPUs.
+    pub peaks: HashMap<ListenerKey, ListenerPeak>,
+    /// Running counters, summed over CPUs.
+    pub counters: HashMap<ListenerKey, ListenerCounters>,
+}
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+impl Probes {
+    /// No probes at all: for one-shot commands and as the state when loading is impossible.
+    pub fn none(reason: &str) -> Self {
+        let states = probe_names()
+            .into_iter()
+            .map(|p| (p, ProbeState::Down { reason: reason.to_string() }))
+            .collect();
+        Self { ebpf: None, states }
+    }
+
+    pub fn load(opts: &ProbeOptions<'_>) -> Self {
+        raise_memlock_limit();
+        let sock = match btf::Btf::from_sys() {
+            Ok(b) => btf::sock_offsets(&b),
+            Err(e) => {
+                warn!("{e:#}; probes that read sockets are off");
+                SockOffsets::UNKNOWN
+            }
+        };
+        let (tp, tracefs_dir) = tracepoint_offsets(opts.tracefs);
+        let mut ebpf = match EbpfLoader::new()
+            .override_global("SOCK_OFFSETS", &sock, true)
+            .override_global("TP_OFFSETS", &tp, true)
+            .load(EBPF_OBJECT)
+        {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                let reason = format!("loading eBPF maps failed: {e}");
+                warn!("{reason}; run as root or grant CAP_BPF and CAP_PERFMON; every probe is off");
+                return Self::none(&reason);
+            }
+        };
+        let kernel_btf = aya::Btf::from_sys_fs().ok();
+        let mut states: BTreeMap<&'static str, ProbeState> = BTreeMap::new();
+        for spec in PROBES {
+            if matches!(states.get(spec.probe), Some(ProbeState::Up { .. })) {
+                continue;
+            }
+            let result = attach(&mut ebpf, spec, &sock, &tp, kernel_btf.as_ref(), tracefs_dir.as_deref());
+            let state = match result {
+                Ok(()) => {
+                    info!("probe {} attached via {} ({})", spec.probe, spec.program, hook_name(spec.hook));
+                    ProbeState::Up { program: spec.program }
+                }
+                Err(e) => {
+                    warn!(
+                        "probe {} could not attach {} ({}): {e:#}; needs kernel >= {}; falling back to: {}",
+                        spec.probe,
+                        spec.program,
+                        hook_name(spec.hook),
+                        spec.min_kernel,
+                        spec.fallback
+                    );
+                    ProbeState::Down { reason: format!("{e:#}") }
+                }
+            };
+            states.insert(spec.probe, state);
+        }
+        Self { ebpf: Some(ebpf), states }
+    }
+
+    pub fn is_up(&self, probe: &str) -> bool {
+        matches!(self.states.get(probe), Some(ProbeState::Up { .. }))
+    }
+
+    /// Reads the listener maps; peaks are cleared as they are read so the next call sees only what
+    /// happened since (a listener queued on between read and delete loses that one sample).
+    pub fn take_listener_stats(&mut self) -> KernelListenerStats {
+        let mut out = KernelListenerStats::default();
+        let Some(ebpf) = self.ebpf.as_mut() else { return out };
+        if let Some(map) = ebpf.map_mut("LISTEN_PEAKS") {
+            if let Ok(mut peaks) = PerCpuHashMap::<&mut MapData, ListenerKey, ListenerPeak>::try_from(map) {
+                let keys: Vec<ListenerKey> = peaks.keys().filter_map(Result::ok).collect();
+                for key in keys {
+                    if let Ok(values) = peaks.get(&key, 0) {
+                        let mut peak = ListenerPeak::default();
+                        for v in values.iter() {
+                            peak.depth = peak.depth.max(v.depth);
+                            peak.backlog = peak.backlog.max(v.backlog);
+                            peak.syn_queue = peak.syn_queue.max(v.syn_queue);
+                        }
+                        out.peaks.insert(key, peak);
+                    }
+                    let _ = peaks.remove(&key);
+                }
+            }
+        }
+        if let Some(map) = ebpf.map("LISTEN_COUNTERS") {
+            if let Ok(counters) = PerCpuHashMap::<&MapData, ListenerKey, ListenerCounters>::try_from(map) {
+                for (key, values) in counters.iter().filter_map(Result::ok) {
+                    let mut sum = ListenerCounters::default();
+                    for v in values.iter() {
+                        sum.queued += v.queued;
+                        sum.synack_retransmits += v.synack_retransmits;
+                    }
+                    out.counters.insert(key, sum);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    sock: &SockOffsets,
+    tp: &TracepointOffsets,
+    kernel_btf: Option<&aya::Btf>,
+    tracefs_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    if sock.state == OFFSET_UNKNOWN || sock.family == OFFSET_UNKNOWN {
+        return Err(anyhow!("struct sock offsets unknown (no usable kernel BTF)"));
+    }
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", spec.program))?;
+    match spec.hook {
+        Hook::BtfTracepoint(name) => {
+            let btf = kernel_btf.ok_or_else(|| anyhow!("no kernel BTF at /sys/kernel/btf/vmlinux"))?;
+            let prog: &mut BtfTracePoint = program.try_into()?;
+            prog.load(name, btf).context("load")?;
+            prog.attach().context("attach")?;
+        }
+        Hook::Tracepoint { group, name } => {
+            let dir = tracefs_dir.ok_or_else(|| anyhow!("tracefs unavailable"))?;
+            // The record offsets were resolved from this tracepoint's format file; without them the
+            // program would read garbage, so refuse to attach.
+            let needed = match (group, name) {
+                ("sock", "sk_data_ready") => tp.data_ready_skaddr,
+                ("tcp", "tcp_retransmit_synack") => tp.synack_skaddr,
+                _ => 0,
+            };
+            if needed == OFFSET_UNKNOWN {
+                tracefs::read_format(dir, group, name)?;
+                return Err(anyhow!("tracepoint {group}:{name} has no skaddr field"));
+            }
+            let prog: &mut TracePoint = program.try_into()?;
+            prog.load().context("load")?;
+            prog.attach(group, name).context("attach")?;
+        }
+    }
+    Ok(())
+}
+
+fn hook_name(hook: Hook) -> String {
+    match hook {
+        Hook::BtfTracepoint(name) => format!("tp_btf/{name}"),
+        Hook::Tracepoint { group, name } => format!("tracepoint/{group}/{name}"),
+    }
+}
+
+/// Record offsets of the tracepoints the programs read, from their format files. Missing pieces
+/// stay OFFSET_UNKNOWN and the matching probe reports why at attach time.
+fn tracepoint_offsets(dir: &Path) -> (TracepointOffsets, Option<std::path::PathBuf>) {
+    let mut tp = TracepointOffsets::UNKNOWN;
+    let dir = match tracefs::ensure_mounted(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!("{e:#}; tracepoint probes are off");
+            return (tp, None);
+        }
+    };
+    let skaddr = |group: &str, name: &str| -> u32 {
+        tracefs::read_format(&dir, group, name)
+            .and_then(|f| f.field("skaddr").map(|f| f.offset))
+            .unwrap_or(OFFSET_UNKNOWN)
+    };
+    tp.data_ready_skaddr = skaddr("sock", "sk_data_ready");
+    tp.synack_skaddr = skaddr("tcp", "tcp_retransmit_synack");
+    (tp, Some(dir))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so they load there too.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct; failure only matters on old kernels and is logged there.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}

@@ -1,0 +1,62 @@
+//! Human output for the one-shot commands: aligned columns, widest value decides the width.
+use std::io::{self, Write};
+
+use crate::listeners::Listener;
+
+/// Prints rows under headers with each column as wide as its widest cell; numbers right-aligned.
+pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            let numeric = !cell.is_empty() && cell.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '%');
+            if numeric {
+                s.push_str(&format!("{cell:>w$}"));
+            } else if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}"));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    writeln!(out, "{}", line(&header))?;
+    for row in rows {
+        writeln!(out, "{}", line(row))?;
+    }
+    Ok(())
+}
+
+pub fn print_listeners(out: &mut impl Write, listeners: &[Listener]) -> io::Result<()> {
+    let headers = ["NETNS", "LOCAL", "DEPTH", "BACKLOG", "FILL", "DROPS", "SYNQ", "PID", "COMM"];
+    let rows: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| {
+            let local = match l.addr {
+                std::net::IpAddr::V6(a) => format!("[{a}]:{}", l.port),
+                std::net::IpAddr::V4(a) => format!("{a}:{}", l.port),
+            };
+            vec![
+                l.netns_name.clone().unwrap_or_else(|| l.netns.to_string()),
+                local,
+                l.depth.to_string(),
+                l.backlog.to_string(),
+                format!("{:.0}%", l.fill * 100.0),
+                l.drops.to_string(),
+                l.syn_queue.to_string(),
+                l.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                l.comm.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print(out, &headers, &rows)
+}

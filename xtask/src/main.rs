@@ -1,0 +1,172 @@
+//! Project tasks: `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
+//!
+//! - `setup [--check]`: install (or, with `--check`, only verify) everything the build and the
+//!   test suite need on a Debian 12 machine.
+//! - `test [-- ARGS]`: setup, then the whole test suite as root.
+//! - `run [-- ARGS]`: setup, release build, then `connmon run ARGS`.
+
+mod setup;
+mod util;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::util::{is_root, workspace_root, ChildFailed};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "connmon project tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+// A new task (e.g. `bench`) is one more variant here, its `Args` struct and one arm in `run`.
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker,
+    /// tracefs); quick and idempotent when nothing is missing.
+    Setup(SetupArgs),
+    /// Run setup, then the test suite (needs root: it loads eBPF programs and creates netns).
+    Test(TestArgs),
+    /// Run setup, build the agent in release mode and run it (`connmon run ARGS`).
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct SetupArgs {
+    /// Only report; exit non-zero if something is missing.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Extra arguments for `cargo test` (after `--`), e.g. `-- --test listen -- --nocapture`.
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Arguments for `connmon run` (after `--`); none means the agent's defaults.
+    #[arg(last = true)]
+    agent_args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            match err.downcast_ref::<ChildFailed>() {
+                Some(failed) => failed.exit_code(),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(command: Cmd) -> Result<()> {
+    // Children (cargo building monitor-ebpf through aya-build) must find bpf-linker, which
+    // `cargo install` puts in ~/.cargo/bin; put it first on PATH for this process and its children.
+    util::prepend_cargo_bin_to_path();
+
+    match command {
+        Cmd::Setup(args) => setup::run(args.check),
+        Cmd::Test(args) => test(&args.cargo_args),
+        Cmd::Run(args) => run_agent(&args.agent_args),
+    }
+}
+
+fn test(cargo_args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the test suite loads eBPF programs and creates network namespaces: run it as root");
+    }
+    setup::run(false)?;
+
+    // monitor-ebpf only builds for bpfel-unknown-none (monitor's build script builds it), so it is
+    // left out here, as it is from the workspace's default-members.
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--no-fail-fast",
+    ])
+    .args(cargo_args)
+    .current_dir(workspace_root());
+    util::run_inherit(&mut cmd)
+}
+
+fn run_agent(agent_args: &[String]) -> Result<()> {
+    if !is_root() {
+        eprintln!(
+            "warning: not root: connmon needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN and \
+             CAP_NET_ADMIN) to load eBPF programs and read other namespaces; trying anyway"
+        );
+    }
+    setup::run(false)?;
+
+    let root = workspace_root();
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "--release", "-p", "monitor"])
+        .current_dir(&root);
+    util::run_inherit(&mut build)?;
+
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    };
+    let agent = target_dir.join("release").join("connmon");
+    let mut cmd = Command::new(&agent);
+    cmd.arg("run").args(agent_args);
+    use std::os::unix::process::CommandExt;
+    // exec only returns on failure.
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("cannot execute {}", agent.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn test_forwards_everything_after_the_separator() {
+        let Cmd::Test(t) = parse(&["test", "--", "--test", "listen", "--", "--nocapture"]) else {
+            panic!("not test")
+        };
+        assert_eq!(t.cargo_args, ["--test", "listen", "--", "--nocapture"]);
+        let Cmd::Test(t) = parse(&["test"]) else {
+            panic!("not test")
+        };
+        assert!(t.cargo_args.is_empty());
+    }
+
+    #[test]
+    fn run_and_setup_flags() {
+        let Cmd::Run(r) = parse(&["run", "--", "--listen", "0.0.0.0:9000"]) else {
+            panic!("not run")
+        };
+        assert_eq!(r.agent_args, ["--listen", "0.0.0.0:9000"]);
+        assert!(matches!(
+            parse(&["setup", "--check"]),
+            Cmd::Setup(SetupArgs { check: true })
+        ));
+        assert!(Cli::try_parse_from(["cargo xtask", "test", "--release"]).is_err());
+    }
+}

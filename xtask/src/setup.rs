@@ -1,0 +1,380 @@
+//! `cargo xtask setup [--check]`: make a Debian 12 machine able to build and test connmon.
+//!
+//! Each step prints one line: `ok <what>`, `installing <what>` or (with `--check`) `missing <what>`.
+//! When nothing is missing the whole run only queries (dpkg-query, rustup, bpf-linker --version)
+//! and takes well under a second.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{is_root, run_inherit, stdout_of, which};
+
+/// LLVM major that bpf-linker must be built against: the one of the nightly rustc that builds the
+/// eBPF crate (rustc 1.97 nightly uses LLVM 22; bpf-linker's LLVM must be >= rustc's).
+const LLVM_MAJOR: u32 = 22;
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+struct PackageGroup {
+    needed_by: &'static str,
+    packages: &'static [&'static str],
+}
+
+/// Debian 12 (bookworm) packages; llvm-22 comes from bookworm-security.
+const DEBIAN_PACKAGES: &[PackageGroup] = &[
+    // Building bpf-linker with `--features llvm-22` (LLVM_PREFIX=/usr/lib/llvm-22): it links
+    // libLLVM 22 and Polly, and LLVM's compression libraries.
+    PackageGroup {
+        needed_by: "build",
+        packages: &[
+            "llvm-22-dev",
+            "libpolly-22-dev",
+            "libzstd-dev",
+            "zlib1g-dev",
+            "pkg-config",
+        ],
+    },
+    // Integration tests, kernel side: network namespaces and the ss/nstat oracles (iproute2),
+    // bpftrace as an independent tracer, setcap to run the agent with capabilities only.
+    PackageGroup {
+        needed_by: "test",
+        packages: &["iproute2", "bpftrace", "libcap2-bin"],
+    },
+    // Integration tests, real servers whose connections and accept queues the agent watches,
+    // and Prometheus tooling (promtool, alertmanager) to check the metrics and alert rules.
+    PackageGroup {
+        needed_by: "test",
+        packages: &[
+            "redis-server",
+            "postgresql",
+            "prometheus",
+            "prometheus-alertmanager",
+        ],
+    },
+    // Scripts and tests that scrape the agent's HTTP endpoint and read its JSON; pip for the
+    // Python manifest validator.
+    PackageGroup {
+        needed_by: "test",
+        packages: &["curl", "jq", "python3-pip"],
+    },
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Check,
+    Install,
+}
+
+/// Run every step; in check mode, error at the end if anything is missing.
+pub fn run(check: bool) -> Result<()> {
+    let mode = if check { Mode::Check } else { Mode::Install };
+    let mut missing = Vec::new();
+    debian_packages(mode, &mut missing)?;
+    rust_nightly(mode, &mut missing)?;
+    bpf_linker(mode, &mut missing)?;
+    tracefs(mode, &mut missing)?;
+    if !missing.is_empty() {
+        let root_hint = if is_root() { "" } else { " as root" };
+        bail!(
+            "missing: {}; run `cargo xtask setup`{root_hint}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn all_packages() -> Vec<&'static str> {
+    DEBIAN_PACKAGES
+        .iter()
+        .flat_map(|g| g.packages.iter().copied())
+        .collect()
+}
+
+/// Packages of `wanted` that are not "install ok installed" (one dpkg-query for all of them).
+fn missing_packages(wanted: &[&'static str]) -> Result<Vec<&'static str>> {
+    // Unknown packages make dpkg-query exit 1 while still printing the known ones: read stdout
+    // whatever the exit status.
+    let out = Command::new("dpkg-query")
+        .arg("-W")
+        .arg("-f=${Package}\t${Status}\n")
+        .args(wanted)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .context("cannot run dpkg-query (setup supports Debian and Ubuntu only)")?;
+    let installed: HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(_, status)| status.trim() == "install ok installed")
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    Ok(wanted
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(*p))
+        .collect())
+}
+
+fn debian_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let wanted = all_packages();
+    let absent = missing_packages(&wanted)?;
+    if absent.is_empty() {
+        let mut groups: Vec<&str> = DEBIAN_PACKAGES.iter().map(|g| g.needed_by).collect();
+        groups.dedup();
+        println!(
+            "ok Debian packages ({} for {})",
+            wanted.len(),
+            groups.join(" and ")
+        );
+        return Ok(());
+    }
+    let list = absent.join(" ");
+    if mode == Mode::Check {
+        println!("missing Debian packages: {list}");
+        missing.push("Debian packages".into());
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages: {list}; run `cargo xtask setup` as root");
+    }
+    println!("installing Debian packages: {list}");
+    run_inherit(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    run_inherit(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&absent)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let still = missing_packages(&wanted)?;
+    if !still.is_empty() {
+        bail!(
+            "apt-get install succeeded but these are still not installed: {}",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn has_nightly() -> Result<bool> {
+    let list = stdout_of(Command::new("rustup").args(["toolchain", "list"]))
+        .context("`rustup toolchain list` failed: setup needs rustup (https://rustup.rs)")?;
+    Ok(list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|name| name == "nightly" || name.starts_with("nightly-")))
+}
+
+fn has_nightly_rust_src() -> bool {
+    stdout_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|list| {
+        list.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .any(|c| c == "rust-src" || c.starts_with("rust-src-"))
+    })
+}
+
+/// The eBPF crate is built with `rustup run nightly cargo build -Z build-std=core`: nightly + rust-src.
+fn rust_nightly(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    if has_nightly()? {
+        println!("ok Rust nightly toolchain");
+    } else if mode == Mode::Check {
+        println!("missing Rust nightly toolchain");
+        missing.push("Rust nightly".into());
+    } else {
+        println!("installing Rust nightly toolchain (rustup, minimal profile)");
+        run_inherit(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+
+    if has_nightly_rust_src() {
+        println!("ok rust-src for nightly");
+    } else if mode == Mode::Check {
+        println!("missing rust-src for nightly");
+        missing.push("nightly rust-src".into());
+    } else {
+        println!("installing rust-src for nightly");
+        run_inherit(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+enum Linker {
+    Ok { version: String, llvm: Option<u32> },
+    Missing,
+    WrongLlvm { version: String, llvm: u32 },
+}
+
+/// First number after "LLVM" in `text`, e.g. "LLVM version 22.1.8" -> 22.
+fn llvm_major_in(text: &str) -> Option<u32> {
+    text.match_indices("LLVM").find_map(|(i, _)| {
+        let rest = text[i + 4..].trim_start_matches(|c: char| !c.is_ascii_digit() && c != '\n');
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
+}
+
+/// LLVM major of the libLLVM a binary is dynamically linked to ("libLLVM.so.22.1", "libLLVM-14.so").
+fn linked_llvm_major(binary: &Path) -> Option<u32> {
+    let ldd = stdout_of(Command::new("ldd").arg(binary))?;
+    ldd.split_whitespace()
+        .filter_map(|word| word.strip_prefix("libLLVM"))
+        .find_map(|rest| {
+            let digits: String = rest
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+}
+
+fn linker_status() -> Linker {
+    // PATH already starts with ~/.cargo/bin (see util::prepend_cargo_bin_to_path).
+    let Some(path) = which("bpf-linker") else {
+        return Linker::Missing;
+    };
+    let Some(out) = stdout_of(Command::new(&path).arg("--version")) else {
+        return Linker::Missing;
+    };
+    let version = out.lines().next().unwrap_or("bpf-linker").trim().to_owned();
+    // bpf-linker 0.13 prints only "bpf-linker 0.13.0"; use the LLVM major if a version prints
+    // it, else the libLLVM it is linked to (the llvm-22 feature links /usr/lib/llvm-22's).
+    let llvm = llvm_major_in(&out).or_else(|| linked_llvm_major(&path));
+    match llvm {
+        Some(major) if major != LLVM_MAJOR => Linker::WrongLlvm {
+            version,
+            llvm: major,
+        },
+        llvm => Linker::Ok { version, llvm },
+    }
+}
+
+fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let replace = match linker_status() {
+        Linker::Ok { version, llvm } => {
+            match llvm {
+                Some(major) => println!("ok {version} (LLVM {major})"),
+                None => println!("ok {version}"),
+            }
+            return Ok(());
+        }
+        Linker::Missing => {
+            if mode == Mode::Check {
+                println!("missing bpf-linker");
+            }
+            false
+        }
+        Linker::WrongLlvm { version, llvm } => {
+            if mode == Mode::Check {
+                println!("missing bpf-linker for LLVM {LLVM_MAJOR} ({version} uses LLVM {llvm})");
+            }
+            true
+        }
+    };
+    if mode == Mode::Check {
+        missing.push("bpf-linker".into());
+        return Ok(());
+    }
+    println!(
+        "installing bpf-linker for LLVM {LLVM_MAJOR} (cargo install: this takes about 4 minutes)"
+    );
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--no-default-features",
+        "--features",
+    ])
+    .arg(format!("llvm-{LLVM_MAJOR}"))
+    .env("LLVM_PREFIX", LLVM_PREFIX)
+    // Away from the workspace, so its .cargo/config.toml does not apply to the install.
+    .current_dir(std::env::temp_dir());
+    if replace {
+        cmd.arg("--force");
+    }
+    run_inherit(&mut cmd)?;
+    match linker_status() {
+        Linker::Ok { .. } => Ok(()),
+        Linker::Missing => {
+            bail!("bpf-linker was installed but `bpf-linker --version` does not run")
+        }
+        Linker::WrongLlvm { llvm, .. } => bail!("the installed bpf-linker still uses LLVM {llvm}"),
+    }
+}
+
+/// Listed in /proc/self/mounts (a non-root user cannot look inside it), or its events are visible.
+fn tracefs_mounted(at: &str) -> bool {
+    let listed = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            fields.next() == Some(at) && fields.next() == Some("tracefs")
+        })
+    });
+    listed || Path::new(at).join("events").is_dir()
+}
+
+/// The agent reads tracepoint formats from /sys/kernel/tracing/events (not mounted at boot here).
+fn tracefs(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    const TRACING: &str = "/sys/kernel/tracing";
+    if tracefs_mounted(TRACING) {
+        println!("ok tracefs at {TRACING}");
+        return Ok(());
+    }
+    if !is_root() {
+        // Not an error: the agent (which runs as root) mounts it itself when it is missing.
+        println!("warning: tracefs is not mounted at {TRACING} and mounting it needs root; the agent will try itself");
+        return Ok(());
+    }
+    if mode == Mode::Check {
+        println!("missing tracefs at {TRACING}");
+        missing.push("tracefs".into());
+        return Ok(());
+    }
+    println!("installing tracefs at {TRACING} (mount -t tracefs nodev {TRACING})");
+    run_inherit(Command::new("mount").args(["-t", "tracefs", "nodev", TRACING]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_from_version_text() {
+        assert_eq!(llvm_major_in("bpf-linker 0.13.0"), None);
+        assert_eq!(
+            llvm_major_in("bpf-linker 0.14.0\nLLVM version 22.1.8"),
+            Some(22)
+        );
+        assert_eq!(llvm_major_in("bpf-linker 0.9.0 (LLVM 21)"), Some(21));
+    }
+
+    #[test]
+    fn package_table_has_no_duplicates() {
+        let all = all_packages();
+        let unique: HashSet<_> = all.iter().collect();
+        assert_eq!(all.len(), unique.len());
+    }
+}
