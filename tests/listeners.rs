@@ -20,8 +20,16 @@ use common::*;
 /// In `ns`: a listener on `addr` with `backlog`, and `clients` non-blocking connects that are never
 /// accepted. The accept queue holds backlog + 1 connections; the other clients' SYNs are dropped
 /// (and retransmitted, so drops keep rising). Waits until `ss` shows the full queue and drops.
-fn overflowing_listener(ns: &Netns, addr: SocketAddr, backlog: i32, clients: usize) -> (OwnedFd, Vec<OwnedFd>) {
-    assert!(clients > backlog as usize + 1, "need more clients than the accept queue holds");
+fn overflowing_listener(
+    ns: &Netns,
+    addr: SocketAddr,
+    backlog: i32,
+    clients: usize,
+) -> (OwnedFd, Vec<OwnedFd>) {
+    assert!(
+        clients > backlog as usize + 1,
+        "need more clients than the accept queue holds"
+    );
     let (listener, clients) = ns.run(|| {
         let l = listen_tcp(addr, backlog);
         let cs: Vec<OwnedFd> = (0..clients).map(|_| connect_nonblocking(addr)).collect();
@@ -30,7 +38,10 @@ fn overflowing_listener(ns: &Netns, addr: SocketAddr, backlog: i32, clients: usi
     let ip = addr.ip().to_string();
     poll_until(
         deadline(15),
-        &format!("ss to show a full accept queue ({}) and drops on {addr}", backlog + 1),
+        &format!(
+            "ss to show a full accept queue ({}) and drops on {addr}",
+            backlog + 1
+        ),
         || match ss_listener(ns, &ip, addr.port()) {
             Some(l) if l.recv_q == backlog as u64 + 1 && l.drops > 0 => Ok(()),
             other => Err(format!("{other:?}")),
@@ -42,12 +53,14 @@ fn overflowing_listener(ns: &Netns, addr: SocketAddr, backlog: i32, clients: usi
 /// Waits until `ss` shows `n` connections in the accept queue of `addr` in `ns`.
 fn wait_recv_q(ns: &Netns, addr: SocketAddr, n: u64) {
     let ip = addr.ip().to_string();
-    poll_until(deadline(15), &format!("ss Recv-Q == {n} on {addr}"), || {
-        match ss_listener(ns, &ip, addr.port()) {
+    poll_until(
+        deadline(15),
+        &format!("ss Recv-Q == {n} on {addr}"),
+        || match ss_listener(ns, &ip, addr.port()) {
             Some(l) if l.recv_q == n => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
 }
 
 fn assert_between(what: &str, low: u64, value: f64, high: u64) {
@@ -58,7 +71,8 @@ fn assert_between(what: &str, low: u64, value: f64, high: u64) {
 }
 
 fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
+    s.parse()
+        .unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -81,40 +95,93 @@ fn listeners_match_ss() {
     let pid = u64::from(std::process::id());
     let comm = self_comm();
     for row in &rows {
-        assert_eq!(row["netns"].as_u64(), Some(ino), "--netns {} let through another namespace: {row}", ns.name());
+        assert_eq!(
+            row["netns"].as_u64(),
+            Some(ino),
+            "--netns {} let through another namespace: {row}",
+            ns.name()
+        );
     }
-    assert_eq!(rows.len(), 2, "namespace {} has exactly two listeners; connmon listed {rows:#?}", ns.name());
+    assert_eq!(
+        rows.len(),
+        2,
+        "namespace {} has exactly two listeners; connmon listed {rows:#?}",
+        ns.name()
+    );
 
     for (ip, port, backlog, family) in [("127.0.0.1", p, 3u64, "ipv4"), ("::1", q, 2, "ipv6")] {
-        let b = pick_listener(&before, ip, port).unwrap_or_else(|| panic!("ss lost {ip}:{port}: {before:?}"));
-        let a = pick_listener(&after, ip, port).unwrap_or_else(|| panic!("ss lost {ip}:{port}: {after:?}"));
-        assert_eq!((b.recv_q, b.send_q), (backlog + 1, backlog), "test setup: ss {b:?}");
-        assert_eq!((a.recv_q, a.send_q), (b.recv_q, b.send_q), "test setup: queue moved during the bracket");
+        let b = pick_listener(&before, ip, port)
+            .unwrap_or_else(|| panic!("ss lost {ip}:{port}: {before:?}"));
+        let a = pick_listener(&after, ip, port)
+            .unwrap_or_else(|| panic!("ss lost {ip}:{port}: {after:?}"));
+        assert_eq!(
+            (b.recv_q, b.send_q),
+            (backlog + 1, backlog),
+            "test setup: ss {b:?}"
+        );
+        assert_eq!(
+            (a.recv_q, a.send_q),
+            (b.recv_q, b.send_q),
+            "test setup: queue moved during the bracket"
+        );
         let row = find_row(&rows, ino, ip, port);
         let ctx = format!("{ip}:{port} row {row}; ss before {b:?}, after {a:?}");
 
         assert_eq!(json_str(row, "family"), family, "{ctx}");
-        assert_eq!(row["netns_name"].as_str(), Some(ns.name()), "netns_name: {ctx}");
-        assert_eq!(json_u64(row, "depth"), b.recv_q, "depth vs ss Recv-Q: {ctx}");
-        assert_eq!(json_u64(row, "backlog"), b.send_q, "backlog vs ss Send-Q: {ctx}");
-        assert_between(&format!("drops vs ss skmem d: {ctx}"), b.drops, json_u64(row, "drops") as f64, a.drops);
+        assert_eq!(
+            row["netns_name"].as_str(),
+            Some(ns.name()),
+            "netns_name: {ctx}"
+        );
+        assert_eq!(
+            json_u64(row, "depth"),
+            b.recv_q,
+            "depth vs ss Recv-Q: {ctx}"
+        );
+        assert_eq!(
+            json_u64(row, "backlog"),
+            b.send_q,
+            "backlog vs ss Send-Q: {ctx}"
+        );
+        assert_between(
+            &format!("drops vs ss skmem d: {ctx}"),
+            b.drops,
+            json_u64(row, "drops") as f64,
+            a.drops,
+        );
         assert_eq!(json_u64(row, "syn_queue"), 0, "syn_queue: {ctx}");
         let fill = json_f64(row, "fill");
         let want = b.recv_q as f64 / b.send_q as f64;
-        assert!((fill - want).abs() < 1e-9, "fill {fill} != depth/backlog {want}: {ctx}");
-        assert_eq!(row["pid"].as_u64(), Some(pid), "pid (the test process holds the socket): {ctx}");
+        assert!(
+            (fill - want).abs() < 1e-9,
+            "fill {fill} != depth/backlog {want}: {ctx}"
+        );
+        assert_eq!(
+            row["pid"].as_u64(),
+            Some(pid),
+            "pid (the test process holds the socket): {ctx}"
+        );
         assert_eq!(row["comm"].as_str(), Some(comm.as_str()), "comm: {ctx}");
         if let Some(cg) = row["cgroup"].as_str() {
             assert_eq!(Some(cg.to_string()), self_cgroup(), "cgroup: {ctx}");
         }
         let peak_source = json_str(row, "peak_source");
-        assert!(["ebpf", "sampled"].contains(&peak_source), "peak_source: {ctx}");
-        assert!(json_u64(row, "peak_depth") >= json_u64(row, "depth"), "peak_depth < depth: {ctx}");
+        assert!(
+            ["ebpf", "sampled"].contains(&peak_source),
+            "peak_source: {ctx}"
+        );
+        assert!(
+            json_u64(row, "peak_depth") >= json_u64(row, "depth"),
+            "peak_depth < depth: {ctx}"
+        );
     }
 
     let table = connmon_ok(&["listeners", "--netns", ns.name()]);
     for port in [p, q] {
-        assert!(contains_number(&table, port.into()), "table output lacks port {port}:\n{table}");
+        assert!(
+            contains_number(&table, port.into()),
+            "table output lacks port {port}:\n{table}"
+        );
     }
 }
 
@@ -134,8 +201,16 @@ fn syn_queue_matches_ss() {
     assert_eq!((before, after), (6, 6), "test setup: SYN-RECV count moved");
 
     let row = find_row(&rows, ns.inode(), &SYNQ_LOCAL.to_string(), port);
-    assert_eq!(json_u64(row, "syn_queue"), 6, "syn_queue vs ss state syn-recv: {row}");
-    assert_eq!(json_u64(row, "depth"), 0, "half-open requests are not in the accept queue: {row}");
+    assert_eq!(
+        json_u64(row, "syn_queue"),
+        6,
+        "syn_queue vs ss state syn-recv: {row}"
+    );
+    assert_eq!(
+        json_u64(row, "depth"),
+        0,
+        "half-open requests are not in the accept queue: {row}"
+    );
     assert_eq!(json_u64(row, "backlog"), 16, "{row}");
 }
 
@@ -153,48 +228,87 @@ fn agent_metrics_match_ss_and_nstat() {
     // Freeze the counters: close the clients still in SYN-SENT, so nothing retransmits SYNs into the
     // full queue any more. The agent may serve figures from its last periodic scan, so exact
     // agreement with a frozen truth is the fair test.
-    let (pending, _queued): (Vec<OwnedFd>, Vec<OwnedFd>) =
-        clients.into_iter().partition(|c| tcp_state(c) == TCP_SYN_SENT);
-    assert_eq!(pending.len(), 4, "test setup: 8 clients, 4 fit in the accept queue");
+    let (pending, _queued): (Vec<OwnedFd>, Vec<OwnedFd>) = clients
+        .into_iter()
+        .partition(|c| tcp_state(c) == TCP_SYN_SENT);
+    assert_eq!(
+        pending.len(),
+        4,
+        "test setup: 8 clients, 4 fit in the accept queue"
+    );
     drop(pending);
 
     let ino = ns.inode().to_string();
     let port_s = port.to_string();
     let comm = self_comm();
-    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port_s.as_str()), ("comm", comm.as_str())];
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", "127.0.0.1"),
+        ("port", port_s.as_str()),
+        ("comm", comm.as_str()),
+    ];
     let overflows = [("netns", ino.as_str()), ("counter", "ListenOverflows")];
     let listen_drops = [("netns", ino.as_str()), ("counter", "ListenDrops")];
 
-    agent.wait_metrics(deadline(30), "the listener's metrics to agree with ss and nstat", |s| {
-        let ss = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
-        let n = nstat(&ns);
-        let got = (
-            sample(s, "connmon_listen_queue_depth", &labels),
-            sample(s, "connmon_listen_drops_total", &labels),
-            sample(s, "connmon_netns_tcp_ext_total", &overflows),
-            sample(s, "connmon_netns_tcp_ext_total", &listen_drops),
-        );
-        let want = (
-            Some(ss.recv_q as f64),
-            Some(ss.drops as f64),
-            Some(counter(&n, "TcpExtListenOverflows") as f64),
-            Some(counter(&n, "TcpExtListenDrops") as f64),
-        );
-        if got == want { Ok(()) } else { Err(format!("(depth, drops, overflows, listendrops) connmon {got:?}, ss/nstat {want:?}")) }
-    });
+    agent.wait_metrics(
+        deadline(30),
+        "the listener's metrics to agree with ss and nstat",
+        |s| {
+            let ss = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
+            let n = nstat(&ns);
+            let got = (
+                sample(s, "connmon_listen_queue_depth", &labels),
+                sample(s, "connmon_listen_drops_total", &labels),
+                sample(s, "connmon_netns_tcp_ext_total", &overflows),
+                sample(s, "connmon_netns_tcp_ext_total", &listen_drops),
+            );
+            let want = (
+                Some(ss.recv_q as f64),
+                Some(ss.drops as f64),
+                Some(counter(&n, "TcpExtListenOverflows") as f64),
+                Some(counter(&n, "TcpExtListenDrops") as f64),
+            );
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "(depth, drops, overflows, listendrops) connmon {got:?}, ss/nstat {want:?}"
+                ))
+            }
+        },
+    );
 
     let ss1 = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
     let n1 = nstat(&ns);
     let s = agent.samples();
     let ss2 = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
     let n2 = nstat(&ns);
-    assert!(ss1.drops > 0 && counter(&n1, "TcpExtListenOverflows") > 0, "test setup: no overflow happened: {ss1:?}");
+    assert!(
+        ss1.drops > 0 && counter(&n1, "TcpExtListenOverflows") > 0,
+        "test setup: no overflow happened: {ss1:?}"
+    );
 
     assert_eq!(ss1.recv_q, ss2.recv_q, "test setup: accept queue moved");
-    assert_eq!(sample_expect(&s, "connmon_listen_queue_depth", &labels), ss1.recv_q as f64, "depth vs ss Recv-Q");
-    assert_eq!(sample_expect(&s, "connmon_listen_queue_max", &labels), ss1.send_q as f64, "max vs ss Send-Q");
-    assert_between("connmon_listen_drops_total vs ss skmem d", ss1.drops, sample_expect(&s, "connmon_listen_drops_total", &labels), ss2.drops);
-    for (labels, key) in [(&overflows, "TcpExtListenOverflows"), (&listen_drops, "TcpExtListenDrops")] {
+    assert_eq!(
+        sample_expect(&s, "connmon_listen_queue_depth", &labels),
+        ss1.recv_q as f64,
+        "depth vs ss Recv-Q"
+    );
+    assert_eq!(
+        sample_expect(&s, "connmon_listen_queue_max", &labels),
+        ss1.send_q as f64,
+        "max vs ss Send-Q"
+    );
+    assert_between(
+        "connmon_listen_drops_total vs ss skmem d",
+        ss1.drops,
+        sample_expect(&s, "connmon_listen_drops_total", &labels),
+        ss2.drops,
+    );
+    for (labels, key) in [
+        (&overflows, "TcpExtListenOverflows"),
+        (&listen_drops, "TcpExtListenDrops"),
+    ] {
         assert_between(
             &format!("connmon_netns_tcp_ext_total{labels:?} vs nstat {key}"),
             counter(&n1, key),
@@ -205,8 +319,17 @@ fn agent_metrics_match_ss_and_nstat() {
 
     let build = samples_matching(&s, "connmon_build_info", &[]);
     assert!(!build.is_empty(), "no connmon_build_info sample");
-    assert!(build.iter().all(|b| b.label("version").is_some_and(|v| !v.is_empty())), "build_info without version: {build:?}");
-    assert_eq!(sample(&s, "connmon_probe_up", &[("probe", "listen_peak")]), Some(1.0), "probe_up{{probe=\"listen_peak\"}}");
+    assert!(
+        build
+            .iter()
+            .all(|b| b.label("version").is_some_and(|v| !v.is_empty())),
+        "build_info without version: {build:?}"
+    );
+    assert_eq!(
+        sample(&s, "connmon_probe_up", &[("probe", "listen_peak")]),
+        Some(1.0),
+        "probe_up{{probe=\"listen_peak\"}}"
+    );
 }
 
 #[test]
@@ -222,15 +345,24 @@ fn synack_retransmits_counted() {
     let ino = ns.inode().to_string();
     let local = SYNQ_LOCAL.to_string();
     let port_s = port.to_string();
-    let labels = [("netns", ino.as_str()), ("addr", local.as_str()), ("port", port_s.as_str())];
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", local.as_str()),
+        ("port", port_s.as_str()),
+    ];
     // The kernel retransmits each SYN-ACK after ~1 s, 3 s, 7 s, ...
-    let retrans = agent.wait_metrics(deadline(15), "connmon_listen_synack_retransmits_total >= 1", |s| {
-        match sample(s, "connmon_listen_synack_retransmits_total", &labels) {
+    let retrans = agent.wait_metrics(
+        deadline(15),
+        "connmon_listen_synack_retransmits_total >= 1",
+        |s| match sample(s, "connmon_listen_synack_retransmits_total", &labels) {
             Some(v) if v >= 1.0 => Ok(v),
             other => Err(format!("{other:?}")),
-        }
-    });
-    assert!(retrans <= 6.0 * 5.0, "more SYN-ACK retransmits ({retrans}) than 6 requests x 5 retries");
+        },
+    );
+    assert!(
+        retrans <= 6.0 * 5.0,
+        "more SYN-ACK retransmits ({retrans}) than 6 requests x 5 retries"
+    );
 
     let c1 = ss_syn_recv_count(&ns, port);
     let s = agent.samples();
@@ -253,7 +385,11 @@ fn peak_depth_reaches_backlog_after_drain() {
 
     let ino = ns.inode().to_string();
     let port_s = port.to_string();
-    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port_s.as_str())];
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", "127.0.0.1"),
+        ("port", port_s.as_str()),
+    ];
     let ebpf_peak: Vec<(&str, &str)> = labels.iter().copied().chain([("source", "ebpf")]).collect();
     // The agent must know the listener before the burst, so that the first scrape after it reports it.
     agent.wait_metrics(deadline(30), "the listener's depth series", |s| {
@@ -270,18 +406,27 @@ fn peak_depth_reaches_backlog_after_drain() {
     // 5 connections (the kernel's accept queue holds backlog + 1).
     let s = agent.samples();
     let peak = sample_expect(&s, "connmon_listen_queue_peak_depth", &ebpf_peak);
-    assert!((4.0..=5.0).contains(&peak), "peak since the previous scrape is {peak}, want 4..=5 (ss saw 5 queued)");
+    assert!(
+        (4.0..=5.0).contains(&peak),
+        "peak since the previous scrape is {peak}, want 4..=5 (ss saw 5 queued)"
+    );
 
     // The peak covers the time since the previous scrape. Wait until the agent's depth shows the
     // drained queue; after that scrape nothing more was queued, so the next peak equals depth 0.
-    agent.wait_metrics(deadline(10), "connmon_listen_queue_depth == 0 after the drain", |s| {
-        match sample(s, "connmon_listen_queue_depth", &labels) {
+    agent.wait_metrics(
+        deadline(10),
+        "connmon_listen_queue_depth == 0 after the drain",
+        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
             Some(0.0) => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
     let s = agent.samples();
-    assert_eq!(sample(&s, "connmon_listen_queue_depth", &labels), Some(0.0), "depth after the drain");
+    assert_eq!(
+        sample(&s, "connmon_listen_queue_depth", &labels),
+        Some(0.0),
+        "depth after the drain"
+    );
     assert_eq!(
         sample(&s, "connmon_listen_queue_peak_depth", &ebpf_peak),
         Some(0.0),
@@ -305,7 +450,10 @@ fn exposition_passes_promtool() {
     let r = agent.request("/metrics", &[]);
     assert_eq!(r.status, 200, "GET /metrics: {}", r.body);
     let ct = r.header("content-type").unwrap_or("");
-    assert!(ct.starts_with("text/plain") && ct.contains("version=0.0.4"), "default Content-Type is {ct:?}");
+    assert!(
+        ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
+        "default Content-Type is {ct:?}"
+    );
     let parsed = parse_metrics(&r.body);
     for family in [
         "connmon_listen_queue_depth",
@@ -331,7 +479,12 @@ fn exposition_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start promtool (Debian package prometheus)");
-    promtool.stdin.take().unwrap().write_all(r.body.as_bytes()).expect("write to promtool");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(r.body.as_bytes())
+        .expect("write to promtool");
     let out = promtool.wait_with_output().expect("wait for promtool");
     assert!(
         out.status.success(),
@@ -342,13 +495,28 @@ fn exposition_passes_promtool() {
         r.body
     );
 
-    let om = agent.request("/metrics", &[("Accept", "application/openmetrics-text; version=1.0.0")]);
+    let om = agent.request(
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    );
     assert_eq!(om.status, 200, "GET /metrics (OpenMetrics): {}", om.body);
     let ct = om.header("content-type").unwrap_or("");
-    assert!(ct.starts_with("application/openmetrics-text"), "OpenMetrics Content-Type is {ct:?}");
-    assert!(om.body.ends_with("# EOF\n"), "OpenMetrics body does not end with \"# EOF\\n\": {:?}", &om.body[om.body.len().saturating_sub(200)..]);
     assert!(
-        sample(&parse_metrics(&om.body), "connmon_listen_queue_depth", &labels).is_some(),
+        ct.starts_with("application/openmetrics-text"),
+        "OpenMetrics Content-Type is {ct:?}"
+    );
+    assert!(
+        om.body.ends_with("# EOF\n"),
+        "OpenMetrics body does not end with \"# EOF\\n\": {:?}",
+        &om.body[om.body.len().saturating_sub(200)..]
+    );
+    assert!(
+        sample(
+            &parse_metrics(&om.body),
+            "connmon_listen_queue_depth",
+            &labels
+        )
+        .is_some(),
         "OpenMetrics body lacks the listener's depth:\n{}",
         om.body
     );
@@ -382,13 +550,19 @@ fn agent_serves_when_a_probe_cannot_attach() {
     wait_recv_q(&ns, a, 3);
     let ino = ns.inode().to_string();
     let port_s = port.to_string();
-    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port_s.as_str())];
-    agent.wait_metrics(deadline(30), "the listener's depth == 3 (ss Recv-Q)", |s| {
-        match sample(s, "connmon_listen_queue_depth", &labels) {
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", "127.0.0.1"),
+        ("port", port_s.as_str()),
+    ];
+    agent.wait_metrics(
+        deadline(30),
+        "the listener's depth == 3 (ss Recv-Q)",
+        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
             Some(3.0) => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
 
     let (status, body) = agent.get("/healthz");
     assert_eq!((status, body.trim()), (200, "ok"), "/healthz");
@@ -407,58 +581,97 @@ fn without_bpf_capabilities_listeners_still_work() {
     wait_recv_q(&host, a, 2);
 
     let agent = Agent::start_wrapped(&[], |argv| {
-        let quoted: Vec<String> = argv.iter().map(|s| format!("'{}'", s.replace('\'', r"'\''"))).collect();
+        let quoted: Vec<String> = argv
+            .iter()
+            .map(|s| format!("'{}'", s.replace('\'', r"'\''")))
+            .collect();
         let mut c = Command::new("capsh");
-        c.args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c"]).arg(format!("exec {}", quoted.join(" ")));
+        c.args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c"])
+            .arg(format!("exec {}", quoted.join(" ")));
         c
     });
 
     // Test setup: the agent really runs without those capabilities.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent's /proc status");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .expect("agent's /proc status");
     let cap_eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .map(|v| u64::from_str_radix(v.trim(), 16).expect("CapEff hex"))
         .expect("CapEff line");
     for (bit, name) in [(21, "CAP_SYS_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF")] {
-        assert_eq!(cap_eff & (1 << bit), 0, "agent still has {name} (CapEff {cap_eff:x})");
+        assert_eq!(
+            cap_eff & (1 << bit),
+            0,
+            "agent still has {name} (CapEff {cap_eff:x})"
+        );
     }
 
     let ino = host.inode().to_string();
     let port_s = a.port().to_string();
-    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port_s.as_str())];
-    let s = agent.wait_metrics(deadline(30), "the host listener's depth == 2 (ss Recv-Q)", |s| {
-        match sample(s, "connmon_listen_queue_depth", &labels) {
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", "127.0.0.1"),
+        ("port", port_s.as_str()),
+    ];
+    let s = agent.wait_metrics(
+        deadline(30),
+        "the host listener's depth == 2 (ss Recv-Q)",
+        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
             Some(2.0) => Ok(s.to_vec()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
 
     let probes = samples_matching(&s, "connmon_probe_up", &[]);
     assert!(!probes.is_empty(), "no connmon_probe_up samples");
-    assert!(probes.iter().all(|p| p.value == 0.0), "probes up without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN: {probes:#?}");
+    assert!(
+        probes.iter().all(|p| p.value == 0.0),
+        "probes up without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN: {probes:#?}"
+    );
 
     let peaks = samples_matching(&s, "connmon_listen_queue_peak_depth", &[]);
     assert!(
         peaks.iter().all(|p| p.label("source") == Some("sampled")),
         "without eBPF every peak must be source=\"sampled\": {peaks:#?}"
     );
-    let ours: Vec<(&str, &str)> = labels.iter().copied().chain([("source", "sampled")]).collect();
+    let ours: Vec<(&str, &str)> = labels
+        .iter()
+        .copied()
+        .chain([("source", "sampled")])
+        .collect();
     let peak = sample_expect(&s, "connmon_listen_queue_peak_depth", &ours);
-    assert!(peak >= 2.0, "sampled peak {peak} below the depth 2 it sampled");
+    assert!(
+        peak >= 2.0,
+        "sampled peak {peak} below the depth 2 it sampled"
+    );
 }
 
 #[test]
 fn bad_listen_address_is_one_line() {
     let mut cmd = Command::new(connmon_bin());
-    cmd.args(["run", "--web.listen-address", "nonsense:abc"]).env_remove("RUST_LOG").env_remove("RUST_BACKTRACE");
+    cmd.args(["run", "--web.listen-address", "nonsense:abc"])
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE");
     let out = run_with_timeout(&mut cmd, Duration::from_secs(10));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "connmon run with a bad listen address exited 0; stderr:\n{stderr}");
-    assert!(stderr.contains("nonsense:abc"), "stderr does not name the address:\n{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "stderr shows a panic:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "connmon run with a bad listen address exited 0; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("nonsense:abc"),
+        "stderr does not name the address:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+        "stderr shows a panic:\n{stderr}"
+    );
     let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
-    assert!(lines <= 2, "stderr has {lines} lines, want at most 2:\n{stderr}");
+    assert!(
+        lines <= 2,
+        "stderr has {lines} lines, want at most 2:\n{stderr}"
+    );
 }
 
 #[test]
@@ -473,7 +686,10 @@ fn scan_survives_vanishing_namespaces() {
             (ns, l, port)
         })
         .collect();
-    let ids: Vec<(u64, u16)> = namespaces.iter().map(|(ns, _, p)| (ns.inode(), *p)).collect();
+    let ids: Vec<(u64, u16)> = namespaces
+        .iter()
+        .map(|(ns, _, p)| (ns.inode(), *p))
+        .collect();
 
     // Before the deletions every namespace is found, by name (it is in /run/netns).
     let rows = connmon_listeners_json(&[]);
@@ -525,7 +741,8 @@ fn scan_survives_vanishing_namespaces() {
     let rows = connmon_listeners_json(&[]);
     for (ino, port) in &ids {
         assert!(
-            !rows.iter().any(|r| r["netns"].as_u64() == Some(*ino) && r["port"].as_u64() == Some(u64::from(*port))),
+            !rows.iter().any(|r| r["netns"].as_u64() == Some(*ino)
+                && r["port"].as_u64() == Some(u64::from(*port))),
             "deleted namespace {ino} (port {port}) still listed"
         );
     }
@@ -552,13 +769,22 @@ fn harness_overflow_matches_nstat() {
     let ns = Netns::new();
     let port = unique_port();
     let (_l, clients) = overflowing_listener(&ns, addr(&format!("127.0.0.1:{port}")), 3, 8);
-    let pending: Vec<OwnedFd> = clients.into_iter().filter(|c| tcp_state(c) == TCP_SYN_SENT).collect();
+    let pending: Vec<OwnedFd> = clients
+        .into_iter()
+        .filter(|c| tcp_state(c) == TCP_SYN_SENT)
+        .collect();
     assert_eq!(pending.len(), 4);
     drop(pending);
     let ss = ss_listener(&ns, "127.0.0.1", port).expect("listener");
     let n = nstat(&ns);
     // Only this listener lives in the namespace: its drops are the namespace's listen drops.
     assert_eq!(ss.drops, counter(&n, "TcpExtListenDrops"), "ss {ss:?}");
-    assert_eq!(counter(&n, "TcpExtListenOverflows"), counter(&n, "TcpExtListenDrops"));
-    assert_eq!(nstat_counter(&ns, "TcpExtListenOverflows"), counter(&n, "TcpExtListenOverflows"));
+    assert_eq!(
+        counter(&n, "TcpExtListenOverflows"),
+        counter(&n, "TcpExtListenDrops")
+    );
+    assert_eq!(
+        nstat_counter(&ns, "TcpExtListenOverflows"),
+        counter(&n, "TcpExtListenOverflows")
+    );
 }

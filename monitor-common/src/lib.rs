@@ -49,7 +49,8 @@ pub struct SockOffsets {
     /// `icsk_accept_queue.qlen` (atomic_t) counted from the start of `struct sock`
     /// (`struct inet_connection_sock` begins with it): SYN-queue length.
     pub syn_qlen: u32,
-    pub _reserved: u32,
+    /// `sk_err` (int): the error a failed connect ended with (ECONNREFUSED, ETIMEDOUT, ...).
+    pub err: u32,
 }
 const _: () = assert!(size_of::<SockOffsets>() == 48);
 
@@ -66,8 +67,22 @@ impl SockOffsets {
         max_ack_backlog: OFFSET_UNKNOWN,
         cookie: OFFSET_UNKNOWN,
         syn_qlen: OFFSET_UNKNOWN,
-        _reserved: 0,
+        err: OFFSET_UNKNOWN,
     };
+}
+
+/// Offsets into `struct task_struct`, from BTF: the process (thread-group leader) name is the
+/// workload's name; the calling thread's own name (`tokio-runtime-w`, `java`) often is not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub group_leader: u32,
+    pub comm: u32,
+}
+const _: () = assert!(size_of::<TaskOffsets>() == 8);
+
+impl TaskOffsets {
+    pub const UNKNOWN: Self = Self { group_leader: OFFSET_UNKNOWN, comm: OFFSET_UNKNOWN };
 }
 
 /// Offsets of tracepoint record fields, read from `/sys/kernel/tracing/events/<g>/<n>/format`.
@@ -79,13 +94,48 @@ pub struct TracepointOffsets {
     pub data_ready_skaddr: u32,
     /// `tcp:tcp_retransmit_synack` → `skaddr` (the listener).
     pub synack_skaddr: u32,
+    /// `sock:inet_sock_set_state` fields.
+    pub state: StateTpOffsets,
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 8);
+const _: () = assert!(size_of::<TracepointOffsets>() == 56);
+
+/// Record offsets of `sock:inet_sock_set_state`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateTpOffsets {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(size_of::<StateTpOffsets>() == 48);
 
 impl TracepointOffsets {
     pub const UNKNOWN: Self = Self {
         data_ready_skaddr: OFFSET_UNKNOWN,
         synack_skaddr: OFFSET_UNKNOWN,
+        state: StateTpOffsets {
+            skaddr: OFFSET_UNKNOWN,
+            oldstate: OFFSET_UNKNOWN,
+            newstate: OFFSET_UNKNOWN,
+            sport: OFFSET_UNKNOWN,
+            dport: OFFSET_UNKNOWN,
+            family: OFFSET_UNKNOWN,
+            protocol: OFFSET_UNKNOWN,
+            saddr: OFFSET_UNKNOWN,
+            daddr: OFFSET_UNKNOWN,
+            saddr_v6: OFFSET_UNKNOWN,
+            daddr_v6: OFFSET_UNKNOWN,
+            _reserved: 0,
+        },
     };
 }
 
@@ -129,6 +179,104 @@ pub struct ListenerCounters {
 }
 const _: () = assert!(size_of::<ListenerCounters>() == 16);
 
+/// A connection pool as the kernel aggregates it: the workload that called connect() (cgroup and
+/// command name, captured in process context at the SYN_SENT transition) and the destination as
+/// it dialled it, within one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub dport: u16,
+    pub family: u16,
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<PoolKey>() == 48);
+
+/// Failure reasons of a connect, from `sk_err` when the SYN_SENT socket closed.
+pub const FAIL_REFUSED: usize = 0;
+pub const FAIL_TIMEOUT: usize = 1;
+pub const FAIL_UNREACHABLE: usize = 2;
+/// Closed by the application before the handshake finished (sk_err 0): client-side timeouts.
+pub const FAIL_ABORTED: usize = 3;
+pub const FAIL_OTHER: usize = 4;
+pub const FAIL_REASONS: usize = 5;
+
+/// Histogram buckets: bucket i counts values below 4^(i+1) units (µs for connect time, ms for
+/// lifetime); the last bucket counts everything larger.
+pub const HIST_BUCKETS: usize = 12;
+
+/// Per-CPU running counters of one pool; never cleared.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// connect() calls (CLOSE -> SYN_SENT).
+    pub attempts: u64,
+    /// Handshakes completed (SYN_SENT -> ESTABLISHED).
+    pub opens: u64,
+    /// Established connections that closed (including ones seeded at start-up).
+    pub closes: u64,
+    /// Connects that failed, by reason (FAIL_*).
+    pub failures: [u64; FAIL_REASONS],
+    /// Connect latency histogram (µs buckets).
+    pub connect_us: [u64; HIST_BUCKETS],
+    /// Sum of connect latencies, µs.
+    pub connect_us_sum: u64,
+    /// Connection lifetime histogram (ms buckets), for connections opened while probed.
+    pub lifetime_ms: [u64; HIST_BUCKETS],
+    /// Sum of lifetimes, ms.
+    pub lifetime_ms_sum: u64,
+}
+const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2));
+
+/// What the kernel remembers of one client socket between its transitions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockInfo {
+    pub pool: PoolKey,
+    /// When connect() was called (bpf_ktime_get_ns).
+    pub connect_ns: u64,
+    /// When the handshake completed; 0 until then.
+    pub established_ns: u64,
+    /// Local address and port, recorded at ESTABLISHED (the port may still be 0 at connect()):
+    /// lets the agent tell sockets it already tracks from ones to seed.
+    pub saddr: [u8; 16],
+    pub sport: u16,
+    pub _reserved: [u16; 3],
+}
+const _: () = assert!(size_of::<SockInfo>() == 88);
+
+/// Events the kernel side could not account, by reason (index into the LOST array).
+pub const LOST_SOCK_TABLE_FULL: u32 = 0;
+/// A client socket finished its handshake but was no longer in the socket table (LRU eviction).
+pub const LOST_SOCK_EVICTED: u32 = 1;
+pub const LOST_POOL_TABLE_FULL: u32 = 2;
+pub const LOST_REASONS: u32 = 3;
+
+/// Default sizes of the socket and pool tables (the agent can override them at load).
+pub const MAX_SOCKS: u32 = 65536;
+pub const MAX_POOLS: u32 = 4096;
+
+/// Server side: handshakes completed on a local listener, by client address class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AcceptKey {
+    pub netns: u32,
+    pub port: u16,
+    pub family: u16,
+    pub addr: [u8; 16],
+    /// CLIENT_* below.
+    pub client_class: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(size_of::<AcceptKey>() == 32);
+
+pub const CLIENT_LOOPBACK: u32 = 0;
+pub const CLIENT_PRIVATE: u32 = 1;
+pub const CLIENT_LINK_LOCAL: u32 = 2;
+pub const CLIENT_PUBLIC: u32 = 3;
+
 /// Upper bound on listeners tracked in kernel maps; LRU maps evict the coldest past this.
 pub const MAX_LISTENERS: u32 = 16384;
 
@@ -137,7 +285,12 @@ mod pod {
     // SAFETY: all are repr(C), Copy, with no padding (sizes asserted above) and valid for any bytes.
     unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerPeak {}
     unsafe impl aya::Pod for super::ListenerCounters {}
+    unsafe impl aya::Pod for super::PoolKey {}
+    unsafe impl aya::Pod for super::PoolStats {}
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::AcceptKey {}
 }

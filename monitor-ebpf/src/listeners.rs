@@ -7,16 +7,18 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use monitor_common::{
-    ListenerCounters, ListenerKey, ListenerPeak, SockOffsets, TracepointOffsets, AF_INET,
+    ListenerCounters, ListenerKey, ListenerPeak, SockOffsets, TaskOffsets, TracepointOffsets, AF_INET,
     MAX_LISTENERS, OFFSET_UNKNOWN, TCP_LISTEN,
 };
 
 /// Written by the agent before load; read through `read_volatile` so the compiler cannot fold
 /// the placeholder values into the program.
 #[no_mangle]
-static SOCK_OFFSETS: SockOffsets = SockOffsets::UNKNOWN;
+pub(crate) static SOCK_OFFSETS: SockOffsets = SockOffsets::UNKNOWN;
 #[no_mangle]
-static TP_OFFSETS: TracepointOffsets = TracepointOffsets::UNKNOWN;
+pub(crate) static TASK_OFFSETS: TaskOffsets = TaskOffsets::UNKNOWN;
+#[no_mangle]
+pub(crate) static TP_OFFSETS: TracepointOffsets = TracepointOffsets::UNKNOWN;
 
 /// Read-and-cleared by the agent at each scrape, so a value is the peak since the previous one.
 #[map]
@@ -48,22 +50,20 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 }
 
 fn try_data_ready_tp(ctx: &TracePointContext) -> Result<(), i64> {
-    let tp = tp_offsets();
-    let sk: *const u8 = read_ctx(ctx, tp.data_ready_skaddr)?;
+    let sk: *const u8 = read_ctx(ctx, off!(TP_OFFSETS.data_ready_skaddr))?;
     try_data_ready(sk)
 }
 
 fn try_data_ready(sk: *const u8) -> Result<(), i64> {
-    let offs = sock_offsets();
     // This tracepoint fires for every socket that receives data; bail out early on all but listeners.
-    let state: u8 = read(sk, offs.state)?;
+    let state: u8 = read(sk, off!(SOCK_OFFSETS.state))?;
     if state != TCP_LISTEN {
         return Ok(());
     }
-    let depth: u32 = read(sk, offs.ack_backlog)?;
-    let backlog: u32 = read(sk, offs.max_ack_backlog)?;
-    let syn_queue: u32 = read(sk, offs.syn_qlen).unwrap_or(0);
-    let key = listener_key(sk, &offs)?;
+    let depth: u32 = read(sk, off!(SOCK_OFFSETS.ack_backlog))?;
+    let backlog: u32 = read(sk, off!(SOCK_OFFSETS.max_ack_backlog))?;
+    let syn_queue: u32 = read(sk, off!(SOCK_OFFSETS.syn_qlen)).unwrap_or(0);
+    let key = listener_key(sk)?;
     raise_peak(&key, depth, backlog, syn_queue);
     match LISTEN_COUNTERS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
@@ -77,11 +77,9 @@ fn try_data_ready(sk: *const u8) -> Result<(), i64> {
 }
 
 fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
-    let tp = tp_offsets();
-    let sk: *const u8 = read_ctx(ctx, tp.synack_skaddr)?;
-    let offs = sock_offsets();
-    let key = listener_key(sk, &offs)?;
-    if let Ok(syn_queue) = read::<u32>(sk, offs.syn_qlen) {
+    let sk: *const u8 = read_ctx(ctx, off!(TP_OFFSETS.synack_skaddr))?;
+    let key = listener_key(sk)?;
+    if let Ok(syn_queue) = read::<u32>(sk, off!(SOCK_OFFSETS.syn_qlen)) {
         raise_peak(&key, 0, 0, syn_queue);
     }
     match LISTEN_COUNTERS.get_ptr_mut(&key) {
@@ -117,38 +115,33 @@ fn raise_peak(key: &ListenerKey, depth: u32, backlog: u32, syn_queue: u32) {
     }
 }
 
-fn listener_key(sk: *const u8, offs: &SockOffsets) -> Result<ListenerKey, i64> {
-    let family: u16 = read(sk, offs.family)?;
-    let port: u16 = read(sk, offs.num)?;
+fn listener_key(sk: *const u8) -> Result<ListenerKey, i64> {
+    let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
+    let port: u16 = read(sk, off!(SOCK_OFFSETS.num))?;
     let mut addr = [0u8; 16];
     if family == AF_INET {
-        let v4: [u8; 4] = read(sk, offs.rcv_saddr)?;
+        let v4: [u8; 4] = read(sk, off!(SOCK_OFFSETS.rcv_saddr))?;
         addr[..4].copy_from_slice(&v4);
     } else {
-        addr = read(sk, offs.v6_rcv_saddr)?;
+        addr = read(sk, off!(SOCK_OFFSETS.v6_rcv_saddr))?;
     }
-    let netns = match read::<*const u8>(sk, offs.net) {
-        Ok(net) if !net.is_null() => read::<u32>(net, offs.net_inum).unwrap_or(0),
-        _ => 0,
-    };
-    let cookie: u64 = read(sk, offs.cookie).unwrap_or(0);
+    let netns = netns_of(sk);
+    let cookie: u64 = read(sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
     Ok(ListenerKey { cookie, netns, port, family, addr })
 }
 
-#[inline(always)]
-fn sock_offsets() -> SockOffsets {
-    // SAFETY: a plain read of a static the loader initialised.
-    unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+/// One offset from the loader-written globals. Field by field, because copying the whole struct
+/// costs stack the verifier caps at 512 bytes.
+macro_rules! off {
+    ($($path:tt)+) => {
+        // SAFETY: a plain read of a static the loader initialised.
+        unsafe { core::ptr::read_volatile(&raw const $crate::listeners::$($path)+) }
+    };
 }
+pub(crate) use off;
 
 #[inline(always)]
-fn tp_offsets() -> TracepointOffsets {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&TP_OFFSETS) }
-}
-
-#[inline(always)]
-fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
+pub(crate) fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
     if off == OFFSET_UNKNOWN || base.is_null() {
         return Err(-1);
     }
@@ -157,10 +150,18 @@ fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
 }
 
 #[inline(always)]
-fn read_ctx<T>(ctx: &TracePointContext, off: u32) -> Result<T, i64> {
+pub(crate) fn read_ctx<T>(ctx: &TracePointContext, off: u32) -> Result<T, i64> {
     if off == OFFSET_UNKNOWN {
         return Err(-1);
     }
     // SAFETY: the offset comes from the tracepoint's own format file.
     unsafe { ctx.read_at::<T>(off as usize).map_err(|e| e as i64) }
+}
+
+/// Inode of the socket's network namespace, as `/proc/<pid>/ns/net` shows it; 0 if unknown.
+pub(crate) fn netns_of(sk: *const u8) -> u32 {
+    match read::<*const u8>(sk, off!(SOCK_OFFSETS.net)) {
+        Ok(net) if !net.is_null() => read::<u32>(net, off!(SOCK_OFFSETS.net_inum)).unwrap_or(0),
+        _ => 0,
+    }
 }

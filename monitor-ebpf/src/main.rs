@@ -4,8 +4,11 @@
 //! kernels and aya has no CO-RE for Rust programs.
 #![no_std]
 #![no_main]
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod listeners;
+mod pools;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -14,21 +14,26 @@ use log::{info, warn};
 
 use crate::{
     cli::RunArgs,
-    export,
+    export::{self, pools::PoolsSection},
     listeners::{self, PeakTracker},
+    pools::{self, PoolTracker},
     probes::{self, ProbeOptions, Probes},
+    scan,
+    services::Services,
     web,
 };
 
 struct Collector {
     probes: Probes,
     peaks: PeakTracker,
+    pools: PoolTracker,
 }
 
 pub struct Agent {
     collector: Mutex<Collector>,
     ready: AtomicBool,
     max_listener_series: usize,
+    max_pool_series: usize,
 }
 
 impl Agent {
@@ -43,26 +48,39 @@ impl Agent {
 
     /// Scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
     pub fn collect(&self) -> String {
-        let mut c = self.lock();
+        let mut guard = self.lock();
+        let Collector { probes, peaks, pools } = &mut *guard;
         let t0 = Instant::now();
-        let mut snap = listeners::scan(None);
-        let kernel = c.probes.take_listener_stats();
-        let synack_up = c.probes.is_up(probes::SYNACK_RETRANSMIT);
-        c.peaks.observe(&mut snap.listeners, &kernel, synack_up);
-        c.peaks.report(&mut snap.listeners);
+        let scan = scan::scan(None, true);
+        let mut snap = listeners::build(&scan);
+        let kernel = probes.take_listener_stats();
+        peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
+        peaks.report(&mut snap.listeners);
+        let pools_up = probes.is_up(probes::POOLS);
+        let (pool_list, extras) = match probes.ebpf_mut() {
+            Some(ebpf) if pools_up => {
+                let (p, e) = pools.collect(ebpf);
+                (p, Some(e))
+            }
+            _ => {
+                let services = pools.services().clone();
+                (pools::from_scan(&scan, &services, pools.cgroups()), None)
+            }
+        };
+        let section = PoolsSection { pools: &pool_list, extras: extras.as_ref(), max_series: self.max_pool_series };
         let ctx = export::Context {
-            probes: &c.probes.states,
+            probes: &probes.states,
             scan_seconds: t0.elapsed().as_secs_f64(),
             max_listener_series: self.max_listener_series,
         };
-        export::render(&snap, &ctx)
+        export::render(&snap, &section, &ctx)
     }
 
     /// Folds a scan into the peaks without starting a new period; used between scrapes when no
     /// probe records peaks in the kernel.
     fn sample(&self) {
         let mut c = self.lock();
-        let mut snap = listeners::scan(None);
+        let mut snap = listeners::build(&scan::scan(None, false));
         let kernel = c.probes.take_listener_stats();
         let synack_up = c.probes.is_up(probes::SYNACK_RETRANSMIT);
         c.peaks.observe(&mut snap.listeners, &kernel, synack_up);
@@ -70,24 +88,35 @@ impl Agent {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let services = Services::with_overrides(&args.pool.services)?;
     let listener = web::bind(&args.listen_address).await?;
     let agent = Arc::new(Agent {
         collector: Mutex::new(Collector {
             probes: Probes::none("probes are still loading"),
             peaks: PeakTracker::new(false),
+            pools: PoolTracker::new(services, args.pool_idle_expiry),
         }),
         ready: AtomicBool::new(false),
         max_listener_series: args.max_listener_series,
+        max_pool_series: args.max_pool_series,
     });
     info!("serving metrics on http://{}/metrics", listener.local_addr()?);
 
     let starter = Arc::clone(&agent);
     let tracefs = args.tracefs.clone();
     tokio::task::spawn_blocking(move || {
-        let probes = Probes::load(&ProbeOptions { tracefs: &tracefs });
+        let mut probes = Probes::load(&ProbeOptions { tracefs: &tracefs });
         {
             let mut c = starter.lock();
             c.peaks = PeakTracker::new(probes.is_up(probes::LISTEN_PEAK));
+            if probes.is_up(probes::POOLS) {
+                if let Some(ebpf) = probes.ebpf_mut() {
+                    match c.pools.seed(ebpf) {
+                        Ok(n) => info!("pools: {n} connections open at start-up counted"),
+                        Err(e) => warn!("pools: counting connections open at start-up failed: {e:#}"),
+                    }
+                }
+            }
             c.probes = probes;
         }
         starter.sample();

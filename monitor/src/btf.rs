@@ -442,6 +442,15 @@ fn resolve_field(btf: &Btf, field: &str, strukt: &str, paths: &[&str]) -> u32 {
 /// Resolves every field of [`SockOffsets`] from `btf`. A field that cannot be resolved gets
 /// [`OFFSET_UNKNOWN`] and one warning naming it; the probes then skip that read rather than read
 /// the wrong bytes.
+/// Resolves `task_struct.group_leader` and `task_struct.comm`; unknown fields make the kernel side
+/// fall back to the calling thread's name.
+pub fn task_offsets(btf: &Btf) -> monitor_common::TaskOffsets {
+    monitor_common::TaskOffsets {
+        group_leader: resolve_field(btf, "group_leader", "task_struct", &["group_leader"]),
+        comm: resolve_field(btf, "comm", "task_struct", &["comm"]),
+    }
+}
+
 pub fn sock_offsets(btf: &Btf) -> SockOffsets {
     let sock = |field, paths: &[&str]| resolve_field(btf, field, "sock", paths);
     SockOffsets {
@@ -469,7 +478,7 @@ pub fn sock_offsets(btf: &Btf) -> SockOffsets {
             "inet_connection_sock",
             &["icsk_accept_queue.qlen"],
         ),
-        _reserved: 0,
+        err: sock("err", &["sk_err"]),
     }
 }
 

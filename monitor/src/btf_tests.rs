@@ -247,7 +247,7 @@ fn sock_offsets_on_synthetic_btf_marks_missing_fields_unknown() {
     assert_eq!(o.rcv_saddr, OFFSET_UNKNOWN);
     assert_eq!(o.cookie, OFFSET_UNKNOWN);
     assert_eq!(o.syn_qlen, OFFSET_UNKNOWN);
-    assert_eq!(o._reserved, 0);
+    assert_eq!(o.err, OFFSET_UNKNOWN);
 }
 
 #[test]

@@ -19,6 +19,32 @@ pub enum Command {
     Run(RunArgs),
     /// Scan every listening TCP socket once and print it.
     Listeners(ListenersArgs),
+    /// Show connection pools (client workload × destination), busiest first.
+    Pools(PoolsArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PoolArgs {
+    /// Class a destination port as a service: NAME=PORT[,PORT...] (repeatable), e.g. redis=7000.
+    /// Defaults: redis=6379,6380,26379 postgres=5432,6432.
+    #[arg(long = "service", value_name = "NAME=PORTS")]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolsArgs {
+    /// One JSON object per pool, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Attach the kernel probes and refresh every --interval, showing opens, closes and failures
+    /// since the command started (needs root or CAP_BPF and CAP_PERFMON).
+    #[arg(long)]
+    pub watch: bool,
+    /// Refresh period of --watch.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub pool: PoolArgs,
 }
 
 #[derive(Debug, Args)]
@@ -36,6 +62,15 @@ pub struct RunArgs {
     /// connmon_listen_series_dropped.
     #[arg(long = "listeners.max-series", default_value_t = 5000)]
     pub max_listener_series: usize,
+    /// Most pools exported per scrape (busiest first); the rest are summed into one pool labelled
+    /// "other" and counted in connmon_pool_series_folded.
+    #[arg(long = "pools.max-series", default_value_t = 1000)]
+    pub max_pool_series: usize,
+    /// Pools with no open connection and no activity for this long stop being exported.
+    #[arg(long = "pools.idle-expiry", default_value = "15m", value_parser = parse_duration)]
+    pub pool_idle_expiry: Duration,
+    #[command(flatten)]
+    pub pool: PoolArgs,
 }
 
 #[derive(Debug, Args)]

@@ -11,14 +11,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 
-/// Kernel TCP state numbers (include/net/tcp_states.h), as reported in `idiag_state`.
-pub const TCP_ESTABLISHED: u8 = 1;
-/// Request sockets (half-open, in a listener's SYN queue) are reported with this state.
-pub const TCP_SYN_RECV: u8 = 3;
-pub const TCP_TIME_WAIT: u8 = 6;
-pub const TCP_LISTEN: u8 = 10;
-/// Internal state of request sockets; never reported, but valid in `idiag_states`.
-pub const TCP_NEW_SYN_RECV: u8 = 12;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiagSocket {

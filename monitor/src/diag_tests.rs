@@ -1,6 +1,7 @@
 //! Tests for diag: the parser on hand-built bytes, and the live dump against `ss` (needs root).
 
 use super::*;
+use monitor_common::{TCP_ESTABLISHED, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_SYN_RECV};
 use std::net::{SocketAddrV4, TcpListener};
 use std::process::Command;
 use std::time::Duration;

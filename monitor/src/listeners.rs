@@ -4,7 +4,7 @@
 //! depth, SYN-ACK retransmits). `PeakTracker` turns instantaneous depths and probe peaks into "the
 //! highest depth since the previous scrape", whichever of the two is available.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
 
@@ -12,11 +12,10 @@ use monitor_common::{ListenerKey, AF_INET, TCP_LISTEN, TCP_SYN_RECV};
 use serde::Serialize;
 
 use crate::{
-    diag::{self, DiagSocket},
-    netns::{self, Netns},
-    netstat,
+    diag::DiagSocket,
     probes::KernelListenerStats,
-    procs::{self, Owner},
+    procs::Owner,
+    scan::{self, Scan},
 };
 
 /// What identifies a listening socket across scans.
@@ -45,6 +44,8 @@ pub struct Listener {
     pub fill: f64,
     pub drops: u64,
     pub syn_queue: u32,
+    /// Connections accepted from this listener that are still open (scans with connections only).
+    pub established: u32,
     pub synack_retransmits: Option<u64>,
     pub peak_depth: u32,
     pub peak_source: &'static str,
@@ -68,37 +69,21 @@ pub struct Snapshot {
     pub netns_errors: u64,
 }
 
-/// Selects namespaces by inode or by `/run/netns` name.
-pub fn matches_filter(ns: &Netns, filter: &str) -> bool {
-    ns.name.as_deref() == Some(filter) || ns.inode.to_string() == filter
-}
-
-/// Scans every namespace (or those matching `filter`). Namespaces that disappear or cannot be
-/// entered are counted and skipped; the scan always completes.
-pub fn scan(filter: Option<&str>) -> Snapshot {
-    let mut nss = netns::discover();
-    if let Some(f) = filter {
-        nss.retain(|ns| matches_filter(ns, f));
+/// Builds the listener view from a scan: per-namespace listeners with their SYN queues and
+/// established connections, owners resolved, fullest queues first.
+pub fn build(scan: &Scan) -> Snapshot {
+    let mut snap = Snapshot { netns_errors: scan.failed, ..Default::default() };
+    for ns in &scan.namespaces {
+        let mut ls = listeners_of(ns.inode, ns.name.clone(), &ns.listening);
+        for c in &ns.connected {
+            if let Some(i) = owning_listener(&ls, c.src, c.sport) {
+                ls[i].established += 1;
+            }
+        }
+        snap.listeners.extend(ls);
+        snap.namespaces.push(NetnsStats { inode: ns.inode, name: ns.name.clone(), tcp_ext: ns.tcp_ext.clone() });
     }
-    let states = diag::state_mask(&[TCP_LISTEN, TCP_SYN_RECV]);
-    let results = netns::run_in_each(&nss, |_| {
-        let socks = diag::dump_tcp(states, true)?;
-        // netstat is per namespace; a failure here should not hide the sockets.
-        let ext = netstat::read_tcp_ext().unwrap_or_default();
-        anyhow::Ok((socks, ext))
-    });
-    let mut snap = Snapshot::default();
-    for (inode, result) in results {
-        let Ok(Ok((socks, tcp_ext))) = result else {
-            snap.netns_errors += 1;
-            continue;
-        };
-        let name = nss.iter().find(|n| n.inode == inode).and_then(|n| n.name.clone());
-        snap.listeners.extend(listeners_of(inode, name.clone(), &socks));
-        snap.namespaces.push(NetnsStats { inode, name, tcp_ext });
-    }
-    let wanted: HashSet<u64> = snap.listeners.iter().map(|l| l.inode).filter(|&i| i != 0).collect();
-    let owners = procs::socket_owners(&wanted);
+    let owners = scan::owners(snap.listeners.iter().map(|l| l.inode));
     for l in &mut snap.listeners {
         if let Some(Owner { pid, comm, cgroup }) = owners.get(&l.inode) {
             l.pid = Some(*pid);
@@ -131,6 +116,7 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
             fill: if s.wqueue == 0 { 0.0 } else { f64::from(s.rqueue) / f64::from(s.wqueue) },
             drops: u64::from(s.sk_drops.unwrap_or(0)),
             syn_queue: 0,
+            established: 0,
             synack_retransmits: None,
             peak_depth: s.rqueue,
             peak_source: "sampled",
@@ -149,7 +135,7 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
 
 /// The listener a request to `addr:port` belongs to: an exact address match first, then a
 /// wildcard of the same family, then a dual-stack IPv6 wildcard.
-fn owning_listener(listeners: &[Listener], addr: IpAddr, port: u16) -> Option<usize> {
+pub fn owning_listener(listeners: &[Listener], addr: IpAddr, port: u16) -> Option<usize> {
     let candidates = || listeners.iter().enumerate().filter(move |(_, l)| l.port == port);
     candidates()
         .find(|(_, l)| l.addr == addr)

@@ -6,14 +6,18 @@ use clap::Parser as _;
 
 mod agent;
 mod btf;
+mod cgroups;
 mod cli;
 mod diag;
 mod export;
 mod listeners;
 mod netns;
 mod netstat;
+mod pools;
 mod probes;
 mod procs;
+mod scan;
+mod services;
 mod table;
 mod tracefs;
 mod web;
@@ -38,16 +42,17 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             .build()?
             .block_on(agent::run(args)),
         cli::Command::Listeners(args) => listeners_command(&args),
+        cli::Command::Pools(args) => pools_command(&args),
     }
 }
 
 fn listeners_command(args: &cli::ListenersArgs) -> anyhow::Result<()> {
     if let Some(filter) = &args.netns {
-        if !netns::discover().iter().any(|ns| listeners::matches_filter(ns, filter)) {
+        if !netns::discover().iter().any(|ns| scan::matches_filter(ns, filter)) {
             anyhow::bail!("no network namespace matches {filter:?}: give a name from /run/netns or an inode");
         }
     }
-    let snap = listeners::scan(args.netns.as_deref());
+    let snap = listeners::build(&scan::scan(args.netns.as_deref(), true));
     let mut out = std::io::stdout().lock();
     if args.json {
         for l in &snap.listeners {
@@ -56,6 +61,44 @@ fn listeners_command(args: &cli::ListenersArgs) -> anyhow::Result<()> {
         }
     } else {
         table::print_listeners(&mut out, &snap.listeners)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
+    let services = services::Services::with_overrides(&args.pool.services)?;
+    if !args.watch {
+        let mut cgroups = cgroups::CgroupNames::default();
+        let pools = pools::from_scan(&scan::scan(None, true), &services, &mut cgroups);
+        return print_pools(&pools, args.json);
+    }
+    let mut loaded = probes::Probes::load(&probes::ProbeOptions { tracefs: std::path::Path::new(tracefs::DEFAULT_TRACEFS) });
+    let up = loaded.is_up(probes::POOLS);
+    let Some(ebpf) = loaded.ebpf_mut().filter(|_| up) else {
+        anyhow::bail!("--watch needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON");
+    };
+    let mut tracker = pools::PoolTracker::new(services, std::time::Duration::MAX);
+    tracker.seed(ebpf)?;
+    loop {
+        let (pools, _) = tracker.collect(ebpf);
+        if !args.json {
+            print!("\x1b[2J\x1b[H");
+        }
+        print_pools(&pools, args.json)?;
+        std::thread::sleep(args.interval);
+    }
+}
+
+fn print_pools(pools: &[pools::Pool], json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        for p in pools {
+            serde_json::to_writer(&mut out, p)?;
+            writeln!(out)?;
+        }
+    } else {
+        table::print_pools(&mut out, pools)?;
     }
     out.flush()?;
     Ok(())

@@ -158,6 +158,11 @@ fn enter(ns: &Netns) -> Result<()> {
     if file.metadata().map(|m| m.ino()).ok() != Some(ns.inode) {
         return Err(gone(ns));
     }
+    // Already there (the agent's own namespace, or the previous one in run_in_each): setns would
+    // only add a CAP_SYS_ADMIN requirement, which an unprivileged `connmon listeners` lacks.
+    if current_netns() == Some(ns.inode) {
+        return Ok(());
+    }
     // SAFETY: file is an open descriptor for the duration of the call.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         let err = io::Error::last_os_error();
@@ -177,6 +182,11 @@ fn enter(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
+/// Inode of the calling thread's network namespace.
+fn current_netns() -> Option<u64> {
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
+}
+
 fn spawn_error(e: io::Error) -> anyhow::Error {
     anyhow!("cannot start a thread to enter a network namespace: {e}")
 }
@@ -185,6 +195,7 @@ fn spawn_error(e: io::Error) -> anyhow::Error {
 /// Errors: namespace vanished -> Err("network namespace <inode> is gone"); EPERM ->
 /// Err("entering network namespace <inode> needs CAP_SYS_ADMIN: run as root or grant it").
 /// Never changes the caller's thread netns. A panic in `f` is propagated to the caller.
+#[cfg(test)]
 pub fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
     thread::scope(|s| {
         let handle = thread::Builder::new()

@@ -16,7 +16,8 @@ use aya::{
 };
 use log::{info, warn};
 use monitor_common::{
-    ListenerCounters, ListenerKey, ListenerPeak, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN,
+    ListenerCounters, ListenerKey, ListenerPeak, SockOffsets, StateTpOffsets, TaskOffsets, TracepointOffsets,
+    OFFSET_UNKNOWN,
 };
 
 use crate::{btf, tracefs};
@@ -47,6 +48,7 @@ pub struct ProbeSpec {
 
 pub const LISTEN_PEAK: &str = "listen_peak";
 pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
+pub const POOLS: &str = "pools";
 
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
@@ -69,6 +71,13 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_synack" },
         min_kernel: "4.15",
         fallback: "no per-listener SYN-ACK retransmit counts",
+    },
+    ProbeSpec {
+        probe: POOLS,
+        program: "inet_sock_set_state",
+        hook: Hook::Tracepoint { group: "sock", name: "inet_sock_set_state" },
+        min_kernel: "4.16",
+        fallback: "pool sizes from sock_diag scans only (no opens, closes, failures or latencies)",
     },
 ];
 
@@ -124,17 +133,18 @@ impl Probes {
 
     pub fn load(opts: &ProbeOptions<'_>) -> Self {
         raise_memlock_limit();
-        let sock = match btf::Btf::from_sys() {
-            Ok(b) => btf::sock_offsets(&b),
+        let (sock, task) = match btf::Btf::from_sys() {
+            Ok(b) => (btf::sock_offsets(&b), btf::task_offsets(&b)),
             Err(e) => {
                 warn!("{e:#}; probes that read sockets are off");
-                SockOffsets::UNKNOWN
+                (SockOffsets::UNKNOWN, TaskOffsets::UNKNOWN)
             }
         };
         let (tp, tracefs_dir) = tracepoint_offsets(opts.tracefs);
         let mut ebpf = match EbpfLoader::new()
             .override_global("SOCK_OFFSETS", &sock, true)
             .override_global("TP_OFFSETS", &tp, true)
+            .override_global("TASK_OFFSETS", &task, true)
             .load(EBPF_OBJECT)
         {
             Ok(ebpf) => ebpf,
@@ -171,6 +181,11 @@ impl Probes {
             states.insert(spec.probe, state);
         }
         Self { ebpf: Some(ebpf), states }
+    }
+
+    /// The loaded object, for modules that read their own maps.
+    pub fn ebpf_mut(&mut self) -> Option<&mut Ebpf> {
+        self.ebpf.as_mut()
     }
 
     pub fn is_up(&self, probe: &str) -> bool {
@@ -243,11 +258,12 @@ fn attach(
             let needed = match (group, name) {
                 ("sock", "sk_data_ready") => tp.data_ready_skaddr,
                 ("tcp", "tcp_retransmit_synack") => tp.synack_skaddr,
+                ("sock", "inet_sock_set_state") => state_offsets_complete(&tp.state),
                 _ => 0,
             };
             if needed == OFFSET_UNKNOWN {
                 tracefs::read_format(dir, group, name)?;
-                return Err(anyhow!("tracepoint {group}:{name} has no skaddr field"));
+                return Err(anyhow!("tracepoint {group}:{name} lacks a field the program reads"));
             }
             let prog: &mut TracePoint = program.try_into()?;
             prog.load().context("load")?;
@@ -282,7 +298,34 @@ fn tracepoint_offsets(dir: &Path) -> (TracepointOffsets, Option<std::path::PathB
     };
     tp.data_ready_skaddr = skaddr("sock", "sk_data_ready");
     tp.synack_skaddr = skaddr("tcp", "tcp_retransmit_synack");
+    if let Ok(f) = tracefs::read_format(&dir, "sock", "inet_sock_set_state") {
+        let off = |name: &str| f.field(name).map(|f| f.offset).unwrap_or(OFFSET_UNKNOWN);
+        tp.state = StateTpOffsets {
+            skaddr: off("skaddr"),
+            oldstate: off("oldstate"),
+            newstate: off("newstate"),
+            sport: off("sport"),
+            dport: off("dport"),
+            family: off("family"),
+            protocol: off("protocol"),
+            saddr: off("saddr"),
+            daddr: off("daddr"),
+            saddr_v6: off("saddr_v6"),
+            daddr_v6: off("daddr_v6"),
+            _reserved: 0,
+        };
+    }
     (tp, Some(dir))
+}
+
+/// OFFSET_UNKNOWN if any field the state program reads is missing, else 0.
+fn state_offsets_complete(s: &StateTpOffsets) -> u32 {
+    let all = [s.skaddr, s.oldstate, s.newstate, s.sport, s.dport, s.family, s.protocol, s.saddr, s.daddr, s.saddr_v6, s.daddr_v6];
+    if all.contains(&OFFSET_UNKNOWN) {
+        OFFSET_UNKNOWN
+    } else {
+        0
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so they load there too.

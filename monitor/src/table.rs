@@ -1,7 +1,7 @@
 //! Human output for the one-shot commands: aligned columns, widest value decides the width.
 use std::io::{self, Write};
 
-use crate::listeners::Listener;
+use crate::{listeners::Listener, pools::Pool};
 
 /// Prints rows under headers with each column as wide as its widest cell; numbers right-aligned.
 pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
@@ -55,6 +55,32 @@ pub fn print_listeners(out: &mut impl Write, listeners: &[Listener]) -> io::Resu
                 l.syn_queue.to_string(),
                 l.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 l.comm.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print(out, &headers, &rows)
+}
+
+pub fn print_pools(out: &mut impl Write, pools: &[Pool]) -> io::Result<()> {
+    let headers = ["SERVICE", "DESTINATION", "COMM", "CGROUP", "ACTIVE", "PEAK", "OPENS", "CLOSES", "FAILS"];
+    let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            let dst = match p.dst_addr {
+                std::net::IpAddr::V6(a) => format!("[{a}]:{}", p.dst_port),
+                std::net::IpAddr::V4(a) => format!("{a}:{}", p.dst_port),
+            };
+            vec![
+                p.service.clone(),
+                dst,
+                if p.comm.is_empty() { "-".into() } else { p.comm.clone() },
+                if p.cgroup.is_empty() { "-".into() } else { p.cgroup.clone() },
+                p.active.to_string(),
+                p.peak.to_string(),
+                opt(p.opens),
+                opt(p.closes),
+                opt(p.failures),
             ]
         })
         .collect();

@@ -53,7 +53,10 @@ fn decode_chunked(mut body: &[u8]) -> io::Result<Vec<u8>> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let mut out = Vec::new();
     loop {
-        let nl = body.windows(2).position(|w| w == b"\r\n").ok_or_else(|| bad("chunk size line"))?;
+        let nl = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| bad("chunk size line"))?;
         let size_str = std::str::from_utf8(&body[..nl]).map_err(|_| bad("chunk size utf8"))?;
         let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| bad("chunk size hex"))?;
@@ -70,7 +73,11 @@ fn decode_chunked(mut body: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// `GET path HTTP/1.0` to `addr` with extra request `headers`; reads until the server closes.
-pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
+pub fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -87,7 +94,12 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::R
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad(format!("no end of headers in {:?}", String::from_utf8_lossy(&raw))))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "no end of headers in {:?}",
+                String::from_utf8_lossy(&raw)
+            ))
+        })?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
@@ -101,14 +113,18 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::R
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
     if chunked {
         body = decode_chunked(&body)?;
     }
     let body = String::from_utf8(body).map_err(|e| bad(format!("body is not UTF-8: {e}")))?;
-    Ok(HttpResponse { status, headers, body })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,7 +193,8 @@ pub fn parse_json_lines(text: &str) -> Vec<Value> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
             assert!(v.is_object(), "JSON line is not an object: {l}");
             v
         })
@@ -212,17 +229,23 @@ pub fn find_row<'a>(rows: &'a [Value], netns: u64, addr: &str, port: u16) -> &'a
 
 /// `row[key]` as u64; panics naming the key and row.
 pub fn json_u64(row: &Value, key: &str) -> u64 {
-    row[key].as_u64().unwrap_or_else(|| panic!("{key} is not an unsigned integer in {row}"))
+    row[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not an unsigned integer in {row}"))
 }
 
 /// `row[key]` as f64; panics naming the key and row.
 pub fn json_f64(row: &Value, key: &str) -> f64 {
-    row[key].as_f64().unwrap_or_else(|| panic!("{key} is not a number in {row}"))
+    row[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {row}"))
 }
 
 /// `row[key]` as str; panics naming the key and row.
 pub fn json_str<'a>(row: &'a Value, key: &str) -> &'a str {
-    row[key].as_str().unwrap_or_else(|| panic!("{key} is not a string in {row}"))
+    row[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string in {row}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,7 +280,9 @@ impl Agent {
             match Agent::try_start(args, &wrap) {
                 Ok(agent) => return agent,
                 Err(stderr) if attempt < 3 && stderr.contains("in use") => {
-                    eprintln!("agent could not bind its port (attempt {attempt}), retrying:\n{stderr}");
+                    eprintln!(
+                        "agent could not bind its port (attempt {attempt}), retrying:\n{stderr}"
+                    );
                 }
                 Err(stderr) => panic!("agent exited before it was ready; stderr:\n{stderr}"),
             }
@@ -292,18 +317,30 @@ impl Agent {
             .stderr(File::create(&stderr_path).expect("create agent stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start agent {cmd:?}: {e}"));
-        let mut agent = Agent { child, addr, stderr_path, _dir: dir };
+        let mut agent = Agent {
+            child,
+            addr,
+            stderr_path,
+            _dir: dir,
+        };
 
-        let exited = poll_until(deadline(60), &format!("agent {argv:?} to answer 200 on /readyz"), || {
-            if let Some(st) = agent.exited() {
-                return Ok(Some(format!("agent {argv:?} exited with {st}; stderr:\n{}", agent.stderr())));
-            }
-            match http_get(agent.addr, "/readyz", &[]) {
-                Ok(r) if r.status == 200 => Ok(None),
-                Ok(r) => Err(format!("/readyz answered {}: {:?}", r.status, r.body)),
-                Err(e) => Err(format!("GET /readyz: {e}")),
-            }
-        });
+        let exited = poll_until(
+            deadline(60),
+            &format!("agent {argv:?} to answer 200 on /readyz"),
+            || {
+                if let Some(st) = agent.exited() {
+                    return Ok(Some(format!(
+                        "agent {argv:?} exited with {st}; stderr:\n{}",
+                        agent.stderr()
+                    )));
+                }
+                match http_get(agent.addr, "/readyz", &[]) {
+                    Ok(r) if r.status == 200 => Ok(None),
+                    Ok(r) => Err(format!("/readyz answered {}: {:?}", r.status, r.body)),
+                    Err(e) => Err(format!("GET /readyz: {e}")),
+                }
+            },
+        );
         match exited {
             None => Ok(agent),
             Some(msg) => Err(msg),

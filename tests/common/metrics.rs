@@ -35,11 +35,17 @@ fn parse_labels<'a>(mut s: &'a str, line: &str) -> (BTreeMap<String, String>, &'
         if let Some(rest) = s.strip_prefix('}') {
             return (labels, rest);
         }
-        let eq = s.find('=').unwrap_or_else(|| panic!("label without '=' in {line:?}"));
+        let eq = s
+            .find('=')
+            .unwrap_or_else(|| panic!("label without '=' in {line:?}"));
         let name = s[..eq].trim().to_string();
         let rest = s[eq + 1..].trim_start();
         let mut chars = rest.char_indices();
-        assert_eq!(chars.next().map(|c| c.1), Some('"'), "unquoted label value in {line:?}");
+        assert_eq!(
+            chars.next().map(|c| c.1),
+            Some('"'),
+            "unquoted label value in {line:?}"
+        );
         let mut value = String::new();
         let mut end = None;
         while let Some((i, c)) = chars.next() {
@@ -92,13 +98,21 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
             .split_whitespace()
             .next()
             .unwrap_or_else(|| panic!("sample line without value: {line:?}"));
-        out.push(Sample { name, labels, value: parse_value(tok, line) });
+        out.push(Sample {
+            name,
+            labels,
+            value: parse_value(tok, line),
+        });
     }
     out
 }
 
 /// Samples named `name` whose labels include every pair of `labels` (other labels may differ).
-pub fn samples_matching<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+pub fn samples_matching<'a>(
+    samples: &'a [Sample],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<&'a Sample> {
     samples
         .iter()
         .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
@@ -109,7 +123,11 @@ pub fn samples_matching<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, 
 /// Panics if several samples match (the label filter is not specific enough).
 pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let hits = samples_matching(samples, name, labels);
-    assert!(hits.len() <= 1, "{} samples match {name}{labels:?}: {hits:#?}", hits.len());
+    assert!(
+        hits.len() <= 1,
+        "{} samples match {name}{labels:?}: {hits:#?}",
+        hits.len()
+    );
     hits.first().map(|s| s.value)
 }
 

@@ -41,7 +41,9 @@ pub fn deadline(secs: u64) -> Instant {
 
 /// Polls `f` until it returns `Some`, or panics with `what` once `deadline` has passed.
 pub fn wait_until<T>(deadline: Instant, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    poll_until(deadline, what, || f().ok_or_else(|| "condition not met".to_string()))
+    poll_until(deadline, what, || {
+        f().ok_or_else(|| "condition not met".to_string())
+    })
 }
 
 /// Like [`wait_until`], but `f` explains why it is not done yet (`Err(last observation)`),

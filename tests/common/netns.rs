@@ -37,19 +37,27 @@ impl Netns {
             "ip netns add {name} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let ns = Netns { name: Some(name.to_string()), deleted: false };
+        let ns = Netns {
+            name: Some(name.to_string()),
+            deleted: false,
+        };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
 
     /// The namespace this test process runs in. Never deleted; `run` and `exec` act directly.
     pub fn host() -> Netns {
-        Netns { name: None, deleted: false }
+        Netns {
+            name: None,
+            deleted: false,
+        }
     }
 
     /// The name given to `ip netns`; panics for the host namespace.
     pub fn name(&self) -> &str {
-        self.name.as_deref().expect("the host namespace has no ip-netns name")
+        self.name
+            .as_deref()
+            .expect("the host namespace has no ip-netns name")
     }
 
     /// `/run/netns/NAME`, or `/proc/self/ns/net` for the host.
@@ -141,7 +149,10 @@ impl Netns {
     /// `ip link add .. type dummy` says "Unknown device type") get `ifb`, which drops packets that
     /// were not redirected to it by tc just the same. Returns the device type used.
     pub fn add_sink_device(&self, dev: &str, cidr: &str) -> &'static str {
-        assert!(self.name.is_some(), "refusing to add interfaces to the host namespace");
+        assert!(
+            self.name.is_some(),
+            "refusing to add interfaces to the host namespace"
+        );
         let mut tried = Vec::new();
         let kind = ["dummy", "ifb"]
             .into_iter()
@@ -149,7 +160,10 @@ impl Netns {
                 let mut cmd = Command::new("ip");
                 cmd.args(["-n", self.name(), "link", "add", dev, "type", kind]);
                 let out = run(&mut cmd);
-                tried.push(format!("{kind}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                tried.push(format!(
+                    "{kind}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
                 out.status.success()
             })
             .unwrap_or_else(|| panic!("cannot create a sink device in {}: {tried:?}", self.name()));

@@ -41,19 +41,30 @@ pub fn parse_ss_listeners(text: &str) -> Vec<SsListener> {
         }
         if !line.starts_with(char::is_whitespace) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            assert!(f.len() >= 5 && f[0] == "LISTEN", "unexpected ss line: {line:?}");
+            assert!(
+                f.len() >= 5 && f[0] == "LISTEN",
+                "unexpected ss line: {line:?}"
+            );
             let (addr, port) = split_addr_port(f[3]);
             out.push(SsListener {
                 addr,
                 port,
-                recv_q: f[1].parse().unwrap_or_else(|e| panic!("Recv-Q in {line:?}: {e}")),
-                send_q: f[2].parse().unwrap_or_else(|e| panic!("Send-Q in {line:?}: {e}")),
+                recv_q: f[1]
+                    .parse()
+                    .unwrap_or_else(|e| panic!("Recv-Q in {line:?}: {e}")),
+                send_q: f[2]
+                    .parse()
+                    .unwrap_or_else(|e| panic!("Send-Q in {line:?}: {e}")),
                 drops: 0,
             });
         } else if let Some(start) = line.find("skmem:(") {
             let rest = &line[start + "skmem:(".len()..];
-            let inner = &rest[..rest.find(')').unwrap_or_else(|| panic!("unclosed skmem in {line:?}"))];
-            let cur = out.last_mut().unwrap_or_else(|| panic!("skmem before any socket: {line:?}"));
+            let inner = &rest[..rest
+                .find(')')
+                .unwrap_or_else(|| panic!("unclosed skmem in {line:?}"))];
+            let cur = out
+                .last_mut()
+                .unwrap_or_else(|| panic!("skmem before any socket: {line:?}"));
             for field in inner.split(',') {
                 if let Some(d) = field.strip_prefix('d') {
                     if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) {
@@ -80,7 +91,10 @@ pub fn ss_listener(ns: &Netns, addr: &str, port: u16) -> Option<SsListener> {
 pub fn pick_listener(list: &[SsListener], addr: &str, port: u16) -> Option<SsListener> {
     let mut hits = list.iter().filter(|l| l.addr == addr && l.port == port);
     let first = hits.next().cloned();
-    assert!(hits.next().is_none(), "several ss listeners on {addr}:{port}: {list:?}");
+    assert!(
+        hits.next().is_none(),
+        "several ss listeners on {addr}:{port}: {list:?}"
+    );
     first
 }
 

@@ -10,7 +10,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{listeners::Snapshot, netstat::TCP_EXT_COUNTERS, probes::ProbeState};
+use crate::{
+    listeners::{Listener, Snapshot},
+    netstat::TCP_EXT_COUNTERS,
+    probes::ProbeState,
+};
+
+pub mod pools;
 
 pub const LISTEN_QUEUE_DEPTH: &str = "connmon_listen_queue_depth";
 pub const LISTEN_QUEUE_MAX: &str = "connmon_listen_queue_max";
@@ -30,7 +36,7 @@ pub const BUILD_INFO: &str = "connmon_build_info";
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-type Labels = Vec<(String, String)>;
+pub(crate) type Labels = Vec<(String, String)>;
 
 /// What one scrape exposes besides the snapshot itself.
 pub struct Context<'a> {
@@ -45,30 +51,36 @@ fn base(name: &str) -> &str {
     name.strip_suffix("_total").or_else(|| name.strip_suffix("_info")).unwrap_or(name)
 }
 
-fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+pub(crate) fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
     let f = Family::<Labels, Gauge>::default();
     reg.register(base(name), help, f.clone());
     f
 }
 
-fn float_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
+pub(crate) fn float_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
     let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     reg.register(base(name), help, f.clone());
     f
 }
 
-fn counter_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+pub(crate) fn counter_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
     let f = Family::<Labels, Counter>::default();
     reg.register(base(name), help, f.clone());
     f
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// Identity labels of a listener.
+pub(crate) fn listener_labels(l: &Listener) -> Labels {
+    let comm = l.comm.clone().unwrap_or_default();
+    labels(&[("netns", &l.netns.to_string()), ("addr", &l.addr.to_string()), ("port", &l.port.to_string()), ("comm", &comm)])
+}
+
 /// Renders the snapshot as OpenMetrics text (ending in `# EOF`).
-pub fn render(snap: &Snapshot, ctx: &Context<'_>) -> String {
+pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_>) -> String {
     let mut reg = Registry::default();
     let depth = gauge_family(&mut reg, LISTEN_QUEUE_DEPTH, "Connections in the listener's accept queue (established, not yet accepted), as ss Recv-Q shows");
     let max = gauge_family(&mut reg, LISTEN_QUEUE_MAX, "Configured accept-queue backlog of the listener (ss Send-Q)");
@@ -91,11 +103,7 @@ pub fn render(snap: &Snapshot, ctx: &Context<'_>) -> String {
 
     let exported = snap.listeners.len().min(ctx.max_listener_series);
     for l in &snap.listeners[..exported] {
-        let netns = l.netns.to_string();
-        let addr = l.addr.to_string();
-        let port = l.port.to_string();
-        let comm = l.comm.clone().unwrap_or_default();
-        let id = labels(&[("netns", &netns), ("addr", &addr), ("port", &port), ("comm", &comm)]);
+        let id = listener_labels(l);
         depth.get_or_create(&id).set(i64::from(l.depth));
         max.get_or_create(&id).set(i64::from(l.backlog));
         fill.get_or_create(&id).set(l.fill);
@@ -124,6 +132,7 @@ pub fn render(snap: &Snapshot, ctx: &Context<'_>) -> String {
         let up = i64::from(matches!(state, ProbeState::Up { .. }));
         probe_up.get_or_create(&labels(&[("probe", probe)])).set(up);
     }
+    pools::register(&mut reg, pools, &snap.listeners[..exported]);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
@@ -192,7 +201,8 @@ mod tests {
         probes.insert("listen_peak", ProbeState::Up { program: "x" });
         probes.insert("synack_retransmit", ProbeState::Down { reason: "no".into() });
         let ctx = Context { probes: &probes, scan_seconds: 0.01, max_listener_series: 10 };
-        let text = render(&Snapshot::default(), &ctx);
+        let section = pools::PoolsSection { pools: &[], extras: None, max_series: 10 };
+        let text = render(&Snapshot::default(), &section, &ctx);
         assert!(text.contains("connmon_probe_up{probe=\"listen_peak\"} 1"), "{text}");
         assert!(text.contains("connmon_probe_up{probe=\"synack_retransmit\"} 0"), "{text}");
         assert!(text.contains("connmon_build_info{version="), "{text}");

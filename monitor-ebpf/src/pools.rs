@@ -1,0 +1,339 @@
+//! Connection pools from `sock:inet_sock_set_state`. A client socket is attributed at connect()
+//! (CLOSE -> SYN_SENT, the only transition that runs in the caller's process context), remembered
+//! in SOCKS until it closes, and every transition updates its pool's per-CPU counters. Live counts
+//! sit in a shared map with atomic adds so the peak is a true peak across CPUs; only the kernel
+//! writes them (the agent keeps the start-up offset itself), and pool maps are not LRU, so a quiet
+//! long-lived pool is never evicted by churning ones: the agent removes idle pools. Sockets that
+//! existed before the agent started are found through SEEDED, keyed by socket cookie.
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    programs::TracePointContext,
+};
+use monitor_common::{
+    AcceptKey, PoolKey, PoolStats, SockInfo, AF_INET, CLIENT_LINK_LOCAL, CLIENT_LOOPBACK,
+    CLIENT_PRIVATE, CLIENT_PUBLIC, FAIL_ABORTED, FAIL_OTHER, FAIL_REFUSED, FAIL_TIMEOUT,
+    FAIL_UNREACHABLE, HIST_BUCKETS, LOST_POOL_TABLE_FULL, LOST_REASONS, LOST_SOCK_EVICTED,
+    LOST_SOCK_TABLE_FULL, MAX_LISTENERS, MAX_POOLS, MAX_SOCKS, TCP_CLOSE, TCP_ESTABLISHED,
+    TCP_SYN_RECV, TCP_SYN_SENT,
+};
+
+use crate::listeners::{netns_of, off, read, read_ctx};
+
+const IPPROTO_TCP: u16 = 6;
+
+#[map]
+static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
+
+/// Connections open when the agent started, by socket cookie; filled by the agent from sock_diag.
+#[map]
+static SEEDED: LruHashMap<u64, PoolKey> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
+
+#[map]
+static POOL_STATS: PerCpuHashMap<PoolKey, PoolStats> = PerCpuHashMap::with_max_entries(MAX_POOLS, 0);
+
+/// Connections opened minus closed while probed (the agent adds those open at start-up).
+#[map]
+static POOL_LIVE: HashMap<PoolKey, i64> = HashMap::with_max_entries(MAX_POOLS, 0);
+
+/// Highest POOL_LIVE value since the agent last reset it.
+#[map]
+static POOL_PEAK: HashMap<PoolKey, i64> = HashMap::with_max_entries(MAX_POOLS, 0);
+
+#[map]
+static ACCEPTS: LruPerCpuHashMap<AcceptKey, u64> =
+    LruPerCpuHashMap::with_max_entries(MAX_LISTENERS, 0);
+
+#[map]
+static SCRATCH_STATS: PerCpuArray<PoolStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+    let protocol: u16 = read_ctx(ctx, off!(TP_OFFSETS.state.protocol))?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.state.skaddr))?;
+    let old: i32 = read_ctx(ctx, off!(TP_OFFSETS.state.oldstate))?;
+    let new: i32 = read_ctx(ctx, off!(TP_OFFSETS.state.newstate))?;
+    let (old, new) = (old as u8, new as u8);
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        return on_connect(ctx, sk);
+    }
+    if old == TCP_SYN_SENT {
+        return on_handshake_end(ctx, sk, new);
+    }
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        return on_accept(ctx, sk);
+    }
+    if new == TCP_CLOSE {
+        return on_close(sk);
+    }
+    Ok(())
+}
+
+fn on_connect(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
+    let family: u16 = read_ctx(ctx, off!(TP_OFFSETS.state.family))?;
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        let v4: [u8; 4] = read_ctx(ctx, off!(TP_OFFSETS.state.daddr))?;
+        daddr[..4].copy_from_slice(&v4);
+    } else {
+        daddr = read_ctx(ctx, off!(TP_OFFSETS.state.daddr_v6))?;
+    }
+    let dport: u16 = read_ctx(ctx, off!(TP_OFFSETS.state.dport))?;
+    let pool = PoolKey {
+        // SAFETY: plain helper calls valid in tracepoint programs.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns: netns_of(sk as *const u8),
+        dport,
+        family,
+        daddr,
+        comm: process_comm(),
+    };
+    // SAFETY: as above.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let info = SockInfo {
+        pool,
+        connect_ns: now,
+        established_ns: 0,
+        saddr: [0; 16],
+        sport: 0,
+        _reserved: [0; 3],
+    };
+    if SOCKS.insert(&sk, &info, 0).is_err() {
+        lost(LOST_SOCK_TABLE_FULL);
+    }
+    with_stats(&pool, |s| s.attempts += 1);
+    Ok(())
+}
+
+fn on_handshake_end(ctx: &TracePointContext, sk: u64, new: u8) -> Result<(), i64> {
+    let Some(info) = SOCKS.get_ptr_mut(&sk) else {
+        if new == TCP_ESTABLISHED {
+            lost(LOST_SOCK_EVICTED);
+        }
+        return Ok(());
+    };
+    // SAFETY: entry pointer from the map; only this socket's transitions (serialised by the
+    // socket lock) touch it.
+    let info = unsafe { &mut *info };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if new == TCP_ESTABLISHED {
+        info.established_ns = now;
+        info.sport = read_ctx(ctx, off!(TP_OFFSETS.state.sport)).unwrap_or(0);
+        if info.pool.family == AF_INET {
+            let v4: [u8; 4] = read_ctx(ctx, off!(TP_OFFSETS.state.saddr)).unwrap_or([0; 4]);
+            info.saddr[..4].copy_from_slice(&v4);
+        } else {
+            info.saddr = read_ctx(ctx, off!(TP_OFFSETS.state.saddr_v6)).unwrap_or([0; 16]);
+        }
+        let us = (now - info.connect_ns) / 1000;
+        with_stats(&info.pool, |s| {
+            s.opens += 1;
+            s.connect_us[bucket(us)] += 1;
+            s.connect_us_sum += us;
+        });
+        live_add(&info.pool, 1);
+    } else if new == TCP_CLOSE {
+        let pool = info.pool;
+        let reason = failure_reason(sk);
+        with_stats(&pool, |s| s.failures[reason] += 1);
+        let _ = SOCKS.remove(&sk);
+    }
+    Ok(())
+}
+
+fn on_close(sk: u64) -> Result<(), i64> {
+    if let Some(info) = SOCKS.get_ptr(&sk) {
+        // SAFETY: as in on_handshake_end.
+        let info = unsafe { *info };
+        let now = unsafe { bpf_ktime_get_ns() };
+        let ms = (now - info.established_ns) / 1_000_000;
+        with_stats(&info.pool, |s| {
+            s.closes += 1;
+            s.lifetime_ms[bucket(ms)] += 1;
+            s.lifetime_ms_sum += ms;
+        });
+        live_add(&info.pool, -1);
+        let _ = SOCKS.remove(&sk);
+        return Ok(());
+    }
+    // Not connected while we watched: maybe a connection seeded at start-up.
+    let cookie: u64 = read(sk as *const u8, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
+    if cookie == 0 {
+        return Ok(());
+    }
+    if let Some(pool) = SEEDED.get_ptr(&cookie) {
+        // SAFETY: entry pointer from the map, copied out at once.
+        let pool = unsafe { *pool };
+        with_stats(&pool, |s| s.closes += 1);
+        live_add(&pool, -1);
+        let _ = SEEDED.remove(&cookie);
+    }
+    Ok(())
+}
+
+fn on_accept(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
+    let family: u16 = read_ctx(ctx, off!(TP_OFFSETS.state.family))?;
+    let mut addr = [0u8; 16];
+    let class;
+    if family == AF_INET {
+        let v4: [u8; 4] = read_ctx(ctx, off!(TP_OFFSETS.state.saddr))?;
+        addr[..4].copy_from_slice(&v4);
+        let peer: [u8; 4] = read_ctx(ctx, off!(TP_OFFSETS.state.daddr))?;
+        class = class_v4(peer);
+    } else {
+        addr = read_ctx(ctx, off!(TP_OFFSETS.state.saddr_v6))?;
+        let peer: [u8; 16] = read_ctx(ctx, off!(TP_OFFSETS.state.daddr_v6))?;
+        class = class_v6(&peer);
+    }
+    let key = AcceptKey {
+        netns: netns_of(sk as *const u8),
+        port: read_ctx(ctx, off!(TP_OFFSETS.state.sport))?,
+        family,
+        addr,
+        client_class: class,
+        _reserved: 0,
+    };
+    match ACCEPTS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = ACCEPTS.insert(&key, &1, 0);
+        }
+    }
+    Ok(())
+}
+
+fn class_v4(a: [u8; 4]) -> u32 {
+    match a {
+        [127, ..] => CLIENT_LOOPBACK,
+        [10, ..] | [192, 168, ..] => CLIENT_PRIVATE,
+        [172, b, ..] if (16..32).contains(&b) => CLIENT_PRIVATE,
+        [100, b, ..] if (64..128).contains(&b) => CLIENT_PRIVATE,
+        [169, 254, ..] => CLIENT_LINK_LOCAL,
+        _ => CLIENT_PUBLIC,
+    }
+}
+
+fn class_v6(a: &[u8; 16]) -> u32 {
+    let mapped = a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff;
+    if mapped {
+        return class_v4([a[12], a[13], a[14], a[15]]);
+    }
+    if a[..15].iter().all(|&b| b == 0) && a[15] == 1 {
+        CLIENT_LOOPBACK
+    } else if a[0] & 0xfe == 0xfc {
+        CLIENT_PRIVATE
+    } else if a[0] == 0xfe && a[1] & 0xc0 == 0x80 {
+        CLIENT_LINK_LOCAL
+    } else {
+        CLIENT_PUBLIC
+    }
+}
+
+/// Name of the calling process (its thread-group leader), else of the calling thread.
+fn process_comm() -> [u8; 16] {
+    // SAFETY: bpf_get_current_task is valid in tracepoint programs; reads go through probe_read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if let Ok(leader) = read::<*const u8>(task, off!(TASK_OFFSETS.group_leader)) {
+        if let Ok(comm) = read::<[u8; 16]>(leader, off!(TASK_OFFSETS.comm)) {
+            return comm;
+        }
+    }
+    bpf_get_current_comm().unwrap_or([0; 16])
+}
+
+/// Why a SYN_SENT socket closed, from the error the kernel left on it.
+fn failure_reason(sk: u64) -> usize {
+    let err: i32 = read(sk as *const u8, off!(SOCK_OFFSETS.err)).unwrap_or(-1);
+    match err {
+        0 => FAIL_ABORTED,
+        111 => FAIL_REFUSED,             // ECONNREFUSED: RST answered the SYN
+        110 => FAIL_TIMEOUT,             // ETIMEDOUT: SYN retries exhausted
+        101 | 112 | 113 => FAIL_UNREACHABLE, // ENETUNREACH, EHOSTDOWN, EHOSTUNREACH
+        _ => FAIL_OTHER,
+    }
+}
+
+/// Index of the power-of-4 bucket holding `v`.
+fn bucket(v: u64) -> usize {
+    let bits = 64 - v.leading_zeros() as usize;
+    let i = bits / 2;
+    if i >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        i
+    }
+}
+
+
+fn with_stats(pool: &PoolKey, f: impl FnOnce(&mut PoolStats)) {
+    if let Some(s) = POOL_STATS.get_ptr_mut(pool) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        f(unsafe { &mut *s });
+        return;
+    }
+    // PoolStats is too large for the 512-byte BPF stack: build the first value in a scratch slot.
+    let Some(s) = SCRATCH_STATS.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch slot, used only within this call.
+    let s = unsafe {
+        core::ptr::write_bytes(s, 0, 1);
+        &mut *s
+    };
+    f(s);
+    if POOL_STATS.insert(pool, s, 0).is_err() {
+        lost(LOST_POOL_TABLE_FULL);
+    }
+}
+
+fn live_add(pool: &PoolKey, delta: i64) {
+    if POOL_LIVE.get_ptr_mut(pool).is_none() {
+        let _ = POOL_LIVE.insert(pool, &0, 1 /* BPF_NOEXIST */);
+    }
+    let Some(live) = POOL_LIVE.get_ptr_mut(pool) else {
+        lost(LOST_POOL_TABLE_FULL);
+        return;
+    };
+    // core's atomics have no read-modify-write for bpf (no CAS), so use the intrinsic, which
+    // lowers to the BPF atomic add instruction.
+    // SAFETY: the value lives as long as the entry, and the agent deletes only idle entries.
+    let now = unsafe {
+        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(live, delta);
+        core::ptr::read_volatile(live)
+    };
+    if delta <= 0 {
+        return;
+    }
+    // A plain store: two CPUs racing may each miss the other's +1 in the peak, never more.
+    match POOL_PEAK.get_ptr_mut(pool) {
+        // SAFETY: as above.
+        Some(peak) => unsafe {
+            if now > *peak {
+                *peak = now;
+            }
+        },
+        None => {
+            let _ = POOL_PEAK.insert(pool, &now, 0);
+        }
+    }
+}
+
+fn lost(reason: u32) {
+    if let Some(n) = LOST.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot.
+        unsafe { *n += 1 }
+    }
+}

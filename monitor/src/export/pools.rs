@@ -1,0 +1,272 @@
+//! Pool and server-side series: per-pool gauges, counters and histograms (merged across network
+//! namespaces that share labels, capped with the rest folded into one `other` pool), accepts per
+//! listener by client class, and lost kernel events.
+use std::collections::BTreeMap;
+
+use monitor_common::{PoolStats, HIST_BUCKETS};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+
+use super::{counter_family, gauge_family, labels, Labels};
+use crate::{
+    listeners::{self, Listener},
+    pools::{add_stats, KernelExtras, Pool, CLIENT_CLASSES, FAILURE_REASONS, LOST_REASON_NAMES},
+};
+
+pub const POOL_CONNECTIONS: &str = "connmon_pool_connections";
+pub const POOL_PEAK: &str = "connmon_pool_connections_peak";
+pub const POOL_ATTEMPTS: &str = "connmon_pool_connect_attempts_total";
+pub const POOL_OPENS: &str = "connmon_pool_opens_total";
+pub const POOL_CLOSES: &str = "connmon_pool_closes_total";
+pub const POOL_FAILURES: &str = "connmon_pool_connect_failures_total";
+pub const POOL_CONNECT_DURATION: &str = "connmon_pool_connect_duration_seconds";
+pub const POOL_LIFETIME: &str = "connmon_pool_connection_lifetime_seconds";
+pub const POOL_SERVICE_INFO: &str = "connmon_pool_service_info";
+pub const POOL_FOLDED: &str = "connmon_pool_series_folded";
+pub const LISTEN_ESTABLISHED: &str = "connmon_listen_established_connections";
+pub const LISTEN_ACCEPTS: &str = "connmon_listen_accepts_total";
+pub const EVENTS_LOST: &str = "connmon_events_lost_total";
+
+pub struct PoolsSection<'a> {
+    pub pools: &'a [Pool],
+    /// None when the pools probe is down: then only gauges from scans are exported.
+    pub extras: Option<&'a KernelExtras>,
+    pub max_series: usize,
+}
+
+/// One exported pool: the label values and the merged figures behind them.
+#[derive(Debug, Clone, Default)]
+struct Row {
+    active: i64,
+    peak: i64,
+    stats: Option<PoolStats>,
+}
+
+const OTHER: &str = "other";
+
+fn pool_labels(p: &Pool) -> [String; 5] {
+    [p.service.clone(), p.dst_addr.to_string(), p.dst_port.to_string(), p.comm.clone(), p.cgroup.clone()]
+}
+
+const POOL_LABEL_NAMES: [&str; 5] = ["service", "dst_addr", "dst_port", "comm", "cgroup"];
+
+/// Merges pools that share labels, keeps the `max` busiest, folds the rest into one `other` row.
+fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
+    let mut merged: BTreeMap<[String; 5], Row> = BTreeMap::new();
+    for p in pools {
+        let r = merged.entry(pool_labels(p)).or_default();
+        merge(r, p.active, p.peak, p.stats.as_ref());
+    }
+    let mut all: Vec<([String; 5], Row)> = merged.into_iter().collect();
+    all.sort_by(|a, b| b.1.active.cmp(&a.1.active).then_with(|| a.0.cmp(&b.0)));
+    if all.len() <= max {
+        return (all, 0);
+    }
+    let rest = all.split_off(max);
+    let folded = rest.len();
+    let mut other = Row::default();
+    for (_, r) in &rest {
+        merge(&mut other, r.active, r.peak, r.stats.as_ref());
+    }
+    all.push(([OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into()], other));
+    (all, folded)
+}
+
+fn merge(r: &mut Row, active: i64, peak: i64, stats: Option<&PoolStats>) {
+    r.active += active;
+    r.peak += peak;
+    if let Some(s) = stats {
+        add_stats(r.stats.get_or_insert_with(PoolStats::default), s);
+    }
+}
+
+pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Listener]) {
+    let (rows, folded) = rows(section.pools, section.max_series);
+    let conns = gauge_family(reg, POOL_CONNECTIONS, "Open connections of the pool (client workload and destination), from the handshake until the socket closes");
+    let peak = gauge_family(reg, POOL_PEAK, "Highest open-connection count of the pool since the previous scrape");
+    let folded_g = gauge_family(reg, POOL_FOLDED, "Pools folded into the pool labelled other because the series cap was reached");
+    let info = gauge_family(reg, POOL_SERVICE_INFO, "How each destination's service class was decided: protocol seen on the wire, well-known or configured port, or none");
+    for (values, r) in &rows {
+        let l = pool_label_set(values);
+        conns.get_or_create(&l).set(r.active);
+        peak.get_or_create(&l).set(r.peak);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in section.pools {
+        let key = (p.dst_addr.to_string(), p.dst_port.to_string(), p.service.clone(), p.classified_by);
+        if seen.insert(key.clone()) {
+            info.get_or_create(&labels(&[("dst_addr", &key.0), ("dst_port", &key.1), ("service", &key.2), ("classified_by", key.3)])).set(1);
+        }
+    }
+    folded_g.get_or_create(&vec![]).set(folded as i64);
+
+    // Accepted connections still open, per listener (from scans, so available without probes).
+    let established = gauge_family(reg, LISTEN_ESTABLISHED, "Connections accepted from the listener that are still open");
+    for l in listeners {
+        established.get_or_create(&super::listener_labels(l)).set(i64::from(l.established));
+    }
+
+    let Some(extras) = section.extras else { return };
+    let attempts = counter_family(reg, POOL_ATTEMPTS, "connect() calls of the pool");
+    let opens = counter_family(reg, POOL_OPENS, "Connections of the pool whose handshake completed");
+    let closes = counter_family(reg, POOL_CLOSES, "Established connections of the pool that closed");
+    let failures = counter_family(reg, POOL_FAILURES, "Connects of the pool that failed, by reason: refused (RST), timeout (SYN unanswered), unreachable (ICMP), aborted (closed by the client before the handshake finished), other");
+    let mut hists = Histograms::default();
+    for (values, r) in &rows {
+        let Some(s) = &r.stats else { continue };
+        let l = pool_label_set(values);
+        attempts.get_or_create(&l).inc_by(s.attempts);
+        opens.get_or_create(&l).inc_by(s.opens);
+        closes.get_or_create(&l).inc_by(s.closes);
+        for (reason, n) in FAILURE_REASONS.iter().zip(s.failures) {
+            let mut with = l.clone();
+            with.push(("reason".into(), reason.to_string()));
+            failures.get_or_create(&with).inc_by(n);
+        }
+        hists.connect.push((l.clone(), histogram(&s.connect_us, s.connect_us_sum, 1e-6)));
+        hists.lifetime.push((l, histogram(&s.lifetime_ms, s.lifetime_ms_sum, 1e-3)));
+    }
+    reg.register_collector(Box::new(hists));
+
+    let accepts = counter_family(reg, LISTEN_ACCEPTS, "Connections that completed the handshake on the listener, by client address class");
+    for (key, n) in &extras.accepts {
+        let addr = listeners::key_addr(&monitor_common::ListenerKey {
+            cookie: 0,
+            netns: key.netns,
+            port: key.port,
+            family: key.family,
+            addr: key.addr,
+        });
+        // Accepts land on the child socket, so attribute them to the listener that owns the port.
+        let Some(l) = listeners
+            .iter()
+            .filter(|l| l.netns == u64::from(key.netns))
+            .position(|l| l.port == key.port && (l.addr == addr || l.addr.is_unspecified()))
+            .map(|i| &listeners[i])
+        else {
+            continue;
+        };
+        let mut with = super::listener_labels(l);
+        let class = CLIENT_CLASSES.get(key.client_class as usize).copied().unwrap_or("public");
+        with.push(("client_class".into(), class.into()));
+        accepts.get_or_create(&with).inc_by(*n);
+    }
+    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason (tables full, socket evicted before its handshake finished)");
+    for (reason, n) in LOST_REASON_NAMES.iter().zip(extras.lost) {
+        lost.get_or_create(&labels(&[("reason", reason)])).inc_by(n);
+    }
+}
+
+fn pool_label_set(values: &[String; 5]) -> Labels {
+    POOL_LABEL_NAMES.iter().zip(values).map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// Kernel power-of-4 buckets as Prometheus buckets: bucket i holds values below 4^(i+1) units.
+#[derive(Debug, Clone)]
+struct Hist {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+fn histogram(counts: &[u64; HIST_BUCKETS], sum: u64, unit_seconds: f64) -> Hist {
+    let buckets = counts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let upper = if i + 1 == HIST_BUCKETS { f64::MAX } else { 4f64.powi(i as i32 + 1) * unit_seconds };
+            (upper, *n)
+        })
+        .collect();
+    Hist { sum: sum as f64 * unit_seconds, count: counts.iter().sum(), buckets }
+}
+
+#[derive(Debug, Default)]
+struct Histograms {
+    connect: Vec<(Labels, Hist)>,
+    lifetime: Vec<(Labels, Hist)>,
+}
+
+impl Collector for Histograms {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, series) in [
+            (POOL_CONNECT_DURATION, "Time from connect() to the completed handshake, per pool", &self.connect),
+            (POOL_LIFETIME, "Lifetime of the pool's connections that closed, from the completed handshake to close (connections opened before connmon started are not included)", &self.lifetime),
+        ] {
+            if series.is_empty() {
+                continue;
+            }
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (l, h) in series {
+                let m = family.encode_family(l)?;
+                HistRef(h).encode(m)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct HistRef<'a>(&'a Hist);
+
+impl prometheus_client::encoding::EncodeMetric for HistRef<'_> {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum, self.0.count, &self.0.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(comm: &str, active: i64) -> Pool {
+        Pool {
+            service: "redis".into(),
+            classified_by: "port",
+            dst_addr: "127.0.0.1".parse().unwrap(),
+            dst_port: 6379,
+            comm: comm.into(),
+            cgroup: "/a".into(),
+            netns: 1,
+            active,
+            peak: active,
+            seeded: 0,
+            attempts: None,
+            opens: None,
+            closes: None,
+            failures: None,
+            failure_reasons: None,
+            stats: None,
+        }
+    }
+
+    #[test]
+    fn cap_keeps_the_busiest_and_folds_the_rest() {
+        let pools = vec![pool("a", 1), pool("b", 9), pool("c", 5), pool("a", 2)];
+        let (rows, folded) = rows(&pools, 1);
+        assert_eq!(folded, 2);
+        assert_eq!(rows[0].0[3], "b");
+        assert_eq!(rows[1].0, ["other", "other", "other", "other", "other"].map(String::from));
+        // "a" (two namespaces, 1 + 2) and "c" (5) are folded together.
+        assert_eq!(rows[1].1.active, 8);
+    }
+
+    #[test]
+    fn histogram_bounds_are_powers_of_four() {
+        let mut counts = [0u64; HIST_BUCKETS];
+        counts[0] = 2;
+        counts[HIST_BUCKETS - 1] = 1;
+        let h = histogram(&counts, 10, 1e-6);
+        assert_eq!(h.count, 3);
+        assert!((h.buckets[0].0 - 4e-6).abs() < 1e-12);
+        assert!((h.buckets[1].0 - 16e-6).abs() < 1e-12);
+        assert_eq!(h.buckets[HIST_BUCKETS - 1].0, f64::MAX);
+    }
+}
