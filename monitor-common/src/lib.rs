@@ -249,8 +249,9 @@ const _: () = assert!(size_of::<SockInfo>() == 88);
 
 /// Events the kernel side could not account, by reason (index into the LOST array).
 pub const LOST_SOCK_TABLE_FULL: u32 = 0;
-/// A client socket finished its handshake but was no longer in the socket table (LRU eviction).
-pub const LOST_SOCK_EVICTED: u32 = 1;
+/// A client socket finished its handshake but is not in the socket table (its connect() was refused
+/// a table entry, or happened before the probe attached).
+pub const LOST_SOCK_UNTRACKED: u32 = 1;
 pub const LOST_POOL_TABLE_FULL: u32 = 2;
 pub const LOST_REASONS: u32 = 3;
 
@@ -277,6 +278,28 @@ pub const CLIENT_PRIVATE: u32 = 1;
 pub const CLIENT_LINK_LOCAL: u32 = 2;
 pub const CLIENT_PUBLIC: u32 = 3;
 
+/// A TCP flow as seen on an egress packet: addresses (IPv4 in the first 4 bytes; IPv4-mapped
+/// IPv6 sockets are normalised to IPv4, as their packets are), ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub _reserved: u16,
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Protocols recognised from a connection's first bytes.
+pub const PROTO_UNKNOWN: u32 = 0;
+pub const PROTO_REDIS: u32 = 1;
+pub const PROTO_POSTGRES: u32 = 2;
+
+/// Flows waiting for their first payload to be classified.
+pub const MAX_PENDING_FLOWS: u32 = 4096;
+
 /// Upper bound on listeners tracked in kernel maps; LRU maps evict the coldest past this.
 pub const MAX_LISTENERS: u32 = 16384;
 
@@ -293,4 +316,5 @@ mod pod {
     unsafe impl aya::Pod for super::PoolStats {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::AcceptKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
 }

@@ -9,6 +9,7 @@
 
 mod listeners;
 mod pools;
+mod proto;
 
 #[cfg(not(test))]
 #[panic_handler]

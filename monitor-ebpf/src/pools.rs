@@ -10,27 +10,34 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
     programs::TracePointContext,
 };
 use monitor_common::{
     AcceptKey, PoolKey, PoolStats, SockInfo, AF_INET, CLIENT_LINK_LOCAL, CLIENT_LOOPBACK,
     CLIENT_PRIVATE, CLIENT_PUBLIC, FAIL_ABORTED, FAIL_OTHER, FAIL_REFUSED, FAIL_TIMEOUT,
-    FAIL_UNREACHABLE, HIST_BUCKETS, LOST_POOL_TABLE_FULL, LOST_REASONS, LOST_SOCK_EVICTED,
+    FAIL_UNREACHABLE, HIST_BUCKETS, LOST_POOL_TABLE_FULL, LOST_REASONS, LOST_SOCK_UNTRACKED,
     LOST_SOCK_TABLE_FULL, MAX_LISTENERS, MAX_POOLS, MAX_SOCKS, TCP_CLOSE, TCP_ESTABLISHED,
     TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
-use crate::listeners::{netns_of, off, read, read_ctx};
+use crate::{
+    listeners::{netns_of, off, read, read_ctx},
+    proto,
+};
 
 const IPPROTO_TCP: u16 = 6;
 
+/// Client sockets from connect() to close. Not LRU: evicting a live socket would lose its close and
+/// leave its pool's count too high forever; a full table instead refuses new sockets, which are
+/// then not counted at all, and says so in LOST.
 #[map]
-static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
+static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(MAX_SOCKS, 0);
 
-/// Connections open when the agent started, by socket cookie; filled by the agent from sock_diag.
+/// Connections open when the agent started, by socket cookie; filled by the agent from sock_diag,
+/// emptied here as they close.
 #[map]
-static SEEDED: LruHashMap<u64, PoolKey> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
+static SEEDED: HashMap<u64, PoolKey> = HashMap::with_max_entries(MAX_SOCKS, 0);
 
 #[map]
 static POOL_STATS: PerCpuHashMap<PoolKey, PoolStats> = PerCpuHashMap::with_max_entries(MAX_POOLS, 0);
@@ -114,6 +121,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
     };
     if SOCKS.insert(&sk, &info, 0).is_err() {
         lost(LOST_SOCK_TABLE_FULL);
+        return Ok(());
     }
     with_stats(&pool, |s| s.attempts += 1);
     Ok(())
@@ -122,7 +130,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
 fn on_handshake_end(ctx: &TracePointContext, sk: u64, new: u8) -> Result<(), i64> {
     let Some(info) = SOCKS.get_ptr_mut(&sk) else {
         if new == TCP_ESTABLISHED {
-            lost(LOST_SOCK_EVICTED);
+            lost(LOST_SOCK_UNTRACKED);
         }
         return Ok(());
     };
@@ -146,6 +154,8 @@ fn on_handshake_end(ctx: &TracePointContext, sk: u64, new: u8) -> Result<(), i64
             s.connect_us_sum += us;
         });
         live_add(&info.pool, 1);
+        let p = &info.pool;
+        proto::watch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
     } else if new == TCP_CLOSE {
         let pool = info.pool;
         let reason = failure_reason(sk);
@@ -167,6 +177,8 @@ fn on_close(sk: u64) -> Result<(), i64> {
             s.lifetime_ms_sum += ms;
         });
         live_add(&info.pool, -1);
+        let p = &info.pool;
+        proto::unwatch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport));
         let _ = SOCKS.remove(&sk);
         return Ok(());
     }

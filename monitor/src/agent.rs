@@ -13,6 +13,7 @@ use std::{
 use log::{info, warn};
 
 use crate::{
+    cgroups,
     cli::RunArgs,
     export::{self, pools::PoolsSection},
     listeners::{self, PeakTracker},
@@ -104,8 +105,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let starter = Arc::clone(&agent);
     let tracefs = args.tracefs.clone();
+    let max_sockets = args.max_sockets;
+    let disabled = args.disabled_probes.clone();
     tokio::task::spawn_blocking(move || {
-        let mut probes = Probes::load(&ProbeOptions { tracefs: &tracefs });
+        let mut probes = Probes::load(&ProbeOptions {
+            tracefs: &tracefs,
+            max_sockets,
+            cgroup_root: cgroups::cgroup2_root().as_deref(),
+            disabled: &disabled,
+        });
         {
             let mut c = starter.lock();
             c.peaks = PeakTracker::new(probes.is_up(probes::LISTEN_PEAK));

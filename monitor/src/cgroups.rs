@@ -20,9 +20,13 @@ pub struct CgroupNames {
 
 impl Default for CgroupNames {
     fn default() -> Self {
-        let root = std::fs::read_to_string("/proc/self/mounts").ok().and_then(|m| cgroup2_mount(&m));
-        Self { root, by_id: HashMap::new(), refreshed: None }
+        Self { root: cgroup2_root(), by_id: HashMap::new(), refreshed: None }
     }
+}
+
+/// Where this host's cgroup2 filesystem is mounted, if it is.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts").ok().and_then(|m| cgroup2_mount(&m))
 }
 
 impl CgroupNames {

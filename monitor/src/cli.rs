@@ -55,6 +55,9 @@ pub struct RunArgs {
     /// Where tracefs is mounted; only the default location is mounted automatically when absent.
     #[arg(long, default_value = DEFAULT_TRACEFS)]
     pub tracefs: PathBuf,
+    /// Turn a kernel probe off (repeatable): listen_peak, synack_retransmit, pools, protocol.
+    #[arg(long = "probes.disable", value_name = "PROBE", value_parser = clap::builder::PossibleValuesParser::new(crate::probes::probe_names()))]
+    pub disabled_probes: Vec<String>,
     /// How often the agent samples listeners between scrapes when no eBPF probe records peaks.
     #[arg(long = "scan.interval", default_value = "1s", value_parser = parse_duration)]
     pub scan_interval: Duration,
@@ -69,6 +72,10 @@ pub struct RunArgs {
     /// Pools with no open connection and no activity for this long stop being exported.
     #[arg(long = "pools.idle-expiry", default_value = "15m", value_parser = parse_duration)]
     pub pool_idle_expiry: Duration,
+    /// Live client connections the kernel side can follow (about 90 bytes each); connects beyond
+    /// it are not counted and show in connmon_events_lost_total{reason="socket_table_full"}.
+    #[arg(long = "pools.max-sockets", default_value_t = monitor_common::MAX_SOCKS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets: u32,
     #[command(flatten)]
     pub pool: PoolArgs,
 }

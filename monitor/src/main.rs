@@ -73,7 +73,12 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
         let pools = pools::from_scan(&scan::scan(None, true), &services, &mut cgroups);
         return print_pools(&pools, args.json);
     }
-    let mut loaded = probes::Probes::load(&probes::ProbeOptions { tracefs: std::path::Path::new(tracefs::DEFAULT_TRACEFS) });
+    let mut loaded = probes::Probes::load(&probes::ProbeOptions {
+        tracefs: std::path::Path::new(tracefs::DEFAULT_TRACEFS),
+        max_sockets: monitor_common::MAX_SOCKS,
+        cgroup_root: cgroups::cgroup2_root().as_deref(),
+        disabled: &[],
+    });
     let up = loaded.is_up(probes::POOLS);
     let Some(ebpf) = loaded.ebpf_mut().filter(|_| up) else {
         anyhow::bail!("--watch needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON");

@@ -14,7 +14,8 @@ use aya::{
     Ebpf,
 };
 use monitor_common::{
-    AcceptKey, PoolKey, PoolStats, SockInfo, AF_INET, FAIL_REASONS, LOST_REASONS, TCP_LISTEN,
+    AcceptKey, PoolKey, PoolStats, SockInfo, AF_INET, FAIL_REASONS, LOST_REASONS, PROTO_POSTGRES,
+    PROTO_REDIS, TCP_LISTEN,
 };
 use serde::Serialize;
 
@@ -22,12 +23,12 @@ use crate::{
     cgroups::CgroupNames,
     diag::DiagSocket,
     scan::{self, Scan},
-    services::Services,
+    services::{self, Services},
 };
 
 pub const FAILURE_REASONS: [&str; FAIL_REASONS] = ["refused", "timeout", "unreachable", "aborted", "other"];
 pub const CLIENT_CLASSES: [&str; 4] = ["loopback", "private", "link_local", "public"];
-pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_evicted", "pool_table_full"];
+pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pool {
@@ -130,8 +131,8 @@ fn keys_of(scan: &Scan, cgroups: &CgroupNames, skip: &HashSet<(u32, [u8; 16], u1
         .collect()
 }
 
-fn pool_of(key: &PoolKey, services: &Services, cgroups: &mut CgroupNames) -> Pool {
-    let (service, classified_by) = services.classify(key.dport, None);
+fn pool_of(key: &PoolKey, services: &Services, cgroups: &mut CgroupNames, protocol: Option<&str>) -> Pool {
+    let (service, classified_by) = services.classify(key.dport, protocol);
     Pool {
         service,
         classified_by,
@@ -164,7 +165,7 @@ pub fn from_scan(scan: &Scan, services: &Services, cgroups: &mut CgroupNames) ->
     }
     let mut pools: Vec<Pool> = counts
         .into_iter()
-        .map(|(key, n)| Pool { active: n, peak: n, seeded: n, ..pool_of(&key, services, cgroups) })
+        .map(|(key, n)| Pool { active: n, peak: n, seeded: n, ..pool_of(&key, services, cgroups, None) })
         .collect();
     sort(&mut pools);
     pools
@@ -180,11 +181,24 @@ pub struct PoolTracker {
     /// Last time each pool's counters moved, to drop pools idle for longer than `idle_expiry`.
     last_change: HashMap<PoolKey, (u64, Instant)>,
     idle_expiry: Duration,
+    /// Protocol recognised per destination; kept here because the kernel table is per pool and
+    /// forgets, while a destination's protocol does not change.
+    protocols: HashMap<(IpAddr, u16), &'static str>,
 }
+
+/// Most destinations whose protocol is remembered.
+const MAX_PROTOCOL_DESTINATIONS: usize = 65536;
 
 impl PoolTracker {
     pub fn new(services: Services, idle_expiry: Duration) -> Self {
-        Self { services, cgroups: CgroupNames::default(), seeded: HashMap::new(), last_change: HashMap::new(), idle_expiry }
+        Self {
+            services,
+            cgroups: CgroupNames::default(),
+            seeded: HashMap::new(),
+            last_change: HashMap::new(),
+            idle_expiry,
+            protocols: HashMap::new(),
+        }
     }
 
     pub fn services(&self) -> &Services {
@@ -246,6 +260,7 @@ impl PoolTracker {
                 let _ = m.insert(key, live.get(key).copied().unwrap_or(0), 0);
             }
         }
+        self.learn_protocols(ebpf);
         let mut keys: HashSet<PoolKey> = stats.keys().copied().collect();
         keys.extend(live.keys().copied());
         keys.extend(self.seeded.keys().copied());
@@ -278,7 +293,7 @@ impl PoolTracker {
                 failures: Some(failures),
                 failure_reasons: Some(reasons),
                 stats: Some(s),
-                ..pool_of(&key, &self.services, &mut self.cgroups)
+                ..pool_of(&key, &self.services, &mut self.cgroups, self.protocols.get(&(addr_of(key.family, &key.daddr), key.dport)).copied())
             });
         }
         self.forget(ebpf, &idle);
@@ -294,6 +309,22 @@ impl PoolTracker {
         }
         sort(&mut pools);
         (pools, extras)
+    }
+
+    /// Moves what the protocol probe recognised into the per-destination memory.
+    fn learn_protocols(&mut self, ebpf: &Ebpf) {
+        let Ok(seen) = map::<BpfHashMap<&MapData, PoolKey, u32>>(ebpf, "PROTO_SEEN") else { return };
+        for (key, proto) in seen.iter().filter_map(Result::ok) {
+            let name = match proto {
+                PROTO_REDIS => services::REDIS,
+                PROTO_POSTGRES => services::POSTGRES,
+                _ => continue,
+            };
+            if self.protocols.len() >= MAX_PROTOCOL_DESTINATIONS {
+                self.protocols.clear();
+            }
+            self.protocols.insert((addr_of(key.family, &key.daddr), key.dport), name);
+        }
     }
 
     /// Drops idle pools from the kernel tables so they do not fill up. A connect racing the

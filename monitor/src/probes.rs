@@ -11,7 +11,9 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{MapData, PerCpuHashMap},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{
+        links::CgroupAttachMode, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use log::{info, warn};
@@ -29,6 +31,8 @@ pub enum Hook {
     BtfTracepoint(&'static str),
     /// A classic tracepoint: needs tracefs to read its format and attach.
     Tracepoint { group: &'static str, name: &'static str },
+    /// cgroup_skb egress on the cgroup2 root: sees the payload of every process's packets.
+    CgroupSkbEgress,
 }
 
 /// One row of the probe table. Rows with the same `probe` are alternatives tried in order; the
@@ -49,6 +53,7 @@ pub struct ProbeSpec {
 pub const LISTEN_PEAK: &str = "listen_peak";
 pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
 pub const POOLS: &str = "pools";
+pub const PROTOCOL: &str = "protocol";
 
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
@@ -79,6 +84,13 @@ pub const PROBES: &[ProbeSpec] = &[
         min_kernel: "4.16",
         fallback: "pool sizes from sock_diag scans only (no opens, closes, failures or latencies)",
     },
+    ProbeSpec {
+        probe: PROTOCOL,
+        program: "classify_egress",
+        hook: Hook::CgroupSkbEgress,
+        min_kernel: "4.10",
+        fallback: "services classed by destination port only",
+    },
 ];
 
 /// Names of every probe in the table, each once, in table order.
@@ -102,6 +114,12 @@ pub enum ProbeState {
 
 pub struct ProbeOptions<'a> {
     pub tracefs: &'a Path,
+    /// Size of the kernel's client-socket table (live client connections it can follow).
+    pub max_sockets: u32,
+    /// The cgroup2 mount, where the protocol probe attaches.
+    pub cgroup_root: Option<&'a Path>,
+    /// Probes the operator turned off.
+    pub disabled: &'a [String],
 }
 
 /// The loaded object, kept alive for as long as the probes should stay attached.
@@ -145,6 +163,8 @@ impl Probes {
             .override_global("SOCK_OFFSETS", &sock, true)
             .override_global("TP_OFFSETS", &tp, true)
             .override_global("TASK_OFFSETS", &task, true)
+            .map_max_entries("SOCKS", opts.max_sockets)
+            .map_max_entries("SEEDED", opts.max_sockets)
             .load(EBPF_OBJECT)
         {
             Ok(ebpf) => ebpf,
@@ -160,7 +180,13 @@ impl Probes {
             if matches!(states.get(spec.probe), Some(ProbeState::Up { .. })) {
                 continue;
             }
-            let result = attach(&mut ebpf, spec, &sock, &tp, kernel_btf.as_ref(), tracefs_dir.as_deref());
+            if opts.disabled.iter().any(|d| d == spec.probe) {
+                info!("probe {} disabled by --probes.disable; {}", spec.probe, spec.fallback);
+                states.insert(spec.probe, ProbeState::Down { reason: "disabled by --probes.disable".into() });
+                continue;
+            }
+            let env = AttachEnv { sock: &sock, tp: &tp, kernel_btf: kernel_btf.as_ref(), tracefs: tracefs_dir.as_deref(), cgroup_root: opts.cgroup_root };
+            let result = attach(&mut ebpf, spec, &env);
             let state = match result {
                 Ok(()) => {
                     info!("probe {} attached via {} ({})", spec.probe, spec.program, hook_name(spec.hook));
@@ -230,14 +256,17 @@ impl Probes {
     }
 }
 
-fn attach(
-    ebpf: &mut Ebpf,
-    spec: &ProbeSpec,
-    sock: &SockOffsets,
-    tp: &TracepointOffsets,
-    kernel_btf: Option<&aya::Btf>,
-    tracefs_dir: Option<&Path>,
-) -> anyhow::Result<()> {
+/// What attaching needs besides the program.
+struct AttachEnv<'a> {
+    sock: &'a SockOffsets,
+    tp: &'a TracepointOffsets,
+    kernel_btf: Option<&'a aya::Btf>,
+    tracefs: Option<&'a Path>,
+    cgroup_root: Option<&'a Path>,
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Result<()> {
+    let (sock, tp) = (env.sock, env.tp);
     if sock.state == OFFSET_UNKNOWN || sock.family == OFFSET_UNKNOWN {
         return Err(anyhow!("struct sock offsets unknown (no usable kernel BTF)"));
     }
@@ -246,13 +275,13 @@ fn attach(
         .ok_or_else(|| anyhow!("program {} missing from the eBPF object", spec.program))?;
     match spec.hook {
         Hook::BtfTracepoint(name) => {
-            let btf = kernel_btf.ok_or_else(|| anyhow!("no kernel BTF at /sys/kernel/btf/vmlinux"))?;
+            let btf = env.kernel_btf.ok_or_else(|| anyhow!("no kernel BTF at /sys/kernel/btf/vmlinux"))?;
             let prog: &mut BtfTracePoint = program.try_into()?;
             prog.load(name, btf).context("load")?;
             prog.attach().context("attach")?;
         }
         Hook::Tracepoint { group, name } => {
-            let dir = tracefs_dir.ok_or_else(|| anyhow!("tracefs unavailable"))?;
+            let dir = env.tracefs.ok_or_else(|| anyhow!("tracefs unavailable"))?;
             // The record offsets were resolved from this tracepoint's format file; without them the
             // program would read garbage, so refuse to attach.
             let needed = match (group, name) {
@@ -269,6 +298,16 @@ fn attach(
             prog.load().context("load")?;
             prog.attach(group, name).context("attach")?;
         }
+        Hook::CgroupSkbEgress => {
+            let root = env.cgroup_root.ok_or_else(|| anyhow!("no cgroup2 filesystem mounted"))?;
+            let dir = std::fs::File::open(root).with_context(|| format!("open {}", root.display()))?;
+            let prog: &mut CgroupSkb = program.try_into()?;
+            prog.load().context("load")?;
+            // aya attaches through a bpf_link where the kernel has them (5.7+); cgroup links take
+            // no flags and always coexist with other tools' programs (systemd IP accounting, CNI
+            // plugins), so "Single" here does not claim the root cgroup.
+            prog.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).context("attach")?;
+        }
     }
     Ok(())
 }
@@ -277,6 +316,7 @@ fn hook_name(hook: Hook) -> String {
     match hook {
         Hook::BtfTracepoint(name) => format!("tp_btf/{name}"),
         Hook::Tracepoint { group, name } => format!("tracepoint/{group}/{name}"),
+        Hook::CgroupSkbEgress => "cgroup_skb/egress".to_string(),
     }
 }
 

@@ -46,9 +46,9 @@ pub struct Context<'a> {
     pub max_listener_series: usize,
 }
 
-/// Prometheus-client appends `_total` to counters and `_info` to info metrics itself.
+/// Prometheus-client appends `_total` to counters itself.
 fn base(name: &str) -> &str {
-    name.strip_suffix("_total").or_else(|| name.strip_suffix("_info")).unwrap_or(name)
+    name.strip_suffix("_total").unwrap_or(name)
 }
 
 pub(crate) fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
@@ -95,8 +95,9 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
     let scan = float_family(&mut reg, SCAN_DURATION, "Time the scan behind this exposition took");
     let ns_failed = gauge_family(&mut reg, SCAN_NETNS_FAILED, "Network namespaces the scan could not read (vanished or not enterable)");
     let probe_up = gauge_family(&mut reg, PROBE_UP, "1 when the kernel probe is attached, 0 when it is unavailable (the agent log says why)");
+    // An Info metric gets `_info` appended by prometheus-client.
     reg.register(
-        base(BUILD_INFO),
+        BUILD_INFO.strip_suffix("_info").unwrap_or(BUILD_INFO),
         "connmon build information",
         Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
     );

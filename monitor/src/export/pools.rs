@@ -155,7 +155,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         with.push(("client_class".into(), class.into()));
         accepts.get_or_create(&with).inc_by(*n);
     }
-    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason (tables full, socket evicted before its handshake finished)");
+    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full");
     for (reason, n) in LOST_REASON_NAMES.iter().zip(extras.lost) {
         lost.get_or_create(&labels(&[("reason", reason)])).inc_by(n);
     }
