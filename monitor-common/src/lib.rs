@@ -14,6 +14,7 @@ pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_SYN_RECV: u8 = 3;
 pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_LISTEN: u8 = 10;
 pub const TCP_NEW_SYN_RECV: u8 = 12;
 
@@ -96,8 +97,15 @@ pub struct TracepointOffsets {
     pub synack_skaddr: u32,
     /// `sock:inet_sock_set_state` fields.
     pub state: StateTpOffsets,
+    /// `tcp:tcp_retransmit_skb` → `skaddr`, `state`.
+    pub retrans_skaddr: u32,
+    pub retrans_state: u32,
+    /// `tcp:tcp_receive_reset` → `skaddr`.
+    pub rx_reset_skaddr: u32,
+    /// `tcp:tcp_send_reset` → `skaddr` (NULL for resets not sent on behalf of a socket).
+    pub tx_reset_skaddr: u32,
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 56);
+const _: () = assert!(size_of::<TracepointOffsets>() == 72);
 
 /// Record offsets of `sock:inet_sock_set_state`.
 #[repr(C)]
@@ -136,8 +144,44 @@ impl TracepointOffsets {
             daddr_v6: OFFSET_UNKNOWN,
             _reserved: 0,
         },
+        retrans_skaddr: OFFSET_UNKNOWN,
+        retrans_state: OFFSET_UNKNOWN,
+        rx_reset_skaddr: OFFSET_UNKNOWN,
+        tx_reset_skaddr: OFFSET_UNKNOWN,
     };
 }
+
+/// Storm-detection settings written by the agent before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StormConfig {
+    /// Connections that close within this time of their handshake count as short-lived.
+    pub short_lived_ns: u64,
+}
+const _: () = assert!(size_of::<StormConfig>() == 8);
+
+impl StormConfig {
+    pub const DEFAULT: Self = Self { short_lived_ns: 1_000_000_000 };
+}
+
+/// A failed connect, or the first successful connect after failures, of a pool: the raw material
+/// of the backoff and jitter estimates. Only failures produce these, so healthy churn costs none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryEvent {
+    pub pool: PoolKey,
+    pub ts_ns: u64,
+    /// RETRY_FAILED or RETRY_RECOVERED.
+    pub kind: u32,
+    /// FAIL_* for failures.
+    pub reason: u32,
+}
+const _: () = assert!(size_of::<RetryEvent>() == 64);
+
+pub const RETRY_FAILED: u32 = 0;
+pub const RETRY_RECOVERED: u32 = 1;
+/// Size of the retry-event ring buffer (power of two, a multiple of the page size).
+pub const RETRY_RING_BYTES: u32 = 256 * 1024;
 
 /// Identity of a listening socket as the kernel side sees it. `cookie` is the socket cookie
 /// (`idiag_cookie`), 0 while the kernel has not assigned one yet (the agent's sock_diag scan assigns
@@ -202,6 +246,8 @@ pub const FAIL_UNREACHABLE: usize = 2;
 pub const FAIL_ABORTED: usize = 3;
 pub const FAIL_OTHER: usize = 4;
 pub const FAIL_REASONS: usize = 5;
+/// Not a connect failure: the `reason` of a RetryEvent for a connection that died young.
+pub const FAIL_DIED_YOUNG: usize = 5;
 
 /// Histogram buckets: bucket i counts values below 4^(i+1) units (µs for connect time, ms for
 /// lifetime); the last bucket counts everything larger.
@@ -227,8 +273,17 @@ pub struct PoolStats {
     pub lifetime_ms: [u64; HIST_BUCKETS],
     /// Sum of lifetimes, ms.
     pub lifetime_ms_sum: u64,
+    /// SYNs of the pool's connects retransmitted (the server did not answer in time).
+    pub syn_retransmits: u64,
+    /// Resets received and sent on the pool's connections (received includes refused connects).
+    pub resets_received: u64,
+    pub resets_sent: u64,
+    /// Connections that closed within StormConfig::short_lived_ns of their handshake.
+    pub short_lived: u64,
+    /// Short-lived connections ended by a reset from the server: they "died young".
+    pub died_young: u64,
 }
-const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2));
+const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2 + 5));
 
 /// What the kernel remembers of one client socket between its transitions.
 #[repr(C)]
@@ -243,9 +298,14 @@ pub struct SockInfo {
     /// lets the agent tell sockets it already tracks from ones to seed.
     pub saddr: [u8; 16],
     pub sport: u16,
-    pub _reserved: [u16; 3],
+    /// SOCK_* flags.
+    pub flags: u16,
+    pub _reserved: [u16; 2],
 }
 const _: () = assert!(size_of::<SockInfo>() == 88);
+
+/// The peer closed first (ESTABLISHED -> CLOSE_WAIT): the server hung up on the client.
+pub const SOCK_PEER_CLOSED: u16 = 1;
 
 /// Events the kernel side could not account, by reason (index into the LOST array).
 pub const LOST_SOCK_TABLE_FULL: u32 = 0;
@@ -253,7 +313,7 @@ pub const LOST_SOCK_TABLE_FULL: u32 = 0;
 /// a table entry, or happened before the probe attached).
 pub const LOST_SOCK_UNTRACKED: u32 = 1;
 pub const LOST_POOL_TABLE_FULL: u32 = 2;
-pub const LOST_REASONS: u32 = 3;
+pub const LOST_REASONS: u32 = 4;
 
 /// Default sizes of the socket and pool tables (the agent can override them at load).
 pub const MAX_SOCKS: u32 = 65536;
@@ -300,6 +360,9 @@ pub const PROTO_POSTGRES: u32 = 2;
 /// Flows waiting for their first payload to be classified.
 pub const MAX_PENDING_FLOWS: u32 = 4096;
 
+/// Events the kernel side could not deliver: the retry ring buffer was full.
+pub const LOST_RETRY_RING_FULL: u32 = 3;
+
 /// Upper bound on listeners tracked in kernel maps; LRU maps evict the coldest past this.
 pub const MAX_LISTENERS: u32 = 16384;
 
@@ -317,4 +380,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::AcceptKey {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::StormConfig {}
+    unsafe impl aya::Pod for super::RetryEvent {}
 }

@@ -10,6 +10,7 @@
 mod listeners;
 mod pools;
 mod proto;
+mod storms;
 
 #[cfg(not(test))]
 #[panic_handler]

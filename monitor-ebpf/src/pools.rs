@@ -14,16 +14,17 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
+    SOCK_PEER_CLOSED, TCP_CLOSE_WAIT,
     AcceptKey, PoolKey, PoolStats, SockInfo, AF_INET, CLIENT_LINK_LOCAL, CLIENT_LOOPBACK,
     CLIENT_PRIVATE, CLIENT_PUBLIC, FAIL_ABORTED, FAIL_OTHER, FAIL_REFUSED, FAIL_TIMEOUT,
-    FAIL_UNREACHABLE, HIST_BUCKETS, LOST_POOL_TABLE_FULL, LOST_REASONS, LOST_SOCK_UNTRACKED,
+    FAIL_DIED_YOUNG, FAIL_UNREACHABLE, HIST_BUCKETS, LOST_POOL_TABLE_FULL, LOST_REASONS, LOST_SOCK_UNTRACKED,
     LOST_SOCK_TABLE_FULL, MAX_LISTENERS, MAX_POOLS, MAX_SOCKS, TCP_CLOSE, TCP_ESTABLISHED,
     TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 use crate::{
     listeners::{netns_of, off, read, read_ctx},
-    proto,
+    proto, storms,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -32,7 +33,7 @@ const IPPROTO_TCP: u16 = 6;
 /// leave its pool's count too high forever; a full table instead refuses new sockets, which are
 /// then not counted at all, and says so in LOST.
 #[map]
-static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(MAX_SOCKS, 0);
+pub(crate) static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(MAX_SOCKS, 0);
 
 /// Connections open when the agent started, by socket cookie; filled by the agent from sock_diag,
 /// emptied here as they close.
@@ -84,6 +85,13 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         return on_accept(ctx, sk);
     }
+    if old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT {
+        if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+            // SAFETY: entry pointer from the map; this socket's transitions are serialised.
+            unsafe { (*info).flags |= SOCK_PEER_CLOSED };
+        }
+        return Ok(());
+    }
     if new == TCP_CLOSE {
         return on_close(sk);
     }
@@ -117,7 +125,8 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
         established_ns: 0,
         saddr: [0; 16],
         sport: 0,
-        _reserved: [0; 3],
+        flags: 0,
+        _reserved: [0; 2],
     };
     if SOCKS.insert(&sk, &info, 0).is_err() {
         lost(LOST_SOCK_TABLE_FULL);
@@ -154,12 +163,14 @@ fn on_handshake_end(ctx: &TracePointContext, sk: u64, new: u8) -> Result<(), i64
             s.connect_us_sum += us;
         });
         live_add(&info.pool, 1);
+        storms::succeeded(&info.pool);
         let p = &info.pool;
         proto::watch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
     } else if new == TCP_CLOSE {
         let pool = info.pool;
         let reason = failure_reason(sk);
         with_stats(&pool, |s| s.failures[reason] += 1);
+        storms::failed_at(&pool, info.connect_ns, reason);
         let _ = SOCKS.remove(&sk);
     }
     Ok(())
@@ -170,11 +181,22 @@ fn on_close(sk: u64) -> Result<(), i64> {
         // SAFETY: as in on_handshake_end.
         let info = unsafe { *info };
         let now = unsafe { bpf_ktime_get_ns() };
-        let ms = (now - info.established_ns) / 1_000_000;
+        let lifetime_ns = now - info.established_ns;
+        let ms = lifetime_ns / 1_000_000;
+        let short = lifetime_ns < storms::short_lived_ns();
+        // Died young: short-lived and ended by the server, by a reset (ECONNRESET, EPIPE) or by
+        // hanging up first. Healthy per-request churn closes from the client side.
+        let reset = matches!(read::<i32>(sk as *const u8, off!(SOCK_OFFSETS.err)), Ok(104) | Ok(32));
+        let young = short && (reset || info.flags & SOCK_PEER_CLOSED != 0);
+        if young {
+            storms::failed_at(&info.pool, info.connect_ns, FAIL_DIED_YOUNG);
+        }
         with_stats(&info.pool, |s| {
             s.closes += 1;
             s.lifetime_ms[bucket(ms)] += 1;
             s.lifetime_ms_sum += ms;
+            s.short_lived += u64::from(short);
+            s.died_young += u64::from(young);
         });
         live_add(&info.pool, -1);
         let p = &info.pool;
@@ -292,7 +314,7 @@ fn bucket(v: u64) -> usize {
 }
 
 
-fn with_stats(pool: &PoolKey, f: impl FnOnce(&mut PoolStats)) {
+pub(crate) fn with_stats(pool: &PoolKey, f: impl FnOnce(&mut PoolStats)) {
     if let Some(s) = POOL_STATS.get_ptr_mut(pool) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         f(unsafe { &mut *s });
@@ -343,7 +365,7 @@ fn live_add(pool: &PoolKey, delta: i64) {
     }
 }
 
-fn lost(reason: u32) {
+pub(crate) fn lost(reason: u32) {
     if let Some(n) = LOST.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot.
         unsafe { *n += 1 }

@@ -21,13 +21,54 @@ use crate::{
     probes::{self, ProbeOptions, Probes},
     scan,
     services::Services,
+    storms::StormTracker,
     web,
 };
 
-struct Collector {
-    probes: Probes,
-    peaks: PeakTracker,
-    pools: PoolTracker,
+/// Everything a collection or a tick touches; also driven directly by `connmon storms`.
+pub struct Collector {
+    pub probes: Probes,
+    pub peaks: PeakTracker,
+    pub pools: PoolTracker,
+    pub storms: StormTracker,
+}
+
+impl Collector {
+    /// A collector with no probes yet: scans work, kernel figures are missing.
+    pub fn new(pools: PoolTracker, storms: StormTracker) -> Self {
+        Self { probes: Probes::none("probes are still loading"), peaks: PeakTracker::new(false), pools, storms }
+    }
+
+    /// Takes loaded probes and counts the connections already open (pools probe only).
+    pub fn attach(&mut self, mut probes: Probes) {
+        if probes.is_up(probes::POOLS) {
+            if let Some(ebpf) = probes.ebpf_mut() {
+                match self.pools.seed(ebpf) {
+                    Ok(n) => info!("pools: {n} connections open at start-up counted"),
+                    Err(e) => warn!("pools: counting connections open at start-up failed: {e:#}"),
+                }
+            }
+        }
+        self.peaks = PeakTracker::new(probes.is_up(probes::LISTEN_PEAK));
+        self.probes = probes;
+    }
+
+    /// The periodic tick: folds a listener scan into the peaks (without starting a new scrape
+    /// period) and feeds the retry-storm detectors. Returns the listeners it saw.
+    pub fn tick(&mut self) -> Vec<listeners::Listener> {
+        let Collector { probes, peaks, pools, storms } = self;
+        let mut snap = listeners::build(&scan::scan(None, false));
+        let kernel = probes.take_listener_stats();
+        peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
+        let pools_up = probes.is_up(probes::POOLS);
+        if let Some(ebpf) = probes.ebpf_mut().filter(|_| pools_up) {
+            storms.retry_events(&pools::drain_retry_events(ebpf));
+            let stats = pools::read_stats(ebpf);
+            storms.pools_tick(&stats, &mut |k| pools.describe(k));
+        }
+        storms.listeners_tick(&snap.listeners);
+        snap.listeners
+    }
 }
 
 pub struct Agent {
@@ -50,7 +91,7 @@ impl Agent {
     /// Scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
     pub fn collect(&self) -> String {
         let mut guard = self.lock();
-        let Collector { probes, peaks, pools } = &mut *guard;
+        let Collector { probes, peaks, pools, storms } = &mut *guard;
         let t0 = Instant::now();
         let scan = scan::scan(None, true);
         let mut snap = listeners::build(&scan);
@@ -68,7 +109,15 @@ impl Agent {
                 (pools::from_scan(&scan, &services, pools.cgroups()), None)
             }
         };
-        let section = PoolsSection { pools: &pool_list, extras: extras.as_ref(), max_series: self.max_pool_series };
+        let pool_signals = storms.pool_signals();
+        let listener_signals = storms.listener_signals();
+        let section = PoolsSection {
+            pools: &pool_list,
+            signals: &pool_signals,
+            extras: extras.as_ref(),
+            listener_signals: &listener_signals,
+            max_series: self.max_pool_series,
+        };
         let ctx = export::Context {
             probes: &probes.states,
             scan_seconds: t0.elapsed().as_secs_f64(),
@@ -77,14 +126,8 @@ impl Agent {
         export::render(&snap, &section, &ctx)
     }
 
-    /// Folds a scan into the peaks without starting a new period; used between scrapes when no
-    /// probe records peaks in the kernel.
-    fn sample(&self) {
-        let mut c = self.lock();
-        let mut snap = listeners::build(&scan::scan(None, false));
-        let kernel = c.probes.take_listener_stats();
-        let synack_up = c.probes.is_up(probes::SYNACK_RETRANSMIT);
-        c.peaks.observe(&mut snap.listeners, &kernel, synack_up);
+    fn tick(&self) {
+        self.lock().tick();
     }
 }
 
@@ -92,11 +135,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let services = Services::with_overrides(&args.pool.services)?;
     let listener = web::bind(&args.listen_address).await?;
     let agent = Arc::new(Agent {
-        collector: Mutex::new(Collector {
-            probes: Probes::none("probes are still loading"),
-            peaks: PeakTracker::new(false),
-            pools: PoolTracker::new(services, args.pool_idle_expiry),
-        }),
+        collector: Mutex::new(Collector::new(
+            PoolTracker::new(services, args.pool_idle_expiry),
+            StormTracker::new(args.storm.config()),
+        )),
         ready: AtomicBool::new(false),
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
@@ -107,27 +149,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let tracefs = args.tracefs.clone();
     let max_sockets = args.max_sockets;
     let disabled = args.disabled_probes.clone();
+    let short_lived = args.storm.short_lived;
     tokio::task::spawn_blocking(move || {
-        let mut probes = Probes::load(&ProbeOptions {
+        let probes = Probes::load(&ProbeOptions {
             tracefs: &tracefs,
             max_sockets,
             cgroup_root: cgroups::cgroup2_root().as_deref(),
             disabled: &disabled,
+            short_lived,
         });
-        {
-            let mut c = starter.lock();
-            c.peaks = PeakTracker::new(probes.is_up(probes::LISTEN_PEAK));
-            if probes.is_up(probes::POOLS) {
-                if let Some(ebpf) = probes.ebpf_mut() {
-                    match c.pools.seed(ebpf) {
-                        Ok(n) => info!("pools: {n} connections open at start-up counted"),
-                        Err(e) => warn!("pools: counting connections open at start-up failed: {e:#}"),
-                    }
-                }
-            }
-            c.probes = probes;
-        }
-        starter.sample();
+        starter.lock().attach(probes);
+        starter.tick();
         starter.ready.store(true, Ordering::Release);
         info!("ready: first scan done");
     });
@@ -139,14 +171,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let needed = {
-                let c = sampler.lock();
-                sampler.is_ready() && !c.probes.is_up(probes::LISTEN_PEAK)
-            };
-            if needed {
+            if sampler.is_ready() {
                 let s = Arc::clone(&sampler);
-                if let Err(e) = tokio::task::spawn_blocking(move || s.sample()).await {
-                    warn!("listener sampling failed: {e}");
+                if let Err(e) = tokio::task::spawn_blocking(move || s.tick()).await {
+                    warn!("periodic scan failed: {e}");
                 }
             }
         }

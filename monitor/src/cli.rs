@@ -21,6 +21,8 @@ pub enum Command {
     Listeners(ListenersArgs),
     /// Show connection pools (client workload × destination), busiest first.
     Pools(PoolsArgs),
+    /// Watch pools and listeners for a while and show their retry-storm signals, storms first.
+    Storms(StormsArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -58,7 +60,7 @@ pub struct RunArgs {
     /// Turn a kernel probe off (repeatable): listen_peak, synack_retransmit, pools, protocol.
     #[arg(long = "probes.disable", value_name = "PROBE", value_parser = clap::builder::PossibleValuesParser::new(crate::probes::probe_names()))]
     pub disabled_probes: Vec<String>,
-    /// How often the agent samples listeners between scrapes when no eBPF probe records peaks.
+    /// How often the agent scans listeners and updates the retry-storm detectors between scrapes.
     #[arg(long = "scan.interval", default_value = "1s", value_parser = parse_duration)]
     pub scan_interval: Duration,
     /// Most listeners exported per scrape (fullest queues first); the rest are counted in
@@ -78,6 +80,80 @@ pub struct RunArgs {
     pub max_sockets: u32,
     #[command(flatten)]
     pub pool: PoolArgs,
+    #[command(flatten)]
+    pub storm: StormArgs,
+}
+
+/// Retry-storm detector thresholds.
+#[derive(Debug, Args, Clone)]
+pub struct StormArgs {
+    /// Connections that close sooner than this after their handshake are short-lived.
+    #[arg(long = "storm.short-lived", default_value = "1s", value_parser = parse_duration)]
+    pub short_lived: Duration,
+    /// Attempts per second below which nothing is a storm.
+    #[arg(long = "storm.min-rate", default_value_t = 5.0, value_parser = parse_positive)]
+    pub min_rate: f64,
+    /// How many times its own baseline the attempt rate must reach.
+    #[arg(long = "storm.rate-factor", default_value_t = 3.0, value_parser = parse_positive)]
+    pub rate_factor: f64,
+    /// Share of attempts that failed or died young (0..1).
+    #[arg(long = "storm.bad-ratio", default_value_t = 0.5, value_parser = parse_ratio)]
+    pub bad_ratio: f64,
+    /// Retry-gap growth per retry below which retries have no effective backoff.
+    #[arg(long = "storm.min-backoff", default_value_t = 1.5, value_parser = parse_positive)]
+    pub min_backoff: f64,
+    /// How long the signature must hold before a storm is declared.
+    #[arg(long = "storm.for", default_value = "2s", value_parser = parse_duration)]
+    pub for_duration: Duration,
+    /// How long a storm must stay calm before it is declared over.
+    #[arg(long = "storm.hold-down", default_value = "15s", value_parser = parse_duration)]
+    pub hold_down: Duration,
+    /// Window for rates and ratios.
+    #[arg(long = "storm.window", default_value = "5s", value_parser = parse_duration)]
+    pub window: Duration,
+}
+
+impl StormArgs {
+    pub fn config(&self) -> crate::storms::StormConfig {
+        crate::storms::StormConfig {
+            min_rate: self.min_rate,
+            rate_factor: self.rate_factor,
+            bad_ratio: self.bad_ratio,
+            min_backoff: self.min_backoff,
+            for_duration: self.for_duration,
+            hold_down: self.hold_down,
+            window: self.window,
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a ratio between 0 and 1")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StormsArgs {
+    /// How long to observe before printing.
+    #[arg(long = "for", default_value = "5s", value_parser = parse_duration)]
+    pub observe: Duration,
+    /// One JSON object per pool or listener, one per line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    #[command(flatten)]
+    pub storm: StormArgs,
 }
 
 #[derive(Debug, Args)]

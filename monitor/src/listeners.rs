@@ -47,6 +47,9 @@ pub struct Listener {
     /// Connections accepted from this listener that are still open (scans with connections only).
     pub established: u32,
     pub synack_retransmits: Option<u64>,
+    /// Connections queued on the listener since the probe attached (handshakes completed).
+    #[serde(skip)]
+    pub queued: Option<u64>,
     pub peak_depth: u32,
     pub peak_source: &'static str,
     pub pid: Option<u32>,
@@ -118,6 +121,7 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
             syn_queue: 0,
             established: 0,
             synack_retransmits: None,
+            queued: None,
             peak_depth: s.rqueue,
             peak_source: "sampled",
             pid: None,
@@ -184,6 +188,16 @@ impl PeakTracker {
     /// Folds one scan (and what the probes saw since the last one) into the running maxima and
     /// fills in the per-listener kernel counters.
     pub fn observe(&mut self, listeners: &mut [Listener], kernel: &KernelListenerStats, counters_up: bool) {
+        if self.source == "ebpf" {
+            for l in listeners.iter_mut() {
+                l.queued = Some(0);
+            }
+            for (key, c) in &kernel.counters {
+                if let Some(i) = find_listener(listeners, key) {
+                    *listeners[i].queued.get_or_insert(0) += c.queued;
+                }
+            }
+        }
         for l in listeners.iter() {
             let e = self.acc.entry(l.id).or_insert(0);
             *e = (*e).max(l.depth);

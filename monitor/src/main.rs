@@ -18,6 +18,7 @@ mod probes;
 mod procs;
 mod scan;
 mod services;
+mod storms;
 mod table;
 mod tracefs;
 mod web;
@@ -43,6 +44,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             .block_on(agent::run(args)),
         cli::Command::Listeners(args) => listeners_command(&args),
         cli::Command::Pools(args) => pools_command(&args),
+        cli::Command::Storms(args) => storms_command(&args),
     }
 }
 
@@ -78,6 +80,7 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
         max_sockets: monitor_common::MAX_SOCKS,
         cgroup_root: cgroups::cgroup2_root().as_deref(),
         disabled: &[],
+        short_lived: std::time::Duration::from_secs(1),
     });
     let up = loaded.is_up(probes::POOLS);
     let Some(ebpf) = loaded.ebpf_mut().filter(|_| up) else {
@@ -93,6 +96,45 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
         print_pools(&pools, args.json)?;
         std::thread::sleep(args.interval);
     }
+}
+
+/// Observes for `--for`, ticking once a second like the agent, then prints every pool and
+/// listener with its storm signals, storms first.
+fn storms_command(args: &cli::StormsArgs) -> anyhow::Result<()> {
+    let services = services::Services::with_overrides(&args.pool.services)?;
+    let loaded = probes::Probes::load(&probes::ProbeOptions {
+        tracefs: std::path::Path::new(tracefs::DEFAULT_TRACEFS),
+        max_sockets: monitor_common::MAX_SOCKS,
+        cgroup_root: cgroups::cgroup2_root().as_deref(),
+        disabled: &[],
+        short_lived: args.storm.short_lived,
+    });
+    if !loaded.is_up(probes::POOLS) {
+        anyhow::bail!("connmon storms needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON");
+    }
+    let mut c = agent::Collector::new(
+        pools::PoolTracker::new(services, std::time::Duration::MAX),
+        storms::StormTracker::new(args.storm.config()),
+    );
+    c.attach(loaded);
+    let deadline = std::time::Instant::now() + args.observe;
+    let mut listeners = c.tick();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()).min(std::time::Duration::from_secs(1)));
+        listeners = c.tick();
+    }
+    let rows = storms::report(&mut c.pools, &c.storms, &listeners);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for r in &rows {
+            serde_json::to_writer(&mut out, r)?;
+            writeln!(out)?;
+        }
+    } else {
+        table::print_storms(&mut out, &rows)?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn print_pools(pools: &[pools::Pool], json: bool) -> anyhow::Result<()> {

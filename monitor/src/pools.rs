@@ -10,11 +10,11 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
 use monitor_common::{
-    AcceptKey, PoolKey, PoolStats, SockInfo, AF_INET, FAIL_REASONS, LOST_REASONS, PROTO_POSTGRES,
+    AcceptKey, PoolKey, PoolStats, RetryEvent, SockInfo, AF_INET, FAIL_REASONS, LOST_REASONS, PROTO_POSTGRES,
     PROTO_REDIS, TCP_LISTEN,
 };
 use serde::Serialize;
@@ -28,7 +28,7 @@ use crate::{
 
 pub const FAILURE_REASONS: [&str; FAIL_REASONS] = ["refused", "timeout", "unreachable", "aborted", "other"];
 pub const CLIENT_CLASSES: [&str; 4] = ["loopback", "private", "link_local", "public"];
-pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full"];
+pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full", "retry_ring_full"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pool {
@@ -50,6 +50,8 @@ pub struct Pool {
     pub failure_reasons: Option<BTreeMap<&'static str, u64>>,
     #[serde(skip)]
     pub stats: Option<PoolStats>,
+    #[serde(skip)]
+    pub key: Option<PoolKey>,
 }
 
 /// What one collection of the kernel tables yields besides the pools.
@@ -150,6 +152,7 @@ fn pool_of(key: &PoolKey, services: &Services, cgroups: &mut CgroupNames, protoc
         failures: None,
         failure_reasons: None,
         stats: None,
+        key: Some(*key),
     }
 }
 
@@ -311,6 +314,12 @@ impl PoolTracker {
         (pools, extras)
     }
 
+    /// "service=… dst=… comm=… cgroup=…" for log lines.
+    pub fn describe(&mut self, key: &PoolKey) -> String {
+        let p = pool_of(key, &self.services, &mut self.cgroups, self.protocols.get(&(addr_of(key.family, &key.daddr), key.dport)).copied());
+        format!("service={} dst_addr={} dst_port={} comm={} cgroup={}", p.service, p.dst_addr, p.dst_port, p.comm, p.cgroup)
+    }
+
     /// Moves what the protocol probe recognised into the per-destination memory.
     fn learn_protocols(&mut self, ebpf: &Ebpf) {
         let Ok(seen) = map::<BpfHashMap<&MapData, PoolKey, u32>>(ebpf, "PROTO_SEEN") else { return };
@@ -349,7 +358,7 @@ impl PoolTracker {
     }
 }
 
-fn read_stats(ebpf: &Ebpf) -> HashMap<PoolKey, PoolStats> {
+pub fn read_stats(ebpf: &Ebpf) -> HashMap<PoolKey, PoolStats> {
     let Ok(m) = map::<PerCpuHashMap<&MapData, PoolKey, PoolStats>>(ebpf, "POOL_STATS") else {
         return HashMap::new();
     };
@@ -380,6 +389,24 @@ pub fn add_stats(sum: &mut PoolStats, v: &PoolStats) {
     }
     sum.connect_us_sum += v.connect_us_sum;
     sum.lifetime_ms_sum += v.lifetime_ms_sum;
+    sum.syn_retransmits += v.syn_retransmits;
+    sum.resets_received += v.resets_received;
+    sum.resets_sent += v.resets_sent;
+    sum.short_lived += v.short_lived;
+    sum.died_young += v.died_young;
+}
+
+/// Retry events the kernel queued since the last call.
+pub fn drain_retry_events(ebpf: &mut Ebpf) -> Vec<RetryEvent> {
+    let Ok(mut ring) = map_mut::<RingBuf<&mut MapData>>(ebpf, "RETRY_EVENTS") else { return Vec::new() };
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<RetryEvent>() {
+            // SAFETY: the kernel wrote a RetryEvent (repr(C), any bytes valid); read unaligned.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RetryEvent>()) });
+        }
+    }
+    out
 }
 
 fn map<'a, T: TryFrom<&'a aya::maps::Map>>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<T>

@@ -54,6 +54,9 @@ pub const LISTEN_PEAK: &str = "listen_peak";
 pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
 pub const POOLS: &str = "pools";
 pub const PROTOCOL: &str = "protocol";
+pub const CONNECT_RETRANSMIT: &str = "connect_retransmit";
+pub const RESETS_RECEIVED: &str = "resets_received";
+pub const RESETS_SENT: &str = "resets_sent";
 
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
@@ -83,6 +86,27 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoint { group: "sock", name: "inet_sock_set_state" },
         min_kernel: "4.16",
         fallback: "pool sizes from sock_diag scans only (no opens, closes, failures or latencies)",
+    },
+    ProbeSpec {
+        probe: CONNECT_RETRANSMIT,
+        program: "tcp_retransmit_skb",
+        hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_skb" },
+        min_kernel: "4.15",
+        fallback: "no SYN retransmit counts per pool",
+    },
+    ProbeSpec {
+        probe: RESETS_RECEIVED,
+        program: "tcp_receive_reset",
+        hook: Hook::Tracepoint { group: "tcp", name: "tcp_receive_reset" },
+        min_kernel: "4.15",
+        fallback: "no received-reset counts per pool",
+    },
+    ProbeSpec {
+        probe: RESETS_SENT,
+        program: "tcp_send_reset",
+        hook: Hook::Tracepoint { group: "tcp", name: "tcp_send_reset" },
+        min_kernel: "4.15",
+        fallback: "no sent-reset counts per pool",
     },
     ProbeSpec {
         probe: PROTOCOL,
@@ -120,6 +144,8 @@ pub struct ProbeOptions<'a> {
     pub cgroup_root: Option<&'a Path>,
     /// Probes the operator turned off.
     pub disabled: &'a [String],
+    /// Connections shorter than this count as short-lived.
+    pub short_lived: std::time::Duration,
 }
 
 /// The loaded object, kept alive for as long as the probes should stay attached.
@@ -163,6 +189,7 @@ impl Probes {
             .override_global("SOCK_OFFSETS", &sock, true)
             .override_global("TP_OFFSETS", &tp, true)
             .override_global("TASK_OFFSETS", &task, true)
+            .override_global("STORM_CONFIG", &monitor_common::StormConfig { short_lived_ns: opts.short_lived.as_nanos().min(u128::from(u64::MAX)) as u64 }, true)
             .map_max_entries("SOCKS", opts.max_sockets)
             .map_max_entries("SEEDED", opts.max_sockets)
             .load(EBPF_OBJECT)
@@ -288,6 +315,9 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Res
                 ("sock", "sk_data_ready") => tp.data_ready_skaddr,
                 ("tcp", "tcp_retransmit_synack") => tp.synack_skaddr,
                 ("sock", "inet_sock_set_state") => state_offsets_complete(&tp.state),
+                ("tcp", "tcp_retransmit_skb") => tp.retrans_skaddr.max(tp.retrans_state),
+                ("tcp", "tcp_receive_reset") => tp.rx_reset_skaddr,
+                ("tcp", "tcp_send_reset") => tp.tx_reset_skaddr,
                 _ => 0,
             };
             if needed == OFFSET_UNKNOWN {
@@ -338,6 +368,12 @@ fn tracepoint_offsets(dir: &Path) -> (TracepointOffsets, Option<std::path::PathB
     };
     tp.data_ready_skaddr = skaddr("sock", "sk_data_ready");
     tp.synack_skaddr = skaddr("tcp", "tcp_retransmit_synack");
+    tp.rx_reset_skaddr = skaddr("tcp", "tcp_receive_reset");
+    tp.tx_reset_skaddr = skaddr("tcp", "tcp_send_reset");
+    if let Ok(f) = tracefs::read_format(&dir, "tcp", "tcp_retransmit_skb") {
+        tp.retrans_skaddr = f.field("skaddr").map(|f| f.offset).unwrap_or(OFFSET_UNKNOWN);
+        tp.retrans_state = f.field("state").map(|f| f.offset).unwrap_or(OFFSET_UNKNOWN);
+    }
     if let Ok(f) = tracefs::read_format(&dir, "sock", "inet_sock_set_state") {
         let off = |name: &str| f.field(name).map(|f| f.offset).unwrap_or(OFFSET_UNKNOWN);
         tp.state = StateTpOffsets {

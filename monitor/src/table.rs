@@ -1,7 +1,7 @@
 //! Human output for the one-shot commands: aligned columns, widest value decides the width.
 use std::io::{self, Write};
 
-use crate::{listeners::Listener, pools::Pool};
+use crate::{listeners::Listener, pools::Pool, storms::ReportRow};
 
 /// Prints rows under headers with each column as wide as its widest cell; numbers right-aligned.
 pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
@@ -85,4 +85,26 @@ pub fn print_pools(out: &mut impl Write, pools: &[Pool]) -> io::Result<()> {
         })
         .collect();
     print(out, &headers, &rows)
+}
+
+pub fn print_storms(out: &mut impl Write, rows: &[ReportRow]) -> io::Result<()> {
+    let headers = ["STORM", "TARGET", "ATTEMPTS/S", "BAD", "BASELINE/S", "BACKOFF", "JITTER", "SCORE", "WHAT"];
+    let est = |f: fn(&crate::storms::RetryEstimate) -> f64, r: &ReportRow| r.signals.estimate.as_ref().map_or("-".into(), |e| format!("{:.2}", f(e)));
+    let lines: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                if r.signals.in_storm { "STORM".into() } else { "-".into() },
+                r.target.into(),
+                format!("{:.1}", r.signals.attempt_rate),
+                format!("{:.0}%", r.signals.bad_ratio * 100.0),
+                format!("{:.1}", r.signals.baseline_rate),
+                est(|e| e.backoff, r),
+                est(|e| e.jitter, r),
+                format!("{:.2}", r.signals.score.overall),
+                r.what.clone(),
+            ]
+        })
+        .collect();
+    print(out, &headers, &lines)
 }

@@ -11,18 +11,27 @@
 //! - [`oracle`]: `ss` and `nstat` output parsed into numbers.
 //! - [`agent`]: the `connmon run` agent as a child process, a tiny HTTP client, `connmon listeners`.
 //! - [`metrics`]: a parser for the Prometheus text exposition.
+//! - [`client`]: client workloads as separate processes (own comm, cgroup, optional netns).
+//! - [`servers`]: redis-server, PostgreSQL and a plain accept loop, RAII.
+//! - [`pool_metrics`]: one pool's series, lost-event counters, and the pool oracles (`ss -tnp`).
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod client;
 pub mod metrics;
 pub mod netns;
 pub mod oracle;
+pub mod pool_metrics;
+pub mod servers;
 pub mod sock;
 
 pub use agent::*;
+pub use client::*;
 pub use metrics::*;
 pub use netns::*;
 pub use oracle::*;
+pub use pool_metrics::*;
+pub use servers::*;
 pub use sock::*;
 
 use std::fmt::Display;

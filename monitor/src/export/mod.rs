@@ -17,6 +17,7 @@ use crate::{
 };
 
 pub mod pools;
+pub mod storms;
 
 pub const LISTEN_QUEUE_DEPTH: &str = "connmon_listen_queue_depth";
 pub const LISTEN_QUEUE_MAX: &str = "connmon_listen_queue_max";
@@ -202,7 +203,9 @@ mod tests {
         probes.insert("listen_peak", ProbeState::Up { program: "x" });
         probes.insert("synack_retransmit", ProbeState::Down { reason: "no".into() });
         let ctx = Context { probes: &probes, scan_seconds: 0.01, max_listener_series: 10 };
-        let section = pools::PoolsSection { pools: &[], extras: None, max_series: 10 };
+        let none = Default::default();
+        let none_l = Default::default();
+        let section = pools::PoolsSection { pools: &[], signals: &none, extras: None, listener_signals: &none_l, max_series: 10 };
         let text = render(&Snapshot::default(), &section, &ctx);
         assert!(text.contains("connmon_probe_up{probe=\"listen_peak\"} 1"), "{text}");
         assert!(text.contains("connmon_probe_up{probe=\"synack_retransmit\"} 0"), "{text}");

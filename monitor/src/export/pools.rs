@@ -1,9 +1,9 @@
 //! Pool and server-side series: per-pool gauges, counters and histograms (merged across network
 //! namespaces that share labels, capped with the rest folded into one `other` pool), accepts per
 //! listener by client class, and lost kernel events.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use monitor_common::{PoolStats, HIST_BUCKETS};
+use monitor_common::{PoolKey, PoolStats, HIST_BUCKETS};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
@@ -13,8 +13,9 @@ use prometheus_client::{
 
 use super::{counter_family, gauge_family, labels, Labels};
 use crate::{
-    listeners::{self, Listener},
+    listeners::{self, Listener, ListenerId},
     pools::{add_stats, KernelExtras, Pool, CLIENT_CLASSES, FAILURE_REASONS, LOST_REASON_NAMES},
+    storms::Signals,
 };
 
 pub const POOL_CONNECTIONS: &str = "connmon_pool_connections";
@@ -30,11 +31,18 @@ pub const POOL_FOLDED: &str = "connmon_pool_series_folded";
 pub const LISTEN_ESTABLISHED: &str = "connmon_listen_established_connections";
 pub const LISTEN_ACCEPTS: &str = "connmon_listen_accepts_total";
 pub const EVENTS_LOST: &str = "connmon_events_lost_total";
+pub const POOL_SYN_RETRANS: &str = "connmon_pool_syn_retransmits_total";
+pub const POOL_RESETS: &str = "connmon_pool_resets_total";
+pub const POOL_SHORT_LIVED: &str = "connmon_pool_short_lived_total";
+pub const POOL_DIED_YOUNG: &str = "connmon_pool_died_young_total";
 
 pub struct PoolsSection<'a> {
     pub pools: &'a [Pool],
+    /// Retry-storm signals per pool (empty when the detector has none).
+    pub signals: &'a HashMap<PoolKey, Signals>,
     /// None when the pools probe is down: then only gauges from scans are exported.
     pub extras: Option<&'a KernelExtras>,
+    pub listener_signals: &'a HashMap<ListenerId, Signals>,
     pub max_series: usize,
 }
 
@@ -44,6 +52,7 @@ struct Row {
     active: i64,
     peak: i64,
     stats: Option<PoolStats>,
+    keys: Vec<PoolKey>,
 }
 
 const OTHER: &str = "other";
@@ -60,6 +69,7 @@ fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
     for p in pools {
         let r = merged.entry(pool_labels(p)).or_default();
         merge(r, p.active, p.peak, p.stats.as_ref());
+        r.keys.extend(p.key);
     }
     let mut all: Vec<([String; 5], Row)> = merged.into_iter().collect();
     all.sort_by(|a, b| b.1.active.cmp(&a.1.active).then_with(|| a.0.cmp(&b.0)));
@@ -71,6 +81,7 @@ fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
     let mut other = Row::default();
     for (_, r) in &rest {
         merge(&mut other, r.active, r.peak, r.stats.as_ref());
+        other.keys.extend(&r.keys);
     }
     all.push(([OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into()], other));
     (all, folded)
@@ -115,6 +126,11 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     let opens = counter_family(reg, POOL_OPENS, "Connections of the pool whose handshake completed");
     let closes = counter_family(reg, POOL_CLOSES, "Established connections of the pool that closed");
     let failures = counter_family(reg, POOL_FAILURES, "Connects of the pool that failed, by reason: refused (RST), timeout (SYN unanswered), unreachable (ICMP), aborted (closed by the client before the handshake finished), other");
+    let syn_retrans = counter_family(reg, POOL_SYN_RETRANS, "SYNs of the pool's connects that were retransmitted because the server did not answer in time");
+    let resets = counter_family(reg, POOL_RESETS, "Resets on the pool's connections: direction=received (including refused connects) or sent");
+    let short_lived = counter_family(reg, POOL_SHORT_LIVED, "Connections of the pool that closed sooner than --storm.short-lived after their handshake (churn)");
+    let died_young = counter_family(reg, POOL_DIED_YOUNG, "Short-lived connections of the pool that the server ended (reset, or hung up first): rejected, not merely churned");
+    let mut storm_rows = Vec::new();
     let mut hists = Histograms::default();
     for (values, r) in &rows {
         let Some(s) = &r.stats else { continue };
@@ -127,10 +143,22 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
             with.push(("reason".into(), reason.to_string()));
             failures.get_or_create(&with).inc_by(n);
         }
+        syn_retrans.get_or_create(&l).inc_by(s.syn_retransmits);
+        for (direction, n) in [("received", s.resets_received), ("sent", s.resets_sent)] {
+            let mut with = l.clone();
+            with.push(("direction".into(), direction.into()));
+            resets.get_or_create(&with).inc_by(n);
+        }
+        short_lived.get_or_create(&l).inc_by(s.short_lived);
+        died_young.get_or_create(&l).inc_by(s.died_young);
+        if let Some(sig) = super::storms::strongest(&r.keys, section.signals) {
+            storm_rows.push((l.clone(), sig));
+        }
         hists.connect.push((l.clone(), histogram(&s.connect_us, s.connect_us_sum, 1e-6)));
         hists.lifetime.push((l, histogram(&s.lifetime_ms, s.lifetime_ms_sum, 1e-3)));
     }
     reg.register_collector(Box::new(hists));
+    super::storms::register(reg, &storm_rows, listeners, section.listener_signals);
 
     let accepts = counter_family(reg, LISTEN_ACCEPTS, "Connections that completed the handshake on the listener, by client address class");
     for (key, n) in &extras.accepts {
@@ -244,6 +272,7 @@ mod tests {
             failures: None,
             failure_reasons: None,
             stats: None,
+            key: None,
         }
     }
 

@@ -1,0 +1,110 @@
+//! Retry-storm signals per pool: SYN retransmits of connects, resets received and sent, and a
+//! ring buffer of failed connects (and the first success after failures) whose timing the agent
+//! turns into backoff and jitter estimates. Sockets are matched to pools through the pools probe's
+//! socket table, so only client connections connmon follows are counted.
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{map, tracepoint},
+    maps::{LruHashMap, RingBuf},
+    programs::TracePointContext,
+};
+use monitor_common::{
+    PoolKey, RetryEvent, SockInfo, StormConfig, LOST_RETRY_RING_FULL, MAX_POOLS, RETRY_FAILED,
+    RETRY_RECOVERED, RETRY_RING_BYTES, TCP_SYN_SENT,
+};
+
+use crate::{
+    listeners::{off, read_ctx},
+    pools::{lost, with_stats, SOCKS},
+};
+
+#[no_mangle]
+pub(crate) static STORM_CONFIG: StormConfig = StormConfig::DEFAULT;
+
+#[map]
+static RETRY_EVENTS: RingBuf = RingBuf::with_byte_size(RETRY_RING_BYTES, 0);
+
+/// Pools whose last connect failed, so the next success is reported as a recovery.
+#[map]
+static LAST_FAILED: LruHashMap<PoolKey, u64> = LruHashMap::with_max_entries(MAX_POOLS, 0);
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_retransmit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_reset(&ctx, off!(TP_OFFSETS.rx_reset_skaddr), true);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_reset(&ctx, off!(TP_OFFSETS.tx_reset_skaddr), false);
+    0
+}
+
+fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
+    let state: i32 = read_ctx(ctx, off!(TP_OFFSETS.retrans_state))?;
+    if state as u8 != TCP_SYN_SENT {
+        return Ok(());
+    }
+    let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.retrans_skaddr))?;
+    if let Some(info) = socket(sk) {
+        with_stats(&info.pool, |s| s.syn_retransmits += 1);
+    }
+    Ok(())
+}
+
+fn try_reset(ctx: &TracePointContext, skaddr_off: u32, received: bool) -> Result<(), i64> {
+    let sk: u64 = read_ctx(ctx, skaddr_off)?;
+    if sk == 0 {
+        return Ok(());
+    }
+    if let Some(info) = socket(sk) {
+        with_stats(&info.pool, |s| {
+            if received {
+                s.resets_received += 1;
+            } else {
+                s.resets_sent += 1;
+            }
+        });
+    }
+    Ok(())
+}
+
+fn socket(sk: u64) -> Option<SockInfo> {
+    // SAFETY: entry pointer from the map, copied out at once.
+    SOCKS.get_ptr(&sk).map(|p| unsafe { *p })
+}
+
+pub(crate) fn short_lived_ns() -> u64 {
+    // SAFETY: a plain read of a static the loader initialised; volatile so the default is not folded in.
+    unsafe { core::ptr::read_volatile(&raw const STORM_CONFIG.short_lived_ns) }
+}
+
+/// An attempt of `pool` that started at `connect_ns` failed (or died young).
+pub(crate) fn failed_at(pool: &PoolKey, connect_ns: u64, reason: usize) {
+    let _ = LAST_FAILED.insert(pool, &connect_ns, 0);
+    emit(pool, connect_ns, RETRY_FAILED, reason as u32);
+}
+
+/// A connect of `pool` succeeded; reported only when the previous one failed.
+pub(crate) fn succeeded(pool: &PoolKey) {
+    if LAST_FAILED.get_ptr(pool).is_none() {
+        return;
+    }
+    let _ = LAST_FAILED.remove(pool);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(pool, now, RETRY_RECOVERED, 0);
+}
+
+fn emit(pool: &PoolKey, ts_ns: u64, kind: u32, reason: u32) {
+    let event = RetryEvent { pool: *pool, ts_ns, kind, reason };
+    if RETRY_EVENTS.output::<RetryEvent>(&event, 0).is_err() {
+        lost(LOST_RETRY_RING_FULL);
+    }
+}

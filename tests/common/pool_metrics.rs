@@ -1,0 +1,193 @@
+//! Reading connmon's pool series for one test's own client (its comm + cgroup + destination are
+//! unique, so parallel tests never see each other's numbers), and the oracles to compare with.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use super::{connmon_ok, parse_json_lines, sample, samples_matching, ClientProc, Netns, Sample};
+
+pub const POOL_CONNECTIONS: &str = "connmon_pool_connections";
+pub const POOL_PEAK: &str = "connmon_pool_connections_peak";
+pub const POOL_ATTEMPTS: &str = "connmon_pool_connect_attempts_total";
+pub const POOL_OPENS: &str = "connmon_pool_opens_total";
+pub const POOL_CLOSES: &str = "connmon_pool_closes_total";
+pub const POOL_FAILURES: &str = "connmon_pool_connect_failures_total";
+pub const POOL_CONNECT_DURATION: &str = "connmon_pool_connect_duration_seconds";
+pub const POOL_LIFETIME: &str = "connmon_pool_connection_lifetime_seconds";
+pub const POOL_SERVICE_INFO: &str = "connmon_pool_service_info";
+pub const POOL_FOLDED: &str = "connmon_pool_series_folded";
+pub const LISTEN_ESTABLISHED: &str = "connmon_listen_established_connections";
+pub const LISTEN_ACCEPTS: &str = "connmon_listen_accepts_total";
+pub const EVENTS_LOST: &str = "connmon_events_lost_total";
+
+pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborted", "other"];
+pub const LOST_REASONS: [&str; 3] = ["socket_table_full", "socket_untracked", "pool_table_full"];
+
+/// One pool's identifying labels (all but `service`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRef {
+    pub comm: String,
+    pub cgroup: String,
+    pub dst_addr: String,
+    pub dst_port: String,
+}
+
+/// Everything connmon exports for one pool; `None` where the series is absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolFigures {
+    pub service: Option<String>,
+    pub active: Option<f64>,
+    pub peak: Option<f64>,
+    pub attempts: Option<f64>,
+    pub opens: Option<f64>,
+    pub closes: Option<f64>,
+    /// (reason, value) for every reason exported.
+    pub failures: Vec<(String, f64)>,
+    pub connect_count: Option<f64>,
+    pub connect_sum: Option<f64>,
+    pub lifetime_count: Option<f64>,
+    pub lifetime_sum: Option<f64>,
+}
+
+impl PoolFigures {
+    pub fn failure(&self, reason: &str) -> f64 {
+        self.failures.iter().find(|(r, _)| r == reason).map_or(0.0, |(_, v)| *v)
+    }
+
+    pub fn failures_total(&self) -> f64 {
+        self.failures.iter().map(|(_, v)| v).sum()
+    }
+}
+
+impl fmt::Display for PoolFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "service={} active={} peak={} attempts={} opens={} closes={} failures={:?} connect_count={} lifetime_count={}",
+            self.service.as_deref().unwrap_or("-"),
+            o(self.active),
+            o(self.peak),
+            o(self.attempts),
+            o(self.opens),
+            o(self.closes),
+            self.failures.iter().filter(|(_, v)| *v != 0.0).collect::<Vec<_>>(),
+            o(self.connect_count),
+            o(self.lifetime_count)
+        )
+    }
+}
+
+impl PoolRef {
+    /// The pool of `client`'s connections to `dst`.
+    pub fn of(client: &ClientProc, dst: SocketAddr) -> PoolRef {
+        PoolRef {
+            comm: client.name.clone(),
+            cgroup: client.cgroup().to_string(),
+            dst_addr: dst.ip().to_string(),
+            dst_port: dst.port().to_string(),
+        }
+    }
+
+    pub fn labels(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("comm", self.comm.as_str()),
+            ("cgroup", self.cgroup.as_str()),
+            ("dst_addr", self.dst_addr.as_str()),
+            ("dst_port", self.dst_port.as_str()),
+        ]
+    }
+
+    /// The one sample `name` of this pool (None if absent).
+    pub fn get(&self, samples: &[Sample], name: &str) -> Option<f64> {
+        sample(samples, name, &self.labels())
+    }
+
+    pub fn figures(&self, samples: &[Sample]) -> PoolFigures {
+        let l = self.labels();
+        let service = samples_matching(samples, POOL_CONNECTIONS, &l)
+            .first()
+            .and_then(|s| s.label("service").map(str::to_string));
+        let failures = samples_matching(samples, POOL_FAILURES, &l)
+            .into_iter()
+            .map(|s| (s.label("reason").unwrap_or("?").to_string(), s.value))
+            .collect();
+        PoolFigures {
+            service,
+            active: self.get(samples, POOL_CONNECTIONS),
+            peak: self.get(samples, POOL_PEAK),
+            attempts: self.get(samples, POOL_ATTEMPTS),
+            opens: self.get(samples, POOL_OPENS),
+            closes: self.get(samples, POOL_CLOSES),
+            failures,
+            connect_count: self.get(samples, &format!("{POOL_CONNECT_DURATION}_count")),
+            connect_sum: self.get(samples, &format!("{POOL_CONNECT_DURATION}_sum")),
+            lifetime_count: self.get(samples, &format!("{POOL_LIFETIME}_count")),
+            lifetime_sum: self.get(samples, &format!("{POOL_LIFETIME}_sum")),
+        }
+    }
+}
+
+impl fmt::Display for PoolRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pool{{comm={},cgroup={},dst={}:{}}}", self.comm, self.cgroup, self.dst_addr, self.dst_port)
+    }
+}
+
+/// connmon_events_lost_total{reason} (0 if absent).
+pub fn lost(samples: &[Sample], reason: &str) -> f64 {
+    sample(samples, EVENTS_LOST, &[("reason", reason)]).unwrap_or(0.0)
+}
+
+/// Every lost-events counter, in [`LOST_REASONS`] order.
+pub fn lost_all(samples: &[Sample]) -> [f64; 3] {
+    LOST_REASONS.map(|r| lost(samples, r))
+}
+
+/// connmon_pool_service_info samples for `dst`.
+pub fn service_info<'a>(samples: &'a [Sample], dst: SocketAddr) -> Vec<&'a Sample> {
+    let (a, p) = (dst.ip().to_string(), dst.port().to_string());
+    samples_matching(samples, POOL_SERVICE_INFO, &[("dst_addr", a.as_str()), ("dst_port", p.as_str())])
+}
+
+/// ESTABLISHED TCP sockets in `ns` with destination port `dport` that `pid` holds (`ss -tnp`).
+pub fn ss_estab_owned_by(ns: &Netns, pid: u32, dport: u16) -> usize {
+    let d = format!(":{dport}");
+    let text = ns.exec_ok(&["ss", "-H", "-tnp", "state", "established", "dport", "=", &d]);
+    let needle = format!("pid={pid},");
+    text.lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// Current VmRSS of `pid` in bytes.
+pub fn vm_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// `connmon pools --json` (one-shot scan), parsed.
+pub fn connmon_pools_json(args: &[&str]) -> Vec<Value> {
+    let mut full = vec!["pools", "--json"];
+    full.extend_from_slice(args);
+    parse_json_lines(&connmon_ok(&full))
+}
+
+/// Rows of `connmon pools --json` output that belong to `pool`.
+pub fn pool_rows<'a>(rows: &'a [Value], pool: &PoolRef) -> Vec<&'a Value> {
+    rows.iter()
+        .filter(|r| {
+            r["comm"].as_str() == Some(pool.comm.as_str())
+                && r["cgroup"].as_str() == Some(pool.cgroup.as_str())
+                && r["dst_addr"].as_str() == Some(pool.dst_addr.as_str())
+                && r["dst_port"].as_u64().map(|p| p.to_string()).as_deref() == Some(pool.dst_port.as_str())
+        })
+        .collect()
+}
