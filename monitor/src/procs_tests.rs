@@ -68,7 +68,7 @@ fn socket_link_parsing() {
 fn finds_own_listener() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let socks = diag::dump_tcp(diag::state_mask(&[diag::TCP_LISTEN]), false).unwrap();
+    let socks = diag::dump_tcp(diag::state_mask(&[monitor_common::TCP_LISTEN]), false).unwrap();
     let inode = socks
         .iter()
         .find(|s| s.sport == port)
@@ -103,7 +103,7 @@ fn lowest_pid_wins_for_shared_sockets() {
         .arg("30")
         .spawn()
         .unwrap();
-    let socks = diag::dump_tcp(diag::state_mask(&[diag::TCP_LISTEN]), false).unwrap();
+    let socks = diag::dump_tcp(diag::state_mask(&[monitor_common::TCP_LISTEN]), false).unwrap();
     let inode = socks.iter().find(|s| s.sport == port).unwrap().inode;
     let link = format!("socket:[{inode}]");
     let child_has_it = (0..100).any(|_| {

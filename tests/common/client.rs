@@ -284,25 +284,26 @@ impl ClientProc {
     /// Waits for the next line starting with `word` and returns the rest of it; panics (quoting
     /// the client's stderr) if the client exits first or `within` passes.
     pub fn expect(&mut self, word: &str, within: Duration) -> String {
+        self.try_expect(word, within).unwrap_or_else(|| {
+            panic!("client {} did not say {word:?} within {within:?}; stderr:\n{}", self.name, self.stderr())
+        })
+    }
+
+    /// Like [`ClientProc::expect`], but `None` when `within` passes first (the client exiting
+    /// first, or reporting an error, still panics).
+    pub fn try_expect(&mut self, word: &str, within: Duration) -> Option<String> {
         let matches = |l: &str| l == word || l.starts_with(&format!("{word} "));
         if let Some(i) = self.pending.iter().position(|l| matches(l)) {
             let l = self.pending.remove(i).unwrap();
-            return l[word.len()..].trim().to_string();
+            return Some(l[word.len()..].trim().to_string());
         }
         let end = Instant::now() + within;
         loop {
             let left = end.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if matches(&l) => return l[word.len()..].trim().to_string(),
-                Ok(l) if l.starts_with("error") => {
-                    panic!("client {} reported {l}; stderr:\n{}", self.name, self.stderr())
-                }
+                Ok(l) if matches(&l) => return Some(l[word.len()..].trim().to_string()),
                 Ok(l) => self.pending.push_back(l),
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "client {} did not say {word:?} within {within:?}; stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                ),
+                Err(mpsc::RecvTimeoutError::Timeout) => return None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let st = self.child.wait().ok();
                     panic!(
