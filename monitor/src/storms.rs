@@ -94,6 +94,16 @@ fn median(v: &mut [f64]) -> Option<f64> {
     Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
 }
 
+/// Attempts per second and the failed share between two readings.
+fn rates(from: (f64, Reading), to: (f64, Reading)) -> (f64, f64) {
+    let dt = to.0 - from.0;
+    let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
+    let attempts = d(to.1.attempts, from.1.attempts);
+    let bad = d(to.1.failures, from.1.failures) + d(to.1.died_young, from.1.died_young);
+    let rate = if dt > 0.0 { attempts / dt } else { 0.0 };
+    (rate, if attempts > 0.0 { (bad / attempts).min(1.0) } else { 0.0 })
+}
+
 /// Counter readings of one target at one tick (cumulative; resets are tolerated).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reading {
@@ -160,21 +170,18 @@ impl Detector {
 
     /// Feeds the counters read at time `now` (seconds, monotonic) and re-evaluates.
     pub fn tick(&mut self, now: f64, r: Reading, cfg: &StormConfig) -> Option<Transition> {
+        let last = self.history.back().copied();
         self.history.push_back((now, r));
         let window = cfg.window.as_secs_f64();
         while self.history.len() > 2 && now - self.history[1].0 >= window {
             self.history.pop_front();
         }
-        let (t0, first) = self.history[0];
-        let dt = now - t0;
-        if dt <= 0.0 {
-            return None;
-        }
-        let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
-        let attempts = d(r.attempts, first.attempts);
-        let bad = d(r.failures, first.failures) + d(r.died_young, first.died_young);
-        let rate = attempts / dt;
-        let bad_ratio = if attempts > 0.0 { (bad / attempts).min(1.0) } else { 0.0 };
+        // Exported figures are smoothed over the window; whether the signature matches is judged
+        // on the last interval alone, so `for` means "sustained" and a burst inside the window
+        // does not keep matching after it ended.
+        let (rate, bad_ratio) = rates(self.history[0], (now, r));
+        let Some(last) = last else { return None };
+        let (tick_rate, tick_bad) = rates(last, (now, r));
         let times: Vec<u64> = self.failures.iter().copied().collect();
         let estimate = estimate(&times);
         let threshold = cfg.min_rate.max(cfg.rate_factor * self.baseline.unwrap_or(0.0));
@@ -186,7 +193,8 @@ impl Detector {
             overall: 0.0,
         };
         let score = Score { overall: score.rate.min(score.failures).min(score.backoff), ..score };
-        let matching = rate >= threshold && bad_ratio >= cfg.bad_ratio && estimate.is_none_or(|e| e.backoff < cfg.min_backoff);
+        let dt = now - last.0;
+        let matching = tick_rate >= threshold && tick_bad >= cfg.bad_ratio && estimate.is_none_or(|e| e.backoff < cfg.min_backoff);
         let mut transition = None;
         if matching {
             self.calm_since = None;
@@ -203,9 +211,9 @@ impl Detector {
                 transition = Some(Transition::Ended);
             }
         }
-        if !self.signals.in_storm && !matching {
+        if !self.signals.in_storm && !matching && dt > 0.0 {
             let alpha = 1.0 - (-dt.min(window) / cfg.baseline_half_life.as_secs_f64() * std::f64::consts::LN_2).exp();
-            self.baseline = Some(self.baseline.map_or(rate, |b| b + alpha * (rate - b)));
+            self.baseline = Some(self.baseline.map_or(tick_rate, |b| b + alpha * (tick_rate - b)));
         }
         self.signals = Signals {
             attempt_rate: rate,
