@@ -52,19 +52,6 @@ fn is_nsfs(path: &Path) -> bool {
     rc == 0 && magic == NSFS_MAGIC
 }
 
-fn numeric_dirs(dir: &str) -> Vec<u32> {
-    let mut pids: Vec<u32> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    // Ascending pids make the reported pid the oldest-looking (usually the pod's init/pause).
-    pids.sort_unstable();
-    pids
-}
-
 /// Host's first (/proc/self/ns/net), then every distinct /proc/<pid>/ns/net, then /run/netns/*
 /// entries (name = file name; if a /run/netns entry has the same inode as a pid-found one, keep one
 /// entry but set its name). Dedup by inode (stat(2) st_ino). Processes that vanish or can't be read
@@ -83,7 +70,7 @@ pub fn discover() -> Vec<Netns> {
         });
     }
 
-    for pid in numeric_dirs("/proc") {
+    for pid in crate::procs::pids() {
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let Some(inode) = ns_inode(&path) else {
             continue;

@@ -20,7 +20,10 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn pids() -> Vec<u32> {
+/// Every pid in /proc, ascending. Pid order is what makes "lowest pid wins" for shared sockets
+/// (pre-fork servers share the listener with their workers; the master usually has the lowest
+/// pid) and makes a namespace's reported pid the oldest-looking (usually the pod's pause process).
+pub fn pids() -> Vec<u32> {
     let mut pids: Vec<u32> = fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten()
@@ -28,8 +31,6 @@ fn pids() -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default();
-    // Scanning in pid order is what makes "lowest pid wins": pre-fork servers share the listener
-    // with their workers, and the master usually has the lowest pid.
     pids.sort_unstable();
     pids
 }

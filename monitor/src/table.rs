@@ -41,10 +41,7 @@ pub fn print_listeners(out: &mut impl Write, listeners: &[Listener]) -> io::Resu
     let rows: Vec<Vec<String>> = listeners
         .iter()
         .map(|l| {
-            let local = match l.addr {
-                std::net::IpAddr::V6(a) => format!("[{a}]:{}", l.port),
-                std::net::IpAddr::V4(a) => format!("{a}:{}", l.port),
-            };
+            let local = std::net::SocketAddr::new(l.addr, l.port).to_string();
             vec![
                 l.netns_name.clone().unwrap_or_else(|| l.netns.to_string()),
                 local,
@@ -67,10 +64,7 @@ pub fn print_pools(out: &mut impl Write, pools: &[Pool]) -> io::Result<()> {
     let rows: Vec<Vec<String>> = pools
         .iter()
         .map(|p| {
-            let dst = match p.dst_addr {
-                std::net::IpAddr::V6(a) => format!("[{a}]:{}", p.dst_port),
-                std::net::IpAddr::V4(a) => format!("{a}:{}", p.dst_port),
-            };
+            let dst = std::net::SocketAddr::new(p.dst_addr, p.dst_port).to_string();
             vec![
                 p.service.clone(),
                 dst,
