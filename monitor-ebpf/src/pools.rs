@@ -302,10 +302,11 @@ fn failure_reason(sk: u64) -> usize {
     }
 }
 
-/// Index of the power-of-4 bucket holding `v`.
+/// Index of the power-of-4 bucket holding `v`: bucket i holds 4^i <= v < 4^(i+1) (bucket 0 also
+/// holds 0). v has `bits` significant bits, so v < 4^(i+1) exactly when bits <= 2i + 2.
 fn bucket(v: u64) -> usize {
     let bits = 64 - v.leading_zeros() as usize;
-    let i = bits / 2;
+    let i = bits.saturating_sub(1) / 2;
     if i >= HIST_BUCKETS {
         HIST_BUCKETS - 1
     } else {

@@ -57,7 +57,7 @@ pub struct RunArgs {
     /// Where tracefs is mounted; only the default location is mounted automatically when absent.
     #[arg(long, default_value = DEFAULT_TRACEFS)]
     pub tracefs: PathBuf,
-    /// Turn a kernel probe off (repeatable): listen_peak, synack_retransmit, pools, protocol.
+    /// Turn a kernel probe off (repeatable); the probes are listed in the README's probe table.
     #[arg(long = "probes.disable", value_name = "PROBE", value_parser = clap::builder::PossibleValuesParser::new(crate::probes::probe_names()))]
     pub disabled_probes: Vec<String>,
     /// How often the agent scans listeners and updates the retry-storm detectors between scrapes.

@@ -38,6 +38,14 @@ pub fn parse_listen_address(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
 
 pub async fn bind(text: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let addrs = parse_listen_address(text)?;
+    // ":PORT" means every interface: the IPv6 wildcard takes IPv4 too (dual stack) where the host
+    // has IPv6; elsewhere fall back to the IPv4 wildcard.
+    if text.starts_with(':') {
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, addrs[0].port()));
+        if let Ok(l) = tokio::net::TcpListener::bind(v6).await {
+            return Ok(l);
+        }
+    }
     tokio::net::TcpListener::bind(&addrs[..])
         .await
         .with_context(|| format!("cannot listen on --web.listen-address {text:?}"))

@@ -106,11 +106,12 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         conns.get_or_create(&l).set(r.active);
         peak.get_or_create(&l).set(r.peak);
     }
-    let mut seen = std::collections::BTreeSet::new();
+    // One series per destination of an exported (not folded) pool, so the cap bounds these too.
+    let exported: std::collections::BTreeSet<(String, String)> = rows.iter().map(|(v, _)| (v[1].clone(), v[2].clone())).collect();
     for p in section.pools {
-        let key = (p.dst_addr.to_string(), p.dst_port.to_string(), p.service.clone(), p.classified_by);
-        if seen.insert(key.clone()) {
-            info.get_or_create(&labels(&[("dst_addr", &key.0), ("dst_port", &key.1), ("service", &key.2), ("classified_by", key.3)])).set(1);
+        let (addr, port) = (p.dst_addr.to_string(), p.dst_port.to_string());
+        if exported.contains(&(addr.clone(), port.clone())) {
+            info.get_or_create(&labels(&[("dst_addr", &addr), ("dst_port", &port), ("service", &p.service), ("classified_by", p.classified_by)])).set(1);
         }
     }
     folded_g.get_or_create(&vec![]).set(folded as i64);
@@ -121,7 +122,11 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         established.get_or_create(&super::listener_labels(l)).set(i64::from(l.established));
     }
 
-    let Some(extras) = section.extras else { return };
+    let Some(extras) = section.extras else {
+        // Without the pools probe there are no pool signals, but listeners still have theirs.
+        super::storms::register(reg, &[], listeners, section.listener_signals);
+        return;
+    };
     let attempts = counter_family(reg, POOL_ATTEMPTS, "connect() calls of the pool");
     let opens = counter_family(reg, POOL_OPENS, "Connections of the pool whose handshake completed");
     let closes = counter_family(reg, POOL_CLOSES, "Established connections of the pool that closed");
@@ -170,12 +175,9 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
             addr: key.addr,
         });
         // Accepts land on the child socket, so attribute them to the listener that owns the port.
-        let Some(l) = listeners
-            .iter()
-            .filter(|l| l.netns == u64::from(key.netns))
-            .position(|l| l.port == key.port && (l.addr == addr || l.addr.is_unspecified()))
-            .map(|i| &listeners[i])
-        else {
+        let Some(l) = listeners.iter().find(|l| {
+            l.netns == u64::from(key.netns) && l.port == key.port && (l.addr == addr || l.addr.is_unspecified())
+        }) else {
             continue;
         };
         let mut with = super::listener_labels(l);
@@ -183,7 +185,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         with.push(("client_class".into(), class.into()));
         accepts.get_or_create(&with).inc_by(*n);
     }
-    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full");
+    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full, retry_ring_full (retry timing event dropped)");
     for (reason, n) in LOST_REASON_NAMES.iter().zip(extras.lost) {
         lost.get_or_create(&labels(&[("reason", reason)])).inc_by(n);
     }

@@ -1,0 +1,311 @@
+//! The configuration file (TOML): service classes and their connection ceilings, retry-storm
+//! thresholds and the built-in alert rules. Every key has a documented default, unknown keys are
+//! errors, and any error names the file, the line, the key and what is wrong, in one line.
+//! Command-line flags override what the file says.
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::anyhow;
+use serde::{Deserialize, Deserializer};
+
+use crate::{cli::parse_duration, storms::StormConfig};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Service class → destination ports, added to (and overriding) the well-known ones.
+    pub services: BTreeMap<String, Vec<u16>>,
+    /// Service class → the most connections its servers accept (Redis maxclients, PostgreSQL
+    /// max_connections): the ceiling pool-growth alerts project against.
+    pub ceilings: BTreeMap<String, Positive>,
+    pub storm: StormSection,
+    pub alerts: AlertsConfig,
+}
+
+/// A duration written like `500ms`, `5s`, `10m`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A number greater than zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Positive(pub f64);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v > 0.0 && v.is_finite() {
+            Ok(Positive(v))
+        } else {
+            Err(serde::de::Error::custom(format!("must be a positive number, got {v}")))
+        }
+    }
+}
+
+/// A share between 0 and 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio(pub f64);
+
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if (0.0..=1.0).contains(&v) {
+            Ok(Ratio(v))
+        } else {
+            Err(serde::de::Error::custom(format!("must be between 0 and 1, got {v}")))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StormSection {
+    pub short_lived: Option<Dur>,
+    pub min_rate: Option<Positive>,
+    pub rate_factor: Option<Positive>,
+    pub bad_ratio: Option<Ratio>,
+    pub min_backoff: Option<Positive>,
+    #[serde(rename = "for")]
+    pub for_duration: Option<Dur>,
+    pub hold_down: Option<Dur>,
+    pub window: Option<Dur>,
+}
+
+impl StormSection {
+    pub fn apply(&self, mut c: StormConfig) -> StormConfig {
+        if let Some(v) = self.min_rate {
+            c.min_rate = v.0;
+        }
+        if let Some(v) = self.rate_factor {
+            c.rate_factor = v.0;
+        }
+        if let Some(v) = self.bad_ratio {
+            c.bad_ratio = v.0;
+        }
+        if let Some(v) = self.min_backoff {
+            c.min_backoff = v.0;
+        }
+        if let Some(v) = self.for_duration {
+            c.for_duration = v.0;
+        }
+        if let Some(v) = self.hold_down {
+            c.hold_down = v.0;
+        }
+        if let Some(v) = self.window {
+            c.window = v.0;
+        }
+        c
+    }
+}
+
+/// Hysteresis shared by every rule: the condition must hold for `for` before firing and stay
+/// false for `clear_for` before resolving.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
+}
+
+fn secs(s: u64) -> Dur {
+    Dur(Duration::from_secs(s))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// How often rules are evaluated.
+    pub interval: Dur,
+    /// Alertmanager base URLs (e.g. http://alertmanager:9093); alerts go to /api/v2/alerts.
+    pub alertmanager_urls: Vec<String>,
+    /// How often firing alerts are sent again (Alertmanager expires alerts not re-sent).
+    pub resend: Dur,
+    pub pool_growth: PoolGrowthRule,
+    pub accept_queue_saturated: SaturationRule,
+    pub listen_overflow: OverflowRule,
+    pub inflight_growth: InFlightRule,
+    pub retry_storm: StormRule,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            interval: secs(5),
+            alertmanager_urls: Vec::new(),
+            resend: secs(30),
+            pool_growth: PoolGrowthRule::default(),
+            accept_queue_saturated: SaturationRule::default(),
+            listen_overflow: OverflowRule::default(),
+            inflight_growth: InFlightRule::default(),
+            retry_storm: StormRule::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolGrowthRule {
+    pub enabled: bool,
+    /// Span of samples the slope is fitted over.
+    pub window: Dur,
+    /// Least growth, in connections per minute, that counts.
+    pub min_slope_per_min: Positive,
+    /// The most recent span that must still be growing (at half the minimum slope): no plateau.
+    pub plateau_window: Dur,
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
+impl Default for PoolGrowthRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: secs(600),
+            min_slope_per_min: Positive(1.0),
+            plateau_window: secs(120),
+            timing: Timing { for_duration: secs(120), clear_for: secs(300) },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaturationRule {
+    pub enabled: bool,
+    /// Accept-queue depth / backlog at or above which the queue counts as saturated.
+    pub fill: Ratio,
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
+impl Default for SaturationRule {
+    fn default() -> Self {
+        Self { enabled: true, fill: Ratio(0.9), timing: Timing { for_duration: secs(60), clear_for: secs(60) } }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverflowRule {
+    pub enabled: bool,
+    /// Drops increasing within this span fire the alert.
+    pub window: Dur,
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
+impl Default for OverflowRule {
+    fn default() -> Self {
+        Self { enabled: true, window: secs(120), timing: Timing { for_duration: secs(0), clear_for: secs(120) } }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InFlightRule {
+    pub enabled: bool,
+    pub window: Dur,
+    /// Least growth of established connections (or queue depth), per minute.
+    pub min_slope_per_min: Positive,
+    /// The accept rate counts as flat when its two half-window rates differ by at most this share.
+    pub max_accept_rate_change: Ratio,
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
+impl Default for InFlightRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: secs(600),
+            min_slope_per_min: Positive(1.0),
+            max_accept_rate_change: Ratio(0.1),
+            timing: Timing { for_duration: secs(120), clear_for: secs(300) },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StormRule {
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
+impl Default for StormRule {
+    fn default() -> Self {
+        // The detector has its own for/hold-down; the alert follows it.
+        Self { enabled: true, timing: Timing { for_duration: secs(0), clear_for: secs(0) } }
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self { for_duration: secs(0), clear_for: secs(0) }
+    }
+}
+
+/// Pure: parses a config text; `name` is the file name used in errors.
+pub fn parse(text: &str, name: &str) -> anyhow::Result<Config> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let place = e.span().map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} (`{snippet}`): ")
+        });
+        anyhow!("invalid config {name}: {}{}", place.unwrap_or_default(), e.message().replace('\n', " "))
+    })
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read config {}: {e}", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = parse("", "x.toml").unwrap();
+        assert_eq!(c.alerts.pool_growth.window, secs(600));
+        assert!(c.alerts.retry_storm.enabled);
+        assert!(c.ceilings.is_empty());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(EXAMPLE, "example.toml").unwrap();
+        assert_eq!(c.services["redis"], vec![6379, 7000]);
+        assert_eq!(c.ceilings["redis"].0, 10000.0);
+        assert_eq!(c.alerts.pool_growth.timing.for_duration, secs(60));
+        assert_eq!(c.alerts.alertmanager_urls, vec!["http://127.0.0.1:9093".to_string()]);
+        assert_eq!(c.storm.apply(StormConfig::default()).min_rate, 10.0);
+    }
+
+    #[test]
+    fn errors_name_the_file_line_key_and_problem() {
+        let cases = [
+            ("[alerts.pool_growth]\nwndow = \"10m\"\n", "line 2", "wndow"),
+            ("[alerts.pool_growth]\nwindow = \"10x\"\n", "line 2", "unit must be"),
+            ("[storm]\nmin_rate = -1\n", "line 2", "positive"),
+            ("[alerts.accept_queue_saturated]\nfill = 1.5\n", "line 2", "between 0 and 1"),
+        ];
+        for (text, line, what) in cases {
+            let e = parse(text, "bad.toml").unwrap_err().to_string();
+            assert!(e.contains("bad.toml") && e.contains(line) && e.contains(what), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    /// The README's example; kept here so the documented file always parses.
+    pub const EXAMPLE: &str = include_str!("../../deploy/connmon.example.toml");
+}
