@@ -1,8 +1,10 @@
-//! The running agent: owns the loaded probes and the peak tracker, serialises collections (a
-//! scrape and the background sampler never scan at once), and tracks readiness. Start-up order is
+//! The running agent: owns the loaded probes, the trackers and the alert rules, serialises
+//! collections (a scrape, the periodic tick and alert evaluation never scan at once), and tracks
+//! readiness. Start-up order is
 //! chosen so a bad listen address fails before anything is loaded, and `/healthz` answers while
 //! probes are still loading.
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
@@ -13,15 +15,18 @@ use std::{
 use log::{info, warn};
 
 use crate::{
+    alerts::{self, Engine},
     cgroups,
     cli::RunArgs,
+    config,
     export::{self, pools::PoolsSection},
     listeners::{self, PeakTracker},
     pools::{self, PoolTracker},
     probes::{self, ProbeOptions, Probes},
     scan,
     services::Services,
-    storms::StormTracker,
+    notify::{self, Notifier},
+    storms::{Signals, StormTracker},
     web,
 };
 
@@ -31,12 +36,31 @@ pub struct Collector {
     pub peaks: PeakTracker,
     pub pools: PoolTracker,
     pub storms: StormTracker,
+    pub alerts: Option<Alerting>,
+}
+
+/// The built-in alert rules and where their results go.
+pub struct Alerting {
+    pub engine: Engine,
+    pub notifier: Option<Notifier>,
+    /// Link in Alertmanager back to this agent.
+    pub generator_url: String,
+}
+
+/// One scan with everything the probes add to it.
+pub struct Gathered {
+    pub snap: listeners::Snapshot,
+    pub pools: Vec<pools::Pool>,
+    pub extras: Option<pools::KernelExtras>,
+    pub pool_signals: HashMap<monitor_common::PoolKey, Signals>,
+    pub listener_signals: HashMap<listeners::ListenerId, Signals>,
+    pub seconds: f64,
 }
 
 impl Collector {
     /// A collector with no probes yet: scans work, kernel figures are missing.
     pub fn new(pools: PoolTracker, storms: StormTracker) -> Self {
-        Self { probes: Probes::none("probes are still loading"), peaks: PeakTracker::new(false), pools, storms }
+        Self { probes: Probes::none("probes are still loading"), peaks: PeakTracker::new(false), pools, storms, alerts: None }
     }
 
     /// Takes loaded probes and counts the connections already open (pools probe only).
@@ -56,7 +80,7 @@ impl Collector {
     /// The periodic tick: folds a listener scan into the peaks (without starting a new scrape
     /// period) and feeds the retry-storm detectors. Returns the listeners it saw.
     pub fn tick(&mut self) -> Vec<listeners::Listener> {
-        let Collector { probes, peaks, pools, storms } = self;
+        let Collector { probes, peaks, pools, storms, .. } = self;
         let mut snap = listeners::build(&scan::scan(None, false));
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
@@ -68,6 +92,73 @@ impl Collector {
         }
         storms.listeners_tick(&snap.listeners);
         snap.listeners
+    }
+
+    /// A full scan with connections, kernel peaks folded in (a new peak period starts only when
+    /// `scrape`), pools and storm signals.
+    pub fn gather(&mut self, scrape: bool) -> Gathered {
+        let Collector { probes, peaks, pools, storms, .. } = self;
+        let t0 = Instant::now();
+        let scan = scan::scan(None, true);
+        let mut snap = listeners::build(&scan);
+        let kernel = probes.take_listener_stats();
+        peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
+        if scrape {
+            peaks.report(&mut snap.listeners);
+        }
+        let pools_up = probes.is_up(probes::POOLS);
+        let (pool_list, extras) = match probes.ebpf_mut() {
+            Some(ebpf) if pools_up => {
+                let (p, e) = pools.collect(ebpf, scrape);
+                (p, Some(e))
+            }
+            _ => {
+                let services = pools.services().clone();
+                (pools::from_scan(&scan, &services, pools.cgroups()), None)
+            }
+        };
+        Gathered {
+            snap,
+            pools: pool_list,
+            extras,
+            pool_signals: storms.pool_signals(),
+            listener_signals: storms.listener_signals(),
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Evaluates the alert rules on a fresh scan; logs and pushes what changed.
+    pub fn evaluate_alerts(&mut self) {
+        if self.alerts.is_none() {
+            return;
+        }
+        let g = self.gather(false);
+        let Some(a) = self.alerts.as_mut() else { return };
+        let inputs = alerts::Inputs {
+            pools: &g.pools,
+            listeners: &g.snap.listeners,
+            namespaces: &g.snap.namespaces,
+            pool_signals: &g.pool_signals,
+            listener_signals: &g.listener_signals,
+        };
+        let now = a.engine.now();
+        let changes = a.engine.evaluate(now, &inputs);
+        let mut resolved = Vec::new();
+        for c in &changes {
+            let (what, v) = match c {
+                alerts::Change::Fired(v) => ("firing", v),
+                alerts::Change::Resolved(v) => ("resolved", v),
+            };
+            let labels: Vec<String> = v.labels.iter().chain(&v.annotations).map(|(k, v)| format!("{k}={v:?}")).collect();
+            warn!("alert={what} alertname={} {}", v.alertname, labels.join(" "));
+            if matches!(c, alerts::Change::Resolved(_)) {
+                resolved.push(notify::to_am(v, &a.generator_url));
+            }
+        }
+        if let Some(n) = &a.notifier {
+            let firing = a.engine.active().iter().filter(|v| v.state == "firing").map(|v| notify::to_am(v, &a.generator_url)).collect();
+            n.update(firing, resolved);
+        }
     }
 }
 
@@ -90,40 +181,32 @@ impl Agent {
 
     /// Scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
     pub fn collect(&self) -> String {
-        let mut guard = self.lock();
-        let Collector { probes, peaks, pools, storms } = &mut *guard;
-        let t0 = Instant::now();
-        let scan = scan::scan(None, true);
-        let mut snap = listeners::build(&scan);
-        let kernel = probes.take_listener_stats();
-        peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
-        peaks.report(&mut snap.listeners);
-        let pools_up = probes.is_up(probes::POOLS);
-        let (pool_list, extras) = match probes.ebpf_mut() {
-            Some(ebpf) if pools_up => {
-                let (p, e) = pools.collect(ebpf);
-                (p, Some(e))
-            }
-            _ => {
-                let services = pools.services().clone();
-                (pools::from_scan(&scan, &services, pools.cgroups()), None)
-            }
-        };
-        let pool_signals = storms.pool_signals();
-        let listener_signals = storms.listener_signals();
+        let mut c = self.lock();
+        let g = c.gather(true);
         let section = PoolsSection {
-            pools: &pool_list,
-            signals: &pool_signals,
-            extras: extras.as_ref(),
-            listener_signals: &listener_signals,
+            pools: &g.pools,
+            signals: &g.pool_signals,
+            extras: g.extras.as_ref(),
+            listener_signals: &g.listener_signals,
             max_series: self.max_pool_series,
         };
-        let ctx = export::Context {
-            probes: &probes.states,
-            scan_seconds: t0.elapsed().as_secs_f64(),
-            max_listener_series: self.max_listener_series,
+        let (active, fired) = match &c.alerts {
+            Some(a) => (a.engine.active(), a.engine.fired_total.clone()),
+            None => (Vec::new(), Default::default()),
         };
-        export::render(&snap, &section, &ctx)
+        let ctx = export::Context {
+            probes: &c.probes.states,
+            scan_seconds: g.seconds,
+            max_listener_series: self.max_listener_series,
+            alerts: &active,
+            alerts_fired: &fired,
+        };
+        export::render(&g.snap, &section, &ctx)
+    }
+
+    /// Pending and firing alerts, for /api/v1/alerts.
+    pub fn alerts(&self) -> Vec<alerts::AlertView> {
+        self.lock().alerts.as_ref().map(|a| a.engine.active()).unwrap_or_default()
     }
 
     fn tick(&self) {
@@ -132,24 +215,45 @@ impl Agent {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let services = Services::with_overrides(&args.pool.services)?;
+    let file = match &args.config_file {
+        Some(path) => config::load(path)?,
+        None => config::Config::default(),
+    };
+    let mut service_specs: Vec<String> =
+        file.services.iter().map(|(name, ports)| format!("{name}={}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","))).collect();
+    service_specs.extend(args.pool.services.iter().cloned());
+    let services = Services::with_overrides(&service_specs)?;
     let listener = web::bind(&args.listen_address).await?;
+    let local = listener.local_addr()?;
+    let mut alert_cfg = file.alerts.clone();
+    if !args.alertmanager_urls.is_empty() {
+        alert_cfg.alertmanager_urls = args.alertmanager_urls.clone();
+    }
+    let notifier = (!alert_cfg.alertmanager_urls.is_empty()).then(|| Notifier::start(alert_cfg.alertmanager_urls.clone(), alert_cfg.resend.0));
+    let ceilings = file.ceilings.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    let alert_interval = alert_cfg.interval.0;
+    let mut collector = Collector::new(
+        PoolTracker::new(services, args.pool_idle_expiry),
+        StormTracker::new(args.storm.config(&file.storm)),
+    );
+    collector.alerts = Some(Alerting {
+        engine: Engine::new(alert_cfg, ceilings),
+        notifier,
+        generator_url: format!("http://{}/", hostname_or(local)),
+    });
     let agent = Arc::new(Agent {
-        collector: Mutex::new(Collector::new(
-            PoolTracker::new(services, args.pool_idle_expiry),
-            StormTracker::new(args.storm.config()),
-        )),
+        collector: Mutex::new(collector),
         ready: AtomicBool::new(false),
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
     });
-    info!("serving metrics on http://{}/metrics", listener.local_addr()?);
+    info!("serving metrics on http://{local}/metrics");
 
     let starter = Arc::clone(&agent);
     let tracefs = args.tracefs.clone();
     let max_sockets = args.max_sockets;
     let disabled = args.disabled_probes.clone();
-    let short_lived = args.storm.short_lived;
+    let short_lived = args.storm.short_lived(&file.storm);
     tokio::task::spawn_blocking(move || {
         let probes = Probes::load(&ProbeOptions {
             tracefs: &tracefs,
@@ -180,11 +284,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
+    let evaluator = Arc::clone(&agent);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(alert_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if evaluator.is_ready() {
+                let e = Arc::clone(&evaluator);
+                if let Err(err) = tokio::task::spawn_blocking(move || e.lock().evaluate_alerts()).await {
+                    warn!("alert evaluation failed: {err}");
+                }
+            }
+        }
+    });
+
     axum::serve(listener, web::router(agent))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     info!("shutting down");
     Ok(())
+}
+
+/// The host name for links back to this agent, else its listen address.
+fn hostname_or(local: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    if host.is_empty() || local.ip().is_loopback() {
+        local.to_string()
+    } else {
+        format!("{host}:{}", local.port())
+    }
 }
 
 async fn shutdown_signal() {

@@ -10,6 +10,8 @@ use std::{
 };
 
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Most cgroup names remembered, removed ones included.
+const MAX_REMEMBERED: usize = 200_000;
 
 #[derive(Debug)]
 pub struct CgroupNames {
@@ -38,7 +40,12 @@ impl CgroupNames {
         let stale = self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         if stale {
             if let Some(root) = &self.root {
-                self.by_id = walk(root);
+                // Merge rather than replace: a connection can outlive its cgroup directory by a
+                // moment, and its series should keep the name it had (ids are never reused).
+                if self.by_id.len() > MAX_REMEMBERED {
+                    self.by_id.clear();
+                }
+                self.by_id.extend(walk(root));
             }
             self.refreshed = Some(Instant::now());
         }

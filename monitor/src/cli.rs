@@ -23,6 +23,18 @@ pub enum Command {
     Pools(PoolsArgs),
     /// Watch pools and listeners for a while and show their retry-storm signals, storms first.
     Storms(StormsArgs),
+    /// Show the alerts a running agent has pending or firing.
+    Alerts(AlertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// The agent's address.
+    #[arg(long, default_value = "http://127.0.0.1:9977")]
+    pub agent: String,
+    /// One JSON object per alert, one per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -82,49 +94,58 @@ pub struct RunArgs {
     pub pool: PoolArgs,
     #[command(flatten)]
     pub storm: StormArgs,
+    /// Configuration file (TOML): services, ceilings, storm thresholds, alert rules; see
+    /// deploy/connmon.example.toml. Flags win over it.
+    #[arg(long = "config.file", value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+    /// Alertmanager to push alerts to (repeatable), e.g. http://alertmanager:9093; replaces the
+    /// config file's alerts.alertmanager_urls.
+    #[arg(long = "alertmanager.url", value_name = "URL")]
+    pub alertmanager_urls: Vec<String>,
 }
 
-/// Retry-storm detector thresholds.
+/// Retry-storm detector thresholds; unset flags take the config file's value, else the default.
 #[derive(Debug, Args, Clone)]
 pub struct StormArgs {
-    /// Connections that close sooner than this after their handshake are short-lived.
-    #[arg(long = "storm.short-lived", default_value = "1s", value_parser = parse_duration)]
-    pub short_lived: Duration,
-    /// Attempts per second below which nothing is a storm.
-    #[arg(long = "storm.min-rate", default_value_t = 5.0, value_parser = parse_positive)]
-    pub min_rate: f64,
-    /// How many times its own baseline the attempt rate must reach.
-    #[arg(long = "storm.rate-factor", default_value_t = 3.0, value_parser = parse_positive)]
-    pub rate_factor: f64,
-    /// Share of attempts that failed or died young (0..1).
-    #[arg(long = "storm.bad-ratio", default_value_t = 0.5, value_parser = parse_ratio)]
-    pub bad_ratio: f64,
-    /// Retry-gap growth per retry below which retries have no effective backoff.
-    #[arg(long = "storm.min-backoff", default_value_t = 1.5, value_parser = parse_positive)]
-    pub min_backoff: f64,
-    /// How long the signature must hold before a storm is declared.
-    #[arg(long = "storm.for", default_value = "2s", value_parser = parse_duration)]
-    pub for_duration: Duration,
-    /// How long a storm must stay calm before it is declared over.
-    #[arg(long = "storm.hold-down", default_value = "15s", value_parser = parse_duration)]
-    pub hold_down: Duration,
-    /// Window for rates and ratios.
-    #[arg(long = "storm.window", default_value = "5s", value_parser = parse_duration)]
-    pub window: Duration,
+    /// Connections that close sooner than this after their handshake are short-lived [default: 1s].
+    #[arg(long = "storm.short-lived", value_parser = parse_duration)]
+    pub short_lived: Option<Duration>,
+    /// Attempts per second below which nothing is a storm [default: 5].
+    #[arg(long = "storm.min-rate", value_parser = parse_positive)]
+    pub min_rate: Option<f64>,
+    /// How many times its own baseline the attempt rate must reach [default: 3].
+    #[arg(long = "storm.rate-factor", value_parser = parse_positive)]
+    pub rate_factor: Option<f64>,
+    /// Share of attempts that failed or died young, 0..1 [default: 0.5].
+    #[arg(long = "storm.bad-ratio", value_parser = parse_ratio)]
+    pub bad_ratio: Option<f64>,
+    /// Retry-gap growth per retry below which retries have no effective backoff [default: 1.5].
+    #[arg(long = "storm.min-backoff", value_parser = parse_positive)]
+    pub min_backoff: Option<f64>,
+    /// How long the signature must hold before a storm is declared [default: 2s].
+    #[arg(long = "storm.for", value_parser = parse_duration)]
+    pub for_duration: Option<Duration>,
+    /// How long a storm must stay calm before it is declared over [default: 15s].
+    #[arg(long = "storm.hold-down", value_parser = parse_duration)]
+    pub hold_down: Option<Duration>,
+    /// Window for rates and ratios [default: 5s].
+    #[arg(long = "storm.window", value_parser = parse_duration)]
+    pub window: Option<Duration>,
 }
 
 impl StormArgs {
-    pub fn config(&self) -> crate::storms::StormConfig {
-        crate::storms::StormConfig {
-            min_rate: self.min_rate,
-            rate_factor: self.rate_factor,
-            bad_ratio: self.bad_ratio,
-            min_backoff: self.min_backoff,
-            for_duration: self.for_duration,
-            hold_down: self.hold_down,
-            window: self.window,
-            ..Default::default()
+    /// Defaults, then the config file's [storm] section, then these flags.
+    pub fn config(&self, file: &crate::config::StormSection) -> crate::storms::StormConfig {
+        let mut c = file.apply(crate::storms::StormConfig::default());
+        macro_rules! set {
+            ($($f:ident),*) => {$( if let Some(v) = self.$f { c.$f = v; } )*};
         }
+        set!(min_rate, rate_factor, bad_ratio, min_backoff, for_duration, hold_down, window);
+        c
+    }
+
+    pub fn short_lived(&self, file: &crate::config::StormSection) -> Duration {
+        self.short_lived.or(file.short_lived.map(|d| d.0)).unwrap_or(Duration::from_secs(1))
     }
 }
 
@@ -166,8 +187,8 @@ pub struct ListenersArgs {
     pub netns: Option<String>,
 }
 
-/// Durations like `500ms`, `5s`, `2m`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Durations like `500ms`, `5s`, `2m`, `1h`; zero is allowed (a `for` of 0s means "at once").
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 5s, 2m"))?;
@@ -178,10 +199,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("invalid duration {text:?}: unit must be ms, s, m or h")),
     };
-    if !(secs > 0.0 && secs.is_finite()) {
-        return Err(format!("invalid duration {text:?}: must be positive"));
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {text:?}: too large"))
+}
+
+/// As `parse_duration_or_zero`, but the duration must be longer than zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration_or_zero(text)? {
+        d if d.is_zero() => Err(format!("invalid duration {text:?}: must be positive")),
+        d => Ok(d),
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -195,5 +221,6 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
     }
 }

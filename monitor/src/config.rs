@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use anyhow::anyhow;
 use serde::{Deserialize, Deserializer};
 
-use crate::{cli::parse_duration, storms::StormConfig};
+use crate::{cli::parse_duration_or_zero, storms::StormConfig};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,7 +28,8 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        // "0s" is a valid `for`/`clear_for`; spans that must be positive are checked in `validate`.
+        parse_duration_or_zero(&s).map(Dur).map_err(serde::de::Error::custom)
     }
 }
 
@@ -105,10 +106,8 @@ impl StormSection {
 
 /// Hysteresis shared by every rule: the condition must hold for `for` before firing and stay
 /// false for `clear_for` before resolving.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
-    #[serde(rename = "for")]
     pub for_duration: Dur,
     pub clear_for: Dur,
 }
@@ -158,8 +157,9 @@ pub struct PoolGrowthRule {
     pub min_slope_per_min: Positive,
     /// The most recent span that must still be growing (at half the minimum slope): no plateau.
     pub plateau_window: Dur,
-    #[serde(flatten)]
-    pub timing: Timing,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
 }
 
 impl Default for PoolGrowthRule {
@@ -169,7 +169,7 @@ impl Default for PoolGrowthRule {
             window: secs(600),
             min_slope_per_min: Positive(1.0),
             plateau_window: secs(120),
-            timing: Timing { for_duration: secs(120), clear_for: secs(300) },
+            for_duration: secs(120), clear_for: secs(300),
         }
     }
 }
@@ -180,13 +180,14 @@ pub struct SaturationRule {
     pub enabled: bool,
     /// Accept-queue depth / backlog at or above which the queue counts as saturated.
     pub fill: Ratio,
-    #[serde(flatten)]
-    pub timing: Timing,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
 }
 
 impl Default for SaturationRule {
     fn default() -> Self {
-        Self { enabled: true, fill: Ratio(0.9), timing: Timing { for_duration: secs(60), clear_for: secs(60) } }
+        Self { enabled: true, fill: Ratio(0.9), for_duration: secs(60), clear_for: secs(60) }
     }
 }
 
@@ -196,13 +197,14 @@ pub struct OverflowRule {
     pub enabled: bool,
     /// Drops increasing within this span fire the alert.
     pub window: Dur,
-    #[serde(flatten)]
-    pub timing: Timing,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
 }
 
 impl Default for OverflowRule {
     fn default() -> Self {
-        Self { enabled: true, window: secs(120), timing: Timing { for_duration: secs(0), clear_for: secs(120) } }
+        Self { enabled: true, window: secs(120), for_duration: secs(0), clear_for: secs(120) }
     }
 }
 
@@ -215,8 +217,9 @@ pub struct InFlightRule {
     pub min_slope_per_min: Positive,
     /// The accept rate counts as flat when its two half-window rates differ by at most this share.
     pub max_accept_rate_change: Ratio,
-    #[serde(flatten)]
-    pub timing: Timing,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
 }
 
 impl Default for InFlightRule {
@@ -226,7 +229,7 @@ impl Default for InFlightRule {
             window: secs(600),
             min_slope_per_min: Positive(1.0),
             max_accept_rate_change: Ratio(0.1),
-            timing: Timing { for_duration: secs(120), clear_for: secs(300) },
+            for_duration: secs(120), clear_for: secs(300),
         }
     }
 }
@@ -235,33 +238,65 @@ impl Default for InFlightRule {
 #[serde(deny_unknown_fields, default)]
 pub struct StormRule {
     pub enabled: bool,
-    #[serde(flatten)]
-    pub timing: Timing,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
 }
 
 impl Default for StormRule {
     fn default() -> Self {
         // The detector has its own for/hold-down; the alert follows it.
-        Self { enabled: true, timing: Timing { for_duration: secs(0), clear_for: secs(0) } }
+        Self { enabled: true, for_duration: secs(0), clear_for: secs(0) }
     }
 }
 
-impl Default for Timing {
-    fn default() -> Self {
-        Self { for_duration: secs(0), clear_for: secs(0) }
+/// Every rule's `for` and `clear_for`.
+pub trait Timed {
+    fn timing(&self) -> Timing;
+}
+
+macro_rules! timed {
+    ($($t:ty),*) => {$(
+        impl Timed for $t {
+            fn timing(&self) -> Timing {
+                Timing { for_duration: self.for_duration, clear_for: self.clear_for }
+            }
+        }
+    )*};
+}
+timed!(PoolGrowthRule, SaturationRule, OverflowRule, InFlightRule, StormRule);
+
+impl Config {
+    /// Spans that would make a rule meaningless at zero.
+    fn validate(&self) -> Result<(), String> {
+        let a = &self.alerts;
+        let spans = [
+            ("alerts.interval", a.interval),
+            ("alerts.resend", a.resend),
+            ("alerts.pool_growth.window", a.pool_growth.window),
+            ("alerts.pool_growth.plateau_window", a.pool_growth.plateau_window),
+            ("alerts.listen_overflow.window", a.listen_overflow.window),
+            ("alerts.inflight_growth.window", a.inflight_growth.window),
+        ];
+        match spans.iter().find(|(_, d)| d.0.is_zero()) {
+            Some((key, _)) => Err(format!("{key} must be longer than 0s")),
+            None => Ok(()),
+        }
     }
 }
 
 /// Pure: parses a config text; `name` is the file name used in errors.
 pub fn parse(text: &str, name: &str) -> anyhow::Result<Config> {
-    toml::from_str::<Config>(text).map_err(|e| {
+    let config = toml::from_str::<Config>(text).map_err(|e| {
         let place = e.span().map(|span| {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
             format!("line {line} (`{snippet}`): ")
         });
         anyhow!("invalid config {name}: {}{}", place.unwrap_or_default(), e.message().replace('\n', " "))
-    })
+    })?;
+    config.validate().map_err(|e| anyhow!("invalid config {name}: {e}"))?;
+    Ok(config)
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -286,7 +321,7 @@ mod tests {
         let c = parse(EXAMPLE, "example.toml").unwrap();
         assert_eq!(c.services["redis"], vec![6379, 7000]);
         assert_eq!(c.ceilings["redis"].0, 10000.0);
-        assert_eq!(c.alerts.pool_growth.timing.for_duration, secs(60));
+        assert_eq!(c.alerts.pool_growth.for_duration, secs(60));
         assert_eq!(c.alerts.alertmanager_urls, vec!["http://127.0.0.1:9093".to_string()]);
         assert_eq!(c.storm.apply(StormConfig::default()).min_rate, 10.0);
     }
@@ -298,6 +333,7 @@ mod tests {
             ("[alerts.pool_growth]\nwindow = \"10x\"\n", "line 2", "unit must be"),
             ("[storm]\nmin_rate = -1\n", "line 2", "positive"),
             ("[alerts.accept_queue_saturated]\nfill = 1.5\n", "line 2", "between 0 and 1"),
+            ("[alerts]\ninterval = \"0s\"\n", "", "alerts.interval must be longer than 0s"),
         ];
         for (text, line, what) in cases {
             let e = parse(text, "bad.toml").unwrap_err().to_string();

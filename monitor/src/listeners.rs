@@ -230,6 +230,30 @@ impl PeakTracker {
     }
 }
 
+/// A listener for other modules' unit tests.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    pub fn listener(depth: u32, backlog: u32) -> Listener {
+        let s = DiagSocket {
+            family: 2,
+            state: TCP_LISTEN,
+            src: "127.0.0.1".parse().unwrap(),
+            sport: 8080,
+            dst: "0.0.0.0".parse().unwrap(),
+            dport: 0,
+            inode: 1,
+            cookie: 9,
+            uid: 0,
+            rqueue: depth,
+            wqueue: backlog,
+            sk_drops: Some(0),
+        };
+        listeners_of(7, None, &[s]).remove(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,14 +5,17 @@ use std::{io::Write as _, process::ExitCode};
 use clap::Parser as _;
 
 mod agent;
+mod alerts;
 mod btf;
 mod cgroups;
 mod cli;
+mod config;
 mod diag;
 mod export;
 mod listeners;
 mod netns;
 mod netstat;
+mod notify;
 mod pools;
 mod probes;
 mod procs;
@@ -45,6 +48,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Listeners(args) => listeners_command(&args),
         cli::Command::Pools(args) => pools_command(&args),
         cli::Command::Storms(args) => storms_command(&args),
+        cli::Command::Alerts(args) => alerts_command(&args),
     }
 }
 
@@ -89,7 +93,7 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
     let mut tracker = pools::PoolTracker::new(services, std::time::Duration::MAX);
     tracker.seed(ebpf)?;
     loop {
-        let (pools, _) = tracker.collect(ebpf);
+        let (pools, _) = tracker.collect(ebpf, true);
         if !args.json {
             print!("\x1b[2J\x1b[H");
         }
@@ -107,14 +111,14 @@ fn storms_command(args: &cli::StormsArgs) -> anyhow::Result<()> {
         max_sockets: monitor_common::MAX_SOCKS,
         cgroup_root: cgroups::cgroup2_root().as_deref(),
         disabled: &[],
-        short_lived: args.storm.short_lived,
+        short_lived: args.storm.short_lived(&Default::default()),
     });
     if !loaded.is_up(probes::POOLS) {
         anyhow::bail!("connmon storms needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON");
     }
     let mut c = agent::Collector::new(
         pools::PoolTracker::new(services, std::time::Duration::MAX),
-        storms::StormTracker::new(args.storm.config()),
+        storms::StormTracker::new(args.storm.config(&Default::default())),
     );
     c.attach(loaded);
     let deadline = std::time::Instant::now() + args.observe;
@@ -132,6 +136,26 @@ fn storms_command(args: &cli::StormsArgs) -> anyhow::Result<()> {
         }
     } else {
         table::print_storms(&mut out, &rows)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Asks a running agent for its alerts.
+fn alerts_command(args: &cli::AlertsArgs) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/alerts", args.agent.trim_end_matches('/'));
+    let alerts: Vec<alerts::AlertView> = ureq::get(&url)
+        .call()
+        .and_then(|mut r| r.body_mut().read_json())
+        .map_err(|e| anyhow::anyhow!("cannot read alerts from {url}: {e} (is `connmon run` serving there? see --agent)"))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for a in &alerts {
+            serde_json::to_writer(&mut out, a)?;
+            writeln!(out)?;
+        }
+    } else {
+        table::print_alerts(&mut out, &alerts)?;
     }
     out.flush()?;
     Ok(())

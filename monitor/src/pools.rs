@@ -248,9 +248,9 @@ impl PoolTracker {
         Ok(keys.len())
     }
 
-    /// Reads the kernel tables: every pool with its counters, live count and peak (the peak is
-    /// reset to the live count, so the next read sees the peak of the next period).
-    pub fn collect(&mut self, ebpf: &mut Ebpf) -> (Vec<Pool>, KernelExtras) {
+    /// Reads the kernel tables: every pool with its counters, live count and peak. With
+    /// `reset_peaks` the peak is reset to the live count, so the next read sees the next period's.
+    pub fn collect(&mut self, ebpf: &mut Ebpf, reset_peaks: bool) -> (Vec<Pool>, KernelExtras) {
         let mut extras = KernelExtras::default();
         let stats = read_stats(ebpf);
         let live: HashMap<PoolKey, i64> = map::<BpfHashMap<&MapData, PoolKey, i64>>(ebpf, "POOL_LIVE")
@@ -259,7 +259,7 @@ impl PoolTracker {
         let mut peaks: HashMap<PoolKey, i64> = HashMap::new();
         if let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, i64>>(ebpf, "POOL_PEAK") {
             peaks = m.iter().filter_map(Result::ok).collect();
-            for (key, _) in &peaks {
+            for (key, _) in peaks.iter().filter(|_| reset_peaks) {
                 let _ = m.insert(key, live.get(key).copied().unwrap_or(0), 0);
             }
         }

@@ -1,7 +1,7 @@
 //! Human output for the one-shot commands: aligned columns, widest value decides the width.
 use std::io::{self, Write};
 
-use crate::{listeners::Listener, pools::Pool, storms::ReportRow};
+use crate::{alerts::AlertView, listeners::Listener, pools::Pool, storms::ReportRow};
 
 /// Prints rows under headers with each column as wide as its widest cell; numbers right-aligned.
 pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
@@ -101,4 +101,22 @@ pub fn print_storms(out: &mut impl Write, rows: &[ReportRow]) -> io::Result<()> 
         })
         .collect();
     print(out, &headers, &lines)
+}
+
+pub fn print_alerts(out: &mut impl Write, alerts: &[AlertView]) -> io::Result<()> {
+    let headers = ["STATE", "ALERT", "SINCE", "LABELS", "SUMMARY"];
+    let rows: Vec<Vec<String>> = alerts
+        .iter()
+        .map(|a| {
+            let labels: Vec<String> = a.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                a.state.clone(),
+                a.alertname.clone(),
+                a.since.clone(),
+                labels.join(","),
+                a.annotations.get("summary").cloned().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print(out, &headers, &rows)
 }

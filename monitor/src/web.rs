@@ -19,6 +19,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/api/v1/alerts", get(alerts))
         .with_state(agent)
 }
 
@@ -54,6 +55,13 @@ pub async fn bind(text: &str) -> anyhow::Result<tokio::net::TcpListener> {
 async fn landing() -> Html<&'static str> {
     Html("<html><head><title>connmon</title></head><body><h1>connmon</h1>\
           <p><a href=\"/metrics\">Metrics</a> · <a href=\"/healthz\">Health</a> · <a href=\"/readyz\">Ready</a></p></body></html>\n")
+}
+
+async fn alerts(State(agent): State<Arc<Agent>>) -> Response {
+    match tokio::task::spawn_blocking(move || agent.alerts()).await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn readyz(State(agent): State<Arc<Agent>>) -> (StatusCode, &'static str) {

@@ -33,6 +33,8 @@ pub const SCAN_DURATION: &str = "connmon_scan_duration_seconds";
 pub const SCAN_NETNS_FAILED: &str = "connmon_scan_netns_failed";
 pub const PROBE_UP: &str = "connmon_probe_up";
 pub const BUILD_INFO: &str = "connmon_build_info";
+pub const ALERT_ACTIVE: &str = "connmon_alert_active";
+pub const ALERTS_FIRED: &str = "connmon_alerts_fired_total";
 
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -45,6 +47,9 @@ pub struct Context<'a> {
     pub scan_seconds: f64,
     /// Most listeners exported; the fullest queues are kept.
     pub max_listener_series: usize,
+    /// Pending and firing alerts.
+    pub alerts: &'a [crate::alerts::AlertView],
+    pub alerts_fired: &'a BTreeMap<&'static str, u64>,
 }
 
 /// Prometheus-client appends `_total` to counters itself.
@@ -135,6 +140,16 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         probe_up.get_or_create(&labels(&[("probe", probe)])).set(up);
     }
     pools::register(&mut reg, pools, &snap.listeners[..exported]);
+    let active = gauge_family(&mut reg, ALERT_ACTIVE, "1 for each alert firing in the agent, with the alert's labels (see /api/v1/alerts and connmon alerts)");
+    for a in ctx.alerts.iter().filter(|a| a.state == "firing") {
+        let mut l: Labels = vec![("alertname".into(), a.alertname.clone())];
+        l.extend(a.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        active.get_or_create(&l).set(1);
+    }
+    let fired = counter_family(&mut reg, ALERTS_FIRED, "Times each built-in alert started firing");
+    for name in crate::alerts::ALERT_NAMES {
+        fired.get_or_create(&labels(&[("alertname", name)])).inc_by(ctx.alerts_fired.get(name).copied().unwrap_or(0));
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
@@ -202,7 +217,8 @@ mod tests {
         let mut probes = BTreeMap::new();
         probes.insert("listen_peak", ProbeState::Up { program: "x" });
         probes.insert("synack_retransmit", ProbeState::Down { reason: "no".into() });
-        let ctx = Context { probes: &probes, scan_seconds: 0.01, max_listener_series: 10 };
+        let fired = BTreeMap::new();
+        let ctx = Context { probes: &probes, scan_seconds: 0.01, max_listener_series: 10, alerts: &[], alerts_fired: &fired };
         let none = Default::default();
         let none_l = Default::default();
         let section = pools::PoolsSection { pools: &[], signals: &none, extras: None, listener_signals: &none_l, max_series: 10 };

@@ -1,0 +1,182 @@
+//! Pushes alerts to Alertmanager (API v2). A thread of its own holds the latest state, so rule
+//! evaluation never waits on the network: firing alerts are sent again every `resend` (Alertmanager
+//! forgets alerts that are not), resolved ones are kept until a push carrying their `endsAt`
+//! succeeds, and a failing Alertmanager is retried with exponential backoff and full jitter.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use log::{info, warn};
+use serde::Serialize;
+
+use crate::alerts::{AlertView, Labels};
+
+/// One alert in Alertmanager's v2 format.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AmAlert {
+    pub labels: Labels,
+    pub annotations: Labels,
+    pub starts_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+/// Pure: an alert view as Alertmanager wants it (the alert name becomes the `alertname` label).
+pub fn to_am(v: &AlertView, generator_url: &str) -> AmAlert {
+    let mut labels = v.labels.clone();
+    labels.insert("alertname".into(), v.alertname.clone());
+    AmAlert { labels, annotations: v.annotations.clone(), starts_at: v.since.clone(), ends_at: v.ended.clone(), generator_url: generator_url.into() }
+}
+
+#[derive(Default)]
+struct State {
+    firing: Vec<AmAlert>,
+    resolved: BTreeMap<String, AmAlert>,
+    changed: bool,
+}
+
+pub struct Notifier {
+    shared: Arc<(Mutex<State>, Condvar)>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+impl Notifier {
+    /// Starts the sender thread for `urls` (Alertmanager base URLs).
+    pub fn start(urls: Vec<String>, resend: Duration) -> Self {
+        let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let worker = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name("connmon-alertmanager".into()).spawn(move || run(&urls, resend, &worker));
+        if let Err(e) = spawned {
+            warn!("cannot start the Alertmanager sender: {e}; alerts will not be pushed");
+        }
+        Self { shared }
+    }
+
+    /// Hands over the alerts firing now and those that just resolved. Never blocks on the network.
+    pub fn update(&self, firing: Vec<AmAlert>, resolved: Vec<AmAlert>) {
+        let (lock, cvar) = &*self.shared;
+        let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+        s.changed |= s.firing != firing || !resolved.is_empty();
+        s.firing = firing;
+        for r in resolved {
+            s.resolved.insert(format!("{:?}", r.labels), r);
+        }
+        cvar.notify_one();
+    }
+}
+
+fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar)) {
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build());
+    let mut last_sent = Instant::now() - resend;
+    let mut failures = 0u32;
+    let mut rng = seed();
+    loop {
+        let batch = {
+            let (lock, cvar) = shared;
+            let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let due = last_sent.elapsed() >= resend && !s.firing.is_empty();
+                if s.changed || due {
+                    break;
+                }
+                let wait = resend.saturating_sub(last_sent.elapsed()).max(Duration::from_millis(100));
+                s = cvar.wait_timeout(s, wait).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            s.changed = false;
+            let mut batch = s.firing.clone();
+            batch.extend(s.resolved.values().cloned());
+            batch
+        };
+        let delivered = urls.iter().filter(|u| post(&agent, u, &batch)).count();
+        last_sent = Instant::now();
+        if delivered == urls.len() {
+            if failures > 0 {
+                info!("alertmanager: delivering again after {failures} failed attempts");
+            }
+            failures = 0;
+            let (lock, _) = shared;
+            let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+            for a in &batch {
+                if a.ends_at.is_some() {
+                    s.resolved.remove(&format!("{:?}", a.labels));
+                }
+            }
+            continue;
+        }
+        failures += 1;
+        // Full jitter: a random wait up to the exponential bound, so restarted agents do not
+        // all retry in step against a recovering Alertmanager.
+        let bound = Duration::from_secs(1u64 << failures.min(6)).min(MAX_BACKOFF);
+        let wait = bound.mul_f64(next_unit(&mut rng));
+        if failures == 1 || failures.is_power_of_two() {
+            warn!("alertmanager: push failed ({failures} in a row); retrying in {:.1}s", wait.as_secs_f64());
+        }
+        std::thread::sleep(wait);
+        let (lock, _) = shared;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).changed = true;
+    }
+}
+
+fn post(agent: &ureq::Agent, base: &str, batch: &[AmAlert]) -> bool {
+    let url = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
+    match agent.post(&url).send_json(batch) {
+        Ok(_) => true,
+        Err(e) => {
+            log::debug!("alertmanager {url}: {e}");
+            false
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    t ^ u64::from(std::process::id()).rotate_left(32) | 1
+}
+
+/// xorshift64*: jitter needs spread, not cryptographic quality.
+fn next_unit(x: &mut u64) -> f64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alertmanager_format() {
+        let mut labels = Labels::new();
+        labels.insert("comm".into(), "app".into());
+        let v = AlertView {
+            alertname: "X".into(),
+            state: "resolved".into(),
+            labels,
+            annotations: Labels::new(),
+            since: "2026-01-01T00:00:00.000Z".into(),
+            ended: Some("2026-01-01T00:05:00.000Z".into()),
+        };
+        let json = serde_json::to_value(to_am(&v, "http://h:9977/")).unwrap();
+        assert_eq!(json["labels"]["alertname"], "X");
+        assert_eq!(json["labels"]["comm"], "app");
+        assert_eq!(json["startsAt"], "2026-01-01T00:00:00.000Z");
+        assert_eq!(json["endsAt"], "2026-01-01T00:05:00.000Z");
+        assert_eq!(json["generatorURL"], "http://h:9977/");
+    }
+
+    #[test]
+    fn jitter_is_spread_over_the_unit_interval() {
+        let mut x = seed();
+        let v: Vec<f64> = (0..1000).map(|_| next_unit(&mut x)).collect();
+        assert!(v.iter().all(|u| (0.0..1.0).contains(u)));
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "{mean}");
+    }
+}
