@@ -246,8 +246,13 @@ pub const FAIL_UNREACHABLE: usize = 2;
 pub const FAIL_ABORTED: usize = 3;
 pub const FAIL_OTHER: usize = 4;
 pub const FAIL_REASONS: usize = 5;
-/// Not a connect failure: the `reason` of a RetryEvent for a connection that died young.
-pub const FAIL_DIED_YOUNG: usize = 5;
+/// Not connect failures: the `reason` of a RetryEvent for a connection that died young, reset by
+/// the server or hung up by it first.
+pub const FAIL_DIED_RESET: usize = 5;
+pub const FAIL_DIED_SERVER_CLOSED: usize = 6;
+/// Retry events of one pool closer together than this are not sent: at such rates the retries
+/// plainly have no backoff, and the ring buffer must not carry a storm's every attempt.
+pub const RETRY_EVENT_MIN_GAP_NS: u64 = 10_000_000;
 
 /// Histogram buckets: bucket i counts values below 4^(i+1) units (µs for connect time, ms for
 /// lifetime); the last bucket counts everything larger.
@@ -280,10 +285,13 @@ pub struct PoolStats {
     pub resets_sent: u64,
     /// Connections that closed within StormConfig::short_lived_ns of their handshake.
     pub short_lived: u64,
-    /// Short-lived connections ended by a reset from the server: they "died young".
-    pub died_young: u64,
+    /// Short-lived connections the server reset: they "died young" (hard evidence of rejection).
+    pub died_reset: u64,
+    /// Short-lived connections the server hung up first. Soft evidence: a server rejecting
+    /// clients looks like this, and so does a server that closes after each response.
+    pub died_server_closed: u64,
 }
-const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2 + 5));
+const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2 + 6));
 
 /// What the kernel remembers of one client socket between its transitions.
 #[repr(C)]
@@ -313,7 +321,7 @@ pub const LOST_SOCK_TABLE_FULL: u32 = 0;
 /// a table entry, or happened before the probe attached).
 pub const LOST_SOCK_UNTRACKED: u32 = 1;
 pub const LOST_POOL_TABLE_FULL: u32 = 2;
-pub const LOST_REASONS: u32 = 4;
+pub const LOST_REASONS: u32 = 6;
 
 /// Default sizes of the socket and pool tables (the agent can override them at load).
 pub const MAX_SOCKS: u32 = 65536;
@@ -362,6 +370,11 @@ pub const MAX_PENDING_FLOWS: u32 = 4096;
 
 /// Events the kernel side could not deliver: the retry ring buffer was full.
 pub const LOST_RETRY_RING_FULL: u32 = 3;
+/// A connection closed whose handshake the probe never saw: its close is not counted.
+pub const LOST_UNSEEN_HANDSHAKE: u32 = 4;
+/// A close the probe missed, found when the socket's memory was reused for a new connect(): the
+/// close is counted then (without a lifetime).
+pub const LOST_MISSED_CLOSE: u32 = 5;
 
 /// Upper bound on listeners tracked in kernel maps; LRU maps evict the coldest past this.
 pub const MAX_LISTENERS: u32 = 16384;

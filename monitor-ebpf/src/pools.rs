@@ -17,7 +17,7 @@ use monitor_common::{
     SOCK_PEER_CLOSED, TCP_CLOSE_WAIT,
     AcceptKey, PoolKey, PoolStats, SockInfo, AF_INET, CLIENT_LINK_LOCAL, CLIENT_LOOPBACK,
     CLIENT_PRIVATE, CLIENT_PUBLIC, FAIL_ABORTED, FAIL_OTHER, FAIL_REFUSED, FAIL_TIMEOUT,
-    FAIL_DIED_YOUNG, FAIL_UNREACHABLE, HIST_BUCKETS, LOST_POOL_TABLE_FULL, LOST_REASONS, LOST_SOCK_UNTRACKED,
+    FAIL_DIED_RESET, FAIL_DIED_SERVER_CLOSED, FAIL_UNREACHABLE, HIST_BUCKETS, LOST_POOL_TABLE_FULL, LOST_REASONS, LOST_MISSED_CLOSE, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE,
     LOST_SOCK_TABLE_FULL, MAX_LISTENERS, MAX_POOLS, MAX_SOCKS, TCP_CLOSE, TCP_ESTABLISHED,
     TCP_SYN_RECV, TCP_SYN_SENT,
 };
@@ -119,6 +119,18 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
     };
     // SAFETY: as above.
     let now = unsafe { bpf_ktime_get_ns() };
+    // An entry already here belongs to an earlier socket at the same address whose close the
+    // kernel skipped (a tracing program cannot nest inside another on the same CPU): count that
+    // close now, or its pool would stay one too high for good.
+    if let Some(old) = SOCKS.get_ptr(&sk) {
+        // SAFETY: entry pointer from the map, copied out at once.
+        let old = unsafe { *old };
+        if old.established_ns != 0 {
+            with_stats(&old.pool, |s| s.closes += 1);
+            live_add(&old.pool, -1);
+        }
+        lost(LOST_MISSED_CLOSE);
+    }
     let info = SockInfo {
         pool,
         connect_ns: now,
@@ -180,23 +192,33 @@ fn on_close(sk: u64) -> Result<(), i64> {
     if let Some(info) = SOCKS.get_ptr(&sk) {
         // SAFETY: as in on_handshake_end.
         let info = unsafe { *info };
+        if info.established_ns == 0 {
+            // Its handshake event was missed (the kernel skips a tracing program that would nest
+            // inside another on the same CPU): it was never counted live, so do not uncount it.
+            lost(LOST_UNSEEN_HANDSHAKE);
+            let _ = SOCKS.remove(&sk);
+            return Ok(());
+        }
         let now = unsafe { bpf_ktime_get_ns() };
         let lifetime_ns = now - info.established_ns;
         let ms = lifetime_ns / 1_000_000;
         let short = lifetime_ns < storms::short_lived_ns();
         // Died young: short-lived and ended by the server, by a reset (ECONNRESET, EPIPE) or by
-        // hanging up first. Healthy per-request churn closes from the client side.
-        let reset = matches!(read::<i32>(sk as *const u8, off!(SOCK_OFFSETS.err)), Ok(104) | Ok(32));
-        let young = short && (reset || info.flags & SOCK_PEER_CLOSED != 0);
-        if young {
-            storms::failed_at(&info.pool, info.connect_ns, FAIL_DIED_YOUNG);
+        // hanging up first. Healthy per-request churn usually closes from the client side.
+        let reset = short && matches!(read::<i32>(sk as *const u8, off!(SOCK_OFFSETS.err)), Ok(104) | Ok(32));
+        let hung_up = short && !reset && info.flags & SOCK_PEER_CLOSED != 0;
+        if reset {
+            storms::failed_at(&info.pool, info.connect_ns, FAIL_DIED_RESET);
+        } else if hung_up {
+            storms::failed_at(&info.pool, info.connect_ns, FAIL_DIED_SERVER_CLOSED);
         }
         with_stats(&info.pool, |s| {
             s.closes += 1;
             s.lifetime_ms[bucket(ms)] += 1;
             s.lifetime_ms_sum += ms;
             s.short_lived += u64::from(short);
-            s.died_young += u64::from(young);
+            s.died_reset += u64::from(reset);
+            s.died_server_closed += u64::from(hung_up);
         });
         live_add(&info.pool, -1);
         let p = &info.pool;

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    PoolKey, RetryEvent, SockInfo, StormConfig, LOST_RETRY_RING_FULL, MAX_POOLS, RETRY_FAILED,
+    PoolKey, RetryEvent, SockInfo, StormConfig, LOST_RETRY_RING_FULL, MAX_POOLS, RETRY_EVENT_MIN_GAP_NS, RETRY_FAILED,
     RETRY_RECOVERED, RETRY_RING_BYTES, TCP_SYN_SENT,
 };
 
@@ -85,8 +85,16 @@ pub(crate) fn short_lived_ns() -> u64 {
     unsafe { core::ptr::read_volatile(&raw const STORM_CONFIG.short_lived_ns) }
 }
 
-/// An attempt of `pool` that started at `connect_ns` failed (or died young).
+/// An attempt of `pool` that started at `connect_ns` failed (or died young). Events closer than
+/// RETRY_EVENT_MIN_GAP_NS to the last one sent for the pool are not sent.
 pub(crate) fn failed_at(pool: &PoolKey, connect_ns: u64, reason: usize) {
+    if let Some(last) = LAST_FAILED.get_ptr(pool) {
+        // SAFETY: entry pointer from the map, read at once.
+        let last = unsafe { *last };
+        if last != 0 && connect_ns.wrapping_sub(last) < RETRY_EVENT_MIN_GAP_NS {
+            return;
+        }
+    }
     let _ = LAST_FAILED.insert(pool, &connect_ns, 0);
     emit(pool, connect_ns, RETRY_FAILED, reason as u32);
 }

@@ -81,7 +81,7 @@ impl Collector {
     /// period) and feeds the retry-storm detectors. Returns the listeners it saw.
     pub fn tick(&mut self) -> Vec<listeners::Listener> {
         let Collector { probes, peaks, pools, storms, .. } = self;
-        let mut snap = listeners::build(&scan::scan(None, false));
+        let mut snap = listeners::build(&scan::scan(None, scan::Depth::Listeners));
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
         let pools_up = probes.is_up(probes::POOLS);
@@ -99,7 +99,8 @@ impl Collector {
     pub fn gather(&mut self, scrape: bool) -> Gathered {
         let Collector { probes, peaks, pools, storms, .. } = self;
         let t0 = Instant::now();
-        let scan = scan::scan(None, true);
+        let scan_started_ns = monotonic_ns();
+        let scan = scan::scan(None, scan::Depth::Full);
         let mut snap = listeners::build(&scan);
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
@@ -109,7 +110,9 @@ impl Collector {
         let pools_up = probes.is_up(probes::POOLS);
         let (pool_list, extras) = match probes.ebpf_mut() {
             Some(ebpf) if pools_up => {
-                let (p, e) = pools.collect(ebpf, scrape);
+                pools.reconcile(ebpf, &scan, scan_started_ns);
+                let (p, mut e) = pools.collect(ebpf, scrape);
+                e.recursion_misses = probes.recursion_misses();
                 (p, Some(e))
             }
             _ => {
@@ -304,6 +307,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await?;
     info!("shutting down");
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 /// The host name for links back to this agent, else its listen address.

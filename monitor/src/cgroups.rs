@@ -17,12 +17,13 @@ const MAX_REMEMBERED: usize = 200_000;
 pub struct CgroupNames {
     root: Option<PathBuf>,
     by_id: HashMap<u64, String>,
+    tried: std::collections::HashSet<u64>,
     refreshed: Option<Instant>,
 }
 
 impl Default for CgroupNames {
     fn default() -> Self {
-        Self { root: cgroup2_root(), by_id: HashMap::new(), refreshed: None }
+        Self { root: cgroup2_root(), by_id: HashMap::new(), tried: Default::default(), refreshed: None }
     }
 }
 
@@ -37,7 +38,13 @@ impl CgroupNames {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
-        let stale = self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        // A new cgroup (a pod just started) is looked for at once, the first time it is seen;
+        // ids seen before and still unknown wait for the next periodic refresh.
+        let first_time = self.tried.insert(id);
+        if self.tried.len() > MAX_REMEMBERED {
+            self.tried.clear();
+        }
+        let stale = first_time || self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         if stale {
             if let Some(root) = &self.root {
                 // Merge rather than replace: a connection can outlive its cgroup directory by a

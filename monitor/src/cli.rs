@@ -131,6 +131,10 @@ pub struct StormArgs {
     /// Window for rates and ratios [default: 5s].
     #[arg(long = "storm.window", value_parser = parse_duration)]
     pub window: Option<Duration>,
+    /// How long a pool is watched before connections its server hangs up on young count as
+    /// failures (until then there is no baseline to judge its rate by) [default: 10s].
+    #[arg(long = "storm.warmup", value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
 }
 
 impl StormArgs {
@@ -140,7 +144,7 @@ impl StormArgs {
         macro_rules! set {
             ($($f:ident),*) => {$( if let Some(v) = self.$f { c.$f = v; } )*};
         }
-        set!(min_rate, rate_factor, bad_ratio, min_backoff, for_duration, hold_down, window);
+        set!(min_rate, rate_factor, bad_ratio, min_backoff, for_duration, hold_down, window, warmup);
         c
     }
 

@@ -75,6 +75,7 @@ pub struct StormSection {
     pub for_duration: Option<Dur>,
     pub hold_down: Option<Dur>,
     pub window: Option<Dur>,
+    pub warmup: Option<Dur>,
 }
 
 impl StormSection {
@@ -99,6 +100,9 @@ impl StormSection {
         }
         if let Some(v) = self.window {
             c.window = v.0;
+        }
+        if let Some(v) = self.warmup {
+            c.warmup = v.0;
         }
         c
     }

@@ -58,7 +58,7 @@ fn listeners_command(args: &cli::ListenersArgs) -> anyhow::Result<()> {
             anyhow::bail!("no network namespace matches {filter:?}: give a name from /run/netns or an inode");
         }
     }
-    let snap = listeners::build(&scan::scan(args.netns.as_deref(), true));
+    let snap = listeners::build(&scan::scan(args.netns.as_deref(), scan::Depth::Full));
     let mut out = std::io::stdout().lock();
     if args.json {
         for l in &snap.listeners {
@@ -76,7 +76,7 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
     let services = services::Services::with_overrides(&args.pool.services)?;
     if !args.watch {
         let mut cgroups = cgroups::CgroupNames::default();
-        let pools = pools::from_scan(&scan::scan(None, true), &services, &mut cgroups);
+        let pools = pools::from_scan(&scan::scan(None, scan::Depth::Full), &services, &mut cgroups);
         return print_pools(&pools, args.json);
     }
     let mut loaded = probes::Probes::load(&probes::ProbeOptions {

@@ -28,7 +28,7 @@ use crate::{
 
 pub const FAILURE_REASONS: [&str; FAIL_REASONS] = ["refused", "timeout", "unreachable", "aborted", "other"];
 pub const CLIENT_CLASSES: [&str; 4] = ["loopback", "private", "link_local", "public"];
-pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full", "retry_ring_full"];
+pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full", "retry_ring_full", "unseen_handshake", "missed_close"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pool {
@@ -59,6 +59,11 @@ pub struct Pool {
 pub struct KernelExtras {
     pub lost: [u64; LOST_REASONS as usize],
     pub accepts: HashMap<AcceptKey, u64>,
+    /// Closes the probe missed and reconciliation found (the sockets were gone from sock_diag).
+    pub missed_closes: u64,
+    /// Times the kernel skipped one of connmon's programs because another tracing program was
+    /// running on the same CPU.
+    pub recursion_misses: u64,
 }
 
 pub fn comm_str(c: &[u8; 16]) -> String {
@@ -187,7 +192,16 @@ pub struct PoolTracker {
     /// Protocol recognised per destination; kept here because the kernel table is per pool and
     /// forgets, while a destination's protocol does not change.
     protocols: HashMap<(IpAddr, u16), &'static str>,
+    /// Closes found by reconciliation, per pool (added to the kernel's closes).
+    missed: HashMap<PoolKey, u64>,
+    missed_total: u64,
+    /// Socket-table entries absent from the previous scan: removed if absent again.
+    suspects: HashSet<u64>,
 }
+
+/// A connect() that has not finished its handshake for this long is abandoned in the table: its
+/// failure event was missed.
+const STALE_CONNECT_NS: u64 = 300_000_000_000;
 
 /// Most destinations whose protocol is remembered.
 const MAX_PROTOCOL_DESTINATIONS: usize = 65536;
@@ -201,6 +215,9 @@ impl PoolTracker {
             last_change: HashMap::new(),
             idle_expiry,
             protocols: HashMap::new(),
+            missed: HashMap::new(),
+            missed_total: 0,
+            suspects: HashSet::new(),
         }
     }
 
@@ -217,7 +234,7 @@ impl PoolTracker {
     /// that closed before their seed entry existed (exactly one side removes each entry, so each
     /// close is counted once).
     pub fn seed(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<usize> {
-        let first = scan::scan(None, true);
+        let first = scan::scan(None, scan::Depth::Full);
         let tracked: HashSet<(u32, [u8; 16], u16)> = {
             let socks: BpfHashMap<&MapData, u64, SockInfo> = map(ebpf, "SOCKS")?;
             socks
@@ -236,7 +253,7 @@ impl PoolTracker {
                 }
             }
         }
-        let second = scan::scan(None, true);
+        let second = scan::scan(None, scan::Depth::Full);
         let open: HashSet<u64> =
             second.namespaces.iter().flat_map(|ns| ns.connected.iter().map(|c| c.cookie)).collect();
         let mut seeded: BpfHashMap<&mut MapData, u64, PoolKey> = map_mut(ebpf, "SEEDED")?;
@@ -248,10 +265,50 @@ impl PoolTracker {
         Ok(keys.len())
     }
 
+    /// Fixes the socket table against a scan taken after `scan_started_ns` (CLOCK_MONOTONIC, as
+    /// bpf_ktime_get_ns): the kernel skips a tracing program that would nest inside another on
+    /// the same CPU, so a close can be missed, leaving its pool counted one too high. An entry
+    /// whose socket is missing from two consecutive scans (and that was established before the
+    /// scan began) is removed here; whichever side removes an entry first counts its close, so a
+    /// close is never counted twice.
+    pub fn reconcile(&mut self, ebpf: &mut Ebpf, scan: &Scan, scan_started_ns: u64) {
+        let live: HashSet<(u32, [u8; 16], u16)> = scan
+            .namespaces
+            .iter()
+            .flat_map(|ns| ns.connected.iter().map(move |c| (ns.inode as u32, addr_bytes(c.src), c.sport)))
+            .collect();
+        let Ok(mut socks) = map_mut::<BpfHashMap<&mut MapData, u64, SockInfo>>(ebpf, "SOCKS") else { return };
+        let mut absent = HashSet::new();
+        let mut abandoned = Vec::new();
+        for (sk, info) in socks.iter().filter_map(Result::ok) {
+            if info.established_ns == 0 {
+                if scan_started_ns.saturating_sub(info.connect_ns) > STALE_CONNECT_NS {
+                    abandoned.push(sk);
+                }
+            } else if info.established_ns < scan_started_ns && !live.contains(&(info.pool.netns, info.saddr, info.sport)) {
+                absent.insert((sk, info.pool));
+            }
+        }
+        for sk in abandoned {
+            let _ = socks.remove(&sk);
+        }
+        let mut suspects = HashSet::new();
+        for (sk, pool) in absent {
+            if !self.suspects.contains(&sk) {
+                suspects.insert(sk);
+            } else if socks.remove(&sk).is_ok() {
+                *self.seeded.entry(pool).or_default() -= 1;
+                *self.missed.entry(pool).or_default() += 1;
+                self.missed_total += 1;
+            }
+        }
+        self.suspects = suspects;
+    }
+
     /// Reads the kernel tables: every pool with its counters, live count and peak. With
     /// `reset_peaks` the peak is reset to the live count, so the next read sees the next period's.
     pub fn collect(&mut self, ebpf: &mut Ebpf, reset_peaks: bool) -> (Vec<Pool>, KernelExtras) {
-        let mut extras = KernelExtras::default();
+        let mut extras = KernelExtras { missed_closes: self.missed_total, ..Default::default() };
         let stats = read_stats(ebpf);
         let live: HashMap<PoolKey, i64> = map::<BpfHashMap<&MapData, PoolKey, i64>>(ebpf, "POOL_LIVE")
             .map(|m| m.iter().filter_map(Result::ok).collect())
@@ -271,7 +328,8 @@ impl PoolTracker {
         let mut idle = Vec::new();
         let mut pools = Vec::with_capacity(keys.len());
         for key in keys {
-            let s = stats.get(&key).copied().unwrap_or_default();
+            let mut s = stats.get(&key).copied().unwrap_or_default();
+            s.closes += self.missed.get(&key).copied().unwrap_or(0);
             let seeded = self.seeded.get(&key).copied().unwrap_or(0);
             let active = live.get(&key).copied().unwrap_or(0) + seeded;
             let peak = peaks.get(&key).map_or(active, |p| p + seeded).max(active);
@@ -353,6 +411,7 @@ impl PoolTracker {
         }
         for k in keys {
             self.seeded.remove(k);
+            self.missed.remove(k);
             self.last_change.remove(k);
         }
     }
@@ -393,7 +452,8 @@ pub fn add_stats(sum: &mut PoolStats, v: &PoolStats) {
     sum.resets_received += v.resets_received;
     sum.resets_sent += v.resets_sent;
     sum.short_lived += v.short_lived;
-    sum.died_young += v.died_young;
+    sum.died_reset += v.died_reset;
+    sum.died_server_closed += v.died_server_closed;
 }
 
 /// Retry events the kernel queued since the last call.

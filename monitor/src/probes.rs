@@ -241,6 +241,17 @@ impl Probes {
         self.ebpf.as_mut()
     }
 
+    /// Sum of the kernel's `recursion_misses` over connmon's programs (from /proc/self/fdinfo).
+    pub fn recursion_misses(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let Some(ebpf) = self.ebpf.as_ref() else { return 0 };
+        ebpf.programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok())
+            .filter_map(|text| fdinfo_value(&text, "recursion_misses"))
+            .sum()
+    }
+
     pub fn is_up(&self, probe: &str) -> bool {
         matches!(self.states.get(probe), Some(ProbeState::Up { .. }))
     }
@@ -402,6 +413,11 @@ fn state_offsets_complete(s: &StateTpOffsets) -> u32 {
     } else {
         0
     }
+}
+
+/// Pure: the value of `key:` in an fdinfo text.
+fn fdinfo_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so they load there too.

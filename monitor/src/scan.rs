@@ -45,13 +45,25 @@ pub fn matches_filter(ns: &Netns, filter: &str) -> bool {
     ns.name.as_deref() == Some(filter) || ns.inode.to_string() == filter
 }
 
-/// Scans the namespaces matching `filter` (all when None); `connected` also dumps connections.
-pub fn scan(filter: Option<&str>, connected: bool) -> Scan {
+/// How much a scan dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// LISTEN sockets only: the kernel walks just the listening hash, so this stays cheap with
+    /// hundreds of thousands of connections (the periodic tick).
+    Listeners,
+    /// Listeners, their SYN queues and every connection (scrapes, alerts, one-shot commands).
+    Full,
+}
+
+/// Scans the namespaces matching `filter` (all when None).
+pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
+    let connected = depth == Depth::Full;
     let mut nss = netns::discover();
     if let Some(f) = filter {
         nss.retain(|ns| matches_filter(ns, f));
     }
-    let listening_states = diag::state_mask(&[TCP_LISTEN, TCP_SYN_RECV]);
+    // SYN_RECV requests live in the established hash: asking for them walks it whole.
+    let listening_states = if connected { diag::state_mask(&[TCP_LISTEN, TCP_SYN_RECV]) } else { diag::state_mask(&[TCP_LISTEN]) };
     let connected_states = diag::state_mask(CONNECTED);
     let results = netns::run_in_each(&nss, |_| {
         let listening = diag::dump_tcp(listening_states, true)?;

@@ -34,6 +34,9 @@ pub struct StormConfig {
     pub window: Duration,
     /// Half-life of the attempt-rate baseline (updated only outside storms).
     pub baseline_half_life: Duration,
+    /// How long a target must have been watched before soft evidence (server hung up young)
+    /// counts: until then there is no baseline to call its rate elevated against.
+    pub warmup: Duration,
 }
 
 impl Default for StormConfig {
@@ -47,6 +50,7 @@ impl Default for StormConfig {
             hold_down: Duration::from_secs(15),
             window: Duration::from_secs(5),
             baseline_half_life: Duration::from_secs(300),
+            warmup: Duration::from_secs(10),
         }
     }
 }
@@ -94,12 +98,14 @@ fn median(v: &mut [f64]) -> Option<f64> {
     Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
 }
 
-/// Attempts per second and the failed share between two readings.
-fn rates(from: (f64, Reading), to: (f64, Reading)) -> (f64, f64) {
+/// Attempts per second and the bad share between two readings; `soft` says whether connections
+/// the server hung up on young count as bad.
+fn rates(from: (f64, Reading), to: (f64, Reading), soft: bool) -> (f64, f64) {
     let dt = to.0 - from.0;
     let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
     let attempts = d(to.1.attempts, from.1.attempts);
-    let bad = d(to.1.failures, from.1.failures) + d(to.1.died_young, from.1.died_young);
+    let soft_bad = if soft { d(to.1.soft, from.1.soft) } else { 0.0 };
+    let bad = d(to.1.hard, from.1.hard) + soft_bad;
     let rate = if dt > 0.0 { attempts / dt } else { 0.0 };
     (rate, if attempts > 0.0 { (bad / attempts).min(1.0) } else { 0.0 })
 }
@@ -108,8 +114,11 @@ fn rates(from: (f64, Reading), to: (f64, Reading)) -> (f64, f64) {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reading {
     pub attempts: u64,
-    pub failures: u64,
-    pub died_young: u64,
+    /// Failed connects and connections the server reset young: always bad.
+    pub hard: u64,
+    /// Connections the server hung up on young: bad only against an established baseline,
+    /// because a server that closes after every response looks the same.
+    pub soft: u64,
 }
 
 /// How strongly each part of the storm signature matches, 0..1; `overall` is the weakest part.
@@ -140,6 +149,7 @@ pub struct Detector {
     /// Attempt start times of failures (ns), newest last.
     failures: VecDeque<u64>,
     baseline: Option<f64>,
+    first_seen: Option<f64>,
     matching_since: Option<f64>,
     calm_since: Option<f64>,
     pub signals: Signals,
@@ -179,9 +189,11 @@ impl Detector {
         // Exported figures are smoothed over the window; whether the signature matches is judged
         // on the last interval alone, so `for` means "sustained" and a burst inside the window
         // does not keep matching after it ended.
-        let (rate, bad_ratio) = rates(self.history[0], (now, r));
+        let first_seen = *self.first_seen.get_or_insert(now);
+        let soft = self.baseline.is_some() && now - first_seen >= cfg.warmup.as_secs_f64();
+        let (rate, bad_ratio) = rates(self.history[0], (now, r), soft);
         let Some(last) = last else { return None };
-        let (tick_rate, tick_bad) = rates(last, (now, r));
+        let (tick_rate, tick_bad) = rates(last, (now, r), soft);
         let times: Vec<u64> = self.failures.iter().copied().collect();
         let estimate = estimate(&times);
         let threshold = cfg.min_rate.max(cfg.rate_factor * self.baseline.unwrap_or(0.0));
@@ -311,7 +323,7 @@ impl StormTracker {
     pub fn pools_tick(&mut self, stats: &HashMap<PoolKey, PoolStats>, describe: &mut dyn FnMut(&PoolKey) -> String) {
         let now = self.now();
         for (key, s) in stats {
-            let r = Reading { attempts: s.attempts, failures: s.failures.iter().sum(), died_young: s.died_young };
+            let r = Reading { attempts: s.attempts, hard: s.failures.iter().sum::<u64>() + s.died_reset, soft: s.died_server_closed };
             let d = self.pools.get(key, now);
             if let Some(t) = d.tick(now, r, &self.cfg) {
                 log_transition(t, "pool", &describe(key), &d.signals);
@@ -326,7 +338,7 @@ impl StormTracker {
         for l in listeners {
             let Some(queued) = l.queued else { continue };
             // From the server's side an attempt is a handshake that completed or was dropped.
-            let r = Reading { attempts: queued + l.drops, failures: l.drops, died_young: 0 };
+            let r = Reading { attempts: queued + l.drops, hard: l.drops, soft: 0 };
             let d = self.listeners.get(&l.id, now);
             if let Some(t) = d.tick(now, r, &self.cfg) {
                 let what = format!("netns={} addr={} port={} comm={}", l.netns, l.addr, l.port, l.comm.as_deref().unwrap_or(""));

@@ -57,7 +57,7 @@ fn drive(d: &mut Detector, from: u64, secs: u64, per_sec: u64, bad_share: f64, g
     for s in from..from + secs {
         r.attempts += per_sec;
         let bad = (per_sec as f64 * bad_share) as u64;
-        r.failures += bad;
+        r.hard += bad;
         for k in 0..bad {
             d.failure(s * 1000 * MS + k * gap_ms * MS);
         }
@@ -111,9 +111,42 @@ fn backoff_clients_are_not_flagged() {
     }
     for s in 0..10 {
         r.attempts += 50;
-        r.failures += 50;
+        r.hard += 50;
         assert_eq!(d.tick(s as f64, r, &cfg()), None);
     }
     assert!(d.signals.estimate.unwrap().backoff > 1.9, "{:?}", d.signals);
     assert_eq!(d.signals.score.backoff, 0.0);
+}
+
+#[test]
+fn server_hangups_count_only_against_an_established_baseline() {
+    let mut d = Detector::default();
+    let mut r = Reading::default();
+    // A new pool whose server closes every connection young (a server that closes after each
+    // response looks the same): not a storm, there is no baseline yet.
+    for s in 0..30u64 {
+        r.attempts += 500;
+        r.soft += 500;
+        assert_eq!(d.tick(s as f64, r, &cfg()), None, "tick {s}: {:?}", d.signals);
+    }
+    // A quiet pool (a held pool reconnecting now and then) whose server starts hanging up on a
+    // flood of reconnects: elevated against its baseline, so a storm.
+    let mut d = Detector::default();
+    let mut r = Reading::default();
+    for s in 0..20u64 {
+        r.attempts += 1;
+        d.tick(s as f64, r, &cfg());
+    }
+    let mut started = None;
+    for s in 20..30u64 {
+        r.attempts += 200;
+        r.soft += 200;
+        for k in 0..20 {
+            d.failure(s * 1000 * MS + k * 50 * MS);
+        }
+        if d.tick(s as f64, r, &cfg()) == Some(Transition::Started) {
+            started = Some(s);
+        }
+    }
+    assert!(started.is_some_and(|s| s <= 24), "{:?} {:?}", started, d.signals);
 }

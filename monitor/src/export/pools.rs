@@ -134,7 +134,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     let syn_retrans = counter_family(reg, POOL_SYN_RETRANS, "SYNs of the pool's connects that were retransmitted because the server did not answer in time");
     let resets = counter_family(reg, POOL_RESETS, "Resets on the pool's connections: direction=received (including refused connects) or sent");
     let short_lived = counter_family(reg, POOL_SHORT_LIVED, "Connections of the pool that closed sooner than --storm.short-lived after their handshake (churn)");
-    let died_young = counter_family(reg, POOL_DIED_YOUNG, "Short-lived connections of the pool that the server ended (reset, or hung up first): rejected, not merely churned");
+    let died_young = counter_family(reg, POOL_DIED_YOUNG, "Short-lived connections of the pool that the server ended: how=reset (rejected) or how=server_closed (the server hung up first: a rejection, or a server that closes after each response)");
     let mut storm_rows = Vec::new();
     let mut hists = Histograms::default();
     for (values, r) in &rows {
@@ -155,7 +155,11 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
             resets.get_or_create(&with).inc_by(n);
         }
         short_lived.get_or_create(&l).inc_by(s.short_lived);
-        died_young.get_or_create(&l).inc_by(s.died_young);
+        for (how, n) in [("reset", s.died_reset), ("server_closed", s.died_server_closed)] {
+            let mut with = l.clone();
+            with.push(("how".into(), how.into()));
+            died_young.get_or_create(&with).inc_by(n);
+        }
         if let Some(sig) = super::storms::strongest(&r.keys, section.signals) {
             storm_rows.push((l.clone(), sig));
         }
@@ -185,10 +189,14 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         with.push(("client_class".into(), class.into()));
         accepts.get_or_create(&with).inc_by(*n);
     }
-    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full, retry_ring_full (retry timing event dropped)");
+    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full, retry_ring_full (retry timing event dropped), unseen_handshake (a close whose handshake was missed), missed_close (a close the probe missed, found by reconciling with sock_diag), recursion (runs the kernel skipped because another tracing program was running on the CPU)");
+    // Missed closes are found in two places: by the kernel when a socket's memory is reused, and
+    // by reconciling with sock_diag; both are one reason to users.
     for (reason, n) in LOST_REASON_NAMES.iter().zip(extras.lost) {
+        let n = if *reason == "missed_close" { n + extras.missed_closes } else { n };
         lost.get_or_create(&labels(&[("reason", reason)])).inc_by(n);
     }
+    lost.get_or_create(&labels(&[("reason", "recursion")])).inc_by(extras.recursion_misses);
 }
 
 fn pool_label_set(values: &[String; 5]) -> Labels {

@@ -16,7 +16,7 @@ pub const RETRY_STORM_SCORE: &str = "connmon_retry_storm_score";
 pub const POOL_BACKOFF: &str = "connmon_pool_retry_backoff_ratio";
 pub const POOL_JITTER: &str = "connmon_pool_retry_jitter";
 pub const POOL_ATTEMPT_RATE: &str = "connmon_pool_connect_attempt_rate";
-pub const POOL_BAD_RATIO: &str = "connmon_pool_failed_attempt_ratio";
+pub const POOL_BAD_RATIO: &str = "connmon_pool_bad_attempt_ratio";
 
 /// Storm series for exported pools (`labels` are each pool row's labels with the signals of the
 /// strongest-scoring pool folded into it) and for listeners.
@@ -31,7 +31,7 @@ pub fn register(
     let backoff = float_family(reg, POOL_BACKOFF, "Growth of the gap between a pool's consecutive failed attempts per retry: 1 = retries at a flat interval, 2 = doubling");
     let jitter = float_family(reg, POOL_JITTER, "Variation of a pool's retry gaps around their trend (coefficient of variation): 0 = perfectly regular, no jitter");
     let rate = float_family(reg, POOL_ATTEMPT_RATE, "Connect attempts per second of the pool over the detector window");
-    let bad = float_family(reg, POOL_BAD_RATIO, "Share of the pool's attempts over the detector window that failed or died young");
+    let bad = float_family(reg, POOL_BAD_RATIO, "Share of the pool's attempts over the detector window that went bad: failed, reset young, or (once the pool has a baseline) hung up on young by the server");
     let emit = |target: &str, labels: &Labels, s: &Signals| {
         let mut with = labels.clone();
         with.push(("target".into(), target.into()));
