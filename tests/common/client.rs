@@ -204,7 +204,10 @@ impl ClientProc {
     /// `count` connections.
     pub fn spawn(spec: ClientSpec) -> ClientProc {
         let name = unique_name(&spec.prefix);
-        assert!(name.len() <= 15, "client name {name:?} is longer than a comm (15 bytes)");
+        assert!(
+            name.len() <= 15,
+            "client name {name:?} is longer than a comm (15 bytes)"
+        );
         let cgroup = TestCgroup::new();
         let (mode, count, max_secs, after_ms) = match spec.mode {
             Mode::Hold { count } => ("hold", count, 0.0, 0),
@@ -228,11 +231,18 @@ impl ClientProc {
         let stderr_path = dir.path().join("stderr");
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(&exe);
-        cmd.args(["--exact", "client_entry", "--nocapture", "--test-threads", "1", "-q"])
-            .env(CLIENT_ENV, json.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr_path).expect("create client stderr file"));
+        cmd.args([
+            "--exact",
+            "client_entry",
+            "--nocapture",
+            "--test-threads",
+            "1",
+            "-q",
+        ])
+        .env(CLIENT_ENV, json.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&stderr_path).expect("create client stderr file"));
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start client {}: {e}", exe.display()));
@@ -261,8 +271,15 @@ impl ClientProc {
             cgroup,
         };
         if let Mode::Hold { count } = spec.mode {
-            let n: usize = c.expect("ready", Duration::from_secs(60)).parse().expect("ready N");
-            assert_eq!(n, count, "client {} holds {n} connections, asked for {count}", c.name);
+            let n: usize = c
+                .expect("ready", Duration::from_secs(60))
+                .parse()
+                .expect("ready N");
+            assert_eq!(
+                n, count,
+                "client {} holds {n} connections, asked for {count}",
+                c.name
+            );
         }
         c
     }
@@ -285,7 +302,11 @@ impl ClientProc {
     /// the client's stderr) if the client exits first or `within` passes.
     pub fn expect(&mut self, word: &str, within: Duration) -> String {
         self.try_expect(word, within).unwrap_or_else(|| {
-            panic!("client {} did not say {word:?} within {within:?}; stderr:\n{}", self.name, self.stderr())
+            panic!(
+                "client {} did not say {word:?} within {within:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            )
         })
     }
 
@@ -321,7 +342,13 @@ impl ClientProc {
         let stdin = self.stdin.as_mut().expect("client stdin already closed");
         writeln!(stdin, "{cmd}")
             .and_then(|_| stdin.flush())
-            .unwrap_or_else(|e| panic!("write {cmd:?} to client {}: {e}\n{}", self.name, self.stderr()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "write {cmd:?} to client {}: {e}\n{}",
+                    self.name,
+                    self.stderr()
+                )
+            });
     }
 
     /// Makes a holding client close `k` connections (close(2) returned for each); returns how many
@@ -329,8 +356,16 @@ impl ClientProc {
     pub fn close(&mut self, k: usize) -> usize {
         self.send(&format!("close {k}"));
         let rest = self.expect("closed", Duration::from_secs(30));
-        let f: Vec<usize> = rest.split_whitespace().map(|t| t.parse().expect("closed K LEFT")).collect();
-        assert_eq!(f.first(), Some(&k), "client {} closed {rest:?}, asked for {k}", self.name);
+        let f: Vec<usize> = rest
+            .split_whitespace()
+            .map(|t| t.parse().expect("closed K LEFT"))
+            .collect();
+        assert_eq!(
+            f.first(),
+            Some(&k),
+            "client {} closed {rest:?}, asked for {k}",
+            self.name
+        );
         f[1]
     }
 
@@ -353,11 +388,20 @@ impl ClientProc {
         let end = Instant::now() + within;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait on client") {
-                assert!(st.success(), "client {} exited with {st}; stderr:\n{}", self.name, self.stderr());
+                assert!(
+                    st.success(),
+                    "client {} exited with {st}; stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
                 return;
             }
             if Instant::now() >= end {
-                panic!("client {} did not exit within {within:?}; stderr:\n{}", self.name, self.stderr());
+                panic!(
+                    "client {} did not exit within {within:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
             }
             std::thread::sleep(super::POLL_INTERVAL);
         }
@@ -370,7 +414,11 @@ impl Drop for ClientProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- client {} stderr ----\n{}---- end ----", self.name, self.stderr());
+            eprintln!(
+                "---- client {} stderr ----\n{}---- end ----",
+                self.name,
+                self.stderr()
+            );
         }
     }
 }
@@ -380,21 +428,36 @@ impl Drop for ClientProc {
 
 fn say(line: &str) {
     let mut out = io::stdout().lock();
-    writeln!(out, "{LINE_PREFIX}{line}").and_then(|_| out.flush()).expect("write to stdout");
+    writeln!(out, "{LINE_PREFIX}{line}")
+        .and_then(|_| out.flush())
+        .expect("write to stdout");
 }
 
 /// The body of `#[test] fn client_entry()`: runs the client described by [`CLIENT_ENV`] and exits
 /// the process; returns at once when the variable is not set (a normal test run).
 pub fn client_main() {
-    let Ok(text) = std::env::var(CLIENT_ENV) else { return };
-    let spec: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad {CLIENT_ENV} ({e}): {text}"));
-    let s = |k: &str| spec[k].as_str().unwrap_or_else(|| panic!("{k} missing in {spec}")).to_string();
-    let u = |k: &str| spec[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {spec}"));
+    let Ok(text) = std::env::var(CLIENT_ENV) else {
+        return;
+    };
+    let spec: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad {CLIENT_ENV} ({e}): {text}"));
+    let s = |k: &str| {
+        spec[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} missing in {spec}"))
+            .to_string()
+    };
+    let u = |k: &str| {
+        spec[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} missing in {spec}"))
+    };
     let name = s("name");
 
     // 1. Own cgroup (moves every thread of the process).
     let procs = s("cgroup_procs");
-    std::fs::write(&procs, std::process::id().to_string()).unwrap_or_else(|e| panic!("write {procs}: {e}"));
+    std::fs::write(&procs, std::process::id().to_string())
+        .unwrap_or_else(|e| panic!("write {procs}: {e}"));
     // 2. Own name: this thread's, and the thread-group leader's (what /proc/<pid>/comm shows and
     //    what connmon labels connections with), since libtest may run us on a non-main thread.
     let cname = CString::new(name.clone()).expect("name without NUL");
@@ -437,10 +500,12 @@ pub fn client_main() {
 fn open(target: SocketAddr, proto: Proto, name: &str) -> TcpStream {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("connect {target}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("SO_RCVTIMEO");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("SO_RCVTIMEO");
     match proto {
         Proto::Redis => {
-            s.write_all(&resp_command(&["CLIENT", "SETNAME", name])).expect("send CLIENT SETNAME");
+            s.write_all(&resp_command(&["CLIENT", "SETNAME", name]))
+                .expect("send CLIENT SETNAME");
             expect_reply(&mut s, "+OK");
             redis_ping(&mut s);
         }
@@ -480,9 +545,11 @@ fn churn(target: SocketAddr, proto: Proto, count: usize, max: Duration) {
     let start = Instant::now();
     let mut done = 0;
     while done < count && (max.is_zero() || start.elapsed() < max) {
-        let mut s = TcpStream::connect(target).unwrap_or_else(|e| panic!("connect {target} (cycle {done}): {e}"));
+        let mut s = TcpStream::connect(target)
+            .unwrap_or_else(|e| panic!("connect {target} (cycle {done}): {e}"));
         if proto == Proto::Redis {
-            s.set_read_timeout(Some(Duration::from_secs(10))).expect("SO_RCVTIMEO");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("SO_RCVTIMEO");
             redis_ping(&mut s);
         } else if proto == Proto::Postgres {
             pg_startup(&mut s, "churn");
@@ -524,7 +591,11 @@ fn abort(target: SocketAddr, count: usize, after: Duration) {
     // The scenario itself: the application gives up after `after`.
     std::thread::sleep(after);
     for (i, s) in socks.iter().enumerate() {
-        assert_eq!(tcp_state(s), TCP_SYN_SENT, "socket #{i} to {target} left SYN-SENT before the abort");
+        assert_eq!(
+            tcp_state(s),
+            TCP_SYN_SENT,
+            "socket #{i} to {target} left SYN-SENT before the abort"
+        );
     }
     drop(socks);
     say(&format!("done {count}"));
@@ -548,7 +619,10 @@ pub fn read_line(s: &mut impl Read) -> String {
     let mut b = [0u8; 1];
     while !out.ends_with(b"\r\n") {
         match s.read(&mut b) {
-            Ok(0) => panic!("connection closed after {:?}", String::from_utf8_lossy(&out)),
+            Ok(0) => panic!(
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&out)
+            ),
             Ok(_) => out.push(b[0]),
             Err(e) => panic!("read after {:?}: {e}", String::from_utf8_lossy(&out)),
         }
@@ -570,7 +644,11 @@ pub fn redis_ping(s: &mut TcpStream) {
 /// PostgreSQL StartupMessage (protocol 3.0); reads messages up to ReadyForQuery. Trust auth only.
 pub fn pg_startup(s: &mut TcpStream, application_name: &str) {
     let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", "postgres"), ("database", "postgres"), ("application_name", application_name)] {
+    for (k, v) in [
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("application_name", application_name),
+    ] {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -582,14 +660,18 @@ pub fn pg_startup(s: &mut TcpStream, application_name: &str) {
     s.write_all(&msg).expect("send StartupMessage");
     loop {
         let mut hdr = [0u8; 5];
-        s.read_exact(&mut hdr).expect("read PostgreSQL message header");
+        s.read_exact(&mut hdr)
+            .expect("read PostgreSQL message header");
         let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
         let mut payload = vec![0u8; len.saturating_sub(4)];
         s.read_exact(&mut payload).expect("read PostgreSQL message");
         match hdr[0] {
             b'R' => {
                 let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                assert_eq!(code, 0, "server asked for authentication method {code}; tests need trust");
+                assert_eq!(
+                    code, 0,
+                    "server asked for authentication method {code}; tests need trust"
+                );
             }
             b'E' => panic!("PostgreSQL error: {}", String::from_utf8_lossy(&payload)),
             b'Z' => return,

@@ -25,10 +25,14 @@ pub const EVENTS_LOST: &str = "connmon_events_lost_total";
 pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborted", "other"];
 pub const LOST_REASONS: [&str; 3] = ["socket_table_full", "socket_untracked", "pool_table_full"];
 
+/// A [`PoolRef::cgroup`] that matches any cgroup label.
+pub const ANY_CGROUP: &str = "*";
+
 /// One pool's identifying labels (all but `service`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolRef {
     pub comm: String,
+    /// [`ANY_CGROUP`] ("*") matches any cgroup label (see [`PoolRef::any_cgroup`]).
     pub cgroup: String,
     pub dst_addr: String,
     pub dst_port: String,
@@ -53,7 +57,10 @@ pub struct PoolFigures {
 
 impl PoolFigures {
     pub fn failure(&self, reason: &str) -> f64 {
-        self.failures.iter().find(|(r, _)| r == reason).map_or(0.0, |(_, v)| *v)
+        self.failures
+            .iter()
+            .find(|(r, _)| r == reason)
+            .map_or(0.0, |(_, v)| *v)
     }
 
     pub fn failures_total(&self) -> f64 {
@@ -91,13 +98,25 @@ impl PoolRef {
         }
     }
 
+    /// The same pool matched by comm and destination only, whatever its cgroup label says (for
+    /// tests about something else than cgroup attribution).
+    pub fn any_cgroup(&self) -> PoolRef {
+        PoolRef {
+            cgroup: ANY_CGROUP.to_string(),
+            ..self.clone()
+        }
+    }
+
     pub fn labels(&self) -> Vec<(&str, &str)> {
-        vec![
+        let mut l = vec![
             ("comm", self.comm.as_str()),
-            ("cgroup", self.cgroup.as_str()),
             ("dst_addr", self.dst_addr.as_str()),
             ("dst_port", self.dst_port.as_str()),
-        ]
+        ];
+        if self.cgroup != ANY_CGROUP {
+            l.push(("cgroup", self.cgroup.as_str()));
+        }
+        l
     }
 
     /// The one sample `name` of this pool (None if absent).
@@ -132,7 +151,11 @@ impl PoolRef {
 
 impl fmt::Display for PoolRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pool{{comm={},cgroup={},dst={}:{}}}", self.comm, self.cgroup, self.dst_addr, self.dst_port)
+        write!(
+            f,
+            "pool{{comm={},cgroup={},dst={}:{}}}",
+            self.comm, self.cgroup, self.dst_addr, self.dst_port
+        )
     }
 }
 
@@ -149,7 +172,11 @@ pub fn lost_all(samples: &[Sample]) -> [f64; 3] {
 /// connmon_pool_service_info samples for `dst`.
 pub fn service_info<'a>(samples: &'a [Sample], dst: SocketAddr) -> Vec<&'a Sample> {
     let (a, p) = (dst.ip().to_string(), dst.port().to_string());
-    samples_matching(samples, POOL_SERVICE_INFO, &[("dst_addr", a.as_str()), ("dst_port", p.as_str())])
+    samples_matching(
+        samples,
+        POOL_SERVICE_INFO,
+        &[("dst_addr", a.as_str()), ("dst_port", p.as_str())],
+    )
 }
 
 /// ESTABLISHED TCP sockets in `ns` with destination port `dport` that `pid` holds (`ss -tnp`).
@@ -185,9 +212,87 @@ pub fn pool_rows<'a>(rows: &'a [Value], pool: &PoolRef) -> Vec<&'a Value> {
     rows.iter()
         .filter(|r| {
             r["comm"].as_str() == Some(pool.comm.as_str())
-                && r["cgroup"].as_str() == Some(pool.cgroup.as_str())
+                && (pool.cgroup == ANY_CGROUP || r["cgroup"].as_str() == Some(pool.cgroup.as_str()))
                 && r["dst_addr"].as_str() == Some(pool.dst_addr.as_str())
-                && r["dst_port"].as_u64().map(|p| p.to_string()).as_deref() == Some(pool.dst_port.as_str())
+                && r["dst_port"].as_u64().map(|p| p.to_string()).as_deref()
+                    == Some(pool.dst_port.as_str())
+        })
+        .collect()
+}
+
+/// One eBPF program a process holds, from /proc/<pid>/fdinfo (name from `bpftool`, if installed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfProgInfo {
+    pub prog_id: u64,
+    /// enum bpf_prog_type: 5 = tracepoint, 8 = cgroup_skb, 26 = tracing (tp_btf), ...
+    pub prog_type: u64,
+    pub name: Option<String>,
+    /// Runs the kernel skipped because a BPF program was already running on that CPU
+    /// (bpf_prog_active for tracepoint programs): events the program never saw.
+    pub recursion_misses: u64,
+}
+
+/// The eBPF programs `pid` holds open, with their recursion-miss counters.
+pub fn bpf_programs(pid: u32) -> Vec<BpfProgInfo> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<BpfProgInfo> = Vec::new();
+    for e in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix(':')))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(prog_id), Some(prog_type)) = (field("prog_id"), field("prog_type")) {
+            if out.iter().any(|p| p.prog_id == prog_id) {
+                continue;
+            }
+            let name = std::process::Command::new("bpftool")
+                .args(["prog", "show", "id", &prog_id.to_string()])
+                .output()
+                .ok()
+                .and_then(|o| {
+                    let t = String::from_utf8_lossy(&o.stdout).into_owned();
+                    let f: Vec<&str> = t.split_whitespace().collect();
+                    f.iter()
+                        .position(|w| *w == "name")
+                        .and_then(|i| f.get(i + 1))
+                        .map(|n| n.to_string())
+                });
+            out.push(BpfProgInfo {
+                prog_id,
+                prog_type,
+                name,
+                recursion_misses: field("recursion_misses").unwrap_or(0),
+            });
+        }
+    }
+    out.sort_by_key(|p| p.prog_id);
+    out
+}
+
+/// Recursion misses per program name (or id) that rose between two [`bpf_programs`] readings.
+pub fn recursion_misses_delta(before: &[BpfProgInfo], after: &[BpfProgInfo]) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter_map(|a| {
+            let b = before
+                .iter()
+                .find(|b| b.prog_id == a.prog_id)
+                .map_or(0, |b| b.recursion_misses);
+            let d = a.recursion_misses.saturating_sub(b);
+            (d > 0).then(|| {
+                (
+                    a.name
+                        .clone()
+                        .unwrap_or_else(|| format!("prog {}", a.prog_id)),
+                    d,
+                )
+            })
         })
         .collect()
 }

@@ -4,7 +4,10 @@
 //!   test suite need on a Debian 12 machine.
 //! - `test [-- ARGS]`: setup, then the whole test suite as root.
 //! - `run [-- ARGS]`: setup, release build, then `connmon run ARGS`.
+//! - `bench pools [--rounds N] [--secs S]`: the agent's overhead under connection churn, next to
+//!   no probe and a bpftrace one-liner (needs root and bpftrace).
 
+mod bench;
 mod setup;
 mod util;
 
@@ -36,6 +39,14 @@ enum Cmd {
     Test(TestArgs),
     /// Run setup, build the agent in release mode and run it (`connmon run ARGS`).
     Run(RunArgs),
+    /// Measure the agent's overhead (release build; needs root and bpftrace).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    target: bench::Target,
 }
 
 #[derive(Args)]
@@ -47,7 +58,7 @@ struct SetupArgs {
 
 #[derive(Args)]
 struct TestArgs {
-    /// Extra arguments for `cargo test` (after `--`), e.g. `-- --test listen -- --nocapture`.
+    /// Extra arguments for `cargo test` (after `--`), e.g. `-- --test listeners -- --nocapture`.
     #[arg(last = true)]
     cargo_args: Vec<String>,
 }
@@ -82,6 +93,7 @@ fn run(command: Cmd) -> Result<()> {
         Cmd::Setup(args) => setup::run(args.check),
         Cmd::Test(args) => test(&args.cargo_args),
         Cmd::Run(args) => run_agent(&args.agent_args),
+        Cmd::Bench(args) => bench::run(args.target),
     }
 }
 
@@ -109,24 +121,20 @@ fn test(cargo_args: &[String]) -> Result<()> {
 fn run_agent(agent_args: &[String]) -> Result<()> {
     if !is_root() {
         eprintln!(
-            "warning: not root: connmon needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN and \
-             CAP_NET_ADMIN) to load eBPF programs and read other namespaces; trying anyway"
+            "warning: not root: connmon needs root (or CAP_BPF and CAP_PERFMON for its probes, \
+             CAP_NET_ADMIN for protocol recognition, CAP_SYS_ADMIN and CAP_SYS_PTRACE for other \
+             namespaces and processes); trying anyway"
         );
     }
     setup::run(false)?;
 
-    let root = workspace_root();
     let mut build = Command::new("cargo");
     build
         .args(["build", "--release", "-p", "monitor"])
-        .current_dir(&root);
+        .current_dir(workspace_root());
     util::run_inherit(&mut build)?;
 
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    };
-    let agent = target_dir.join("release").join("connmon");
+    let agent = util::target_dir().join("release").join("connmon");
     let mut cmd = Command::new(&agent);
     cmd.arg("run").args(agent_args);
     use std::os::unix::process::CommandExt;
@@ -168,5 +176,17 @@ mod tests {
             Cmd::Setup(SetupArgs { check: true })
         ));
         assert!(Cli::try_parse_from(["cargo xtask", "test", "--release"]).is_err());
+    }
+
+    #[test]
+    fn bench_targets_and_flags() {
+        assert!(matches!(
+            parse(&["bench", "pools", "--rounds", "4", "--secs", "2.5"]),
+            Cmd::Bench(_)
+        ));
+        assert!(Cli::try_parse_from(["cargo xtask", "bench"]).is_err());
+        assert!(Cli::try_parse_from(["cargo xtask", "bench", "nothing"]).is_err());
+        assert!(Cli::try_parse_from(["cargo xtask", "bench", "pools", "--rounds", "0"]).is_err());
+        assert!(Cli::try_parse_from(["cargo xtask", "bench", "pools", "--secs", "0"]).is_err());
     }
 }

@@ -53,11 +53,10 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
             "prometheus-alertmanager",
         ],
     },
-    // Scripts and tests that scrape the agent's HTTP endpoint and read its JSON; pip for the
-    // Python manifest validator.
+    // For people poking at a running agent by hand (the README's examples use them).
     PackageGroup {
-        needed_by: "test",
-        packages: &["curl", "jq", "python3-pip"],
+        needed_by: "run",
+        packages: &["curl", "jq"],
     },
 ];
 

@@ -1,0 +1,446 @@
+//! Integration tests for the agent's listener metrics: `/metrics` against `ss` and `nstat`, the
+//! eBPF peak and SYN-ACK probes, the exposition formats, and degraded start-ups (a probe that
+//! cannot attach, no BPF capabilities). Needs root.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+// -------------------------------------------------------------------------------------------------
+// The agent
+
+#[test]
+fn agent_metrics_match_ss_and_nstat() {
+    let agent = Agent::start(&[]);
+    let ns = Netns::new();
+    let port = unique_port();
+    let a = addr(&format!("127.0.0.1:{port}"));
+    let (_listener, clients) = overflowing_listener(&ns, a, 3, 8);
+
+    // Freeze the counters: close the clients still in SYN-SENT, so nothing retransmits SYNs into the
+    // full queue any more. The agent may serve figures from its last periodic scan, so exact
+    // agreement with a frozen truth is the fair test.
+    let (pending, _queued): (Vec<OwnedFd>, Vec<OwnedFd>) = clients
+        .into_iter()
+        .partition(|c| tcp_state(c) == TCP_SYN_SENT);
+    assert_eq!(
+        pending.len(),
+        4,
+        "test setup: 8 clients, 4 fit in the accept queue"
+    );
+    drop(pending);
+
+    let ino = ns.inode().to_string();
+    let port_s = port.to_string();
+    let comm = self_comm();
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", "127.0.0.1"),
+        ("port", port_s.as_str()),
+        ("comm", comm.as_str()),
+    ];
+    let overflows = [("netns", ino.as_str()), ("counter", "ListenOverflows")];
+    let listen_drops = [("netns", ino.as_str()), ("counter", "ListenDrops")];
+
+    agent.wait_metrics(
+        deadline(30),
+        "the listener's metrics to agree with ss and nstat",
+        |s| {
+            let ss = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
+            let n = nstat(&ns);
+            let got = (
+                sample(s, "connmon_listen_queue_depth", &labels),
+                sample(s, "connmon_listen_drops_total", &labels),
+                sample(s, "connmon_netns_tcp_ext_total", &overflows),
+                sample(s, "connmon_netns_tcp_ext_total", &listen_drops),
+            );
+            let want = (
+                Some(ss.recv_q as f64),
+                Some(ss.drops as f64),
+                Some(counter(&n, "TcpExtListenOverflows") as f64),
+                Some(counter(&n, "TcpExtListenDrops") as f64),
+            );
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "(depth, drops, overflows, listendrops) connmon {got:?}, ss/nstat {want:?}"
+                ))
+            }
+        },
+    );
+
+    let ss1 = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
+    let n1 = nstat(&ns);
+    let s = agent.samples();
+    let ss2 = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
+    let n2 = nstat(&ns);
+    assert!(
+        ss1.drops > 0 && counter(&n1, "TcpExtListenOverflows") > 0,
+        "test setup: no overflow happened: {ss1:?}"
+    );
+
+    assert_eq!(ss1.recv_q, ss2.recv_q, "test setup: accept queue moved");
+    assert_eq!(
+        sample_expect(&s, "connmon_listen_queue_depth", &labels),
+        ss1.recv_q as f64,
+        "depth vs ss Recv-Q"
+    );
+    assert_eq!(
+        sample_expect(&s, "connmon_listen_queue_max", &labels),
+        ss1.send_q as f64,
+        "max vs ss Send-Q"
+    );
+    assert_between(
+        "connmon_listen_drops_total vs ss skmem d",
+        ss1.drops,
+        sample_expect(&s, "connmon_listen_drops_total", &labels),
+        ss2.drops,
+    );
+    for (labels, key) in [
+        (&overflows, "TcpExtListenOverflows"),
+        (&listen_drops, "TcpExtListenDrops"),
+    ] {
+        assert_between(
+            &format!("connmon_netns_tcp_ext_total{labels:?} vs nstat {key}"),
+            counter(&n1, key),
+            sample_expect(&s, "connmon_netns_tcp_ext_total", labels),
+            counter(&n2, key),
+        );
+    }
+
+    let build = samples_matching(&s, "connmon_build_info", &[]);
+    assert!(!build.is_empty(), "no connmon_build_info sample");
+    assert!(
+        build
+            .iter()
+            .all(|b| b.label("version").is_some_and(|v| !v.is_empty())),
+        "build_info without version: {build:?}"
+    );
+    assert_eq!(
+        sample(&s, "connmon_probe_up", &[("probe", "listen_peak")]),
+        Some(1.0),
+        "probe_up{{probe=\"listen_peak\"}}"
+    );
+}
+
+#[test]
+fn synack_retransmits_counted() {
+    let agent = Agent::start(&[]);
+    let ns = Netns::new();
+    let port = unique_port();
+    let _l = listener_with_half_open(&ns, port, 16, 6);
+    wait_until(deadline(10), "ss to show 6 SYN-RECV requests", || {
+        (ss_syn_recv_count(&ns, port) == 6).then_some(())
+    });
+
+    let ino = ns.inode().to_string();
+    let local = SYNQ_LOCAL.to_string();
+    let port_s = port.to_string();
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", local.as_str()),
+        ("port", port_s.as_str()),
+    ];
+    // The kernel retransmits each SYN-ACK after ~1 s, 3 s, 7 s, ...
+    let retrans = agent.wait_metrics(
+        deadline(15),
+        "connmon_listen_synack_retransmits_total >= 1",
+        |s| match sample(s, "connmon_listen_synack_retransmits_total", &labels) {
+            Some(v) if v >= 1.0 => Ok(v),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(
+        retrans <= 6.0 * 5.0,
+        "more SYN-ACK retransmits ({retrans}) than 6 requests x 5 retries"
+    );
+
+    let c1 = ss_syn_recv_count(&ns, port);
+    let s = agent.samples();
+    let c2 = ss_syn_recv_count(&ns, port);
+    assert_between(
+        "connmon_listen_syn_queue_depth vs ss state syn-recv",
+        c1.min(c2) as u64,
+        sample_expect(&s, "connmon_listen_syn_queue_depth", &labels),
+        c1.max(c2) as u64,
+    );
+}
+
+#[test]
+fn peak_depth_reaches_backlog_after_drain() {
+    let agent = Agent::start(&[]);
+    let ns = Netns::new();
+    let port = unique_port();
+    let a = addr(&format!("127.0.0.1:{port}"));
+    let listener = ns.run(|| listen_tcp(a, 4));
+
+    let ino = ns.inode().to_string();
+    let port_s = port.to_string();
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", "127.0.0.1"),
+        ("port", port_s.as_str()),
+    ];
+    let ebpf_peak: Vec<(&str, &str)> = labels.iter().copied().chain([("source", "ebpf")]).collect();
+    // The agent must know the listener before the burst, so that the first scrape after it reports it.
+    agent.wait_metrics(deadline(30), "the listener's depth series", |s| {
+        sample(s, "connmon_listen_queue_depth", &labels).ok_or("absent".to_string())
+    });
+
+    let clients: Vec<OwnedFd> = ns.run(|| (0..5).map(|_| connect_nonblocking(a)).collect());
+    wait_recv_q(&ns, a, 5);
+    assert_eq!(accept_all(&listener), 5, "accepted connections");
+    wait_recv_q(&ns, a, 0);
+    drop(clients);
+
+    // The burst came and went between two scrapes: only the eBPF peak saw it. Backlog 4 admits
+    // 5 connections (the kernel's accept queue holds backlog + 1).
+    let s = agent.samples();
+    let peak = sample_expect(&s, "connmon_listen_queue_peak_depth", &ebpf_peak);
+    assert!(
+        (4.0..=5.0).contains(&peak),
+        "peak since the previous scrape is {peak}, want 4..=5 (ss saw 5 queued)"
+    );
+
+    // The peak covers the time since the previous scrape. Wait until the agent's depth shows the
+    // drained queue; after that scrape nothing more was queued, so the next peak equals depth 0.
+    agent.wait_metrics(
+        deadline(10),
+        "connmon_listen_queue_depth == 0 after the drain",
+        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
+            Some(0.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let s = agent.samples();
+    assert_eq!(
+        sample(&s, "connmon_listen_queue_depth", &labels),
+        Some(0.0),
+        "depth after the drain"
+    );
+    assert_eq!(
+        sample(&s, "connmon_listen_queue_peak_depth", &ebpf_peak),
+        Some(0.0),
+        "peak did not reset to the current depth although nothing was queued since the previous scrape"
+    );
+}
+
+#[test]
+fn exposition_passes_promtool() {
+    let agent = Agent::start(&[]);
+    let ns = Netns::new();
+    let port = unique_port();
+    let (_l, _c) = overflowing_listener(&ns, addr(&format!("127.0.0.1:{port}")), 3, 6);
+    let ino = ns.inode().to_string();
+    let port_s = port.to_string();
+    let labels = [("netns", ino.as_str()), ("port", port_s.as_str())];
+    agent.wait_metrics(deadline(30), "the listener's depth series", |s| {
+        sample(s, "connmon_listen_queue_depth", &labels).ok_or("absent".to_string())
+    });
+
+    let r = agent.request("/metrics", &[]);
+    assert_eq!(r.status, 200, "GET /metrics: {}", r.body);
+    let ct = r.header("content-type").unwrap_or("");
+    assert!(
+        ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
+        "default Content-Type is {ct:?}"
+    );
+    let parsed = parse_metrics(&r.body);
+    for family in [
+        "connmon_listen_queue_depth",
+        "connmon_listen_queue_max",
+        "connmon_listen_queue_peak_depth",
+        "connmon_listen_drops_total",
+        "connmon_listen_syn_queue_depth",
+        "connmon_netns_tcp_ext_total",
+        "connmon_build_info",
+        "connmon_probe_up",
+    ] {
+        assert!(
+            parsed.iter().any(|s| s.name == family),
+            "exposition has no {family} samples:\n{}",
+            r.body
+        );
+    }
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promtool (Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(r.body.as_bytes())
+        .expect("write to promtool");
+    let out = promtool.wait_with_output().expect("wait for promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}\n--- exposition ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        r.body
+    );
+
+    let om = agent.request(
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    );
+    assert_eq!(om.status, 200, "GET /metrics (OpenMetrics): {}", om.body);
+    let ct = om.header("content-type").unwrap_or("");
+    assert!(
+        ct.starts_with("application/openmetrics-text"),
+        "OpenMetrics Content-Type is {ct:?}"
+    );
+    assert!(
+        om.body.ends_with("# EOF\n"),
+        "OpenMetrics body does not end with \"# EOF\\n\": {:?}",
+        &om.body[om.body.len().saturating_sub(200)..]
+    );
+    assert!(
+        sample(
+            &parse_metrics(&om.body),
+            "connmon_listen_queue_depth",
+            &labels
+        )
+        .is_some(),
+        "OpenMetrics body lacks the listener's depth:\n{}",
+        om.body
+    );
+}
+
+#[test]
+fn agent_serves_when_a_probe_cannot_attach() {
+    let empty = TempDir::new("cmtracefs");
+    let agent = Agent::start(&["--tracefs", empty.path().to_str().unwrap()]);
+
+    let s = agent.samples();
+    assert_eq!(
+        sample(&s, "connmon_probe_up", &[("probe", "synack_retransmit")]),
+        Some(0.0),
+        "a tracepoint probe cannot attach without tracefs format files"
+    );
+    assert_eq!(
+        sample(&s, "connmon_probe_up", &[("probe", "listen_peak")]),
+        Some(1.0),
+        "listen_peak uses tp_btf, which needs no tracefs"
+    );
+
+    let ns = Netns::new();
+    let port = unique_port();
+    let a = addr(&format!("127.0.0.1:{port}"));
+    let (_l, _c) = ns.run(|| {
+        let l = listen_tcp(a, 8);
+        let cs: Vec<OwnedFd> = (0..3).map(|_| connect_nonblocking(a)).collect();
+        (l, cs)
+    });
+    wait_recv_q(&ns, a, 3);
+    let ino = ns.inode().to_string();
+    let port_s = port.to_string();
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", "127.0.0.1"),
+        ("port", port_s.as_str()),
+    ];
+    agent.wait_metrics(
+        deadline(30),
+        "the listener's depth == 3 (ss Recv-Q)",
+        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
+            Some(3.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    let (status, body) = agent.get("/healthz");
+    assert_eq!((status, body.trim()), (200, "ok"), "/healthz");
+}
+
+#[test]
+fn without_bpf_capabilities_listeners_still_work() {
+    if !have_program("capsh") {
+        eprintln!("SKIPPED without_bpf_capabilities_listeners_still_work: capsh (Debian libcap2-bin) is not installed");
+        return;
+    }
+    let host = Netns::host();
+    let listener = listen_tcp(addr("127.0.0.1:0"), 5);
+    let a = local_addr(&listener);
+    let _clients: Vec<OwnedFd> = (0..2).map(|_| connect_nonblocking(a)).collect();
+    wait_recv_q(&host, a, 2);
+
+    let agent = Agent::start_wrapped(&[], |argv| {
+        let quoted: Vec<String> = argv
+            .iter()
+            .map(|s| format!("'{}'", s.replace('\'', r"'\''")))
+            .collect();
+        let mut c = Command::new("capsh");
+        c.args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c"])
+            .arg(format!("exec {}", quoted.join(" ")));
+        c
+    });
+
+    // Test setup: the agent really runs without those capabilities.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .expect("agent's /proc status");
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("CapEff hex"))
+        .expect("CapEff line");
+    for (bit, name) in [(21, "CAP_SYS_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF")] {
+        assert_eq!(
+            cap_eff & (1 << bit),
+            0,
+            "agent still has {name} (CapEff {cap_eff:x})"
+        );
+    }
+
+    let ino = host.inode().to_string();
+    let port_s = a.port().to_string();
+    let labels = [
+        ("netns", ino.as_str()),
+        ("addr", "127.0.0.1"),
+        ("port", port_s.as_str()),
+    ];
+    let s = agent.wait_metrics(
+        deadline(30),
+        "the host listener's depth == 2 (ss Recv-Q)",
+        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
+            Some(2.0) => Ok(s.to_vec()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    let probes = samples_matching(&s, "connmon_probe_up", &[]);
+    assert!(!probes.is_empty(), "no connmon_probe_up samples");
+    assert!(
+        probes.iter().all(|p| p.value == 0.0),
+        "probes up without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN: {probes:#?}"
+    );
+
+    let peaks = samples_matching(&s, "connmon_listen_queue_peak_depth", &[]);
+    assert!(
+        peaks.iter().all(|p| p.label("source") == Some("sampled")),
+        "without eBPF every peak must be source=\"sampled\": {peaks:#?}"
+    );
+    let ours: Vec<(&str, &str)> = labels
+        .iter()
+        .copied()
+        .chain([("source", "sampled")])
+        .collect();
+    let peak = sample_expect(&s, "connmon_listen_queue_peak_depth", &ours);
+    assert!(
+        peak >= 2.0,
+        "sampled peak {peak} below the depth 2 it sampled"
+    );
+}
+
