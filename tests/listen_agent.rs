@@ -5,10 +5,8 @@
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 // -------------------------------------------------------------------------------------------------

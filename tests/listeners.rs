@@ -8,10 +8,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;

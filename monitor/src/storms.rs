@@ -192,7 +192,7 @@ impl Detector {
         let first_seen = *self.first_seen.get_or_insert(now);
         let soft = self.baseline.is_some() && now - first_seen >= cfg.warmup.as_secs_f64();
         let (rate, bad_ratio) = rates(self.history[0], (now, r), soft);
-        let Some(last) = last else { return None };
+        let last = last?;
         let (tick_rate, tick_bad) = rates(last, (now, r), soft);
         let times: Vec<u64> = self.failures.iter().copied().collect();
         let estimate = estimate(&times);

@@ -170,7 +170,7 @@ pub fn lost_all(samples: &[Sample]) -> [f64; 3] {
 }
 
 /// connmon_pool_service_info samples for `dst`.
-pub fn service_info<'a>(samples: &'a [Sample], dst: SocketAddr) -> Vec<&'a Sample> {
+pub fn service_info(samples: &[Sample], dst: SocketAddr) -> Vec<&Sample> {
     let (a, p) = (dst.ip().to_string(), dst.port().to_string());
     samples_matching(
         samples,
