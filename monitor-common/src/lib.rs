@@ -180,8 +180,9 @@ const _: () = assert!(size_of::<RetryEvent>() == 64);
 
 pub const RETRY_FAILED: u32 = 0;
 pub const RETRY_RECOVERED: u32 = 1;
-/// Size of the retry-event ring buffer (power of two, a multiple of the page size).
-pub const RETRY_RING_BYTES: u32 = 256 * 1024;
+/// Size of the retry-event ring buffer (power of two, a multiple of the page size): 16k events
+/// between the agent's 1 s drains, with each pool sending at most 100 a second.
+pub const RETRY_RING_BYTES: u32 = 1024 * 1024;
 
 /// Identity of a listening socket as the kernel side sees it. `cookie` is the socket cookie
 /// (`idiag_cookie`), 0 while the kernel has not assigned one yet (the agent's sock_diag scan assigns

@@ -14,23 +14,30 @@
 //! - [`client`]: client workloads as separate processes (own comm, cgroup, optional netns).
 //! - [`servers`]: redis-server, PostgreSQL and a plain accept loop, RAII.
 //! - [`pool_metrics`]: one pool's series, lost-event counters, and the pool oracles (`ss -tnp`).
+//! - [`prometheus`]: a real Prometheus server (RAII), PromQL instant queries, scrape targets.
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod alertmanager;
 pub mod client;
+pub mod listen;
 pub mod metrics;
 pub mod netns;
 pub mod oracle;
 pub mod pool_metrics;
+pub mod prometheus;
 pub mod servers;
 pub mod sock;
+pub mod storm_clients;
 
 pub use agent::*;
 pub use client::*;
+pub use listen::*;
 pub use metrics::*;
 pub use netns::*;
 pub use oracle::*;
 pub use pool_metrics::*;
+pub use prometheus::*;
 pub use servers::*;
 pub use sock::*;
 
