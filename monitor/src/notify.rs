@@ -62,7 +62,10 @@ impl Notifier {
     pub fn update(&self, firing: Vec<AmAlert>, resolved: Vec<AmAlert>) {
         let (lock, cvar) = &*self.shared;
         let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
-        s.changed |= s.firing != firing || !resolved.is_empty();
+        // A new or ended alert is pushed at once; fresher annotations (a pool's growing count)
+        // wait for the periodic resend instead of pushing every evaluation.
+        let identity = |v: &[AmAlert]| v.iter().map(|a| (a.labels.clone(), a.starts_at.clone())).collect::<Vec<_>>();
+        s.changed |= identity(&s.firing) != identity(&firing) || !resolved.is_empty();
         s.firing = firing;
         for r in resolved {
             s.resolved.insert(format!("{:?}", r.labels), r);
