@@ -1,8 +1,8 @@
 //! `cargo xtask setup [--check]`: make a Debian 12 machine able to build and test connmon.
 //!
 //! Each step prints one line: `ok <what>`, `installing <what>` or (with `--check`) `missing <what>`.
-//! When nothing is missing the whole run only queries (dpkg-query, rustup, bpf-linker --version)
-//! and takes well under a second.
+//! When nothing is missing the whole run only queries (dpkg-query, rustup, bpf-linker --version,
+//! python3 -m kubernetes_validate --version) and takes under a second.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -73,6 +73,7 @@ pub fn run(check: bool) -> Result<()> {
     debian_packages(mode, &mut missing)?;
     rust_nightly(mode, &mut missing)?;
     bpf_linker(mode, &mut missing)?;
+    kubernetes_validate(mode, &mut missing)?;
     tracefs(mode, &mut missing)?;
     if !missing.is_empty() {
         let root_hint = if is_root() { "" } else { " as root" };
@@ -322,6 +323,62 @@ fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         }
         Linker::WrongLlvm { llvm, .. } => bail!("the installed bpf-linker still uses LLVM {llvm}"),
     }
+}
+
+/// Version printed by `python3 -m kubernetes_validate --version`, if that runs.
+fn kubernetes_validate_version() -> Option<String> {
+    stdout_of(Command::new("python3").args(["-m", "kubernetes_validate", "--version"]))
+        .map(|out| out.trim().to_owned())
+}
+
+/// tests/manifests.rs validates deploy/kubernetes/ against the Kubernetes API schemas with
+/// kubernetes-validate (PyPI), run as `python3 -m kubernetes_validate`. Installed with pip for the
+/// `python3` on PATH; where that python has no pip (Debian's own python3, e.g. in the Dockerfile's
+/// builder), Debian's python3-pip is installed first.
+fn kubernetes_validate(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    if let Some(version) = kubernetes_validate_version() {
+        println!("ok kubernetes-validate {version}");
+        return Ok(());
+    }
+    if mode == Mode::Check {
+        println!("missing kubernetes-validate (python3 -m pip install kubernetes-validate)");
+        missing.push("kubernetes-validate".into());
+        return Ok(());
+    }
+    let has_pip = stdout_of(Command::new("python3").args(["-m", "pip", "--version"])).is_some();
+    if has_pip {
+        println!("installing kubernetes-validate (python3 -m pip install)");
+    } else {
+        if !is_root() {
+            bail!("python3 has no pip to install kubernetes-validate with; run `cargo xtask setup` as root (it installs Debian's python3-pip)");
+        }
+        println!(
+            "installing kubernetes-validate (python3 -m pip install, after Debian's python3-pip)"
+        );
+        run_inherit(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        run_inherit(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "python3-pip"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    run_inherit(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
+            // Debian's own python3 refuses `pip install` outside a virtualenv (PEP 668); as root
+            // the package goes to /usr/local, apart from Debian's. Older pips ignore this.
+            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+            .env("PIP_ROOT_USER_ACTION", "ignore")
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+    )?;
+    if kubernetes_validate_version().is_none() {
+        bail!("pip installed kubernetes-validate but `python3 -m kubernetes_validate --version` does not run");
+    }
+    Ok(())
 }
 
 /// Listed in /proc/self/mounts (a non-root user cannot look inside it), or its events are visible.
