@@ -594,6 +594,40 @@ fn service_override_and_cardinality_cap() {
     );
 }
 
+/// Redis and PostgreSQL on ports no rule names: only the first bytes the clients send (a RESP
+/// array; a StartupMessage) can class them, so `classified_by` must say `protocol`.
+#[test]
+fn protocol_recognised_on_non_standard_ports() {
+    let _g = shared();
+    let redis = Redis::start(free_local_port(), &[]);
+    let pg = Postgres::start(free_local_port());
+    let agent = Agent::start(&[]);
+    let r = hold("pr", redis.addr(), Proto::Redis, 2);
+    let q = hold("pq", pg.addr(), Proto::Postgres, 2);
+    let (pr, pq) = (PoolRef::of(&r, redis.addr()), PoolRef::of(&q, pg.addr()));
+    let s = agent.wait_metrics(deadline(30), "both pools classed by protocol", |s| {
+        let classed = |dst: SocketAddr| -> Option<(String, String)> {
+            let info = service_info(s, dst);
+            let i = info.first()?;
+            Some((i.label("service")?.to_string(), i.label("classified_by")?.to_string()))
+        };
+        match (classed(redis.addr()), classed(pg.addr())) {
+            (Some(a), Some(b)) if a.1 == "protocol" && b.1 == "protocol" => Ok(s.to_vec()),
+            got => Err(format!("{got:?}")),
+        }
+    });
+    for (dst, service) in [(redis.addr(), "redis"), (pg.addr(), "postgres")] {
+        let info = service_info(&s, dst);
+        assert_eq!(
+            (info[0].label("service"), info[0].label("classified_by")),
+            (Some(service), Some("protocol")),
+            "{dst}: {info:#?}"
+        );
+    }
+    assert_eq!(pr.figures(&s).service.as_deref(), Some("redis"), "{pr}: {}", pr.figures(&s));
+    assert_eq!(pq.figures(&s).service.as_deref(), Some("postgres"), "{pq}: {}", pq.figures(&s));
+}
+
 // -------------------------------------------------------------------------------------------------
 // g.
 
