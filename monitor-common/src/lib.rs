@@ -368,6 +368,10 @@ pub const PROTO_POSTGRES: u32 = 2;
 
 /// Flows waiting for their first payload to be classified.
 pub const MAX_PENDING_FLOWS: u32 = 4096;
+/// PROTO_SEEN values from this up count a pool's connections that closed before sending
+/// anything; after PROTO_MAX_TRIES of them the pool is no longer watched (classed by port).
+pub const PROTO_TRIES_BASE: u32 = 0x100;
+pub const PROTO_MAX_TRIES: u32 = 3;
 
 /// Events the kernel side could not deliver: the retry ring buffer was full.
 pub const LOST_RETRY_RING_FULL: u32 = 3;

@@ -222,7 +222,7 @@ fn on_close(sk: u64) -> Result<(), i64> {
         });
         live_add(&info.pool, -1);
         let p = &info.pool;
-        proto::unwatch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport));
+        proto::unwatch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
         let _ = SOCKS.remove(&sk);
         return Ok(());
     }

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use monitor_common::{
-    FlowKey, PoolKey, AF_INET, AF_INET6, MAX_PENDING_FLOWS, MAX_POOLS, PROTO_POSTGRES, PROTO_REDIS,
-    PROTO_UNKNOWN,
+    FlowKey, PoolKey, AF_INET, AF_INET6, MAX_PENDING_FLOWS, MAX_POOLS, PROTO_MAX_TRIES,
+    PROTO_POSTGRES, PROTO_REDIS, PROTO_TRIES_BASE, PROTO_UNKNOWN,
 };
 
 #[map]
@@ -28,20 +28,33 @@ static PROTO_SEEN: LruHashMap<PoolKey, u32> = LruHashMap::with_max_entries(MAX_P
 
 const IPPROTO_TCP: u8 = 6;
 
-/// Called by the pools probe when a client connection is established.
+/// Called by the pools probe when a client connection is established. A pool already classed,
+/// or whose last PROTO_MAX_TRIES connections closed without sending a byte, is not watched: a
+/// pool that never speaks first (the server talks first, or it only connects) would otherwise keep
+/// every packet on the host paying for the lookup.
 pub(crate) fn watch(flow: &FlowKey, pool: &PoolKey) {
-    if PROTO_SEEN.get_ptr(pool).is_some() {
-        return;
+    if let Some(seen) = PROTO_SEEN.get_ptr(pool) {
+        // SAFETY: entry pointer from the map, read at once.
+        let seen = unsafe { *seen };
+        if seen < PROTO_TRIES_BASE || seen >= PROTO_TRIES_BASE + PROTO_MAX_TRIES {
+            return;
+        }
     }
     if PENDING.insert(flow, pool, 0).is_ok() {
         pending_add(1);
     }
 }
 
-/// Called by the pools probe when a client connection closes.
-pub(crate) fn unwatch(flow: &FlowKey) {
+/// Called by the pools probe when a client connection closes; a flow still pending sent nothing.
+pub(crate) fn unwatch(flow: &FlowKey, pool: &PoolKey) {
     if PENDING.remove(flow).is_ok() {
         pending_add(-1);
+        let tries = match PROTO_SEEN.get_ptr(pool) {
+            // SAFETY: as above.
+            Some(seen) => unsafe { *seen }.max(PROTO_TRIES_BASE) + 1,
+            None => PROTO_TRIES_BASE + 1,
+        };
+        let _ = PROTO_SEEN.insert(pool, &tries, 0);
     }
 }
 
@@ -123,7 +136,9 @@ fn try_classify(ctx: &SkBuffContext) -> Result<(), i64> {
     let b: [u8; 8] = ctx.load(payload)?;
     let proto = classify(&b);
     let _ = PROTO_SEEN.insert(&pool, &proto, 0);
-    unwatch(&flow);
+    if PENDING.remove(&flow).is_ok() {
+        pending_add(-1);
+    }
     Ok(())
 }
 

@@ -9,7 +9,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    PoolKey, RetryEvent, SockInfo, StormConfig, LOST_RETRY_RING_FULL, MAX_POOLS, RETRY_EVENT_MIN_GAP_NS, RETRY_FAILED,
+    PoolKey, RetryEvent, SockInfo, StormConfig, FAIL_REASONS, LOST_RETRY_RING_FULL, MAX_POOLS,
+    RETRY_EVENT_MIN_GAP_NS, RETRY_FAILED,
     RETRY_RECOVERED, RETRY_RING_BYTES, TCP_SYN_SENT,
 };
 
@@ -24,9 +25,15 @@ pub(crate) static STORM_CONFIG: StormConfig = StormConfig::DEFAULT;
 #[map]
 static RETRY_EVENTS: RingBuf = RingBuf::with_byte_size(RETRY_RING_BYTES, 0);
 
-/// Pools whose last connect failed, so the next success is reported as a recovery.
+/// When each pool's last retry event was sent: the per-pool rate limit.
 #[map]
 static LAST_FAILED: LruHashMap<PoolKey, u64> = LruHashMap::with_max_entries(MAX_POOLS, 0);
+
+/// Pools with a reported connect failure not yet followed by a success: the next completed
+/// handshake is reported as a recovery. Connections that died young do not enter: they did
+/// complete their handshake, and a server rejecting every client is not "recovering" in between.
+#[map]
+static FAILING: LruHashMap<PoolKey, u32> = LruHashMap::with_max_entries(MAX_POOLS, 0);
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
@@ -91,20 +98,24 @@ pub(crate) fn failed_at(pool: &PoolKey, connect_ns: u64, reason: usize) {
     if let Some(last) = LAST_FAILED.get_ptr(pool) {
         // SAFETY: entry pointer from the map, read at once.
         let last = unsafe { *last };
-        if last != 0 && connect_ns.wrapping_sub(last) < RETRY_EVENT_MIN_GAP_NS {
+        // Concurrent connections close out of order, so an attempt may have started before the
+        // last one sent: that is "too soon" as well, not a huge unsigned gap.
+        if last != 0 && connect_ns < last.saturating_add(RETRY_EVENT_MIN_GAP_NS) {
             return;
         }
     }
     let _ = LAST_FAILED.insert(pool, &connect_ns, 0);
     emit(pool, connect_ns, RETRY_FAILED, reason as u32);
+    if reason < FAIL_REASONS {
+        let _ = FAILING.insert(pool, &1, 0);
+    }
 }
 
-/// A connect of `pool` succeeded; reported only when the previous one failed.
+/// A connect of `pool` succeeded; reported only after a reported connect failure.
 pub(crate) fn succeeded(pool: &PoolKey) {
-    if LAST_FAILED.get_ptr(pool).is_none() {
+    if FAILING.remove(pool).is_err() {
         return;
     }
-    let _ = LAST_FAILED.remove(pool);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     emit(pool, now, RETRY_RECOVERED, 0);

@@ -1,27 +1,6 @@
 use super::*;
 use crate::config::{Dur, Positive};
-
-fn pool(comm: &str, active: i64) -> Pool {
-    Pool {
-        service: "redis".into(),
-        classified_by: "port",
-        dst_addr: "127.0.0.1".parse().unwrap(),
-        dst_port: 6379,
-        comm: comm.into(),
-        cgroup: "/".into(),
-        netns: 1,
-        active,
-        peak: active,
-        seeded: 0,
-        attempts: None,
-        opens: None,
-        closes: None,
-        failures: None,
-        failure_reasons: None,
-        stats: None,
-        key: None,
-    }
-}
+use crate::pools::tests_support::pool;
 
 fn cfg() -> AlertsConfig {
     let mut c = AlertsConfig::default();

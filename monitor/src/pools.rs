@@ -485,6 +485,34 @@ where
     T::try_from(m).map_err(|e| anyhow::anyhow!("map {name}: {e}"))
 }
 
+/// A pool for other modules' unit tests.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    pub fn pool(comm: &str, active: i64) -> Pool {
+        Pool {
+            service: "redis".into(),
+            classified_by: "port",
+            dst_addr: "127.0.0.1".parse().unwrap(),
+            dst_port: 6379,
+            comm: comm.into(),
+            cgroup: "/".into(),
+            netns: 1,
+            active,
+            peak: active,
+            seeded: 0,
+            attempts: None,
+            opens: None,
+            closes: None,
+            failures: None,
+            failure_reasons: None,
+            stats: None,
+            key: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -263,28 +263,7 @@ impl prometheus_client::encoding::EncodeMetric for HistRef<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pool(comm: &str, active: i64) -> Pool {
-        Pool {
-            service: "redis".into(),
-            classified_by: "port",
-            dst_addr: "127.0.0.1".parse().unwrap(),
-            dst_port: 6379,
-            comm: comm.into(),
-            cgroup: "/a".into(),
-            netns: 1,
-            active,
-            peak: active,
-            seeded: 0,
-            attempts: None,
-            opens: None,
-            closes: None,
-            failures: None,
-            failure_reasons: None,
-            stats: None,
-            key: None,
-        }
-    }
+    use crate::pools::tests_support::pool;
 
     #[test]
     fn cap_keeps_the_busiest_and_folds_the_rest() {
