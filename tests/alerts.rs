@@ -14,25 +14,17 @@
 
 mod common;
 
-use std::ffi::CString;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use common::agent_log::wait_log_line;
+use common::alert_views::*;
 use common::alertmanager::*;
+use common::leak_client::*;
 use common::*;
-
-const POOL_GROWTH: &str = "ConnectionPoolGrowthUnbounded";
-const QUEUE_SATURATED: &str = "AcceptQueueSaturated";
-const LISTEN_OVERFLOW: &str = "ListenOverflow";
-const ALERT_ACTIVE: &str = "connmon_alert_active";
-const ALERTS_FIRED: &str = "connmon_alerts_fired_total";
 
 /// The client process of the harness (hold mode; does nothing in a normal run).
 #[test]
@@ -40,7 +32,7 @@ fn client_entry() {
     client_main()
 }
 
-/// The leaking client (does nothing in a normal run; see [`LeakClient`]).
+/// The leaking client (does nothing in a normal run; see `common::leak_client`).
 #[test]
 fn leak_client_entry() {
     leak_client_main()
@@ -62,169 +54,7 @@ impl Drop for Timer {
 }
 
 // -------------------------------------------------------------------------------------------------
-// A client that leaks connections: one more every `every`, never closing any.
-
-const LEAK_ENV: &str = "CONNMON_TEST_LEAK_CLIENT";
-const LEAK_PREFIX: &str = "@@leak ";
-
-/// A client process that opens one Redis connection (CLIENT SETNAME + PING) every `every` and
-/// never closes any, for `grow_for` or until it holds `max`; then it holds them all, flat, until
-/// it is dropped. Like the harness's clients it lives in a cgroup of its own and gives itself a
-/// unique process name, which becomes the pool's `comm` label.
-///
-/// Protocol on stdout: `@@leak open N` after each connection, `@@leak plateau N` when it stops
-/// growing. End of stdin ends it.
-struct LeakClient {
-    name: String,
-    child: Child,
-    _stdin: Option<ChildStdin>,
-    opened: Arc<AtomicUsize>,
-    plateau: Arc<Mutex<Option<(Instant, usize)>>>,
-    started: Instant,
-    stderr_path: PathBuf,
-    _dir: TempDir,
-    // Last: removed once the process is gone.
-    cgroup: TestCgroup,
-}
-
-impl LeakClient {
-    fn spawn(prefix: &str, target: SocketAddr, every: Duration, grow_for: Duration, max: usize) -> LeakClient {
-        let name = unique_name(prefix);
-        assert!(name.len() <= 15, "client name {name:?} is longer than a comm (15 bytes)");
-        let cgroup = TestCgroup::new();
-        let spec = json!({
-            "name": name,
-            "cgroup_procs": cgroup.dir().join("cgroup.procs"),
-            "target": target.to_string(),
-            "every_ms": every.as_millis() as u64,
-            "grow_ms": grow_for.as_millis() as u64,
-            "max": max,
-        });
-        let dir = TempDir::new("cmleak");
-        let stderr_path = dir.path().join("stderr");
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut child = Command::new(&exe)
-            .args(["--exact", "leak_client_entry", "--nocapture", "--test-threads", "1", "-q"])
-            .env(LEAK_ENV, spec.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).expect("create leak client stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start leak client {}: {e}", exe.display()));
-        let stdout = child.stdout.take().expect("leak client stdout");
-        let opened = Arc::new(AtomicUsize::new(0));
-        let plateau = Arc::new(Mutex::new(None));
-        let (o2, p2) = (opened.clone(), plateau.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let Some(rest) = line.strip_prefix(LEAK_PREFIX) else { continue };
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                match f.as_slice() {
-                    ["open", n] => o2.store(n.parse().expect("open N"), Ordering::Relaxed),
-                    ["plateau", n] => {
-                        let n: usize = n.parse().expect("plateau N");
-                        o2.store(n, Ordering::Relaxed);
-                        *p2.lock().unwrap() = Some((Instant::now(), n));
-                    }
-                    _ => {}
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        LeakClient { name, child, _stdin: stdin, opened, plateau, started: Instant::now(), stderr_path, _dir: dir, cgroup }
-    }
-
-    /// Connections opened (and all still held) so far.
-    fn opened(&self) -> usize {
-        self.opened.load(Ordering::Relaxed)
-    }
-
-    /// When it stopped growing, and at how many connections.
-    fn plateau(&self) -> Option<(Instant, usize)> {
-        *self.plateau.lock().unwrap()
-    }
-
-    fn cgroup(&self) -> &str {
-        self.cgroup.rel()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// Panics (with its stderr) if the client has died: a dead client would make a test wait for
-    /// the wrong reason.
-    fn check_alive(&mut self) {
-        if let Some(st) = self.child.try_wait().expect("try_wait leak client") {
-            panic!("leak client {} exited with {st} after {} connections; stderr:\n{}", self.name, self.opened(), self.stderr());
-        }
-    }
-}
-
-impl Drop for LeakClient {
-    fn drop(&mut self) {
-        self._stdin = None;
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- leak client {} stderr ----\n{}---- end ----", self.name, self.stderr());
-        }
-    }
-}
-
-fn leak_say(line: &str) {
-    let mut out = io::stdout().lock();
-    writeln!(out, "{LEAK_PREFIX}{line}").and_then(|_| out.flush()).expect("write to stdout");
-}
-
-fn leak_client_main() {
-    let Ok(text) = std::env::var(LEAK_ENV) else { return };
-    let spec: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad {LEAK_ENV} ({e}): {text}"));
-    let s = |k: &str| spec[k].as_str().unwrap_or_else(|| panic!("{k} missing in {spec}")).to_string();
-    let u = |k: &str| spec[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {spec}"));
-    let name = s("name");
-    let procs = s("cgroup_procs");
-    std::fs::write(&procs, std::process::id().to_string()).unwrap_or_else(|e| panic!("write {procs}: {e}"));
-    let cname = CString::new(name.clone()).expect("name without NUL");
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, cname.as_ptr() as libc::c_ulong, 0, 0, 0) };
-    assert_eq!(rc, 0, "prctl(PR_SET_NAME): {}", io::Error::last_os_error());
-    std::fs::write("/proc/self/comm", &name).expect("write /proc/self/comm");
-    let target: SocketAddr = s("target").parse().expect("target address");
-    let every = Duration::from_millis(u("every_ms"));
-    let grow_for = Duration::from_millis(u("grow_ms"));
-    let max = u("max") as usize;
-
-    let start = Instant::now();
-    let mut conns: Vec<TcpStream> = Vec::new();
-    while conns.len() < max && start.elapsed() < grow_for {
-        let mut c = TcpStream::connect_timeout(&target, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("connect {target} (#{}): {e}", conns.len() + 1));
-        c.set_read_timeout(Some(Duration::from_secs(10))).expect("SO_RCVTIMEO");
-        c.write_all(&resp_command(&["CLIENT", "SETNAME", &name])).expect("send CLIENT SETNAME");
-        assert_eq!(read_line(&mut c), "+OK", "CLIENT SETNAME");
-        redis_ping(&mut c);
-        conns.push(c);
-        leak_say(&format!("open {}", conns.len()));
-        // Paced against the start, so slow handshakes do not slow the leak down.
-        let next = every * conns.len() as u32;
-        if let Some(wait) = next.checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
-    }
-    leak_say(&format!("plateau {}", conns.len()));
-    // Hold until the parent closes stdin (or dies).
-    let mut sink = String::new();
-    while io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-        sink.clear();
-    }
-    drop(conns);
-    std::process::exit(0);
-}
-
-// -------------------------------------------------------------------------------------------------
-// Configuration and views of the agent's alerts
+// Configuration
 
 /// Short windows for the pool tests (see the module comment).
 const POOL_CONFIG: &str = r#"
@@ -250,177 +80,6 @@ fn write_config(dir: &TempDir, text: &str) -> String {
     p.display().to_string()
 }
 
-/// The agent's GET /api/v1/alerts.
-fn agent_alerts(agent: &Agent) -> Result<Vec<Value>, String> {
-    let r = http_get(agent.addr(), "/api/v1/alerts", &[]).map_err(|e| format!("GET /api/v1/alerts: {e}"))?;
-    if r.status != 200 {
-        return Err(format!("/api/v1/alerts answered {}: {}", r.status, r.body));
-    }
-    let v: Value = serde_json::from_str(&r.body).map_err(|e| format!("/api/v1/alerts is not JSON ({e}): {}", r.body))?;
-    v.as_array().cloned().ok_or_else(|| format!("/api/v1/alerts is not a list: {}", r.body))
-}
-
-/// Alerts in the agent's format (alertname beside the labels) named `alertname` with `labels`.
-fn agent_matching(list: &[Value], alertname: &str, labels: &[(&str, &str)]) -> Vec<Value> {
-    list.iter()
-        .filter(|a| a["alertname"].as_str() == Some(alertname) && labels.iter().all(|(k, v)| a["labels"][*k].as_str() == Some(*v)))
-        .cloned()
-        .collect()
-}
-
-/// Waits until the agent lists exactly one alert `alertname{labels}` in state "firing".
-fn wait_agent_firing(agent: &Agent, within: Instant, alertname: &str, labels: &[(&str, &str)]) -> Value {
-    poll_until(within, &format!("agent /api/v1/alerts to list {alertname}{labels:?} firing"), || {
-        let list = agent_alerts(agent)?;
-        let mine = agent_matching(&list, alertname, labels);
-        match mine.as_slice() {
-            [a] if a["state"] == "firing" => Ok(a.clone()),
-            _ => Err(format!("matching: {mine:?}; all: {}", summarize(&list))),
-        }
-    })
-}
-
-/// Waits until Alertmanager holds exactly one alert `alertname{labels}`.
-fn wait_am_alert(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)]) -> Value {
-    wait_am_alert_where(am, within, alertname, labels, |_| true)
-}
-
-/// Like [`wait_am_alert`], but the alert has no labels besides alertname and `labels`.
-fn wait_am_alert_exact(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)]) -> Value {
-    wait_am_alert_where(am, within, alertname, labels, |a| a["labels"].as_object().is_some_and(|o| o.len() == labels.len() + 1))
-}
-
-fn wait_am_alert_where(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)], also: impl Fn(&Value) -> bool) -> Value {
-    poll_until(within, &format!("Alertmanager /api/v2/alerts to hold {alertname}{labels:?}"), || {
-        let list = am.alerts()?;
-        let mine: Vec<&Value> = list.iter().filter(|a| alert_matches(&a["labels"], alertname, labels) && also(a)).collect();
-        match mine.as_slice() {
-            [a] => Ok((*a).clone()),
-            _ => Err(format!("matching: {mine:?}; all labels: {:?}", list.iter().map(|a| a["labels"].clone()).collect::<Vec<_>>())),
-        }
-    })
-}
-
-/// alertname + state + comm/port of each alert, for timeout messages.
-fn summarize(list: &[Value]) -> String {
-    let v: Vec<String> = list
-        .iter()
-        .map(|a| format!("{}:{}:{}", a["alertname"].as_str().unwrap_or("?"), a["state"].as_str().unwrap_or("?"), a["labels"]))
-        .collect();
-    format!("{v:?}")
-}
-
-/// Sum of connmon_alert_active{alertname, labels} (0 when absent).
-fn alert_active(samples: &[Sample], alertname: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut l = vec![("alertname", alertname)];
-    l.extend_from_slice(labels);
-    samples_matching(samples, ALERT_ACTIVE, &l).iter().map(|s| s.value).sum()
-}
-
-/// Agent stderr lines `alert=<what> alertname=<alertname> ...` that contain every `needle`.
-fn log_lines(agent: &Agent, what: &str, alertname: &str, needles: &[String]) -> Vec<String> {
-    let head = format!("alert={what} alertname={alertname} ");
-    agent.stderr().lines().filter(|l| l.contains(&head) && needles.iter().all(|n| l.contains(n.as_str()))).map(str::to_string).collect()
-}
-
-/// Seconds since the Unix epoch of an RFC 3339 time.
-fn epoch(rfc3339: &str) -> f64 {
-    let out = Command::new("date").args(["-u", "-d", rfc3339, "+%s.%N"]).output().expect("run date");
-    assert!(out.status.success(), "date cannot parse {rfc3339:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("date +%s.%N")
-}
-
-fn now_epoch() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
-}
-
-/// A humantime duration ("1m 20s", "2h 5m", "45s") in seconds; None if it is not one.
-fn parse_human(text: &str) -> Option<f64> {
-    let mut total = 0.0;
-    let mut any = false;
-    for tok in text.split_whitespace() {
-        let split = tok.find(|c: char| !c.is_ascii_digit())?;
-        let (n, unit) = tok.split_at(split);
-        let n: f64 = n.parse().ok()?;
-        total += n * match unit {
-            "ns" => 1e-9,
-            "us" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return None,
-        };
-        any = true;
-    }
-    any.then_some(total)
-}
-
-fn ann<'a>(alert: &'a Value, key: &str) -> &'a str {
-    alert["annotations"][key].as_str().unwrap_or_else(|| panic!("annotation {key} missing in {alert}"))
-}
-
-fn ann_f64(alert: &Value, key: &str) -> f64 {
-    let s = ann(alert, key);
-    s.parse().unwrap_or_else(|e| panic!("annotation {key}={s:?} is not a number ({e}) in {alert}"))
-}
-
-/// The pool-growth annotations the contract promises, with a 500-connection redis ceiling and a
-/// client that opens about 5 connections a second.
-fn check_pool_annotations(alert: &Value, where_: &str) {
-    let summary = ann(alert, "summary");
-    assert!(!summary.is_empty(), "{where_}: empty summary: {alert}");
-    assert!(!ann(alert, "description").is_empty(), "{where_}: empty description: {alert}");
-    let current = ann_f64(alert, "current");
-    let slope = ann_f64(alert, "slope_per_minute");
-    assert!(current >= 1.0, "{where_}: current {current}: {alert}");
-    // 5 connections/s = 300/min; allow for scheduling jitter on a loaded machine.
-    assert!((150.0..=450.0).contains(&slope), "{where_}: slope_per_minute {slope}, the client opens ~300/min: {alert}");
-    assert_eq!(ann(alert, "ceiling"), "500", "{where_}: ceiling: {alert}");
-    let ttc = ann(alert, "time_to_ceiling");
-    assert!(!ttc.is_empty() && ttc != "reached", "{where_}: time_to_ceiling {ttc:?}: {alert}");
-    let secs = parse_human(ttc).unwrap_or_else(|| panic!("{where_}: time_to_ceiling {ttc:?} is not a duration: {alert}"));
-    let expect = (500.0 - current) / (slope / 60.0);
-    assert!(
-        (secs - expect).abs() <= 2.0 + 0.02 * expect,
-        "{where_}: time_to_ceiling {ttc} ({secs}s) vs (500 - current {current}) / slope {slope}/min = {expect:.1}s: {alert}"
-    );
-}
-
-/// Watches Alertmanager's `updatedAt` for `alertname{labels}` for `over`: the agent must push the
-/// firing alert again at least every `resend` (plus slack for polling and HTTP). Returns how many
-/// pushes were seen.
-fn assert_resent(am: &Alertmanager, alertname: &str, labels: &[(&str, &str)], resend: Duration, over: Duration) -> usize {
-    let slack = Duration::from_secs(2);
-    let start = Instant::now();
-    let mut last = String::new();
-    let mut last_change = Instant::now();
-    let mut changes = 0;
-    while start.elapsed() < over {
-        let a = wait_am_alert(am, deadline(5), alertname, labels);
-        let u = a["updatedAt"].as_str().unwrap_or_else(|| panic!("no updatedAt in {a}")).to_string();
-        if u != last {
-            if !last.is_empty() {
-                changes += 1;
-            }
-            last = u;
-            last_change = Instant::now();
-        }
-        assert!(
-            last_change.elapsed() <= resend + slack,
-            "{alertname}: Alertmanager's updatedAt stayed {last} for {:.1}s; resend is {resend:?}",
-            last_change.elapsed().as_secs_f64()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(changes >= 2, "{alertname}: only {changes} re-sends seen in {over:?} (resend {resend:?})");
-    changes
-}
-
-fn pool_labels<'a>(leak_name: &'a str, cgroup: &'a str, dst_port: &'a str) -> [(&'a str, &'a str); 5] {
-    [("service", "redis"), ("dst_addr", "127.0.0.1"), ("dst_port", dst_port), ("comm", leak_name), ("cgroup", cgroup)]
-}
 
 // -------------------------------------------------------------------------------------------------
 // 1.
@@ -493,11 +152,7 @@ fn leaking_pool_fires_and_reaches_alertmanager() {
     assert_eq!(lines.len(), 1, "agent log lines `alert=firing alertname={POOL_GROWTH}` for {name}: {lines:#?}");
 
     // Alertmanager notified its receiver too.
-    poll_until(deadline(10), "a firing webhook notification for the pool", || {
-        let hits: Vec<Value> =
-            am.webhook.alerts().into_iter().filter(|a| alert_matches(&a["labels"], POOL_GROWTH, &labels) && a["status"] == "firing").collect();
-        if hits.is_empty() { Err(format!("{:?}", am.webhook.alerts())) } else { Ok(()) }
-    });
+    wait_webhook(&am, deadline(10), POOL_GROWTH, &labels, "firing");
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -540,7 +195,7 @@ fn steady_pool_of_500_never_fires() {
     }
     let lines = log_lines(&agent, "firing", POOL_GROWTH, &[format!("comm={name:?}")]);
     assert!(lines.is_empty(), "agent log: {lines:#?}");
-    let hooks: Vec<Value> = am.webhook.alerts().into_iter().filter(|a| alert_matches(&a["labels"], POOL_GROWTH, &comm)).collect();
+    let hooks = am.webhook.alerts_matching(POOL_GROWTH, &comm);
     assert!(hooks.is_empty(), "Alertmanager notified about the flat pool: {hooks:#?}");
     assert_eq!(redis.clients_named(&client.name), 500, "redis CLIENT LIST for {}", client.name);
     eprintln!("flat pool of 500 ({name}): {checks} checks over {:.0}s, never pending or firing", start.elapsed().as_secs_f64());
@@ -590,10 +245,7 @@ fn growth_then_plateau_fires_then_resolves() {
     eprintln!("{name}: re-sent {pushes} times in the 8 s after the plateau");
 
     // Resolves: plateau_window (6 s) for the recent slope to flatten, then clear_for (10 s).
-    let resolved_line = poll_until(plateau_at + Duration::from_secs(35), "agent log `alert=resolved` for the pool", || {
-        let l = log_lines(&agent, "resolved", POOL_GROWTH, &comm_needle);
-        l.first().cloned().ok_or_else(|| format!("{} firing line(s)", log_lines(&agent, "firing", POOL_GROWTH, &comm_needle).len()))
-    });
+    let resolved_line = wait_alert_log(&agent, plateau_at + Duration::from_secs(35), "resolved", POOL_GROWTH, &comm_needle);
     let resolved_after = plateau_at.elapsed().as_secs_f64();
     eprintln!("{name}: resolved {resolved_after:.1}s after the plateau: {resolved_line}");
     assert!(resolved_after >= 9.0, "resolved {resolved_after:.1}s after the plateau, before clear_for (10s) could pass");
@@ -617,11 +269,7 @@ fn growth_then_plateau_fires_then_resolves() {
         let v = am.find(POOL_GROWTH, &labels)?;
         if v.is_empty() { Ok(()) } else { Err(format!("{v:?}")) }
     });
-    let hook = poll_until(deadline(15), "a resolved webhook notification for the pool", || {
-        let hits: Vec<Value> =
-            am.webhook.alerts().into_iter().filter(|a| alert_matches(&a["labels"], POOL_GROWTH, &labels) && a["status"] == "resolved").collect();
-        hits.first().cloned().ok_or_else(|| format!("{:?}", am.webhook.notifications()))
-    });
+    let hook = wait_webhook(&am, deadline(15), POOL_GROWTH, &labels, "resolved");
     let ends = epoch(hook["endsAt"].as_str().expect("endsAt"));
     let starts = epoch(hook["startsAt"].as_str().expect("startsAt"));
     assert!(ends > starts && (now_epoch() - ends).abs() < 30.0, "resolved notification's times: {hook}");
@@ -796,9 +444,8 @@ fn alertmanager_down_does_not_block() {
     let a = wait_am_alert(&am, deadline(75), POOL_GROWTH, &labels);
     eprintln!("{name}: reached Alertmanager {:.1}s after it came up", up.elapsed().as_secs_f64());
     check_pool_annotations(&a, "alertmanager");
-    poll_until(deadline(10), "agent log: delivering again", || {
-        let e = agent.stderr();
-        if e.contains("alertmanager: delivering again") { Ok(()) } else { Err("no `delivering again` line".to_string()) }
+    wait_log_line(&agent, deadline(10), "agent log: delivering again", &["alertmanager: delivering again"], |_| {
+        "no `delivering again` line".to_string()
     });
     for l in agent.stderr().lines().filter(|l| l.contains("alertmanager")) {
         eprintln!("agent: {l}");

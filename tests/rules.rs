@@ -10,26 +10,18 @@
 //! Needs promtool (Debian/Ubuntu: package `prometheus`); `PROMTOOL=/path/to/promtool` overrides
 //! the one on PATH. Does not need root.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::exports::{exported_metrics, EXPORT_DIR};
+use common::workspace::{read, root};
 
 const RULES: &str = "deploy/prometheus/connmon-rules.yml";
 const RULE_TESTS: &str = "deploy/prometheus/connmon-rules.test.yml";
 const PROMETHEUS_RULE: &str = "deploy/kubernetes/prometheusrule.yaml";
-const EXPORT_DIR: &str = "monitor/src/export";
-
-/// The workspace root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn read(rel: &str) -> String {
-    let path = root().join(rel);
-    fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
 
 /// Runs promtool in the workspace root (so the paths it prints are the ones above).
 fn promtool(args: &[&str]) -> Output {
@@ -183,30 +175,6 @@ fn prometheusrule_spec_is_the_rules_file() {
             "{PROMETHEUS_RULE} is out of sync with {RULES} ({first_diff}); regenerate it with the command in its header"
         );
     }
-}
-
-/// `connmon_...` metric names: every quoted string constant in the export modules that is a whole
-/// metric name (`"connmon_pool_connections"`, not test strings like `"connmon_probe_up{..."`).
-/// Counter constants already end in `_total` (prometheus-client's exposition name).
-fn exported_metrics() -> BTreeSet<String> {
-    let dir = root().join(EXPORT_DIR);
-    let mut names = BTreeSet::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            let src = fs::read_to_string(&path).unwrap();
-            for (i, _) in src.match_indices("\"connmon_") {
-                let rest = &src[i + 1..];
-                let len = rest
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(rest.len());
-                if rest[len..].starts_with('"') {
-                    names.insert(rest[..len].to_string());
-                }
-            }
-        }
-    }
-    names
 }
 
 /// `connmon_...` identifiers in YAML text (expressions, templates, series of the unit tests).

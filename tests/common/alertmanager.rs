@@ -10,6 +10,9 @@
 //!   `alertmanager_alerts_received_total{status="resolved"}` counts it, and receivers with
 //!   `send_resolved` get a notification whose `status` is "resolved".
 //! - `--cluster.listen-address=` (empty) disables clustering (no gossip port needed).
+//!
+//! The waits at the end ([`wait_am_alert`], [`wait_webhook`], [`assert_resent`]) are how the alert
+//! tests observe what the agent pushed.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -18,10 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::scrape::sum_of;
 use super::{deadline, free_local_port, http_get, poll_until, TempDir};
 
 pub const ALERTMANAGER_BIN: &str = "/usr/bin/prometheus-alertmanager";
@@ -111,6 +115,11 @@ impl WebhookSink {
             .iter()
             .flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default())
             .collect()
+    }
+
+    /// The notified alerts named `alertname` whose labels include `labels`.
+    pub fn alerts_matching(&self, alertname: &str, labels: &[(&str, &str)]) -> Vec<Value> {
+        self.alerts().into_iter().filter(|a| alert_matches(&a["labels"], alertname, labels)).collect()
     }
 }
 
@@ -213,13 +222,7 @@ impl Alertmanager {
     /// GET /api/v2/alerts with every filter open: the alerts Alertmanager holds whose `endsAt` has
     /// not passed.
     pub fn alerts(&self) -> Result<Vec<Value>, String> {
-        let r = http_get(self.addr, "/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true", &[])
-            .map_err(|e| format!("GET /api/v2/alerts: {e}"))?;
-        if r.status != 200 {
-            return Err(format!("GET /api/v2/alerts answered {}: {}", r.status, r.body));
-        }
-        let v: Value = serde_json::from_str(&r.body).map_err(|e| format!("/api/v2/alerts is not JSON ({e}): {}", r.body))?;
-        v.as_array().cloned().ok_or_else(|| format!("/api/v2/alerts is not a list: {}", r.body))
+        get_alert_list(self.addr, "/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true")
     }
 
     /// Alerts named `alertname` whose labels include `labels`.
@@ -231,8 +234,20 @@ impl Alertmanager {
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let r = http_get(self.addr, "/metrics", &[]).unwrap_or_else(|e| panic!("GET alertmanager /metrics: {e}"));
         let samples = super::parse_metrics(&r.body);
-        super::samples_matching(&samples, name, labels).iter().map(|s| s.value).sum()
+        sum_of(&samples, name, labels).unwrap_or(0.0)
     }
+}
+
+/// GET `path` on `addr`, a JSON list of alerts (the agent's /api/v1/alerts, Alertmanager's
+/// /api/v2/alerts); `Err` says what came back instead.
+pub fn get_alert_list(addr: SocketAddr, path: &str) -> Result<Vec<Value>, String> {
+    let name = path.split('?').next().unwrap_or(path);
+    let r = http_get(addr, path, &[]).map_err(|e| format!("GET {name}: {e}"))?;
+    if r.status != 200 {
+        return Err(format!("{name} answered {}: {}", r.status, r.body));
+    }
+    let v: Value = serde_json::from_str(&r.body).map_err(|e| format!("{name} is not JSON ({e}): {}", r.body))?;
+    v.as_array().cloned().ok_or_else(|| format!("{name} is not a list: {}", r.body))
 }
 
 /// `labels` (a JSON object) has alertname `alertname` and every pair of `want`.
@@ -258,4 +273,68 @@ impl Drop for Alertmanager {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting for what the agent pushed
+
+/// Waits until Alertmanager holds exactly one alert `alertname{labels}`.
+pub fn wait_am_alert(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)]) -> Value {
+    wait_am_alert_where(am, within, alertname, labels, |_| true)
+}
+
+/// Like [`wait_am_alert`], but the alert has no labels besides alertname and `labels`.
+pub fn wait_am_alert_exact(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)]) -> Value {
+    wait_am_alert_where(am, within, alertname, labels, |a| a["labels"].as_object().is_some_and(|o| o.len() == labels.len() + 1))
+}
+
+/// The one alert `alertname{labels}` Alertmanager holds that also passes `also`.
+fn wait_am_alert_where(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)], also: impl Fn(&Value) -> bool) -> Value {
+    poll_until(within, &format!("Alertmanager /api/v2/alerts to hold {alertname}{labels:?}"), || {
+        let list = am.alerts()?;
+        let mine: Vec<&Value> = list.iter().filter(|a| alert_matches(&a["labels"], alertname, labels) && also(a)).collect();
+        match mine.as_slice() {
+            [a] => Ok((*a).clone()),
+            _ => Err(format!("matching: {mine:?}; all labels: {:?}", list.iter().map(|a| a["labels"].clone()).collect::<Vec<_>>())),
+        }
+    })
+}
+
+/// Waits until Alertmanager has notified its webhook of `alertname{labels}` with `status`
+/// ("firing" or "resolved"); returns the first such alert.
+pub fn wait_webhook(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)], status: &str) -> Value {
+    poll_until(within, &format!("a {status} webhook notification for {alertname}{labels:?}"), || {
+        let hits: Vec<Value> = am.webhook.alerts_matching(alertname, labels).into_iter().filter(|a| a["status"] == status).collect();
+        hits.first().cloned().ok_or_else(|| format!("{:?}", am.webhook.notifications()))
+    })
+}
+
+/// Watches Alertmanager's `updatedAt` for `alertname{labels}` for `over`: the agent must push the
+/// firing alert again at least every `resend` (plus slack for polling and HTTP). Returns how many
+/// pushes were seen.
+pub fn assert_resent(am: &Alertmanager, alertname: &str, labels: &[(&str, &str)], resend: Duration, over: Duration) -> usize {
+    let slack = Duration::from_secs(2);
+    let start = Instant::now();
+    let mut last = String::new();
+    let mut last_change = Instant::now();
+    let mut changes = 0;
+    while start.elapsed() < over {
+        let a = wait_am_alert(am, deadline(5), alertname, labels);
+        let u = a["updatedAt"].as_str().unwrap_or_else(|| panic!("no updatedAt in {a}")).to_string();
+        if u != last {
+            if !last.is_empty() {
+                changes += 1;
+            }
+            last = u;
+            last_change = Instant::now();
+        }
+        assert!(
+            last_change.elapsed() <= resend + slack,
+            "{alertname}: Alertmanager's updatedAt stayed {last} for {:.1}s; resend is {resend:?}",
+            last_change.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(changes >= 2, "{alertname}: only {changes} re-sends seen in {over:?} (resend {resend:?})");
+    changes
 }

@@ -4,10 +4,9 @@
 //! The client is this very test binary, re-executed with `--exact client_entry` and a JSON spec in
 //! the environment variable [`CLIENT_ENV`]; every test binary that spawns clients defines
 //! `#[test] fn client_entry() { common::client_main() }`, which does nothing unless the variable is
-//! set. Before its first connect the client moves itself into a fresh cgroup the test made
-//! ([`TestCgroup`]), renames itself (prctl(PR_SET_NAME) and /proc/self/comm, so the thread-group
-//! leader carries the name), and optionally enters a test network namespace; then it runs one
-//! [`Mode`] speaking the real protocol ([`Proto`]).
+//! set. Before its first connect the client takes on the cgroup, process name and optional network
+//! namespace the test gave it (see [`super::proc_setup`]); then it runs one [`Mode`] speaking the
+//! real protocol ([`Proto`]).
 //!
 //! Protocol on the pipes: the client writes lines `@@client WORD ...` to stdout (libtest's own
 //! output is ignored) and reads commands from stdin: `close K` (close K of the held connections;
@@ -22,99 +21,31 @@
 //!   in SYN-SENT; `done N`.
 
 use std::collections::VecDeque;
-use std::ffi::CString;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{connect_nonblocking, tcp_state, unique_id, unique_name, Netns, TempDir, TCP_SYN_SENT};
+use super::proc_setup::{
+    entry_spec, protocol_lines, say_line, spec_str, spec_u64, take_identity, EntryPoint, ReexecProc,
+};
+use super::wire::{pg_startup, redis_hello, redis_ping};
+use super::{connect_nonblocking, tcp_state, Netns, TCP_SYN_SENT};
 
 /// Environment variable carrying a client's JSON spec.
 pub const CLIENT_ENV: &str = "CONNMON_TEST_CLIENT";
 /// Prefix of the client's protocol lines on stdout.
 const LINE_PREFIX: &str = "@@client ";
 
-// ---------------------------------------------------------------------------------------------
-// cgroups
-
-/// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
-/// hybrid host), from /proc/self/mounts.
-pub fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && f[2] == "cgroup2").then(|| PathBuf::from(f[1].replace("\\040", " ")))
-        })
-        .unwrap_or_else(|| panic!("no cgroup2 filesystem mounted; /proc/self/mounts:\n{mounts}"))
-}
-
-/// A fresh cgroup `connmon-t-<pid>-<n>` directly under the cgroup2 root; removed on drop (once the
-/// processes in it have exited; the client owning it is killed first).
-pub struct TestCgroup {
-    dir: PathBuf,
-    rel: String,
-}
-
-impl TestCgroup {
-    pub fn new() -> TestCgroup {
-        let name = format!("connmon-t-{}-{}", std::process::id(), unique_id());
-        let dir = cgroup2_root().join(&name);
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TestCgroup {
-            dir,
-            rel: format!("/{name}"),
-        }
-    }
-
-    /// The path relative to the cgroup2 root, as connmon labels it ("/connmon-t-123-4").
-    pub fn rel(&self) -> &str {
-        &self.rel
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Pids currently in the cgroup.
-    pub fn procs(&self) -> Vec<u32> {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // A reaped process may take a moment to leave the cgroup: rmdir says EBUSY until then.
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                Err(e) if Instant::now() >= end => {
-                    eprintln!(
-                        "warning: cannot remove cgroup {}: {e} (procs: {:?})",
-                        self.dir.display(),
-                        self.procs()
-                    );
-                    return;
-                }
-                Err(_) => std::thread::sleep(super::POLL_INTERVAL),
-            }
-        }
-    }
-}
+const CLIENT: EntryPoint = EntryPoint {
+    kind: "client",
+    test: "client_entry",
+    env: CLIENT_ENV,
+    tmp_prefix: "cmclient",
+};
 
 // ---------------------------------------------------------------------------------------------
 // Specs
@@ -188,27 +119,16 @@ pub struct ClientProc {
     /// application_name.
     pub name: String,
     pub target: SocketAddr,
-    child: Child,
-    stdin: Option<ChildStdin>,
+    proc: ReexecProc,
     lines: mpsc::Receiver<String>,
     /// Protocol lines that arrived while waiting for another word.
     pending: VecDeque<String>,
-    stderr_path: PathBuf,
-    _dir: TempDir,
-    // Declared last: dropped after the process is gone.
-    cgroup: TestCgroup,
 }
 
 impl ClientProc {
     /// Spawns the client; for hold mode waits (30 s) for its `ready` line and checks that it holds
     /// `count` connections.
     pub fn spawn(spec: ClientSpec) -> ClientProc {
-        let name = unique_name(&spec.prefix);
-        assert!(
-            name.len() <= 15,
-            "client name {name:?} is longer than a comm (15 bytes)"
-        );
-        let cgroup = TestCgroup::new();
         let (mode, count, max_secs, after_ms) = match spec.mode {
             Mode::Hold { count } => ("hold", count, 0.0, 0),
             Mode::Churn { count, max_secs } => ("churn", count, max_secs, 0),
@@ -217,8 +137,6 @@ impl ClientProc {
             Mode::Abort { count, after_ms } => ("abort", count, 0.0, after_ms),
         };
         let json = json!({
-            "name": name,
-            "cgroup_procs": cgroup.dir().join("cgroup.procs"),
             "netns": spec.netns.as_ref().map(|n| format!("/run/netns/{n}")),
             "target": spec.target.to_string(),
             "proto": spec.proto.as_str(),
@@ -227,48 +145,13 @@ impl ClientProc {
             "max_secs": max_secs,
             "after_ms": after_ms,
         });
-        let dir = TempDir::new("cmclient");
-        let stderr_path = dir.path().join("stderr");
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "--exact",
-            "client_entry",
-            "--nocapture",
-            "--test-threads",
-            "1",
-            "-q",
-        ])
-        .env(CLIENT_ENV, json.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(File::create(&stderr_path).expect("create client stderr file"));
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start client {}: {e}", exe.display()));
-        let stdout = child.stdout.take().expect("client stdout");
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix(LINE_PREFIX) {
-                    if tx.send(rest.to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let (proc, stdout) = ReexecProc::spawn(&CLIENT, &spec.prefix, json);
         let mut c = ClientProc {
-            name,
+            name: proc.name.clone(),
             target: spec.target,
-            child,
-            stdin,
-            lines: rx,
+            proc,
+            lines: protocol_lines(stdout, LINE_PREFIX),
             pending: VecDeque::new(),
-            stderr_path,
-            _dir: dir,
-            cgroup,
         };
         if let Mode::Hold { count } = spec.mode {
             let n: usize = c
@@ -285,17 +168,17 @@ impl ClientProc {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 
     /// The cgroup label connmon should give this client's connections.
     pub fn cgroup(&self) -> &str {
-        self.cgroup.rel()
+        self.proc.cgroup()
     }
 
     /// Everything the client wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        self.proc.stderr()
     }
 
     /// Waits for the next line starting with `word` and returns the rest of it; panics (quoting
@@ -326,7 +209,7 @@ impl ClientProc {
                 Ok(l) => self.pending.push_back(l),
                 Err(mpsc::RecvTimeoutError::Timeout) => return None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let st = self.child.wait().ok();
+                    let st = self.proc.wait();
                     panic!(
                         "client {} exited ({st:?}) before saying {word:?}; stderr:\n{}",
                         self.name,
@@ -339,7 +222,7 @@ impl ClientProc {
 
     /// Sends one command line to the client.
     pub fn send(&mut self, cmd: &str) {
-        let stdin = self.stdin.as_mut().expect("client stdin already closed");
+        let stdin = self.proc.stdin().expect("client stdin already closed");
         writeln!(stdin, "{cmd}")
             .and_then(|_| stdin.flush())
             .unwrap_or_else(|e| {
@@ -373,53 +256,15 @@ impl ClientProc {
     /// with success; returns N.
     pub fn finish(&mut self, within: Duration) -> usize {
         let n = self.expect("done", within).parse().expect("done N");
-        self.wait_exit(Duration::from_secs(30));
+        self.proc.wait_exit(Duration::from_secs(30));
         n
     }
 
     /// Closes the client's stdin (a holding client then closes everything and exits) and waits for
     /// it to exit successfully.
     pub fn exit(&mut self) {
-        self.stdin = None;
-        self.wait_exit(Duration::from_secs(30));
-    }
-
-    fn wait_exit(&mut self, within: Duration) {
-        let end = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait on client") {
-                assert!(
-                    st.success(),
-                    "client {} exited with {st}; stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                );
-                return;
-            }
-            if Instant::now() >= end {
-                panic!(
-                    "client {} did not exit within {within:?}; stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(super::POLL_INTERVAL);
-        }
-    }
-}
-
-impl Drop for ClientProc {
-    fn drop(&mut self) {
-        self.stdin = None;
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- client {} stderr ----\n{}---- end ----",
-                self.name,
-                self.stderr()
-            );
-        }
+        self.proc.close_stdin();
+        self.proc.wait_exit(Duration::from_secs(30));
     }
 }
 
@@ -427,53 +272,18 @@ impl Drop for ClientProc {
 // The client process
 
 fn say(line: &str) {
-    let mut out = io::stdout().lock();
-    writeln!(out, "{LINE_PREFIX}{line}")
-        .and_then(|_| out.flush())
-        .expect("write to stdout");
+    say_line(LINE_PREFIX, line);
 }
 
 /// The body of `#[test] fn client_entry()`: runs the client described by [`CLIENT_ENV`] and exits
 /// the process; returns at once when the variable is not set (a normal test run).
 pub fn client_main() {
-    let Ok(text) = std::env::var(CLIENT_ENV) else {
+    let Some(spec) = entry_spec(&CLIENT) else {
         return;
     };
-    let spec: Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad {CLIENT_ENV} ({e}): {text}"));
-    let s = |k: &str| {
-        spec[k]
-            .as_str()
-            .unwrap_or_else(|| panic!("{k} missing in {spec}"))
-            .to_string()
-    };
-    let u = |k: &str| {
-        spec[k]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{k} missing in {spec}"))
-    };
-    let name = s("name");
-
-    // 1. Own cgroup (moves every thread of the process).
-    let procs = s("cgroup_procs");
-    std::fs::write(&procs, std::process::id().to_string())
-        .unwrap_or_else(|e| panic!("write {procs}: {e}"));
-    // 2. Own name: this thread's, and the thread-group leader's (what /proc/<pid>/comm shows and
-    //    what connmon labels connections with), since libtest may run us on a non-main thread.
-    let cname = CString::new(name.clone()).expect("name without NUL");
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, cname.as_ptr() as libc::c_ulong, 0, 0, 0) };
-    assert_eq!(rc, 0, "prctl(PR_SET_NAME): {}", io::Error::last_os_error());
-    std::fs::write("/proc/self/comm", &name).expect("write /proc/self/comm");
-    let comm = std::fs::read_to_string("/proc/self/comm").expect("read /proc/self/comm");
-    assert_eq!(comm.trim_end(), name, "comm did not take");
-    // 3. Network namespace (this thread, and threads it spawns, create sockets there).
-    if let Some(path) = spec["netns"].as_str() {
-        let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: plain syscall on a valid fd.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns({path}): {}", io::Error::last_os_error());
-    }
+    let s = |k: &str| spec_str(&spec, k);
+    let u = |k: &str| spec_u64(&spec, k);
+    let name = take_identity(&spec);
 
     let target: SocketAddr = s("target").parse().expect("target address");
     let proto = match s("proto").as_str() {
@@ -503,12 +313,7 @@ fn open(target: SocketAddr, proto: Proto, name: &str) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("SO_RCVTIMEO");
     match proto {
-        Proto::Redis => {
-            s.write_all(&resp_command(&["CLIENT", "SETNAME", name]))
-                .expect("send CLIENT SETNAME");
-            expect_reply(&mut s, "+OK");
-            redis_ping(&mut s);
-        }
+        Proto::Redis => redis_hello(&mut s, name),
         Proto::Postgres => pg_startup(&mut s, name),
         Proto::Silent => {}
     }
@@ -599,83 +404,4 @@ fn abort(target: SocketAddr, count: usize, after: Duration) {
     }
     drop(socks);
     say(&format!("done {count}"));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Wire protocols (just enough of them)
-
-/// A RESP array of bulk strings.
-pub fn resp_command(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
-}
-
-/// Reads one CRLF-terminated line (without the CRLF).
-pub fn read_line(s: &mut impl Read) -> String {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    while !out.ends_with(b"\r\n") {
-        match s.read(&mut b) {
-            Ok(0) => panic!(
-                "connection closed after {:?}",
-                String::from_utf8_lossy(&out)
-            ),
-            Ok(_) => out.push(b[0]),
-            Err(e) => panic!("read after {:?}: {e}", String::from_utf8_lossy(&out)),
-        }
-    }
-    out.truncate(out.len() - 2);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn expect_reply(s: &mut TcpStream, want: &str) {
-    let got = read_line(s);
-    assert_eq!(got, want, "unexpected reply from {:?}", s.peer_addr());
-}
-
-pub fn redis_ping(s: &mut TcpStream) {
-    s.write_all(&resp_command(&["PING"])).expect("send PING");
-    expect_reply(s, "+PONG");
-}
-
-/// PostgreSQL StartupMessage (protocol 3.0); reads messages up to ReadyForQuery. Trust auth only.
-pub fn pg_startup(s: &mut TcpStream, application_name: &str) {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [
-        ("user", "postgres"),
-        ("database", "postgres"),
-        ("application_name", application_name),
-    ] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    s.write_all(&msg).expect("send StartupMessage");
-    loop {
-        let mut hdr = [0u8; 5];
-        s.read_exact(&mut hdr)
-            .expect("read PostgreSQL message header");
-        let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
-        let mut payload = vec![0u8; len.saturating_sub(4)];
-        s.read_exact(&mut payload).expect("read PostgreSQL message");
-        match hdr[0] {
-            b'R' => {
-                let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                assert_eq!(
-                    code, 0,
-                    "server asked for authentication method {code}; tests need trust"
-                );
-            }
-            b'E' => panic!("PostgreSQL error: {}", String::from_utf8_lossy(&payload)),
-            b'Z' => return,
-            _ => {} // ParameterStatus, BackendKeyData, NoticeResponse
-        }
-    }
 }

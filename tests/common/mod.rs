@@ -13,22 +13,50 @@
 //! - [`metrics`]: a parser for the Prometheus text exposition.
 //! - [`client`]: client workloads as separate processes (own comm, cgroup, optional netns).
 //! - [`servers`]: redis-server, PostgreSQL and a plain accept loop, RAII.
+//! - [`pool_fixtures`]: the pool binaries' socket-table lock, holding clients, the pool balance.
 //! - [`pool_metrics`]: one pool's series, lost-event counters, and the pool oracles (`ss -tnp`).
 //! - [`prometheus`]: a real Prometheus server (RAII), PromQL instant queries, scrape targets.
+//! - [`proc_setup`]: what every re-executed client process shares: identity (cgroup, comm, netns)
+//!   and the parent's handle on it.
+//! - [`wire`]: the Redis and PostgreSQL protocol bits the clients speak.
+//! - [`listen`]: overflowing listeners and bracketed comparisons for the listener tests.
+//! - [`storm_clients`], [`storm_loops`], [`storm_view`], [`storm_lock`]: retry-storm clients, their
+//!   loops, the storm metrics and log lines, and the lock that keeps host-wide scenarios apart.
+//! - [`leak_client`], [`alertmanager`], [`alert_views`], [`agent_log`], [`scrape`]: the alert tests'
+//!   leaking client, a real Alertmanager, the agent's alert list, log-line waits, paced scraping.
+//! - [`yaml`], [`kube`]: a small YAML reader and the Kubernetes manifests' checks.
+//! - [`grafana`], [`promql`], [`exports`], [`workspace`]: dashboard parts, PromQL checks, the
+//!   agent's exported metric names (read from the source), repository paths.
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod agent_log;
+pub mod alert_views;
 pub mod alertmanager;
 pub mod client;
+pub mod exports;
+pub mod grafana;
+pub mod kube;
+pub mod leak_client;
 pub mod listen;
 pub mod metrics;
 pub mod netns;
 pub mod oracle;
+pub mod pool_fixtures;
 pub mod pool_metrics;
+pub mod proc_setup;
 pub mod prometheus;
+pub mod promql;
+pub mod scrape;
 pub mod servers;
 pub mod sock;
 pub mod storm_clients;
+pub mod storm_lock;
+pub mod storm_loops;
+pub mod storm_view;
+pub mod wire;
+pub mod workspace;
+pub mod yaml;
 
 pub use agent::*;
 pub use client::*;
@@ -38,8 +66,10 @@ pub use netns::*;
 pub use oracle::*;
 pub use pool_metrics::*;
 pub use prometheus::*;
+pub use proc_setup::{cgroup2_root, TestCgroup};
 pub use servers::*;
 pub use sock::*;
+pub use wire::*;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
