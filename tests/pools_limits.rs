@@ -324,3 +324,92 @@ fn pool_keeps_cgroup_label_after_cgroup_removed() {
         t.elapsed()
     );
 }
+
+/// A client in a cgroup named the way kubelet's systemd driver and containerd name them (real
+/// cgroup directories on this host, no cluster needed): connmon_workload_info must read the pod
+/// UID, QoS class, runtime and container id out of the pool's cgroup label.
+#[test]
+fn kubelet_cgroup_names_are_attributed() {
+    let _g = shared();
+    let redis = Redis::start(free_local_port(), &[]);
+    let agent = Agent::start(&[]);
+    let pid = std::process::id();
+    let uid = format!("00000000-0000-4000-8000-{pid:012x}");
+    let id = format!("{pid:064x}");
+    let rel = format!(
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    );
+    let cg = KubeCgroup::create(&rel);
+    // redis-cli SUBSCRIBE holds its one connection until killed.
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec redis-cli -p {} subscribe connmon-workload-test",
+            cg.dir.display(),
+            redis.port()
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn redis-cli");
+    let _child = KillOnDrop(child);
+    let s = agent.wait_metrics(deadline(30), "the pool and its workload attribution", |s| {
+        let pool = samples_matching(s, "connmon_pool_connections", &[("cgroup", rel.as_str()), ("comm", "redis-cli")]);
+        let info = samples_matching(s, "connmon_workload_info", &[("cgroup", rel.as_str())]);
+        match (pool.first(), info.first()) {
+            (Some(p), Some(_)) if p.value == 1.0 => Ok(s.to_vec()),
+            got => Err(format!("{got:?}")),
+        }
+    });
+    let info = samples_matching(&s, "connmon_workload_info", &[("cgroup", rel.as_str())]);
+    let got: Vec<Option<&str>> =
+        ["runtime", "container_id", "pod_uid", "qos_class", "unit"].iter().map(|k| info[0].label(k)).collect();
+    assert_eq!(
+        got,
+        vec![Some("containerd"), Some(id.as_str()), Some(uid.as_str()), Some("burstable"), Some("")],
+        "{info:#?}"
+    );
+}
+
+/// A nested cgroup path created for one test and removed (deepest first) when it ends.
+struct KubeCgroup {
+    dirs: Vec<std::path::PathBuf>,
+    dir: std::path::PathBuf,
+}
+
+impl KubeCgroup {
+    fn create(rel: &str) -> KubeCgroup {
+        let root = cgroup2_root();
+        let mut dirs = Vec::new();
+        let mut dir = root.clone();
+        for part in rel.trim_start_matches('/').split('/') {
+            dir = dir.join(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                dirs.push(dir.clone());
+            }
+        }
+        KubeCgroup { dirs, dir }
+    }
+}
+
+impl Drop for KubeCgroup {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            // A killed process leaves its cgroup a moment after it is reaped: retry EBUSY briefly.
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while std::fs::remove_dir(d).is_err() && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

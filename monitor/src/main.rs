@@ -25,6 +25,7 @@ mod storms;
 mod table;
 mod tracefs;
 mod web;
+mod workload;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

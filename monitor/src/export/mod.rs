@@ -33,6 +33,7 @@ pub const SCAN_DURATION: &str = "connmon_scan_duration_seconds";
 pub const SCAN_NETNS_FAILED: &str = "connmon_scan_netns_failed";
 pub const PROBE_UP: &str = "connmon_probe_up";
 pub const BUILD_INFO: &str = "connmon_build_info";
+pub const WORKLOAD_INFO: &str = "connmon_workload_info";
 pub const ALERT_ACTIVE: &str = "connmon_alert_active";
 pub const ALERTS_FIRED: &str = "connmon_alerts_fired_total";
 
@@ -140,6 +141,29 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         probe_up.get_or_create(&labels(&[("probe", probe)])).set(up);
     }
     pools::register(&mut reg, pools, &snap.listeners[..exported]);
+    // Attribution as an info series to join on `cgroup`, so pool and listener series keep one
+    // label for the workload instead of five.
+    let workload = gauge_family(&mut reg, WORKLOAD_INFO, "What each cgroup seen on a listener or pool is: container runtime, container id, pod UID and QoS class from the kubelet's cgroup naming, or the systemd unit of a host process; join on cgroup");
+    let cgroups: std::collections::BTreeSet<&str> = snap.listeners[..exported]
+        .iter()
+        .filter_map(|l| l.cgroup.as_deref())
+        .chain(pools.pools.iter().map(|p| p.cgroup.as_str()))
+        .filter(|c| !c.is_empty())
+        .take(pools.max_series + ctx.max_listener_series)
+        .collect();
+    for c in cgroups {
+        let w = crate::workload::parse(c);
+        workload
+            .get_or_create(&labels(&[
+                ("cgroup", c),
+                ("runtime", &w.runtime),
+                ("container_id", &w.container_id),
+                ("pod_uid", &w.pod_uid),
+                ("qos_class", &w.qos_class),
+                ("unit", &w.unit),
+            ]))
+            .set(1);
+    }
     let active = gauge_family(&mut reg, ALERT_ACTIVE, "1 for each alert firing in the agent, with the alert's labels (see /api/v1/alerts and connmon alerts)");
     for a in ctx.alerts.iter().filter(|a| a.state == "firing") {
         let mut l: Labels = vec![("alertname".into(), a.alertname.clone())];
