@@ -171,7 +171,7 @@ fn steady_pool_of_500_never_fires() {
     let client = ClientProc::spawn(ClientSpec::new("steady", redis.addr(), Proto::Redis, Mode::Hold { count: 500 }));
     let pool = PoolRef::of(&client, redis.addr());
     agent.wait_metrics(deadline(30), &format!("{pool} at 500 connections"), |s| match pool.get(s, POOL_CONNECTIONS) {
-        Some(v) if v == 500.0 => Ok(()),
+        Some(500.0) => Ok(()),
         v => Err(format!("{v:?}")),
     });
     assert_eq!(redis.clients_named(&client.name), 500, "redis CLIENT LIST for {}", client.name);
