@@ -79,7 +79,7 @@ pub fn build(scan: &Scan) -> Snapshot {
     for ns in &scan.namespaces {
         let mut ls = listeners_of(ns.inode, ns.name.clone(), &ns.listening);
         for c in &ns.connected {
-            if let Some(i) = owning_listener(&ls, c.src, c.sport) {
+            if let Some(i) = owning_listener(&ls, ns.inode, c.src, c.sport) {
                 ls[i].established += 1;
             }
         }
@@ -130,17 +130,17 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
         })
         .collect();
     for req in socks.iter().filter(|s| s.state == TCP_SYN_RECV) {
-        if let Some(i) = owning_listener(&out, req.src, req.sport) {
+        if let Some(i) = owning_listener(&out, netns, req.src, req.sport) {
             out[i].syn_queue += 1;
         }
     }
     out
 }
 
-/// The listener a request to `addr:port` belongs to: an exact address match first, then a
-/// wildcard of the same family, then a dual-stack IPv6 wildcard.
-pub fn owning_listener(listeners: &[Listener], addr: IpAddr, port: u16) -> Option<usize> {
-    let candidates = || listeners.iter().enumerate().filter(move |(_, l)| l.port == port);
+/// The listener in namespace `netns` that a connection to `addr:port` belongs to: an exact
+/// address match first, then a wildcard of the same family, then a dual-stack IPv6 wildcard.
+pub fn owning_listener(listeners: &[Listener], netns: u64, addr: IpAddr, port: u16) -> Option<usize> {
+    let candidates = || listeners.iter().enumerate().filter(move |(_, l)| l.netns == netns && l.port == port);
     candidates()
         .find(|(_, l)| l.addr == addr)
         .or_else(|| candidates().find(|(_, l)| l.addr.is_unspecified() && l.addr.is_ipv4() == addr.is_ipv4()))
@@ -228,6 +228,11 @@ impl PeakTracker {
         }
         self.acc.clear();
     }
+}
+
+/// "netns=… addr=… port=… comm=…", naming a listener in log lines and reports.
+pub fn describe(l: &Listener) -> String {
+    format!("netns={} addr={} port={} comm={}", l.netns, l.addr, l.port, l.comm.as_deref().unwrap_or(""))
 }
 
 /// A listener for other modules' unit tests.

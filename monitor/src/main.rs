@@ -60,17 +60,7 @@ fn listeners_command(args: &cli::ListenersArgs) -> anyhow::Result<()> {
         }
     }
     let snap = listeners::build(&scan::scan(args.netns.as_deref(), scan::Depth::Full));
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        for l in &snap.listeners {
-            serde_json::to_writer(&mut out, l)?;
-            writeln!(out)?;
-        }
-    } else {
-        table::print_listeners(&mut out, &snap.listeners)?;
-    }
-    out.flush()?;
-    Ok(())
+    print_rows(&snap.listeners, args.json, table::print_listeners)
 }
 
 fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
@@ -78,7 +68,7 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
     if !args.watch {
         let mut cgroups = cgroups::CgroupNames::default();
         let pools = pools::from_scan(&scan::scan(None, scan::Depth::Full), &services, &mut cgroups);
-        return print_pools(&pools, args.json);
+        return print_rows(&pools, args.json, table::print_pools);
     }
     let mut loaded = probes::Probes::load(&probes::ProbeOptions {
         tracefs: std::path::Path::new(tracefs::DEFAULT_TRACEFS),
@@ -98,7 +88,7 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
         if !args.json {
             print!("\x1b[2J\x1b[H");
         }
-        print_pools(&pools, args.json)?;
+        print_rows(&pools, args.json, table::print_pools)?;
         std::thread::sleep(args.interval);
     }
 }
@@ -129,17 +119,7 @@ fn storms_command(args: &cli::StormsArgs) -> anyhow::Result<()> {
         listeners = c.tick();
     }
     let rows = storms::report(&mut c.pools, &c.storms, &listeners);
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        for r in &rows {
-            serde_json::to_writer(&mut out, r)?;
-            writeln!(out)?;
-        }
-    } else {
-        table::print_storms(&mut out, &rows)?;
-    }
-    out.flush()?;
-    Ok(())
+    print_rows(&rows, args.json, table::print_storms)
 }
 
 /// Asks a running agent for its alerts.
@@ -149,28 +129,23 @@ fn alerts_command(args: &cli::AlertsArgs) -> anyhow::Result<()> {
         .call()
         .and_then(|mut r| r.body_mut().read_json())
         .map_err(|e| anyhow::anyhow!("cannot read alerts from {url}: {e} (is `connmon run` serving there? see --agent)"))?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        for a in &alerts {
-            serde_json::to_writer(&mut out, a)?;
-            writeln!(out)?;
-        }
-    } else {
-        table::print_alerts(&mut out, &alerts)?;
-    }
-    out.flush()?;
-    Ok(())
+    print_rows(&alerts, args.json, table::print_alerts)
 }
 
-fn print_pools(pools: &[pools::Pool], json: bool) -> anyhow::Result<()> {
+/// One JSON object per line with `json`, else the aligned table `table` prints.
+fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    json: bool,
+    table: fn(&mut std::io::StdoutLock<'static>, &[T]) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        for p in pools {
-            serde_json::to_writer(&mut out, p)?;
+        for r in rows {
+            serde_json::to_writer(&mut out, r)?;
             writeln!(out)?;
         }
     } else {
-        table::print_pools(&mut out, pools)?;
+        table(&mut out, rows)?;
     }
     out.flush()?;
     Ok(())

@@ -341,7 +341,7 @@ impl StormTracker {
             let r = Reading { attempts: queued + l.drops, hard: l.drops, soft: 0 };
             let d = self.listeners.get(&l.id, now);
             if let Some(t) = d.tick(now, r, &self.cfg) {
-                let what = format!("netns={} addr={} port={} comm={}", l.netns, l.addr, l.port, l.comm.as_deref().unwrap_or(""));
+                let what = crate::listeners::describe(l);
                 log_transition(t, "listener", &what, &d.signals);
             }
         }
@@ -377,7 +377,7 @@ pub fn report(pools: &mut crate::pools::PoolTracker, storms: &StormTracker, list
         .collect();
     for l in listeners {
         if let Some(d) = storms.listeners.by_key.get(&l.id) {
-            let what = format!("netns={} addr={} port={} comm={}", l.netns, l.addr, l.port, l.comm.as_deref().unwrap_or(""));
+            let what = crate::listeners::describe(l);
             rows.push(ReportRow { target: "listener", what, signals: d.signals.clone() });
         }
     }

@@ -179,11 +179,10 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
             addr: key.addr,
         });
         // Accepts land on the child socket, so attribute them to the listener that owns the port.
-        let Some(l) = listeners.iter().find(|l| {
-            l.netns == u64::from(key.netns) && l.port == key.port && (l.addr == addr || l.addr.is_unspecified())
-        }) else {
+        let Some(i) = listeners::owning_listener(listeners, u64::from(key.netns), addr, key.port) else {
             continue;
         };
+        let l = &listeners[i];
         let mut with = super::listener_labels(l);
         let class = CLIENT_CLASSES.get(key.client_class as usize).copied().unwrap_or("public");
         with.push(("client_class".into(), class.into()));
