@@ -33,6 +33,9 @@ pub struct DiagSocket {
     pub wqueue: u32,
     /// SK_MEMINFO_DROPS from INET_DIAG_SKMEMINFO (what `ss -m` shows as dN).
     pub sk_drops: Option<u32>,
+    /// INET_DIAG_CGROUP_ID: the cgroup v2 id the socket was created in (what `ss --cgroup`
+    /// shows). Absent for request and timewait sockets, and before Linux 5.7.
+    pub cgroup_id: Option<u64>,
 }
 
 // Not all of these are exported by the libc crate for every target, so spell them out.
@@ -45,6 +48,7 @@ const NLMSG_HDRLEN: usize = 16;
 const INET_DIAG_REQ_V2_LEN: usize = 56;
 const INET_DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_SKMEMINFO: u16 = 7;
+const INET_DIAG_CGROUP_ID: u16 = 21;
 const SK_MEMINFO_DROPS: usize = 8;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 /// The kernel caps dump skbs at 32 KiB; twice that leaves room and MSG_TRUNC still catches surprises.
@@ -212,6 +216,7 @@ fn parse_socket(p: &[u8]) -> Result<DiagSocket> {
         uid: field(64),
         inode: u64::from(field(68)),
         sk_drops: None,
+        cgroup_id: None,
     };
 
     let mut off = align4(INET_DIAG_MSG_LEN);
@@ -234,6 +239,8 @@ fn parse_socket(p: &[u8]) -> Result<DiagSocket> {
         if rta_type & NLA_TYPE_MASK == INET_DIAG_SKMEMINFO {
             // Older kernels send fewer counters; a missing DROPS slot means "unknown", not 0.
             sock.sk_drops = ne_u32(data, SK_MEMINFO_DROPS * 4);
+        } else if rta_type & NLA_TYPE_MASK == INET_DIAG_CGROUP_ID {
+            sock.cgroup_id = data.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes);
         }
         off = off.saturating_add(align4(rta_len));
     }

@@ -66,6 +66,11 @@ fn encode(s: &DiagSocket) -> Vec<u8> {
             .collect();
         b.extend(rtattr(INET_DIAG_SKMEMINFO, &mem));
     }
+    if let Some(id) = s.cgroup_id {
+        // The kernel puts a 64-bit attribute after an INET_DIAG_PAD when it would be unaligned.
+        b.extend(rtattr(14, &[]));
+        b.extend(rtattr(INET_DIAG_CGROUP_ID, &id.to_ne_bytes()));
+    }
     nlmsg(SOCK_DIAG_BY_FAMILY, &b)
 }
 
@@ -83,6 +88,7 @@ fn v4_listener() -> DiagSocket {
         rqueue: 3,
         wqueue: 511,
         sk_drops: Some(54),
+        cgroup_id: Some(0x1_0000_0abc),
     }
 }
 
@@ -135,6 +141,7 @@ fn parses_v6_and_mapped_addresses_then_done() {
         src: "::".parse().unwrap(),
         dst: "::".parse().unwrap(),
         sk_drops: None,
+        cgroup_id: None,
         ..v4_listener()
     };
     let mapped = DiagSocket {
@@ -202,6 +209,7 @@ fn truncated_and_malformed_input_errs_without_panicking() {
     // Short SKMEMINFO (old kernel): drops unknown, not an error.
     let mut p = encode(&DiagSocket {
         sk_drops: None,
+        cgroup_id: None,
         ..v4_listener()
     });
     p.extend(rtattr(INET_DIAG_SKMEMINFO, &[0u8; 16]));
@@ -341,6 +349,22 @@ fn v6_wildcard_and_mapped_listeners_print_like_ss() {
             "ss: {text:?}"
         );
     }
+}
+
+/// The socket's cgroup id is the inode of the cgroup2 directory this test runs in, as `ss
+/// --cgroup` would name it; pools seeded at start-up rely on it instead of resolving
+/// /proc/<pid>/cgroup paths, which a private cgroup namespace shows relative ("/../..").
+#[test]
+fn sockets_carry_their_cgroup_id() {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(root) = crate::cgroups::cgroup2_root() else { return };
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup2 line in /proc/self/cgroup");
+    let want = std::fs::metadata(root.join(rel.trim_start_matches('/'))).expect("own cgroup dir").ino();
+    let (_l, port) = listen("127.0.0.1:0", 4);
+    let socks = dump_tcp(state_mask(&[TCP_LISTEN]), false).unwrap();
+    let s = socks.iter().find(|s| s.sport == port).expect("listener in dump");
+    assert_eq!(s.cgroup_id, Some(want), "cgroup id of a socket created in {rel}");
 }
 
 #[test]

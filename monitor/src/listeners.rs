@@ -254,6 +254,7 @@ pub mod tests_support {
             rqueue: depth,
             wqueue: backlog,
             sk_drops: Some(0),
+            cgroup_id: None,
         };
         listeners_of(7, None, &[s]).remove(0)
     }
@@ -278,6 +279,7 @@ mod tests {
             rqueue: rq,
             wqueue: wq,
             sk_drops: Some(3),
+            cgroup_id: None,
         }
     }
 

@@ -124,7 +124,12 @@ fn keys_of(scan: &Scan, cgroups: &CgroupNames, skip: &HashSet<(u32, [u8; 16], u1
         .map(|(netns, c)| {
             let owner = owners.get(&c.inode);
             let comm = owner.map(|o| o.comm.as_str()).unwrap_or("");
-            let cgroup_id = owner.and_then(|o| o.cgroup.as_deref()).and_then(|p| cgroups.id_of(p)).unwrap_or(0);
+            // The socket's own cgroup id from sock_diag needs no path lookup, which a private
+            // cgroup namespace (a pod) would break; older kernels fall back to the owner's path.
+            let cgroup_id = c
+                .cgroup_id
+                .or_else(|| owner.and_then(|o| o.cgroup.as_deref()).and_then(|p| cgroups.id_of(p)))
+                .unwrap_or(0);
             let key = PoolKey {
                 cgroup_id,
                 netns: netns as u32,
