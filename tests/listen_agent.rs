@@ -442,3 +442,45 @@ fn without_bpf_capabilities_listeners_still_work() {
     );
 }
 
+
+/// Once its probes are attached the agent gives up what only loading needed: no thread keeps
+/// CAP_BPF, CAP_PERFMON or CAP_NET_ADMIN, while CAP_SYS_ADMIN (setns for the netns scans, which
+/// `agent_metrics_match_ss_and_nstat` exercises) stays. The maps still work afterwards: a
+/// connection made after the drop is counted.
+#[test]
+fn capabilities_dropped_after_attach() {
+    let agent = Agent::start(&[]);
+    agent.wait_metrics(deadline(30), "the agent to be ready", |_| {
+        let (status, _) = agent.get("/readyz");
+        if status == 200 { Ok(()) } else { Err(format!("/readyz {status}")) }
+    });
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).expect("agent's task list");
+    let mut seen = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).expect("a thread's status");
+        for field in ["CapEff:", "CapPrm:"] {
+            let caps = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(|v| u64::from_str_radix(v.trim(), 16).expect("capability mask in hex"))
+                .unwrap_or_else(|| panic!("{field} line in {status}"));
+            for (bit, name) in [(12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF"), (0, "CAP_CHOWN")] {
+                assert_eq!(caps & (1 << bit), 0, "thread {:?} still has {name} in {field} {caps:x}", task.file_name());
+            }
+            assert_ne!(caps & (1 << 21), 0, "thread {:?} lost CAP_SYS_ADMIN ({field} {caps:x})", task.file_name());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 1, "no threads under /proc/{}/task", agent.pid());
+
+    let listener = listen_tcp(addr("127.0.0.1:0"), 5);
+    let a = local_addr(&listener);
+    let port = a.port().to_string();
+    let _client = std::net::TcpStream::connect(a).expect("connect to the test listener");
+    agent.wait_metrics(deadline(30), "the connection made after the drop to be counted", |s| {
+        match common::scrape::sum_of(s, "connmon_pool_opens_total", &[("dst_port", port.as_str())]) {
+            Some(v) if v >= 1.0 => Ok(()),
+            other => Err(format!("opens {other:?}")),
+        }
+    });
+}

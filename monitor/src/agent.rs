@@ -1,8 +1,9 @@
 //! The running agent: owns the loaded probes, the trackers and the alert rules, serialises
 //! collections (a scrape, the periodic tick and alert evaluation never scan at once), and tracks
 //! readiness. Start-up order is
-//! chosen so a bad listen address fails before anything is loaded, and `/healthz` answers while
-//! probes are still loading.
+//! chosen so a bad listen address fails before anything is loaded, probes load while the process
+//! has one thread (so capabilities can be dropped for all), and `/healthz` answers while the
+//! connections open at start-up are still being counted.
 use std::{
     collections::HashMap,
     sync::{
@@ -81,7 +82,7 @@ impl Collector {
     /// period) and feeds the retry-storm detectors. Returns the listeners it saw.
     pub fn tick(&mut self) -> Vec<listeners::Listener> {
         let Collector { probes, peaks, pools, storms, .. } = self;
-        let mut snap = listeners::build(&scan::scan(None, scan::Depth::Listeners));
+        let mut snap = listeners::build(&scan::scan(None, scan::Depth::Listeners), pools.cgroups());
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
         let pools_up = probes.is_up(probes::POOLS);
@@ -101,7 +102,7 @@ impl Collector {
         let t0 = Instant::now();
         let scan_started_ns = monotonic_ns();
         let scan = scan::scan(None, scan::Depth::Full);
-        let mut snap = listeners::build(&scan);
+        let mut snap = listeners::build(&scan, pools.cgroups());
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
         if scrape {
@@ -228,6 +229,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let services = Services::with_overrides(&service_specs)?;
     let listener = web::bind(&args.listen_address).await?;
     let local = listener.local_addr()?;
+    // Loaded on this thread while it is the process's only one, so the capabilities that only
+    // loading needs can be dropped for every thread started afterwards. Connections queue in the
+    // bound socket meanwhile (loading takes well under a second).
+    let loading = Instant::now();
+    let probes = Probes::load(&ProbeOptions {
+        tracefs: &args.tracefs,
+        max_sockets: args.max_sockets,
+        cgroup_root: cgroups::cgroup2_root().as_deref(),
+        disabled: &args.disabled_probes,
+        short_lived: args.storm.short_lived(&file.storm),
+    });
+    info!("probes loaded in {} ms", loading.elapsed().as_millis());
+    crate::privs::drop_after_attach();
     let mut alert_cfg = file.alerts.clone();
     if !args.alertmanager_urls.is_empty() {
         alert_cfg.alertmanager_urls = args.alertmanager_urls.clone();
@@ -253,18 +267,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!("serving metrics on http://{local}/metrics");
 
     let starter = Arc::clone(&agent);
-    let tracefs = args.tracefs.clone();
-    let max_sockets = args.max_sockets;
-    let disabled = args.disabled_probes.clone();
-    let short_lived = args.storm.short_lived(&file.storm);
     tokio::task::spawn_blocking(move || {
-        let probes = Probes::load(&ProbeOptions {
-            tracefs: &tracefs,
-            max_sockets,
-            cgroup_root: cgroups::cgroup2_root().as_deref(),
-            disabled: &disabled,
-            short_lived,
-        });
         starter.lock().attach(probes);
         starter.tick();
         starter.ready.store(true, Ordering::Release);

@@ -55,6 +55,9 @@ pub struct Listener {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup: Option<String>,
+    /// The listening socket's cgroup id (sock_diag), to name `cgroup` when /proc cannot.
+    #[serde(skip)]
+    pub cgroup_id: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +77,7 @@ pub struct Snapshot {
 
 /// Builds the listener view from a scan: per-namespace listeners with their SYN queues and
 /// established connections, owners resolved, fullest queues first.
-pub fn build(scan: &Scan) -> Snapshot {
+pub fn build(scan: &Scan, cgroups: &mut crate::cgroups::CgroupNames) -> Snapshot {
     let mut snap = Snapshot { netns_errors: scan.failed, ..Default::default() };
     for ns in &scan.namespaces {
         let mut ls = listeners_of(ns.inode, ns.name.clone(), &ns.listening);
@@ -92,6 +95,15 @@ pub fn build(scan: &Scan) -> Snapshot {
             l.pid = Some(*pid);
             l.comm = Some(comm.clone());
             l.cgroup = cgroup.clone();
+        }
+        // In a private cgroup namespace (the agent in a pod) /proc shows other cgroups relative
+        // to ours ("/../../kubepods.slice/..."); the socket's cgroup id names it from the host's
+        // mount instead.
+        let relative = l.cgroup.as_deref().is_none_or(|c| c.starts_with("/.."));
+        if let Some(id) = l.cgroup_id.filter(|_| relative) {
+            if let Some(path) = cgroups.path(id) {
+                l.cgroup = Some(path);
+            }
         }
     }
     snap.listeners.sort_by(|a, b| {
@@ -127,6 +139,7 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
             pid: None,
             comm: None,
             cgroup: None,
+            cgroup_id: s.cgroup_id,
         })
         .collect();
     for req in socks.iter().filter(|s| s.state == TCP_SYN_RECV) {

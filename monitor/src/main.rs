@@ -17,6 +17,7 @@ mod netns;
 mod netstat;
 mod notify;
 mod pools;
+mod privs;
 mod probes;
 mod procs;
 mod scan;
@@ -59,7 +60,7 @@ fn listeners_command(args: &cli::ListenersArgs) -> anyhow::Result<()> {
             anyhow::bail!("no network namespace matches {filter:?}: give a name from /run/netns or an inode");
         }
     }
-    let snap = listeners::build(&scan::scan(args.netns.as_deref(), scan::Depth::Full));
+    let snap = listeners::build(&scan::scan(args.netns.as_deref(), scan::Depth::Full), &mut cgroups::CgroupNames::default());
     print_rows(&snap.listeners, args.json, table::print_listeners)
 }
 
@@ -77,6 +78,7 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
         disabled: &[],
         short_lived: std::time::Duration::from_secs(1),
     });
+    privs::drop_after_attach();
     let up = loaded.is_up(probes::POOLS);
     let Some(ebpf) = loaded.ebpf_mut().filter(|_| up) else {
         anyhow::bail!("--watch needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON");
@@ -104,6 +106,7 @@ fn storms_command(args: &cli::StormsArgs) -> anyhow::Result<()> {
         disabled: &[],
         short_lived: args.storm.short_lived(&Default::default()),
     });
+    privs::drop_after_attach();
     if !loaded.is_up(probes::POOLS) {
         anyhow::bail!("connmon storms needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON");
     }
