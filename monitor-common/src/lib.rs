@@ -52,8 +52,16 @@ pub struct SockOffsets {
     pub syn_qlen: u32,
     /// `sk_err` (int): the error a failed connect ended with (ECONNREFUSED, ETIMEDOUT, ...).
     pub err: u32,
+    /// `__sk_common.skc_daddr`: peer IPv4 address (4 bytes, network order).
+    pub daddr: u32,
+    /// `__sk_common.skc_dport`: peer port (u16, network order).
+    pub dport: u32,
+    /// `__sk_common.skc_v6_daddr`: peer IPv6 address (16 bytes).
+    pub v6_daddr: u32,
+    /// `sk_protocol` (u16 since Linux 5.6; a bitfield before, which BTF offsets cannot reach).
+    pub protocol: u32,
 }
-const _: () = assert!(size_of::<SockOffsets>() == 48);
+const _: () = assert!(size_of::<SockOffsets>() == 64);
 
 impl SockOffsets {
     pub const UNKNOWN: Self = Self {
@@ -69,6 +77,10 @@ impl SockOffsets {
         cookie: OFFSET_UNKNOWN,
         syn_qlen: OFFSET_UNKNOWN,
         err: OFFSET_UNKNOWN,
+        daddr: OFFSET_UNKNOWN,
+        dport: OFFSET_UNKNOWN,
+        v6_daddr: OFFSET_UNKNOWN,
+        protocol: OFFSET_UNKNOWN,
     };
 }
 
@@ -315,6 +327,8 @@ const _: () = assert!(size_of::<SockInfo>() == 88);
 
 /// The peer closed first (ESTABLISHED -> CLOSE_WAIT): the server hung up on the client.
 pub const SOCK_PEER_CLOSED: u16 = 1;
+/// The flow was registered with the protocol recogniser and may still be pending there.
+pub const SOCK_PROTO_PENDING: u16 = 2;
 
 /// Events the kernel side could not account, by reason (index into the LOST array).
 pub const LOST_SOCK_TABLE_FULL: u32 = 0;

@@ -1,4 +1,4 @@
-//! Connection pools from `sock:inet_sock_set_state`. A client socket is attributed at connect()
+//! Connection pools from `inet_sock_set_state` (tp_btf, else the classic tracepoint). A client socket is attributed at connect()
 //! (CLOSE -> SYN_SENT, the only transition that runs in the caller's process context), remembered
 //! in SOCKS until it closes, and every transition updates its pool's per-CPU counters. Live counts
 //! sit in a shared map with atomic adds so the peak is a true peak across CPUs; only the kernel
@@ -9,12 +9,12 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
-    programs::TracePointContext,
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use monitor_common::{
-    SOCK_PEER_CLOSED, TCP_CLOSE_WAIT,
+    SOCK_PEER_CLOSED, SOCK_PROTO_PENDING, TCP_CLOSE_WAIT,
     AcceptKey, PoolKey, PoolStats, SockInfo, AF_INET, CLIENT_LINK_LOCAL, CLIENT_LOOPBACK,
     CLIENT_PRIVATE, CLIENT_PUBLIC, FAIL_ABORTED, FAIL_OTHER, FAIL_REFUSED, FAIL_TIMEOUT,
     FAIL_DIED_RESET, FAIL_DIED_SERVER_CLOSED, FAIL_UNREACHABLE, HIST_BUCKETS, LOST_POOL_TABLE_FULL, LOST_REASONS, LOST_MISSED_CLOSE, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE,
@@ -23,6 +23,7 @@ use monitor_common::{
 };
 
 use crate::{
+    fields::{Fields, Record, Sock},
     listeners::{netns_of, off, read, read_ctx},
     proto, storms,
 };
@@ -39,6 +40,11 @@ pub(crate) static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(MAX_
 /// emptied here as they close.
 #[map]
 static SEEDED: HashMap<u64, PoolKey> = HashMap::with_max_entries(MAX_SOCKS, 0);
+
+/// Seeded connections the kernel has not yet seen close: the agent sets it when it seeds, only
+/// this side decrements it, so it never falls below what SEEDED holds.
+#[map]
+static SEEDED_LEFT: Array<i64> = Array::with_max_entries(1, 0);
 
 #[map]
 static POOL_STATS: PerCpuHashMap<PoolKey, PoolStats> = PerCpuHashMap::with_max_entries(MAX_POOLS, 0);
@@ -61,6 +67,18 @@ static SCRATCH_STATS: PerCpuArray<PoolStats> = PerCpuArray::with_max_entries(1, 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);
 
+/// The pools probe as a BTF raw tracepoint: the kernel passes the socket and both states
+/// directly, without filling a trace record, and a transition the probe does not act on costs no
+/// helper call at all. Preferred; the classic tracepoint below is the fallback.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    let _ = on_change(sk, old as u8, new as u8, &Sock(sk as *const u8));
+    0
+}
+
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let _ = try_set_state(&ctx);
@@ -68,22 +86,39 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
-    let protocol: u16 = read_ctx(ctx, off!(TP_OFFSETS.state.protocol))?;
-    if protocol != IPPROTO_TCP {
+    let old: i32 = read_ctx(ctx, off!(TP_OFFSETS.state.oldstate))?;
+    let new: i32 = read_ctx(ctx, off!(TP_OFFSETS.state.newstate))?;
+    if !acts_on(old as u8, new as u8) {
         return Ok(());
     }
     let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.state.skaddr))?;
-    let old: i32 = read_ctx(ctx, off!(TP_OFFSETS.state.oldstate))?;
-    let new: i32 = read_ctx(ctx, off!(TP_OFFSETS.state.newstate))?;
-    let (old, new) = (old as u8, new as u8);
+    on_change(sk, old as u8, new as u8, &Record(ctx))
+}
+
+/// The transitions the probe acts on; half of a connection's transitions (FIN_WAIT1, FIN_WAIT2,
+/// LAST_ACK, ...) are not among them and leave before reading anything.
+#[inline(always)]
+fn acts_on(old: u8, new: u8) -> bool {
+    (old == TCP_CLOSE && new == TCP_SYN_SENT)
+        || old == TCP_SYN_SENT
+        || (old == TCP_SYN_RECV && new == TCP_ESTABLISHED)
+        || (old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT)
+        || new == TCP_CLOSE
+}
+
+#[inline(always)]
+fn on_change<F: Fields>(sk: u64, old: u8, new: u8, f: &F) -> Result<(), i64> {
+    if !acts_on(old, new) || f.protocol()? != IPPROTO_TCP {
+        return Ok(());
+    }
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        return on_connect(ctx, sk);
+        return on_connect(f, sk);
     }
     if old == TCP_SYN_SENT {
-        return on_handshake_end(ctx, sk, new);
+        return on_handshake_end(f, sk, new);
     }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
-        return on_accept(ctx, sk);
+        return on_accept(f, sk);
     }
     if old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT {
         if let Some(info) = SOCKS.get_ptr_mut(&sk) {
@@ -92,29 +127,18 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
         return Ok(());
     }
-    if new == TCP_CLOSE {
-        return on_close(sk);
-    }
-    Ok(())
+    on_close(sk)
 }
 
-fn on_connect(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
-    let family: u16 = read_ctx(ctx, off!(TP_OFFSETS.state.family))?;
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let v4: [u8; 4] = read_ctx(ctx, off!(TP_OFFSETS.state.daddr))?;
-        daddr[..4].copy_from_slice(&v4);
-    } else {
-        daddr = read_ctx(ctx, off!(TP_OFFSETS.state.daddr_v6))?;
-    }
-    let dport: u16 = read_ctx(ctx, off!(TP_OFFSETS.state.dport))?;
+fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
+    let family = f.family()?;
     let pool = PoolKey {
         // SAFETY: plain helper calls valid in tracepoint programs.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         netns: netns_of(sk as *const u8),
-        dport,
+        dport: f.dport()?,
         family,
-        daddr,
+        daddr: f.daddr(family)?,
         comm: process_comm(),
     };
     // SAFETY: as above.
@@ -148,7 +172,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
     Ok(())
 }
 
-fn on_handshake_end(ctx: &TracePointContext, sk: u64, new: u8) -> Result<(), i64> {
+fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
     let Some(info) = SOCKS.get_ptr_mut(&sk) else {
         if new == TCP_ESTABLISHED {
             lost(LOST_SOCK_UNTRACKED);
@@ -161,13 +185,8 @@ fn on_handshake_end(ctx: &TracePointContext, sk: u64, new: u8) -> Result<(), i64
     let now = unsafe { bpf_ktime_get_ns() };
     if new == TCP_ESTABLISHED {
         info.established_ns = now;
-        info.sport = read_ctx(ctx, off!(TP_OFFSETS.state.sport)).unwrap_or(0);
-        if info.pool.family == AF_INET {
-            let v4: [u8; 4] = read_ctx(ctx, off!(TP_OFFSETS.state.saddr)).unwrap_or([0; 4]);
-            info.saddr[..4].copy_from_slice(&v4);
-        } else {
-            info.saddr = read_ctx(ctx, off!(TP_OFFSETS.state.saddr_v6)).unwrap_or([0; 16]);
-        }
+        info.sport = f.sport().unwrap_or(0);
+        info.saddr = f.saddr(info.pool.family).unwrap_or([0; 16]);
         let us = (now - info.connect_ns) / 1000;
         with_stats(&info.pool, |s| {
             s.opens += 1;
@@ -177,7 +196,9 @@ fn on_handshake_end(ctx: &TracePointContext, sk: u64, new: u8) -> Result<(), i64
         live_add(&info.pool, 1);
         storms::succeeded(&info.pool);
         let p = &info.pool;
-        proto::watch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
+        if proto::watch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p) {
+            info.flags |= SOCK_PROTO_PENDING;
+        }
     } else if new == TCP_CLOSE {
         let pool = info.pool;
         let reason = failure_reason(sk);
@@ -221,12 +242,21 @@ fn on_close(sk: u64) -> Result<(), i64> {
             s.died_server_closed += u64::from(hung_up);
         });
         live_add(&info.pool, -1);
-        let p = &info.pool;
-        proto::unwatch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
+        // Only flows registered as pending need the (locking) delete from the LRU table.
+        if info.flags & SOCK_PROTO_PENDING != 0 {
+            let p = &info.pool;
+            proto::unwatch(&proto::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
+        }
         let _ = SOCKS.remove(&sk);
         return Ok(());
     }
-    // Not connected while we watched: maybe a connection seeded at start-up.
+    // Not connected while we watched: maybe a connection seeded at start-up. Once every seeded
+    // connection is gone (SEEDED_LEFT is an upper bound on what is left), skip the lookup.
+    match SEEDED_LEFT.get_ptr(0) {
+        // SAFETY: array slot, read once.
+        Some(left) if unsafe { core::ptr::read_volatile(left) } > 0 => {}
+        _ => return Ok(()),
+    }
     let cookie: u64 = read(sk as *const u8, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
     if cookie == 0 {
         return Ok(());
@@ -236,28 +266,24 @@ fn on_close(sk: u64) -> Result<(), i64> {
         let pool = unsafe { *pool };
         with_stats(&pool, |s| s.closes += 1);
         live_add(&pool, -1);
-        let _ = SEEDED.remove(&cookie);
+        if SEEDED.remove(&cookie).is_ok() {
+            if let Some(left) = SEEDED_LEFT.get_ptr_mut(0) {
+                // SAFETY: array slot; several CPUs may close seeded sockets at once.
+                unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(left, -1) };
+            }
+        }
     }
     Ok(())
 }
 
-fn on_accept(ctx: &TracePointContext, sk: u64) -> Result<(), i64> {
-    let family: u16 = read_ctx(ctx, off!(TP_OFFSETS.state.family))?;
-    let mut addr = [0u8; 16];
-    let class;
-    if family == AF_INET {
-        let v4: [u8; 4] = read_ctx(ctx, off!(TP_OFFSETS.state.saddr))?;
-        addr[..4].copy_from_slice(&v4);
-        let peer: [u8; 4] = read_ctx(ctx, off!(TP_OFFSETS.state.daddr))?;
-        class = class_v4(peer);
-    } else {
-        addr = read_ctx(ctx, off!(TP_OFFSETS.state.saddr_v6))?;
-        let peer: [u8; 16] = read_ctx(ctx, off!(TP_OFFSETS.state.daddr_v6))?;
-        class = class_v6(&peer);
-    }
+fn on_accept<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
+    let family = f.family()?;
+    let addr = f.saddr(family)?;
+    let peer = f.daddr(family)?;
+    let class = if family == AF_INET { class_v4([peer[0], peer[1], peer[2], peer[3]]) } else { class_v6(&peer) };
     let key = AcceptKey {
         netns: netns_of(sk as *const u8),
-        port: read_ctx(ctx, off!(TP_OFFSETS.state.sport))?,
+        port: f.sport()?,
         family,
         addr,
         client_class: class,

@@ -32,17 +32,20 @@ const IPPROTO_TCP: u8 = 6;
 /// or whose last PROTO_MAX_TRIES connections closed without sending a byte, is not watched: a
 /// pool that never speaks first (the server talks first, or it only connects) would otherwise keep
 /// every packet on the host paying for the lookup.
-pub(crate) fn watch(flow: &FlowKey, pool: &PoolKey) {
+/// Returns whether the flow was registered, so the close knows whether to unregister it.
+pub(crate) fn watch(flow: &FlowKey, pool: &PoolKey) -> bool {
     if let Some(seen) = PROTO_SEEN.get_ptr(pool) {
         // SAFETY: entry pointer from the map, read at once.
         let seen = unsafe { *seen };
         if seen < PROTO_TRIES_BASE || seen >= PROTO_TRIES_BASE + PROTO_MAX_TRIES {
-            return;
+            return false;
         }
     }
     if PENDING.insert(flow, pool, 0).is_ok() {
         pending_add(1);
+        return true;
     }
+    false
 }
 
 /// Called by the pools probe when a client connection closes; a flow still pending sent nothing.
@@ -59,6 +62,7 @@ pub(crate) fn unwatch(flow: &FlowKey, pool: &PoolKey) {
 }
 
 /// The flow key of a socket, with IPv4-mapped IPv6 addresses normalised to IPv4.
+#[inline(always)]
 pub(crate) fn flow(family: u16, saddr: &[u8; 16], sport: u16, daddr: &[u8; 16], dport: u16) -> FlowKey {
     let mut f = FlowKey { saddr: *saddr, daddr: *daddr, sport, dport, family, _reserved: 0 };
     if family == AF_INET6 && is_v4_mapped(saddr) && is_v4_mapped(daddr) {

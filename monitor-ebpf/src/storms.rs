@@ -113,7 +113,9 @@ pub(crate) fn failed_at(pool: &PoolKey, connect_ns: u64, reason: usize) {
 
 /// A connect of `pool` succeeded; reported only after a reported connect failure.
 pub(crate) fn succeeded(pool: &PoolKey) {
-    if FAILING.remove(pool).is_err() {
+    // A lookup first: a delete takes the bucket lock even when there is nothing to delete, and
+    // nearly every connect of a healthy pool lands here.
+    if FAILING.get_ptr(pool).is_none() || FAILING.remove(pool).is_err() {
         return;
     }
     // SAFETY: plain helper call.

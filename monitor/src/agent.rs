@@ -38,6 +38,7 @@ pub struct Collector {
     pub pools: PoolTracker,
     pub storms: StormTracker,
     pub alerts: Option<Alerting>,
+    pub full_scans: scan::FullScans,
 }
 
 /// The built-in alert rules and where their results go.
@@ -56,12 +57,21 @@ pub struct Gathered {
     pub pool_signals: HashMap<monitor_common::PoolKey, Signals>,
     pub listener_signals: HashMap<listeners::ListenerId, Signals>,
     pub seconds: f64,
+    /// Seconds since connections were last dumped (0 when this gather dumped them).
+    pub connections_age: f64,
 }
 
 impl Collector {
     /// A collector with no probes yet: scans work, kernel figures are missing.
     pub fn new(pools: PoolTracker, storms: StormTracker) -> Self {
-        Self { probes: Probes::none("probes are still loading"), peaks: PeakTracker::new(false), pools, storms, alerts: None }
+        Self {
+            probes: Probes::none("probes are still loading"),
+            peaks: PeakTracker::new(false),
+            pools,
+            storms,
+            alerts: None,
+            full_scans: scan::FullScans::new(1.0),
+        }
     }
 
     /// Takes loaded probes and counts the connections already open (pools probe only).
@@ -98,10 +108,10 @@ impl Collector {
     /// A full scan with connections, kernel peaks folded in (a new peak period starts only when
     /// `scrape`), pools and storm signals.
     pub fn gather(&mut self, scrape: bool) -> Gathered {
-        let Collector { probes, peaks, pools, storms, .. } = self;
+        let Collector { probes, peaks, pools, storms, full_scans, .. } = self;
         let t0 = Instant::now();
         let scan_started_ns = monotonic_ns();
-        let scan = scan::scan(None, scan::Depth::Full);
+        let (scan, fresh) = full_scans.scan();
         let mut snap = listeners::build(&scan, pools.cgroups());
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
@@ -111,7 +121,10 @@ impl Collector {
         let pools_up = probes.is_up(probes::POOLS);
         let (pool_list, extras) = match probes.ebpf_mut() {
             Some(ebpf) if pools_up => {
-                pools.reconcile(ebpf, &scan, scan_started_ns);
+                // Reused connections are older than sockets opened since: no reconciling.
+                if fresh {
+                    pools.reconcile(ebpf, &scan, scan_started_ns);
+                }
                 let (p, mut e) = pools.collect(ebpf, scrape);
                 e.recursion_misses = probes.recursion_misses();
                 (p, Some(e))
@@ -128,6 +141,7 @@ impl Collector {
             pool_signals: storms.pool_signals(),
             listener_signals: storms.listener_signals(),
             seconds: t0.elapsed().as_secs_f64(),
+            connections_age: full_scans.age(),
         }
     }
 
@@ -201,6 +215,7 @@ impl Agent {
         let ctx = export::Context {
             probes: &c.probes.states,
             scan_seconds: g.seconds,
+            connections_age: g.connections_age,
             max_listener_series: self.max_listener_series,
             alerts: &active,
             alerts_fired: &fired,
@@ -253,6 +268,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         PoolTracker::new(services, args.pool_idle_expiry),
         StormTracker::new(args.storm.config(&file.storm)),
     );
+    collector.full_scans = scan::FullScans::new(args.scan_budget);
     collector.alerts = Some(Alerting {
         engine: Engine::new(alert_cfg, ceilings),
         notifier,

@@ -479,6 +479,10 @@ pub fn sock_offsets(btf: &Btf) -> SockOffsets {
             &["icsk_accept_queue.qlen"],
         ),
         err: sock("err", &["sk_err"]),
+        daddr: sock("daddr", &["__sk_common.skc_daddr"]),
+        dport: sock("dport", &["__sk_common.skc_dport"]),
+        v6_daddr: sock("v6_daddr", &["__sk_common.skc_v6_daddr"]),
+        protocol: sock("protocol", &["sk_protocol"]),
     }
 }
 

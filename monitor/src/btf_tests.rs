@@ -366,8 +366,18 @@ fn running_kernel_sock_offsets() {
         o.max_ack_backlog,
         o.cookie,
         o.syn_qlen,
+        o.daddr,
+        o.dport,
+        o.v6_daddr,
+        o.protocol,
     ];
     assert!(all.iter().all(|&f| f != OFFSET_UNKNOWN), "{o:?}");
+    // sock_common opens with skc_addrpair (daddr, then rcv_saddr) and, after skc_hash, the
+    // skc_portpair (dport, then num); the two IPv6 addresses sit together likewise.
+    assert_eq!((o.daddr, o.rcv_saddr), (0, 4), "{o:?}");
+    assert_eq!(o.num, o.dport + 2, "{o:?}");
+    assert_eq!(o.v6_rcv_saddr, o.v6_daddr + 16, "{o:?}");
+    assert!(o.protocol > 64 && o.protocol < 1024, "sk_protocol lies past sock_common: {o:?}");
     // These all sit inside struct sock_common, which is well under 256 bytes on every kernel.
     assert!(
         o.family < 64 && o.state < 64 && o.num < 64 && o.rcv_saddr < 64,

@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// How often the agent scans listeners and updates the retry-storm detectors between scrapes.
     #[arg(long = "scan.interval", default_value = "1s", value_parser = parse_duration)]
     pub scan_interval: Duration,
+    /// Share of one core that dumping connections (established counts, SYN queues, pool
+    /// reconciliation) may use; a scrape sooner than that allows reuses the last dump and says
+    /// how old it is in connmon_scan_connections_age_seconds. 1 dumps on every scrape.
+    #[arg(long = "scan.budget", default_value_t = 0.01, value_parser = parse_budget)]
+    pub scan_budget: f64,
     /// Most listeners exported per scrape (fullest queues first); the rest are counted in
     /// connmon_listen_series_dropped.
     #[arg(long = "listeners.max-series", default_value_t = 5000)]
@@ -157,6 +162,13 @@ fn parse_positive(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
+
+fn parse_budget(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a share of one core: give a number above 0 and at most 1, e.g. 0.01")),
     }
 }
 

@@ -250,6 +250,10 @@ impl PoolTracker {
                 .collect()
         };
         let keys = keys_of(&first, &self.cgroups, &tracked);
+        // Before any insert: the kernel skips its SEEDED lookup while this reads 0. An upper
+        // bound is all it needs, so the entries removed below are not subtracted.
+        let mut left: aya::maps::Array<&mut MapData, i64> = map_mut(ebpf, "SEEDED_LEFT")?;
+        left.set(0, keys.len() as i64, 0)?;
         {
             let mut seeded: BpfHashMap<&mut MapData, u64, PoolKey> = map_mut(ebpf, "SEEDED")?;
             for (cookie, key) in &keys {

@@ -82,6 +82,13 @@ pub const PROBES: &[ProbeSpec] = &[
     },
     ProbeSpec {
         probe: POOLS,
+        program: "inet_sock_set_state_btf",
+        hook: Hook::BtfTracepoint("inet_sock_set_state"),
+        min_kernel: "5.6",
+        fallback: "tracepoint sock:inet_sock_set_state",
+    },
+    ProbeSpec {
+        probe: POOLS,
         program: "inet_sock_set_state",
         hook: Hook::Tracepoint { group: "sock", name: "inet_sock_set_state" },
         min_kernel: "4.16",
@@ -314,6 +321,13 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Res
     match spec.hook {
         Hook::BtfTracepoint(name) => {
             let btf = env.kernel_btf.ok_or_else(|| anyhow!("no kernel BTF at /sys/kernel/btf/vmlinux"))?;
+            if name == "inet_sock_set_state" {
+                // This variant reads the tuple from the socket rather than from a trace record.
+                let tuple = [sock.protocol, sock.dport, sock.daddr, sock.v6_daddr, sock.num, sock.rcv_saddr, sock.v6_rcv_saddr];
+                if tuple.contains(&OFFSET_UNKNOWN) {
+                    return Err(anyhow!("struct sock address, port or sk_protocol offsets unknown (sk_protocol is a bitfield before Linux 5.6)"));
+                }
+            }
             let prog: &mut BtfTracePoint = program.try_into()?;
             prog.load(name, btf).context("load")?;
             prog.attach().context("attach")?;

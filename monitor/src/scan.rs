@@ -62,12 +62,22 @@ pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
     if let Some(f) = filter {
         nss.retain(|ns| matches_filter(ns, f));
     }
-    // SYN_RECV requests live in the established hash: asking for them walks it whole.
-    let listening_states = if connected { diag::state_mask(&[TCP_LISTEN, TCP_SYN_RECV]) } else { diag::state_mask(&[TCP_LISTEN]) };
-    let connected_states = diag::state_mask(CONNECTED);
+    // SYN_RECV requests live in the established hash, like connections: one dump walks it for
+    // both (once per address family, in every namespace: the hash is shared by all of them, which
+    // makes this walk the scan's main cost), and the requests join the listeners' list.
+    let listening_states = diag::state_mask(&[TCP_LISTEN]);
+    let mut connected_states = diag::state_mask(CONNECTED);
+    connected_states |= diag::state_mask(&[TCP_SYN_RECV]);
     let results = netns::run_in_each(&nss, |_| {
-        let listening = diag::dump_tcp(listening_states, true)?;
-        let conns = if connected { diag::dump_tcp(connected_states, false)? } else { Vec::new() };
+        let mut listening = diag::dump_tcp(listening_states, true)?;
+        let conns = if connected {
+            let (requests, conns): (Vec<_>, Vec<_>) =
+                diag::dump_tcp(connected_states, false)?.into_iter().partition(|s| s.state == TCP_SYN_RECV);
+            listening.extend(requests);
+            conns
+        } else {
+            Vec::new()
+        };
         // netstat is per namespace; a failure here should not hide the sockets.
         let ext = netstat::read_tcp_ext().unwrap_or_default();
         anyhow::Ok((listening, conns, ext))
@@ -108,4 +118,90 @@ pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
         return HashMap::new();
     }
     procs::socket_owners(&wanted)
+}
+
+/// Full scans held to a CPU budget. Dumping connections walks the kernel's established hash,
+/// TIME_WAIT entries included, once per address family in every namespace: at 10k connections/s
+/// that is tens of milliseconds. A scan asked for sooner than `last duration / budget` after the
+/// last full one dumps listeners afresh and reuses the last full scan's connections and SYN_RECV
+/// requests, so the dumps use at most `budget` of one core whoever asks how often.
+pub struct FullScans {
+    budget: f64,
+    last: Option<LastFull>,
+}
+
+struct LastFull {
+    at: std::time::Instant,
+    took: std::time::Duration,
+    /// Per namespace inode: SYN_RECV requests and connections.
+    by_ns: HashMap<u64, (Vec<DiagSocket>, Vec<DiagSocket>)>,
+}
+
+impl FullScans {
+    /// `budget`: share of one core the connection dumps may use; 1 or more means always fresh.
+    pub fn new(budget: f64) -> Self {
+        Self { budget: budget.max(1e-6), last: None }
+    }
+
+    /// A scan with connections. The second value is true when they are fresh (dumped now), which
+    /// is when the pools can be reconciled against them.
+    pub fn scan(&mut self) -> (Scan, bool) {
+        let due = self.last.as_ref().is_none_or(|l| l.at.elapsed().as_secs_f64() * self.budget >= l.took.as_secs_f64());
+        if due {
+            let at = std::time::Instant::now();
+            let scan = scan(None, Depth::Full);
+            let by_ns = scan
+                .namespaces
+                .iter()
+                .map(|ns| {
+                    let requests = ns.listening.iter().filter(|s| s.state == TCP_SYN_RECV).cloned().collect();
+                    (ns.inode, (requests, ns.connected.clone()))
+                })
+                .collect();
+            self.last = Some(LastFull { at, took: at.elapsed(), by_ns });
+            return (scan, true);
+        }
+        let mut scan = scan(None, Depth::Listeners);
+        if let Some(last) = &self.last {
+            for ns in &mut scan.namespaces {
+                if let Some((requests, connected)) = last.by_ns.get(&ns.inode) {
+                    ns.listening.extend(requests.iter().cloned());
+                    ns.connected = connected.clone();
+                }
+            }
+        }
+        (scan, false)
+    }
+
+    /// Seconds since the connections were last dumped.
+    pub fn age(&self) -> f64 {
+        self.last.as_ref().map_or(0.0, |l| l.at.elapsed().as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny budget makes the second scan reuse the first one's connections, while listeners
+    /// are dumped afresh; a budget of 1 always dumps.
+    #[test]
+    fn full_scans_reuse_connections_within_budget() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let has_conn = |s: &Scan| s.namespaces.iter().any(|ns| ns.connected.iter().any(|c| c.dport == port));
+        let mut thrifty = FullScans::new(1e-6);
+        let (first, fresh) = thrifty.scan();
+        assert!(fresh && has_conn(&first), "the first scan dumps connections");
+        let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let late_port = late.local_addr().unwrap().port();
+        let (second, fresh) = thrifty.scan();
+        assert!(!fresh, "within the budget the second scan reuses the dump");
+        assert!(has_conn(&second), "reused connections are carried over");
+        let listens = |s: &Scan, p: u16| s.namespaces.iter().any(|ns| ns.listening.iter().any(|x| x.sport == p && x.state == TCP_LISTEN));
+        assert!(listens(&second, late_port), "listeners are dumped afresh");
+        let mut always = FullScans::new(1.0);
+        assert!(always.scan().1 && always.scan().1, "budget 1 dumps every time");
+    }
 }

@@ -31,6 +31,7 @@ pub const NETNS_TCP_EXT: &str = "connmon_netns_tcp_ext_total";
 pub const NETNS_INFO: &str = "connmon_netns_info";
 pub const SCAN_DURATION: &str = "connmon_scan_duration_seconds";
 pub const SCAN_NETNS_FAILED: &str = "connmon_scan_netns_failed";
+pub const SCAN_CONNECTIONS_AGE: &str = "connmon_scan_connections_age_seconds";
 pub const PROBE_UP: &str = "connmon_probe_up";
 pub const BUILD_INFO: &str = "connmon_build_info";
 pub const WORKLOAD_INFO: &str = "connmon_workload_info";
@@ -46,6 +47,8 @@ pub(crate) type Labels = Vec<(String, String)>;
 pub struct Context<'a> {
     pub probes: &'a BTreeMap<&'static str, ProbeState>,
     pub scan_seconds: f64,
+    /// Age of the connection figures (established counts, SYN queues) in seconds.
+    pub connections_age: f64,
     /// Most listeners exported; the fullest queues are kept.
     pub max_listener_series: usize,
     /// Pending and firing alerts.
@@ -135,6 +138,9 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         }
     }
     scan.get_or_create(&vec![]).set(ctx.scan_seconds);
+    float_family(&mut reg, SCAN_CONNECTIONS_AGE, "Seconds since connections and SYN_RECV requests were last dumped; scrapes sooner than --scan.budget allows reuse the last dump")
+        .get_or_create(&vec![])
+        .set(ctx.connections_age);
     ns_failed.get_or_create(&vec![]).set(snap.netns_errors as i64);
     for (probe, state) in ctx.probes {
         let up = i64::from(matches!(state, ProbeState::Up { .. }));
@@ -242,7 +248,7 @@ mod tests {
         probes.insert("listen_peak", ProbeState::Up { program: "x" });
         probes.insert("synack_retransmit", ProbeState::Down { reason: "no".into() });
         let fired = BTreeMap::new();
-        let ctx = Context { probes: &probes, scan_seconds: 0.01, max_listener_series: 10, alerts: &[], alerts_fired: &fired };
+        let ctx = Context { probes: &probes, scan_seconds: 0.01, connections_age: 0.0, max_listener_series: 10, alerts: &[], alerts_fired: &fired };
         let none = Default::default();
         let none_l = Default::default();
         let section = pools::PoolsSection { pools: &[], signals: &none, extras: None, listener_signals: &none_l, max_series: 10 };
