@@ -1,8 +1,8 @@
 //! The running agent: owns the loaded probes, the trackers and the alert rules, serialises
 //! collections (a scrape, the periodic tick and alert evaluation never scan at once), and tracks
 //! readiness. Start-up order is
-//! chosen so a bad listen address fails before anything is loaded, and `/healthz` answers while
-//! probes are still loading.
+//! chosen so a bad listen address or web config file fails before anything is loaded, and
+//! `/healthz` answers while probes are still loading.
 use std::{
     collections::HashMap,
     sync::{
@@ -27,7 +27,7 @@ use crate::{
     services::Services,
     notify::{self, Notifier},
     storms::{Signals, StormTracker},
-    web,
+    web, webauth, webtls,
 };
 
 /// Everything a collection or a tick touches; also driven directly by `connmon storms`.
@@ -226,8 +226,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         file.services.iter().map(|(name, ports)| format!("{name}={}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","))).collect();
     service_specs.extend(args.pool.services.iter().cloned());
     let services = Services::with_overrides(&service_specs)?;
+    let web_config = match args.web_config_file.as_ref().or(file.web.config_file.as_ref()) {
+        Some(path) => Some(Arc::new(webtls::WebConfigSource::open(path)?)),
+        None => None,
+    };
+    let tls = web_config.as_ref().is_some_and(|w| w.current().tls.is_some());
     let listener = web::bind(&args.listen_address).await?;
     let local = listener.local_addr()?;
+    let scheme = if tls { "https" } else { "http" };
     let mut alert_cfg = file.alerts.clone();
     if !args.alertmanager_urls.is_empty() {
         alert_cfg.alertmanager_urls = args.alertmanager_urls.clone();
@@ -242,7 +248,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     collector.alerts = Some(Alerting {
         engine: Engine::new(alert_cfg, ceilings),
         notifier,
-        generator_url: format!("http://{}/", hostname_or(local)),
+        generator_url: format!("{scheme}://{}/", hostname_or(local)),
     });
     let agent = Arc::new(Agent {
         collector: Mutex::new(collector),
@@ -250,7 +256,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
     });
-    info!("serving metrics on http://{local}/metrics");
+    match &web_config {
+        Some(w) => {
+            let auth = match w.current().config.users.len() {
+                0 => "no basic auth".to_string(),
+                n => format!("basic auth, {n} user(s)"),
+            };
+            info!("serving metrics on {scheme}://{local}/metrics (web config {}: {auth})", w.path().display());
+        }
+        None => info!("serving metrics on http://{local}/metrics"),
+    }
 
     let starter = Arc::clone(&agent);
     let tracefs = args.tracefs.clone();
@@ -302,9 +317,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    axum::serve(listener, web::router(agent))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let app = web::router(agent, web_config.clone().map(webauth::Guard::new));
+    match web_config {
+        Some(source) if tls => {
+            axum::serve(webtls::TlsListener::new(listener, source)?, app).with_graceful_shutdown(shutdown_signal()).await?
+        }
+        _ => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?,
+    }
     info!("shutting down");
     Ok(())
 }
