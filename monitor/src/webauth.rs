@@ -1,7 +1,7 @@
 //! The request side of `--web.config.file`, as exporter-toolkit does it for every path: the rate
 //! limit (429), then HTTP basic auth against the file's bcrypt hashes (401 with
 //! `WWW-Authenticate: Basic`), and the configured security headers on every response, 401s
-//! included. bcrypt is slow on purpose (about 70 ms at cost 10), so each outcome is cached by
+//! included. bcrypt is slow on purpose (tens of milliseconds at cost 10), so each outcome is cached by
 //! SHA-256 of (user, hash, password): a scraper pays once, and no password is kept in memory. An
 //! unknown user is checked against a fixed hash so that timing does not tell which users exist;
 //! bcrypt runs on the blocking pool, one at a time, and compares in constant time.

@@ -141,3 +141,17 @@ fn rate_limit_zero_interval_is_off() {
     assert_eq!(ok("rate_limit:\n  interval: 0s\n  burst: 0\n").rate_limit, None);
     assert_eq!(ok("rate_limit:\n  interval: 1m30s\n  burst: 2\n").rate_limit.unwrap().interval, Duration::from_secs(90));
 }
+
+#[test]
+fn readme_example_parses() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("### TLS and basic auth").expect("README section")..];
+    let start = section.find("```yaml\n").expect("yaml block") + "```yaml\n".len();
+    let text = &section[start..start + section[start..].find("```").expect("end of block")];
+    let c = ok(text);
+    let t = c.tls.expect("TLS");
+    assert_eq!(t.client_auth, ClientAuth::RequireAndVerifyClientCert);
+    assert_eq!(c.users.len(), 1);
+    assert_eq!(c.headers.len(), 3);
+    assert!(c.rate_limit.is_some() && c.warnings.is_empty(), "{:?}", c.warnings);
+}
