@@ -1,9 +1,9 @@
 //! The running agent: owns the loaded probes, the trackers and the alert rules, serialises
 //! collections (a scrape, the periodic tick and alert evaluation never scan at once), and tracks
 //! readiness. Start-up order is
-//! chosen so a bad listen address fails before anything is loaded, probes load while the process
-//! has one thread (so capabilities can be dropped for all), and `/healthz` answers while the
-//! connections open at start-up are still being counted.
+//! chosen so a bad listen address or web config file fails before anything is loaded, probes
+//! load while the process has one thread (so capabilities can be dropped for all), and
+//! `/healthz` answers while the connections open at start-up are still being counted.
 use std::{
     collections::HashMap,
     sync::{
@@ -28,7 +28,7 @@ use crate::{
     services::Services,
     notify::{self, Notifier},
     storms::{Signals, StormTracker},
-    web,
+    web, webauth, webtls,
 };
 
 /// Everything a collection or a tick touches; also driven directly by `connmon storms`.
@@ -242,6 +242,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         file.services.iter().map(|(name, ports)| format!("{name}={}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","))).collect();
     service_specs.extend(args.pool.services.iter().cloned());
     let services = Services::with_overrides(&service_specs)?;
+    let web_config = match args.web_config_file.as_ref().or(file.web.config_file.as_ref()) {
+        Some(path) => Some(Arc::new(webtls::WebConfigSource::open(path)?)),
+        None => None,
+    };
+    let tls = web_config.as_ref().is_some_and(|w| w.current().tls.is_some());
     let listener = web::bind(&args.listen_address).await?;
     let local = listener.local_addr()?;
     // Loaded on this thread while it is the process's only one, so the capabilities that only
@@ -257,6 +262,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     info!("probes loaded in {} ms", loading.elapsed().as_millis());
     crate::privs::drop_after_attach();
+    let scheme = if tls { "https" } else { "http" };
     let mut alert_cfg = file.alerts.clone();
     if !args.alertmanager_urls.is_empty() {
         alert_cfg.alertmanager_urls = args.alertmanager_urls.clone();
@@ -272,7 +278,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     collector.alerts = Some(Alerting {
         engine: Engine::new(alert_cfg, ceilings),
         notifier,
-        generator_url: format!("http://{}/", hostname_or(local)),
+        generator_url: format!("{scheme}://{}/", hostname_or(local)),
     });
     let agent = Arc::new(Agent {
         collector: Mutex::new(collector),
@@ -280,7 +286,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
     });
-    info!("serving metrics on http://{local}/metrics");
+    match &web_config {
+        Some(w) => {
+            let auth = match w.current().config.users.len() {
+                0 => "no basic auth".to_string(),
+                n => format!("basic auth, {n} user(s)"),
+            };
+            info!("serving metrics on {scheme}://{local}/metrics (web config {}: {auth})", w.path().display());
+        }
+        None => info!("serving metrics on http://{local}/metrics"),
+    }
 
     let starter = Arc::clone(&agent);
     tokio::task::spawn_blocking(move || {
@@ -321,9 +336,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    axum::serve(listener, web::router(agent))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let app = web::router(agent, web_config.clone().map(webauth::Guard::new));
+    match web_config {
+        Some(source) if tls => {
+            axum::serve(webtls::TlsListener::new(listener, source)?, app).with_graceful_shutdown(shutdown_signal()).await?
+        }
+        _ => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?,
+    }
     info!("shutting down");
     Ok(())
 }

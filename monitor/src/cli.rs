@@ -66,6 +66,12 @@ pub struct RunArgs {
     /// Address to serve /metrics, /healthz and /readyz on (HOST:PORT or :PORT for all interfaces).
     #[arg(long = "web.listen-address", default_value = ":9977", env = "CONNMON_LISTEN_ADDRESS")]
     pub listen_address: String,
+    /// TLS, basic auth and response headers for every HTTP endpoint: a YAML file in the Prometheus
+    /// exporter-toolkit format (tls_server_config, http_server_config, basic_auth_users,
+    /// rate_limit). Re-read when it or a certificate it names changes. Wins over the config file's
+    /// web.config_file.
+    #[arg(long = "web.config.file", value_name = "PATH", env = "CONNMON_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Where tracefs is mounted; only the default location is mounted automatically when absent.
     #[arg(long, default_value = DEFAULT_TRACEFS)]
     pub tracefs: PathBuf,

@@ -19,6 +19,16 @@ pub struct Config {
     pub ceilings: BTreeMap<String, Positive>,
     pub storm: StormSection,
     pub alerts: AlertsConfig,
+    pub web: WebSection,
+}
+
+/// The HTTP endpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    /// TLS and basic-auth file (exporter-toolkit format), as `--web.config.file`; a relative path
+    /// is relative to this TOML file's directory.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// A duration written like `500ms`, `5s`, `10m`.
@@ -305,7 +315,11 @@ pub fn parse(text: &str, name: &str) -> anyhow::Result<Config> {
 
 pub fn load(path: &Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read config {}: {e}", path.display()))?;
-    parse(&text, &path.display().to_string())
+    let mut config = parse(&text, &path.display().to_string())?;
+    if let Some(web) = &mut config.web.config_file {
+        *web = path.parent().unwrap_or(Path::new(".")).join(&*web);
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -344,6 +358,21 @@ mod tests {
             assert!(e.contains("bad.toml") && e.contains(line) && e.contains(what), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn web_config_file_is_relative_to_the_toml_file() {
+        let dir = std::env::temp_dir().join(format!("connmon-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("connmon.toml");
+        std::fs::write(&path, "[web]\nconfig_file = \"web.yml\"\n").unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!(c.web.config_file, Some(dir.join("web.yml")));
+        std::fs::write(&path, "[web]\nconfig_file = \"/etc/w.yml\"\n").unwrap();
+        assert_eq!(load(&path).unwrap().web.config_file, Some("/etc/w.yml".into()));
+        let e = parse("[web]\nconfig = 1\n", "bad.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("unknown field `config`"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The README's example; kept here so the documented file always parses.

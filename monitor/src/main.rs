@@ -26,6 +26,9 @@ mod storms;
 mod table;
 mod tracefs;
 mod web;
+mod webauth;
+mod webconfig;
+mod webtls;
 mod workload;
 
 fn main() -> ExitCode {

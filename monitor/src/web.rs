@@ -1,5 +1,6 @@
 //! The HTTP side of the agent: `/metrics` with content negotiation, `/healthz` (shallow: the
-//! process serves), `/readyz` (probes attached and first scan done), and a landing page.
+//! process serves), `/readyz` (probes attached and first scan done), and a landing page. With
+//! `--web.config.file`, every path goes through `webauth::guard` and, with TLS, `webtls` serves.
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{anyhow, Context as _};
@@ -13,14 +14,19 @@ use axum::{
 
 use crate::{agent::Agent, export};
 
-pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
+/// The endpoints; with a `guard` (a web config), each of them behind its auth and headers.
+pub fn router(agent: Arc<Agent>, guard: Option<Arc<crate::webauth::Guard>>) -> Router {
+    let router = Router::new()
         .route("/", get(landing))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/alerts", get(alerts))
-        .with_state(agent)
+        .with_state(agent);
+    match guard {
+        Some(g) => router.layer(axum::middleware::from_fn_with_state(g, crate::webauth::guard)),
+        None => router,
+    }
 }
 
 /// Accepts `HOST:PORT`, `[V6]:PORT` and `:PORT` (all interfaces), as exporters do.

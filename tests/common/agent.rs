@@ -251,6 +251,15 @@ pub fn json_str<'a>(row: &'a Value, key: &str) -> &'a str {
 // ---------------------------------------------------------------------------------------------
 // The agent
 
+/// The default readiness check: GET /readyz over plain HTTP answers 200.
+fn plain_readyz(addr: SocketAddr) -> Result<(), String> {
+    match http_get(addr, "/readyz", &[]) {
+        Ok(r) if r.status == 200 => Ok(()),
+        Ok(r) => Err(format!("/readyz answered {}: {:?}", r.status, r.body)),
+        Err(e) => Err(format!("GET /readyz: {e}")),
+    }
+}
+
 /// `connmon run` on 127.0.0.1:<free port>. Dropping it kills the process; if the test is
 /// panicking, the agent's stderr is printed.
 pub struct Agent {
@@ -275,9 +284,27 @@ impl Agent {
     /// (e.g. under `capsh`). The wrapper must `exec` the agent so that killing the child kills it
     /// (and so that [`Agent::pid`] is the agent's pid).
     pub fn start_wrapped(args: &[&str], wrap: impl Fn(&[String]) -> Command) -> Agent {
+        Agent::start_custom(args, wrap, plain_readyz)
+    }
+
+    /// Like [`Agent::start`], but readiness is `ready(addr)` returning `Ok` (e.g. /readyz over
+    /// HTTPS with credentials, for an agent started with `--web.config.file`).
+    pub fn start_with_ready(args: &[&str], ready: impl Fn(SocketAddr) -> Result<(), String>) -> Agent {
+        Agent::start_custom(args, |argv| {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }, ready)
+    }
+
+    fn start_custom(
+        args: &[&str],
+        wrap: impl Fn(&[String]) -> Command,
+        ready: impl Fn(SocketAddr) -> Result<(), String>,
+    ) -> Agent {
         // The port was free a moment ago; should another process take it meanwhile, try another.
         for attempt in 1.. {
-            match Agent::try_start(args, &wrap) {
+            match Agent::try_start(args, &wrap, &ready) {
                 Ok(agent) => return agent,
                 Err(stderr) if attempt < 3 && stderr.contains("in use") => {
                     eprintln!(
@@ -291,7 +318,11 @@ impl Agent {
     }
 
     /// Starts the agent and waits for /readyz; `Err(stderr)` if it exits first.
-    fn try_start(args: &[&str], wrap: &impl Fn(&[String]) -> Command) -> Result<Agent, String> {
+    fn try_start(
+        args: &[&str],
+        wrap: &impl Fn(&[String]) -> Command,
+        ready: &impl Fn(SocketAddr) -> Result<(), String>,
+    ) -> Result<Agent, String> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_local_port()).parse().unwrap();
         let mut argv: Vec<String> = vec![
             connmon_bin().to_string(),
@@ -334,11 +365,7 @@ impl Agent {
                         agent.stderr()
                     )));
                 }
-                match http_get(agent.addr, "/readyz", &[]) {
-                    Ok(r) if r.status == 200 => Ok(None),
-                    Ok(r) => Err(format!("/readyz answered {}: {:?}", r.status, r.body)),
-                    Err(e) => Err(format!("GET /readyz: {e}")),
-                }
+                ready(agent.addr).map(|()| None)
             },
         );
         match exited {

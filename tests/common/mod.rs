@@ -25,6 +25,7 @@
 //! - [`leak_client`], [`alertmanager`], [`alert_views`], [`agent_log`], [`scrape`]: the alert tests'
 //!   leaking client, a real Alertmanager, the agent's alert list, log-line waits, paced scraping.
 //! - [`yaml`], [`kube`]: a small YAML reader and the Kubernetes manifests' checks.
+//! - [`tls`]: a test PKI (openssl CLI), bcrypt hashes (htpasswd), curl and `openssl s_client`.
 //! - [`grafana`], [`promql`], [`exports`], [`workspace`]: dashboard parts, PromQL checks, the
 //!   agent's exported metric names (read from the source), repository paths.
 #![allow(dead_code, unused_imports)]
@@ -54,6 +55,7 @@ pub mod storm_clients;
 pub mod storm_lock;
 pub mod storm_loops;
 pub mod storm_view;
+pub mod tls;
 pub mod wire;
 pub mod workspace;
 pub mod yaml;

@@ -37,10 +37,16 @@ pub fn url_encode(s: &str) -> String {
 /// A `prometheus.yml` with one job scraping `targets` every `interval` (which is also the scrape
 /// timeout and the global interval, so the file is valid for any interval).
 pub fn scrape_config(job: &str, interval: &str, targets: &[SocketAddr]) -> String {
+    scrape_config_with(job, interval, targets, "")
+}
+
+/// [`scrape_config`] with `job_yaml` added to the job: keys at the job's level, each line
+/// indented by 4 spaces (e.g. `    scheme: https\n    basic_auth: …`).
+pub fn scrape_config_with(job: &str, interval: &str, targets: &[SocketAddr], job_yaml: &str) -> String {
     let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
     format!(
         "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n  evaluation_interval: {interval}\n\
-         scrape_configs:\n  - job_name: '{job}'\n    scrape_interval: {interval}\n    scrape_timeout: {interval}\n    \
+         scrape_configs:\n  - job_name: '{job}'\n    scrape_interval: {interval}\n    scrape_timeout: {interval}\n{job_yaml}    \
          static_configs:\n      - targets: [{}]\n",
         list.join(", ")
     )

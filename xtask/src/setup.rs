@@ -53,10 +53,16 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
             "prometheus-alertmanager",
         ],
     },
+    // The --web.config.file tests: certificates from the openssl CLI, bcrypt hashes from htpasswd
+    // (apache2-utils), curl as the TLS client. curl is also in the README's examples.
+    PackageGroup {
+        needed_by: "test",
+        packages: &["openssl", "apache2-utils", "curl"],
+    },
     // For people poking at a running agent by hand (the README's examples use them).
     PackageGroup {
         needed_by: "run",
-        packages: &["curl", "jq"],
+        packages: &["jq"],
     },
 ];
 
