@@ -108,17 +108,19 @@ fn acts_on(old: u8, new: u8) -> bool {
 
 #[inline(always)]
 fn on_change<F: Fields>(sk: u64, old: u8, new: u8, f: &F) -> Result<(), i64> {
-    if !acts_on(old, new) || f.protocol()? != IPPROTO_TCP {
+    if !acts_on(old, new) {
         return Ok(());
     }
+    // Only sockets that start here need the protocol checked (SCTP, for one, reports through
+    // the same hook); every later transition finds its socket in SOCKS, which holds TCP only.
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        return on_connect(f, sk);
+        return if f.protocol()? == IPPROTO_TCP { on_connect(f, sk) } else { Ok(()) };
+    }
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        return if f.protocol()? == IPPROTO_TCP { on_accept(f, sk) } else { Ok(()) };
     }
     if old == TCP_SYN_SENT {
         return on_handshake_end(f, sk, new);
-    }
-    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
-        return on_accept(f, sk);
     }
     if old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT {
         if let Some(info) = SOCKS.get_ptr_mut(&sk) {

@@ -111,13 +111,36 @@ fn warn_once(inode: u64, e: &anyhow::Error) {
     }
 }
 
-/// Owners of the given socket inodes (0 = none, skipped).
+/// How long an owner found by walking /proc is trusted. A socket inode keeps its owner for its
+/// life but for fd passing and exits of pre-fork masters, which this bounds.
+const OWNER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+const OWNER_CACHE_MAX: usize = 200_000;
+
+/// Owners of the given socket inodes (0 = none, skipped). Walking every process's fds costs in
+/// proportion to all fds on the host, so answers (also "no owner found") are cached by inode for
+/// OWNER_TTL and only unknown inodes trigger a walk: the 1 s tick sees the same listeners again.
 pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
+    type Cache = HashMap<u64, (Option<Owner>, std::time::Instant)>;
+    static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
     let wanted: HashSet<u64> = inodes.into_iter().filter(|&i| i != 0).collect();
     if wanted.is_empty() {
         return HashMap::new();
     }
-    procs::socket_owners(&wanted)
+    let mut guard = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = guard.get_or_insert_with(HashMap::new);
+    cache.retain(|_, (_, at)| at.elapsed() < OWNER_TTL);
+    if cache.len() > OWNER_CACHE_MAX {
+        cache.clear();
+    }
+    let missing: HashSet<u64> = wanted.iter().copied().filter(|i| !cache.contains_key(i)).collect();
+    if !missing.is_empty() {
+        let mut found = procs::socket_owners(&missing);
+        let now = std::time::Instant::now();
+        for ino in missing {
+            cache.insert(ino, (found.remove(&ino), now));
+        }
+    }
+    wanted.into_iter().filter_map(|i| cache.get(&i).and_then(|(o, _)| o.clone()).map(|o| (i, o))).collect()
 }
 
 /// Full scans held to a CPU budget. Dumping connections walks the kernel's established hash,
