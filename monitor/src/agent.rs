@@ -18,6 +18,7 @@ use crate::{
     alerts::{self, Engine},
     cgroups,
     cli::RunArgs,
+    cluster::{self, Cluster, Decision},
     config,
     export::{self, pools::PoolsSection},
     listeners::{self, PeakTracker},
@@ -170,6 +171,8 @@ pub struct Agent {
     ready: AtomicBool,
     max_listener_series: usize,
     max_pool_series: usize,
+    /// Names from the Kubernetes API, when it is used.
+    cluster: Option<Cluster>,
 }
 
 impl Agent {
@@ -197,7 +200,9 @@ impl Agent {
             Some(a) => (a.engine.active(), a.engine.fired_total.clone()),
             None => (Vec::new(), Default::default()),
         };
+        let view = self.cluster.as_ref().map(Cluster::view);
         let ctx = export::Context {
+            cluster: view.as_ref(),
             probes: &c.probes.states,
             scan_seconds: g.seconds,
             max_listener_series: self.max_listener_series,
@@ -226,6 +231,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         file.services.iter().map(|(name, ports)| format!("{name}={}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","))).collect();
     service_specs.extend(args.pool.services.iter().cloned());
     let services = Services::with_overrides(&service_specs)?;
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+    let kube = cluster::decide(&args.kubernetes, in_cluster)?;
     let listener = web::bind(&args.listen_address).await?;
     let local = listener.local_addr()?;
     let mut alert_cfg = file.alerts.clone();
@@ -249,6 +256,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
+        cluster: match kube {
+            Decision::Off(why) => {
+                info!("kubernetes: {why}; naming workloads by cgroup ids and comm");
+                None
+            }
+            // Returns at once: the watches run on a thread of their own.
+            Decision::On(settings) => Some(Cluster::start(settings)),
+        },
     });
     info!("serving metrics on http://{local}/metrics");
 
