@@ -25,6 +25,7 @@
 //! - [`leak_client`], [`alertmanager`], [`alert_views`], [`agent_log`], [`scrape`]: the alert tests'
 //!   leaking client, a real Alertmanager, the agent's alert list, log-line waits, paced scraping.
 //! - [`yaml`], [`kube`]: a small YAML reader and the Kubernetes manifests' checks.
+//! - [`kube_api`]: a stand-in Kubernetes API server (lists and watches of pods and services).
 //! - [`grafana`], [`promql`], [`exports`], [`workspace`]: dashboard parts, PromQL checks, the
 //!   agent's exported metric names (read from the source), repository paths.
 #![allow(dead_code, unused_imports)]
@@ -37,6 +38,7 @@ pub mod client;
 pub mod exports;
 pub mod grafana;
 pub mod kube;
+pub mod kube_api;
 pub mod leak_client;
 pub mod listen;
 pub mod metrics;
@@ -66,7 +68,7 @@ pub use netns::*;
 pub use oracle::*;
 pub use pool_metrics::*;
 pub use prometheus::*;
-pub use proc_setup::{cgroup2_root, TestCgroup};
+pub use proc_setup::{cgroup2_root, KillOnDrop, KubeCgroup, TestCgroup};
 pub use servers::*;
 pub use sock::*;
 pub use wire::*;
