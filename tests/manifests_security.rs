@@ -3,7 +3,7 @@
 //! exactly the README's set, has a read-only root filesystem, the host's PID namespace, liveness
 //! on /healthz and readiness on /readyz at the metrics port, NODE_NAME from spec.nodeName,
 //! resources, read-only host mounts; the Namespace admits such pods; the ClusterRole only reads
-//! pods; the Service, PodMonitor and probes agree on the port.
+//! pods and services; the Service, PodMonitor and probes agree on the port.
 //!
 //! Schema validation, the kustomization and the Dockerfile are checked in manifests.rs, which
 //! also holds the YAML reader's own tests. Needs neither python3 nor root.
@@ -311,7 +311,7 @@ fn daemonset_probes_env_ports_and_resources() {
 }
 
 #[test]
-fn rbac_only_reads_pods() {
+fn rbac_only_reads_pods_and_services() {
     for (file, doc) in manifests() {
         let kind = doc.str_at("kind").unwrap_or_default();
         assert!(
@@ -333,10 +333,11 @@ fn rbac_only_reads_pods() {
         "no resourceNames or nonResourceURLs"
     );
     assert_eq!(rule.strs_at("apiGroups"), [""], "core API group only");
+    // Pods of this node name workloads; Services name ClusterIP destinations.
     assert_eq!(
         rule.strs_at("resources"),
-        ["pods"],
-        "pods only (no subresources)"
+        ["pods", "services"],
+        "pods and services only (no subresources, no secrets)"
     );
     let verbs: BTreeSet<&str> = rule.strs_at("verbs").into_iter().collect();
     assert_eq!(

@@ -19,6 +19,7 @@ use crate::{
     alerts::{self, Engine},
     cgroups,
     cli::RunArgs,
+    cluster::{self, Cluster, Decision},
     config,
     export::{self, pools::PoolsSection},
     listeners::{self, PeakTracker},
@@ -185,6 +186,8 @@ pub struct Agent {
     ready: AtomicBool,
     max_listener_series: usize,
     max_pool_series: usize,
+    /// Names from the Kubernetes API, when it is used.
+    cluster: Option<Cluster>,
 }
 
 impl Agent {
@@ -212,7 +215,9 @@ impl Agent {
             Some(a) => (a.engine.active(), a.engine.fired_total.clone()),
             None => (Vec::new(), Default::default()),
         };
+        let view = self.cluster.as_ref().map(Cluster::view);
         let ctx = export::Context {
+            cluster: view.as_ref(),
             probes: &c.probes.states,
             scan_seconds: g.seconds,
             connections_age: g.connections_age,
@@ -247,6 +252,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let tls = web_config.as_ref().is_some_and(|w| w.current().tls.is_some());
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+    let kube = cluster::decide(&args.kubernetes, in_cluster)?;
     let listener = web::bind(&args.listen_address).await?;
     let local = listener.local_addr()?;
     // Loaded on this thread while it is the process's only one, so the capabilities that only
@@ -285,6 +292,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
+        cluster: match kube {
+            Decision::Off(why) => {
+                info!("kubernetes: {why}; naming workloads by cgroup ids and comm");
+                None
+            }
+            // Returns at once: the watches run on a thread of their own.
+            Decision::On(settings) => Some(Cluster::start(settings)),
+        },
     });
     match &web_config {
         Some(w) => {

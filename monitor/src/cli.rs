@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: attach probes and serve Prometheus metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Scan every listening TCP socket once and print it.
     Listeners(ListenersArgs),
     /// Show connection pools (client workload × destination), busiest first.
@@ -113,6 +113,35 @@ pub struct RunArgs {
     /// config file's alerts.alertmanager_urls.
     #[arg(long = "alertmanager.url", value_name = "URL")]
     pub alertmanager_urls: Vec<String>,
+    #[command(flatten)]
+    pub kubernetes: KubeArgs,
+}
+
+/// Whether to name workloads and peers from the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeEnabled {
+    /// On when running in a cluster (KUBERNETES_SERVICE_HOST is set) or given --kubernetes.kubeconfig.
+    Auto,
+    /// On; the API is found through --kubernetes.kubeconfig, the in-cluster service account, or
+    /// KUBECONFIG / ~/.kube/config.
+    True,
+    /// Off: workloads are named by cgroup ids and comm only.
+    False,
+}
+
+/// Kubernetes API enrichment (namespace, pod and container names; peer pod and Service names).
+#[derive(Debug, Args, Clone)]
+pub struct KubeArgs {
+    /// Name workloads and peers from the Kubernetes API: auto, true or false.
+    #[arg(long = "kubernetes.enabled", value_enum, default_value = "auto")]
+    pub enabled: KubeEnabled,
+    /// The node this agent runs on: only its pods are watched (field selector spec.nodeName).
+    /// Required when the API is used; the DaemonSet sets NODE_NAME from the downward API.
+    #[arg(long = "kubernetes.node-name", env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// kubeconfig file to reach the API with (for use outside a cluster); turns `auto` on.
+    #[arg(long = "kubernetes.kubeconfig", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Retry-storm detector thresholds; unset flags take the config file's value, else the default.

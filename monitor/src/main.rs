@@ -9,6 +9,8 @@ mod alerts;
 mod btf;
 mod cgroups;
 mod cli;
+mod cluster;
+mod cluster_map;
 mod config;
 mod diag;
 mod export;
@@ -49,7 +51,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Run(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(agent::run(args)),
+            .block_on(agent::run(*args)),
         cli::Command::Listeners(args) => listeners_command(&args),
         cli::Command::Pools(args) => pools_command(&args),
         cli::Command::Storms(args) => storms_command(&args),
@@ -165,8 +167,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .format_target(false)
-        .init();
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // kube-rs logs every failed request of a retried watch (at ERROR); cluster.rs logs each change
+    // of a watch's state once instead. A RUST_LOG that names a kube crate still gets them.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube")) {
+        builder.filter_module("kube_client", log::LevelFilter::Off).filter_module("kube_runtime", log::LevelFilter::Off);
+    }
+    builder.format_timestamp_millis().format_target(false).init();
 }

@@ -26,6 +26,7 @@
 //!   leaking client, a real Alertmanager, the agent's alert list, log-line waits, paced scraping.
 //! - [`yaml`], [`kube`]: a small YAML reader and the Kubernetes manifests' checks.
 //! - [`tls`]: a test PKI (openssl CLI), bcrypt hashes (htpasswd), curl and `openssl s_client`.
+//! - [`kube_api`]: a stand-in Kubernetes API server (lists and watches of pods and services).
 //! - [`grafana`], [`promql`], [`exports`], [`workspace`]: dashboard parts, PromQL checks, the
 //!   agent's exported metric names (read from the source), repository paths.
 #![allow(dead_code, unused_imports)]
@@ -38,6 +39,7 @@ pub mod client;
 pub mod exports;
 pub mod grafana;
 pub mod kube;
+pub mod kube_api;
 pub mod leak_client;
 pub mod listen;
 pub mod metrics;
@@ -68,7 +70,7 @@ pub use netns::*;
 pub use oracle::*;
 pub use pool_metrics::*;
 pub use prometheus::*;
-pub use proc_setup::{cgroup2_root, TestCgroup};
+pub use proc_setup::{cgroup2_root, KillOnDrop, KubeCgroup, TestCgroup};
 pub use servers::*;
 pub use sock::*;
 pub use wire::*;

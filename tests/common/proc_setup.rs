@@ -96,6 +96,52 @@ impl Drop for TestCgroup {
     }
 }
 
+/// A nested cgroup path (e.g. one named the way kubelet and containerd name a container's) made
+/// for one test under the cgroup2 root; the directories it created are removed, deepest first,
+/// when it is dropped.
+pub struct KubeCgroup {
+    dirs: Vec<PathBuf>,
+    /// The deepest directory: write a pid to its `cgroup.procs` to move the process in.
+    pub dir: PathBuf,
+}
+
+impl KubeCgroup {
+    pub fn create(rel: &str) -> KubeCgroup {
+        let mut dirs = Vec::new();
+        let mut dir = cgroup2_root();
+        for part in rel.trim_start_matches('/').split('/') {
+            dir = dir.join(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                dirs.push(dir.clone());
+            }
+        }
+        KubeCgroup { dirs, dir }
+    }
+}
+
+impl Drop for KubeCgroup {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            // A killed process leaves its cgroup a moment after it is reaped: retry EBUSY briefly.
+            let end = Instant::now() + Duration::from_secs(5);
+            while std::fs::remove_dir(d).is_err() && Instant::now() < end {
+                std::thread::sleep(super::POLL_INTERVAL);
+            }
+        }
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The parent's side
 

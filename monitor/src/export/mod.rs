@@ -16,6 +16,7 @@ use crate::{
     probes::ProbeState,
 };
 
+pub mod cluster;
 pub mod pools;
 pub mod storms;
 
@@ -54,6 +55,8 @@ pub struct Context<'a> {
     /// Pending and firing alerts.
     pub alerts: &'a [crate::alerts::AlertView],
     pub alerts_fired: &'a BTreeMap<&'static str, u64>,
+    /// Names and health from the Kubernetes API, when it is used.
+    pub cluster: Option<&'a crate::cluster::View>,
 }
 
 /// Prometheus-client appends `_total` to counters itself.
@@ -146,10 +149,7 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         let up = i64::from(matches!(state, ProbeState::Up { .. }));
         probe_up.get_or_create(&labels(&[("probe", probe)])).set(up);
     }
-    pools::register(&mut reg, pools, &snap.listeners[..exported]);
-    // Attribution as an info series to join on `cgroup`, so pool and listener series keep one
-    // label for the workload instead of five.
-    let workload = gauge_family(&mut reg, WORKLOAD_INFO, "What each cgroup seen on a listener or pool is: container runtime, container id, pod UID and QoS class from the kubelet's cgroup naming, or the systemd unit of a host process; join on cgroup");
+    let destinations = pools::register(&mut reg, pools, &snap.listeners[..exported]);
     let cgroups: std::collections::BTreeSet<&str> = snap.listeners[..exported]
         .iter()
         .filter_map(|l| l.cgroup.as_deref())
@@ -157,19 +157,7 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         .filter(|c| !c.is_empty())
         .take(pools.max_series + ctx.max_listener_series)
         .collect();
-    for c in cgroups {
-        let w = crate::workload::parse(c);
-        workload
-            .get_or_create(&labels(&[
-                ("cgroup", c),
-                ("runtime", &w.runtime),
-                ("container_id", &w.container_id),
-                ("pod_uid", &w.pod_uid),
-                ("qos_class", &w.qos_class),
-                ("unit", &w.unit),
-            ]))
-            .set(1);
-    }
+    cluster::register(&mut reg, &cgroups, &destinations, ctx.cluster);
     let active = gauge_family(&mut reg, ALERT_ACTIVE, "1 for each alert firing in the agent, with the alert's labels (see /api/v1/alerts and connmon alerts)");
     for a in ctx.alerts.iter().filter(|a| a.state == "firing") {
         let mut l: Labels = vec![("alertname".into(), a.alertname.clone())];
@@ -248,7 +236,7 @@ mod tests {
         probes.insert("listen_peak", ProbeState::Up { program: "x" });
         probes.insert("synack_retransmit", ProbeState::Down { reason: "no".into() });
         let fired = BTreeMap::new();
-        let ctx = Context { probes: &probes, scan_seconds: 0.01, connections_age: 0.0, max_listener_series: 10, alerts: &[], alerts_fired: &fired };
+        let ctx = Context { probes: &probes, scan_seconds: 0.01, connections_age: 0.0, max_listener_series: 10, alerts: &[], alerts_fired: &fired, cluster: None };
         let none = Default::default();
         let none_l = Default::default();
         let section = pools::PoolsSection { pools: &[], signals: &none, extras: None, listener_signals: &none_l, max_series: 10 };

@@ -1,7 +1,10 @@
 //! Pool and server-side series: per-pool gauges, counters and histograms (merged across network
 //! namespaces that share labels, capped with the rest folded into one `other` pool), accepts per
 //! listener by client class, and lost kernel events.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use monitor_common::{PoolKey, PoolStats, HIST_BUCKETS};
 use prometheus_client::{
@@ -95,8 +98,11 @@ fn merge(r: &mut Row, active: i64, peak: i64, stats: Option<&PoolStats>) {
     }
 }
 
-pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Listener]) {
+/// Registers the pool and server-side series; returns the destination addresses of the pools
+/// exported (not folded), for the series that describe destinations.
+pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Listener]) -> BTreeSet<IpAddr> {
     let (rows, folded) = rows(section.pools, section.max_series);
+    let destinations: BTreeSet<IpAddr> = rows.iter().filter_map(|(v, _)| v[1].parse().ok()).collect();
     let conns = gauge_family(reg, POOL_CONNECTIONS, "Open connections of the pool (client workload and destination), from the handshake until the socket closes");
     let peak = gauge_family(reg, POOL_PEAK, "Highest open-connection count of the pool since the previous scrape");
     let folded_g = gauge_family(reg, POOL_FOLDED, "Pools folded into the pool labelled other because the series cap was reached");
@@ -107,7 +113,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         peak.get_or_create(&l).set(r.peak);
     }
     // One series per destination of an exported (not folded) pool, so the cap bounds these too.
-    let exported: std::collections::BTreeSet<(String, String)> = rows.iter().map(|(v, _)| (v[1].clone(), v[2].clone())).collect();
+    let exported: BTreeSet<(String, String)> = rows.iter().map(|(v, _)| (v[1].clone(), v[2].clone())).collect();
     for p in section.pools {
         let (addr, port) = (p.dst_addr.to_string(), p.dst_port.to_string());
         if exported.contains(&(addr.clone(), port.clone())) {
@@ -125,7 +131,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     let Some(extras) = section.extras else {
         // Without the pools probe there are no pool signals, but listeners still have theirs.
         super::storms::register(reg, &[], listeners, section.listener_signals);
-        return;
+        return destinations;
     };
     let attempts = counter_family(reg, POOL_ATTEMPTS, "connect() calls of the pool");
     let opens = counter_family(reg, POOL_OPENS, "Connections of the pool whose handshake completed");
@@ -196,6 +202,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         lost.get_or_create(&labels(&[("reason", reason)])).inc_by(n);
     }
     lost.get_or_create(&labels(&[("reason", "recursion")])).inc_by(extras.recursion_misses);
+    destinations
 }
 
 fn pool_label_set(values: &[String; 5]) -> Labels {
