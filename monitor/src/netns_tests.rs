@@ -152,38 +152,11 @@ fn run_in_each_reports_failures_per_namespace() {
     assert_eq!(err.to_string(), "network namespace 7 is gone");
 }
 
-const CAP_SYS_ADMIN: u32 = 21;
-
 /// Drops CAP_SYS_ADMIN from this thread's effective set; threads it spawns inherit that.
 fn drop_sys_admin_on_this_thread() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut hdr = Header {
-        version: 0x2008_0522,
-        pid: 0,
-    }; // _LINUX_CAPABILITY_VERSION_3
-    let mut data = [Data::default(); 2];
-    unsafe {
-        assert_eq!(
-            libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()),
-            0
-        );
-        data[0].effective &= !(1 << CAP_SYS_ADMIN);
-        assert_eq!(
-            libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()),
-            0
-        );
-    }
+    use crate::privs::{capset, current, CAP_SYS_ADMIN};
+    let (effective, permitted) = current().expect("capget");
+    capset(effective & !(1 << CAP_SYS_ADMIN), permitted).expect("capset");
 }
 
 #[test]

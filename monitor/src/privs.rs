@@ -48,6 +48,21 @@ pub fn current() -> anyhow::Result<(u64, u64)> {
     Ok((join(data[0].effective, data[1].effective), join(data[0].permitted, data[1].permitted)))
 }
 
+/// Sets the calling thread's effective and permitted sets (64-bit masks); inheritable becomes empty.
+pub fn capset(effective: u64, permitted: u64) -> anyhow::Result<()> {
+    let mut hdr = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [
+        Data { effective: effective as u32, permitted: permitted as u32, inheritable: 0 },
+        Data { effective: (effective >> 32) as u32, permitted: (permitted >> 32) as u32, inheritable: 0 },
+    ];
+    // SAFETY: capset reads two Data structs for version 3, as given.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("capset");
+    }
+    Ok(())
+}
+
 /// Pure: the sets to keep, given the permitted set: `KEPT` where it is held, nothing else.
 pub fn kept_mask(permitted: u64) -> u64 {
     KEPT.iter().fold(0u64, |m, (cap, _)| m | (1u64 << cap)) & permitted
@@ -66,18 +81,7 @@ pub fn drop_unneeded() -> anyhow::Result<u32> {
     if dropped == 0 {
         return Ok(0);
     }
-    let mut hdr = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let set = |mask: u64| [mask as u32, (mask >> 32) as u32];
-    let (lo, hi) = (set(keep)[0], set(keep)[1]);
-    let data = [
-        Data { effective: lo, permitted: lo, inheritable: 0 },
-        Data { effective: hi, permitted: hi, inheritable: 0 },
-    ];
-    // SAFETY: capset reads two Data structs for version 3, as given.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("capset");
-    }
+    capset(keep, keep)?;
     // Ambient capabilities would survive an exec; the agent never execs, but leave none behind.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
