@@ -370,3 +370,41 @@ fn kubelet_cgroup_names_are_attributed() {
         "{info:#?}"
     );
 }
+
+// -------------------------------------------------------------------------------------------------
+// IPv6
+
+/// A pool over IPv6 (to Redis on [::1]) is counted like an IPv4 one, with `dst_addr` in IPv6
+/// notation: 6 held connections equal Redis `CLIENT LIST` and `ss`, and churn is counted exactly.
+/// The tp_btf probe reads the address from `skc_v6_daddr`, the tracepoint from its own record.
+#[test]
+fn ipv6_pools_match_redis_and_ss() {
+    let _g = shared();
+    let redis = Redis::start(free_local_port(), &["--bind", "127.0.0.1", "::1"]);
+    let dst = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, redis.port()));
+    let agent = Agent::start(&[]);
+    let held = hold("v6", dst, Proto::Redis, 6);
+    let pool = PoolRef::of(&held, dst);
+    assert_eq!(pool.dst_addr, "::1", "test setup: the pool is labelled in IPv6 notation");
+    let s = agent.wait_metrics(deadline(30), "6 IPv6 connections to [::1]", |s| match pool.get(s, POOL_CONNECTIONS) {
+        Some(6.0) => Ok(s.to_vec()),
+        other => Err(format!("{pool}: {other:?}")),
+    });
+    let named = redis.client_list().iter().filter(|c| c.get("name").map(String::as_str) == Some(held.name.as_str())).count();
+    let ss = ss_estab_owned_by(&Netns::host(), held.pid(), redis.port());
+    let f = pool.figures(&s);
+    assert_eq!((f.active, named, ss), (Some(6.0), 6, 6), "{pool}: connmon {f}, CLIENT LIST {named}, ss {ss}");
+    assert_eq!(f.service.as_deref(), Some("redis"), "{pool}: classed by protocol or port: {f}");
+
+    let mut churn = ClientProc::spawn(ClientSpec::new("v6c", dst, Proto::Redis, Mode::Churn { count: 50, max_secs: 0.0 }));
+    assert_eq!(churn.finish(Duration::from_secs(60)), 50, "the client completes 50 cycles");
+    let p = PoolRef::of(&churn, dst);
+    agent.wait_metrics(deadline(30), "50 IPv6 opens and closes, none open", |s| {
+        let f = p.figures(s);
+        if f.opens == Some(50.0) && f.closes == Some(50.0) && f.active == Some(0.0) {
+            Ok(())
+        } else {
+            Err(format!("{p}: {f}"))
+        }
+    });
+}
