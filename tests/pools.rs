@@ -444,3 +444,34 @@ fn failures_by_reason() {
         }
     }
 }
+
+/// A SYN answered by ICMP host unreachable ends the connect with EHOSTUNREACH, counted as
+/// `unreachable`. The client's namespace routes 10.98.0.0/24 through a router namespace that
+/// has an `unreachable` route for it, so the router answers each SYN with ICMP (rate limit off).
+#[test]
+fn unreachable_counted_from_icmp() {
+    let _g = shared();
+    let agent = Agent::start(&[]);
+    let client = Netns::new();
+    let router = Netns::new();
+    Netns::host().ip(&["link", "add", "cmu0", "netns", client.name(), "type", "veth", "peer", "name", "cmu1", "netns", router.name()]);
+    client.ip(&["addr", "add", "10.97.0.1/24", "dev", "cmu0"]);
+    client.ip(&["link", "set", "cmu0", "up"]);
+    client.ip(&["route", "add", "10.98.0.0/24", "via", "10.97.0.2"]);
+    router.ip(&["addr", "add", "10.97.0.2/24", "dev", "cmu1"]);
+    router.ip(&["link", "set", "cmu1", "up"]);
+    router.ip(&["route", "add", "unreachable", "10.98.0.0/24"]);
+    router.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0"]);
+    let dst: SocketAddr = "10.98.0.5:7003".parse().unwrap();
+    let mut c = ClientProc::spawn(ClientSpec::new("fu", dst, Proto::Silent, Mode::Unreachable { count: 5 }).in_netns(&client));
+    assert_eq!(c.finish(Duration::from_secs(30)), 5, "test setup: 5 connects fail at once");
+    let p = PoolRef::of(&c, dst);
+    agent.wait_metrics(deadline(20), "5 failures, all unreachable", |s| {
+        let f = p.figures(s);
+        if f.failure("unreachable") == 5.0 && f.failures_total() == 5.0 && f.attempts == Some(5.0) {
+            Ok(())
+        } else {
+            Err(format!("{p}: {f}"))
+        }
+    });
+}

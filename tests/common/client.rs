@@ -77,6 +77,8 @@ pub enum Mode {
     Hold { count: usize },
     Churn { count: usize, max_secs: f64 },
     Refused { count: usize },
+    /// Connects that fail with EHOSTUNREACH (an ICMP host unreachable answers the SYN).
+    Unreachable { count: usize },
     Timeout { count: usize },
     Abort { count: usize, after_ms: u64 },
 }
@@ -133,6 +135,7 @@ impl ClientProc {
             Mode::Hold { count } => ("hold", count, 0.0, 0),
             Mode::Churn { count, max_secs } => ("churn", count, max_secs, 0),
             Mode::Refused { count } => ("refused", count, 0.0, 0),
+            Mode::Unreachable { count } => ("unreachable", count, 0.0, 0),
             Mode::Timeout { count } => ("timeout", count, 0.0, 0),
             Mode::Abort { count, after_ms } => ("abort", count, 0.0, after_ms),
         };
@@ -299,7 +302,8 @@ pub fn client_main() {
             let max = Duration::from_secs_f64(spec["max_secs"].as_f64().unwrap_or(0.0));
             churn(target, proto, count, max)
         }
-        "refused" => refused(target, count),
+        "refused" => fail_fast(target, count, libc::ECONNREFUSED),
+        "unreachable" => fail_fast(target, count, libc::EHOSTUNREACH),
         "timeout" => timeout(target, count),
         "abort" => abort(target, count, Duration::from_millis(u("after_ms"))),
         m => panic!("unknown mode {m}"),
@@ -365,11 +369,12 @@ fn churn(target: SocketAddr, proto: Proto, count: usize, max: Duration) {
     say(&format!("done {done}"));
 }
 
-fn refused(target: SocketAddr, count: usize) {
+/// `count` connects, one after another, each failing with `errno`.
+fn fail_fast(target: SocketAddr, count: usize, errno: i32) {
     for i in 0..count {
         match TcpStream::connect(target) {
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
-            other => panic!("connect {target} #{i}: expected ECONNREFUSED, got {other:?}"),
+            Err(e) if e.raw_os_error() == Some(errno) => {}
+            other => panic!("connect {target} #{i}: expected errno {errno}, got {other:?}"),
         }
     }
     say(&format!("done {count}"));
