@@ -261,10 +261,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // bound socket meanwhile (loading takes well under a second).
     let loading = Instant::now();
     let probes = Probes::load(&ProbeOptions {
-        tracefs: &args.tracefs,
-        max_sockets: args.max_sockets,
+        tracefs: &args.probes.tracefs,
+        max_sockets: args.probes.max_sockets,
         cgroup_root: cgroups::cgroup2_root().as_deref(),
-        disabled: &args.disabled_probes,
+        disabled: &args.probes.disabled_probes,
         short_lived: args.storm.short_lived(&file.storm),
     });
     info!("probes loaded in {} ms", loading.elapsed().as_millis());

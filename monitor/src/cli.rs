@@ -59,6 +59,24 @@ pub struct PoolsArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub pool: PoolArgs,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
+}
+
+/// How the kernel probes are loaded: for the agent and for the commands that attach them
+/// (`pools --watch`, `storms`).
+#[derive(Debug, Args, Clone)]
+pub struct ProbeArgs {
+    /// Where tracefs is mounted; only the default location is mounted automatically when absent.
+    #[arg(long, default_value = DEFAULT_TRACEFS)]
+    pub tracefs: PathBuf,
+    /// Turn a kernel probe off (repeatable); the probes are listed in the README's probe table.
+    #[arg(long = "probes.disable", value_name = "PROBE", value_parser = clap::builder::PossibleValuesParser::new(crate::probes::probe_names()))]
+    pub disabled_probes: Vec<String>,
+    /// Live client connections the kernel side can follow (about 90 bytes each); connects beyond
+    /// it are not counted and show in connmon_events_lost_total{reason="socket_table_full"}.
+    #[arg(long = "pools.max-sockets", default_value_t = monitor_common::MAX_SOCKS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets: u32,
 }
 
 #[derive(Debug, Args)]
@@ -72,12 +90,8 @@ pub struct RunArgs {
     /// web.config_file.
     #[arg(long = "web.config.file", value_name = "PATH", env = "CONNMON_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
-    /// Where tracefs is mounted; only the default location is mounted automatically when absent.
-    #[arg(long, default_value = DEFAULT_TRACEFS)]
-    pub tracefs: PathBuf,
-    /// Turn a kernel probe off (repeatable); the probes are listed in the README's probe table.
-    #[arg(long = "probes.disable", value_name = "PROBE", value_parser = clap::builder::PossibleValuesParser::new(crate::probes::probe_names()))]
-    pub disabled_probes: Vec<String>,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
     /// How often the agent scans listeners and updates the retry-storm detectors between scrapes.
     #[arg(long = "scan.interval", default_value = "1s", value_parser = parse_duration)]
     pub scan_interval: Duration,
@@ -97,10 +111,6 @@ pub struct RunArgs {
     /// Pools with no open connection and no activity for this long stop being exported.
     #[arg(long = "pools.idle-expiry", default_value = "15m", value_parser = parse_duration)]
     pub pool_idle_expiry: Duration,
-    /// Live client connections the kernel side can follow (about 90 bytes each); connects beyond
-    /// it are not counted and show in connmon_events_lost_total{reason="socket_table_full"}.
-    #[arg(long = "pools.max-sockets", default_value_t = monitor_common::MAX_SOCKS, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sockets: u32,
     #[command(flatten)]
     pub pool: PoolArgs,
     #[command(flatten)]
@@ -226,6 +236,8 @@ pub struct StormsArgs {
     pub pool: PoolArgs,
     #[command(flatten)]
     pub storm: StormArgs,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
 }
 
 #[derive(Debug, Args)]

@@ -77,10 +77,10 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
         return print_rows(&pools, args.json, table::print_pools);
     }
     let mut loaded = probes::Probes::load(&probes::ProbeOptions {
-        tracefs: std::path::Path::new(tracefs::DEFAULT_TRACEFS),
-        max_sockets: monitor_common::MAX_SOCKS,
+        tracefs: &args.probes.tracefs,
+        max_sockets: args.probes.max_sockets,
         cgroup_root: cgroups::cgroup2_root().as_deref(),
-        disabled: &[],
+        disabled: &args.probes.disabled_probes,
         short_lived: std::time::Duration::from_secs(1),
     });
     privs::drop_after_attach();
@@ -105,10 +105,10 @@ fn pools_command(args: &cli::PoolsArgs) -> anyhow::Result<()> {
 fn storms_command(args: &cli::StormsArgs) -> anyhow::Result<()> {
     let services = services::Services::with_overrides(&args.pool.services)?;
     let loaded = probes::Probes::load(&probes::ProbeOptions {
-        tracefs: std::path::Path::new(tracefs::DEFAULT_TRACEFS),
-        max_sockets: monitor_common::MAX_SOCKS,
+        tracefs: &args.probes.tracefs,
+        max_sockets: args.probes.max_sockets,
         cgroup_root: cgroups::cgroup2_root().as_deref(),
-        disabled: &[],
+        disabled: &args.probes.disabled_probes,
         short_lived: args.storm.short_lived(&Default::default()),
     });
     privs::drop_after_attach();
