@@ -153,11 +153,22 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
 /// The listener in namespace `netns` that a connection to `addr:port` belongs to: an exact
 /// address match first, then a wildcard of the same family, then a dual-stack IPv6 wildcard.
 pub fn owning_listener(listeners: &[Listener], netns: u64, addr: IpAddr, port: u16) -> Option<usize> {
-    let candidates = || listeners.iter().enumerate().filter(move |(_, l)| l.netns == netns && l.port == port);
+    owner_among(listeners.iter().map(|l| (l.netns == netns).then_some((l.addr, l.port))), addr, port)
+}
+
+/// The same rule over bare (address, port) pairs of one namespace (None: not a candidate); the
+/// index is the position in `listening`.
+pub fn owner_among<I>(listening: I, addr: IpAddr, port: u16) -> Option<usize>
+where
+    I: Iterator<Item = Option<(IpAddr, u16)>> + Clone,
+{
+    let candidates = || {
+        listening.clone().enumerate().filter_map(move |(i, l)| l.filter(|(_, p)| *p == port).map(|(a, _)| (i, a)))
+    };
     candidates()
-        .find(|(_, l)| l.addr == addr)
-        .or_else(|| candidates().find(|(_, l)| l.addr.is_unspecified() && l.addr.is_ipv4() == addr.is_ipv4()))
-        .or_else(|| candidates().find(|(_, l)| l.addr.is_unspecified() && l.addr.is_ipv6()))
+        .find(|(_, a)| *a == addr)
+        .or_else(|| candidates().find(|(_, a)| a.is_unspecified() && a.is_ipv4() == addr.is_ipv4()))
+        .or_else(|| candidates().find(|(_, a)| a.is_unspecified() && a.is_ipv6()))
         .map(|(i, _)| i)
 }
 

@@ -101,12 +101,10 @@ fn addr_bytes(ip: IpAddr) -> [u8; 16] {
 fn client_sockets(scan: &Scan) -> Vec<(u64, &DiagSocket)> {
     let mut out = Vec::new();
     for ns in &scan.namespaces {
-        let listening: Vec<&DiagSocket> = ns.listening.iter().filter(|s| s.state == TCP_LISTEN).collect();
+        let listening = ns.listening.iter().map(|s| (s.state == TCP_LISTEN).then_some((s.src, s.sport)));
         for c in &ns.connected {
-            let server_side = listening
-                .iter()
-                .any(|l| l.sport == c.sport && (l.src == c.src || l.src.is_unspecified()));
-            if !server_side {
+            // The rule that attributes accepted connections to listeners tells server ends apart.
+            if crate::listeners::owner_among(listening.clone(), c.src, c.sport).is_none() {
                 out.push((ns.inode, c));
             }
         }
