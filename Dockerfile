@@ -12,13 +12,9 @@ COPY . .
 # `cargo xtask setup` installs what the build needs, as on a developer's machine (README "Quick
 # start"): Debian packages (LLVM 22 from bookworm-security; it also installs the test and bench
 # groups, which this stage does not use), the nightly toolchain with rust-src, bpf-linker built
-# against LLVM 22 (about 4 minutes) and kubernetes-validate. Its last step mounts tracefs, which
-# an image build cannot do (no CAP_SYS_ADMIN) and which only a running agent needs (the agent
-# mounts it itself). So when setup fails, accept it only if tracefs is all that
-# `setup --check` still reports missing.
-RUN cargo xtask setup \
- || { cargo xtask setup --check | tee /tmp/setup-check.txt; \
-      ! grep '^missing' /tmp/setup-check.txt | grep -v 'tracefs'; }
+# against LLVM 22 (about 4 minutes) and kubernetes-validate. --no-tracefs: an image build cannot
+# mount tracefs (no CAP_SYS_ADMIN), and only a running agent needs it (the agent mounts it itself).
+RUN cargo xtask setup --no-tracefs
 
 # monitor's build script builds the eBPF programs (nightly, bpf-linker) and embeds them.
 RUN cargo build --release -p monitor \

@@ -258,7 +258,8 @@ fn dockerfile_uses_what_the_workspace_has() {
     // What those commands need: the xtask alias and its setup, the monitor package's connmon bin.
     assert!(read(".cargo/config.toml").contains("xtask = \"run --quiet --package xtask --\""));
     assert!(read("xtask/src/main.rs").contains("Setup(SetupArgs)"));
-    assert!(read("xtask/src/setup.rs").contains("pub fn run(check: bool)"));
+    assert!(read("xtask/src/setup.rs").contains("pub fn run(check: bool, with_tracefs: bool)"));
+    assert!(run.contains("cargo xtask setup --no-tracefs"), "image builds cannot mount tracefs");
     let monitor = read("monitor/Cargo.toml");
     assert!(monitor.contains("name = \"monitor\"") && monitor.contains("name = \"connmon\""));
     assert!(

@@ -54,6 +54,10 @@ struct SetupArgs {
     /// Only report; exit non-zero if something is missing.
     #[arg(long)]
     check: bool,
+    /// Leave tracefs alone: for image builds, which cannot mount it (the agent mounts it itself
+    /// at start-up when it runs with CAP_SYS_ADMIN).
+    #[arg(long = "no-tracefs")]
+    no_tracefs: bool,
 }
 
 #[derive(Args)]
@@ -90,7 +94,7 @@ fn run(command: Cmd) -> Result<()> {
     util::prepend_cargo_bin_to_path();
 
     match command {
-        Cmd::Setup(args) => setup::run(args.check),
+        Cmd::Setup(args) => setup::run(args.check, !args.no_tracefs),
         Cmd::Test(args) => test(&args.cargo_args),
         Cmd::Run(args) => run_agent(&args.agent_args),
         Cmd::Bench(args) => bench::run(args.target),
@@ -101,7 +105,7 @@ fn test(cargo_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the test suite loads eBPF programs and creates network namespaces: run it as root");
     }
-    setup::run(false)?;
+    setup::run(false, true)?;
 
     // monitor-ebpf only builds for bpfel-unknown-none (monitor's build script builds it), so it is
     // left out here, as it is from the workspace's default-members.
@@ -126,7 +130,7 @@ fn run_agent(agent_args: &[String]) -> Result<()> {
              namespaces and processes); trying anyway"
         );
     }
-    setup::run(false)?;
+    setup::run(false, true)?;
 
     let mut build = Command::new("cargo");
     build
@@ -173,7 +177,7 @@ mod tests {
         assert_eq!(r.agent_args, ["--listen", "0.0.0.0:9000"]);
         assert!(matches!(
             parse(&["setup", "--check"]),
-            Cmd::Setup(SetupArgs { check: true })
+            Cmd::Setup(SetupArgs { check: true, no_tracefs: false })
         ));
         assert!(Cli::try_parse_from(["cargo xtask", "test", "--release"]).is_err());
     }
