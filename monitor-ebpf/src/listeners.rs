@@ -32,7 +32,7 @@ static LISTEN_COUNTERS: LruPerCpuHashMap<ListenerKey, ListenerCounters> =
 #[btf_tracepoint(function = "sk_data_ready")]
 pub fn sk_data_ready_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    let _ = try_data_ready(sk);
+    let _ = try_data_ready::<true>(sk);
     0
 }
 
@@ -51,19 +51,23 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 
 fn try_data_ready_tp(ctx: &TracePointContext) -> Result<(), i64> {
     let sk: *const u8 = read_ctx(ctx, off!(TP_OFFSETS.data_ready_skaddr))?;
-    try_data_ready(sk)
+    try_data_ready::<false>(sk)
 }
 
-fn try_data_ready(sk: *const u8) -> Result<(), i64> {
-    // This tracepoint fires for every socket that receives data; bail out early on all but listeners.
-    let state: u8 = read(sk, off!(SOCK_OFFSETS.state))?;
+/// `BTF`: `sk` is a BTF-typed pointer (tp_btf), so fields load directly; else each goes through
+/// bpf_probe_read_kernel.
+fn try_data_ready<const BTF: bool>(sk: *const u8) -> Result<(), i64> {
+    // This hook fires for every socket that receives data; bail out early on all but listeners.
+    let state: u8 = load::<u8, BTF>(sk, off!(SOCK_OFFSETS.state))?;
     if state != TCP_LISTEN {
         return Ok(());
     }
-    let depth: u32 = read(sk, off!(SOCK_OFFSETS.ack_backlog))?;
-    let backlog: u32 = read(sk, off!(SOCK_OFFSETS.max_ack_backlog))?;
+    let depth: u32 = load::<u32, BTF>(sk, off!(SOCK_OFFSETS.ack_backlog))?;
+    let backlog: u32 = load::<u32, BTF>(sk, off!(SOCK_OFFSETS.max_ack_backlog))?;
+    // icsk_accept_queue lies in inet_connection_sock, past struct sock: the verifier checks a
+    // direct load against struct sock only, so this one goes through bpf_probe_read_kernel.
     let syn_queue: u32 = read(sk, off!(SOCK_OFFSETS.syn_qlen)).unwrap_or(0);
-    let key = listener_key(sk)?;
+    let key = listener_key::<BTF>(sk)?;
     raise_peak(&key, depth, backlog, syn_queue);
     match LISTEN_COUNTERS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
@@ -78,7 +82,7 @@ fn try_data_ready(sk: *const u8) -> Result<(), i64> {
 
 fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
     let sk: *const u8 = read_ctx(ctx, off!(TP_OFFSETS.synack_skaddr))?;
-    let key = listener_key(sk)?;
+    let key = listener_key::<false>(sk)?;
     if let Ok(syn_queue) = read::<u32>(sk, off!(SOCK_OFFSETS.syn_qlen)) {
         raise_peak(&key, 0, 0, syn_queue);
     }
@@ -115,7 +119,13 @@ fn raise_peak(key: &ListenerKey, depth: u32, backlog: u32, syn_queue: u32) {
     }
 }
 
-fn listener_key(sk: *const u8) -> Result<ListenerKey, i64> {
+fn listener_key<const BTF: bool>(sk: *const u8) -> Result<ListenerKey, i64> {
+    if BTF {
+        use crate::fields::Fields as _;
+        let f = crate::fields::Sock(sk);
+        let family = f.family()?;
+        return Ok(ListenerKey { cookie: f.cookie(), netns: f.netns(), port: f.sport()?, family, addr: f.saddr(family)? });
+    }
     let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
     let port: u16 = read(sk, off!(SOCK_OFFSETS.num))?;
     let mut addr = [0u8; 16];
@@ -128,6 +138,15 @@ fn listener_key(sk: *const u8) -> Result<ListenerKey, i64> {
     let netns = netns_of(sk);
     let cookie: u64 = read(sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
     Ok(ListenerKey { cookie, netns, port, family, addr })
+}
+
+#[inline(always)]
+fn load<T: Copy, const BTF: bool>(sk: *const u8, off: u32) -> Result<T, i64> {
+    if BTF {
+        crate::fields::direct(sk, off)
+    } else {
+        read(sk, off)
+    }
 }
 
 /// One offset from the loader-written globals. Field by field, because copying the whole struct

@@ -24,7 +24,7 @@ use monitor_common::{
 
 use crate::{
     fields::{Fields, Record, Sock},
-    listeners::{netns_of, off, read, read_ctx},
+    listeners::{off, read, read_ctx},
     proto, storms,
 };
 
@@ -117,7 +117,7 @@ fn on_change<F: Fields>(sk: u64, old: u8, new: u8, f: &F) -> Result<(), i64> {
         return if f.protocol()? == IPPROTO_TCP { on_connect(f, sk) } else { Ok(()) };
     }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
-        return if f.protocol()? == IPPROTO_TCP { on_accept(f, sk) } else { Ok(()) };
+        return if f.protocol()? == IPPROTO_TCP { on_accept(f) } else { Ok(()) };
     }
     if old == TCP_SYN_SENT {
         return on_handshake_end(f, sk, new);
@@ -129,7 +129,7 @@ fn on_change<F: Fields>(sk: u64, old: u8, new: u8, f: &F) -> Result<(), i64> {
         }
         return Ok(());
     }
-    on_close(sk)
+    on_close(f, sk)
 }
 
 fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
@@ -137,11 +137,11 @@ fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     let pool = PoolKey {
         // SAFETY: plain helper calls valid in tracepoint programs.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        netns: netns_of(sk as *const u8),
+        netns: f.netns(),
         dport: f.dport()?,
         family,
         daddr: f.daddr(family)?,
-        comm: process_comm(),
+        comm: f.process_comm(),
     };
     // SAFETY: as above.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -203,7 +203,7 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
         }
     } else if new == TCP_CLOSE {
         let pool = info.pool;
-        let reason = failure_reason(sk);
+        let reason = failure_reason(f);
         with_stats(&pool, |s| s.failures[reason] += 1);
         storms::failed_at(&pool, info.connect_ns, reason);
         let _ = SOCKS.remove(&sk);
@@ -211,7 +211,7 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
     Ok(())
 }
 
-fn on_close(sk: u64) -> Result<(), i64> {
+fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     if let Some(info) = SOCKS.get_ptr(&sk) {
         // SAFETY: as in on_handshake_end.
         let info = unsafe { *info };
@@ -228,7 +228,7 @@ fn on_close(sk: u64) -> Result<(), i64> {
         let short = lifetime_ns < storms::short_lived_ns();
         // Died young: short-lived and ended by the server, by a reset (ECONNRESET, EPIPE) or by
         // hanging up first. Healthy per-request churn usually closes from the client side.
-        let reset = short && matches!(read::<i32>(sk as *const u8, off!(SOCK_OFFSETS.err)), Ok(104) | Ok(32));
+        let reset = short && matches!(f.err(), Ok(104) | Ok(32));
         let hung_up = short && !reset && info.flags & SOCK_PEER_CLOSED != 0;
         if reset {
             storms::failed_at(&info.pool, info.connect_ns, FAIL_DIED_RESET);
@@ -259,7 +259,7 @@ fn on_close(sk: u64) -> Result<(), i64> {
         Some(left) if unsafe { core::ptr::read_volatile(left) } > 0 => {}
         _ => return Ok(()),
     }
-    let cookie: u64 = read(sk as *const u8, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
+    let cookie = f.cookie();
     if cookie == 0 {
         return Ok(());
     }
@@ -278,13 +278,13 @@ fn on_close(sk: u64) -> Result<(), i64> {
     Ok(())
 }
 
-fn on_accept<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
+fn on_accept<F: Fields>(f: &F) -> Result<(), i64> {
     let family = f.family()?;
     let addr = f.saddr(family)?;
     let peer = f.daddr(family)?;
     let class = if family == AF_INET { class_v4([peer[0], peer[1], peer[2], peer[3]]) } else { class_v6(&peer) };
     let key = AcceptKey {
-        netns: netns_of(sk as *const u8),
+        netns: f.netns(),
         port: f.sport()?,
         family,
         addr,
@@ -329,7 +329,7 @@ fn class_v6(a: &[u8; 16]) -> u32 {
 }
 
 /// Name of the calling process (its thread-group leader), else of the calling thread.
-fn process_comm() -> [u8; 16] {
+pub(crate) fn process_comm() -> [u8; 16] {
     // SAFETY: bpf_get_current_task is valid in tracepoint programs; reads go through probe_read.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     if let Ok(leader) = read::<*const u8>(task, off!(TASK_OFFSETS.group_leader)) {
@@ -341,8 +341,8 @@ fn process_comm() -> [u8; 16] {
 }
 
 /// Why a SYN_SENT socket closed, from the error the kernel left on it.
-fn failure_reason(sk: u64) -> usize {
-    let err: i32 = read(sk as *const u8, off!(SOCK_OFFSETS.err)).unwrap_or(-1);
+fn failure_reason<F: Fields>(f: &F) -> usize {
+    let err: i32 = f.err().unwrap_or(-1);
     match err {
         0 => FAIL_ABORTED,
         111 => FAIL_REFUSED,             // ECONNREFUSED: RST answered the SYN
@@ -385,12 +385,18 @@ pub(crate) fn with_stats(pool: &PoolKey, f: impl FnOnce(&mut PoolStats)) {
 }
 
 fn live_add(pool: &PoolKey, delta: i64) {
-    if POOL_LIVE.get_ptr_mut(pool).is_none() {
-        let _ = POOL_LIVE.insert(pool, &0, 1 /* BPF_NOEXIST */);
-    }
-    let Some(live) = POOL_LIVE.get_ptr_mut(pool) else {
-        lost(LOST_POOL_TABLE_FULL);
-        return;
+    // One lookup in the usual case; a new pool inserts 0 and looks again, because the add must
+    // be atomic on the entry other CPUs see.
+    let live = match POOL_LIVE.get_ptr_mut(pool) {
+        Some(live) => live,
+        None => {
+            let _ = POOL_LIVE.insert(pool, &0, 1 /* BPF_NOEXIST */);
+            let Some(live) = POOL_LIVE.get_ptr_mut(pool) else {
+                lost(LOST_POOL_TABLE_FULL);
+                return;
+            };
+            live
+        }
     };
     // core's atomics have no read-modify-write for bpf (no CAS), so use the intrinsic, which
     // lowers to the BPF atomic add instruction.
