@@ -1,12 +1,14 @@
 //! `cargo xtask bench pools`: what tracking connection pools costs under connection churn.
 //!
-//! Phase 1, throughput: interleaved rounds (A B C C B A A B C ...) of saturated loopback churn
+//! Phase 1, throughput: interleaved rounds (A B C D D C B A ...) of saturated loopback churn
 //! (connload) with
 //! - A: no probe;
 //! - B: the release agent (`connmon run`), /metrics scraped every second as Prometheus would, so
 //!   the userspace side is part of the cost;
 //! - C: the bpftrace one-liner counting `sock:inet_sock_set_state` transitions, a floor for "one
-//!   eBPF program on that tracepoint".
+//!   eBPF program on that tracepoint";
+//! - D: as B with `--probes.disable protocol`, to show apart what the protocol recogniser's
+//!   per-packet cgroup_skb program costs (informative; the targets are judged on B).
 //!
 //! Each probe is started fresh for its round and given the same settle time as A; it is ready
 //! once /readyz answers 200 (B) or bpftrace prints "Attaching" (C). The agent's and bpftrace's
@@ -40,7 +42,8 @@ use super::{build_release, free_port, log_dir, preflight, Binaries};
 
 #[derive(Args, Debug)]
 pub struct PoolsArgs {
-    /// Rounds per variant (A no probe, B connmon, C bpftrace), interleaved A B C C B A ...
+    /// Rounds per variant (A no probe, B connmon, C bpftrace, D connmon without the protocol
+    /// probe), interleaved A B C D D C B A ...
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
     /// Length of each saturated round, in seconds.
@@ -95,16 +98,20 @@ enum Variant {
     A,
     B,
     C,
+    /// connmon without the protocol recogniser (`--probes.disable protocol`): its cgroup_skb
+    /// program runs on every egress packet, so this shows what that one probe costs.
+    D,
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::A, Variant::B, Variant::C];
+    const ALL: [Variant; 4] = [Variant::A, Variant::B, Variant::C, Variant::D];
 
     fn letter(self) -> &'static str {
         match self {
             Variant::A => "A",
             Variant::B => "B",
             Variant::C => "C",
+            Variant::D => "D",
         }
     }
 
@@ -113,6 +120,7 @@ impl Variant {
             Variant::A => "no probe",
             Variant::B => "connmon, scraped 1/s",
             Variant::C => "bpftrace one-liner",
+            Variant::D => "connmon, no protocol probe",
         }
     }
 
@@ -121,6 +129,7 @@ impl Variant {
             Variant::A => "-",
             Variant::B => "connmon",
             Variant::C => "bpftrace",
+            Variant::D => "connmon",
         }
     }
 }
@@ -275,7 +284,7 @@ fn load_args(ctx: &Ctx, extra: &[&str]) -> Vec<String> {
 /// One run of connload with `variant`'s probe started before and stopped after it.
 fn measure(ctx: &Ctx, variant: Variant, label: &str, load_args: &[String]) -> Result<Run> {
     let web = match variant {
-        Variant::B => Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+        Variant::B | Variant::D => Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
         _ => None,
     };
     let log = |suffix: &str| ctx.logs.join(format!("{label}-{suffix}.log"));
@@ -285,6 +294,13 @@ fn measure(ctx: &Ctx, variant: Variant, label: &str, load_args: &[String]) -> Re
             &ctx.bins.connmon,
             web.expect("B has an address"),
             log("connmon"),
+            &[],
+        )?),
+        Variant::D => Some(start_agent(
+            &ctx.bins.connmon,
+            web.expect("D has an address"),
+            log("connmon"),
+            &["--probes.disable", "protocol"],
         )?),
         Variant::C => Some(start_bpftrace(BPFTRACE_PROGRAM, log("bpftrace"))?),
     };
@@ -370,9 +386,9 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        assert_eq!(letters(3), "A B C C B A A B C");
-        assert_eq!(letters(1), "A B C");
-        assert_eq!(schedule(4).len(), 12);
+        assert_eq!(letters(3), "A B C D D C B A A B C D");
+        assert_eq!(letters(1), "A B C D");
+        assert_eq!(schedule(4).len(), 16);
     }
 
     #[test]

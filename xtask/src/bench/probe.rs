@@ -112,12 +112,13 @@ fn log_file(path: &Path) -> Result<std::fs::File> {
 }
 
 /// `connmon run --web.listen-address <web>`, ready once /readyz answers 200.
-pub(super) fn start_agent(connmon: &Path, web: SocketAddr, log: PathBuf) -> Result<Probe> {
+pub(super) fn start_agent(connmon: &Path, web: SocketAddr, log: PathBuf, extra: &[&str]) -> Result<Probe> {
     let out = log_file(&log)?;
     let mut cmd = Command::new(connmon);
     cmd.arg("run")
         .arg("--web.listen-address")
         .arg(web.to_string())
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
@@ -214,7 +215,7 @@ mod tests {
     fn agent_that_exits_at_start_is_an_error() {
         let log = std::env::temp_dir().join(format!("xtask-bench-test-{}.log", std::process::id()));
         let web = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-        let err = start_agent(Path::new("/bin/false"), web, log.clone())
+        let err = start_agent(Path::new("/bin/false"), web, log.clone(), &[])
             .err()
             .expect("must fail");
         let _ = std::fs::remove_file(&log);

@@ -191,6 +191,12 @@ pub(super) fn print_summary(
         ),
         _ => println!("  throughput cost: not measured"),
     }
+    if let (Some(d), Some(c)) = (row(Variant::D).and_then(cost), row(Variant::C).and_then(cost)) {
+        println!(
+            "  {:<58} (informative: what the protocol probe costs)",
+            format!("without the protocol probe: connmon {:.1}%, bpftrace {:.1}%", 100.0 * d, 100.0 * c)
+        );
+    }
     match steady.and_then(|r| r.probe.map(|p| (r, p))) {
         Some((run, p)) => {
             let pct = 100.0 * p.cpu_s / p.wall_s;
