@@ -120,7 +120,7 @@ impl Variant {
             Variant::A => "no probe",
             Variant::B => "connmon, scraped 1/s",
             Variant::C => "bpftrace one-liner",
-            Variant::D => "connmon, no protocol probe",
+            Variant::D => "connmon, no protocol",
         }
     }
 
