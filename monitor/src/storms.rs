@@ -208,17 +208,22 @@ impl Detector {
         let dt = now - last.0;
         let matching = tick_rate >= threshold && tick_bad >= cfg.bad_ratio && estimate.is_none_or(|e| e.backoff < cfg.min_backoff);
         let mut transition = None;
+        // A match is judged on the whole interval since the last tick, so the signature has held
+        // since that interval began, not since this tick. Ticks run a few milliseconds early or
+        // late: without the slack, two 1 s intervals could add up to 1.999 s and `for 2s` would
+        // wait a whole extra tick.
+        const SLACK: f64 = 0.05;
         if matching {
             self.calm_since = None;
-            let since = *self.matching_since.get_or_insert(now);
-            if !self.signals.in_storm && now - since >= cfg.for_duration.as_secs_f64() {
+            let since = *self.matching_since.get_or_insert(last.0);
+            if !self.signals.in_storm && now - since + SLACK >= cfg.for_duration.as_secs_f64() {
                 self.signals.in_storm = true;
                 transition = Some(Transition::Started);
             }
         } else {
             self.matching_since = None;
-            let since = *self.calm_since.get_or_insert(now);
-            if self.signals.in_storm && now - since >= cfg.hold_down.as_secs_f64() {
+            let since = *self.calm_since.get_or_insert(last.0);
+            if self.signals.in_storm && now - since + SLACK >= cfg.hold_down.as_secs_f64() {
                 self.signals.in_storm = false;
                 transition = Some(Transition::Ended);
             }
