@@ -101,6 +101,16 @@ pub fn wait_until<T>(deadline: Instant, what: &str, mut f: impl FnMut() -> Optio
 pub fn poll_until<T, E: Display>(
     deadline: Instant,
     what: &str,
+    f: impl FnMut() -> Result<T, E>,
+) -> T {
+    poll_every(POLL_INTERVAL, deadline, what, f)
+}
+
+/// [`poll_until`] with its own pause between tries (scrapes are costlier than most checks).
+pub fn poll_every<T, E: Display>(
+    every: Duration,
+    deadline: Instant,
+    what: &str,
     mut f: impl FnMut() -> Result<T, E>,
 ) -> T {
     let start = Instant::now();
@@ -115,7 +125,7 @@ pub fn poll_until<T, E: Display>(
                 start.elapsed().as_secs_f64()
             );
         }
-        std::thread::sleep(POLL_INTERVAL);
+        std::thread::sleep(every);
     }
 }
 

@@ -20,20 +20,7 @@ pub fn scrape_until<T>(
     what: &str,
     mut f: impl FnMut(&[Sample]) -> Result<T, String>,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        let last = match f(&agent.samples()) {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {:.1}s waiting for {what}; last observation: {last}",
-                start.elapsed().as_secs_f64()
-            );
-        }
-        std::thread::sleep(SCRAPE_EVERY);
-    }
+    super::poll_every(SCRAPE_EVERY, deadline, what, || f(&agent.samples()))
 }
 
 /// The sum of the samples `name` whose labels include `labels` (over the labels not given, such as
