@@ -125,27 +125,24 @@ fn v6(base: *const u8, off: u32) -> Result<[u8; 16], i64> {
 
 /// The classic tracepoint's record; fields of the socket itself are read through
 /// bpf_probe_read_kernel, since the record's pointer carries no type.
-pub(crate) struct Record<'a>(pub &'a TracePointContext);
-
-impl Record<'_> {
-    #[inline(always)]
-    fn sk(&self) -> *const u8 {
-        read_ctx::<u64>(self.0, off!(TP_OFFSETS.state.skaddr)).unwrap_or(0) as *const u8
-    }
+pub(crate) struct Record<'a> {
+    pub ctx: &'a TracePointContext,
+    /// The record's `skaddr`, read once by the caller.
+    pub sk: *const u8,
 }
 
 impl Fields for Record<'_> {
     #[inline(always)]
     fn netns(&self) -> u32 {
-        netns_of(self.sk())
+        netns_of(self.sk)
     }
     #[inline(always)]
     fn err(&self) -> Result<i32, i64> {
-        read(self.sk(), off!(SOCK_OFFSETS.err))
+        read(self.sk, off!(SOCK_OFFSETS.err))
     }
     #[inline(always)]
     fn cookie(&self) -> u64 {
-        read(self.sk(), off!(SOCK_OFFSETS.cookie)).unwrap_or(0)
+        read(self.sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0)
     }
     #[inline(always)]
     fn process_comm(&self) -> [u8; 16] {
@@ -153,34 +150,34 @@ impl Fields for Record<'_> {
     }
     #[inline(always)]
     fn protocol(&self) -> Result<u16, i64> {
-        read_ctx(self.0, off!(TP_OFFSETS.state.protocol))
+        read_ctx(self.ctx, off!(TP_OFFSETS.state.protocol))
     }
     #[inline(always)]
     fn family(&self) -> Result<u16, i64> {
-        read_ctx(self.0, off!(TP_OFFSETS.state.family))
+        read_ctx(self.ctx, off!(TP_OFFSETS.state.family))
     }
     #[inline(always)]
     fn dport(&self) -> Result<u16, i64> {
-        read_ctx(self.0, off!(TP_OFFSETS.state.dport))
+        read_ctx(self.ctx, off!(TP_OFFSETS.state.dport))
     }
     #[inline(always)]
     fn sport(&self) -> Result<u16, i64> {
-        read_ctx(self.0, off!(TP_OFFSETS.state.sport))
+        read_ctx(self.ctx, off!(TP_OFFSETS.state.sport))
     }
     #[inline(always)]
     fn daddr(&self, family: u16) -> Result<[u8; 16], i64> {
         if family == AF_INET {
-            v4(read_ctx(self.0, off!(TP_OFFSETS.state.daddr))?)
+            v4(read_ctx(self.ctx, off!(TP_OFFSETS.state.daddr))?)
         } else {
-            read_ctx(self.0, off!(TP_OFFSETS.state.daddr_v6))
+            read_ctx(self.ctx, off!(TP_OFFSETS.state.daddr_v6))
         }
     }
     #[inline(always)]
     fn saddr(&self, family: u16) -> Result<[u8; 16], i64> {
         if family == AF_INET {
-            v4(read_ctx(self.0, off!(TP_OFFSETS.state.saddr))?)
+            v4(read_ctx(self.ctx, off!(TP_OFFSETS.state.saddr))?)
         } else {
-            read_ctx(self.0, off!(TP_OFFSETS.state.saddr_v6))
+            read_ctx(self.ctx, off!(TP_OFFSETS.state.saddr_v6))
         }
     }
 }

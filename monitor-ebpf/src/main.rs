@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod counters;
 mod fields;
 mod listeners;
 mod pools;

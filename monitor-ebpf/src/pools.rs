@@ -23,6 +23,7 @@ use monitor_common::{
 };
 
 use crate::{
+    counters,
     fields::{Fields, Record, Sock},
     listeners::{off, read, read_ctx},
     proto, storms,
@@ -75,7 +76,10 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     let old: u64 = ctx.arg(1);
     let new: u64 = ctx.arg(2);
-    let _ = on_change(sk, old as u8, new as u8, &Sock(sk as *const u8));
+    let (old, new) = (old as u8, new as u8);
+    if acts_on(old, new) {
+        let _ = on_change(sk, old, new, &Sock(sk as *const u8));
+    }
     0
 }
 
@@ -92,7 +96,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.state.skaddr))?;
-    on_change(sk, old as u8, new as u8, &Record(ctx))
+    on_change(sk, old as u8, new as u8, &Record { ctx, sk: sk as *const u8 })
 }
 
 /// The transitions the probe acts on; half of a connection's transitions (FIN_WAIT1, FIN_WAIT2,
@@ -106,11 +110,9 @@ fn acts_on(old: u8, new: u8) -> bool {
         || new == TCP_CLOSE
 }
 
+/// A transition `acts_on` accepted.
 #[inline(always)]
 fn on_change<F: Fields>(sk: u64, old: u8, new: u8, f: &F) -> Result<(), i64> {
-    if !acts_on(old, new) {
-        return Ok(());
-    }
     // Only sockets that start here need the protocol checked (SCTP, for one, reports through
     // the same hook); every later transition finds its socket in SOCKS, which holds TCP only.
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
@@ -254,10 +256,8 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     }
     // Not connected while we watched: maybe a connection seeded at start-up. Once every seeded
     // connection is gone (SEEDED_LEFT is an upper bound on what is left), skip the lookup.
-    match SEEDED_LEFT.get_ptr(0) {
-        // SAFETY: array slot, read once.
-        Some(left) if unsafe { core::ptr::read_volatile(left) } > 0 => {}
-        _ => return Ok(()),
+    if !counters::positive(&SEEDED_LEFT) {
+        return Ok(());
     }
     let cookie = f.cookie();
     if cookie == 0 {
@@ -269,10 +269,7 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
         with_stats(&pool, |s| s.closes += 1);
         live_add(&pool, -1);
         if SEEDED.remove(&cookie).is_ok() {
-            if let Some(left) = SEEDED_LEFT.get_ptr_mut(0) {
-                // SAFETY: array slot; several CPUs may close seeded sockets at once.
-                unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(left, -1) };
-            }
+            counters::add(&SEEDED_LEFT, -1);
         }
     }
     Ok(())

@@ -2,8 +2,6 @@
 //! sits in page fragments), so a cgroup_skb egress program on the cgroup2 root reads it with
 //! bpf_skb_load_bytes. Only flows the pools probe registered as pending are looked at, and a
 //! counter of pending flows lets every other packet leave after one array read.
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-
 use aya_ebpf::{
     macros::{cgroup_skb, map},
     maps::{Array, LruHashMap},
@@ -26,6 +24,8 @@ static PENDING_N: Array<i64> = Array::with_max_entries(1, 0);
 #[map]
 static PROTO_SEEN: LruHashMap<PoolKey, u32> = LruHashMap::with_max_entries(MAX_POOLS, 0);
 
+use crate::counters;
+
 const IPPROTO_TCP: u8 = 6;
 
 /// Called by the pools probe when a client connection is established. A pool already classed,
@@ -42,7 +42,7 @@ pub(crate) fn watch(flow: &FlowKey, pool: &PoolKey) -> bool {
         }
     }
     if PENDING.insert(flow, pool, 0).is_ok() {
-        pending_add(1);
+        counters::add(&PENDING_N, 1);
         return true;
     }
     false
@@ -51,7 +51,7 @@ pub(crate) fn watch(flow: &FlowKey, pool: &PoolKey) -> bool {
 /// Called by the pools probe when a client connection closes; a flow still pending sent nothing.
 pub(crate) fn unwatch(flow: &FlowKey, pool: &PoolKey) {
     if PENDING.remove(flow).is_ok() {
-        pending_add(-1);
+        counters::add(&PENDING_N, -1);
         let tries = match PROTO_SEEN.get_ptr(pool) {
             // SAFETY: as above.
             Some(seen) => unsafe { *seen }.max(PROTO_TRIES_BASE) + 1,
@@ -86,9 +86,8 @@ pub fn classify_egress(ctx: SkBuffContext) -> i32 {
 }
 
 fn try_classify(ctx: &SkBuffContext) -> Result<(), i64> {
-    match PENDING_N.get(0) {
-        Some(n) if *n > 0 => {}
-        _ => return Ok(()),
+    if !counters::positive(&PENDING_N) {
+        return Ok(());
     }
     let vihl: u8 = ctx.load(0)?;
     let (flow, l4, total) = match vihl >> 4 {
@@ -141,7 +140,7 @@ fn try_classify(ctx: &SkBuffContext) -> Result<(), i64> {
     let proto = classify(&b);
     let _ = PROTO_SEEN.insert(&pool, &proto, 0);
     if PENDING.remove(&flow).is_ok() {
-        pending_add(-1);
+        counters::add(&PENDING_N, -1);
     }
     Ok(())
 }
@@ -160,11 +159,4 @@ fn classify(b: &[u8; 8]) -> u32 {
         return PROTO_POSTGRES;
     }
     PROTO_UNKNOWN
-}
-
-fn pending_add(delta: i64) {
-    if let Some(n) = PENDING_N.get_ptr_mut(0) {
-        // SAFETY: array slot lives as long as the map; the add is atomic across CPUs.
-        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(n, delta) };
-    }
 }

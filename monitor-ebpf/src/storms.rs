@@ -2,8 +2,6 @@
 //! ring buffer of failed connects (and the first success after failures) whose timing the agent
 //! turns into backoff and jitter estimates. Sockets are matched to pools through the pools probe's
 //! socket table, so only client connections connmon follows are counted.
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{map, tracepoint},
@@ -17,6 +15,7 @@ use monitor_common::{
 };
 
 use crate::{
+    counters,
     listeners::{off, read_ctx},
     pools::{lost, with_stats, SOCKS},
 };
@@ -41,13 +40,6 @@ static FAILING: LruHashMap<PoolKey, u32> = LruHashMap::with_max_entries(MAX_POOL
 /// bound, so a healthy host skips the FAILING lookup on every completed handshake.
 #[map]
 static FAILING_N: Array<i64> = Array::with_max_entries(1, 0);
-
-fn failing_add(delta: i64) {
-    if let Some(n) = FAILING_N.get_ptr_mut(0) {
-        // SAFETY: array slot; CPUs add concurrently.
-        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(n, delta) };
-    }
-}
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
@@ -121,7 +113,7 @@ pub(crate) fn failed_at(pool: &PoolKey, connect_ns: u64, reason: usize) {
     let _ = LAST_FAILED.insert(pool, &connect_ns, 0);
     emit(pool, connect_ns, RETRY_FAILED, reason as u32);
     if reason < FAIL_REASONS && FAILING.insert(pool, &1, 1 /* BPF_NOEXIST */).is_ok() {
-        failing_add(1);
+        counters::add(&FAILING_N, 1);
     }
 }
 
@@ -130,15 +122,13 @@ pub(crate) fn succeeded(pool: &PoolKey) {
     // Nearly every connect of a healthy pool lands here: skip the lookup while nothing is
     // failing, and look up before deleting (a delete takes the bucket lock even when there is
     // nothing to delete).
-    match FAILING_N.get_ptr(0) {
-        // SAFETY: array slot, read once.
-        Some(n) if unsafe { core::ptr::read_volatile(n) } > 0 => {}
-        _ => return,
+    if !counters::positive(&FAILING_N) {
+        return;
     }
     if FAILING.get_ptr(pool).is_none() || FAILING.remove(pool).is_err() {
         return;
     }
-    failing_add(-1);
+    counters::add(&FAILING_N, -1);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     emit(pool, now, RETRY_RECOVERED, 0);
