@@ -16,8 +16,8 @@ COPY . .
 # mount tracefs (no CAP_SYS_ADMIN), and only a running agent needs it (the agent mounts it itself).
 RUN cargo xtask setup --no-tracefs
 
-# monitor's build script builds the eBPF programs (nightly, bpf-linker) and embeds them.
-RUN cargo build --release -p monitor \
+# connmon's build script (monitor/build.rs) builds the eBPF programs (nightly, bpf-linker) and embeds them.
+RUN cargo build --release -p connmon \
  && install -D -m 0755 target/release/connmon /usr/local/bin/connmon
 
 # --- runtime: glibc and libgcc only ----------------------------------------------------------------

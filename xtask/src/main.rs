@@ -134,7 +134,7 @@ fn run_agent(agent_args: &[String]) -> Result<()> {
 
     let mut build = Command::new("cargo");
     build
-        .args(["build", "--release", "-p", "monitor"])
+        .args(["build", "--release", "-p", "connmon"])
         .current_dir(workspace_root());
     util::run_inherit(&mut build)?;
 

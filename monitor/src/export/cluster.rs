@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use prometheus_client::registry::Registry;
 
 use super::{float_family, gauge_family, labels, WORKLOAD_INFO};
-use crate::{cluster::View, cluster_map::WorkloadNames};
+use crate::{attribution::cluster::View, attribution::cluster_map::WorkloadNames};
 
 pub const PEER_INFO: &str = "connmon_peer_info";
 pub const KUBERNETES_UP: &str = "connmon_kubernetes_up";
@@ -24,7 +24,7 @@ pub fn register(reg: &mut Registry, cgroups: &BTreeSet<&str>, destinations: &BTr
         "What each cgroup seen on a listener or pool is: container runtime, container id, pod UID and QoS class from the kubelet's cgroup naming, or the systemd unit of a host process; namespace, pod and container names from the Kubernetes API when it is used (empty when unknown); join on cgroup",
     );
     for c in cgroups {
-        let w = crate::workload::parse(c);
+        let w = crate::attribution::workload::parse(c);
         let n = view.map(|v| v.names.workload(&w)).unwrap_or_default();
         let WorkloadNames { namespace, pod, container } = &n;
         workload
@@ -75,7 +75,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{cluster::ResourceView, cluster_map::Names};
+    use crate::{attribution::cluster::ResourceView, attribution::cluster_map::Names};
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const UID: &str = "3f6c1a2e-8b4d-4c1e-9f7a-2b5d6e8f9a0b";

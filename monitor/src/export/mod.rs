@@ -11,14 +11,64 @@ use prometheus_client::{
 };
 
 use crate::{
-    listeners::{Listener, Snapshot},
-    netstat::TCP_EXT_COUNTERS,
-    probes::ProbeState,
+    model::listeners::{Listener, Snapshot},
+    scan::netstat::TCP_EXT_COUNTERS,
+    kernel::probes::ProbeState,
 };
 
 pub mod cluster;
 pub mod pools;
 pub mod storms;
+
+/// Every metric name connmon exports (counters with their `_total`), for tests and tooling that
+/// check dashboards and rules against what really exists.
+pub const METRICS: &[&str] = &[
+    LISTEN_QUEUE_DEPTH,
+    LISTEN_QUEUE_MAX,
+    LISTEN_QUEUE_FILL,
+    LISTEN_QUEUE_PEAK,
+    LISTEN_DROPS,
+    LISTEN_SYN_QUEUE,
+    LISTEN_SYNACK_RETRANS,
+    LISTEN_SERIES_DROPPED,
+    NETNS_TCP_EXT,
+    NETNS_INFO,
+    SCAN_DURATION,
+    SCAN_NETNS_FAILED,
+    SCAN_CONNECTIONS_AGE,
+    PROBE_UP,
+    BUILD_INFO,
+    WORKLOAD_INFO,
+    ALERT_ACTIVE,
+    ALERTS_FIRED,
+    cluster::PEER_INFO,
+    cluster::KUBERNETES_UP,
+    cluster::KUBERNETES_OBJECTS,
+    cluster::KUBERNETES_LAST_SYNC,
+    pools::POOL_CONNECTIONS,
+    pools::POOL_PEAK,
+    pools::POOL_ATTEMPTS,
+    pools::POOL_OPENS,
+    pools::POOL_CLOSES,
+    pools::POOL_FAILURES,
+    pools::POOL_CONNECT_DURATION,
+    pools::POOL_LIFETIME,
+    pools::POOL_SERVICE_INFO,
+    pools::POOL_FOLDED,
+    pools::LISTEN_ESTABLISHED,
+    pools::LISTEN_ACCEPTS,
+    pools::EVENTS_LOST,
+    pools::POOL_SYN_RETRANS,
+    pools::POOL_RESETS,
+    pools::POOL_SHORT_LIVED,
+    pools::POOL_DIED_YOUNG,
+    storms::RETRY_STORM,
+    storms::RETRY_STORM_SCORE,
+    storms::POOL_BACKOFF,
+    storms::POOL_JITTER,
+    storms::POOL_ATTEMPT_RATE,
+    storms::POOL_BAD_RATIO,
+];
 
 pub const LISTEN_QUEUE_DEPTH: &str = "connmon_listen_queue_depth";
 pub const LISTEN_QUEUE_MAX: &str = "connmon_listen_queue_max";
@@ -56,7 +106,7 @@ pub struct Context<'a> {
     pub alerts: &'a [crate::alerts::AlertView],
     pub alerts_fired: &'a BTreeMap<&'static str, u64>,
     /// Names and health from the Kubernetes API, when it is used.
-    pub cluster: Option<&'a crate::cluster::View>,
+    pub cluster: Option<&'a crate::attribution::cluster::View>,
 }
 
 /// Prometheus-client appends `_total` to counters itself.
@@ -245,5 +295,21 @@ mod tests {
         assert!(text.contains("connmon_probe_up{probe=\"synack_retransmit\"} 0"), "{text}");
         assert!(text.contains("connmon_build_info{version="), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn metrics_lists_every_metric_name_constant() {
+        let sources = [include_str!("mod.rs"), include_str!("cluster.rs"), include_str!("pools.rs"), include_str!("storms.rs")];
+        let mut declared = Vec::new();
+        for src in sources {
+            for (i, _) in src.match_indices(": &str = \"connmon_") {
+                let rest = &src[i + 10..];
+                declared.push(&rest[..rest.find('"').unwrap()]);
+            }
+        }
+        assert_eq!(declared.len(), METRICS.len(), "a metric constant is missing from METRICS");
+        for name in declared {
+            assert!(METRICS.contains(&name), "{name} is not in METRICS");
+        }
     }
 }

@@ -16,9 +16,9 @@ use prometheus_client::{
 
 use super::{counter_family, gauge_family, labels, Labels};
 use crate::{
-    listeners::{self, Listener, ListenerId},
-    pools::{add_stats, KernelExtras, Pool, CLIENT_CLASSES, FAILURE_REASONS, LOST_REASON_NAMES},
-    storms::Signals,
+    model::listeners::{self, Listener, ListenerId},
+    model::pools::{add_stats, KernelExtras, Pool, CLIENT_CLASSES, FAILURE_REASONS, LOST_REASON_NAMES},
+    model::storms::Signals,
 };
 
 pub const POOL_CONNECTIONS: &str = "connmon_pool_connections";
@@ -269,7 +269,7 @@ impl prometheus_client::encoding::EncodeMetric for HistRef<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pools::tests_support::pool;
+    use crate::model::pools::tests_support::pool;
 
     #[test]
     fn cap_keeps_the_busiest_and_folds_the_rest() {

@@ -7,8 +7,8 @@ use prometheus_client::registry::Registry;
 
 use super::{float_family, gauge_family, listener_labels, Labels};
 use crate::{
-    listeners::{Listener, ListenerId},
-    storms::Signals,
+    model::listeners::{Listener, ListenerId},
+    model::storms::Signals,
 };
 
 pub const RETRY_STORM: &str = "connmon_retry_storm";

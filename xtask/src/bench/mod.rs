@@ -63,7 +63,7 @@ struct Binaries {
 fn build_release() -> Result<Binaries> {
     println!("building the release agent and connload");
     for args in [
-        &["build", "--release", "-p", "monitor"][..],
+        &["build", "--release", "-p", "connmon"][..],
         &["build", "--release", "-p", "xtask", "--bin", "connload"][..],
     ] {
         run_inherit(

@@ -1,0 +1,230 @@
+//! The running agent: owns the loaded probes, the trackers and the alert rules, serialises
+//! collections (a scrape, the periodic tick and alert evaluation never scan at once), and tracks
+//! readiness. Start-up order is
+//! chosen so a bad listen address or web config file fails before anything is loaded, probes
+//! load while the process has one thread (so capabilities can be dropped for all), and
+//! `/healthz` answers while the connections open at start-up are still being counted.
+mod observer;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Instant,
+};
+
+use log::{info, warn};
+
+pub use self::observer::{Alerting, Gathered, Observer};
+use crate::{
+    alerts::{self, notify::Notifier, Engine},
+    attribution::cluster::{self, Cluster, Decision},
+    config::{self, flags::RunArgs},
+    export::{self, pools::PoolsSection},
+    kernel::probes::Probes,
+    model::{pools::PoolTracker, services::Services, storms::StormTracker},
+    scan,
+    web::{self, auth, tls},
+};
+
+pub struct Agent {
+    observer: Mutex<Observer>,
+    ready: AtomicBool,
+    max_listener_series: usize,
+    max_pool_series: usize,
+    /// Names from the Kubernetes API, when it is used.
+    cluster: Option<Cluster>,
+}
+
+impl Agent {
+    fn lock(&self) -> MutexGuard<'_, Observer> {
+        // A panic inside a collection must not wedge every later scrape.
+        self.observer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tick(&self) {
+        self.lock().tick();
+    }
+}
+
+impl web::Endpoints for Agent {
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
+    fn collect(&self) -> String {
+        let mut c = self.lock();
+        let g = c.gather(true);
+        let section = PoolsSection {
+            pools: &g.pools,
+            signals: &g.pool_signals,
+            extras: g.extras.as_ref(),
+            listener_signals: &g.listener_signals,
+            max_series: self.max_pool_series,
+        };
+        let (active, fired) = match &c.alerts {
+            Some(a) => (a.engine.active(), a.engine.fired_total.clone()),
+            None => (Vec::new(), Default::default()),
+        };
+        let view = self.cluster.as_ref().map(Cluster::view);
+        let ctx = export::Context {
+            cluster: view.as_ref(),
+            probes: &c.probes.states,
+            scan_seconds: g.seconds,
+            connections_age: g.connections_age,
+            max_listener_series: self.max_listener_series,
+            alerts: &active,
+            alerts_fired: &fired,
+        };
+        export::render(&g.snap, &section, &ctx)
+    }
+
+    /// Pending and firing alerts, for /api/v1/alerts.
+    fn alerts(&self) -> Vec<alerts::AlertView> {
+        self.lock().alerts.as_ref().map(|a| a.engine.active()).unwrap_or_default()
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let file = match &args.config_file {
+        Some(path) => config::load(path)?,
+        None => config::Config::default(),
+    };
+    let mut service_specs: Vec<String> =
+        file.services.iter().map(|(name, ports)| format!("{name}={}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","))).collect();
+    service_specs.extend(args.pool.services.iter().cloned());
+    let services = Services::with_overrides(&service_specs)?;
+    let web_config = match args.web_config_file.as_ref().or(file.web.config_file.as_ref()) {
+        Some(path) => Some(Arc::new(tls::WebConfigSource::open(path)?)),
+        None => None,
+    };
+    let tls = web_config.as_ref().is_some_and(|w| w.current().tls.is_some());
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+    let kube = cluster::decide(&args.kubernetes, in_cluster)?;
+    let listener = web::bind(&args.listen_address).await?;
+    let local = listener.local_addr()?;
+    // Loaded on this thread while it is the process's only one, so the capabilities that only
+    // loading needs can be dropped for every thread started afterwards. Connections queue in the
+    // bound socket meanwhile (loading takes well under a second).
+    let loading = Instant::now();
+    let storm = args.storm.or(&file.storm).resolve();
+    let probes = Probes::load(&args.probes.options(storm.short_lived));
+    info!("probes loaded in {} ms", loading.elapsed().as_millis());
+    crate::kernel::privs::drop_after_attach();
+    let scheme = if tls { "https" } else { "http" };
+    let mut alert_cfg = file.alerts.clone();
+    if !args.alertmanager_urls.is_empty() {
+        alert_cfg.alertmanager_urls = args.alertmanager_urls.clone();
+    }
+    let notifier = (!alert_cfg.alertmanager_urls.is_empty()).then(|| Notifier::start(alert_cfg.alertmanager_urls.clone(), alert_cfg.resend.0));
+    let ceilings = file.ceilings.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    let alert_interval = alert_cfg.interval.0;
+    let mut observer = Observer::new(
+        PoolTracker::new(services, args.pool_idle_expiry),
+        StormTracker::new(storm),
+    );
+    observer.full_scans = scan::FullScans::new(args.scan_budget);
+    observer.alerts = Some(Alerting {
+        engine: Engine::new(alert_cfg, ceilings),
+        notifier,
+        generator_url: format!("{scheme}://{}/", hostname_or(local)),
+    });
+    let agent = Arc::new(Agent {
+        observer: Mutex::new(observer),
+        ready: AtomicBool::new(false),
+        max_listener_series: args.max_listener_series,
+        max_pool_series: args.max_pool_series,
+        cluster: match kube {
+            Decision::Off(why) => {
+                info!("kubernetes: {why}; naming workloads by cgroup ids and comm");
+                None
+            }
+            // Returns at once: the watches run on a thread of their own.
+            Decision::On(settings) => Some(Cluster::start(settings)),
+        },
+    });
+    match &web_config {
+        Some(w) => {
+            let auth = match w.current().config.users.len() {
+                0 => "no basic auth".to_string(),
+                n => format!("basic auth, {n} user(s)"),
+            };
+            info!("serving metrics on {scheme}://{local}/metrics (web config {}: {auth})", w.path().display());
+        }
+        None => info!("serving metrics on http://{local}/metrics"),
+    }
+
+    let starter = Arc::clone(&agent);
+    tokio::task::spawn_blocking(move || {
+        starter.lock().attach(probes);
+        starter.tick();
+        starter.ready.store(true, Ordering::Release);
+        info!("ready: first scan done");
+    });
+
+    let sampler = Arc::clone(&agent);
+    let interval = args.scan_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if web::Endpoints::is_ready(&*sampler) {
+                let s = Arc::clone(&sampler);
+                if let Err(e) = tokio::task::spawn_blocking(move || s.tick()).await {
+                    warn!("periodic scan failed: {e}");
+                }
+            }
+        }
+    });
+
+    let evaluator = Arc::clone(&agent);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(alert_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if web::Endpoints::is_ready(&*evaluator) {
+                let e = Arc::clone(&evaluator);
+                if let Err(err) = tokio::task::spawn_blocking(move || e.lock().evaluate_alerts()).await {
+                    warn!("alert evaluation failed: {err}");
+                }
+            }
+        }
+    });
+
+    let app = web::router(agent, web_config.clone().map(auth::Guard::new));
+    match web_config {
+        Some(source) if tls => {
+            axum::serve(tls::TlsListener::new(listener, source)?, app).with_graceful_shutdown(shutdown_signal()).await?
+        }
+        _ => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?,
+    }
+    info!("shutting down");
+    Ok(())
+}
+
+
+/// The host name for links back to this agent, else its listen address.
+fn hostname_or(local: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    if host.is_empty() || local.ip().is_loopback() {
+        local.to_string()
+    } else {
+        format!("{host}:{}", local.port())
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,175 @@
+//! What one collection or tick does, apart from serving it: the loaded probes, the listener peaks,
+//! the pool and storm trackers and the alert rules, and the order in which a scan, the kernel
+//! maps and the detectors are combined. The agent drives one behind a lock; `connmon storms`
+//! drives one directly.
+use std::{collections::HashMap, time::Instant};
+
+use log::{info, warn};
+
+use crate::{
+    alerts::{self, notify, notify::Notifier, Engine},
+    kernel::probes::{self, Probes},
+    model::{
+        listeners::{self, PeakTracker},
+        pools::{self, PoolTracker},
+        storms::{Signals, StormTracker},
+    },
+    scan,
+};
+
+/// Everything a collection or a tick touches; also driven directly by `connmon storms`.
+pub struct Observer {
+    pub probes: Probes,
+    pub peaks: PeakTracker,
+    pub pools: PoolTracker,
+    pub storms: StormTracker,
+    pub alerts: Option<Alerting>,
+    pub full_scans: scan::FullScans,
+}
+
+/// The built-in alert rules and where their results go.
+pub struct Alerting {
+    pub engine: Engine,
+    pub notifier: Option<Notifier>,
+    /// Link in Alertmanager back to this agent.
+    pub generator_url: String,
+}
+
+/// One scan with everything the probes add to it.
+pub struct Gathered {
+    pub snap: listeners::Snapshot,
+    pub pools: Vec<pools::Pool>,
+    pub extras: Option<pools::KernelExtras>,
+    pub pool_signals: HashMap<monitor_common::PoolKey, Signals>,
+    pub listener_signals: HashMap<listeners::ListenerId, Signals>,
+    pub seconds: f64,
+    /// Seconds since connections were last dumped (0 when this gather dumped them).
+    pub connections_age: f64,
+}
+
+impl Observer {
+    /// A collector with no probes yet: scans work, kernel figures are missing.
+    pub fn new(pools: PoolTracker, storms: StormTracker) -> Self {
+        Self {
+            probes: Probes::none("probes are still loading"),
+            peaks: PeakTracker::new(false),
+            pools,
+            storms,
+            alerts: None,
+            full_scans: scan::FullScans::new(1.0),
+        }
+    }
+
+    /// Takes loaded probes and counts the connections already open (pools probe only).
+    pub fn attach(&mut self, mut probes: Probes) {
+        if probes.is_up(probes::POOLS) {
+            if let Some(ebpf) = probes.ebpf_mut() {
+                match self.pools.seed(ebpf) {
+                    Ok(n) => info!("pools: {n} connections open at start-up counted"),
+                    Err(e) => warn!("pools: counting connections open at start-up failed: {e:#}"),
+                }
+            }
+        }
+        self.peaks = PeakTracker::new(probes.is_up(probes::LISTEN_PEAK));
+        self.probes = probes;
+    }
+
+    /// The periodic tick: folds a listener scan into the peaks (without starting a new scrape
+    /// period) and feeds the retry-storm detectors. Returns the listeners it saw.
+    pub fn tick(&mut self) -> Vec<listeners::Listener> {
+        let Observer { probes, peaks, pools, storms, .. } = self;
+        let mut snap = listeners::build(&scan::scan(None, scan::Depth::Listeners), pools.cgroups());
+        let kernel = probes.take_listener_stats();
+        peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
+        let pools_up = probes.is_up(probes::POOLS);
+        if let Some(ebpf) = probes.ebpf_mut().filter(|_| pools_up) {
+            storms.retry_events(&pools::drain_retry_events(ebpf));
+            let stats = pools::read_stats(ebpf);
+            storms.pools_tick(&stats, &mut |k| pools.describe(k));
+        }
+        storms.listeners_tick(&snap.listeners);
+        snap.listeners
+    }
+
+    /// A full scan with connections, kernel peaks folded in (a new peak period starts only when
+    /// `scrape`), pools and storm signals.
+    pub fn gather(&mut self, scrape: bool) -> Gathered {
+        let Observer { probes, peaks, pools, storms, full_scans, .. } = self;
+        let t0 = Instant::now();
+        let scan_started_ns = monotonic_ns();
+        let (scan, fresh) = full_scans.scan();
+        let mut snap = listeners::build(&scan, pools.cgroups());
+        let kernel = probes.take_listener_stats();
+        peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
+        if scrape {
+            peaks.report(&mut snap.listeners);
+        }
+        let pools_up = probes.is_up(probes::POOLS);
+        let (pool_list, extras) = match probes.ebpf_mut() {
+            Some(ebpf) if pools_up => {
+                // Reused connections are older than sockets opened since: no reconciling.
+                if fresh {
+                    pools.reconcile(ebpf, &scan, scan_started_ns);
+                }
+                let (p, mut e) = pools.collect(ebpf, scrape);
+                e.recursion_misses = probes.recursion_misses();
+                (p, Some(e))
+            }
+            _ => {
+                let services = pools.services().clone();
+                (pools::from_scan(&scan, &services, pools.cgroups()), None)
+            }
+        };
+        Gathered {
+            snap,
+            pools: pool_list,
+            extras,
+            pool_signals: storms.pool_signals(),
+            listener_signals: storms.listener_signals(),
+            seconds: t0.elapsed().as_secs_f64(),
+            connections_age: full_scans.age(),
+        }
+    }
+
+    /// Evaluates the alert rules on a fresh scan; logs and pushes what changed.
+    pub fn evaluate_alerts(&mut self) {
+        if self.alerts.is_none() {
+            return;
+        }
+        let g = self.gather(false);
+        let Some(a) = self.alerts.as_mut() else { return };
+        let inputs = alerts::Inputs {
+            pools: &g.pools,
+            listeners: &g.snap.listeners,
+            namespaces: &g.snap.namespaces,
+            pool_signals: &g.pool_signals,
+            listener_signals: &g.listener_signals,
+        };
+        let now = a.engine.now();
+        let changes = a.engine.evaluate(now, &inputs);
+        let mut resolved = Vec::new();
+        for c in &changes {
+            let (what, v) = match c {
+                alerts::Change::Fired(v) => ("firing", v),
+                alerts::Change::Resolved(v) => ("resolved", v),
+            };
+            let labels: Vec<String> = v.labels.iter().chain(&v.annotations).map(|(k, v)| format!("{k}={v:?}")).collect();
+            warn!("alert={what} alertname={} {}", v.alertname, labels.join(" "));
+            if matches!(c, alerts::Change::Resolved(_)) {
+                resolved.push(notify::to_am(v, &a.generator_url));
+            }
+        }
+        if let Some(n) = &a.notifier {
+            let firing = a.engine.active().iter().filter(|v| v.state == "firing").map(|v| notify::to_am(v, &a.generator_url)).collect();
+            n.update(firing, resolved);
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}

@@ -1,0 +1,123 @@
+//! cgroup v2 ids and paths. The kernel side labels a connection with the caller's cgroup id
+//! (`bpf_get_current_cgroup_id`, the cgroup directory's inode); users need the path, which later
+//! maps to a container or pod. Paths are found by walking the cgroup2 mount, at most once per
+//! refresh period when an unknown id shows up.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Most cgroup names remembered, removed ones included.
+const MAX_REMEMBERED: usize = 200_000;
+
+#[derive(Debug)]
+pub struct CgroupNames {
+    root: Option<PathBuf>,
+    by_id: HashMap<u64, String>,
+    tried: std::collections::HashSet<u64>,
+    refreshed: Option<Instant>,
+}
+
+impl Default for CgroupNames {
+    fn default() -> Self {
+        Self { root: cgroup2_root(), by_id: HashMap::new(), tried: Default::default(), refreshed: None }
+    }
+}
+
+/// Where this host's cgroup2 filesystem is mounted, if it is.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts").ok().and_then(|m| cgroup2_mount(&m))
+}
+
+impl CgroupNames {
+    /// Path of a cgroup id relative to the cgroup2 root ("/" for the root), if it still exists.
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        // A new cgroup (a pod just started) is looked for at once, the first time it is seen;
+        // ids seen before and still unknown wait for the next periodic refresh.
+        let first_time = self.tried.insert(id);
+        if self.tried.len() > MAX_REMEMBERED {
+            self.tried.clear();
+        }
+        let stale = first_time || self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        if stale {
+            if let Some(root) = &self.root {
+                // Merge rather than replace: a connection can outlive its cgroup directory by a
+                // moment, and its series should keep the name it had (ids are never reused).
+                if self.by_id.len() > MAX_REMEMBERED {
+                    self.by_id.clear();
+                }
+                self.by_id.extend(walk(root));
+            }
+            self.refreshed = Some(Instant::now());
+        }
+        self.by_id.get(&id).cloned()
+    }
+
+    /// The id of a cgroup path as /proc/<pid>/cgroup shows it ("0::/path").
+    pub fn id_of(&self, path: &str) -> Option<u64> {
+        let root = self.root.as_ref()?;
+        let full = root.join(path.trim_start_matches('/'));
+        std::fs::metadata(full).ok().map(|m| m.ino())
+    }
+}
+
+/// Pure: the mount point of the cgroup2 filesystem in a /proc/mounts text (the unified hierarchy
+/// of a hybrid host counts too).
+pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
+}
+
+fn walk(root: &Path) -> HashMap<u64, String> {
+    let mut out = HashMap::new();
+    let mut stack = vec![(root.to_path_buf(), "/".to_string())];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&dir) else { continue };
+        out.insert(meta.ino(), rel.clone());
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let child = if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
+                stack.push((e.path(), child));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_unified_mount() {
+        let v2 = "sysfs /sys sysfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(cgroup2_mount(v2), Some(PathBuf::from("/sys/fs/cgroup")));
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn own_cgroup_round_trips_through_its_id() {
+        let mut names = CgroupNames::default();
+        if names.root.is_none() {
+            return; // no cgroup2 on this host: nothing to resolve
+        }
+        let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let path = crate::scan::procs::parse_cgroup(&text).expect("own cgroup");
+        let id = names.id_of(&path).expect("own cgroup id");
+        assert_eq!(names.path(id).as_deref(), Some(path.as_str()));
+    }
+}

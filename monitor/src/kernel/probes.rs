@@ -1,0 +1,445 @@
+//! The kernel probes: a declarative table of what connmon attaches (program, hook, what the hook
+//! needs, what happens without it), the loader that walks it with warn-and-skip, and read access to
+//! the maps the programs fill. One probe failing never stops the agent: its `connmon_probe_up` is 0,
+//! the reason is logged once with a hint, and the features behind it fall back (listener peaks to
+//! sampling) or are reported as unavailable.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{MapData, PerCpuHashMap},
+    programs::{
+        links::CgroupAttachMode, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, TracePoint,
+    },
+    Ebpf, EbpfLoader,
+};
+use log::{info, warn};
+use monitor_common::{
+    ListenerCounters, ListenerKey, ListenerPeak, SockOffsets, StateTpOffsets, TaskOffsets, TracepointOffsets,
+    OFFSET_UNKNOWN,
+};
+
+use crate::{kernel::btf, kernel::tracefs};
+
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    /// A BTF-typed raw tracepoint (tp_btf): needs kernel BTF, not tracefs.
+    BtfTracepoint(&'static str),
+    /// A classic tracepoint: needs tracefs to read its format and attach.
+    Tracepoint { group: &'static str, name: &'static str },
+    /// cgroup_skb egress on the cgroup2 root: sees the payload of every process's packets.
+    CgroupSkbEgress,
+}
+
+/// One row of the probe table. Rows with the same `probe` are alternatives tried in order; the
+/// first that attaches wins.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSpec {
+    /// The `probe` label of `connmon_probe_up`.
+    pub probe: &'static str,
+    /// Program name in the eBPF object.
+    pub program: &'static str,
+    pub hook: Hook,
+    /// First mainline kernel with the hook, for the hint when it is missing.
+    pub min_kernel: &'static str,
+    /// What users get when no alternative of this probe attaches.
+    pub fallback: &'static str,
+}
+
+pub const LISTEN_PEAK: &str = "listen_peak";
+pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
+pub const POOLS: &str = "pools";
+pub const PROTOCOL: &str = "protocol";
+pub const CONNECT_RETRANSMIT: &str = "connect_retransmit";
+pub const RESETS_RECEIVED: &str = "resets_received";
+pub const RESETS_SENT: &str = "resets_sent";
+
+pub const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        probe: LISTEN_PEAK,
+        program: "sk_data_ready_btf",
+        hook: Hook::BtfTracepoint("sk_data_ready"),
+        min_kernel: "6.6",
+        fallback: "tracepoint sock:sk_data_ready",
+    },
+    ProbeSpec {
+        probe: LISTEN_PEAK,
+        program: "sk_data_ready_tp",
+        hook: Hook::Tracepoint { group: "sock", name: "sk_data_ready" },
+        min_kernel: "6.6",
+        fallback: "peak accept-queue depth sampled at each scan (source=\"sampled\")",
+    },
+    ProbeSpec {
+        probe: SYNACK_RETRANSMIT,
+        program: "tcp_retransmit_synack",
+        hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_synack" },
+        min_kernel: "4.15",
+        fallback: "no per-listener SYN-ACK retransmit counts",
+    },
+    ProbeSpec {
+        probe: POOLS,
+        program: "inet_sock_set_state_btf",
+        hook: Hook::BtfTracepoint("inet_sock_set_state"),
+        min_kernel: "5.6",
+        fallback: "tracepoint sock:inet_sock_set_state",
+    },
+    ProbeSpec {
+        probe: POOLS,
+        program: "inet_sock_set_state",
+        hook: Hook::Tracepoint { group: "sock", name: "inet_sock_set_state" },
+        min_kernel: "4.16",
+        fallback: "pool sizes from sock_diag scans only (no opens, closes, failures or latencies)",
+    },
+    ProbeSpec {
+        probe: CONNECT_RETRANSMIT,
+        program: "tcp_retransmit_skb",
+        hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_skb" },
+        min_kernel: "4.15",
+        fallback: "no SYN retransmit counts per pool",
+    },
+    ProbeSpec {
+        probe: RESETS_RECEIVED,
+        program: "tcp_receive_reset",
+        hook: Hook::Tracepoint { group: "tcp", name: "tcp_receive_reset" },
+        min_kernel: "4.15",
+        fallback: "no received-reset counts per pool",
+    },
+    ProbeSpec {
+        probe: RESETS_SENT,
+        program: "tcp_send_reset",
+        hook: Hook::Tracepoint { group: "tcp", name: "tcp_send_reset" },
+        min_kernel: "4.15",
+        fallback: "no sent-reset counts per pool",
+    },
+    ProbeSpec {
+        probe: PROTOCOL,
+        program: "classify_egress",
+        hook: Hook::CgroupSkbEgress,
+        min_kernel: "4.10",
+        fallback: "services classed by destination port only",
+    },
+];
+
+/// Names of every probe in the table, each once, in table order.
+pub fn probe_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for spec in PROBES {
+        if !names.contains(&spec.probe) {
+            names.push(spec.probe);
+        }
+    }
+    names
+}
+
+/// State of one probe after start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeState {
+    /// Attached through this program.
+    Up { program: &'static str },
+    Down { reason: String },
+}
+
+pub struct ProbeOptions {
+    pub tracefs: PathBuf,
+    /// Size of the kernel's client-socket table (live client connections it can follow).
+    pub max_sockets: u32,
+    /// The cgroup2 mount, where the protocol probe attaches.
+    pub cgroup_root: Option<PathBuf>,
+    /// Probes the operator turned off.
+    pub disabled: Vec<String>,
+    /// Connections shorter than this count as short-lived.
+    pub short_lived: std::time::Duration,
+}
+
+/// The loaded object, kept alive for as long as the probes should stay attached.
+pub struct Probes {
+    ebpf: Option<Ebpf>,
+    pub states: BTreeMap<&'static str, ProbeState>,
+}
+
+/// Per-listener figures the kernel side gathered.
+#[derive(Debug, Default)]
+pub struct KernelListenerStats {
+    /// Peaks since the last `take_peaks`, max over CPUs.
+    pub peaks: HashMap<ListenerKey, ListenerPeak>,
+    /// Running counters, summed over CPUs.
+    pub counters: HashMap<ListenerKey, ListenerCounters>,
+}
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/connmon"));
+
+impl Probes {
+    /// No probes at all: for one-shot commands and as the state when loading is impossible.
+    pub fn none(reason: &str) -> Self {
+        let states = probe_names()
+            .into_iter()
+            .map(|p| (p, ProbeState::Down { reason: reason.to_string() }))
+            .collect();
+        Self { ebpf: None, states }
+    }
+
+    pub fn load(opts: &ProbeOptions) -> Self {
+        raise_memlock_limit();
+        let (sock, task) = match btf::Btf::from_sys() {
+            Ok(b) => (btf::sock_offsets(&b), btf::task_offsets(&b)),
+            Err(e) => {
+                warn!("{e:#}; probes that read sockets are off");
+                (SockOffsets::UNKNOWN, TaskOffsets::UNKNOWN)
+            }
+        };
+        let (tp, tracefs_dir) = tracepoint_offsets(&opts.tracefs);
+        let mut ebpf = match EbpfLoader::new()
+            .override_global("SOCK_OFFSETS", &sock, true)
+            .override_global("TP_OFFSETS", &tp, true)
+            .override_global("TASK_OFFSETS", &task, true)
+            .override_global("STORM_CONFIG", &monitor_common::StormConfig { short_lived_ns: opts.short_lived.as_nanos().min(u128::from(u64::MAX)) as u64 }, true)
+            .map_max_entries("SOCKS", opts.max_sockets)
+            .map_max_entries("SEEDED", opts.max_sockets)
+            .load(EBPF_OBJECT)
+        {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                let reason = format!("loading eBPF maps failed: {e}");
+                warn!("{reason}; run as root or grant CAP_BPF and CAP_PERFMON; every probe is off");
+                return Self::none(&reason);
+            }
+        };
+        let kernel_btf = aya::Btf::from_sys_fs().ok();
+        let mut states: BTreeMap<&'static str, ProbeState> = BTreeMap::new();
+        for spec in PROBES {
+            if matches!(states.get(spec.probe), Some(ProbeState::Up { .. })) {
+                continue;
+            }
+            if opts.disabled.iter().any(|d| d == spec.probe) {
+                info!("probe {} disabled by --probes.disable; {}", spec.probe, spec.fallback);
+                states.insert(spec.probe, ProbeState::Down { reason: "disabled by --probes.disable".into() });
+                continue;
+            }
+            let env = AttachEnv { sock: &sock, tp: &tp, kernel_btf: kernel_btf.as_ref(), tracefs: tracefs_dir.as_deref(), cgroup_root: opts.cgroup_root.as_deref() };
+            let result = attach(&mut ebpf, spec, &env);
+            let state = match result {
+                Ok(()) => {
+                    info!("probe {} attached via {} ({})", spec.probe, spec.program, hook_name(spec.hook));
+                    ProbeState::Up { program: spec.program }
+                }
+                Err(e) => {
+                    warn!(
+                        "probe {} could not attach {} ({}): {e:#}; needs kernel >= {}; falling back to: {}",
+                        spec.probe,
+                        spec.program,
+                        hook_name(spec.hook),
+                        spec.min_kernel,
+                        spec.fallback
+                    );
+                    ProbeState::Down { reason: format!("{e:#}") }
+                }
+            };
+            states.insert(spec.probe, state);
+        }
+        Self { ebpf: Some(ebpf), states }
+    }
+
+    /// The loaded object, for modules that read their own maps.
+    pub fn ebpf_mut(&mut self) -> Option<&mut Ebpf> {
+        self.ebpf.as_mut()
+    }
+
+    /// Sum of the kernel's `recursion_misses` over connmon's programs (from /proc/self/fdinfo).
+    pub fn recursion_misses(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let Some(ebpf) = self.ebpf.as_ref() else { return 0 };
+        ebpf.programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok())
+            .filter_map(|text| fdinfo_value(&text, "recursion_misses"))
+            .sum()
+    }
+
+    pub fn is_up(&self, probe: &str) -> bool {
+        matches!(self.states.get(probe), Some(ProbeState::Up { .. }))
+    }
+
+    /// Reads the listener maps; peaks are cleared as they are read so the next call sees only what
+    /// happened since (a listener queued on between read and delete loses that one sample).
+    pub fn take_listener_stats(&mut self) -> KernelListenerStats {
+        let mut out = KernelListenerStats::default();
+        let Some(ebpf) = self.ebpf.as_mut() else { return out };
+        if let Some(map) = ebpf.map_mut("LISTEN_PEAKS") {
+            if let Ok(mut peaks) = PerCpuHashMap::<&mut MapData, ListenerKey, ListenerPeak>::try_from(map) {
+                let keys: Vec<ListenerKey> = peaks.keys().filter_map(Result::ok).collect();
+                for key in keys {
+                    if let Ok(values) = peaks.get(&key, 0) {
+                        let mut peak = ListenerPeak::default();
+                        for v in values.iter() {
+                            peak.depth = peak.depth.max(v.depth);
+                            peak.backlog = peak.backlog.max(v.backlog);
+                            peak.syn_queue = peak.syn_queue.max(v.syn_queue);
+                        }
+                        out.peaks.insert(key, peak);
+                    }
+                    let _ = peaks.remove(&key);
+                }
+            }
+        }
+        if let Some(map) = ebpf.map("LISTEN_COUNTERS") {
+            if let Ok(counters) = PerCpuHashMap::<&MapData, ListenerKey, ListenerCounters>::try_from(map) {
+                for (key, values) in counters.iter().filter_map(Result::ok) {
+                    let mut sum = ListenerCounters::default();
+                    for v in values.iter() {
+                        sum.queued += v.queued;
+                        sum.synack_retransmits += v.synack_retransmits;
+                    }
+                    out.counters.insert(key, sum);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What attaching needs besides the program.
+struct AttachEnv<'a> {
+    sock: &'a SockOffsets,
+    tp: &'a TracepointOffsets,
+    kernel_btf: Option<&'a aya::Btf>,
+    tracefs: Option<&'a Path>,
+    cgroup_root: Option<&'a Path>,
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Result<()> {
+    let (sock, tp) = (env.sock, env.tp);
+    if sock.state == OFFSET_UNKNOWN || sock.family == OFFSET_UNKNOWN {
+        return Err(anyhow!("struct sock offsets unknown (no usable kernel BTF)"));
+    }
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", spec.program))?;
+    match spec.hook {
+        Hook::BtfTracepoint(name) => {
+            let btf = env.kernel_btf.ok_or_else(|| anyhow!("no kernel BTF at /sys/kernel/btf/vmlinux"))?;
+            if name == "inet_sock_set_state" {
+                // This variant reads the tuple from the socket rather than from a trace record.
+                let tuple = [sock.protocol, sock.dport, sock.daddr, sock.v6_daddr, sock.num, sock.rcv_saddr, sock.v6_rcv_saddr];
+                if tuple.contains(&OFFSET_UNKNOWN) {
+                    return Err(anyhow!("struct sock address, port or sk_protocol offsets unknown (sk_protocol is a bitfield before Linux 5.6)"));
+                }
+            }
+            let prog: &mut BtfTracePoint = program.try_into()?;
+            prog.load(name, btf).context("load")?;
+            prog.attach().context("attach")?;
+        }
+        Hook::Tracepoint { group, name } => {
+            let dir = env.tracefs.ok_or_else(|| anyhow!("tracefs unavailable"))?;
+            // The record offsets were resolved from this tracepoint's format file; without them the
+            // program would read garbage, so refuse to attach.
+            let needed = match (group, name) {
+                ("sock", "sk_data_ready") => tp.data_ready_skaddr,
+                ("tcp", "tcp_retransmit_synack") => tp.synack_skaddr,
+                ("sock", "inet_sock_set_state") => state_offsets_complete(&tp.state),
+                ("tcp", "tcp_retransmit_skb") => tp.retrans_skaddr.max(tp.retrans_state),
+                ("tcp", "tcp_receive_reset") => tp.rx_reset_skaddr,
+                ("tcp", "tcp_send_reset") => tp.tx_reset_skaddr,
+                _ => 0,
+            };
+            if needed == OFFSET_UNKNOWN {
+                tracefs::read_format(dir, group, name)?;
+                return Err(anyhow!("tracepoint {group}:{name} lacks a field the program reads"));
+            }
+            let prog: &mut TracePoint = program.try_into()?;
+            prog.load().context("load")?;
+            prog.attach(group, name).context("attach")?;
+        }
+        Hook::CgroupSkbEgress => {
+            let root = env.cgroup_root.ok_or_else(|| anyhow!("no cgroup2 filesystem mounted"))?;
+            let dir = std::fs::File::open(root).with_context(|| format!("open {}", root.display()))?;
+            let prog: &mut CgroupSkb = program.try_into()?;
+            prog.load().context("load")?;
+            // aya attaches through a bpf_link where the kernel has them (5.7+); cgroup links take
+            // no flags and always coexist with other tools' programs (systemd IP accounting, CNI
+            // plugins), so "Single" here does not claim the root cgroup.
+            prog.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).context("attach")?;
+        }
+    }
+    Ok(())
+}
+
+fn hook_name(hook: Hook) -> String {
+    match hook {
+        Hook::BtfTracepoint(name) => format!("tp_btf/{name}"),
+        Hook::Tracepoint { group, name } => format!("tracepoint/{group}/{name}"),
+        Hook::CgroupSkbEgress => "cgroup_skb/egress".to_string(),
+    }
+}
+
+/// Record offsets of the tracepoints the programs read, from their format files. Missing pieces
+/// stay OFFSET_UNKNOWN and the matching probe reports why at attach time.
+fn tracepoint_offsets(dir: &Path) -> (TracepointOffsets, Option<std::path::PathBuf>) {
+    let mut tp = TracepointOffsets::UNKNOWN;
+    let dir = match tracefs::ensure_mounted(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!("{e:#}; tracepoint probes are off");
+            return (tp, None);
+        }
+    };
+    let skaddr = |group: &str, name: &str| -> u32 {
+        tracefs::read_format(&dir, group, name)
+            .and_then(|f| f.field("skaddr").map(|f| f.offset))
+            .unwrap_or(OFFSET_UNKNOWN)
+    };
+    tp.data_ready_skaddr = skaddr("sock", "sk_data_ready");
+    tp.synack_skaddr = skaddr("tcp", "tcp_retransmit_synack");
+    tp.rx_reset_skaddr = skaddr("tcp", "tcp_receive_reset");
+    tp.tx_reset_skaddr = skaddr("tcp", "tcp_send_reset");
+    if let Ok(f) = tracefs::read_format(&dir, "tcp", "tcp_retransmit_skb") {
+        tp.retrans_skaddr = f.field("skaddr").map(|f| f.offset).unwrap_or(OFFSET_UNKNOWN);
+        tp.retrans_state = f.field("state").map(|f| f.offset).unwrap_or(OFFSET_UNKNOWN);
+    }
+    if let Ok(f) = tracefs::read_format(&dir, "sock", "inet_sock_set_state") {
+        let off = |name: &str| f.field(name).map(|f| f.offset).unwrap_or(OFFSET_UNKNOWN);
+        tp.state = StateTpOffsets {
+            skaddr: off("skaddr"),
+            oldstate: off("oldstate"),
+            newstate: off("newstate"),
+            sport: off("sport"),
+            dport: off("dport"),
+            family: off("family"),
+            protocol: off("protocol"),
+            saddr: off("saddr"),
+            daddr: off("daddr"),
+            saddr_v6: off("saddr_v6"),
+            daddr_v6: off("daddr_v6"),
+            _reserved: 0,
+        };
+    }
+    (tp, Some(dir))
+}
+
+/// OFFSET_UNKNOWN if any field the state program reads is missing, else 0.
+fn state_offsets_complete(s: &StateTpOffsets) -> u32 {
+    let all = [s.skaddr, s.oldstate, s.newstate, s.sport, s.dport, s.family, s.protocol, s.saddr, s.daddr, s.saddr_v6, s.daddr_v6];
+    if all.contains(&OFFSET_UNKNOWN) {
+        OFFSET_UNKNOWN
+    } else {
+        0
+    }
+}
+
+/// Pure: the value of `key:` in an fdinfo text.
+fn fdinfo_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so they load there too.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct; failure only matters on old kernels and is logged there.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}

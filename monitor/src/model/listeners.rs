@@ -1,0 +1,357 @@
+//! The listener view: one scan over every network namespace that joins sock_diag's listening
+//! sockets (accept-queue depth, backlog, drops), their half-open requests (SYN queue), the owning
+//! process, the namespace's TcpExt counters, and what the kernel probes saw between scans (peak
+//! depth, SYN-ACK retransmits). `PeakTracker` turns instantaneous depths and probe peaks into "the
+//! highest depth since the previous scrape", whichever of the two is available.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use monitor_common::{ListenerKey, AF_INET, TCP_LISTEN, TCP_SYN_RECV};
+use serde::Serialize;
+
+use crate::{
+    scan::diag::DiagSocket,
+    kernel::probes::KernelListenerStats,
+    scan::procs::Owner,
+    scan::{self, Scan},
+};
+
+/// What identifies a listening socket across scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId {
+    pub netns: u64,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub cookie: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listener {
+    #[serde(skip)]
+    pub id: ListenerId,
+    /// Socket inode, to find the owning process.
+    #[serde(skip)]
+    pub inode: u64,
+    pub netns: u64,
+    pub netns_name: Option<String>,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub family: &'static str,
+    pub depth: u32,
+    pub backlog: u32,
+    pub fill: f64,
+    pub drops: u64,
+    pub syn_queue: u32,
+    /// Connections accepted from this listener that are still open (scans with connections only).
+    pub established: u32,
+    pub synack_retransmits: Option<u64>,
+    /// Connections queued on the listener since the probe attached (handshakes completed).
+    #[serde(skip)]
+    pub queued: Option<u64>,
+    pub peak_depth: u32,
+    pub peak_source: &'static str,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+    /// The listening socket's cgroup id (sock_diag), to name `cgroup` when /proc cannot.
+    #[serde(skip)]
+    pub cgroup_id: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetnsStats {
+    pub inode: u64,
+    pub name: Option<String>,
+    pub tcp_ext: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub listeners: Vec<Listener>,
+    pub namespaces: Vec<NetnsStats>,
+    /// Namespaces that could not be scanned (vanished mid-scan, or no permission to enter).
+    pub netns_errors: u64,
+}
+
+/// Builds the listener view from a scan: per-namespace listeners with their SYN queues and
+/// established connections, owners resolved, fullest queues first.
+pub fn build(scan: &Scan, cgroups: &mut crate::attribution::cgroups::CgroupNames) -> Snapshot {
+    let mut snap = Snapshot { netns_errors: scan.failed, ..Default::default() };
+    for ns in &scan.namespaces {
+        let mut ls = listeners_of(ns.inode, ns.name.clone(), &ns.listening);
+        for c in &ns.connected {
+            if let Some(i) = owning_listener(&ls, ns.inode, c.src, c.sport) {
+                ls[i].established += 1;
+            }
+        }
+        snap.listeners.extend(ls);
+        snap.namespaces.push(NetnsStats { inode: ns.inode, name: ns.name.clone(), tcp_ext: ns.tcp_ext.clone() });
+    }
+    let owners = scan::owners(snap.listeners.iter().map(|l| l.inode));
+    for l in &mut snap.listeners {
+        if let Some(Owner { pid, comm, cgroup }) = owners.get(&l.inode) {
+            l.pid = Some(*pid);
+            l.comm = Some(comm.clone());
+            l.cgroup = cgroup.clone();
+        }
+        // In a private cgroup namespace (the agent in a pod) /proc shows other cgroups relative
+        // to ours ("/../../kubepods.slice/..."); the socket's cgroup id names it from the host's
+        // mount instead.
+        let relative = l.cgroup.as_deref().is_none_or(|c| c.starts_with("/.."));
+        if let Some(id) = l.cgroup_id.filter(|_| relative) {
+            if let Some(path) = cgroups.path(id) {
+                l.cgroup = Some(path);
+            }
+        }
+    }
+    snap.listeners.sort_by(|a, b| {
+        b.fill.total_cmp(&a.fill).then(a.netns.cmp(&b.netns)).then(a.port.cmp(&b.port))
+    });
+    snap
+}
+
+/// Listeners of one namespace, with their SYN-queue length counted from the request sockets
+/// (`ss -tn state syn-recv` counts the same entries).
+fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) -> Vec<Listener> {
+    let mut out: Vec<Listener> = socks
+        .iter()
+        .filter(|s| s.state == TCP_LISTEN)
+        .map(|s| Listener {
+            id: ListenerId { netns, addr: s.src, port: s.sport, cookie: s.cookie },
+            inode: s.inode,
+            netns,
+            netns_name: netns_name.clone(),
+            addr: s.src,
+            port: s.sport,
+            family: if s.family == AF_INET { "ipv4" } else { "ipv6" },
+            depth: s.rqueue,
+            backlog: s.wqueue,
+            fill: if s.wqueue == 0 { 0.0 } else { f64::from(s.rqueue) / f64::from(s.wqueue) },
+            drops: u64::from(s.sk_drops.unwrap_or(0)),
+            syn_queue: 0,
+            established: 0,
+            synack_retransmits: None,
+            queued: None,
+            peak_depth: s.rqueue,
+            peak_source: "sampled",
+            pid: None,
+            comm: None,
+            cgroup: None,
+            cgroup_id: s.cgroup_id,
+        })
+        .collect();
+    for req in socks.iter().filter(|s| s.state == TCP_SYN_RECV) {
+        if let Some(i) = owning_listener(&out, netns, req.src, req.sport) {
+            out[i].syn_queue += 1;
+        }
+    }
+    out
+}
+
+/// The listener in namespace `netns` that a connection to `addr:port` belongs to: an exact
+/// address match first, then a wildcard of the same family, then a dual-stack IPv6 wildcard.
+pub fn owning_listener(listeners: &[Listener], netns: u64, addr: IpAddr, port: u16) -> Option<usize> {
+    owner_among(listeners.iter().map(|l| (l.netns == netns).then_some((l.addr, l.port))), addr, port)
+}
+
+/// The same rule over bare (address, port) pairs of one namespace (None: not a candidate); the
+/// index is the position in `listening`.
+pub fn owner_among<I>(listening: I, addr: IpAddr, port: u16) -> Option<usize>
+where
+    I: Iterator<Item = Option<(IpAddr, u16)>> + Clone,
+{
+    let candidates = || {
+        listening.clone().enumerate().filter_map(move |(i, l)| l.filter(|(_, p)| *p == port).map(|(a, _)| (i, a)))
+    };
+    candidates()
+        .find(|(_, a)| *a == addr)
+        .or_else(|| candidates().find(|(_, a)| a.is_unspecified() && a.is_ipv4() == addr.is_ipv4()))
+        .or_else(|| candidates().find(|(_, a)| a.is_unspecified() && a.is_ipv6()))
+        .map(|(i, _)| i)
+}
+
+/// Converts a kernel-side key to the address it names.
+pub fn key_addr(key: &ListenerKey) -> IpAddr {
+    if key.family == AF_INET {
+        IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+    } else {
+        IpAddr::from(key.addr)
+    }
+}
+
+/// Finds the listener a kernel key refers to: by socket cookie when the kernel had one, else by
+/// namespace, address and port (the first scan assigns cookies, so this is the rare case).
+fn find_listener(listeners: &[Listener], key: &ListenerKey) -> Option<usize> {
+    if key.cookie != 0 {
+        if let Some(i) = listeners.iter().position(|l| l.id.cookie == key.cookie) {
+            return Some(i);
+        }
+    }
+    let addr = key_addr(key);
+    listeners
+        .iter()
+        .position(|l| l.netns == u64::from(key.netns) && l.port == key.port && l.addr == addr)
+}
+
+/// Keeps "highest accept-queue depth since the previous scrape" per listener. Fed with each scan's
+/// instantaneous depths and, when the `listen_peak` probe is up, the kernel's per-event peaks, so
+/// a burst that was queued and drained between two scrapes still shows.
+#[derive(Debug)]
+pub struct PeakTracker {
+    acc: HashMap<ListenerId, u32>,
+    source: &'static str,
+}
+
+impl PeakTracker {
+    pub fn new(probe_up: bool) -> Self {
+        Self { acc: HashMap::new(), source: if probe_up { "ebpf" } else { "sampled" } }
+    }
+
+    /// Folds one scan (and what the probes saw since the last one) into the running maxima and
+    /// fills in the per-listener kernel counters.
+    pub fn observe(&mut self, listeners: &mut [Listener], kernel: &KernelListenerStats, counters_up: bool) {
+        if self.source == "ebpf" {
+            for l in listeners.iter_mut() {
+                l.queued = Some(0);
+            }
+            for (key, c) in &kernel.counters {
+                if let Some(i) = find_listener(listeners, key) {
+                    *listeners[i].queued.get_or_insert(0) += c.queued;
+                }
+            }
+        }
+        for l in listeners.iter() {
+            let e = self.acc.entry(l.id).or_insert(0);
+            *e = (*e).max(l.depth);
+        }
+        for (key, peak) in &kernel.peaks {
+            if let Some(i) = find_listener(listeners, key) {
+                let e = self.acc.entry(listeners[i].id).or_insert(0);
+                *e = (*e).max(peak.depth);
+            }
+        }
+        if counters_up {
+            for l in listeners.iter_mut() {
+                l.synack_retransmits = Some(0);
+            }
+            for (key, c) in &kernel.counters {
+                if let Some(i) = find_listener(listeners, key) {
+                    *listeners[i].synack_retransmits.get_or_insert(0) += c.synack_retransmits;
+                }
+            }
+        }
+    }
+
+    /// Writes the peaks into `listeners` and starts a new period.
+    pub fn report(&mut self, listeners: &mut [Listener]) {
+        for l in listeners.iter_mut() {
+            l.peak_depth = self.acc.get(&l.id).copied().unwrap_or(l.depth).max(l.depth);
+            l.peak_source = self.source;
+        }
+        self.acc.clear();
+    }
+}
+
+/// "netns=… addr=… port=… comm=…", naming a listener in log lines and reports.
+pub fn describe(l: &Listener) -> String {
+    format!("netns={} addr={} port={} comm={}", l.netns, l.addr, l.port, l.comm.as_deref().unwrap_or(""))
+}
+
+/// A listener for other modules' unit tests.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    pub fn listener(depth: u32, backlog: u32) -> Listener {
+        let s = DiagSocket {
+            family: 2,
+            state: TCP_LISTEN,
+            src: "127.0.0.1".parse().unwrap(),
+            sport: 8080,
+            dst: "0.0.0.0".parse().unwrap(),
+            dport: 0,
+            inode: 1,
+            cookie: 9,
+            uid: 0,
+            rqueue: depth,
+            wqueue: backlog,
+            sk_drops: Some(0),
+            cgroup_id: None,
+        };
+        listeners_of(7, None, &[s]).remove(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(state: u8, addr: &str, port: u16, rq: u32, wq: u32) -> DiagSocket {
+        let src: IpAddr = addr.parse().unwrap();
+        DiagSocket {
+            family: if src.is_ipv4() { 2 } else { 10 },
+            state,
+            src,
+            sport: port,
+            dst: if src.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() },
+            dport: 0,
+            inode: 1,
+            cookie: u64::from(port),
+            uid: 0,
+            rqueue: rq,
+            wqueue: wq,
+            sk_drops: Some(3),
+            cgroup_id: None,
+        }
+    }
+
+    #[test]
+    fn syn_requests_go_to_the_most_specific_listener() {
+        let socks = vec![
+            sock(TCP_LISTEN, "0.0.0.0", 80, 1, 4),
+            sock(TCP_LISTEN, "10.0.0.1", 80, 0, 4),
+            sock(TCP_LISTEN, "::", 443, 0, 8),
+            sock(TCP_SYN_RECV, "10.0.0.1", 80, 0, 0),
+            sock(TCP_SYN_RECV, "10.0.0.2", 80, 0, 0),
+            sock(TCP_SYN_RECV, "10.0.0.2", 80, 0, 0),
+            sock(TCP_SYN_RECV, "10.0.0.2", 443, 0, 0),
+            sock(TCP_SYN_RECV, "10.0.0.2", 8080, 0, 0),
+        ];
+        let ls = listeners_of(7, None, &socks);
+        let q: Vec<(u16, String, u32)> = ls.iter().map(|l| (l.port, l.addr.to_string(), l.syn_queue)).collect();
+        assert_eq!(
+            q,
+            vec![(80, "0.0.0.0".into(), 2), (80, "10.0.0.1".into(), 1), (443, "::".into(), 1)]
+        );
+        assert_eq!(ls[0].fill, 0.25);
+        assert_eq!(ls[0].drops, 3);
+    }
+
+    #[test]
+    fn peak_survives_a_drained_burst_and_resets_after_report() {
+        let mut ls = listeners_of(7, None, &[sock(TCP_LISTEN, "127.0.0.1", 80, 0, 4)]);
+        let mut kernel = KernelListenerStats::default();
+        let key = ListenerKey { cookie: 80, netns: 7, port: 80, family: 2, addr: [0; 16] };
+        kernel.peaks.insert(key, monitor_common::ListenerPeak { depth: 5, backlog: 4, syn_queue: 0, _reserved: 0 });
+        let mut t = PeakTracker::new(true);
+        t.observe(&mut ls, &kernel, true);
+        t.report(&mut ls);
+        assert_eq!((ls[0].peak_depth, ls[0].peak_source), (5, "ebpf"));
+        t.observe(&mut ls, &KernelListenerStats::default(), true);
+        t.report(&mut ls);
+        assert_eq!(ls[0].peak_depth, 0);
+    }
+
+    #[test]
+    fn kernel_keys_without_cookie_match_by_address() {
+        let ls = listeners_of(7, None, &[sock(TCP_LISTEN, "::1", 9000, 0, 4)]);
+        let mut addr = [0u8; 16];
+        addr[15] = 1;
+        let key = ListenerKey { cookie: 0, netns: 7, port: 9000, family: 10, addr };
+        assert_eq!(find_listener(&ls, &key), Some(0));
+        let other = ListenerKey { netns: 8, ..key };
+        assert_eq!(find_listener(&ls, &other), None);
+    }
+}

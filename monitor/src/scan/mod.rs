@@ -1,0 +1,230 @@
+//! One pass over every network namespace: the sock_diag dumps (listening sockets with memory info,
+//! and connected sockets) and the namespace's TcpExt counters. Listeners, pools and the server-side
+//! view are all built from the same pass, so a scrape enters each namespace once.
+pub mod diag;
+pub mod netns;
+pub mod netstat;
+pub mod procs;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use monitor_common::{TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV};
+
+use self::{diag::DiagSocket, netns::Netns, procs::Owner};
+
+// Kernel TCP state numbers of a connection that is still held open (include/net/tcp_states.h).
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
+
+/// States in which a connection counts as active: from the handshake until the socket closes,
+/// the same span the kernel probe counts (TIME_WAIT is after the socket closed).
+pub const CONNECTED: &[u8] = &[TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING];
+
+#[derive(Debug, Clone, Default)]
+pub struct NsScan {
+    pub inode: u64,
+    pub name: Option<String>,
+    /// LISTEN sockets (with sk_drops) and SYN_RECV requests.
+    pub listening: Vec<DiagSocket>,
+    /// Connections in CONNECTED states; empty unless asked for.
+    pub connected: Vec<DiagSocket>,
+    pub tcp_ext: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    pub namespaces: Vec<NsScan>,
+    /// Namespaces that vanished mid-scan or could not be entered.
+    pub failed: u64,
+}
+
+pub fn matches_filter(ns: &Netns, filter: &str) -> bool {
+    ns.name.as_deref() == Some(filter) || ns.inode.to_string() == filter
+}
+
+/// How much a scan dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// LISTEN sockets only: the kernel walks just the listening hash, so this stays cheap with
+    /// hundreds of thousands of connections (the periodic tick).
+    Listeners,
+    /// Listeners, their SYN queues and every connection (scrapes, alerts, one-shot commands).
+    Full,
+}
+
+/// Scans the namespaces matching `filter` (all when None).
+pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
+    let connected = depth == Depth::Full;
+    let mut nss = netns::discover();
+    if let Some(f) = filter {
+        nss.retain(|ns| matches_filter(ns, f));
+    }
+    // SYN_RECV requests live in the established hash, like connections: one dump walks it for
+    // both (once per address family, in every namespace: the hash is shared by all of them, which
+    // makes this walk the scan's main cost), and the requests join the listeners' list.
+    let listening_states = diag::state_mask(&[TCP_LISTEN]);
+    let mut connected_states = diag::state_mask(CONNECTED);
+    connected_states |= diag::state_mask(&[TCP_SYN_RECV]);
+    let results = netns::run_in_each(&nss, |_| {
+        let mut listening = diag::dump_tcp(listening_states, true)?;
+        let conns = if connected {
+            let (requests, conns): (Vec<_>, Vec<_>) =
+                diag::dump_tcp(connected_states, false)?.into_iter().partition(|s| s.state == TCP_SYN_RECV);
+            listening.extend(requests);
+            conns
+        } else {
+            Vec::new()
+        };
+        // netstat is per namespace; a failure here should not hide the sockets.
+        let ext = netstat::read_tcp_ext().unwrap_or_default();
+        anyhow::Ok((listening, conns, ext))
+    });
+    let mut out = Scan::default();
+    for (inode, result) in results {
+        let (listening, connected, tcp_ext) = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) | Err(e) => {
+                out.failed += 1;
+                warn_once(inode, &e);
+                continue;
+            }
+        };
+        let name = nss.iter().find(|n| n.inode == inode).and_then(|n| n.name.clone());
+        out.namespaces.push(NsScan { inode, name, listening, connected, tcp_ext });
+    }
+    out
+}
+
+/// Logs why a namespace was skipped, once per namespace; vanished ones are normal churn.
+fn warn_once(inode: u64, e: &anyhow::Error) {
+    static WARNED: std::sync::Mutex<Option<HashSet<u64>>> = std::sync::Mutex::new(None);
+    let text = format!("{e:#}");
+    if text.contains("is gone") {
+        return;
+    }
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.get_or_insert_with(HashSet::new).insert(inode) {
+        log::warn!("skipping network namespace {inode}: {text}");
+    }
+}
+
+/// How long an owner found by walking /proc is trusted. A socket inode keeps its owner for its
+/// life but for fd passing and exits of pre-fork masters, which this bounds.
+const OWNER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+const OWNER_CACHE_MAX: usize = 200_000;
+
+/// Owners of the given socket inodes (0 = none, skipped). Walking every process's fds costs in
+/// proportion to all fds on the host, so answers (also "no owner found") are cached by inode for
+/// OWNER_TTL and only unknown inodes trigger a walk: the 1 s tick sees the same listeners again.
+pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
+    type Cache = HashMap<u64, (Option<Owner>, std::time::Instant)>;
+    static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+    let wanted: HashSet<u64> = inodes.into_iter().filter(|&i| i != 0).collect();
+    if wanted.is_empty() {
+        return HashMap::new();
+    }
+    let mut guard = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = guard.get_or_insert_with(HashMap::new);
+    cache.retain(|_, (_, at)| at.elapsed() < OWNER_TTL);
+    if cache.len() > OWNER_CACHE_MAX {
+        cache.clear();
+    }
+    let missing: HashSet<u64> = wanted.iter().copied().filter(|i| !cache.contains_key(i)).collect();
+    if !missing.is_empty() {
+        let mut found = procs::socket_owners(&missing);
+        let now = std::time::Instant::now();
+        for ino in missing {
+            cache.insert(ino, (found.remove(&ino), now));
+        }
+    }
+    wanted.into_iter().filter_map(|i| cache.get(&i).and_then(|(o, _)| o.clone()).map(|o| (i, o))).collect()
+}
+
+/// Full scans held to a CPU budget. Dumping connections walks the kernel's established hash,
+/// TIME_WAIT entries included, once per address family in every namespace: at 10k connections/s
+/// that is tens of milliseconds. A scan asked for sooner than `last duration / budget` after the
+/// last full one dumps listeners afresh and reuses the last full scan's connections and SYN_RECV
+/// requests, so the dumps use at most `budget` of one core whoever asks how often.
+pub struct FullScans {
+    budget: f64,
+    last: Option<LastFull>,
+}
+
+struct LastFull {
+    at: std::time::Instant,
+    took: std::time::Duration,
+    /// Per namespace inode: SYN_RECV requests and connections.
+    by_ns: HashMap<u64, (Vec<DiagSocket>, Vec<DiagSocket>)>,
+}
+
+impl FullScans {
+    /// `budget`: share of one core the connection dumps may use; 1 or more means always fresh.
+    pub fn new(budget: f64) -> Self {
+        Self { budget: budget.max(1e-6), last: None }
+    }
+
+    /// A scan with connections. The second value is true when they are fresh (dumped now), which
+    /// is when the pools can be reconciled against them.
+    pub fn scan(&mut self) -> (Scan, bool) {
+        let due = self.last.as_ref().is_none_or(|l| l.at.elapsed().as_secs_f64() * self.budget >= l.took.as_secs_f64());
+        if due {
+            let at = std::time::Instant::now();
+            let scan = scan(None, Depth::Full);
+            let by_ns = scan
+                .namespaces
+                .iter()
+                .map(|ns| {
+                    let requests = ns.listening.iter().filter(|s| s.state == TCP_SYN_RECV).cloned().collect();
+                    (ns.inode, (requests, ns.connected.clone()))
+                })
+                .collect();
+            self.last = Some(LastFull { at, took: at.elapsed(), by_ns });
+            return (scan, true);
+        }
+        let mut scan = scan(None, Depth::Listeners);
+        if let Some(last) = &self.last {
+            for ns in &mut scan.namespaces {
+                if let Some((requests, connected)) = last.by_ns.get(&ns.inode) {
+                    ns.listening.extend(requests.iter().cloned());
+                    ns.connected = connected.clone();
+                }
+            }
+        }
+        (scan, false)
+    }
+
+    /// Seconds since the connections were last dumped.
+    pub fn age(&self) -> f64 {
+        self.last.as_ref().map_or(0.0, |l| l.at.elapsed().as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny budget makes the second scan reuse the first one's connections, while listeners
+    /// are dumped afresh; a budget of 1 always dumps.
+    #[test]
+    fn full_scans_reuse_connections_within_budget() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let has_conn = |s: &Scan| s.namespaces.iter().any(|ns| ns.connected.iter().any(|c| c.dport == port));
+        let mut thrifty = FullScans::new(1e-6);
+        let (first, fresh) = thrifty.scan();
+        assert!(fresh && has_conn(&first), "the first scan dumps connections");
+        let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let late_port = late.local_addr().unwrap().port();
+        let (second, fresh) = thrifty.scan();
+        assert!(!fresh, "within the budget the second scan reuses the dump");
+        assert!(has_conn(&second), "reused connections are carried over");
+        let listens = |s: &Scan, p: u16| s.namespaces.iter().any(|ns| ns.listening.iter().any(|x| x.sport == p && x.state == TCP_LISTEN));
+        assert!(listens(&second, late_port), "listeners are dumped afresh");
+        let mut always = FullScans::new(1.0);
+        assert!(always.scan().1 && always.scan().1, "budget 1 dumps every time");
+    }
+}
