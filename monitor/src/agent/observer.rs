@@ -160,7 +160,7 @@ impl Observer {
             }
         }
         if let Some(n) = &a.notifier {
-            let firing = a.engine.active().iter().filter(|v| v.state == "firing").map(|v| notify::to_am(v, &a.generator_url)).collect();
+            let firing = a.engine.active().iter().filter(|v| v.state == alerts::AlertState::Firing).map(|v| notify::to_am(v, &a.generator_url)).collect();
             n.update(firing, resolved);
         }
     }

@@ -15,18 +15,55 @@ use serde::Serialize;
 
 use crate::{
     config::{AlertsConfig, Timed as _, Timing},
-    model::listeners::{Listener, ListenerId, NetnsStats},
-    model::pools::Pool,
+    model::listeners::{Listener, ListenerId, NetnsStats, LISTENER_LABELS},
+    model::pools::{Pool, POOL_LABELS},
     model::stats::theil_sen,
     model::storms::Signals,
 };
 
-pub const POOL_GROWTH: &str = "ConnectionPoolGrowthUnbounded";
-pub const QUEUE_SATURATED: &str = "AcceptQueueSaturated";
-pub const LISTEN_OVERFLOW: &str = "ListenOverflow";
-pub const INFLIGHT_GROWTH: &str = "InFlightGrowth";
-pub const RETRY_STORM: &str = "RetryStorm";
-pub const ALERT_NAMES: [&str; 5] = [POOL_GROWTH, QUEUE_SATURATED, LISTEN_OVERFLOW, INFLIGHT_GROWTH, RETRY_STORM];
+/// The built-in alerts. The Prometheus rules in deploy/prometheus/ carry the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Alert {
+    PoolGrowth,
+    QueueSaturated,
+    ListenOverflow,
+    InflightGrowth,
+    RetryStorm,
+}
+
+impl Alert {
+    pub const ALL: [Alert; 5] = [Alert::PoolGrowth, Alert::QueueSaturated, Alert::ListenOverflow, Alert::InflightGrowth, Alert::RetryStorm];
+
+    /// The `alertname` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alert::PoolGrowth => "ConnectionPoolGrowthUnbounded",
+            Alert::QueueSaturated => "AcceptQueueSaturated",
+            Alert::ListenOverflow => "ListenOverflow",
+            Alert::InflightGrowth => "InFlightGrowth",
+            Alert::RetryStorm => "RetryStorm",
+        }
+    }
+}
+
+/// Where an alert instance is in its life; firing sorts first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertState {
+    Firing,
+    Pending,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Pending => "pending",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -43,7 +80,7 @@ pub struct Inputs<'a> {
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct AlertView {
     pub alertname: String,
-    pub state: String,
+    pub state: AlertState,
     pub labels: Labels,
     pub annotations: Labels,
     /// When the alert started firing (RFC 3339), or when it became pending.
@@ -73,8 +110,8 @@ pub struct Engine {
     cfg: AlertsConfig,
     ceilings: BTreeMap<String, f64>,
     series: HashMap<(&'static str, Labels), VecDeque<(f64, f64)>>,
-    instances: BTreeMap<(&'static str, Labels), Instance>,
-    pub fired_total: BTreeMap<&'static str, u64>,
+    instances: BTreeMap<(Alert, Labels), Instance>,
+    pub fired_total: BTreeMap<Alert, u64>,
     started: Instant,
 }
 
@@ -90,11 +127,11 @@ fn labels(pairs: &[(&str, String)]) -> Labels {
 }
 
 pub fn pool_labels(p: &Pool) -> Labels {
-    labels(&[("service", p.service.clone()), ("dst_addr", p.dst_addr.to_string()), ("dst_port", p.dst_port.to_string()), ("comm", p.comm.clone()), ("cgroup", p.cgroup.clone())])
+    POOL_LABELS.iter().map(|k| k.to_string()).zip(p.label_values()).collect()
 }
 
 fn listener_labels(l: &Listener) -> Labels {
-    labels(&[("netns", l.netns.to_string()), ("addr", l.addr.to_string()), ("port", l.port.to_string()), ("comm", l.comm.clone().unwrap_or_default())])
+    LISTENER_LABELS.iter().map(|k| k.to_string()).zip(l.label_values()).collect()
 }
 
 fn human(secs: f64) -> String {
@@ -123,7 +160,7 @@ impl Engine {
 
     /// Evaluates every rule once at `now` (see `now()`); returns what fired and what resolved.
     pub fn evaluate(&mut self, now: f64, inputs: &Inputs<'_>) -> Vec<Change> {
-        let mut judged: Vec<(&'static str, Labels, bool, Labels)> = Vec::new();
+        let mut judged: Vec<(Alert, Labels, bool, Labels)> = Vec::new();
         let mut pools: BTreeMap<Labels, (f64, String)> = BTreeMap::new();
         for p in inputs.pools {
             let e = pools.entry(pool_labels(p)).or_insert((0.0, p.service.clone()));
@@ -133,7 +170,7 @@ impl Engine {
             let samples = self.record("pool", l, now, *active);
             if self.cfg.pool_growth.enabled {
                 let (cond, ann) = self.pool_growth(&samples, now, service);
-                judged.push((POOL_GROWTH, l.clone(), cond, ann));
+                judged.push((Alert::PoolGrowth, l.clone(), cond, ann));
             }
         }
         for l in inputs.listeners {
@@ -142,25 +179,25 @@ impl Engine {
             if self.cfg.accept_queue_saturated.enabled {
                 let cond = l.backlog > 0 && fill >= self.cfg.accept_queue_saturated.fill.0;
                 let ann = labels(&[("summary", format!("accept queue of {}:{} at {:.0}% of its backlog", l.addr, l.port, fill * 100.0)), ("depth", l.depth.to_string()), ("backlog", l.backlog.to_string())]);
-                judged.push((QUEUE_SATURATED, ll.clone(), cond, ann));
+                judged.push((Alert::QueueSaturated, ll.clone(), cond, ann));
             }
             let drops = self.record("drops", &ll, now, l.drops as f64);
             if self.cfg.listen_overflow.enabled {
                 let (cond, n) = increased(&drops, now, self.cfg.listen_overflow.window.0.as_secs_f64());
                 let ann = labels(&[("summary", format!("listener {}:{} dropped {n} connection attempts in the last {}", l.addr, l.port, human(self.cfg.listen_overflow.window.0.as_secs_f64()))), ("drops", n.to_string())]);
-                judged.push((LISTEN_OVERFLOW, ll.clone(), cond, ann));
+                judged.push((Alert::ListenOverflow, ll.clone(), cond, ann));
             }
             let established = self.record("established", &ll, now, f64::from(l.established));
             let depth = self.record("depth", &ll, now, f64::from(l.depth));
             if let (Some(q), true) = (l.queued, self.cfg.inflight_growth.enabled) {
                 let queued = self.record("queued", &ll, now, q as f64);
                 let (cond, ann) = self.inflight(&established, &depth, &queued, now);
-                judged.push((INFLIGHT_GROWTH, ll.clone(), cond, ann));
+                judged.push((Alert::InflightGrowth, ll.clone(), cond, ann));
             }
             if let (Some(s), true) = (inputs.listener_signals.get(&l.id), self.cfg.retry_storm.enabled) {
                 let mut with = ll.clone();
                 with.insert("target".into(), "listener".into());
-                judged.push((RETRY_STORM, with, s.in_storm, storm_annotations(s)));
+                judged.push((Alert::RetryStorm, with, s.in_storm, storm_annotations(s)));
             }
         }
         for ns in inputs.namespaces {
@@ -170,7 +207,7 @@ impl Engine {
             if self.cfg.listen_overflow.enabled {
                 let (cond, n) = increased(&series, now, self.cfg.listen_overflow.window.0.as_secs_f64());
                 let ann = labels(&[("summary", format!("network namespace {} counted {n} ListenOverflows in the last {}", ns.inode, human(self.cfg.listen_overflow.window.0.as_secs_f64()))), ("overflows", n.to_string())]);
-                judged.push((LISTEN_OVERFLOW, nl, cond, ann));
+                judged.push((Alert::ListenOverflow, nl, cond, ann));
             }
         }
         if self.cfg.retry_storm.enabled {
@@ -178,7 +215,7 @@ impl Engine {
                 if let Some(s) = p.key.as_ref().and_then(|k| inputs.pool_signals.get(k)) {
                     let mut with = pool_labels(p);
                     with.insert("target".into(), "pool".into());
-                    judged.push((RETRY_STORM, with, s.in_storm, storm_annotations(s)));
+                    judged.push((Alert::RetryStorm, with, s.in_storm, storm_annotations(s)));
                 }
             }
         }
@@ -243,7 +280,7 @@ impl Engine {
         (cond, ann)
     }
 
-    fn step(&mut self, now: f64, judged: Vec<(&'static str, Labels, bool, Labels)>) -> Vec<Change> {
+    fn step(&mut self, now: f64, judged: Vec<(Alert, Labels, bool, Labels)>) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for (name, labels, cond, ann) in judged {
@@ -261,7 +298,7 @@ impl Engine {
             }
         }
         // A target that disappeared counts as its condition being false.
-        let gone: Vec<(&'static str, Labels)> = self.instances.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let gone: Vec<(Alert, Labels)> = self.instances.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for key in gone {
             let timing = self.timing(key.0);
             if let Some(inst) = self.instances.get_mut(&key) {
@@ -275,29 +312,35 @@ impl Engine {
         changes
     }
 
-    fn timing(&self, name: &str) -> Timing {
-        match name {
-            POOL_GROWTH => self.cfg.pool_growth.timing(),
-            QUEUE_SATURATED => self.cfg.accept_queue_saturated.timing(),
-            LISTEN_OVERFLOW => self.cfg.listen_overflow.timing(),
-            INFLIGHT_GROWTH => self.cfg.inflight_growth.timing(),
-            _ => self.cfg.retry_storm.timing(),
+    fn timing(&self, alert: Alert) -> Timing {
+        match alert {
+            Alert::PoolGrowth => self.cfg.pool_growth.timing(),
+            Alert::QueueSaturated => self.cfg.accept_queue_saturated.timing(),
+            Alert::ListenOverflow => self.cfg.listen_overflow.timing(),
+            Alert::InflightGrowth => self.cfg.inflight_growth.timing(),
+            Alert::RetryStorm => self.cfg.retry_storm.timing(),
         }
     }
 
     /// Pending and firing alerts, firing first.
     pub fn active(&self) -> Vec<AlertView> {
-        let mut out: Vec<AlertView> = self.instances.iter().map(|((name, _), i)| view(name, i, None)).collect();
+        let mut out: Vec<AlertView> = self.instances.iter().map(|((name, _), i)| view(*name, i, None)).collect();
         out.sort_by(|a, b| a.state.cmp(&b.state).then_with(|| a.alertname.cmp(&b.alertname)).then_with(|| a.labels.cmp(&b.labels)));
         out
     }
 }
 
-fn view(name: &str, i: &Instance, ended: Option<SystemTime>) -> AlertView {
+fn view(alert: Alert, i: &Instance, ended: Option<SystemTime>) -> AlertView {
     let since = i.firing_since.unwrap_or_else(SystemTime::now);
     AlertView {
-        alertname: name.to_string(),
-        state: if ended.is_some() { "resolved" } else if i.firing_since.is_some() { "firing" } else { "pending" }.into(),
+        alertname: alert.name().to_string(),
+        state: if ended.is_some() {
+            AlertState::Resolved
+        } else if i.firing_since.is_some() {
+            AlertState::Firing
+        } else {
+            AlertState::Pending
+        },
         labels: i.labels.clone(),
         annotations: i.annotations.clone(),
         since: rfc3339(since),
@@ -306,7 +349,7 @@ fn view(name: &str, i: &Instance, ended: Option<SystemTime>) -> AlertView {
 }
 
 /// One step of an instance's state machine.
-fn advance(name: &'static str, i: &mut Instance, cond: bool, ann: Labels, now: f64, t: Timing, fired: &mut BTreeMap<&'static str, u64>) -> Option<Change> {
+fn advance(name: Alert, i: &mut Instance, cond: bool, ann: Labels, now: f64, t: Timing, fired: &mut BTreeMap<Alert, u64>) -> Option<Change> {
     if cond {
         i.annotations = ann;
         i.clear_since = None;

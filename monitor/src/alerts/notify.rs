@@ -160,7 +160,7 @@ mod tests {
         labels.insert("comm".into(), "app".into());
         let v = AlertView {
             alertname: "X".into(),
-            state: "resolved".into(),
+            state: crate::alerts::AlertState::Resolved,
             labels,
             annotations: Labels::new(),
             since: "2026-01-01T00:00:00.000Z".into(),

@@ -110,7 +110,7 @@ pub fn print_alerts(out: &mut impl Write, alerts: &[AlertView]) -> io::Result<()
         .map(|a| {
             let labels: Vec<String> = a.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
             vec![
-                a.state.clone(),
+                a.state.as_str().to_string(),
                 a.alertname.clone(),
                 a.since.clone(),
                 labels.join(","),

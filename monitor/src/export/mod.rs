@@ -11,7 +11,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    model::listeners::{Listener, Snapshot},
+    alerts::{Alert, AlertState},
+    model::listeners::{Listener, Snapshot, LISTENER_LABELS},
     scan::netstat::TCP_EXT_COUNTERS,
     kernel::probes::ProbeState,
 };
@@ -104,7 +105,7 @@ pub struct Context<'a> {
     pub max_listener_series: usize,
     /// Pending and firing alerts.
     pub alerts: &'a [crate::alerts::AlertView],
-    pub alerts_fired: &'a BTreeMap<&'static str, u64>,
+    pub alerts_fired: &'a BTreeMap<Alert, u64>,
     /// Names and health from the Kubernetes API, when it is used.
     pub cluster: Option<&'a crate::attribution::cluster::View>,
 }
@@ -138,8 +139,7 @@ pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 /// Identity labels of a listener.
 pub(crate) fn listener_labels(l: &Listener) -> Labels {
-    let comm = l.comm.clone().unwrap_or_default();
-    labels(&[("netns", &l.netns.to_string()), ("addr", &l.addr.to_string()), ("port", &l.port.to_string()), ("comm", &comm)])
+    LISTENER_LABELS.iter().map(|k| k.to_string()).zip(l.label_values()).collect()
 }
 
 /// Renders the snapshot as OpenMetrics text (ending in `# EOF`).
@@ -177,7 +177,7 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
             synack.get_or_create(&id).inc_by(n);
         }
         let mut with_source = id.clone();
-        with_source.push(("source".to_string(), l.peak_source.to_string()));
+        with_source.push(("source".to_string(), l.peak_source.as_str().to_string()));
         peak.get_or_create(&with_source).set(i64::from(l.peak_depth));
     }
     dropped.get_or_create(&vec![]).set((snap.listeners.len() - exported) as i64);
@@ -209,14 +209,14 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         .collect();
     cluster::register(&mut reg, &cgroups, &destinations, ctx.cluster);
     let active = gauge_family(&mut reg, ALERT_ACTIVE, "1 for each alert firing in the agent, with the alert's labels (see /api/v1/alerts and connmon alerts)");
-    for a in ctx.alerts.iter().filter(|a| a.state == "firing") {
+    for a in ctx.alerts.iter().filter(|a| a.state == AlertState::Firing) {
         let mut l: Labels = vec![("alertname".into(), a.alertname.clone())];
         l.extend(a.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         active.get_or_create(&l).set(1);
     }
     let fired = counter_family(&mut reg, ALERTS_FIRED, "Times each built-in alert started firing");
-    for name in crate::alerts::ALERT_NAMES {
-        fired.get_or_create(&labels(&[("alertname", name)])).inc_by(ctx.alerts_fired.get(name).copied().unwrap_or(0));
+    for alert in Alert::ALL {
+        fired.get_or_create(&labels(&[("alertname", alert.name())])).inc_by(ctx.alerts_fired.get(&alert).copied().unwrap_or(0));
     }
     let mut out = String::new();
     // Writing into a String cannot fail.

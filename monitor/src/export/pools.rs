@@ -17,7 +17,7 @@ use prometheus_client::{
 use super::{counter_family, gauge_family, labels, Labels};
 use crate::{
     model::listeners::{self, Listener, ListenerId},
-    model::pools::{add_stats, KernelExtras, Pool, CLIENT_CLASSES, FAILURE_REASONS, LOST_REASON_NAMES},
+    model::pools::{add_stats, KernelExtras, Pool, CLIENT_CLASSES, FAILURE_REASONS, LOST_REASON_NAMES, POOL_LABELS},
     model::storms::Signals,
 };
 
@@ -60,17 +60,12 @@ struct Row {
 
 const OTHER: &str = "other";
 
-fn pool_labels(p: &Pool) -> [String; 5] {
-    [p.service.clone(), p.dst_addr.to_string(), p.dst_port.to_string(), p.comm.clone(), p.cgroup.clone()]
-}
-
-const POOL_LABEL_NAMES: [&str; 5] = ["service", "dst_addr", "dst_port", "comm", "cgroup"];
 
 /// Merges pools that share labels, keeps the `max` busiest, folds the rest into one `other` row.
 fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
     let mut merged: BTreeMap<[String; 5], Row> = BTreeMap::new();
     for p in pools {
-        let r = merged.entry(pool_labels(p)).or_default();
+        let r = merged.entry(p.label_values()).or_default();
         merge(r, p.active, p.peak, p.stats.as_ref());
         r.keys.extend(p.key);
     }
@@ -206,7 +201,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
 }
 
 fn pool_label_set(values: &[String; 5]) -> Labels {
-    POOL_LABEL_NAMES.iter().zip(values).map(|(k, v)| (k.to_string(), v.clone())).collect()
+    POOL_LABELS.iter().zip(values).map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 /// Kernel power-of-4 buckets as Prometheus buckets: bucket i holds values below 4^(i+1) units.

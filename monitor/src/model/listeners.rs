@@ -18,6 +18,9 @@ use crate::{
     scan::{self, Scan},
 };
 
+/// Names of the labels that identify a listener in metrics and alerts, in [`Listener::label_values`] order.
+pub const LISTENER_LABELS: [&str; 4] = ["netns", "addr", "port", "comm"];
+
 /// What identifies a listening socket across scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenerId {
@@ -51,13 +54,20 @@ pub struct Listener {
     #[serde(skip)]
     pub queued: Option<u64>,
     pub peak_depth: u32,
-    pub peak_source: &'static str,
+    pub peak_source: PeakSource,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup: Option<String>,
     /// The listening socket's cgroup id (sock_diag), to name `cgroup` when /proc cannot.
     #[serde(skip)]
     pub cgroup_id: Option<u64>,
+}
+
+impl Listener {
+    /// Values of [`LISTENER_LABELS`]: the one place a listener's identity labels are built.
+    pub fn label_values(&self) -> [String; 4] {
+        [self.netns.to_string(), self.addr.to_string(), self.port.to_string(), self.comm.clone().unwrap_or_default()]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +145,7 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
             synack_retransmits: None,
             queued: None,
             peak_depth: s.rqueue,
-            peak_source: "sampled",
+            peak_source: PeakSource::Sampled,
             pid: None,
             comm: None,
             cgroup: None,
@@ -195,24 +205,42 @@ fn find_listener(listeners: &[Listener], key: &ListenerKey) -> Option<usize> {
         .position(|l| l.netns == u64::from(key.netns) && l.port == key.port && l.addr == addr)
 }
 
+/// Where a listener's peak depth came from: the kernel's per-enqueue probe, or scans only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeakSource {
+    Ebpf,
+    Sampled,
+}
+
+impl PeakSource {
+    /// The `source` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeakSource::Ebpf => "ebpf",
+            PeakSource::Sampled => "sampled",
+        }
+    }
+}
+
 /// Keeps "highest accept-queue depth since the previous scrape" per listener. Fed with each scan's
 /// instantaneous depths and, when the `listen_peak` probe is up, the kernel's per-event peaks, so
 /// a burst that was queued and drained between two scrapes still shows.
 #[derive(Debug)]
 pub struct PeakTracker {
     acc: HashMap<ListenerId, u32>,
-    source: &'static str,
+    source: PeakSource,
 }
 
 impl PeakTracker {
     pub fn new(probe_up: bool) -> Self {
-        Self { acc: HashMap::new(), source: if probe_up { "ebpf" } else { "sampled" } }
+        Self { acc: HashMap::new(), source: if probe_up { PeakSource::Ebpf } else { PeakSource::Sampled } }
     }
 
     /// Folds one scan (and what the probes saw since the last one) into the running maxima and
     /// fills in the per-listener kernel counters.
     pub fn observe(&mut self, listeners: &mut [Listener], kernel: &KernelListenerStats, counters_up: bool) {
-        if self.source == "ebpf" {
+        if self.source == PeakSource::Ebpf {
             for l in listeners.iter_mut() {
                 l.queued = Some(0);
             }
@@ -338,7 +366,7 @@ mod tests {
         let mut t = PeakTracker::new(true);
         t.observe(&mut ls, &kernel, true);
         t.report(&mut ls);
-        assert_eq!((ls[0].peak_depth, ls[0].peak_source), (5, "ebpf"));
+        assert_eq!((ls[0].peak_depth, ls[0].peak_source), (5, PeakSource::Ebpf));
         t.observe(&mut ls, &KernelListenerStats::default(), true);
         t.report(&mut ls);
         assert_eq!(ls[0].peak_depth, 0);

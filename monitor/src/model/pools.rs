@@ -26,6 +26,9 @@ use crate::{
     model::services::{self, Services},
 };
 
+/// Names of the labels that identify a pool in metrics and alerts, in [`Pool::label_values`] order.
+pub const POOL_LABELS: [&str; 5] = ["service", "dst_addr", "dst_port", "comm", "cgroup"];
+
 pub const FAILURE_REASONS: [&str; FAIL_REASONS] = ["refused", "timeout", "unreachable", "aborted", "other"];
 pub const CLIENT_CLASSES: [&str; 4] = ["loopback", "private", "link_local", "public"];
 pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full", "retry_ring_full", "unseen_handshake", "missed_close"];
@@ -52,6 +55,13 @@ pub struct Pool {
     pub stats: Option<PoolStats>,
     #[serde(skip)]
     pub key: Option<PoolKey>,
+}
+
+impl Pool {
+    /// Values of [`POOL_LABELS`]: the one place a pool's identity labels are built.
+    pub fn label_values(&self) -> [String; 5] {
+        [self.service.clone(), self.dst_addr.to_string(), self.dst_port.to_string(), self.comm.clone(), self.cgroup.clone()]
+    }
 }
 
 /// What one collection of the kernel tables yields besides the pools.
