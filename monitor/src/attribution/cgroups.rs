@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::kernel::cgroupfs::cgroup2_root;
+
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// Most cgroup names remembered, removed ones included.
 const MAX_REMEMBERED: usize = 200_000;
@@ -25,11 +27,6 @@ impl Default for CgroupNames {
     fn default() -> Self {
         Self { root: cgroup2_root(), by_id: HashMap::new(), tried: Default::default(), refreshed: None }
     }
-}
-
-/// Where this host's cgroup2 filesystem is mounted, if it is.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    std::fs::read_to_string("/proc/self/mounts").ok().and_then(|m| cgroup2_mount(&m))
 }
 
 impl CgroupNames {
@@ -67,16 +64,6 @@ impl CgroupNames {
     }
 }
 
-/// Pure: the mount point of the cgroup2 filesystem in a /proc/mounts text (the unified hierarchy
-/// of a hybrid host counts too).
-pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
-    })
-}
-
 fn walk(root: &Path) -> HashMap<u64, String> {
     let mut out = HashMap::new();
     let mut stack = vec![(root.to_path_buf(), "/".to_string())];
@@ -98,16 +85,6 @@ fn walk(root: &Path) -> HashMap<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_unified_mount() {
-        let v2 = "sysfs /sys sysfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
-        assert_eq!(cgroup2_mount(v2), Some(PathBuf::from("/sys/fs/cgroup")));
-        let hybrid = "tmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"), None);
-    }
 
     #[test]
     fn own_cgroup_round_trips_through_its_id() {

@@ -44,7 +44,7 @@ impl ProbeArgs {
         ProbeOptions {
             tracefs: self.tracefs.clone(),
             max_sockets: self.max_sockets,
-            cgroup_root: crate::attribution::cgroups::cgroup2_root(),
+            cgroup_root: crate::kernel::cgroupfs::cgroup2_root(),
             disabled: self.disabled_probes.clone(),
             short_lived,
         }

@@ -5,6 +5,7 @@
 //! knows about pools or listeners as the user sees them; `model/` builds those from what this
 //! module reads.
 pub mod btf;
+pub mod cgroupfs;
 pub mod privs;
 pub mod probes;
 pub mod tracefs;

@@ -357,7 +357,7 @@ fn v6_wildcard_and_mapped_listeners_print_like_ss() {
 #[test]
 fn sockets_carry_their_cgroup_id() {
     use std::os::unix::fs::MetadataExt as _;
-    let Some(root) = crate::attribution::cgroups::cgroup2_root() else { return };
+    let Some(root) = crate::kernel::cgroupfs::cgroup2_root() else { return };
     let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
     let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup2 line in /proc/self/cgroup");
     let want = std::fs::metadata(root.join(rel.trim_start_matches('/'))).expect("own cgroup dir").ino();
