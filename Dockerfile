@@ -11,12 +11,12 @@ COPY . .
 
 # `cargo xtask setup` installs what the build needs, as on a developer's machine (README "Quick
 # start"): Debian packages (LLVM 22 from bookworm-security; it also installs the test and bench
-# groups, which this stage does not use), the nightly toolchain with rust-src, bpf-linker built
-# against LLVM 22 (about 4 minutes) and kubernetes-validate. --no-tracefs: an image build cannot
+# groups, which this stage does not use), the dated nightly pinned in monitor-ebpf/rust-toolchain.toml
+# with rust-src, bpf-linker built against LLVM 22 (about 4 minutes) and kubernetes-validate. --no-tracefs: an image build cannot
 # mount tracefs (no CAP_SYS_ADMIN), and only a running agent needs it (the agent mounts it itself).
 RUN cargo xtask setup --no-tracefs
 
-# connmon's build script (monitor/build.rs) builds the eBPF programs (nightly, bpf-linker) and embeds them.
+# connmon's build script (monitor/build.rs) builds the eBPF programs (pinned nightly, bpf-linker) and embeds them.
 RUN cargo build --release -p connmon \
  && install -D -m 0755 target/release/connmon /usr/local/bin/connmon
 

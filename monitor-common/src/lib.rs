@@ -2,7 +2,19 @@
 //! writes into the eBPF object's globals before load. Everything here is `#[repr(C)]`, free of
 //! `bool`, enums and padding, so both sides agree on the bytes; each type's size is pinned by a
 //! compile-time assertion so a layout change fails the build instead of corrupting a map.
-#![no_std]
+//!
+//! Besides the types: the names of every map, program and global ([`names`]), and the pure
+//! decisions the kernel programs make ([`hist`], [`addr`], [`proto`], [`errno`], [`tcp`],
+//! [`retry`]), kept here so host unit tests run them and the agent can share them.
+#![cfg_attr(not(test), no_std)]
+
+pub mod addr;
+pub mod errno;
+pub mod hist;
+pub mod names;
+pub mod proto;
+pub mod retry;
+pub mod tcp;
 
 use core::mem::size_of;
 
@@ -225,6 +237,22 @@ pub struct ListenerPeak {
 }
 const _: () = assert!(size_of::<ListenerPeak>() == 16);
 
+impl ListenerPeak {
+    /// Raises each mark to the given value where that is higher.
+    #[inline(always)]
+    pub fn raise(&mut self, depth: u32, backlog: u32, syn_queue: u32) {
+        if depth > self.depth {
+            self.depth = depth;
+        }
+        if backlog > self.backlog {
+            self.backlog = backlog;
+        }
+        if syn_queue > self.syn_queue {
+            self.syn_queue = syn_queue;
+        }
+    }
+}
+
 /// Per-CPU running counters for one listener; never cleared (Prometheus counters).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -414,4 +442,18 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::StormConfig {}
     unsafe impl aya::Pod for super::RetryEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peaks_only_rise() {
+        let mut p = ListenerPeak { depth: 5, backlog: 128, syn_queue: 0, _reserved: 0 };
+        p.raise(3, 128, 7);
+        assert_eq!((p.depth, p.backlog, p.syn_queue), (5, 128, 7));
+        p.raise(9, 4096, 0);
+        assert_eq!((p.depth, p.backlog, p.syn_queue), (9, 4096, 7));
+    }
 }

@@ -2,15 +2,18 @@
 //! as a BTF raw tracepoint) the hook passes only `struct sock *`, old and new state, and the tuple
 //! is read from the socket at BTF offsets; under the classic tracepoint the kernel has already
 //! copied the tuple into the trace record, at offsets from the format file. One trait lets the
-//! handlers in `pools` serve both hooks. Ports come out in host byte order and IPv4 addresses in
+//! handlers in `probes::pools` serve both hooks. Ports come out in host byte order and IPv4 addresses in
 //! the first four bytes, as the tracepoint presents them.
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, generated::bpf_get_current_task_btf},
     programs::TracePointContext,
 };
-use monitor_common::{AF_INET, OFFSET_UNKNOWN};
+use monitor_common::AF_INET;
 
-use crate::listeners::{netns_of, off, read, read_ctx};
+use crate::{
+    access::{direct, netns_of, process_comm, read, read_ctx},
+    maps::off,
+};
 
 pub(crate) trait Fields {
     /// The socket's network namespace inode (0 if unknown).
@@ -101,17 +104,6 @@ impl Fields for Sock {
     }
 }
 
-/// A field of a BTF-typed pointer, loaded directly; `off` must come from a loader global.
-#[inline(always)]
-pub(crate) fn direct<T: Copy>(base: *const u8, off: u32) -> Result<T, i64> {
-    if off == OFFSET_UNKNOWN || base.is_null() {
-        return Err(-1);
-    }
-    // SAFETY: `base` is a pointer the verifier types from BTF; it checks the access against the
-    // struct layout, and the JIT turns a faulting load into a zero instead of an oops.
-    Ok(unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) })
-}
-
 /// An IPv6 address as four 32-bit loads (in6_addr is 4-byte aligned).
 #[inline(always)]
 fn v6(base: *const u8, off: u32) -> Result<[u8; 16], i64> {
@@ -146,7 +138,7 @@ impl Fields for Record<'_> {
     }
     #[inline(always)]
     fn process_comm(&self) -> [u8; 16] {
-        crate::pools::process_comm()
+        process_comm()
     }
     #[inline(always)]
     fn protocol(&self) -> Result<u16, i64> {

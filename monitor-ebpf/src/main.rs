@@ -2,17 +2,25 @@
 //! maps (no locks, no per-event traffic to userspace, bounded memory) and read `struct sock` at
 //! offsets the agent resolved from the running kernel's BTF, because struct layouts move between
 //! kernels and aya has no CO-RE for Rust programs.
+//!
+//! Layout: `probes/` holds the programs, one module per feature; they depend on the shared
+//! modules below and never on each other. `maps` declares every map and global; `access` and
+//! `fields` read kernel memory; `counters`, `pool_table`, `retry_events` and `proto_watch` are
+//! the table updates several programs make. Pure decisions (buckets, address classes, protocol
+//! bytes, errno meanings, which transitions matter) live in `monitor_common`, where host tests run.
 #![no_std]
 #![no_main]
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod access;
 mod counters;
 mod fields;
-mod listeners;
-mod pools;
-mod proto;
-mod storms;
+mod maps;
+mod pool_table;
+mod probes;
+mod proto_watch;
+mod retry_events;
 
 #[cfg(not(test))]
 #[panic_handler]

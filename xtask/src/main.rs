@@ -6,11 +6,15 @@
 //! - `run [-- ARGS]`: setup, release build, then `connmon run ARGS`.
 //! - `bench pools [--rounds N] [--secs S]`: the agent's overhead under connection churn, next to
 //!   no probe and a bpftrace one-liner (needs root and bpftrace).
+//! - `lint`: `cargo fmt --check` on every crate, clippy `-D warnings` on the user-space crates and
+//!   on the eBPF crate (pinned nightly, bpfel-unknown-none).
 
 mod bench;
 #[allow(dead_code)] // wired into `cargo xtask lint` with the kernel-side restructure
 mod cycles;
+mod lint;
 mod setup;
+mod toolchain;
 mod util;
 
 use std::process::{Command, ExitCode};
@@ -34,8 +38,8 @@ struct Cli {
 // A new task (e.g. `bench`) is one more variant here, its `Args` struct and one arm in `run`.
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker,
-    /// tracefs); quick and idempotent when nothing is missing.
+    /// Install what building and testing need (Debian packages, the pinned eBPF nightly with
+    /// rust-src and clippy, bpf-linker, tracefs); quick and idempotent when nothing is missing.
     Setup(SetupArgs),
     /// Run setup, then the test suite (needs root: it loads eBPF programs and creates netns).
     Test(TestArgs),
@@ -43,6 +47,8 @@ enum Cmd {
     Run(RunArgs),
     /// Measure the agent's overhead (release build; needs root and bpftrace).
     Bench(BenchArgs),
+    /// fmt --check on every crate; clippy -D warnings on user space and on the eBPF crate.
+    Lint,
 }
 
 #[derive(Args)]
@@ -100,6 +106,7 @@ fn run(command: Cmd) -> Result<()> {
         Cmd::Test(args) => test(&args.cargo_args),
         Cmd::Run(args) => run_agent(&args.agent_args),
         Cmd::Bench(args) => bench::run(args.target),
+        Cmd::Lint => lint::run(),
     }
 }
 
@@ -182,6 +189,8 @@ mod tests {
             Cmd::Setup(SetupArgs { check: true, no_tracefs: false })
         ));
         assert!(Cli::try_parse_from(["cargo xtask", "test", "--release"]).is_err());
+        assert!(matches!(parse(&["lint"]), Cmd::Lint));
+        assert!(Cli::try_parse_from(["cargo xtask", "lint", "--fix"]).is_err());
     }
 
     #[test]

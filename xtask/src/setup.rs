@@ -10,10 +10,12 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::toolchain;
 use crate::util::{is_root, run_inherit, stdout_of, which};
 
-/// LLVM major that bpf-linker must be built against: the one of the nightly rustc that builds the
-/// eBPF crate (rustc 1.97 nightly uses LLVM 22; bpf-linker's LLVM must be >= rustc's).
+/// LLVM major that bpf-linker must be built against: the one of the pinned nightly that builds the
+/// eBPF crate (monitor-ebpf/rust-toolchain.toml; rustc 1.97 nightly uses LLVM 22; bpf-linker's
+/// LLVM must be >= rustc's, which setup checks).
 const LLVM_MAJOR: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -171,62 +173,53 @@ fn debian_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn has_nightly() -> Result<bool> {
-    let list = stdout_of(Command::new("rustup").args(["toolchain", "list"]))
-        .context("`rustup toolchain list` failed: setup needs rustup (https://rustup.rs)")?;
-    Ok(list
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .any(|name| name == "nightly" || name.starts_with("nightly-")))
-}
-
-fn has_nightly_rust_src() -> bool {
-    stdout_of(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .is_some_and(|list| {
-        list.lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .any(|c| c == "rust-src" || c.starts_with("rust-src-"))
-    })
-}
-
-/// The eBPF crate is built with `rustup run nightly cargo build -Z build-std=core`: nightly + rust-src.
+/// The eBPF crate is built with `rustup run <pinned nightly> cargo build -Z build-std=core`: the
+/// dated nightly of monitor-ebpf/rust-toolchain.toml with its components (rust-src; clippy for
+/// `cargo xtask lint`).
 fn rust_nightly(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
-    if has_nightly()? {
-        println!("ok Rust nightly toolchain");
+    let t = toolchain::ebpf_toolchain()?;
+    let what = format!("Rust {} (the eBPF toolchain)", t.channel);
+    if t.installed()? {
+        println!("ok {what}");
     } else if mode == Mode::Check {
-        println!("missing Rust nightly toolchain");
-        missing.push("Rust nightly".into());
+        println!("missing {what}");
+        missing.push(t.channel.clone());
+        return Ok(());
     } else {
-        println!("installing Rust nightly toolchain (rustup, minimal profile)");
-        run_inherit(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        println!("installing {what} (rustup, minimal profile)");
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", &t.channel, "--profile", "minimal"]);
+        if !t.components.is_empty() {
+            cmd.args(["--component", &t.components.join(",")]);
+        }
+        run_inherit(&mut cmd)?;
     }
 
-    if has_nightly_rust_src() {
-        println!("ok rust-src for nightly");
+    let lacking = t.missing_components();
+    if lacking.is_empty() {
+        println!("ok {} for {}", t.components.join(", "), t.channel);
     } else if mode == Mode::Check {
-        println!("missing rust-src for nightly");
-        missing.push("nightly rust-src".into());
+        println!("missing {} for {}", lacking.join(", "), t.channel);
+        missing.extend(lacking.iter().map(|c| format!("{} {c}", t.channel)));
     } else {
-        println!("installing rust-src for nightly");
-        run_inherit(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        println!("installing {} for {}", lacking.join(", "), t.channel);
+        run_inherit(
+            Command::new("rustup")
+                .args(["component", "add", "--toolchain", &t.channel])
+                .args(&lacking),
+        )?;
+    }
+
+    // bpf-linker reads the bitcode this rustc writes: its LLVM must not be older.
+    let version = stdout_of(Command::new("rustup").args(["run", &t.channel, "rustc", "-Vv"]));
+    if let Some(llvm) = version.as_deref().and_then(llvm_major_in) {
+        if llvm > LLVM_MAJOR {
+            bail!(
+                "{} uses LLVM {llvm}, newer than the LLVM {LLVM_MAJOR} bpf-linker is built against: \
+                 raise LLVM_MAJOR and LLVM_PREFIX in xtask/src/setup.rs with the pin",
+                t.channel
+            );
+        }
     }
     Ok(())
 }

@@ -38,6 +38,7 @@ pub const METRICS: &[&str] = &[
     SCAN_NETNS_FAILED,
     SCAN_CONNECTIONS_AGE,
     PROBE_UP,
+    MAP_READ_ERRORS,
     BUILD_INFO,
     WORKLOAD_INFO,
     ALERT_ACTIVE,
@@ -85,6 +86,7 @@ pub const SCAN_DURATION: &str = "connmon_scan_duration_seconds";
 pub const SCAN_NETNS_FAILED: &str = "connmon_scan_netns_failed";
 pub const SCAN_CONNECTIONS_AGE: &str = "connmon_scan_connections_age_seconds";
 pub const PROBE_UP: &str = "connmon_probe_up";
+pub const MAP_READ_ERRORS: &str = "connmon_map_read_errors_total";
 pub const BUILD_INFO: &str = "connmon_build_info";
 pub const WORKLOAD_INFO: &str = "connmon_workload_info";
 pub const ALERT_ACTIVE: &str = "connmon_alert_active";
@@ -198,6 +200,10 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
     for (probe, state) in ctx.probes {
         let up = i64::from(matches!(state, ProbeState::Up { .. }));
         probe_up.get_or_create(&labels(&[("probe", probe)])).set(up);
+    }
+    let map_errors = counter_family(&mut reg, MAP_READ_ERRORS, "Failed reads of each eBPF map the agent reads (the first is logged); figures from a failing map are missing, not zero");
+    for (map, n) in crate::kernel::maps::read_errors() {
+        map_errors.get_or_create(&labels(&[("map", map)])).inc_by(n);
     }
     let destinations = pools::register(&mut reg, pools, &snap.listeners[..exported]);
     let cgroups: std::collections::BTreeSet<&str> = snap.listeners[..exported]

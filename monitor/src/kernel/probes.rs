@@ -18,11 +18,12 @@ use aya::{
 };
 use log::{info, warn};
 use monitor_common::{
+    names::{globals, maps, programs},
     ListenerCounters, ListenerKey, ListenerPeak, SockOffsets, StateTpOffsets, TaskOffsets, TracepointOffsets,
     OFFSET_UNKNOWN,
 };
 
-use crate::{kernel::btf, kernel::tracefs};
+use crate::kernel::{btf, maps as map_access, tracefs};
 
 /// Where a program attaches.
 #[derive(Debug, Clone, Copy)]
@@ -61,63 +62,63 @@ pub const RESETS_SENT: &str = "resets_sent";
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         probe: LISTEN_PEAK,
-        program: "sk_data_ready_btf",
+        program: programs::SK_DATA_READY_BTF,
         hook: Hook::BtfTracepoint("sk_data_ready"),
         min_kernel: "6.6",
         fallback: "tracepoint sock:sk_data_ready",
     },
     ProbeSpec {
         probe: LISTEN_PEAK,
-        program: "sk_data_ready_tp",
+        program: programs::SK_DATA_READY_TP,
         hook: Hook::Tracepoint { group: "sock", name: "sk_data_ready" },
         min_kernel: "6.6",
         fallback: "peak accept-queue depth sampled at each scan (source=\"sampled\")",
     },
     ProbeSpec {
         probe: SYNACK_RETRANSMIT,
-        program: "tcp_retransmit_synack",
+        program: programs::TCP_RETRANSMIT_SYNACK,
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_synack" },
         min_kernel: "4.15",
         fallback: "no per-listener SYN-ACK retransmit counts",
     },
     ProbeSpec {
         probe: POOLS,
-        program: "inet_sock_set_state_btf",
+        program: programs::INET_SOCK_SET_STATE_BTF,
         hook: Hook::BtfTracepoint("inet_sock_set_state"),
         min_kernel: "5.6",
         fallback: "tracepoint sock:inet_sock_set_state",
     },
     ProbeSpec {
         probe: POOLS,
-        program: "inet_sock_set_state",
+        program: programs::INET_SOCK_SET_STATE,
         hook: Hook::Tracepoint { group: "sock", name: "inet_sock_set_state" },
         min_kernel: "4.16",
         fallback: "pool sizes from sock_diag scans only (no opens, closes, failures or latencies)",
     },
     ProbeSpec {
         probe: CONNECT_RETRANSMIT,
-        program: "tcp_retransmit_skb",
+        program: programs::TCP_RETRANSMIT_SKB,
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_skb" },
         min_kernel: "4.15",
         fallback: "no SYN retransmit counts per pool",
     },
     ProbeSpec {
         probe: RESETS_RECEIVED,
-        program: "tcp_receive_reset",
+        program: programs::TCP_RECEIVE_RESET,
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_receive_reset" },
         min_kernel: "4.15",
         fallback: "no received-reset counts per pool",
     },
     ProbeSpec {
         probe: RESETS_SENT,
-        program: "tcp_send_reset",
+        program: programs::TCP_SEND_RESET,
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_send_reset" },
         min_kernel: "4.15",
         fallback: "no sent-reset counts per pool",
     },
     ProbeSpec {
         probe: PROTOCOL,
-        program: "classify_egress",
+        program: programs::CLASSIFY_EGRESS,
         hook: Hook::CgroupSkbEgress,
         min_kernel: "4.10",
         fallback: "services classed by destination port only",
@@ -193,12 +194,12 @@ impl Probes {
         };
         let (tp, tracefs_dir) = tracepoint_offsets(&opts.tracefs);
         let mut ebpf = match EbpfLoader::new()
-            .override_global("SOCK_OFFSETS", &sock, true)
-            .override_global("TP_OFFSETS", &tp, true)
-            .override_global("TASK_OFFSETS", &task, true)
-            .override_global("STORM_CONFIG", &monitor_common::StormConfig { short_lived_ns: opts.short_lived.as_nanos().min(u128::from(u64::MAX)) as u64 }, true)
-            .map_max_entries("SOCKS", opts.max_sockets)
-            .map_max_entries("SEEDED", opts.max_sockets)
+            .override_global(globals::SOCK_OFFSETS, &sock, true)
+            .override_global(globals::TP_OFFSETS, &tp, true)
+            .override_global(globals::TASK_OFFSETS, &task, true)
+            .override_global(globals::STORM_CONFIG, &monitor_common::StormConfig { short_lived_ns: opts.short_lived.as_nanos().min(u128::from(u64::MAX)) as u64 }, true)
+            .map_max_entries(maps::SOCKS, opts.max_sockets)
+            .map_max_entries(maps::SEEDED, opts.max_sockets)
             .load(EBPF_OBJECT)
         {
             Ok(ebpf) => ebpf,
@@ -268,33 +269,27 @@ impl Probes {
     pub fn take_listener_stats(&mut self) -> KernelListenerStats {
         let mut out = KernelListenerStats::default();
         let Some(ebpf) = self.ebpf.as_mut() else { return out };
-        if let Some(map) = ebpf.map_mut("LISTEN_PEAKS") {
-            if let Ok(mut peaks) = PerCpuHashMap::<&mut MapData, ListenerKey, ListenerPeak>::try_from(map) {
-                let keys: Vec<ListenerKey> = peaks.keys().filter_map(Result::ok).collect();
-                for key in keys {
-                    if let Ok(values) = peaks.get(&key, 0) {
-                        let mut peak = ListenerPeak::default();
-                        for v in values.iter() {
-                            peak.depth = peak.depth.max(v.depth);
-                            peak.backlog = peak.backlog.max(v.backlog);
-                            peak.syn_queue = peak.syn_queue.max(v.syn_queue);
-                        }
-                        out.peaks.insert(key, peak);
+        if let Ok(mut peaks) = map_access::open_mut::<PerCpuHashMap<&mut MapData, ListenerKey, ListenerPeak>>(ebpf, maps::LISTEN_PEAKS) {
+            let keys: Vec<ListenerKey> = peaks.keys().filter_map(|k| map_access::ok(maps::LISTEN_PEAKS, k)).collect();
+            for key in keys {
+                if let Some(values) = map_access::ok(maps::LISTEN_PEAKS, peaks.get(&key, 0)) {
+                    let mut peak = ListenerPeak::default();
+                    for v in values.iter() {
+                        peak.raise(v.depth, v.backlog, v.syn_queue);
                     }
-                    let _ = peaks.remove(&key);
+                    out.peaks.insert(key, peak);
                 }
+                let _ = peaks.remove(&key);
             }
         }
-        if let Some(map) = ebpf.map("LISTEN_COUNTERS") {
-            if let Ok(counters) = PerCpuHashMap::<&MapData, ListenerKey, ListenerCounters>::try_from(map) {
-                for (key, values) in counters.iter().filter_map(Result::ok) {
-                    let mut sum = ListenerCounters::default();
-                    for v in values.iter() {
-                        sum.queued += v.queued;
-                        sum.synack_retransmits += v.synack_retransmits;
-                    }
-                    out.counters.insert(key, sum);
+        if let Ok(counters) = map_access::open::<PerCpuHashMap<&MapData, ListenerKey, ListenerCounters>>(ebpf, maps::LISTEN_COUNTERS) {
+            for (key, values) in counters.iter().filter_map(|r| map_access::ok(maps::LISTEN_COUNTERS, r)) {
+                let mut sum = ListenerCounters::default();
+                for v in values.iter() {
+                    sum.queued += v.queued;
+                    sum.synack_retransmits += v.synack_retransmits;
                 }
+                out.counters.insert(key, sum);
             }
         }
         out
@@ -443,3 +438,7 @@ fn raise_memlock_limit() {
         log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
     }
 }
+
+#[cfg(test)]
+#[path = "object_tests.rs"]
+mod object_tests;

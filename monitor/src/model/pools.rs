@@ -14,6 +14,7 @@ use aya::{
     Ebpf,
 };
 use monitor_common::{
+    names::maps::{ACCEPTS, LOST, POOL_LIVE, POOL_PEAK, POOL_STATS, PROTO_SEEN, RETRY_EVENTS, SEEDED, SEEDED_LEFT, SOCKS},
     AcceptKey, PoolKey, PoolStats, RetryEvent, SockInfo, AF_INET, FAIL_REASONS, LOST_REASONS, PROTO_POSTGRES,
     PROTO_REDIS, TCP_LISTEN,
 };
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use crate::{
     attribution::cgroups::CgroupNames,
+    kernel::maps::{ok, open as map, open_mut as map_mut},
     scan::diag::DiagSocket,
     scan::{self, Scan},
     model::services::{self, Services},
@@ -249,10 +251,10 @@ impl PoolTracker {
     pub fn seed(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<usize> {
         let first = scan::scan(None, scan::Depth::Full);
         let tracked: HashSet<(u32, [u8; 16], u16)> = {
-            let socks: BpfHashMap<&MapData, u64, SockInfo> = map(ebpf, "SOCKS")?;
+            let socks: BpfHashMap<&MapData, u64, SockInfo> = map(ebpf, SOCKS)?;
             socks
                 .iter()
-                .filter_map(Result::ok)
+                .filter_map(|r| ok(SOCKS, r))
                 .filter(|(_, i)| i.established_ns != 0)
                 .map(|(_, i)| (i.pool.netns, i.saddr, i.sport))
                 .collect()
@@ -260,10 +262,10 @@ impl PoolTracker {
         let keys = keys_of(&first, &self.cgroups, &tracked);
         // Before any insert: the kernel skips its SEEDED lookup while this reads 0. An upper
         // bound is all it needs, so the entries removed below are not subtracted.
-        let mut left: aya::maps::Array<&mut MapData, i64> = map_mut(ebpf, "SEEDED_LEFT")?;
+        let mut left: aya::maps::Array<&mut MapData, i64> = map_mut(ebpf, SEEDED_LEFT)?;
         left.set(0, keys.len() as i64, 0)?;
         {
-            let mut seeded: BpfHashMap<&mut MapData, u64, PoolKey> = map_mut(ebpf, "SEEDED")?;
+            let mut seeded: BpfHashMap<&mut MapData, u64, PoolKey> = map_mut(ebpf, SEEDED)?;
             for (cookie, key) in &keys {
                 if *cookie != 0 && seeded.insert(cookie, key, 0).is_ok() {
                     *self.seeded.entry(*key).or_default() += 1;
@@ -273,7 +275,7 @@ impl PoolTracker {
         let second = scan::scan(None, scan::Depth::Full);
         let open: HashSet<u64> =
             second.namespaces.iter().flat_map(|ns| ns.connected.iter().map(|c| c.cookie)).collect();
-        let mut seeded: BpfHashMap<&mut MapData, u64, PoolKey> = map_mut(ebpf, "SEEDED")?;
+        let mut seeded: BpfHashMap<&mut MapData, u64, PoolKey> = map_mut(ebpf, SEEDED)?;
         for (cookie, key) in &keys {
             if !open.contains(cookie) && seeded.remove(cookie).is_ok() {
                 *self.seeded.entry(*key).or_default() -= 1;
@@ -294,10 +296,10 @@ impl PoolTracker {
             .iter()
             .flat_map(|ns| ns.connected.iter().map(move |c| (ns.inode as u32, addr_bytes(c.src), c.sport)))
             .collect();
-        let Ok(mut socks) = map_mut::<BpfHashMap<&mut MapData, u64, SockInfo>>(ebpf, "SOCKS") else { return };
+        let Ok(mut socks) = map_mut::<BpfHashMap<&mut MapData, u64, SockInfo>>(ebpf, SOCKS) else { return };
         let mut absent = HashSet::new();
         let mut abandoned = Vec::new();
-        for (sk, info) in socks.iter().filter_map(Result::ok) {
+        for (sk, info) in socks.iter().filter_map(|r| ok(SOCKS, r)) {
             if info.established_ns == 0 {
                 if scan_started_ns.saturating_sub(info.connect_ns) > STALE_CONNECT_NS {
                     abandoned.push(sk);
@@ -327,12 +329,12 @@ impl PoolTracker {
     pub fn collect(&mut self, ebpf: &mut Ebpf, reset_peaks: bool) -> (Vec<Pool>, KernelExtras) {
         let mut extras = KernelExtras { missed_closes: self.missed_total, ..Default::default() };
         let stats = read_stats(ebpf);
-        let live: HashMap<PoolKey, i64> = map::<BpfHashMap<&MapData, PoolKey, i64>>(ebpf, "POOL_LIVE")
-            .map(|m| m.iter().filter_map(Result::ok).collect())
+        let live: HashMap<PoolKey, i64> = map::<BpfHashMap<&MapData, PoolKey, i64>>(ebpf, POOL_LIVE)
+            .map(|m| m.iter().filter_map(|r| ok(POOL_LIVE, r)).collect())
             .unwrap_or_default();
         let mut peaks: HashMap<PoolKey, i64> = HashMap::new();
-        if let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, i64>>(ebpf, "POOL_PEAK") {
-            peaks = m.iter().filter_map(Result::ok).collect();
+        if let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, i64>>(ebpf, POOL_PEAK) {
+            peaks = m.iter().filter_map(|r| ok(POOL_PEAK, r)).collect();
             for (key, _) in peaks.iter().filter(|_| reset_peaks) {
                 let _ = m.insert(key, live.get(key).copied().unwrap_or(0), 0);
             }
@@ -375,15 +377,15 @@ impl PoolTracker {
             });
         }
         self.forget(ebpf, &idle);
-        if let Ok(lost) = map::<PerCpuArray<&MapData, u64>>(ebpf, "LOST") {
+        if let Ok(lost) = map::<PerCpuArray<&MapData, u64>>(ebpf, LOST) {
             for (i, slot) in extras.lost.iter_mut().enumerate() {
-                if let Ok(v) = lost.get(&(i as u32), 0) {
+                if let Some(v) = ok(LOST, lost.get(&(i as u32), 0)) {
                     *slot = v.iter().sum();
                 }
             }
         }
-        if let Ok(acc) = map::<PerCpuHashMap<&MapData, AcceptKey, u64>>(ebpf, "ACCEPTS") {
-            extras.accepts = acc.iter().filter_map(Result::ok).map(|(k, v)| (k, v.iter().sum())).collect();
+        if let Ok(acc) = map::<PerCpuHashMap<&MapData, AcceptKey, u64>>(ebpf, ACCEPTS) {
+            extras.accepts = acc.iter().filter_map(|r| ok(ACCEPTS, r)).map(|(k, v)| (k, v.iter().sum())).collect();
         }
         sort(&mut pools);
         (pools, extras)
@@ -397,8 +399,8 @@ impl PoolTracker {
 
     /// Moves what the protocol probe recognised into the per-destination memory.
     fn learn_protocols(&mut self, ebpf: &Ebpf) {
-        let Ok(seen) = map::<BpfHashMap<&MapData, PoolKey, u32>>(ebpf, "PROTO_SEEN") else { return };
-        for (key, proto) in seen.iter().filter_map(Result::ok) {
+        let Ok(seen) = map::<BpfHashMap<&MapData, PoolKey, u32>>(ebpf, PROTO_SEEN) else { return };
+        for (key, proto) in seen.iter().filter_map(|r| ok(PROTO_SEEN, r)) {
             let name = match proto {
                 PROTO_REDIS => services::REDIS,
                 PROTO_POSTGRES => services::POSTGRES,
@@ -418,10 +420,10 @@ impl PoolTracker {
         if keys.is_empty() {
             return;
         }
-        if let Ok(mut m) = map_mut::<PerCpuHashMap<&mut MapData, PoolKey, PoolStats>>(ebpf, "POOL_STATS") {
+        if let Ok(mut m) = map_mut::<PerCpuHashMap<&mut MapData, PoolKey, PoolStats>>(ebpf, POOL_STATS) {
             keys.iter().for_each(|k| drop(m.remove(k)));
         }
-        for name in ["POOL_LIVE", "POOL_PEAK"] {
+        for name in [POOL_LIVE, POOL_PEAK] {
             if let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, i64>>(ebpf, name) {
                 keys.iter().for_each(|k| drop(m.remove(k)));
             }
@@ -435,11 +437,11 @@ impl PoolTracker {
 }
 
 pub fn read_stats(ebpf: &Ebpf) -> HashMap<PoolKey, PoolStats> {
-    let Ok(m) = map::<PerCpuHashMap<&MapData, PoolKey, PoolStats>>(ebpf, "POOL_STATS") else {
+    let Ok(m) = map::<PerCpuHashMap<&MapData, PoolKey, PoolStats>>(ebpf, POOL_STATS) else {
         return HashMap::new();
     };
     m.iter()
-        .filter_map(Result::ok)
+        .filter_map(|r| ok(POOL_STATS, r))
         .map(|(key, per_cpu)| {
             let mut sum = PoolStats::default();
             for v in per_cpu.iter() {
@@ -475,7 +477,7 @@ pub fn add_stats(sum: &mut PoolStats, v: &PoolStats) {
 
 /// Retry events the kernel queued since the last call.
 pub fn drain_retry_events(ebpf: &mut Ebpf) -> Vec<RetryEvent> {
-    let Ok(mut ring) = map_mut::<RingBuf<&mut MapData>>(ebpf, "RETRY_EVENTS") else { return Vec::new() };
+    let Ok(mut ring) = map_mut::<RingBuf<&mut MapData>>(ebpf, RETRY_EVENTS) else { return Vec::new() };
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         if item.len() >= std::mem::size_of::<RetryEvent>() {
@@ -484,22 +486,6 @@ pub fn drain_retry_events(ebpf: &mut Ebpf) -> Vec<RetryEvent> {
         }
     }
     out
-}
-
-fn map<'a, T: TryFrom<&'a aya::maps::Map>>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<T>
-where
-    T::Error: std::fmt::Display,
-{
-    let m = ebpf.map(name).ok_or_else(|| anyhow::anyhow!("map {name} missing from the eBPF object"))?;
-    T::try_from(m).map_err(|e| anyhow::anyhow!("map {name}: {e}"))
-}
-
-fn map_mut<'a, T: TryFrom<&'a mut aya::maps::Map>>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
-where
-    T::Error: std::fmt::Display,
-{
-    let m = ebpf.map_mut(name).ok_or_else(|| anyhow::anyhow!("map {name} missing from the eBPF object"))?;
-    T::try_from(m).map_err(|e| anyhow::anyhow!("map {name}: {e}"))
 }
 
 /// A pool for other modules' unit tests.

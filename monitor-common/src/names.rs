@@ -1,0 +1,146 @@
+//! Names of everything the agent looks up in the eBPF object: maps, programs and the globals it
+//! writes before load. Each is spelled once, here. The kernel side declares its statics through
+//! macros that assert at compile time that the static's identifier equals its constant, and a
+//! host test in connmon parses the built object and checks that its maps and programs are exactly
+//! these, so renaming one side without the other fails the build or a test instead of exporting
+//! zeros.
+
+/// Map names (the `static`'s identifier on the kernel side).
+pub mod maps {
+    /// Per-CPU accept-queue and SYN-queue high-water marks per listener.
+    pub const LISTEN_PEAKS: &str = "LISTEN_PEAKS";
+    /// Per-CPU queued-connection and SYN-ACK retransmit counters per listener.
+    pub const LISTEN_COUNTERS: &str = "LISTEN_COUNTERS";
+    /// Client sockets from connect() to close.
+    pub const SOCKS: &str = "SOCKS";
+    /// Connections open when the agent started, by socket cookie.
+    pub const SEEDED: &str = "SEEDED";
+    /// Upper bound on what SEEDED still holds.
+    pub const SEEDED_LEFT: &str = "SEEDED_LEFT";
+    /// Per-CPU counters per pool.
+    pub const POOL_STATS: &str = "POOL_STATS";
+    /// Opened minus closed per pool.
+    pub const POOL_LIVE: &str = "POOL_LIVE";
+    /// Highest POOL_LIVE since the agent last reset it.
+    pub const POOL_PEAK: &str = "POOL_PEAK";
+    /// Handshakes completed on local listeners, by client address class.
+    pub const ACCEPTS: &str = "ACCEPTS";
+    /// Scratch slot for building a first PoolStats off the stack.
+    pub const SCRATCH_STATS: &str = "SCRATCH_STATS";
+    /// Events the kernel side could not account, by LOST_* reason.
+    pub const LOST: &str = "LOST";
+    /// Flows waiting for their first payload bytes.
+    pub const PENDING: &str = "PENDING";
+    /// Upper bound on what PENDING holds.
+    pub const PENDING_N: &str = "PENDING_N";
+    /// Protocol recognised per pool.
+    pub const PROTO_SEEN: &str = "PROTO_SEEN";
+    /// Ring buffer of failed connects and recoveries.
+    pub const RETRY_EVENTS: &str = "RETRY_EVENTS";
+    /// Per-pool rate limit of retry events.
+    pub const LAST_FAILED: &str = "LAST_FAILED";
+    /// Pools with a reported failure not yet followed by a success.
+    pub const FAILING: &str = "FAILING";
+    /// Upper bound on what FAILING holds.
+    pub const FAILING_N: &str = "FAILING_N";
+
+    /// Every map, in one list (for tests and per-map metrics).
+    pub const ALL: &[&str] = &[
+        LISTEN_PEAKS,
+        LISTEN_COUNTERS,
+        SOCKS,
+        SEEDED,
+        SEEDED_LEFT,
+        POOL_STATS,
+        POOL_LIVE,
+        POOL_PEAK,
+        ACCEPTS,
+        SCRATCH_STATS,
+        LOST,
+        PENDING,
+        PENDING_N,
+        PROTO_SEEN,
+        RETRY_EVENTS,
+        LAST_FAILED,
+        FAILING,
+        FAILING_N,
+    ];
+}
+
+/// Program names (the function's identifier on the kernel side).
+pub mod programs {
+    pub const SK_DATA_READY_BTF: &str = "sk_data_ready_btf";
+    pub const SK_DATA_READY_TP: &str = "sk_data_ready_tp";
+    pub const TCP_RETRANSMIT_SYNACK: &str = "tcp_retransmit_synack";
+    pub const INET_SOCK_SET_STATE_BTF: &str = "inet_sock_set_state_btf";
+    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
+    pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
+    pub const TCP_SEND_RESET: &str = "tcp_send_reset";
+    pub const CLASSIFY_EGRESS: &str = "classify_egress";
+
+    pub const ALL: &[&str] = &[
+        SK_DATA_READY_BTF,
+        SK_DATA_READY_TP,
+        TCP_RETRANSMIT_SYNACK,
+        INET_SOCK_SET_STATE_BTF,
+        INET_SOCK_SET_STATE,
+        TCP_RETRANSMIT_SKB,
+        TCP_RECEIVE_RESET,
+        TCP_SEND_RESET,
+        CLASSIFY_EGRESS,
+    ];
+}
+
+/// Globals the agent writes before load (`#[no_mangle]` statics on the kernel side).
+pub mod globals {
+    /// [`crate::SockOffsets`].
+    pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+    /// [`crate::TaskOffsets`].
+    pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
+    /// [`crate::TracepointOffsets`].
+    pub const TP_OFFSETS: &str = "TP_OFFSETS";
+    /// [`crate::StormConfig`].
+    pub const STORM_CONFIG: &str = "STORM_CONFIG";
+
+    pub const ALL: &[&str] = &[SOCK_OFFSETS, TASK_OFFSETS, TP_OFFSETS, STORM_CONFIG];
+}
+
+/// `a == b` in a const context, for the kernel side's compile-time name checks.
+pub const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_spelled_as_identifiers() {
+        for list in [maps::ALL, programs::ALL, globals::ALL] {
+            for (i, a) in list.iter().enumerate() {
+                assert!(!list[i + 1..].contains(a), "{a} listed twice");
+                assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{a}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_compares_whole_strings() {
+        assert!(same("SOCKS", "SOCKS"));
+        assert!(!same("SOCKS", "SOCK"));
+        assert!(!same("SOCKS", "SOCKZ"));
+        assert!(same("", ""));
+    }
+}

@@ -1,0 +1,263 @@
+//! Connection pools from `inet_sock_set_state` (tp_btf, else the classic tracepoint). A client
+//! socket is attributed at connect() (CLOSE -> SYN_SENT, the only transition that runs in the
+//! caller's process context), remembered in SOCKS until it closes, and every transition updates
+//! its pool's per-CPU counters (`pool_table`). Sockets that existed before the agent started are
+//! found through SEEDED, keyed by socket cookie. Which transitions matter is
+//! `monitor_common::tcp::transition`.
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use monitor_common::{
+    addr, errno, hist,
+    tcp::{transition, Transition},
+    AcceptKey, PoolKey, SockInfo, FAIL_DIED_RESET, FAIL_DIED_SERVER_CLOSED, LOST_MISSED_CLOSE, LOST_SOCK_TABLE_FULL,
+    LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE, SOCK_PEER_CLOSED, SOCK_PROTO_PENDING, TCP_CLOSE, TCP_ESTABLISHED,
+};
+
+use crate::{
+    access::read_ctx,
+    counters,
+    fields::{Fields, Record, Sock},
+    maps::{check_program_name, off, ACCEPTS, SEEDED, SEEDED_LEFT, SOCKS},
+    pool_table::{live_add, lost, with_stats},
+    proto_watch, retry_events,
+};
+
+const IPPROTO_TCP: u16 = 6;
+
+/// The pools probe as a BTF raw tracepoint: the kernel passes the socket and both states
+/// directly, without filling a trace record, and a transition the probe does not act on costs no
+/// helper call at all. Preferred; the classic tracepoint below is the fallback.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_set_state_btf(&ctx);
+    0
+}
+check_program_name!(inet_sock_set_state_btf, INET_SOCK_SET_STATE_BTF);
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+check_program_name!(inet_sock_set_state, INET_SOCK_SET_STATE);
+
+#[inline(always)]
+fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    match transition(old as u8, new as u8) {
+        Transition::Ignored => Ok(()),
+        t => on_change(t, sk, new as u8, &Sock(sk as *const u8)),
+    }
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+    let old: i32 = read_ctx(ctx, off!(TP_OFFSETS.state.oldstate))?;
+    let new: i32 = read_ctx(ctx, off!(TP_OFFSETS.state.newstate))?;
+    let t = transition(old as u8, new as u8);
+    if t == Transition::Ignored {
+        return Ok(());
+    }
+    let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.state.skaddr))?;
+    on_change(t, sk, new as u8, &Record { ctx, sk: sk as *const u8 })
+}
+
+/// A transition the probe acts on.
+#[inline(always)]
+fn on_change<F: Fields>(t: Transition, sk: u64, new: u8, f: &F) -> Result<(), i64> {
+    // Only sockets that start here need the protocol checked (SCTP, for one, reports through
+    // the same hook); every later transition finds its socket in SOCKS, which holds TCP only.
+    match t {
+        Transition::Connect => {
+            if f.protocol()? == IPPROTO_TCP {
+                on_connect(f, sk)
+            } else {
+                Ok(())
+            }
+        }
+        Transition::Accept => {
+            if f.protocol()? == IPPROTO_TCP {
+                on_accept(f)
+            } else {
+                Ok(())
+            }
+        }
+        Transition::HandshakeEnd => on_handshake_end(f, sk, new),
+        Transition::PeerClosed => {
+            if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+                // SAFETY: entry pointer from the map; this socket's transitions are serialised.
+                unsafe { (*info).flags |= SOCK_PEER_CLOSED };
+            }
+            Ok(())
+        }
+        Transition::Close => on_close(f, sk),
+        Transition::Ignored => Ok(()),
+    }
+}
+
+fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
+    let family = f.family()?;
+    let pool = PoolKey {
+        // SAFETY: plain helper calls valid in tracepoint programs.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns: f.netns(),
+        dport: f.dport()?,
+        family,
+        daddr: f.daddr(family)?,
+        comm: f.process_comm(),
+    };
+    // SAFETY: as above.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // An entry already here belongs to an earlier socket at the same address whose close the
+    // kernel skipped (a tracing program cannot nest inside another on the same CPU): count that
+    // close now, or its pool would stay one too high for good.
+    if let Some(old) = SOCKS.get_ptr(&sk) {
+        // SAFETY: entry pointer from the map, copied out at once.
+        let old = unsafe { *old };
+        if old.established_ns != 0 {
+            with_stats(&old.pool, |s| s.closes += 1);
+            live_add(&old.pool, -1);
+        }
+        lost(LOST_MISSED_CLOSE);
+    }
+    let info = SockInfo {
+        pool,
+        connect_ns: now,
+        established_ns: 0,
+        saddr: [0; 16],
+        sport: 0,
+        flags: 0,
+        _reserved: [0; 2],
+    };
+    if SOCKS.insert(&sk, &info, 0).is_err() {
+        lost(LOST_SOCK_TABLE_FULL);
+        return Ok(());
+    }
+    with_stats(&pool, |s| s.attempts += 1);
+    Ok(())
+}
+
+fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
+    let Some(info) = SOCKS.get_ptr_mut(&sk) else {
+        if new == TCP_ESTABLISHED {
+            lost(LOST_SOCK_UNTRACKED);
+        }
+        return Ok(());
+    };
+    // SAFETY: entry pointer from the map; only this socket's transitions (serialised by the
+    // socket lock) touch it.
+    let info = unsafe { &mut *info };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if new == TCP_ESTABLISHED {
+        info.established_ns = now;
+        info.sport = f.sport().unwrap_or(0);
+        info.saddr = f.saddr(info.pool.family).unwrap_or([0; 16]);
+        let us = (now - info.connect_ns) / 1000;
+        with_stats(&info.pool, |s| {
+            s.opens += 1;
+            s.connect_us[hist::bucket(us)] += 1;
+            s.connect_us_sum += us;
+        });
+        live_add(&info.pool, 1);
+        retry_events::succeeded(&info.pool);
+        let p = &info.pool;
+        if proto_watch::watch(&addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p) {
+            info.flags |= SOCK_PROTO_PENDING;
+        }
+    } else if new == TCP_CLOSE {
+        let pool = info.pool;
+        let reason = errno::connect_failure(f.err().unwrap_or(-1));
+        with_stats(&pool, |s| s.failures[reason] += 1);
+        retry_events::failed_at(&pool, info.connect_ns, reason);
+        let _ = SOCKS.remove(&sk);
+    }
+    Ok(())
+}
+
+fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
+    if let Some(info) = SOCKS.get_ptr(&sk) {
+        // SAFETY: as in on_handshake_end.
+        let info = unsafe { *info };
+        if info.established_ns == 0 {
+            // Its handshake event was missed (the kernel skips a tracing program that would nest
+            // inside another on the same CPU): it was never counted live, so do not uncount it.
+            lost(LOST_UNSEEN_HANDSHAKE);
+            let _ = SOCKS.remove(&sk);
+            return Ok(());
+        }
+        let now = unsafe { bpf_ktime_get_ns() };
+        let lifetime_ns = now - info.established_ns;
+        let ms = lifetime_ns / 1_000_000;
+        let short = lifetime_ns < retry_events::short_lived_ns();
+        // Died young: short-lived and ended by the server, by a reset or by hanging up first.
+        // Healthy per-request churn usually closes from the client side.
+        let reset = short && f.err().is_ok_and(errno::ended_by_reset);
+        let hung_up = short && !reset && info.flags & SOCK_PEER_CLOSED != 0;
+        if reset {
+            retry_events::failed_at(&info.pool, info.connect_ns, FAIL_DIED_RESET);
+        } else if hung_up {
+            retry_events::failed_at(&info.pool, info.connect_ns, FAIL_DIED_SERVER_CLOSED);
+        }
+        with_stats(&info.pool, |s| {
+            s.closes += 1;
+            s.lifetime_ms[hist::bucket(ms)] += 1;
+            s.lifetime_ms_sum += ms;
+            s.short_lived += u64::from(short);
+            s.died_reset += u64::from(reset);
+            s.died_server_closed += u64::from(hung_up);
+        });
+        live_add(&info.pool, -1);
+        // Only flows registered as pending need the (locking) delete from the LRU table.
+        if info.flags & SOCK_PROTO_PENDING != 0 {
+            let p = &info.pool;
+            proto_watch::unwatch(&addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
+        }
+        let _ = SOCKS.remove(&sk);
+        return Ok(());
+    }
+    // Not connected while we watched: maybe a connection seeded at start-up. Once every seeded
+    // connection is gone (SEEDED_LEFT is an upper bound on what is left), skip the lookup.
+    if !counters::positive(&SEEDED_LEFT) {
+        return Ok(());
+    }
+    let cookie = f.cookie();
+    if cookie == 0 {
+        return Ok(());
+    }
+    if let Some(pool) = SEEDED.get_ptr(&cookie) {
+        // SAFETY: entry pointer from the map, copied out at once.
+        let pool = unsafe { *pool };
+        with_stats(&pool, |s| s.closes += 1);
+        live_add(&pool, -1);
+        if SEEDED.remove(&cookie).is_ok() {
+            counters::add(&SEEDED_LEFT, -1);
+        }
+    }
+    Ok(())
+}
+
+fn on_accept<F: Fields>(f: &F) -> Result<(), i64> {
+    let family = f.family()?;
+    let addr = f.saddr(family)?;
+    let peer = f.daddr(family)?;
+    let key = AcceptKey {
+        netns: f.netns(),
+        port: f.sport()?,
+        family,
+        addr,
+        client_class: addr::client_class(family, &peer),
+        _reserved: 0,
+    };
+    match ACCEPTS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = ACCEPTS.insert(&key, &1, 0);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `cargo xtask lint`: what CI checks before the tests. `cargo fmt --check` on every crate,
+//! clippy with `-D warnings` on the user-space crates (all targets), and clippy with `-D warnings`
+//! on the eBPF crate, which only builds for bpfel-unknown-none with the pinned nightly and
+//! `-Z build-std=core`. Every step runs; the command fails at the end if any did.
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::toolchain;
+use crate::util::{run_inherit, workspace_root};
+
+pub fn run() -> Result<()> {
+    let t = toolchain::ebpf_toolchain()?;
+    let root = workspace_root();
+    let steps: Vec<(&str, Command)> = vec![
+        ("fmt", {
+            let mut c = Command::new("cargo");
+            c.args(["fmt", "--all", "--check"]);
+            c
+        }),
+        ("clippy (user space)", {
+            let mut c = Command::new("cargo");
+            c.args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "monitor-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            c
+        }),
+        ("clippy (eBPF)", {
+            // `rustup run` rather than `cargo +…`: the same form monitor/build.rs (aya-build) uses.
+            let mut c = Command::new("rustup");
+            c.args(["run", &t.channel, "cargo", "clippy"])
+                .args(ebpf_clippy_args())
+                // Build scripts of host crates must not pick up the stable toolchain's rustc.
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER");
+            c
+        }),
+    ];
+    let mut failed = Vec::new();
+    for (name, mut cmd) in steps {
+        println!("=== lint: {name}");
+        if let Err(e) = run_inherit(cmd.current_dir(&root)) {
+            eprintln!("lint step {name} failed: {e:#}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Everything after `cargo clippy` for the eBPF crate.
+fn ebpf_clippy_args() -> [&'static str; 10] {
+    [
+        "-p",
+        "monitor-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ebpf_clippy_builds_core_for_the_bpf_target_and_denies_warnings() {
+        let args = ebpf_clippy_args().join(" ");
+        assert!(args.contains("--target bpfel-unknown-none"), "{args}");
+        assert!(args.contains("-Z build-std=core"), "{args}");
+        assert!(args.ends_with("-- -D warnings"), "{args}");
+    }
+}
