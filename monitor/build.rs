@@ -19,7 +19,15 @@ use aya_build::{Package, Toolchain};
 /// Lines of the log shown when the eBPF build fails.
 const FAILURE_TAIL: usize = 40;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Printed by hand: anyhow's `main` would add a backtrace of this script under RUST_BACKTRACE.
+    if let Err(e) = build() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
     let ebpf_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -55,7 +63,12 @@ fn main() -> anyhow::Result<()> {
         }
         Err(e) => {
             let tail = &split.log[split.log.len().saturating_sub(FAILURE_TAIL)..];
-            Err(anyhow!("{e:#}\n--- last {} lines of {} ---\n{}", tail.len(), log_path.display(), tail.join("\n")))
+            Err(anyhow!(
+                "building the eBPF programs failed ({e:#})\n--- last {} lines of {} ---\n{}",
+                tail.len(),
+                log_path.display(),
+                tail.join("\n")
+            ))
         }
     }
 }

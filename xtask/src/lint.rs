@@ -1,7 +1,8 @@
 //! `cargo xtask lint`: what CI checks before the tests. `cargo fmt --check` on every crate,
 //! clippy with `-D warnings` on the user-space crates (all targets), and clippy with `-D warnings`
-//! on the eBPF crate, which only builds for bpfel-unknown-none with the pinned nightly and
-//! `-Z build-std=core`. Every step runs; the command fails at the end if any did.
+//! on the eBPF crate (with monitor-common as the kernel side compiles it), which only builds for
+//! bpfel-unknown-none with the pinned nightly and `-Z build-std=core`. Every step runs; the
+//! command fails at the end if any did.
 
 use std::process::Command;
 
@@ -58,11 +59,14 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Everything after `cargo clippy` for the eBPF crate.
-fn ebpf_clippy_args() -> [&'static str; 10] {
+/// Everything after `cargo clippy` for the eBPF crate (and monitor-common as the kernel side
+/// compiles it: `no_std`, without the `user` feature).
+fn ebpf_clippy_args() -> [&'static str; 12] {
     [
         "-p",
         "monitor-ebpf",
+        "-p",
+        "monitor-common",
         "--target",
         "bpfel-unknown-none",
         "-Z",
