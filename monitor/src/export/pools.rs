@@ -217,7 +217,8 @@ fn histogram(counts: &[u64; HIST_BUCKETS], sum: u64, unit_seconds: f64) -> Hist 
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let upper = if i + 1 == HIST_BUCKETS { f64::MAX } else { 4f64.powi(i as i32 + 1) * unit_seconds };
+            // The kernel's own bucket bounds (monitor_common::hist), in seconds.
+            let upper = monitor_common::hist::upper_bound(i).map_or(f64::MAX, |u| u as f64 * unit_seconds);
             (upper, *n)
         })
         .collect();
