@@ -67,9 +67,15 @@ mod tests {
 
     #[test]
     fn server_side_transitions() {
-        assert_eq!(transition(TCP_SYN_RECV, TCP_ESTABLISHED), Transition::Accept);
+        assert_eq!(
+            transition(TCP_SYN_RECV, TCP_ESTABLISHED),
+            Transition::Accept
+        );
         assert_eq!(transition(TCP_CLOSE, TCP_LISTEN), Transition::Ignored);
         assert_eq!(transition(TCP_LISTEN, TCP_CLOSE), Transition::Close);
-        assert_eq!(transition(TCP_NEW_SYN_RECV, TCP_SYN_RECV), Transition::Ignored);
+        assert_eq!(
+            transition(TCP_NEW_SYN_RECV, TCP_SYN_RECV),
+            Transition::Ignored
+        );
     }
 }

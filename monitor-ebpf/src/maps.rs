@@ -2,11 +2,13 @@
 //! through a macro that checks at compile time that its identifier (the name the agent looks up)
 //! equals its constant in `monitor_common::names`. Program modules and helpers use these; none of
 //! them declares its own.
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{
+    Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+};
 use monitor_common::{
-    AcceptKey, FlowKey, ListenerCounters, ListenerKey, ListenerPeak, PoolKey, PoolStats, SockInfo, SockOffsets,
-    StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS, MAX_LISTENERS, MAX_PENDING_FLOWS, MAX_POOLS,
-    MAX_SOCKS, RETRY_RING_BYTES,
+    AcceptKey, FlowKey, ListenerCounters, ListenerKey, ListenerPeak, PoolKey, PoolStats, SockInfo,
+    SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS, MAX_LISTENERS,
+    MAX_PENDING_FLOWS, MAX_POOLS, MAX_SOCKS, RETRY_RING_BYTES,
 };
 
 /// A map whose identifier must equal `monitor_common::names::maps::<identifier>`.

@@ -18,7 +18,9 @@ pub(crate) fn with_stats(pool: &PoolKey, f: impl FnOnce(&mut PoolStats)) {
         return;
     }
     // PoolStats is too large for the 512-byte BPF stack: build the first value in a scratch slot.
-    let Some(s) = SCRATCH_STATS.get_ptr_mut(0) else { return };
+    let Some(s) = SCRATCH_STATS.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch slot, used only within this call.
     let s = unsafe {
         core::ptr::write_bytes(s, 0, 1);

@@ -18,8 +18,11 @@ pub struct EbpfToolchain {
 }
 
 pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
-    let path = workspace_root().join("monitor-ebpf").join("rust-toolchain.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let path = workspace_root()
+        .join("monitor-ebpf")
+        .join("rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     parse(&text).with_context(|| format!("{}", path.display()))
 }
 
@@ -47,7 +50,11 @@ fn parse(text: &str) -> Result<EbpfToolchain> {
             .as_array()
             .ok_or_else(|| anyhow!("components is not a list"))?
             .iter()
-            .map(|c| c.as_str().map(str::to_owned).ok_or_else(|| anyhow!("component {c} is not a string")))
+            .map(|c| {
+                c.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| anyhow!("component {c} is not a string"))
+            })
             .collect::<Result<_>>()?,
     };
     Ok(EbpfToolchain {
@@ -78,10 +85,17 @@ impl EbpfToolchain {
             "--installed",
         ]))
         .unwrap_or_default();
-        let names: Vec<&str> = installed.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        let names: Vec<&str> = installed
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
         self.components
             .iter()
-            .filter(|c| !names.iter().any(|n| n == c || n.starts_with(&format!("{c}-"))))
+            .filter(|c| {
+                !names
+                    .iter()
+                    .any(|n| n == c || n.starts_with(&format!("{c}-")))
+            })
             .cloned()
             .collect()
     }
@@ -96,7 +110,10 @@ mod tests {
         let t = ebpf_toolchain().unwrap();
         assert!(t.channel.starts_with("nightly-20"), "{t:?}");
         assert!(t.components.iter().any(|c| c == "rust-src"), "{t:?}");
-        assert!(t.components.iter().any(|c| c == "clippy"), "`cargo xtask lint` needs it: {t:?}");
+        assert!(
+            t.components.iter().any(|c| c == "clippy"),
+            "`cargo xtask lint` needs it: {t:?}"
+        );
     }
 
     #[test]
@@ -104,8 +121,14 @@ mod tests {
         assert!(parse("[toolchain]\nchannel = \"nightly\"\n").is_err());
         assert!(parse("[toolchain]\nchannel = \"stable\"\n").is_err());
         assert!(parse("channel = \"nightly-2026-05-20\"\n").is_err());
-        assert!(parse("[toolchain]\nchannel = \"nightly-2026-05-20\"\ncomponents = \"rust-src\"\n").is_err());
+        assert!(parse(
+            "[toolchain]\nchannel = \"nightly-2026-05-20\"\ncomponents = \"rust-src\"\n"
+        )
+        .is_err());
         let t = parse("[toolchain]\nchannel = \"nightly-2026-05-20\"\n").unwrap();
-        assert_eq!((t.channel.as_str(), t.components.len()), ("nightly-2026-05-20", 0));
+        assert_eq!(
+            (t.channel.as_str(), t.components.len()),
+            ("nightly-2026-05-20", 0)
+        );
     }
 }

@@ -63,7 +63,10 @@ fn try_data_ready<const BTF: bool>(sk: *const u8) -> Result<(), i64> {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(c) => unsafe { (*c).queued += 1 },
         None => {
-            let c = ListenerCounters { queued: 1, synack_retransmits: 0 };
+            let c = ListenerCounters {
+                queued: 1,
+                synack_retransmits: 0,
+            };
             LISTEN_COUNTERS.insert(&key, &c, 0).map_err(|e| e as i64)?;
         }
     }
@@ -80,7 +83,10 @@ fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(c) => unsafe { (*c).synack_retransmits += 1 },
         None => {
-            let c = ListenerCounters { queued: 0, synack_retransmits: 1 };
+            let c = ListenerCounters {
+                queued: 0,
+                synack_retransmits: 1,
+            };
             LISTEN_COUNTERS.insert(&key, &c, 0).map_err(|e| e as i64)?;
         }
     }
@@ -92,7 +98,12 @@ fn raise_peak(key: &ListenerKey, depth: u32, backlog: u32, syn_queue: u32) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(p) => unsafe { (*p).raise(depth, backlog, syn_queue) },
         None => {
-            let p = ListenerPeak { depth, backlog, syn_queue, _reserved: 0 };
+            let p = ListenerPeak {
+                depth,
+                backlog,
+                syn_queue,
+                _reserved: 0,
+            };
             let _ = LISTEN_PEAKS.insert(key, &p, 0);
         }
     }
@@ -102,7 +113,13 @@ fn listener_key<const BTF: bool>(sk: *const u8) -> Result<ListenerKey, i64> {
     if BTF {
         let f = Sock(sk);
         let family = f.family()?;
-        return Ok(ListenerKey { cookie: f.cookie(), netns: f.netns(), port: f.sport()?, family, addr: f.saddr(family)? });
+        return Ok(ListenerKey {
+            cookie: f.cookie(),
+            netns: f.netns(),
+            port: f.sport()?,
+            family,
+            addr: f.saddr(family)?,
+        });
     }
     let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
     let port: u16 = read(sk, off!(SOCK_OFFSETS.num))?;
@@ -115,5 +132,11 @@ fn listener_key<const BTF: bool>(sk: *const u8) -> Result<ListenerKey, i64> {
     }
     let netns = netns_of(sk);
     let cookie: u64 = read(sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
-    Ok(ListenerKey { cookie, netns, port, family, addr })
+    Ok(ListenerKey {
+        cookie,
+        netns,
+        port,
+        family,
+        addr,
+    })
 }

@@ -31,7 +31,14 @@ fn try_classify(ctx: &SkBuffContext) -> Result<(), i64> {
                 return Ok(());
             }
             let total = u16::from_be(ctx.load::<u16>(2)?) as usize;
-            let mut f = FlowKey { saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, family: AF_INET, _reserved: 0 };
+            let mut f = FlowKey {
+                saddr: [0; 16],
+                daddr: [0; 16],
+                sport: 0,
+                dport: 0,
+                family: AF_INET,
+                _reserved: 0,
+            };
             let s: [u8; 4] = ctx.load(12)?;
             let d: [u8; 4] = ctx.load(16)?;
             f.saddr[..4].copy_from_slice(&s);
@@ -65,7 +72,9 @@ fn try_classify(ctx: &SkBuffContext) -> Result<(), i64> {
     if total < payload + 8 {
         return Ok(()); // a bare ACK, or too short to tell
     }
-    let Some(pool) = PENDING.get_ptr(&flow) else { return Ok(()) };
+    let Some(pool) = PENDING.get_ptr(&flow) else {
+        return Ok(());
+    };
     // SAFETY: entry pointer from the map, copied out at once.
     let pool = unsafe { *pool };
     // A fixed-size load: load_bytes clamps its length to the packet, which the verifier rejects
