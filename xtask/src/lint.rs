@@ -1,14 +1,14 @@
 //! `cargo xtask lint`: what CI checks before the tests. `cargo fmt --check` on every crate,
 //! clippy with `-D warnings` on the user-space crates (all targets), and clippy with `-D warnings`
 //! on the eBPF crate (with monitor-common as the kernel side compiles it), which only builds for
-//! bpfel-unknown-none with the pinned nightly and `-Z build-std=core`. Every step runs; the
-//! command fails at the end if any did.
+//! bpfel-unknown-none with the pinned nightly and `-Z build-std=core`; and no import cycle in any
+//! crate (`cycles`). Every step runs; the command fails at the end if any did.
 
 use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::toolchain;
+use crate::{cycles, toolchain};
 use crate::util::{run_inherit, workspace_root};
 
 pub fn run() -> Result<()> {
@@ -51,6 +51,13 @@ pub fn run() -> Result<()> {
         if let Err(e) = run_inherit(cmd.current_dir(&root)) {
             eprintln!("lint step {name} failed: {e:#}");
             failed.push(name);
+        }
+    }
+    println!("=== lint: import cycles");
+    for krate in cycles::CRATES {
+        if let Err(e) = cycles::check(&root.join(krate)) {
+            eprintln!("{e:#}");
+            failed.push("import cycles");
         }
     }
     if !failed.is_empty() {

@@ -7,10 +7,9 @@
 //! - `bench pools [--rounds N] [--secs S]`: the agent's overhead under connection churn, next to
 //!   no probe and a bpftrace one-liner (needs root and bpftrace).
 //! - `lint`: `cargo fmt --check` on every crate, clippy `-D warnings` on the user-space crates and
-//!   on the eBPF crate (pinned nightly, bpfel-unknown-none).
+//!   on the eBPF crate (pinned nightly, bpfel-unknown-none), no import cycles in any crate.
 
 mod bench;
-#[allow(dead_code)] // wired into `cargo xtask lint` with the kernel-side restructure
 mod cycles;
 mod lint;
 mod setup;
@@ -47,7 +46,8 @@ enum Cmd {
     Run(RunArgs),
     /// Measure the agent's overhead (release build; needs root and bpftrace).
     Bench(BenchArgs),
-    /// fmt --check on every crate; clippy -D warnings on user space and on the eBPF crate.
+    /// fmt --check on every crate; clippy -D warnings on user space and on the eBPF crate; no
+    /// import cycles.
     Lint,
 }
 
