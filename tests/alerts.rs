@@ -12,7 +12,7 @@
 //! 3 s `for`, 10 s `clear_for`; evaluation every 1 s, resend every 3 s), so a scenario takes
 //! under a minute and the scenarios run in parallel.
 
-mod common;
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::process::Command;

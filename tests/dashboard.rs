@@ -15,7 +15,7 @@
 //! Needs promtool (Debian/Ubuntu: package `prometheus`); `PROMTOOL=/path/to/promtool` overrides
 //! the one on PATH. Does not need root.
 
-mod common;
+use connmon_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;

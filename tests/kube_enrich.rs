@@ -10,7 +10,7 @@
 //! coming back with a changed pod brings the change. Also: a bad kubeconfig and no API at all.
 //! Needs root (cgroups, probes).
 
-mod common;
+use connmon_test_support as common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

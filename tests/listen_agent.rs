@@ -2,7 +2,7 @@
 //! eBPF peak and SYN-ACK probes, the exposition formats, and degraded start-ups (a probe that
 //! cannot attach, no BPF capabilities). Needs root.
 
-mod common;
+use connmon_test_support as common;
 
 use std::io::Write;
 use std::os::fd::OwnedFd;

@@ -6,7 +6,7 @@
 //! Counters keep moving while clients retransmit, so comparisons with a moving truth are
 //! bracketed: oracle reading, connmon reading, oracle reading; connmon's value must lie between.
 
-mod common;
+use connmon_test_support as common;
 
 use std::os::fd::OwnedFd;
 use std::process::Command;

@@ -19,7 +19,7 @@
 //! Needs python3 with kubernetes-validate (and its PyYAML): `cargo xtask setup` installs it;
 //! `PYTHON=/path/to/python3` picks another interpreter. Does not need root.
 
-mod common;
+use connmon_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;

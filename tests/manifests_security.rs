@@ -8,7 +8,7 @@
 //! Schema validation, the kustomization and the Dockerfile are checked in manifests.rs, which
 //! also holds the YAML reader's own tests. Needs neither python3 nor root.
 
-mod common;
+use connmon_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

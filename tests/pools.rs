@@ -10,7 +10,7 @@
 //! and the kernel say: redis `CLIENT LIST` / `INFO clients`, `pg_stat_activity`, `ss -tnp`, and the
 //! errors connect() returned to the client. Needs root.
 
-mod common;
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

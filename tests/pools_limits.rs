@@ -8,7 +8,7 @@
 //! re-executed (see `common::client`) in a cgroup of its own and with a process name of its own, so
 //! every assertion filters connmon's series by that client's labels. Needs root.
 
-mod common;
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

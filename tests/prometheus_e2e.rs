@@ -8,7 +8,7 @@
 //! Needs root (agent, cgroups, netns) and Prometheus (Debian: package `prometheus`; `PROMETHEUS`
 //! overrides the binary).
 
-mod common;
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! of its own so that cargo runs it alone (after the other test binaries), and its global
 //! lost-event counters belong to this run only. Needs root.
 
-mod common;
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

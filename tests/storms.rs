@@ -11,7 +11,7 @@
 //! time detection or need to be the only storm on the host run alone within this binary (see
 //! `common::storm_lock`).
 
-mod common;
+use connmon_test_support as common;
 
 use std::time::{Duration, Instant};
 

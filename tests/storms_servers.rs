@@ -11,7 +11,7 @@
 //! ring buffer of failed attempts that a flood of failures elsewhere can overflow; so the tests that
 //! flood (healthy churn, maxclients) run alone within this binary (see `common::storm_lock`).
 
-mod common;
+use connmon_test_support as common;
 
 use std::time::{Duration, Instant, SystemTime};
 

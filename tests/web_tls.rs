@@ -7,7 +7,7 @@
 //! load the shared machine). Needs root like every agent test, plus openssl, apache2-utils, curl
 //! and prometheus (all installed by `cargo xtask setup`).
 
-mod common;
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -96,7 +96,7 @@ fn https_with_basic_auth_protects_every_endpoint() {
     curl(&["-u", "alice:s3cret"], &format!("http://{addr}/metrics")).expect_refused("plain HTTP to the TLS port");
     assert!(
         http_get(addr, "/healthz", &[]).is_err(),
-        "plain HTTP/1.0 to the TLS port must not get an HTTP answer"
+        "plain HTTP to the TLS port must not get an HTTP answer"
     );
 }
 

@@ -1,6 +1,6 @@
 //! A real Prometheus server (Debian's `prometheus` 2.x) as a child process (RAII) and the bits of its
 //! HTTP API the tests use: instant PromQL queries and the scrape targets. Requests go through the
-//! harness's HTTP/1.0 client ([`http_get`]); query strings are percent-encoded here.
+//! harness's HTTP client ([`http_get`], ureq); query strings are percent-encoded here.
 //!
 //! `PROMETHEUS=/path/to/prometheus` overrides the binary on PATH.
 

@@ -2,9 +2,9 @@
 //! host, and the detector's timing figures ride on a ring buffer of failed attempts that a flood of
 //! failures elsewhere can overflow; so the scenarios that flood (healthy churn, maxclients), and
 //! those that time detection or need to be the only storm on the host, take the lock exclusively
-//! ([`alone`]), the others shared ([`beside_others`]). The lock is a static of this module, so each
-//! test binary that includes it has its own: it orders the scenarios within one binary, and cargo
-//! already runs test binaries one after another.
+//! ([`alone`]), the others shared ([`beside_others`]). The lock is a static of this library, and
+//! each test binary is a process of its own with its own copy: it orders the scenarios within one
+//! binary, and cargo already runs test binaries one after another.
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -14,11 +14,8 @@ use super::alertmanager::get_alert_list;
 use super::scrape::sum_of;
 use super::{poll_until, Agent, Sample};
 
-pub const POOL_GROWTH: &str = "ConnectionPoolGrowthUnbounded";
-pub const QUEUE_SATURATED: &str = "AcceptQueueSaturated";
-pub const LISTEN_OVERFLOW: &str = "ListenOverflow";
-pub const ALERT_ACTIVE: &str = "connmon_alert_active";
-pub const ALERTS_FIRED: &str = "connmon_alerts_fired_total";
+pub use connmon::alerts::{LISTEN_OVERFLOW, POOL_GROWTH, QUEUE_SATURATED};
+pub use connmon::export::{ALERTS_FIRED, ALERT_ACTIVE};
 
 /// The agent's GET /api/v1/alerts.
 pub fn agent_alerts(agent: &Agent) -> Result<Vec<Value>, String> {

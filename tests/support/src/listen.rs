@@ -2,7 +2,6 @@
 //! for `ss` to show a queue depth, and bracketed comparisons against a moving oracle.
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 
 use super::*;
 

@@ -205,7 +205,8 @@ pub struct Postgres {
     port: u16,
     data: PathBuf,
     run_dir: PathBuf,
-    dir: TempDir,
+    /// Held for its Drop: the cluster's files go once the server is down.
+    _dir: TempDir,
 }
 
 impl Postgres {
@@ -235,7 +236,7 @@ impl Postgres {
             port,
             data,
             run_dir,
-            dir,
+            _dir: dir,
         };
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100 -c fsync=off",

@@ -14,19 +14,17 @@ use super::{
     POOL_FAILURES, POOL_OPENS,
 };
 
-pub const RETRY_STORM: &str = "connmon_retry_storm";
-pub const STORM_SCORE: &str = "connmon_retry_storm_score";
-pub const BACKOFF: &str = "connmon_pool_retry_backoff_ratio";
-pub const JITTER: &str = "connmon_pool_retry_jitter";
-pub const ATTEMPT_RATE: &str = "connmon_pool_connect_attempt_rate";
-/// The share of bad attempts: `connmon_pool_bad_attempt_ratio`, called
-/// `connmon_pool_failed_attempt_ratio` before hung-up-young connections became soft evidence.
-pub const BAD_RATIO: &str = "connmon_pool_bad_attempt_ratio";
+pub use connmon::export::pools::{
+    POOL_DIED_YOUNG as DIED_YOUNG, POOL_RESETS as RESETS, POOL_SHORT_LIVED as SHORT_LIVED,
+    POOL_SYN_RETRANS as SYN_RETRANS,
+};
+pub use connmon::export::storms::{
+    POOL_ATTEMPT_RATE as ATTEMPT_RATE, POOL_BACKOFF as BACKOFF, POOL_BAD_RATIO as BAD_RATIO,
+    POOL_JITTER as JITTER, RETRY_STORM, RETRY_STORM_SCORE as STORM_SCORE,
+};
+/// What [`BAD_RATIO`] was called before hung-up-young connections became soft evidence, for
+/// running these tests against older agents.
 pub const BAD_RATIO_OLD: &str = "connmon_pool_failed_attempt_ratio";
-pub const SYN_RETRANS: &str = "connmon_pool_syn_retransmits_total";
-pub const RESETS: &str = "connmon_pool_resets_total";
-pub const SHORT_LIVED: &str = "connmon_pool_short_lived_total";
-pub const DIED_YOUNG: &str = "connmon_pool_died_young_total";
 
 /// One pool as the detector and the counters show it at one scrape; `None` where absent.
 ///

@@ -8,22 +8,22 @@ use serde_json::Value;
 
 use super::{connmon_ok, parse_json_lines, sample, samples_matching, ClientProc, Netns, Sample};
 
-pub const POOL_CONNECTIONS: &str = "connmon_pool_connections";
-pub const POOL_PEAK: &str = "connmon_pool_connections_peak";
-pub const POOL_ATTEMPTS: &str = "connmon_pool_connect_attempts_total";
-pub const POOL_OPENS: &str = "connmon_pool_opens_total";
-pub const POOL_CLOSES: &str = "connmon_pool_closes_total";
-pub const POOL_FAILURES: &str = "connmon_pool_connect_failures_total";
-pub const POOL_CONNECT_DURATION: &str = "connmon_pool_connect_duration_seconds";
-pub const POOL_LIFETIME: &str = "connmon_pool_connection_lifetime_seconds";
-pub const POOL_SERVICE_INFO: &str = "connmon_pool_service_info";
-pub const POOL_FOLDED: &str = "connmon_pool_series_folded";
-pub const LISTEN_ESTABLISHED: &str = "connmon_listen_established_connections";
-pub const LISTEN_ACCEPTS: &str = "connmon_listen_accepts_total";
-pub const EVENTS_LOST: &str = "connmon_events_lost_total";
+// The names as the agent spells them: a renamed metric changes here too, and the dashboard and
+// rules tests (which check shipped files against `connmon::export::METRICS`) catch the rest.
+pub use connmon::export::pools::{
+    EVENTS_LOST, LISTEN_ACCEPTS, LISTEN_ESTABLISHED, POOL_ATTEMPTS, POOL_CLOSES,
+    POOL_CONNECTIONS, POOL_CONNECT_DURATION, POOL_FAILURES, POOL_FOLDED, POOL_LIFETIME,
+    POOL_OPENS, POOL_PEAK, POOL_SERVICE_INFO,
+};
+pub use connmon::model::pools::FAILURE_REASONS;
 
-pub const FAILURE_REASONS: [&str; 5] = ["refused", "timeout", "unreachable", "aborted", "other"];
-pub const LOST_REASONS: [&str; 3] = ["socket_table_full", "socket_untracked", "pool_table_full"];
+/// The lost-event reasons the pool tests provoke and read (the agent has more:
+/// `connmon::model::pools::LOST_REASON_NAMES`).
+pub const LOST_REASONS: [&str; 3] = [
+    connmon::model::pools::LOST_REASON_NAMES[0],
+    connmon::model::pools::LOST_REASON_NAMES[1],
+    connmon::model::pools::LOST_REASON_NAMES[2],
+];
 
 /// A [`PoolRef::cgroup`] that matches any cgroup label.
 pub const ANY_CGROUP: &str = "*";

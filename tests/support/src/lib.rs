@@ -1,4 +1,18 @@
-//! Shared harness for connmon's integration tests.
+//! The harness of connmon's integration tests, as a library (`connmon-test-support`, a
+//! dev-dependency of the `connmon` package) that every test binary links instead of compiling its
+//! own copy of the harness. Its items are public, so nothing here is dead code; names and types
+//! the agent defines (metric names, alert names) come from the `connmon` library itself.
+//!
+//! A test file uses it under the name `common`, so paths read `common::agent::Agent`,
+//! `common::storm_lock::alone()` and so on:
+//!
+//! ```ignore
+//! use connmon_test_support as common;
+//! use common::*;
+//! ```
+//!
+//! That one line is what a test file that still says `mod common;` needs instead: the module paths
+//! here are those of the former `tests/common` folder.
 //!
 //! Style: set up real things (network namespaces, sockets, the agent), trigger real traffic, then
 //! compare connmon's view with the kernel's own tools (`ss`, `nstat`), which are the truth here.
@@ -9,8 +23,9 @@
 //! - [`netns`]: `Netns`, an RAII network namespace made with `ip netns add`.
 //! - [`sock`]: listening/connecting sockets, draining accept queues, raw SYNs for half-open requests.
 //! - [`oracle`]: `ss` and `nstat` output parsed into numbers.
-//! - [`agent`]: the `connmon run` agent as a child process, a tiny HTTP client, `connmon listeners`.
-//! - [`metrics`]: a parser for the Prometheus text exposition.
+//! - [`agent`]: the `connmon run` agent as a child process, the harness's HTTP client (ureq),
+//!   `connmon listeners`.
+//! - [`metrics`]: a parser for the Prometheus text exposition (classic and OpenMetrics).
 //! - [`client`]: client workloads as separate processes (own comm, cgroup, optional netns).
 //! - [`servers`]: redis-server, PostgreSQL and a plain accept loop, RAII.
 //! - [`pool_fixtures`]: the pool binaries' socket-table lock, holding clients, the pool balance.
@@ -21,15 +36,15 @@
 //! - [`wire`]: the Redis and PostgreSQL protocol bits the clients speak.
 //! - [`listen`]: overflowing listeners and bracketed comparisons for the listener tests.
 //! - [`storm_clients`], [`storm_loops`], [`storm_view`], [`storm_lock`]: retry-storm clients, their
-//!   loops, the storm metrics and log lines, and the lock that keeps host-wide scenarios apart.
+//!   loops, the storm metrics and log lines, and the lock that keeps host-wide scenarios apart
+//!   (a static: one per test binary, since each binary is its own process).
 //! - [`leak_client`], [`alertmanager`], [`alert_views`], [`agent_log`], [`scrape`]: the alert tests'
 //!   leaking client, a real Alertmanager, the agent's alert list, log-line waits, paced scraping.
 //! - [`yaml`], [`kube`]: a small YAML reader and the Kubernetes manifests' checks.
 //! - [`tls`]: a test PKI (openssl CLI), bcrypt hashes (htpasswd), curl and `openssl s_client`.
 //! - [`kube_api`]: a stand-in Kubernetes API server (lists and watches of pods and services).
 //! - [`grafana`], [`promql`], [`exports`], [`workspace`]: dashboard parts, PromQL checks, the
-//!   agent's exported metric names (read from the source), repository paths.
-#![allow(dead_code, unused_imports)]
+//!   agent's exported metric names (`connmon::export::METRICS`), repository paths.
 
 pub mod agent;
 pub mod agent_log;

@@ -1,20 +1,39 @@
-//! The connmon binary: the `run` agent as a child process (RAII), a tiny HTTP/1.0 client for its
-//! endpoints, and the one-shot `connmon listeners` command.
+//! The connmon binary: the `run` agent as a child process (RAII), the harness's HTTP client for its
+//! endpoints (and Prometheus's and Alertmanager's: ureq), and the one-shot `connmon listeners` command.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::{deadline, parse_metrics, poll_until, Sample, TempDir, POLL_INTERVAL};
 
-/// The freshly built agent binary.
+/// The freshly built agent binary. Cargo names it to an integration test at build time
+/// (`CARGO_BIN_EXE_connmon`), which a library cannot see; recent cargo also sets it in the test's
+/// environment, and otherwise it lies where cargo put it: next to the `deps/` folder that holds the
+/// running test binary.
 pub fn connmon_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_connmon")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CARGO_BIN_EXE_connmon") {
+            return bin.to_string_lossy().into_owned();
+        }
+        let exe = std::env::current_exe().expect("the test binary's path (current_exe)");
+        let dir = exe.parent().expect("the test binary's folder");
+        let dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
+        let bin = dir.join("connmon");
+        assert!(
+            bin.is_file(),
+            "no agent binary at {}: run the tests with `cargo test -p connmon`, which builds it",
+            bin.display()
+        );
+        bin.to_string_lossy().into_owned()
+    })
 }
 
 /// Scan interval passed to every agent the tests start (unless a test passes its own), so that
@@ -49,77 +68,41 @@ impl HttpResponse {
     }
 }
 
-fn decode_chunked(mut body: &[u8]) -> io::Result<Vec<u8>> {
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-    let mut out = Vec::new();
-    loop {
-        let nl = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("chunk size line"))?;
-        let size_str = std::str::from_utf8(&body[..nl]).map_err(|_| bad("chunk size utf8"))?;
-        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| bad("chunk size hex"))?;
-        body = &body[nl + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size + 2 {
-            return Err(bad("truncated chunk"));
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
-/// `GET path HTTP/1.0` to `addr` with extra request `headers`; reads until the server closes.
+/// `GET path` to `addr` with extra request `headers`, over a fresh connection that is closed
+/// afterwards (no keep-alive, so every scrape is one connection as Prometheus makes them). Any
+/// status is an answer; only transport and protocol failures are errors.
 pub fn http_get(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
 ) -> io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections(0)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_send_request(Some(Duration::from_secs(5)))
+        .timeout_recv_response(Some(Duration::from_secs(20)))
+        .timeout_recv_body(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let mut req = agent.get(format!("http://{addr}{path}"));
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-
-    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            bad(format!(
-                "no end of headers in {:?}",
-                String::from_utf8_lossy(&raw)
-            ))
-        })?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+    let mut resp = req.call().map_err(ureq::Error::into_io)?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    if chunked {
-        body = decode_chunked(&body)?;
-    }
-    let body = String::from_utf8(body).map_err(|e| bad(format!("body is not UTF-8: {e}")))?;
+    // /metrics of a busy host is large; the default 10 MB cap is not what is being tested.
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()
+        .map_err(ureq::Error::into_io)?;
     Ok(HttpResponse {
         status,
         headers,
