@@ -11,6 +11,10 @@
 //! Needs root (cgroups, probes).
 
 use connmon_test_support as common;
+use connmon::export::{PROBE_UP, WORKLOAD_INFO};
+use connmon::export::cluster::{
+    KUBERNETES_LAST_SYNC as LAST_SYNC, KUBERNETES_OBJECTS as OBJECTS, KUBERNETES_UP as UP, PEER_INFO,
+};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,11 +24,6 @@ use common::kube_api::{Kind, StandInApi};
 use common::*;
 use serde_json::{json, Value};
 
-const WORKLOAD_INFO: &str = "connmon_workload_info";
-const PEER_INFO: &str = "connmon_peer_info";
-const UP: &str = "connmon_kubernetes_up";
-const OBJECTS: &str = "connmon_kubernetes_objects";
-const LAST_SYNC: &str = "connmon_kubernetes_last_sync_timestamp_seconds";
 /// How long one scrape may take while the API is down (a scrape waiting on the API would take
 /// the client's connect timeout or forever).
 const QUICK: Duration = Duration::from_secs(2);
@@ -253,7 +252,7 @@ fn a_bad_kubeconfig_is_one_line_and_everything_else_serves() {
     std::fs::write(&path, "apiVersion: v1\nkind: Config\nclusters: [ {name: x, cluster: {server: 42\n").unwrap();
     let agent = agent(&["--kubernetes.kubeconfig", path.to_str().unwrap(), "--kubernetes.node-name", "node-x"]);
     let s = agent.wait_metrics(deadline(30), "metrics without the API", |s| {
-        if s.iter().any(|x| x.name == "connmon_probe_up") {
+        if s.iter().any(|x| x.name == PROBE_UP) {
             Ok(s.to_vec())
         } else {
             Err("no connmon_probe_up".into())

@@ -3,6 +3,8 @@
 //! cannot attach, no BPF capabilities). Needs root.
 
 use connmon_test_support as common;
+use connmon::export::{BUILD_INFO, LISTEN_DROPS, LISTEN_QUEUE_DEPTH, LISTEN_QUEUE_MAX, LISTEN_QUEUE_PEAK, LISTEN_SYNACK_RETRANS, LISTEN_SYN_QUEUE, NETNS_TCP_EXT, PROBE_UP};
+use connmon::export::pools::POOL_OPENS;
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -52,10 +54,10 @@ fn agent_metrics_match_ss_and_nstat() {
             let ss = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
             let n = nstat(&ns);
             let got = (
-                sample(s, "connmon_listen_queue_depth", &labels),
-                sample(s, "connmon_listen_drops_total", &labels),
-                sample(s, "connmon_netns_tcp_ext_total", &overflows),
-                sample(s, "connmon_netns_tcp_ext_total", &listen_drops),
+                sample(s, LISTEN_QUEUE_DEPTH, &labels),
+                sample(s, LISTEN_DROPS, &labels),
+                sample(s, NETNS_TCP_EXT, &overflows),
+                sample(s, NETNS_TCP_EXT, &listen_drops),
             );
             let want = (
                 Some(ss.recv_q as f64),
@@ -85,19 +87,19 @@ fn agent_metrics_match_ss_and_nstat() {
 
     assert_eq!(ss1.recv_q, ss2.recv_q, "test setup: accept queue moved");
     assert_eq!(
-        sample_expect(&s, "connmon_listen_queue_depth", &labels),
+        sample_expect(&s, LISTEN_QUEUE_DEPTH, &labels),
         ss1.recv_q as f64,
         "depth vs ss Recv-Q"
     );
     assert_eq!(
-        sample_expect(&s, "connmon_listen_queue_max", &labels),
+        sample_expect(&s, LISTEN_QUEUE_MAX, &labels),
         ss1.send_q as f64,
         "max vs ss Send-Q"
     );
     assert_between(
         "connmon_listen_drops_total vs ss skmem d",
         ss1.drops,
-        sample_expect(&s, "connmon_listen_drops_total", &labels),
+        sample_expect(&s, LISTEN_DROPS, &labels),
         ss2.drops,
     );
     for (labels, key) in [
@@ -107,12 +109,12 @@ fn agent_metrics_match_ss_and_nstat() {
         assert_between(
             &format!("connmon_netns_tcp_ext_total{labels:?} vs nstat {key}"),
             counter(&n1, key),
-            sample_expect(&s, "connmon_netns_tcp_ext_total", labels),
+            sample_expect(&s, NETNS_TCP_EXT, labels),
             counter(&n2, key),
         );
     }
 
-    let build = samples_matching(&s, "connmon_build_info", &[]);
+    let build = samples_matching(&s, BUILD_INFO, &[]);
     assert!(!build.is_empty(), "no connmon_build_info sample");
     assert!(
         build
@@ -121,7 +123,7 @@ fn agent_metrics_match_ss_and_nstat() {
         "build_info without version: {build:?}"
     );
     assert_eq!(
-        sample(&s, "connmon_probe_up", &[("probe", "listen_peak")]),
+        sample(&s, PROBE_UP, &[("probe", "listen_peak")]),
         Some(1.0),
         "probe_up{{probe=\"listen_peak\"}}"
     );
@@ -149,7 +151,7 @@ fn synack_retransmits_counted() {
     let retrans = agent.wait_metrics(
         deadline(15),
         "connmon_listen_synack_retransmits_total >= 1",
-        |s| match sample(s, "connmon_listen_synack_retransmits_total", &labels) {
+        |s| match sample(s, LISTEN_SYNACK_RETRANS, &labels) {
             Some(v) if v >= 1.0 => Ok(v),
             other => Err(format!("{other:?}")),
         },
@@ -165,7 +167,7 @@ fn synack_retransmits_counted() {
     assert_between(
         "connmon_listen_syn_queue_depth vs ss state syn-recv",
         c1.min(c2) as u64,
-        sample_expect(&s, "connmon_listen_syn_queue_depth", &labels),
+        sample_expect(&s, LISTEN_SYN_QUEUE, &labels),
         c1.max(c2) as u64,
     );
 }
@@ -188,7 +190,7 @@ fn peak_depth_reaches_backlog_after_drain() {
     let ebpf_peak: Vec<(&str, &str)> = labels.iter().copied().chain([("source", "ebpf")]).collect();
     // The agent must know the listener before the burst, so that the first scrape after it reports it.
     agent.wait_metrics(deadline(30), "the listener's depth series", |s| {
-        sample(s, "connmon_listen_queue_depth", &labels).ok_or("absent".to_string())
+        sample(s, LISTEN_QUEUE_DEPTH, &labels).ok_or("absent".to_string())
     });
 
     let clients: Vec<OwnedFd> = ns.run(|| (0..5).map(|_| connect_nonblocking(a)).collect());
@@ -200,7 +202,7 @@ fn peak_depth_reaches_backlog_after_drain() {
     // The burst came and went between two scrapes: only the eBPF peak saw it. Backlog 4 admits
     // 5 connections (the kernel's accept queue holds backlog + 1).
     let s = agent.samples();
-    let peak = sample_expect(&s, "connmon_listen_queue_peak_depth", &ebpf_peak);
+    let peak = sample_expect(&s, LISTEN_QUEUE_PEAK, &ebpf_peak);
     assert!(
         (4.0..=5.0).contains(&peak),
         "peak since the previous scrape is {peak}, want 4..=5 (ss saw 5 queued)"
@@ -211,19 +213,19 @@ fn peak_depth_reaches_backlog_after_drain() {
     agent.wait_metrics(
         deadline(10),
         "connmon_listen_queue_depth == 0 after the drain",
-        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
+        |s| match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
             Some(0.0) => Ok(()),
             other => Err(format!("{other:?}")),
         },
     );
     let s = agent.samples();
     assert_eq!(
-        sample(&s, "connmon_listen_queue_depth", &labels),
+        sample(&s, LISTEN_QUEUE_DEPTH, &labels),
         Some(0.0),
         "depth after the drain"
     );
     assert_eq!(
-        sample(&s, "connmon_listen_queue_peak_depth", &ebpf_peak),
+        sample(&s, LISTEN_QUEUE_PEAK, &ebpf_peak),
         Some(0.0),
         "peak did not reset to the current depth although nothing was queued since the previous scrape"
     );
@@ -239,7 +241,7 @@ fn exposition_passes_promtool() {
     let port_s = port.to_string();
     let labels = [("netns", ino.as_str()), ("port", port_s.as_str())];
     agent.wait_metrics(deadline(30), "the listener's depth series", |s| {
-        sample(s, "connmon_listen_queue_depth", &labels).ok_or("absent".to_string())
+        sample(s, LISTEN_QUEUE_DEPTH, &labels).ok_or("absent".to_string())
     });
 
     let r = agent.request("/metrics", &[]);
@@ -251,14 +253,14 @@ fn exposition_passes_promtool() {
     );
     let parsed = parse_metrics(&r.body);
     for family in [
-        "connmon_listen_queue_depth",
-        "connmon_listen_queue_max",
-        "connmon_listen_queue_peak_depth",
-        "connmon_listen_drops_total",
-        "connmon_listen_syn_queue_depth",
-        "connmon_netns_tcp_ext_total",
-        "connmon_build_info",
-        "connmon_probe_up",
+        LISTEN_QUEUE_DEPTH,
+        LISTEN_QUEUE_MAX,
+        LISTEN_QUEUE_PEAK,
+        LISTEN_DROPS,
+        LISTEN_SYN_QUEUE,
+        NETNS_TCP_EXT,
+        BUILD_INFO,
+        PROBE_UP,
     ] {
         assert!(
             parsed.iter().any(|s| s.name == family),
@@ -308,7 +310,7 @@ fn exposition_passes_promtool() {
     assert!(
         sample(
             &parse_metrics(&om.body),
-            "connmon_listen_queue_depth",
+            LISTEN_QUEUE_DEPTH,
             &labels
         )
         .is_some(),
@@ -324,12 +326,12 @@ fn agent_serves_when_a_probe_cannot_attach() {
 
     let s = agent.samples();
     assert_eq!(
-        sample(&s, "connmon_probe_up", &[("probe", "synack_retransmit")]),
+        sample(&s, PROBE_UP, &[("probe", "synack_retransmit")]),
         Some(0.0),
         "a tracepoint probe cannot attach without tracefs format files"
     );
     assert_eq!(
-        sample(&s, "connmon_probe_up", &[("probe", "listen_peak")]),
+        sample(&s, PROBE_UP, &[("probe", "listen_peak")]),
         Some(1.0),
         "listen_peak uses tp_btf, which needs no tracefs"
     );
@@ -353,7 +355,7 @@ fn agent_serves_when_a_probe_cannot_attach() {
     agent.wait_metrics(
         deadline(30),
         "the listener's depth == 3 (ss Recv-Q)",
-        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
+        |s| match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
             Some(3.0) => Ok(()),
             other => Err(format!("{other:?}")),
         },
@@ -412,20 +414,20 @@ fn without_bpf_capabilities_listeners_still_work() {
     let s = agent.wait_metrics(
         deadline(30),
         "the host listener's depth == 2 (ss Recv-Q)",
-        |s| match sample(s, "connmon_listen_queue_depth", &labels) {
+        |s| match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
             Some(2.0) => Ok(s.to_vec()),
             other => Err(format!("{other:?}")),
         },
     );
 
-    let probes = samples_matching(&s, "connmon_probe_up", &[]);
+    let probes = samples_matching(&s, PROBE_UP, &[]);
     assert!(!probes.is_empty(), "no connmon_probe_up samples");
     assert!(
         probes.iter().all(|p| p.value == 0.0),
         "probes up without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN: {probes:#?}"
     );
 
-    let peaks = samples_matching(&s, "connmon_listen_queue_peak_depth", &[]);
+    let peaks = samples_matching(&s, LISTEN_QUEUE_PEAK, &[]);
     assert!(
         peaks.iter().all(|p| p.label("source") == Some("sampled")),
         "without eBPF every peak must be source=\"sampled\": {peaks:#?}"
@@ -435,7 +437,7 @@ fn without_bpf_capabilities_listeners_still_work() {
         .copied()
         .chain([("source", "sampled")])
         .collect();
-    let peak = sample_expect(&s, "connmon_listen_queue_peak_depth", &ours);
+    let peak = sample_expect(&s, LISTEN_QUEUE_PEAK, &ours);
     assert!(
         peak >= 2.0,
         "sampled peak {peak} below the depth 2 it sampled"
@@ -478,7 +480,7 @@ fn capabilities_dropped_after_attach() {
     let port = a.port().to_string();
     let _client = std::net::TcpStream::connect(a).expect("connect to the test listener");
     agent.wait_metrics(deadline(30), "the connection made after the drop to be counted", |s| {
-        match common::scrape::sum_of(s, "connmon_pool_opens_total", &[("dst_port", port.as_str())]) {
+        match common::scrape::sum_of(s, POOL_OPENS, &[("dst_port", port.as_str())]) {
             Some(v) if v >= 1.0 => Ok(()),
             other => Err(format!("opens {other:?}")),
         }

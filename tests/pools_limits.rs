@@ -9,6 +9,8 @@
 //! every assertion filters connmon's series by that client's labels. Needs root.
 
 use connmon_test_support as common;
+use connmon::export::WORKLOAD_INFO;
+use connmon::export::pools::POOL_CONNECTIONS;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -354,14 +356,14 @@ fn kubelet_cgroup_names_are_attributed() {
         .expect("spawn redis-cli");
     let _child = KillOnDrop(child);
     let s = agent.wait_metrics(deadline(30), "the pool and its workload attribution", |s| {
-        let pool = samples_matching(s, "connmon_pool_connections", &[("cgroup", rel.as_str()), ("comm", "redis-cli")]);
-        let info = samples_matching(s, "connmon_workload_info", &[("cgroup", rel.as_str())]);
+        let pool = samples_matching(s, POOL_CONNECTIONS, &[("cgroup", rel.as_str()), ("comm", "redis-cli")]);
+        let info = samples_matching(s, WORKLOAD_INFO, &[("cgroup", rel.as_str())]);
         match (pool.first(), info.first()) {
             (Some(p), Some(_)) if p.value == 1.0 => Ok(s.to_vec()),
             got => Err(format!("{got:?}")),
         }
     });
-    let info = samples_matching(&s, "connmon_workload_info", &[("cgroup", rel.as_str())]);
+    let info = samples_matching(&s, WORKLOAD_INFO, &[("cgroup", rel.as_str())]);
     let got: Vec<Option<&str>> =
         ["runtime", "container_id", "pod_uid", "qos_class", "unit"].iter().map(|k| info[0].label(k)).collect();
     assert_eq!(

@@ -9,6 +9,8 @@
 //! overrides the binary).
 
 use connmon_test_support as common;
+use connmon::export::{BUILD_INFO, LISTEN_DROPS, LISTEN_QUEUE_DEPTH, LISTEN_QUEUE_FILL, LISTEN_QUEUE_MAX, NETNS_INFO, PROBE_UP, SCAN_DURATION};
+use connmon::export::pools::{POOL_CONNECTIONS, POOL_OPENS};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -73,16 +75,16 @@ const DASHBOARD: &str = "deploy/grafana/connmon.json";
 /// Metrics this test's workload certainly produces: every dashboard query reading one of them must
 /// return data.
 const MUST_SHOW_DATA: [&str; 10] = [
-    "connmon_listen_queue_depth",
-    "connmon_listen_queue_max",
-    "connmon_listen_queue_fill_ratio",
-    "connmon_listen_drops_total",
-    "connmon_pool_connections",
-    "connmon_pool_opens_total",
-    "connmon_probe_up",
-    "connmon_build_info",
-    "connmon_scan_duration_seconds",
-    "connmon_netns_info",
+    LISTEN_QUEUE_DEPTH,
+    LISTEN_QUEUE_MAX,
+    LISTEN_QUEUE_FILL,
+    LISTEN_DROPS,
+    POOL_CONNECTIONS,
+    POOL_OPENS,
+    PROBE_UP,
+    BUILD_INFO,
+    SCAN_DURATION,
+    NETNS_INFO,
 ];
 
 /// (panel and query, expr) of every query in the Grafana dashboard, with the template variables
@@ -380,7 +382,7 @@ fn prometheus_scrapes_the_agent() {
     // The per-namespace overflow panel joins with connmon_netns_info for the namespace's name.
     let (what, expr) = queries
         .iter()
-        .find(|(w, e)| w.contains("ListenOverflows") && e.contains("connmon_netns_info"))
+        .find(|(w, e)| w.contains("ListenOverflows") && e.contains(NETNS_INFO))
         .unwrap_or_else(|| {
             panic!("{DASHBOARD}: no ListenOverflows panel joined with connmon_netns_info")
         });

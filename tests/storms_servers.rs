@@ -12,6 +12,7 @@
 //! flood (healthy churn, maxclients) run alone within this binary (see `common::storm_lock`).
 
 use connmon_test_support as common;
+use connmon::export::LISTEN_DROPS;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,8 +34,6 @@ fn client_entry() {
 fn storm_client_entry() {
     storm_client_main()
 }
-
-const LISTEN_DROPS: &str = "connmon_listen_drops_total";
 
 const MAXCLIENTS_ERR: &str = "-ERR max number of clients reached";
 

@@ -8,6 +8,7 @@
 //! and prometheus (all installed by `cargo xtask setup`).
 
 use connmon_test_support as common;
+use connmon::export::{BUILD_INFO, PROBE_UP};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -65,7 +66,7 @@ fn https_with_basic_auth_protects_every_endpoint() {
 
     let r = curl(&good, &https(addr, "/metrics"));
     r.expect_status(200, "right password");
-    assert!(r.body.contains("connmon_build_info"), "no metric text: {}", &r.body[..r.body.len().min(500)]);
+    assert!(r.body.contains(BUILD_INFO), "no metric text: {}", &r.body[..r.body.len().min(500)]);
     assert!(r.headers.contains("strict-transport-security: max-age=31536000"), "{}", r.headers);
     assert!(r.headers.contains("x-content-type-options: nosniff"), "{}", r.headers);
 
@@ -117,7 +118,7 @@ fn client_certificates_and_tls13_only() {
 
     let r = curl(&with_cert, &https(addr, "/metrics"));
     r.expect_status(200, "client certificate from the CA, SAN in client_allowed_sans");
-    assert!(r.body.contains("connmon_probe_up"), "no metric text");
+    assert!(r.body.contains(PROBE_UP), "no metric text");
 
     curl(&["--cacert", &ca], &https(addr, "/metrics")).expect_refused("no client certificate");
     let (rc, rk) = (pki.path("rogue-client.crt"), pki.path("rogue-client.key"));
@@ -210,7 +211,7 @@ fn basic_auth_over_plain_http_from_the_toml_config() {
     let url = format!("http://{}/metrics", agent.addr());
     let r = curl(&["-u", "bob:pw"], &url);
     r.expect_status(200, "right password over plain HTTP");
-    assert!(r.body.contains("connmon_build_info"));
+    assert!(r.body.contains(BUILD_INFO));
     assert_401(&curl(&[], &url), "no password over plain HTTP");
     assert_401(&curl(&["-u", "bob:nope"], &url), "wrong password over plain HTTP");
 }
