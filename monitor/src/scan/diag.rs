@@ -1,16 +1,27 @@
 //! TCP socket inventory through the kernel's sock_diag netlink interface (inet_diag).
-//! This module owns the wire format: it builds `SOCK_DIAG_BY_FAMILY` dump requests, parses the
-//! `inet_diag_msg` replies (with their `INET_DIAG_SKMEMINFO` attribute) into [`DiagSocket`]s, and
-//! runs the dump over a `NETLINK_SOCK_DIAG` socket. Building and parsing are pure functions fed with
-//! bytes so they can be unit-tested without a kernel; [`dump_tcp`] is the only code that talks to one,
-//! and it reports the namespace of the calling thread because netlink sockets belong to their creator's.
+//! This module owns the dump: it builds `SOCK_DIAG_BY_FAMILY` requests, turns the `inet_diag_msg`
+//! replies (with their `INET_DIAG_SKMEMINFO` and `INET_DIAG_CGROUP_ID` attributes) into
+//! [`DiagSocket`]s, and runs the dump over a `NETLINK_SOCK_DIAG` socket. The wire format is
+//! rust-netlink's: `netlink-packet-sock-diag` for the request and the reply header, `netlink-packet-core`
+//! for netlink framing, attributes, DONE and ERROR, `netlink-sys` for the socket. Building and
+//! parsing are pure functions fed with bytes so they can be unit-tested without a kernel;
+//! [`dump_tcp`] is the only code that talks to one, and it reports the namespace of the calling
+//! thread because netlink sockets belong to their creator's.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 
-use anyhow::{bail, Context, Result};
-
+use anyhow::{anyhow, bail, Result};
+use netlink_packet_core::{
+    DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
+    NlasIterator, Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    inet::{nlas::MemInfo, ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
+    SockDiagMessage, INET_DIAG_SKMEMINFO, SOCK_DIAG_BY_FAMILY,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiagSocket {
@@ -38,19 +49,12 @@ pub struct DiagSocket {
     pub cgroup_id: Option<u64>,
 }
 
-// Not all of these are exported by the libc crate for every target, so spell them out.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300; // NLM_F_ROOT | NLM_F_MATCH
-const NLMSG_HDRLEN: usize = 16;
-const INET_DIAG_REQ_V2_LEN: usize = 56;
-const INET_DIAG_MSG_LEN: usize = 72;
-const INET_DIAG_SKMEMINFO: u16 = 7;
+/// Not in netlink-packet-sock-diag 0.5 (added to the kernel in 5.7).
 const INET_DIAG_CGROUP_ID: u16 = 21;
-const SK_MEMINFO_DROPS: usize = 8;
-const NLA_TYPE_MASK: u16 = 0x3fff;
+#[cfg(test)]
+const NLMSG_HDRLEN: usize = 16;
+/// `struct inet_diag_msg`; its attributes follow at this (already 4-aligned) offset.
+const INET_DIAG_MSG_LEN: usize = 72;
 /// The kernel caps dump skbs at 32 KiB; twice that leaves room and MSG_TRUNC still catches surprises.
 const RECV_BUF_LEN: usize = 64 * 1024;
 
@@ -69,40 +73,22 @@ const fn align4(n: usize) -> usize {
 /// Pure: one netlink request (nlmsghdr + inet_diag_req_v2) for a TCP dump of `family` in `states`,
 /// asking for INET_DIAG_SKMEMINFO when `meminfo`.
 pub fn build_request(family: u8, states: u32, meminfo: bool, seq: u32) -> Vec<u8> {
-    let total = NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN;
-    let mut b = Vec::with_capacity(total);
-    // struct nlmsghdr
-    b.extend_from_slice(&(total as u32).to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: 0 addresses the kernel
-                                              // struct inet_diag_req_v2
-    b.push(family);
-    b.push(libc::IPPROTO_TCP as u8);
-    // idiag_ext bits are (1 << (attribute - 1)).
-    b.push(if meminfo {
-        1 << (INET_DIAG_SKMEMINFO - 1)
-    } else {
-        0
-    });
-    b.push(0); // pad
-    b.extend_from_slice(&states.to_ne_bytes());
-    // struct inet_diag_sockid stays zeroed: a dump matches on family/states only.
-    b.resize(total, 0);
-    b
-}
-
-fn ne_u16(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2)?.try_into().ok().map(u16::from_ne_bytes)
-}
-
-fn be_u16(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2)?.try_into().ok().map(u16::from_be_bytes)
-}
-
-fn ne_u32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4)?.try_into().ok().map(u32::from_ne_bytes)
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let request = InetRequest {
+        family,
+        protocol: libc::IPPROTO_TCP as u8,
+        extensions: if meminfo { ExtensionFlags::SKMEMINFO } else { ExtensionFlags::empty() },
+        states: StateFlags::from_bits_retain(states),
+        // A dump matches on family and states only; the socket id stays zeroed.
+        socket_id: SocketId::new_v4(),
+    };
+    let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
 }
 
 fn errno_name(errno: i32) -> String {
@@ -115,37 +101,31 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
     let mut off = 0usize;
     while off < buf.len() {
         let rest = buf.get(off..).unwrap_or_default();
-        let (Some(len), Some(ty)) = (ne_u32(rest, 0), ne_u16(rest, 4)) else {
-            bail!(
-                "sock_diag reply is truncated: {} bytes left where a netlink header needs {NLMSG_HDRLEN}",
-                rest.len()
-            );
-        };
-        let len = len as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            bail!(
-                "sock_diag reply is malformed: netlink message claims {len} bytes, {} available",
-                rest.len()
-            );
-        }
-        let payload = rest.get(NLMSG_HDRLEN..len).unwrap_or_default();
-        match ty {
+        let msg = NetlinkBuffer::new_checked(rest)
+            .map_err(|e| anyhow!("sock_diag reply is malformed at byte {off} of {}: {e}", buf.len()))?;
+        let len = msg.length() as usize;
+        let payload = msg.payload();
+        match msg.message_type() {
             NLMSG_DONE => {
-                // Since Linux 4.x the DONE payload carries the dump's final status.
-                if let Some(status) = ne_u32(payload, 0).map(|v| v as i32) {
-                    if status < 0 {
-                        bail!("sock_diag dump failed: {}", errno_name(-status));
+                // Since Linux 4.x the DONE payload carries the dump's final status; older ones
+                // send none.
+                if !payload.is_empty() {
+                    let done = DoneBuffer::new_checked(&payload)
+                        .and_then(|b| DoneMessage::parse(&b))
+                        .map_err(|e| anyhow!("sock_diag reply is malformed: bad NLMSG_DONE: {e}"))?;
+                    if done.code < 0 {
+                        bail!("sock_diag dump failed: {}", errno_name(-done.code));
                     }
                 }
                 return Ok(true);
             }
             NLMSG_ERROR => {
-                let Some(status) = ne_u32(payload, 0).map(|v| v as i32) else {
-                    bail!("sock_diag reply is malformed: NLMSG_ERROR without an error code");
-                };
-                // status 0 is an ACK, which a dump does not end on.
-                if status != 0 {
-                    bail!("sock_diag request failed: {}", errno_name(-status));
+                let err = ErrorBuffer::new_checked(&payload)
+                    .and_then(|b| ErrorMessage::parse(&b))
+                    .map_err(|e| anyhow!("sock_diag reply is malformed: bad NLMSG_ERROR: {e}"))?;
+                // No code is an ACK, which a dump does not end on.
+                if let Some(code) = err.code {
+                    bail!("sock_diag request failed: {}", errno_name(-code.get()));
                 }
             }
             SOCK_DIAG_BY_FAMILY => out.push(parse_socket(payload)?),
@@ -158,99 +138,45 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
     Ok(false)
 }
 
-/// One `struct inet_diag_msg` followed by its rtattrs.
+/// One `struct inet_diag_msg` followed by its attributes.
 fn parse_socket(p: &[u8]) -> Result<DiagSocket> {
-    let fixed = p.get(..INET_DIAG_MSG_LEN).with_context(|| {
-        format!(
-            "sock_diag reply is truncated: inet_diag_msg has {} bytes, needs {INET_DIAG_MSG_LEN}",
-            p.len()
-        )
-    })?;
-    // Layout: family, state, timer, retrans, sockid{sport, dport, src[16], dst[16], if, cookie[2]},
-    // expires, rqueue, wqueue, uid, inode.
-    let family = fixed.first().copied().unwrap_or_default();
-    let state = fixed.get(1).copied().unwrap_or_default();
-    let addr = |at: usize| -> Result<IpAddr> {
-        match i32::from(family) {
-            libc::AF_INET => {
-                let o: [u8; 4] = fixed
-                    .get(at..at + 4)
-                    .and_then(|s| s.try_into().ok())
-                    .unwrap_or_default();
-                Ok(IpAddr::V4(Ipv4Addr::from(o)))
-            }
-            libc::AF_INET6 => {
-                let o: [u8; 16] = fixed
-                    .get(at..at + 16)
-                    .and_then(|s| s.try_into().ok())
-                    .unwrap_or_default();
-                Ok(IpAddr::V6(Ipv6Addr::from(o)))
-            }
-            other => bail!("sock_diag reply has unexpected address family {other}"),
-        }
-    };
-    let field = |at: usize| ne_u32(fixed, at).unwrap_or_default();
+    let h = InetResponseHeader::parse(p).map_err(|e| anyhow!("sock_diag reply is malformed: inet_diag_msg: {e}"))?;
+    let id = &h.socket_id;
+    let cookie_half = |i: usize| u64::from(u32::from_ne_bytes([id.cookie[i], id.cookie[i + 1], id.cookie[i + 2], id.cookie[i + 3]]));
     let mut sock = DiagSocket {
-        family: u16::from(family),
-        state,
-        sport: be_u16(fixed, 4).unwrap_or_default(),
-        dport: be_u16(fixed, 6).unwrap_or_default(),
-        src: addr(8)?,
-        dst: addr(24)?,
-        cookie: u64::from(field(44)) | (u64::from(field(48)) << 32),
-        rqueue: field(56),
-        wqueue: field(60),
-        uid: field(64),
-        inode: u64::from(field(68)),
+        family: u16::from(h.family),
+        state: h.state,
+        src: id.source_address,
+        sport: id.source_port,
+        dst: id.destination_address,
+        dport: id.destination_port,
+        inode: u64::from(h.inode),
+        cookie: cookie_half(0) | (cookie_half(4) << 32),
+        uid: h.uid,
+        rqueue: h.recv_queue,
+        wqueue: h.send_queue,
         sk_drops: None,
         cgroup_id: None,
     };
-
-    let mut off = align4(INET_DIAG_MSG_LEN);
-    while off < p.len() {
-        let rest = p.get(off..).unwrap_or_default();
-        let (Some(rta_len), Some(rta_type)) = (ne_u16(rest, 0), ne_u16(rest, 2)) else {
-            bail!(
-                "sock_diag reply is truncated: {} bytes left where an rtattr header needs 4",
-                rest.len()
-            );
-        };
-        let rta_len = usize::from(rta_len);
-        if rta_len < 4 || rta_len > rest.len() {
-            bail!(
-                "sock_diag reply is malformed: rtattr claims {rta_len} bytes, {} available",
-                rest.len()
-            );
-        }
-        let data = rest.get(4..rta_len).unwrap_or_default();
-        if rta_type & NLA_TYPE_MASK == INET_DIAG_SKMEMINFO {
+    for nla in NlasIterator::new(p.get(INET_DIAG_MSG_LEN..).unwrap_or_default()) {
+        let nla = nla.map_err(|e| anyhow!("sock_diag reply is malformed: attribute: {e}"))?;
+        match nla.kind() {
             // Older kernels send fewer counters; a missing DROPS slot means "unknown", not 0.
-            sock.sk_drops = ne_u32(data, SK_MEMINFO_DROPS * 4);
-        } else if rta_type & NLA_TYPE_MASK == INET_DIAG_CGROUP_ID {
-            sock.cgroup_id = data.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes);
+            INET_DIAG_SKMEMINFO => sock.sk_drops = MemInfo::parse(nla.value()).ok().map(|m| m.drops),
+            INET_DIAG_CGROUP_ID => {
+                sock.cgroup_id = nla.value().get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
+            }
+            _ => {}
         }
-        off = off.saturating_add(align4(rta_len));
     }
     Ok(sock)
 }
 
-fn open_sock_diag() -> Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the returned fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        bail!(
-            "cannot open a NETLINK_SOCK_DIAG socket ({}): the kernel needs CONFIG_INET_DIAG (try `modprobe tcp_diag`)",
-            io::Error::last_os_error()
-        );
-    }
-    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+/// A NETLINK_SOCK_DIAG socket in the calling thread's network namespace, with a receive timeout.
+pub(crate) fn open_sock_diag() -> Result<Socket> {
+    let sock = Socket::new(NETLINK_SOCK_DIAG).map_err(|e| {
+        anyhow!("cannot open a NETLINK_SOCK_DIAG socket ({e}): the kernel needs CONFIG_INET_DIAG (try `modprobe tcp_diag`)")
+    })?;
     // A dump that stalls must not hang a scrape forever.
     let tv = libc::timeval {
         tv_sec: 5,
@@ -259,7 +185,7 @@ fn open_sock_diag() -> Result<OwnedFd> {
     // SAFETY: tv outlives the call and the length matches its type.
     let rc = unsafe {
         libc::setsockopt(
-            fd.as_raw_fd(),
+            sock.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&tv as *const libc::timeval).cast(),
@@ -272,70 +198,37 @@ fn open_sock_diag() -> Result<OwnedFd> {
             io::Error::last_os_error()
         );
     }
-    Ok(fd)
+    Ok(sock)
 }
 
-fn send_request(fd: &OwnedFd, req: &[u8]) -> Result<()> {
-    // SAFETY: zeroed sockaddr_nl is valid; nl_pid 0 addresses the kernel.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+pub(crate) fn send_request(sock: &Socket, req: &[u8]) -> Result<()> {
+    // Port 0 addresses the kernel.
+    let kernel = SocketAddr::new(0, 0);
     loop {
-        // SAFETY: req and kernel are valid for the lengths passed.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            bail!("cannot send the sock_diag request: {err}");
+        match sock.send_to(req, &kernel, 0) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => bail!("cannot send the sock_diag request: {e}"),
         }
     }
 }
 
-fn recv_chunk(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize> {
+pub(crate) fn recv_chunk(sock: &Socket, buf: &mut [u8]) -> Result<usize> {
+    let cap = buf.len();
     loop {
         // MSG_TRUNC makes recv return the real datagram size, so an oversized one is detected
         // instead of silently parsed as a cut-off message.
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-            )
-        };
-        if n >= 0 {
-            let n = n as usize;
-            if n > buf.len() {
-                bail!(
-                    "sock_diag reply of {n} bytes does not fit the {} byte buffer",
-                    buf.len()
-                );
-            }
-            if n == 0 {
-                bail!("sock_diag socket returned an empty read before the dump finished");
-            }
-            return Ok(n);
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                bail!(
-                    "sock_diag dump got no reply for 5 s: the kernel's inet_diag is not answering"
-                )
-            }
-            _ => bail!("cannot read the sock_diag reply: {err}"),
+        match sock.recv(&mut &mut buf[..], libc::MSG_TRUNC) {
+            Ok(n) if n > cap => bail!("sock_diag reply of {n} bytes does not fit the {cap} byte buffer"),
+            Ok(0) => bail!("sock_diag socket returned an empty read before the dump finished"),
+            Ok(n) => return Ok(n),
+            Err(e) => match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    bail!("sock_diag dump got no reply for 5 s: the kernel's inet_diag is not answering")
+                }
+                _ => bail!("cannot read the sock_diag reply: {e}"),
+            },
         }
     }
 }
@@ -344,14 +237,14 @@ fn recv_chunk(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize> {
 /// *calling thread* (netlink sockets bind to the creator's netns). One socket, two requests
 /// (v4 then v6), reads until DONE each.
 pub fn dump_tcp(states: u32, meminfo: bool) -> Result<Vec<DiagSocket>> {
-    let fd = open_sock_diag()?;
+    let sock = open_sock_diag()?;
     let mut buf = vec![0u8; RECV_BUF_LEN];
     let mut out = Vec::new();
     for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        send_request(&fd, &build_request(family, states, meminfo, seq))?;
+        send_request(&sock, &build_request(family, states, meminfo, seq))?;
         let mut reads = 0usize;
         loop {
-            let n = recv_chunk(&fd, &mut buf)?;
+            let n = recv_chunk(&sock, &mut buf)?;
             reads += 1;
             let chunk = buf.get(..n).unwrap_or_default();
             if parse_messages(chunk, &mut out)? {

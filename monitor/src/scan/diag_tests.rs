@@ -2,11 +2,20 @@
 
 use super::*;
 use monitor_common::{TCP_ESTABLISHED, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_SYN_RECV};
-use std::net::{SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::Duration;
 
 // ---------- byte builders for the pure parser ----------
+
+fn ne_u16(b: &[u8], at: usize) -> Option<u16> {
+    b.get(at..at + 2)?.try_into().ok().map(u16::from_ne_bytes)
+}
+
+fn ne_u32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4)?.try_into().ok().map(u32::from_ne_bytes)
+}
 
 fn nlmsg(ty: u16, payload: &[u8]) -> Vec<u8> {
     let mut b = ((NLMSG_HDRLEN + payload.len()) as u32)

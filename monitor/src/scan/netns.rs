@@ -70,6 +70,9 @@ pub fn discover() -> Vec<Netns> {
         });
     }
 
+    // One stat per process: procfs's Process::namespaces() stats every namespace link (about ten),
+    // which made discovery 12 times dearer (2.3 ms against 0.19 ms of CPU for 110 processes), and
+    // discovery runs on every scan.
     for pid in crate::scan::procs::pids() {
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let Some(inode) = ns_inode(&path) else {

@@ -1,11 +1,15 @@
 //! Socket ownership: maps socket inodes (as sock_diag reports them in `idiag_inode`) to the process
 //! holding them, by walking `/proc/<pid>/fd` the way `ss -p` and `lsof` do, and names that process
-//! by its `comm` and cgroup path (which identifies the container/pod on Kubernetes nodes). The
-//! `/proc` walk is kept apart from [`parse_cgroup`], a pure parser the unit tests feed with text.
+//! by its `comm` and cgroup path (which identifies the container/pod on Kubernetes nodes). /proc is
+//! read through the `procfs` crate (processes, fd links, `stat`, `cgroup`); which cgroup line names
+//! a process is [`pick_cgroup`]'s choice, and [`parse_cgroup`] is the pure text-to-path step the unit
+//! tests feed with sample files.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::os::unix::ffi::OsStrExt;
+
+use procfs::process::{FDTarget, Process};
+use procfs::{ProcessCGroup, ProcessCGroups};
+use procfs::FromRead;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Owner {
@@ -14,22 +18,26 @@ pub struct Owner {
     pub cgroup: Option<String>,
 }
 
-/// "socket:[12345]" -> 12345
+/// The socket inode an fd points at ("socket:[12345]" -> 12345).
+fn socket_of(target: &FDTarget) -> Option<u64> {
+    match target {
+        FDTarget::Socket(inode) => Some(*inode),
+        _ => None,
+    }
+}
+
+/// An fd link's text as the socket inode it names, the way procfs reads the link.
+#[cfg(test)]
 fn socket_inode(link: &[u8]) -> Option<u64> {
-    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    socket_of(&std::str::from_utf8(link).ok()?.parse::<FDTarget>().ok()?)
 }
 
 /// Every pid in /proc, ascending. Pid order is what makes "lowest pid wins" for shared sockets
 /// (pre-fork servers share the listener with their workers; the master usually has the lowest
 /// pid) and makes a namespace's reported pid the oldest-looking (usually the pod's pause process).
 pub fn pids() -> Vec<u32> {
-    let mut pids: Vec<u32> = fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
+    let mut pids: Vec<u32> = procfs::process::all_processes()
+        .map(|all| all.flatten().filter_map(|p| u32::try_from(p.pid()).ok()).collect())
         .unwrap_or_default();
     pids.sort_unstable();
     pids
@@ -37,36 +45,36 @@ pub fn pids() -> Vec<u32> {
 
 /// Scans /proc/<pid>/fd/* for "socket:[N]" links whose N is in `wanted`; stops early when all are
 /// found. Lowest pid wins for shared sockets (e.g. pre-fork servers). Vanishing processes/fds are
-/// skipped silently. comm from /proc/<pid>/comm (trimmed), cgroup via parse_cgroup(/proc/<pid>/cgroup).
+/// skipped silently. comm from /proc/<pid>/stat, cgroup from /proc/<pid>/cgroup.
 pub fn socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
     let mut found: HashMap<u64, Owner> = HashMap::new();
     if wanted.is_empty() {
         return found;
     }
     for pid in pids() {
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        let Ok(process) = Process::new(pid as i32) else {
+            continue;
+        };
+        let Ok(fds) = process.fd() else {
             continue;
         };
         let mut hits: Vec<u64> = fds
             .flatten()
-            .filter_map(|fd| fs::read_link(fd.path()).ok())
-            .filter_map(|target| socket_inode(target.as_os_str().as_bytes()))
+            .filter_map(|fd| socket_of(&fd.target))
             .filter(|ino| wanted.contains(ino) && !found.contains_key(ino))
             .collect();
         if hits.is_empty() {
             continue;
         }
-        // An unreadable comm means the process exited under us: its sockets will be found in
+        // An unreadable stat means the process exited under us: its sockets will be found in
         // whichever process still holds them, or reported as ownerless.
-        let Ok(comm) = fs::read_to_string(format!("/proc/{pid}/comm")) else {
+        let Ok(stat) = process.stat() else {
             continue;
         };
-        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|t| parse_cgroup(&t));
+        let cgroup = process.cgroups().ok().and_then(|c| pick_cgroup(&c.0));
         let owner = Owner {
             pid,
-            comm: comm.trim().to_string(),
+            comm: stat.comm,
             cgroup,
         };
         hits.dedup();
@@ -81,25 +89,25 @@ pub fn socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
 }
 
 /// Pure: the cgroup v2 path ("0::/path") if present, else the first v1 hierarchy's path (prefer
-/// the "name=systemd" line); None when empty.
+/// the "name=systemd" line); None when empty or unreadable.
 pub fn parse_cgroup(text: &str) -> Option<String> {
+    pick_cgroup(&ProcessCGroups::from_read(text.as_bytes()).ok()?.0)
+}
+
+/// The cgroup that names a process: v2's, else v1's systemd hierarchy, else the first v1 one;
+/// hierarchies without a path do not count.
+pub fn pick_cgroup(lines: &[ProcessCGroup]) -> Option<String> {
     let mut systemd: Option<&str> = None;
     let mut first_v1: Option<&str> = None;
-    for line in text.lines() {
-        // hierarchy-ID:controller-list:path; the path itself may contain ':'.
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let path = path.trim_end();
+    for line in lines {
+        let path = line.pathname.trim_end();
         if path.is_empty() {
             continue;
         }
-        if id == "0" && controllers.is_empty() {
+        if line.hierarchy == 0 && line.controllers.is_empty() {
             return Some(path.to_string());
         }
-        if systemd.is_none() && controllers.split(',').any(|c| c == "name=systemd") {
+        if systemd.is_none() && line.controllers.iter().any(|c| c == "name=systemd") {
             systemd = Some(path);
         }
         first_v1.get_or_insert(path);

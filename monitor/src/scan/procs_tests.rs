@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::scan::diag;
+use std::fs;
 
 #[test]
 fn cgroup_v2() {
