@@ -35,7 +35,7 @@ impl Alert {
     pub const ALL: [Alert; 5] = [Alert::PoolGrowth, Alert::QueueSaturated, Alert::ListenOverflow, Alert::InflightGrowth, Alert::RetryStorm];
 
     /// The `alertname` label.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Alert::PoolGrowth => "ConnectionPoolGrowthUnbounded",
             Alert::QueueSaturated => "AcceptQueueSaturated",

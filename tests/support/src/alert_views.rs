@@ -14,7 +14,10 @@ use super::alertmanager::get_alert_list;
 use super::scrape::sum_of;
 use super::{poll_until, Agent, Sample};
 
-pub use connmon::alerts::{LISTEN_OVERFLOW, POOL_GROWTH, QUEUE_SATURATED};
+pub use connmon::alerts::Alert;
+pub const POOL_GROWTH: &str = Alert::PoolGrowth.name();
+pub const QUEUE_SATURATED: &str = Alert::QueueSaturated.name();
+pub const LISTEN_OVERFLOW: &str = Alert::ListenOverflow.name();
 pub use connmon::export::{ALERTS_FIRED, ALERT_ACTIVE};
 
 /// The agent's GET /api/v1/alerts.
