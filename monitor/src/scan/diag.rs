@@ -14,8 +14,8 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{anyhow, bail, Result};
 use netlink_packet_core::{
-    DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NlasIterator, Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST,
+    DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NlasIterator, Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
     inet::{nlas::MemInfo, ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
@@ -79,7 +79,11 @@ pub fn build_request(family: u8, states: u32, meminfo: bool, seq: u32) -> Vec<u8
     let request = InetRequest {
         family,
         protocol: libc::IPPROTO_TCP as u8,
-        extensions: if meminfo { ExtensionFlags::SKMEMINFO } else { ExtensionFlags::empty() },
+        extensions: if meminfo {
+            ExtensionFlags::SKMEMINFO
+        } else {
+            ExtensionFlags::empty()
+        },
         states: StateFlags::from_bits_retain(states),
         // A dump matches on family and states only; the socket id stays zeroed.
         socket_id: SocketId::new_v4(),
@@ -92,7 +96,11 @@ pub fn build_request(family: u8, states: u32, meminfo: bool, seq: u32) -> Vec<u8
 }
 
 fn errno_name(errno: i32) -> String {
-    format!("{} ({})", crate::errno::name(errno).unwrap_or("errno"), io::Error::from_raw_os_error(errno))
+    format!(
+        "{} ({})",
+        crate::errno::name(errno).unwrap_or("errno"),
+        io::Error::from_raw_os_error(errno)
+    )
 }
 
 /// Pure: parse one recv() buffer of netlink messages; appends sockets; returns Ok(true) when
@@ -101,8 +109,12 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
     let mut off = 0usize;
     while off < buf.len() {
         let rest = buf.get(off..).unwrap_or_default();
-        let msg = NetlinkBuffer::new_checked(rest)
-            .map_err(|e| anyhow!("sock_diag reply is malformed at byte {off} of {}: {e}", buf.len()))?;
+        let msg = NetlinkBuffer::new_checked(rest).map_err(|e| {
+            anyhow!(
+                "sock_diag reply is malformed at byte {off} of {}: {e}",
+                buf.len()
+            )
+        })?;
         let len = msg.length() as usize;
         let payload = msg.payload();
         match msg.message_type() {
@@ -112,7 +124,9 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
                 if !payload.is_empty() {
                     let done = DoneBuffer::new_checked(&payload)
                         .and_then(|b| DoneMessage::parse(&b))
-                        .map_err(|e| anyhow!("sock_diag reply is malformed: bad NLMSG_DONE: {e}"))?;
+                        .map_err(|e| {
+                            anyhow!("sock_diag reply is malformed: bad NLMSG_DONE: {e}")
+                        })?;
                     if done.code < 0 {
                         bail!("sock_diag dump failed: {}", errno_name(-done.code));
                     }
@@ -140,9 +154,17 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
 
 /// One `struct inet_diag_msg` followed by its attributes.
 fn parse_socket(p: &[u8]) -> Result<DiagSocket> {
-    let h = InetResponseHeader::parse(p).map_err(|e| anyhow!("sock_diag reply is malformed: inet_diag_msg: {e}"))?;
+    let h = InetResponseHeader::parse(p)
+        .map_err(|e| anyhow!("sock_diag reply is malformed: inet_diag_msg: {e}"))?;
     let id = &h.socket_id;
-    let cookie_half = |i: usize| u64::from(u32::from_ne_bytes([id.cookie[i], id.cookie[i + 1], id.cookie[i + 2], id.cookie[i + 3]]));
+    let cookie_half = |i: usize| {
+        u64::from(u32::from_ne_bytes([
+            id.cookie[i],
+            id.cookie[i + 1],
+            id.cookie[i + 2],
+            id.cookie[i + 3],
+        ]))
+    };
     let mut sock = DiagSocket {
         family: u16::from(h.family),
         state: h.state,
@@ -162,9 +184,15 @@ fn parse_socket(p: &[u8]) -> Result<DiagSocket> {
         let nla = nla.map_err(|e| anyhow!("sock_diag reply is malformed: attribute: {e}"))?;
         match nla.kind() {
             // Older kernels send fewer counters; a missing DROPS slot means "unknown", not 0.
-            INET_DIAG_SKMEMINFO => sock.sk_drops = MemInfo::parse(nla.value()).ok().map(|m| m.drops),
+            INET_DIAG_SKMEMINFO => {
+                sock.sk_drops = MemInfo::parse(nla.value()).ok().map(|m| m.drops)
+            }
             INET_DIAG_CGROUP_ID => {
-                sock.cgroup_id = nla.value().get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
+                sock.cgroup_id = nla
+                    .value()
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_ne_bytes)
             }
             _ => {}
         }
@@ -219,7 +247,9 @@ pub(crate) fn recv_chunk(sock: &Socket, buf: &mut [u8]) -> Result<usize> {
         // MSG_TRUNC makes recv return the real datagram size, so an oversized one is detected
         // instead of silently parsed as a cut-off message.
         match sock.recv(&mut &mut buf[..], libc::MSG_TRUNC) {
-            Ok(n) if n > cap => bail!("sock_diag reply of {n} bytes does not fit the {cap} byte buffer"),
+            Ok(n) if n > cap => {
+                bail!("sock_diag reply of {n} bytes does not fit the {cap} byte buffer")
+            }
             Ok(0) => bail!("sock_diag socket returned an empty read before the dump finished"),
             Ok(n) => return Ok(n),
             Err(e) => match e.kind() {

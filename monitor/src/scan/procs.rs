@@ -8,8 +8,8 @@
 use std::collections::{HashMap, HashSet};
 
 use procfs::process::{FDTarget, Process};
-use procfs::{ProcessCGroup, ProcessCGroups};
 use procfs::FromRead;
+use procfs::{ProcessCGroup, ProcessCGroups};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Owner {
@@ -37,7 +37,11 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 /// pid) and makes a namespace's reported pid the oldest-looking (usually the pod's pause process).
 pub fn pids() -> Vec<u32> {
     let mut pids: Vec<u32> = procfs::process::all_processes()
-        .map(|all| all.flatten().filter_map(|p| u32::try_from(p.pid()).ok()).collect())
+        .map(|all| {
+            all.flatten()
+                .filter_map(|p| u32::try_from(p.pid()).ok())
+                .collect()
+        })
         .unwrap_or_default();
     pids.sort_unstable();
     pids
