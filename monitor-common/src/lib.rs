@@ -364,7 +364,7 @@ pub const LOST_SOCK_TABLE_FULL: u32 = 0;
 /// a table entry, or happened before the probe attached).
 pub const LOST_SOCK_UNTRACKED: u32 = 1;
 pub const LOST_POOL_TABLE_FULL: u32 = 2;
-pub const LOST_REASONS: u32 = 6;
+pub const LOST_REASONS: u32 = 7;
 
 /// Default sizes of the socket and pool tables (the agent can override them at load).
 pub const MAX_SOCKS: u32 = 65536;
@@ -423,6 +423,104 @@ pub const LOST_UNSEEN_HANDSHAKE: u32 = 4;
 /// close is counted then (without a lifetime).
 pub const LOST_MISSED_CLOSE: u32 = 5;
 
+/// A TCP connection accepted whose enqueue the accept-queue probe never saw (queued before it
+/// attached, or evicted from QUEUED_CHILDREN by a longer queue than the map holds): no wait measured.
+pub const LOST_QUEUE_UNTRACKED: u32 = 6;
+
+/// Offsets (from BTF) for following a file descriptor of the calling process to its socket:
+/// `current->files->fdt->fd[n]->private_data` is the `struct socket *`, `->sk` its sock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdOffsets {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.fd` (array of `struct file *`).
+    pub fdt_fd: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `file.private_data` (the `struct socket *` of a socket file).
+    pub file_private: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_ino`: the socket inode sock_diag reports.
+    pub inode_ino: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock.sk_socket`: NULL while a child socket waits in an accept queue (no process owns it).
+    pub sock_socket: u32,
+    /// Record offsets of `syscalls:sys_exit_accept4` / `sys_exit_accept` → `ret`, and of
+    /// `syscalls:sys_enter_listen` → `fd`, `backlog`, from their format files.
+    pub accept_ret: u32,
+    pub listen_fd: u32,
+    pub listen_backlog: u32,
+}
+const _: () = assert!(size_of::<FdOffsets>() == 48);
+
+impl FdOffsets {
+    pub const UNKNOWN: Self = Self {
+        task_files: OFFSET_UNKNOWN,
+        files_fdt: OFFSET_UNKNOWN,
+        fdt_fd: OFFSET_UNKNOWN,
+        fdt_max_fds: OFFSET_UNKNOWN,
+        file_private: OFFSET_UNKNOWN,
+        file_inode: OFFSET_UNKNOWN,
+        inode_ino: OFFSET_UNKNOWN,
+        socket_sk: OFFSET_UNKNOWN,
+        sock_socket: OFFSET_UNKNOWN,
+        accept_ret: OFFSET_UNKNOWN,
+        listen_fd: OFFSET_UNKNOWN,
+        listen_backlog: OFFSET_UNKNOWN,
+    };
+}
+
+/// The local end of a passive (accepted) TCP connection: the listener it was queued on, as
+/// (netns, address, port); the agent finds the listener with the same rule as for accepts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct QueueKey {
+    pub netns: u32,
+    pub port: u16,
+    pub family: u16,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<QueueKey>() == 24);
+
+/// A child socket waiting in an accept queue: when it was queued (its SYN_RECV -> ESTABLISHED
+/// transition, right after the kernel adds it to the queue) and where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedChild {
+    pub enqueued_ns: u64,
+    pub key: QueueKey,
+}
+const _: () = assert!(size_of::<QueuedChild>() == 32);
+
+/// Per-CPU running counters of one accept queue; never cleared.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Connections taken by accept() whose enqueue was seen.
+    pub accepted: u64,
+    /// Sum of their waits in the queue, ns.
+    pub wait_ns_sum: u64,
+    /// Children whose client sent FIN while still queued (ESTABLISHED -> CLOSE_WAIT, no owner).
+    pub abandoned_fin: u64,
+    /// Children reset by their client while still queued (ESTABLISHED -> CLOSE with ECONNRESET).
+    pub abandoned_rst: u64,
+    /// Connections accept() returned already closed or reset by their client.
+    pub accepted_closed: u64,
+    pub _reserved: u64,
+    /// Wait histogram: bucket i counts waits below 4^(i+1) µs (as the pools' connect times).
+    pub wait_us: [u64; HIST_BUCKETS],
+}
+const _: () = assert!(size_of::<QueueStats>() == 8 * (6 + HIST_BUCKETS));
+
+/// Child sockets followed from enqueue to accept at once; the map is LRU, so children that are
+/// never accepted (their listener closed) age out.
+pub const MAX_QUEUED_CHILDREN: u32 = 16384;
+
 /// Upper bound on listeners tracked in kernel maps; LRU maps evict the coldest past this.
 pub const MAX_LISTENERS: u32 = 16384;
 
@@ -442,6 +540,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::StormConfig {}
     unsafe impl aya::Pod for super::RetryEvent {}
+    unsafe impl aya::Pod for super::FdOffsets {}
+    unsafe impl aya::Pod for super::QueueKey {}
+    unsafe impl aya::Pod for super::QueuedChild {}
+    unsafe impl aya::Pod for super::QueueStats {}
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ pub mod maps {
     pub const FAILING: &str = "FAILING";
     /// Upper bound on what FAILING holds.
     pub const FAILING_N: &str = "FAILING_N";
+    /// TCP children from enqueue to accept().
+    pub const QUEUED_CHILDREN: &str = "QUEUED_CHILDREN";
+    /// Per-CPU accept-queue waits and abandonment per (netns, address, port).
+    pub const QUEUE_STATS: &str = "QUEUE_STATS";
+    /// Backlog passed to listen(), by socket inode.
+    pub const LISTEN_REQUESTS: &str = "LISTEN_REQUESTS";
 
     /// Every map, in one list (for tests and per-map metrics).
     pub const ALL: &[&str] = &[
@@ -64,6 +70,9 @@ pub mod maps {
         LAST_FAILED,
         FAILING,
         FAILING_N,
+        QUEUED_CHILDREN,
+        QUEUE_STATS,
+        LISTEN_REQUESTS,
     ];
 }
 
@@ -78,6 +87,8 @@ pub mod programs {
     pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
     pub const TCP_SEND_RESET: &str = "tcp_send_reset";
     pub const CLASSIFY_EGRESS: &str = "classify_egress";
+    pub const ACCEPT_EXIT: &str = "accept_exit";
+    pub const LISTEN_ENTER: &str = "listen_enter";
 
     pub const ALL: &[&str] = &[
         SK_DATA_READY_BTF,
@@ -89,6 +100,8 @@ pub mod programs {
         TCP_RECEIVE_RESET,
         TCP_SEND_RESET,
         CLASSIFY_EGRESS,
+        ACCEPT_EXIT,
+        LISTEN_ENTER,
     ];
 }
 
@@ -102,8 +115,10 @@ pub mod globals {
     pub const TP_OFFSETS: &str = "TP_OFFSETS";
     /// [`crate::StormConfig`].
     pub const STORM_CONFIG: &str = "STORM_CONFIG";
+    /// [`crate::FdOffsets`].
+    pub const FD_OFFSETS: &str = "FD_OFFSETS";
 
-    pub const ALL: &[&str] = &[SOCK_OFFSETS, TASK_OFFSETS, TP_OFFSETS, STORM_CONFIG];
+    pub const ALL: &[&str] = &[SOCK_OFFSETS, TASK_OFFSETS, TP_OFFSETS, STORM_CONFIG, FD_OFFSETS];
 }
 
 /// `a == b` in a const context, for the kernel side's compile-time name checks.

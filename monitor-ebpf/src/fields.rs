@@ -30,6 +30,9 @@ pub(crate) trait Fields {
     fn sport(&self) -> Result<u16, i64>;
     fn daddr(&self, family: u16) -> Result<[u8; 16], i64>;
     fn saddr(&self, family: u16) -> Result<[u8; 16], i64>;
+    /// No process owns the socket (`sk_socket` NULL): a child still in its accept queue, or an
+    /// orphan. False when the offset is unknown.
+    fn unowned(&self) -> bool;
 }
 
 /// The socket itself, as tp_btf passes it: a pointer the verifier knows to be a `struct sock`,
@@ -107,6 +110,10 @@ impl Fields for Sock {
             v6(self.0, off!(SOCK_OFFSETS.v6_rcv_saddr))
         }
     }
+    #[inline(always)]
+    fn unowned(&self) -> bool {
+        direct::<u64>(self.0, off!(FD_OFFSETS.sock_socket)) == Ok(0)
+    }
 }
 
 /// An IPv6 address as four 32-bit loads (in6_addr is 4-byte aligned).
@@ -176,6 +183,10 @@ impl Fields for Record<'_> {
         } else {
             read_ctx(self.ctx, off!(TP_OFFSETS.state.saddr_v6))
         }
+    }
+    #[inline(always)]
+    fn unowned(&self) -> bool {
+        read::<u64>(self.sk, off!(FD_OFFSETS.sock_socket)) == Ok(0)
     }
 }
 

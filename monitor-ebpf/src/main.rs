@@ -23,6 +23,7 @@ mod maps;
 mod pool_table;
 mod probes;
 mod proto_watch;
+mod queue_table;
 mod retry_events;
 
 #[cfg(not(test))]

@@ -6,7 +6,7 @@ use aya_ebpf::maps::{
     Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
 };
 use monitor_common::{
-    AcceptKey, FlowKey, ListenerCounters, ListenerKey, ListenerPeak, PoolKey, PoolStats, SockInfo,
+    AcceptKey, FdOffsets, FlowKey, QueueKey, QueueStats, QueuedChild, MAX_QUEUED_CHILDREN, ListenerCounters, ListenerKey, ListenerPeak, PoolKey, PoolStats, SockInfo,
     SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS, MAX_LISTENERS,
     MAX_PENDING_FLOWS, MAX_POOLS, MAX_SOCKS, RETRY_RING_BYTES,
 };
@@ -68,6 +68,7 @@ declare_global! { SOCK_OFFSETS: SockOffsets = SockOffsets::UNKNOWN; }
 declare_global! { TASK_OFFSETS: TaskOffsets = TaskOffsets::UNKNOWN; }
 declare_global! { TP_OFFSETS: TracepointOffsets = TracepointOffsets::UNKNOWN; }
 declare_global! { STORM_CONFIG: StormConfig = StormConfig::DEFAULT; }
+declare_global! { FD_OFFSETS: FdOffsets = FdOffsets::UNKNOWN; }
 
 // Listeners.
 declare_map! {
@@ -150,3 +151,18 @@ declare_map! {
     /// bound, so a healthy host skips the FAILING lookup on every completed handshake.
     FAILING_N: Array<i64> = Array::with_max_entries(1, 0);
 }
+
+// Accept queues.
+declare_map! {
+    /// TCP children from enqueue (SYN_RECV -> ESTABLISHED) to accept(), by socket address; LRU,
+    /// so children never accepted (their listener closed) age out.
+    QUEUED_CHILDREN: LruHashMap<u64, QueuedChild> = LruHashMap::with_max_entries(MAX_QUEUED_CHILDREN, 0);
+}
+declare_map! {
+    QUEUE_STATS: LruPerCpuHashMap<QueueKey, QueueStats> = LruPerCpuHashMap::with_max_entries(MAX_LISTENERS, 0);
+}
+declare_map! {
+    /// Backlog passed to listen(), by socket inode (the agent matches it to sock_diag's inode).
+    LISTEN_REQUESTS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+}
+

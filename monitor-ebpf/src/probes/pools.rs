@@ -12,7 +12,7 @@ use aya_ebpf::{
 use monitor_common::{
     addr, errno, hist,
     tcp::{transition, Transition},
-    AcceptKey, PoolKey, SockInfo, FAIL_DIED_RESET, FAIL_DIED_SERVER_CLOSED, LOST_MISSED_CLOSE,
+    AcceptKey, PoolKey, QueueKey, SockInfo, FAIL_DIED_RESET, FAIL_DIED_SERVER_CLOSED, LOST_MISSED_CLOSE,
     LOST_SOCK_TABLE_FULL, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE, SOCK_PEER_CLOSED,
     SOCK_PROTO_PENDING, TCP_CLOSE, TCP_ESTABLISHED,
 };
@@ -23,7 +23,7 @@ use crate::{
     fields::{Fields, Record, Sock},
     maps::{check_program_name, off, ACCEPTS, SEEDED, SEEDED_LEFT, SOCKS},
     pool_table::{live_add, lost, with_stats},
-    proto_watch, retry_events,
+    proto_watch, queue_table, retry_events,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -90,13 +90,15 @@ fn on_change<F: Fields>(t: Transition, sk: u64, new: u8, f: &F) -> Result<(), i6
         }
         Transition::Accept => {
             if f.protocol()? == IPPROTO_TCP {
-                on_accept(f)
+                on_accept(f, sk)
             } else {
                 Ok(())
             }
         }
         Transition::HandshakeEnd => on_handshake_end(f, sk, new),
         Transition::PeerClosed => {
+            // A passive child still queued whose client hung up; one load for every other socket.
+            let _ = queue_table::peer_closed(f);
             if let Some(info) = SOCKS.get_ptr_mut(&sk) {
                 // SAFETY: entry pointer from the map; this socket's transitions are serialised.
                 unsafe { (*info).flags |= SOCK_PEER_CLOSED };
@@ -255,7 +257,7 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     Ok(())
 }
 
-fn on_accept<F: Fields>(f: &F) -> Result<(), i64> {
+fn on_accept<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     let family = f.family()?;
     let addr = f.saddr(family)?;
     let peer = f.daddr(family)?;
@@ -267,6 +269,7 @@ fn on_accept<F: Fields>(f: &F) -> Result<(), i64> {
         client_class: addr::client_class(family, &peer),
         _reserved: 0,
     };
+    queue_table::child_queued(sk, &QueueKey { netns: key.netns, port: key.port, family, addr });
     match ACCEPTS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(n) => unsafe { *n += 1 },

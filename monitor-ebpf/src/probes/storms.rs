@@ -57,6 +57,9 @@ fn try_reset(ctx: &TracePointContext, skaddr_off: u32, received: bool) -> Result
                 s.resets_sent += 1;
             }
         });
+    } else if received {
+        // Not a client connection: maybe a child in an accept queue whose client gave up.
+        crate::queue_table::reset_received(sk as *const u8)?;
     }
     Ok(())
 }

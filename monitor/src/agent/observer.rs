@@ -12,6 +12,7 @@ use crate::{
     model::{
         listeners::{self, PeakTracker},
         pools::{self, PoolTracker},
+        queue_wait::{QueueTracker, Sources as QueueSources},
         storms::{Signals, StormTracker},
     },
     scan,
@@ -21,6 +22,7 @@ use crate::{
 pub struct Observer {
     pub probes: Probes,
     pub peaks: PeakTracker,
+    pub queues: QueueTracker,
     pub pools: PoolTracker,
     pub storms: StormTracker,
     pub alerts: Option<Alerting>,
@@ -53,6 +55,7 @@ impl Observer {
         Self {
             probes: Probes::none("probes are still loading"),
             peaks: PeakTracker::new(false),
+            queues: QueueTracker::default(),
             pools,
             storms,
             alerts: None,
@@ -77,10 +80,11 @@ impl Observer {
     /// The periodic tick: folds a listener scan into the peaks (without starting a new scrape
     /// period) and feeds the retry-storm detectors. Returns the listeners it saw.
     pub fn tick(&mut self) -> Vec<listeners::Listener> {
-        let Observer { probes, peaks, pools, storms, .. } = self;
+        let Observer { probes, peaks, queues, pools, storms, .. } = self;
         let mut snap = listeners::build(&scan::scan(None, scan::Depth::Listeners), pools.cgroups());
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
+        queues.observe(&mut snap.listeners, &kernel, queue_sources(probes));
         let pools_up = probes.is_up(probes::POOLS);
         if let Some(ebpf) = probes.ebpf_mut().filter(|_| pools_up) {
             storms.retry_events(&pools::drain_retry_events(ebpf));
@@ -94,13 +98,14 @@ impl Observer {
     /// A full scan with connections, kernel peaks folded in (a new peak period starts only when
     /// `scrape`), pools and storm signals.
     pub fn gather(&mut self, scrape: bool) -> Gathered {
-        let Observer { probes, peaks, pools, storms, full_scans, .. } = self;
+        let Observer { probes, peaks, queues, pools, storms, full_scans, .. } = self;
         let t0 = Instant::now();
         let scan_started_ns = monotonic_ns();
         let (scan, fresh) = full_scans.scan();
         let mut snap = listeners::build(&scan, pools.cgroups());
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
+        queues.observe(&mut snap.listeners, &kernel, queue_sources(probes));
         if scrape {
             peaks.report(&mut snap.listeners);
         }
@@ -172,4 +177,9 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime fills the struct it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// Which probes the queue figures can rely on.
+fn queue_sources(p: &Probes) -> QueueSources {
+    QueueSources { states: p.is_up(probes::POOLS), accepts: p.is_up(probes::ACCEPT_WAIT), listens: p.is_up(probes::LISTEN_BACKLOG) }
 }

@@ -189,7 +189,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         with.push(("client_class".into(), class.into()));
         accepts.get_or_create(&with).inc_by(*n);
     }
-    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full, retry_ring_full (retry timing event dropped), unseen_handshake (a close whose handshake was missed), missed_close (a close the probe missed, found by reconciling with sock_diag), recursion (runs the kernel skipped because another tracing program was running on the CPU)");
+    let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full, retry_ring_full (retry timing event dropped), unseen_handshake (a close whose handshake was missed), missed_close (a close the probe missed, found by reconciling with sock_diag), queue_untracked (a TCP connection accepted whose enqueue the accept-queue probe did not see: no wait measured), recursion (runs the kernel skipped because another tracing program was running on the CPU)");
     // Missed closes are found in two places: by the kernel when a socket's memory is reused, and
     // by reconciling with sock_diag; both are one reason to users.
     for (reason, n) in LOST_REASON_NAMES.iter().zip(extras.lost) {

@@ -451,6 +451,23 @@ pub fn task_offsets(btf: &Btf) -> monitor_common::TaskOffsets {
     }
 }
 
+/// Offsets for following a descriptor to its socket (accept-queue probes). The tracepoint record
+/// fields are filled in by the loader from the format files.
+pub fn fd_offsets(btf: &Btf) -> monitor_common::FdOffsets {
+    monitor_common::FdOffsets {
+        task_files: resolve_field(btf, "files", "task_struct", &["files"]),
+        files_fdt: resolve_field(btf, "fdt", "files_struct", &["fdt"]),
+        fdt_fd: resolve_field(btf, "fd", "fdtable", &["fd"]),
+        fdt_max_fds: resolve_field(btf, "max_fds", "fdtable", &["max_fds"]),
+        file_private: resolve_field(btf, "private_data", "file", &["private_data"]),
+        file_inode: resolve_field(btf, "f_inode", "file", &["f_inode"]),
+        inode_ino: resolve_field(btf, "i_ino", "inode", &["i_ino"]),
+        socket_sk: resolve_field(btf, "sk", "socket", &["sk"]),
+        sock_socket: resolve_field(btf, "sk_socket", "sock", &["sk_socket"]),
+        ..monitor_common::FdOffsets::UNKNOWN
+    }
+}
+
 pub fn sock_offsets(btf: &Btf) -> SockOffsets {
     let sock = |field, paths: &[&str]| resolve_field(btf, field, "sock", paths);
     SockOffsets {

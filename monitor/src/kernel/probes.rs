@@ -19,7 +19,7 @@ use aya::{
 use log::{info, warn};
 use monitor_common::{
     names::{globals, maps, programs},
-    ListenerCounters, ListenerKey, ListenerPeak, SockOffsets, StateTpOffsets, TaskOffsets, TracepointOffsets,
+    FdOffsets, ListenerCounters, ListenerKey, ListenerPeak, QueueKey, QueueStats, SockOffsets, StateTpOffsets, TaskOffsets, TracepointOffsets,
     OFFSET_UNKNOWN,
 };
 
@@ -32,6 +32,8 @@ pub enum Hook {
     BtfTracepoint(&'static str),
     /// A classic tracepoint: needs tracefs to read its format and attach.
     Tracepoint { group: &'static str, name: &'static str },
+    /// One program on several classic tracepoints with the same record layout (all must attach).
+    Tracepoints { group: &'static str, names: &'static [&'static str] },
     /// cgroup_skb egress on the cgroup2 root: sees the payload of every process's packets.
     CgroupSkbEgress,
 }
@@ -58,6 +60,8 @@ pub const PROTOCOL: &str = "protocol";
 pub const CONNECT_RETRANSMIT: &str = "connect_retransmit";
 pub const RESETS_RECEIVED: &str = "resets_received";
 pub const RESETS_SENT: &str = "resets_sent";
+pub const ACCEPT_WAIT: &str = "accept_wait";
+pub const LISTEN_BACKLOG: &str = "listen_backlog";
 
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
@@ -117,6 +121,20 @@ pub const PROBES: &[ProbeSpec] = &[
         fallback: "no sent-reset counts per pool",
     },
     ProbeSpec {
+        probe: ACCEPT_WAIT,
+        program: programs::ACCEPT_EXIT,
+        hook: Hook::Tracepoints { group: "syscalls", names: &["sys_exit_accept4", "sys_exit_accept"] },
+        min_kernel: "4.17",
+        fallback: "queue wait from Little's law only (method=\"littles_law\"); no accepted-closed counts",
+    },
+    ProbeSpec {
+        probe: LISTEN_BACKLOG,
+        program: programs::LISTEN_ENTER,
+        hook: Hook::Tracepoint { group: "syscalls", name: "sys_enter_listen" },
+        min_kernel: "4.17",
+        fallback: "no requested backlog, no clamp flag",
+    },
+    ProbeSpec {
         probe: PROTOCOL,
         program: programs::CLASSIFY_EGRESS,
         hook: Hook::CgroupSkbEgress,
@@ -169,6 +187,10 @@ pub struct KernelListenerStats {
     pub peaks: HashMap<ListenerKey, ListenerPeak>,
     /// Running counters, summed over CPUs.
     pub counters: HashMap<ListenerKey, ListenerCounters>,
+    /// Accept-queue waits and abandonment by the queued connections' local end, summed over CPUs.
+    pub queues: HashMap<QueueKey, QueueStats>,
+    /// Backlog asked for in listen(), by socket inode.
+    pub requested: HashMap<u64, i64>,
 }
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/connmon"));
@@ -185,18 +207,26 @@ impl Probes {
 
     pub fn load(opts: &ProbeOptions) -> Self {
         raise_memlock_limit();
-        let (sock, task) = match btf::Btf::from_sys() {
-            Ok(b) => (btf::sock_offsets(&b), btf::task_offsets(&b)),
+        let (sock, task, mut fd) = match btf::Btf::from_sys() {
+            Ok(b) => (btf::sock_offsets(&b), btf::task_offsets(&b), btf::fd_offsets(&b)),
             Err(e) => {
                 warn!("{e:#}; probes that read sockets are off");
-                (SockOffsets::UNKNOWN, TaskOffsets::UNKNOWN)
+                (SockOffsets::UNKNOWN, TaskOffsets::UNKNOWN, FdOffsets::UNKNOWN)
             }
         };
         let (tp, tracefs_dir) = tracepoint_offsets(&opts.tracefs);
+        if let Some(dir) = &tracefs_dir {
+            syscall_offsets(dir, &mut fd);
+        }
+        // The kernel side follows queued children only while something will take them out again.
+        if opts.disabled.iter().any(|d| d == ACCEPT_WAIT) {
+            fd.accept_ret = OFFSET_UNKNOWN;
+        }
         let mut ebpf = match EbpfLoader::new()
             .override_global(globals::SOCK_OFFSETS, &sock, true)
             .override_global(globals::TP_OFFSETS, &tp, true)
             .override_global(globals::TASK_OFFSETS, &task, true)
+            .override_global(globals::FD_OFFSETS, &fd, true)
             .override_global(globals::STORM_CONFIG, &monitor_common::StormConfig { short_lived_ns: opts.short_lived.as_nanos().min(u128::from(u64::MAX)) as u64 }, true)
             .map_max_entries(maps::SOCKS, opts.max_sockets)
             .map_max_entries(maps::SEEDED, opts.max_sockets)
@@ -220,7 +250,7 @@ impl Probes {
                 states.insert(spec.probe, ProbeState::Down { reason: "disabled by --probes.disable".into() });
                 continue;
             }
-            let env = AttachEnv { sock: &sock, tp: &tp, kernel_btf: kernel_btf.as_ref(), tracefs: tracefs_dir.as_deref(), cgroup_root: opts.cgroup_root.as_deref() };
+            let env = AttachEnv { sock: &sock, tp: &tp, fd: &fd, kernel_btf: kernel_btf.as_ref(), tracefs: tracefs_dir.as_deref(), cgroup_root: opts.cgroup_root.as_deref() };
             let result = attach(&mut ebpf, spec, &env);
             let state = match result {
                 Ok(()) => {
@@ -292,13 +322,37 @@ impl Probes {
                 out.counters.insert(key, sum);
             }
         }
+        if let Ok(stats) = map_access::open::<PerCpuHashMap<&MapData, QueueKey, QueueStats>>(ebpf, maps::QUEUE_STATS) {
+            for (key, values) in stats.iter().filter_map(|r| map_access::ok(maps::QUEUE_STATS, r)) {
+                let mut sum = QueueStats::default();
+                for v in values.iter() {
+                    add_queue_stats(&mut sum, v);
+                }
+                out.queues.insert(key, sum);
+            }
+        }
+        if let Ok(requests) = map_access::open::<aya::maps::HashMap<&MapData, u64, i64>>(ebpf, maps::LISTEN_REQUESTS) {
+            out.requested = requests.iter().filter_map(|r| map_access::ok(maps::LISTEN_REQUESTS, r)).collect();
+        }
         out
+    }
+}
+
+pub fn add_queue_stats(sum: &mut QueueStats, v: &QueueStats) {
+    sum.accepted += v.accepted;
+    sum.wait_ns_sum += v.wait_ns_sum;
+    sum.abandoned_fin += v.abandoned_fin;
+    sum.abandoned_rst += v.abandoned_rst;
+    sum.accepted_closed += v.accepted_closed;
+    for (a, b) in sum.wait_us.iter_mut().zip(v.wait_us) {
+        *a += b;
     }
 }
 
 /// What attaching needs besides the program.
 struct AttachEnv<'a> {
     sock: &'a SockOffsets,
+    fd: &'a FdOffsets,
     tp: &'a TracepointOffsets,
     kernel_btf: Option<&'a aya::Btf>,
     tracefs: Option<&'a Path>,
@@ -338,6 +392,13 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Res
                 ("tcp", "tcp_retransmit_skb") => tp.retrans_skaddr.max(tp.retrans_state),
                 ("tcp", "tcp_receive_reset") => tp.rx_reset_skaddr,
                 ("tcp", "tcp_send_reset") => tp.tx_reset_skaddr,
+                ("syscalls", "sys_enter_listen") => {
+                    let f = env.fd;
+                    [f.task_files, f.files_fdt, f.fdt_fd, f.fdt_max_fds, f.file_inode, f.inode_ino, f.listen_fd, f.listen_backlog]
+                        .into_iter()
+                        .max()
+                        .unwrap_or(OFFSET_UNKNOWN)
+                }
                 _ => 0,
             };
             if needed == OFFSET_UNKNOWN {
@@ -347,6 +408,20 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Res
             let prog: &mut TracePoint = program.try_into()?;
             prog.load().context("load")?;
             prog.attach(group, name).context("attach")?;
+        }
+        Hook::Tracepoints { group, names } => {
+            let dir = env.tracefs.ok_or_else(|| anyhow!("tracefs unavailable"))?;
+            let f = env.fd;
+            let path = [f.task_files, f.files_fdt, f.fdt_fd, f.fdt_max_fds, f.file_private, f.socket_sk, f.accept_ret];
+            if path.contains(&OFFSET_UNKNOWN) {
+                tracefs::read_format(dir, group, names[0])?;
+                return Err(anyhow!("a file-table or socket offset, or the record's `ret`, is unknown on this kernel"));
+            }
+            let prog: &mut TracePoint = program.try_into()?;
+            prog.load().context("load")?;
+            for name in names {
+                prog.attach(group, name).with_context(|| format!("attach {group}:{name}"))?;
+            }
         }
         Hook::CgroupSkbEgress => {
             let root = env.cgroup_root.ok_or_else(|| anyhow!("no cgroup2 filesystem mounted"))?;
@@ -366,6 +441,7 @@ fn hook_name(hook: Hook) -> String {
     match hook {
         Hook::BtfTracepoint(name) => format!("tp_btf/{name}"),
         Hook::Tracepoint { group, name } => format!("tracepoint/{group}/{name}"),
+        Hook::Tracepoints { group, names } => names.iter().map(|n| format!("tracepoint/{group}/{n}")).collect::<Vec<_>>().join(" + "),
         Hook::CgroupSkbEgress => "cgroup_skb/egress".to_string(),
     }
 }
@@ -412,6 +488,20 @@ fn tracepoint_offsets(dir: &Path) -> (TracepointOffsets, Option<std::path::PathB
         };
     }
     (tp, Some(dir))
+}
+
+/// Record offsets of the syscall tracepoints the accept-queue programs read.
+fn syscall_offsets(dir: &Path, fd: &mut FdOffsets) {
+    let field = |name: &str, field: &str| {
+        tracefs::read_format(dir, "syscalls", name).ok().and_then(|f| f.field(field).map(|f| f.offset).ok()).unwrap_or(OFFSET_UNKNOWN)
+    };
+    fd.accept_ret = field("sys_exit_accept4", "ret");
+    // accept() and accept4() share the exit record's layout; attach refuses if they ever differ.
+    if field("sys_exit_accept", "ret") != fd.accept_ret {
+        fd.accept_ret = OFFSET_UNKNOWN;
+    }
+    fd.listen_fd = field("sys_enter_listen", "fd");
+    fd.listen_backlog = field("sys_enter_listen", "backlog");
 }
 
 /// OFFSET_UNKNOWN if any field the state program reads is missing, else 0.

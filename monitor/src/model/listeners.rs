@@ -15,11 +15,13 @@ use crate::{
     scan::diag::DiagSocket,
     kernel::probes::KernelListenerStats,
     scan::procs::Owner,
+    model::queue_wait::QueueFigures,
     scan::{self, Scan},
 };
 
 /// Names of the labels that identify a listener in metrics and alerts, in [`Listener::label_values`] order.
-pub const LISTENER_LABELS: [&str; 4] = ["netns", "addr", "port", "comm"];
+/// A unix listener's `addr` is its path (or `@name`) and its `port` is empty.
+pub const LISTENER_LABELS: [&str; 5] = ["netns", "family", "addr", "port", "comm"];
 
 /// What identifies a listening socket across scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,9 +41,17 @@ pub struct Listener {
     pub inode: u64,
     pub netns: u64,
     pub netns_name: Option<String>,
+    /// TCP: the bound address (unspecified for unix listeners, which have `path`).
     pub addr: IpAddr,
     pub port: u16,
+    /// "ipv4", "ipv6" or "unix".
     pub family: &'static str,
+    /// Unix listeners: the socket path, or `@name` for an abstract one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Unix listeners: "stream" or "seqpacket".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
     pub depth: u32,
     pub backlog: u32,
     pub fill: f64,
@@ -61,20 +71,39 @@ pub struct Listener {
     /// The listening socket's cgroup id (sock_diag), to name `cgroup` when /proc cannot.
     #[serde(skip)]
     pub cgroup_id: Option<u64>,
+    /// Queue wait, abandonment and requested backlog (see `queue_wait`).
+    #[serde(flatten)]
+    pub queue: QueueFigures,
 }
 
 impl Listener {
     /// Values of [`LISTENER_LABELS`]: the one place a listener's identity labels are built.
-    pub fn label_values(&self) -> [String; 4] {
-        [self.netns.to_string(), self.addr.to_string(), self.port.to_string(), self.comm.clone().unwrap_or_default()]
+    pub fn label_values(&self) -> [String; 5] {
+        let (addr, port) = self.local_labels();
+        [self.netns.to_string(), self.family.to_string(), addr, port, self.comm.clone().unwrap_or_default()]
+    }
+
+    pub fn is_unix(&self) -> bool {
+        self.family == FAMILY_UNIX
+    }
+
+    /// The `addr` and `port` labels: a unix listener's path stands in the address, with no port.
+    pub fn local_labels(&self) -> (String, String) {
+        match &self.path {
+            Some(p) if self.is_unix() => (p.clone(), String::new()),
+            _ => (self.addr.to_string(), self.port.to_string()),
+        }
     }
 }
+
+pub const FAMILY_UNIX: &str = "unix";
 
 #[derive(Debug, Clone)]
 pub struct NetnsStats {
     pub inode: u64,
     pub name: Option<String>,
     pub tcp_ext: BTreeMap<String, u64>,
+    pub sysctls: BTreeMap<&'static str, i64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -97,7 +126,13 @@ pub fn build(scan: &Scan, cgroups: &mut crate::attribution::cgroups::CgroupNames
             }
         }
         snap.listeners.extend(ls);
-        snap.namespaces.push(NetnsStats { inode: ns.inode, name: ns.name.clone(), tcp_ext: ns.tcp_ext.clone() });
+        snap.listeners.extend(ns.unix.iter().map(|u| unix_listener(ns.inode, ns.name.clone(), u)));
+        snap.namespaces.push(NetnsStats {
+            inode: ns.inode,
+            name: ns.name.clone(),
+            tcp_ext: ns.tcp_ext.clone(),
+            sysctls: ns.sysctls.clone(),
+        });
     }
     let owners = scan::owners(snap.listeners.iter().map(|l| l.inode));
     for l in &mut snap.listeners {
@@ -136,6 +171,8 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
             addr: s.src,
             port: s.sport,
             family: if s.family == AF_INET { "ipv4" } else { "ipv6" },
+            path: None,
+            kind: None,
             depth: s.rqueue,
             backlog: s.wqueue,
             fill: if s.wqueue == 0 { 0.0 } else { f64::from(s.rqueue) / f64::from(s.wqueue) },
@@ -150,6 +187,7 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
             comm: None,
             cgroup: None,
             cgroup_id: s.cgroup_id,
+            queue: QueueFigures::default(),
         })
         .collect();
     for req in socks.iter().filter(|s| s.state == TCP_SYN_RECV) {
@@ -160,10 +198,42 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
     out
 }
 
-/// The listener in namespace `netns` that a connection to `addr:port` belongs to: an exact
+/// A unix listener from sock_diag. It has no address or port: its identity is its cookie.
+fn unix_listener(netns: u64, netns_name: Option<String>, u: &crate::scan::unix_diag::UnixListenerSock) -> Listener {
+    let unspecified = IpAddr::from([0, 0, 0, 0]);
+    Listener {
+        id: ListenerId { netns, addr: unspecified, port: 0, cookie: u.cookie },
+        inode: u.inode,
+        netns,
+        netns_name,
+        addr: unspecified,
+        port: 0,
+        family: FAMILY_UNIX,
+        path: Some(u.name.clone()),
+        kind: Some(u.kind),
+        depth: u.depth,
+        backlog: u.backlog,
+        fill: if u.backlog == 0 { 0.0 } else { f64::from(u.depth) / f64::from(u.backlog) },
+        // A full unix queue blocks connect() or fails it with EAGAIN; the kernel counts no drops.
+        drops: 0,
+        syn_queue: 0,
+        established: 0,
+        synack_retransmits: None,
+        queued: None,
+        peak_depth: u.depth,
+        peak_source: PeakSource::Sampled,
+        pid: None,
+        comm: None,
+        cgroup: None,
+        cgroup_id: None,
+        queue: QueueFigures::default(),
+    }
+}
+
+/// The TCP listener in namespace `netns` that a connection to `addr:port` belongs to: an exact
 /// address match first, then a wildcard of the same family, then a dual-stack IPv6 wildcard.
 pub fn owning_listener(listeners: &[Listener], netns: u64, addr: IpAddr, port: u16) -> Option<usize> {
-    owner_among(listeners.iter().map(|l| (l.netns == netns).then_some((l.addr, l.port))), addr, port)
+    owner_among(listeners.iter().map(|l| (l.netns == netns && !l.is_unix()).then_some((l.addr, l.port))), addr, port)
 }
 
 /// The same rule over bare (address, port) pairs of one namespace (None: not a candidate); the
@@ -202,7 +272,7 @@ fn find_listener(listeners: &[Listener], key: &ListenerKey) -> Option<usize> {
     let addr = key_addr(key);
     listeners
         .iter()
-        .position(|l| l.netns == u64::from(key.netns) && l.port == key.port && l.addr == addr)
+        .position(|l| !l.is_unix() && l.netns == u64::from(key.netns) && l.port == key.port && l.addr == addr)
 }
 
 /// Where a listener's peak depth came from: the kernel's per-enqueue probe, or scans only.
@@ -284,7 +354,8 @@ impl PeakTracker {
 
 /// "netns=… addr=… port=… comm=…", naming a listener in log lines and reports.
 pub fn describe(l: &Listener) -> String {
-    format!("netns={} addr={} port={} comm={}", l.netns, l.addr, l.port, l.comm.as_deref().unwrap_or(""))
+    let (addr, port) = l.local_labels();
+    format!("netns={} addr={addr} port={port} comm={}", l.netns, l.comm.as_deref().unwrap_or(""))
 }
 
 /// A listener for other modules' unit tests.

@@ -4,6 +4,7 @@
 //! that the exporter, the alert rules and the CLI all show.
 pub mod listeners;
 pub mod pools;
+pub mod queue_wait;
 pub mod services;
 pub mod stats;
 pub mod storms;

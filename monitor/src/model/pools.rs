@@ -33,7 +33,7 @@ pub const POOL_LABELS: [&str; 5] = ["service", "dst_addr", "dst_port", "comm", "
 
 pub const FAILURE_REASONS: [&str; FAIL_REASONS] = ["refused", "timeout", "unreachable", "aborted", "other"];
 pub const CLIENT_CLASSES: [&str; 4] = ["loopback", "private", "link_local", "public"];
-pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full", "retry_ring_full", "unseen_handshake", "missed_close"];
+pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full", "retry_ring_full", "unseen_handshake", "missed_close", "queue_untracked"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pool {

@@ -5,6 +5,7 @@ pub mod diag;
 pub mod netns;
 pub mod netstat;
 pub mod procs;
+pub mod unix_diag;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -32,6 +33,26 @@ pub struct NsScan {
     /// Connections in CONNECTED states; empty unless asked for.
     pub connected: Vec<DiagSocket>,
     pub tcp_ext: BTreeMap<String, u64>,
+    /// Listening unix stream and seqpacket sockets.
+    pub unix: Vec<crate::scan::unix_diag::UnixListenerSock>,
+    /// The namespace's listen-related sysctls (`SYSCTLS`), those that could be read.
+    pub sysctls: BTreeMap<&'static str, i64>,
+}
+
+/// Per-namespace sysctls that decide what listen() gets and what a full queue does.
+pub const SYSCTLS: [(&str, &str); 4] = [
+    ("net.core.somaxconn", "/proc/sys/net/core/somaxconn"),
+    ("net.ipv4.tcp_max_syn_backlog", "/proc/sys/net/ipv4/tcp_max_syn_backlog"),
+    ("net.ipv4.tcp_abort_on_overflow", "/proc/sys/net/ipv4/tcp_abort_on_overflow"),
+    ("net.ipv4.tcp_syncookies", "/proc/sys/net/ipv4/tcp_syncookies"),
+];
+
+/// The calling thread's namespace's SYSCTLS (/proc/sys/net follows the thread's namespace).
+fn read_sysctls() -> BTreeMap<&'static str, i64> {
+    SYSCTLS
+        .iter()
+        .filter_map(|(name, path)| Some((*name, std::fs::read_to_string(path).ok()?.trim().parse().ok()?)))
+        .collect()
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,11 +101,16 @@ pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
         };
         // netstat is per namespace; a failure here should not hide the sockets.
         let ext = netstat::read_tcp_ext().unwrap_or_default();
-        anyhow::Ok((listening, conns, ext))
+        // Nor should a kernel without unix_diag hide the TCP listeners.
+        let unix = crate::scan::unix_diag::dump_unix_listeners().unwrap_or_else(|e| {
+            warn_unix_once(&e);
+            Vec::new()
+        });
+        anyhow::Ok((listening, conns, ext, unix, read_sysctls()))
     });
     let mut out = Scan::default();
     for (inode, result) in results {
-        let (listening, connected, tcp_ext) = match result {
+        let (listening, connected, tcp_ext, unix, sysctls) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) | Err(e) => {
                 out.failed += 1;
@@ -93,9 +119,14 @@ pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
             }
         };
         let name = nss.iter().find(|n| n.inode == inode).and_then(|n| n.name.clone());
-        out.namespaces.push(NsScan { inode, name, listening, connected, tcp_ext });
+        out.namespaces.push(NsScan { inode, name, listening, connected, tcp_ext, unix, sysctls });
     }
     out
+}
+
+fn warn_unix_once(e: &anyhow::Error) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| log::warn!("unix listeners are not shown: {e:#}"));
 }
 
 /// Logs why a namespace was skipped, once per namespace; vanished ones are normal churn.

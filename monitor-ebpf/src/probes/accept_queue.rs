@@ -1,0 +1,96 @@
+//! Accept-queue programs: `accept()`/`accept4()` returning a descriptor, followed through the
+//! calling process's file table (`current->files->fdt->fd[ret]->private_data->sk`) to the child
+//! socket `queue_table` remembered at enqueue: its wait is the time since; and `listen()`, whose
+//! descriptor is followed to its socket inode to record the backlog asked for.
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use monitor_common::{hist, AF_INET, AF_INET6, LOST_QUEUE_UNTRACKED, TCP_CLOSE, TCP_CLOSE_WAIT};
+
+use crate::{
+    access::{read, read_ctx},
+    maps::{check_program_name, off, LISTEN_REQUESTS, QUEUED_CHILDREN},
+    pool_table::lost,
+    queue_table::with_stats,
+};
+
+#[tracepoint]
+pub fn accept_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_accept_exit(&ctx);
+    0
+}
+check_program_name!(accept_exit, ACCEPT_EXIT);
+
+#[tracepoint]
+pub fn listen_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_listen_enter(&ctx);
+    0
+}
+check_program_name!(listen_enter, LISTEN_ENTER);
+
+fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let ret: i64 = read_ctx(ctx, off!(FD_OFFSETS.accept_ret))?;
+    if ret < 0 {
+        return Ok(());
+    }
+    let file = fd_file(ret as u32)?;
+    let socket: *const u8 = read(file, off!(FD_OFFSETS.file_private))?;
+    let sk: *const u8 = read(socket, off!(FD_OFFSETS.socket_sk))?;
+    let Some(child) = QUEUED_CHILDREN.get_ptr(&(sk as u64)) else {
+        // Unix sockets are accepted through the same calls; only TCP children should be known.
+        let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
+        if family == AF_INET || family == AF_INET6 {
+            lost(LOST_QUEUE_UNTRACKED);
+        }
+        return Ok(());
+    };
+    // SAFETY: entry pointer from the map, copied out at once.
+    let child = unsafe { *child };
+    let _ = QUEUED_CHILDREN.remove(&(sk as u64));
+    // SAFETY: plain helper call.
+    let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(child.enqueued_ns);
+    let state: u8 = read(sk, off!(SOCK_OFFSETS.state)).unwrap_or(0);
+    let closed = state == TCP_CLOSE_WAIT || state == TCP_CLOSE;
+    with_stats(&child.key, |s| {
+        s.accepted += 1;
+        s.wait_ns_sum += wait;
+        s.wait_us[hist::bucket(wait / 1000)] += 1;
+        s.accepted_closed += u64::from(closed);
+    });
+    Ok(())
+}
+
+fn try_listen_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let fd: u64 = read_ctx(ctx, off!(FD_OFFSETS.listen_fd))?;
+    let backlog: u64 = read_ctx(ctx, off!(FD_OFFSETS.listen_backlog))?;
+    let file = fd_file(fd as u32)?;
+    let inode: *const u8 = read(file, off!(FD_OFFSETS.file_inode))?;
+    let ino: u64 = read(inode, off!(FD_OFFSETS.inode_ino))?;
+    // listen() takes an int: -1 and other negative values mean "as many as allowed".
+    let requested = i64::from(backlog as u32 as i32);
+    LISTEN_REQUESTS.insert(&ino, &requested, 0).map_err(|e| e as i64)
+}
+
+/// `struct file *` of descriptor `fd` of the calling process.
+#[inline(always)]
+fn fd_file(fd: u32) -> Result<*const u8, i64> {
+    // SAFETY: valid in tracepoint programs; every read below goes through bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files: *const u8 = read(task, off!(FD_OFFSETS.task_files))?;
+    let fdt: *const u8 = read(files, off!(FD_OFFSETS.files_fdt))?;
+    let max: u32 = read(fdt, off!(FD_OFFSETS.fdt_max_fds))?;
+    if fd >= max {
+        return Err(-1);
+    }
+    let fds: *const u8 = read(fdt, off!(FD_OFFSETS.fdt_fd))?;
+    // SAFETY: pointer arithmetic only; the read below checks the address.
+    let slot = unsafe { fds.add(fd as usize * 8) };
+    let file: *const u8 = read(slot, 0)?;
+    if file.is_null() {
+        return Err(-1);
+    }
+    Ok(file)
+}
+

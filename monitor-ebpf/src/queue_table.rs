@@ -1,0 +1,90 @@
+//! Accept-queue tables shared by the programs that feed them: the state probe remembers each
+//! TCP child when it joins a listener's queue (QUEUED_CHILDREN) and counts children whose client
+//! hung up while still queued; the received-reset probe counts those reset while queued; the
+//! accept probe (`probes::accept_queue`) takes children out. A child still queued has no owner
+//! (`sk_socket` NULL).
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use monitor_common::{QueueKey, QueueStats, QueuedChild, AF_INET, OFFSET_UNKNOWN, TCP_ESTABLISHED};
+
+use crate::{
+    access::{netns_of, read},
+    fields::Fields,
+    maps::{off, QUEUED_CHILDREN, QUEUE_STATS},
+};
+
+/// Whether the accept side is attached: without it nothing would ever remove a child, so the
+/// map is left alone. The loader leaves `accept_ret` unknown when the probe is off.
+#[inline(always)]
+pub(crate) fn tracking() -> bool {
+    off!(FD_OFFSETS.accept_ret) != OFFSET_UNKNOWN
+}
+
+/// Called from the state probe when a passive child finished its handshake (it is now queued).
+#[inline(always)]
+pub(crate) fn child_queued(sk: u64, key: &QueueKey) {
+    if !tracking() {
+        return;
+    }
+    // SAFETY: plain helper call.
+    let child = QueuedChild { enqueued_ns: unsafe { bpf_ktime_get_ns() }, key: *key };
+    let _ = QUEUED_CHILDREN.insert(&sk, &child, 0);
+}
+
+/// Called from the state probe on ESTABLISHED -> CLOSE_WAIT: a child nobody owns yet whose
+/// client hung up was abandoned in the queue.
+#[inline(always)]
+pub(crate) fn peer_closed<F: Fields>(f: &F) -> Result<(), i64> {
+    if !f.unowned() {
+        return Ok(());
+    }
+    let family = f.family()?;
+    let key = QueueKey {
+        netns: f.netns(),
+        port: f.sport()?,
+        family,
+        addr: f.saddr(family)?,
+    };
+    with_stats(&key, |s| s.abandoned_fin += 1);
+    Ok(())
+}
+
+/// Called from the received-reset tracepoint for sockets that are not client connections. It
+/// fires before the reset changes anything: by the ESTABLISHED -> CLOSE transition that follows,
+/// the kernel has already released the socket's local port (`skc_num` is 0), so the listener
+/// could no longer be named there. A reset that ends a listener's queue when it closes comes
+/// through tcp_disconnect instead, and is not counted.
+pub(crate) fn reset_received(sk: *const u8) -> Result<(), i64> {
+    let state: u8 = read(sk, off!(SOCK_OFFSETS.state))?;
+    let owner: u64 = read(sk, off!(FD_OFFSETS.sock_socket))?;
+    if state != TCP_ESTABLISHED || owner != 0 {
+        return Ok(());
+    }
+    let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        let v4: [u8; 4] = read(sk, off!(SOCK_OFFSETS.rcv_saddr))?;
+        addr[..4].copy_from_slice(&v4);
+    } else {
+        addr = read(sk, off!(SOCK_OFFSETS.v6_rcv_saddr))?;
+    }
+    let key = QueueKey {
+        netns: netns_of(sk),
+        port: read(sk, off!(SOCK_OFFSETS.num))?,
+        family,
+        addr,
+    };
+    with_stats(&key, |s| s.abandoned_rst += 1);
+    Ok(())
+}
+
+#[inline(always)]
+pub(crate) fn with_stats(key: &QueueKey, f: impl FnOnce(&mut QueueStats)) {
+    if let Some(s) = QUEUE_STATS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        f(unsafe { &mut *s });
+        return;
+    }
+    let mut s = QueueStats::default();
+    f(&mut s);
+    let _ = QUEUE_STATS.insert(key, &s, 0);
+}
