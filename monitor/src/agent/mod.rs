@@ -126,6 +126,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         StormTracker::new(storm),
     );
     observer.full_scans = scan::FullScans::new(args.scan_budget);
+    observer.queues = crate::model::queue_wait::QueueTracker::new(alert_cfg.accept_queue_slow_failure.client_timeout.0);
     observer.alerts = Some(Alerting {
         engine: Engine::new(alert_cfg, ceilings),
         notifier,

@@ -5,6 +5,7 @@
 //! for `for`, firing until it has been false for `clear_for`. Slopes are Theil–Sen fits, so one
 //! noisy sample cannot fire or resolve an alert.
 pub mod notify;
+mod slow_failure;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -26,19 +27,21 @@ use crate::{
 pub enum Alert {
     PoolGrowth,
     QueueSaturated,
+    SlowFailure,
     ListenOverflow,
     InflightGrowth,
     RetryStorm,
 }
 
 impl Alert {
-    pub const ALL: [Alert; 5] = [Alert::PoolGrowth, Alert::QueueSaturated, Alert::ListenOverflow, Alert::InflightGrowth, Alert::RetryStorm];
+    pub const ALL: [Alert; 6] = [Alert::PoolGrowth, Alert::QueueSaturated, Alert::SlowFailure, Alert::ListenOverflow, Alert::InflightGrowth, Alert::RetryStorm];
 
     /// The `alertname` label.
     pub const fn name(self) -> &'static str {
         match self {
             Alert::PoolGrowth => "ConnectionPoolGrowthUnbounded",
             Alert::QueueSaturated => "AcceptQueueSaturated",
+            Alert::SlowFailure => "AcceptQueueSlowFailure",
             Alert::ListenOverflow => "ListenOverflow",
             Alert::InflightGrowth => "InFlightGrowth",
             Alert::RetryStorm => "RetryStorm",
@@ -134,6 +137,14 @@ fn listener_labels(l: &Listener) -> Labels {
     LISTENER_LABELS.iter().map(|k| k.to_string()).zip(l.label_values()).collect()
 }
 
+/// `addr:port`, or the unix socket's path, for summaries.
+fn local(l: &Listener) -> String {
+    match l.local_labels() {
+        (path, port) if port.is_empty() => path,
+        (addr, port) => format!("{addr}:{port}"),
+    }
+}
+
 fn human(secs: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs.max(0.0).round() as u64)).to_string()
 }
@@ -144,7 +155,7 @@ impl Engine {
     }
 
     fn record(&mut self, kind: &'static str, labels: &Labels, now: f64, v: f64) -> Vec<(f64, f64)> {
-        let keep = self.cfg.pool_growth.window.0.max(self.cfg.inflight_growth.window.0).max(self.cfg.listen_overflow.window.0).as_secs_f64();
+        let keep = self.cfg.pool_growth.window.0.max(self.cfg.inflight_growth.window.0).max(self.cfg.listen_overflow.window.0).max(self.cfg.accept_queue_slow_failure.window.0).as_secs_f64();
         let s = self.series.entry((kind, labels.clone())).or_default();
         s.push_back((now, v));
         while s.front().is_some_and(|(t, _)| now - t > keep) {
@@ -178,13 +189,18 @@ impl Engine {
             let fill = if l.backlog > 0 { f64::from(l.depth) / f64::from(l.backlog) } else { 0.0 };
             if self.cfg.accept_queue_saturated.enabled {
                 let cond = l.backlog > 0 && fill >= self.cfg.accept_queue_saturated.fill.0;
-                let ann = labels(&[("summary", format!("accept queue of {}:{} at {:.0}% of its backlog", l.addr, l.port, fill * 100.0)), ("depth", l.depth.to_string()), ("backlog", l.backlog.to_string())]);
+                let ann = labels(&[("summary", format!("accept queue of {} at {:.0}% of its backlog", local(l), fill * 100.0)), ("depth", l.depth.to_string()), ("backlog", l.backlog.to_string())]);
                 judged.push((Alert::QueueSaturated, ll.clone(), cond, ann));
+            }
+            if self.cfg.accept_queue_slow_failure.enabled {
+                let abandoned = self.record("abandoned", &ll, now, l.queue.abandoned.unwrap_or(0) as f64);
+                let (cond, ann) = slow_failure::judge(l, &local(l), &abandoned, now, &self.cfg.accept_queue_slow_failure);
+                judged.push((Alert::SlowFailure, ll.clone(), cond, ann));
             }
             let drops = self.record("drops", &ll, now, l.drops as f64);
             if self.cfg.listen_overflow.enabled {
                 let (cond, n) = increased(&drops, now, self.cfg.listen_overflow.window.0.as_secs_f64());
-                let ann = labels(&[("summary", format!("listener {}:{} dropped {n} connection attempts in the last {}", l.addr, l.port, human(self.cfg.listen_overflow.window.0.as_secs_f64()))), ("drops", n.to_string())]);
+                let ann = labels(&[("summary", format!("listener {} dropped {n} connection attempts in the last {}", local(l), human(self.cfg.listen_overflow.window.0.as_secs_f64()))), ("drops", n.to_string())]);
                 judged.push((Alert::ListenOverflow, ll.clone(), cond, ann));
             }
             let established = self.record("established", &ll, now, f64::from(l.established));
@@ -316,6 +332,7 @@ impl Engine {
         match alert {
             Alert::PoolGrowth => self.cfg.pool_growth.timing(),
             Alert::QueueSaturated => self.cfg.accept_queue_saturated.timing(),
+            Alert::SlowFailure => self.cfg.accept_queue_slow_failure.timing(),
             Alert::ListenOverflow => self.cfg.listen_overflow.timing(),
             Alert::InflightGrowth => self.cfg.inflight_growth.timing(),
             Alert::RetryStorm => self.cfg.retry_storm.timing(),
@@ -376,7 +393,7 @@ fn advance(name: Alert, i: &mut Instance, cond: bool, ann: Labels, now: f64, t: 
 }
 
 /// Whether a counter series rose within the last `window` seconds, and by how much.
-fn increased(samples: &[(f64, f64)], now: f64, window: f64) -> (bool, u64) {
+pub(crate) fn increased(samples: &[(f64, f64)], now: f64, window: f64) -> (bool, u64) {
     let inside: Vec<&(f64, f64)> = samples.iter().filter(|(t, _)| now - t <= window).collect();
     match (inside.first(), samples.last()) {
         (Some(a), Some(b)) if b.1 > a.1 => (true, (b.1 - a.1) as u64),

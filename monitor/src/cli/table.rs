@@ -37,19 +37,39 @@ pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io
 }
 
 pub fn print_listeners(out: &mut impl Write, listeners: &[Listener]) -> io::Result<()> {
-    let headers = ["NETNS", "LOCAL", "DEPTH", "BACKLOG", "FILL", "DROPS", "SYNQ", "PID", "COMM"];
+    let headers = [
+        "NETNS", "FAMILY", "LOCAL", "DEPTH", "BACKLOG", "REQUESTED", "FILL", "DROPS", "SYNQ", "WAIT", "WAIT_MEASURED", "DRAIN", "ABANDONED",
+        "FLAGS", "PID", "COMM",
+    ];
+    let secs = |v: Option<f64>| match v {
+        Some(w) if w.is_infinite() => "inf".to_string(),
+        Some(w) => format!("{w:.3}"),
+        None => "-".into(),
+    };
     let rows: Vec<Vec<String>> = listeners
         .iter()
         .map(|l| {
-            let local = std::net::SocketAddr::new(l.addr, l.port).to_string();
+            let q = &l.queue;
+            let local = match &l.path {
+                Some(p) if l.is_unix() => p.clone(),
+                _ => std::net::SocketAddr::new(l.addr, l.port).to_string(),
+            };
+            let flags: Vec<&str> = [(q.clamped, "clamped"), (q.slow_drain, "slow-drain")].iter().filter(|f| f.0).map(|f| f.1).collect();
             vec![
                 l.netns_name.clone().unwrap_or_else(|| l.netns.to_string()),
+                l.family.to_string(),
                 local,
                 l.depth.to_string(),
                 l.backlog.to_string(),
+                q.requested_backlog.map_or("-".into(), |r| r.to_string()),
                 format!("{:.0}%", l.fill * 100.0),
                 l.drops.to_string(),
                 l.syn_queue.to_string(),
+                secs(q.wait_seconds),
+                secs(q.wait_measured_seconds),
+                secs(q.drain_seconds),
+                q.abandoned.map_or("-".into(), |n| n.to_string()),
+                if flags.is_empty() { "-".into() } else { flags.join(",") },
                 l.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 l.comm.clone().unwrap_or_else(|| "-".into()),
             ]

@@ -58,6 +58,7 @@ pub struct AlertsConfig {
     pub resend: Dur,
     pub pool_growth: PoolGrowthRule,
     pub accept_queue_saturated: SaturationRule,
+    pub accept_queue_slow_failure: SlowFailureRule,
     pub listen_overflow: OverflowRule,
     pub inflight_growth: InFlightRule,
     pub retry_storm: StormRule,
@@ -71,6 +72,7 @@ impl Default for AlertsConfig {
             resend: secs(30),
             pool_growth: PoolGrowthRule::default(),
             accept_queue_saturated: SaturationRule::default(),
+            accept_queue_slow_failure: SlowFailureRule::default(),
             listen_overflow: OverflowRule::default(),
             inflight_growth: InFlightRule::default(),
             retry_storm: StormRule::default(),
@@ -119,6 +121,28 @@ pub struct SaturationRule {
 impl Default for SaturationRule {
     fn default() -> Self {
         Self { enabled: true, fill: Ratio(0.9), for_duration: secs(60), clear_for: secs(60) }
+    }
+}
+
+/// AcceptQueueSlowFailure: connections wait in the queue longer than clients wait for them, or
+/// clients give up while queued.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlowFailureRule {
+    pub enabled: bool,
+    /// How long clients wait for an answer before giving up (their connect or read timeout).
+    pub client_timeout: Dur,
+    /// Abandoned connections within `window` that fire the rule on their own.
+    pub min_abandoned: u64,
+    pub window: Dur,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
+}
+
+impl Default for SlowFailureRule {
+    fn default() -> Self {
+        Self { enabled: true, client_timeout: secs(1), min_abandoned: 10, window: secs(30), for_duration: secs(10), clear_for: secs(60) }
     }
 }
 
@@ -195,7 +219,7 @@ macro_rules! timed {
         }
     )*};
 }
-timed!(PoolGrowthRule, SaturationRule, OverflowRule, InFlightRule, StormRule);
+timed!(PoolGrowthRule, SaturationRule, SlowFailureRule, OverflowRule, InFlightRule, StormRule);
 
 impl Config {
     /// Spans that would make a rule meaningless at zero.
@@ -207,6 +231,8 @@ impl Config {
             ("alerts.pool_growth.window", a.pool_growth.window),
             ("alerts.pool_growth.plateau_window", a.pool_growth.plateau_window),
             ("alerts.listen_overflow.window", a.listen_overflow.window),
+            ("alerts.accept_queue_slow_failure.window", a.accept_queue_slow_failure.window),
+            ("alerts.accept_queue_slow_failure.client_timeout", a.accept_queue_slow_failure.client_timeout),
             ("alerts.inflight_growth.window", a.inflight_growth.window),
         ];
         match spans.iter().find(|(_, d)| d.0.is_zero()) {

@@ -19,6 +19,7 @@ use crate::{
 
 pub mod cluster;
 pub mod pools;
+pub mod queues;
 pub mod storms;
 
 /// Every metric name connmon exports (counters with their `_total`), for tests and tooling that
@@ -70,6 +71,16 @@ pub const METRICS: &[&str] = &[
     storms::POOL_JITTER,
     storms::POOL_ATTEMPT_RATE,
     storms::POOL_BAD_RATIO,
+    queues::LISTEN_QUEUE_WAIT,
+    queues::LISTEN_QUEUE_WAIT_HIST,
+    queues::LISTEN_ACCEPT_RATE,
+    queues::LISTEN_DRAIN,
+    queues::LISTEN_SLOW_DRAIN,
+    queues::LISTEN_ABANDONED,
+    queues::LISTEN_ACCEPTED_CLOSED,
+    queues::LISTEN_BACKLOG_REQUESTED,
+    queues::LISTEN_BACKLOG_CLAMPED,
+    queues::NETNS_SYSCTL,
 ];
 
 pub const LISTEN_QUEUE_DEPTH: &str = "connmon_listen_queue_depth";
@@ -183,6 +194,7 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         peak.get_or_create(&with_source).set(i64::from(l.peak_depth));
     }
     dropped.get_or_create(&vec![]).set((snap.listeners.len() - exported) as i64);
+    queues::register(&mut reg, &snap.listeners[..exported], &snap.namespaces);
     for ns in &snap.namespaces {
         let netns = ns.inode.to_string();
         ns_info.get_or_create(&labels(&[("netns", &netns), ("name", ns.name.as_deref().unwrap_or(""))])).set(1);
@@ -305,7 +317,7 @@ mod tests {
 
     #[test]
     fn metrics_lists_every_metric_name_constant() {
-        let sources = [include_str!("mod.rs"), include_str!("cluster.rs"), include_str!("pools.rs"), include_str!("storms.rs")];
+        let sources = [include_str!("mod.rs"), include_str!("cluster.rs"), include_str!("pools.rs"), include_str!("storms.rs"), include_str!("queues.rs")];
         let mut declared = Vec::new();
         for src in sources {
             for (i, _) in src.match_indices(": &str = \"connmon_") {

@@ -206,13 +206,13 @@ fn pool_label_set(values: &[String; 5]) -> Labels {
 
 /// Kernel power-of-4 buckets as Prometheus buckets: bucket i holds values below 4^(i+1) units.
 #[derive(Debug, Clone)]
-struct Hist {
+pub(crate) struct Hist {
     sum: f64,
     count: u64,
     buckets: Vec<(f64, u64)>,
 }
 
-fn histogram(counts: &[u64; HIST_BUCKETS], sum: u64, unit_seconds: f64) -> Hist {
+pub(crate) fn histogram(counts: &[u64; HIST_BUCKETS], sum: u64, unit_seconds: f64) -> Hist {
     let buckets = counts
         .iter()
         .enumerate()
@@ -250,7 +250,7 @@ impl Collector for Histograms {
     }
 }
 
-struct HistRef<'a>(&'a Hist);
+pub(crate) struct HistRef<'a>(pub(crate) &'a Hist);
 
 impl prometheus_client::encoding::EncodeMetric for HistRef<'_> {
     fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {

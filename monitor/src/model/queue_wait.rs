@@ -50,9 +50,12 @@ pub struct QueueFigures {
     pub requested_backlog: Option<i64>,
     /// The kernel kept a smaller backlog than was asked for (capped by net.core.somaxconn).
     pub clamped: bool,
-    /// Running per-connection figures behind `wait_measured_seconds` (for the histogram).
+    /// The kernel's running counters behind these figures (abandoned by how, the wait
+    /// histogram), summed over the listener's addresses.
     #[serde(skip)]
-    pub measured: Option<QueueStats>,
+    pub stats: QueueStats,
+    /// Draining a full queue takes longer than the client timeout: clients give up first.
+    pub slow_drain: bool,
 }
 
 impl QueueFigures {
@@ -78,11 +81,13 @@ struct Sample {
 pub struct QueueTracker {
     history: HashMap<ListenerId, VecDeque<Sample>>,
     started: Instant,
+    /// Seconds clients wait before giving up (the slow-failure alert's `client_timeout`).
+    client_timeout: f64,
 }
 
 impl Default for QueueTracker {
     fn default() -> Self {
-        Self { history: HashMap::new(), started: Instant::now() }
+        Self::new(Duration::from_secs(1))
     }
 }
 
@@ -98,6 +103,10 @@ pub struct Sources {
 }
 
 impl QueueTracker {
+    pub fn new(client_timeout: Duration) -> Self {
+        Self { history: HashMap::new(), started: Instant::now(), client_timeout: client_timeout.as_secs_f64() }
+    }
+
     /// Folds the kernel's counters into `listeners` (whose `queued` the peak tracker has set)
     /// and records a sample for each; call on every scan.
     pub fn observe(&mut self, listeners: &mut [Listener], kernel: &KernelListenerStats, src: Sources) {
@@ -110,21 +119,21 @@ impl QueueTracker {
         let mut seen = std::collections::HashSet::new();
         for (i, l) in listeners.iter_mut().enumerate() {
             let stats = per_listener.get(&i).copied().unwrap_or_default();
+            let tcp = !l.is_unix();
+            let (inode, backlog) = (l.inode, l.backlog);
             let q = &mut l.queue;
-            q.abandoned = src.states.then_some(stats.abandoned_fin + stats.abandoned_rst);
-            if src.accepts {
-                q.accepted_closed = Some(stats.accepted_closed);
-                q.measured = Some(stats);
-            }
+            q.abandoned = (src.states && tcp).then_some(stats.abandoned_fin + stats.abandoned_rst);
+            q.stats = stats;
+            q.accepted_closed = (src.accepts && tcp).then_some(stats.accepted_closed);
             if src.listens {
-                q.requested_backlog = kernel.requested.get(&l.inode).copied();
+                q.requested_backlog = kernel.requested.get(&inode).copied();
             }
-            q.clamped = q.requested_backlog.is_some_and(|r| r > i64::from(l.backlog));
+            q.clamped = q.requested_backlog.is_some_and(|r| r > i64::from(backlog));
             let sample = Sample {
                 t: now,
                 depth: f64::from(l.depth),
                 queued: l.queued,
-                accepted: src.accepts.then_some((stats.accepted, stats.wait_ns_sum)),
+                accepted: (src.accepts && tcp).then_some((stats.accepted, stats.wait_ns_sum)),
             };
             let h = self.history.entry(l.id).or_default();
             h.push_back(sample);
@@ -135,6 +144,7 @@ impl QueueTracker {
             q.wait_seconds = f.wait;
             q.accept_rate = f.rate;
             q.drain_seconds = f.drain;
+            q.slow_drain = f.drain.is_some_and(|d| d > self.client_timeout);
             q.wait_measured_seconds = f.measured;
             seen.insert(l.id);
         }
