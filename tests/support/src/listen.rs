@@ -63,3 +63,110 @@ pub fn addr(s: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
 }
 
+
+/// The pre-fork server of `tests/fixtures/prefork_server.py` (Debian's python3), started in `ns`:
+/// it listens with the backlog asked for and forks `workers` that accept, send a greeting byte,
+/// work `service_ms` and reply. `addr` is an IP address, a unix path or `@abstract-name`. Killed
+/// with its workers on drop.
+pub struct PreforkServer {
+    child: std::process::Child,
+}
+
+impl PreforkServer {
+    pub fn start(ns: &Netns, addr: &str, port: u16, backlog: i32, workers: u32, service_ms: u32) -> PreforkServer {
+        use std::io::BufRead as _;
+        let script = super::workspace::root().join("tests/fixtures/prefork_server.py");
+        let script = script.display().to_string();
+        let args = [addr.to_string(), port.to_string(), backlog.to_string(), workers.to_string(), service_ms.to_string()];
+        let mut argv = vec!["/usr/bin/python3", script.as_str()];
+        argv.extend(args.iter().map(String::as_str));
+        let mut child = ns
+            .command(&argv)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("read from {argv:?}: {e}"));
+        assert_eq!(line.trim(), "listening", "{argv:?} did not start");
+        PreforkServer { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PreforkServer {
+    fn drop(&mut self) {
+        // The parent kills its workers on SIGTERM (a SIGKILL would orphan them).
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One connection attempt of [`TimeoutClients`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// Wall-clock start (Unix epoch seconds).
+    pub start: f64,
+    /// "ok", "timeout" or "error".
+    pub outcome: String,
+    /// Seconds from connect() to the server's first byte (its greeting, sent at accept()); None
+    /// when no byte came.
+    pub first_byte: Option<f64>,
+}
+
+/// The clients of `tests/fixtures/timeout_clients.py` in `ns`: `threads` threads connect to
+/// `addr:port`, give each attempt `timeout_ms` from connect() to the full reply, and retry at once,
+/// for `seconds`. Each attempt is a line in a file, read as they end.
+pub struct TimeoutClients {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl TimeoutClients {
+    pub fn start(ns: &Netns, addr: &str, port: u16, threads: u32, timeout_ms: u32, seconds: u32) -> TimeoutClients {
+        let dir = TempDir::new("connmon-clients");
+        let out = dir.path().join("attempts.txt");
+        let file = std::fs::File::create(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
+        let script = super::workspace::root().join("tests/fixtures/timeout_clients.py");
+        let script = script.display().to_string();
+        let args = [addr.to_string(), port.to_string(), threads.to_string(), timeout_ms.to_string(), seconds.to_string()];
+        let mut argv = vec!["/usr/bin/python3", script.as_str()];
+        argv.extend(args.iter().map(String::as_str));
+        let child = ns.command(&argv).stdout(file).spawn().unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
+        TimeoutClients { child, out, _dir: dir }
+    }
+
+    /// Attempts that have ended so far.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let start = f.next()?.parse().ok()?;
+                let outcome = f.next()?.to_string();
+                let first: f64 = f.next()?.parse().ok()?;
+                Some(Attempt { start, outcome, first_byte: (first >= 0.0).then_some(first) })
+            })
+            .collect()
+    }
+
+    /// Waits for the clients to finish on their own; returns every attempt.
+    pub fn wait(mut self) -> Vec<Attempt> {
+        let status = self.child.wait().unwrap_or_else(|e| panic!("wait for the clients: {e}"));
+        assert!(status.success(), "timeout_clients.py failed: {status}");
+        self.attempts()
+    }
+}
+
+impl Drop for TimeoutClients {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

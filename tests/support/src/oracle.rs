@@ -141,3 +141,41 @@ pub fn counter(counters: &HashMap<String, u64>, name: &str) -> u64 {
 pub fn nstat_counter(ns: &Netns, name: &str) -> u64 {
     counter(&nstat(ns), name)
 }
+
+/// One listening unix socket as `ss -xl` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsUnixListener {
+    /// "u_str" or "u_seq".
+    pub netid: String,
+    /// Path, or `@name` for an abstract socket.
+    pub name: String,
+    /// Connections waiting for accept() (Recv-Q).
+    pub recv_q: u64,
+    /// Backlog (Send-Q).
+    pub send_q: u64,
+    pub inode: u64,
+}
+
+/// Parses `ss -H -xl` output: `u_str LISTEN recvq sendq name inode peer peer-inode`.
+pub fn parse_ss_unix_listeners(text: &str) -> Vec<SsUnixListener> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                [netid, "LISTEN", rq, sq, name, ino, ..] => Some(SsUnixListener {
+                    netid: netid.to_string(),
+                    name: name.to_string(),
+                    recv_q: rq.parse().ok()?,
+                    send_q: sq.parse().ok()?,
+                    inode: ino.parse().ok()?,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Listening unix sockets in `ns`, as `ss -H -xl` shows them.
+pub fn ss_unix_listeners(ns: &Netns) -> Vec<SsUnixListener> {
+    parse_ss_unix_listeners(&ns.exec_ok(&["ss", "-H", "-xl"]))
+}
