@@ -357,7 +357,7 @@ clear_for = "10s"
     assert!(o["annotations"]["drops"].as_str().is_some_and(|d| d != "0"), "{o}");
     for (name, l) in [(QUEUE_SATURATED, &a["labels"]), (LISTEN_OVERFLOW, &o["labels"])] {
         let keys: Vec<&String> = l.as_object().expect("labels").keys().collect();
-        assert_eq!(keys, ["addr", "alertname", "comm", "netns", "port"], "{name} labels in Alertmanager: {l}");
+        assert_eq!(keys, ["addr", "alertname", "comm", "family", "netns", "port"], "{name} labels in Alertmanager: {l}");
     }
 
     // The namespace's own counter rose too (the netns variant: label netns only). Only this

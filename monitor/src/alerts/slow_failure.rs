@@ -8,7 +8,13 @@ use crate::{config::SlowFailureRule, model::listeners::Listener};
 
 /// Whether the rule holds for `l`, with its annotations. `abandoned` is the recorded series of
 /// the listener's abandoned-connection counter.
-pub(super) fn judge(l: &Listener, local: &str, abandoned: &[(f64, f64)], now: f64, rule: &SlowFailureRule) -> (bool, Labels) {
+pub(super) fn judge(
+    l: &Listener,
+    local: &str,
+    abandoned: &[(f64, f64)],
+    now: f64,
+    rule: &SlowFailureRule,
+) -> (bool, Labels) {
     let timeout = rule.client_timeout.0.as_secs_f64();
     let window = rule.window.0.as_secs_f64();
     let q = &l.queue;
@@ -16,7 +22,13 @@ pub(super) fn judge(l: &Listener, local: &str, abandoned: &[(f64, f64)], now: f6
     let (_, gave_up) = increased(abandoned, now, window);
     let too_slow = wait.is_some_and(|w| w > timeout);
     let cond = too_slow || gave_up >= rule.min_abandoned;
-    let shown = |w: f64| if w.is_infinite() { "forever (nothing accepted)".to_string() } else { format!("{w:.2}s") };
+    let shown = |w: f64| {
+        if w.is_infinite() {
+            "forever (nothing accepted)".to_string()
+        } else {
+            format!("{w:.2}s")
+        }
+    };
     let mut ann = labels(&[
         (
             "summary",
@@ -29,7 +41,14 @@ pub(super) fn judge(l: &Listener, local: &str, abandoned: &[(f64, f64)], now: f6
         ("backlog", l.backlog.to_string()),
     ]);
     if let Some(w) = wait {
-        ann.insert("queue_wait_seconds".into(), if w.is_infinite() { "+Inf".into() } else { format!("{w:.3}") });
+        ann.insert(
+            "queue_wait_seconds".into(),
+            if w.is_infinite() {
+                "+Inf".into()
+            } else {
+                format!("{w:.3}")
+            },
+        );
     }
     if let Some(rate) = q.accept_rate.filter(|r| *r > 0.0) {
         let suggested = (rate * timeout).ceil().max(1.0) as u64;

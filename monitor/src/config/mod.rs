@@ -142,7 +142,7 @@ pub struct SlowFailureRule {
 
 impl Default for SlowFailureRule {
     fn default() -> Self {
-        Self { enabled: true, client_timeout: secs(1), min_abandoned: 10, window: secs(30), for_duration: secs(10), clear_for: secs(60) }
+        Self { enabled: true, client_timeout: secs(1), min_abandoned: 10, window: secs(30), for_duration: secs(5), clear_for: secs(60) }
     }
 }
 

@@ -5,7 +5,9 @@
 //! replies with a pure function fed bytes, and [`dump_unix_listeners`] is the only code that talks
 //! to the kernel, in the network namespace of the calling thread.
 use anyhow::{bail, Result};
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use netlink_packet_sock_diag::{
     constants::{SOCK_SEQPACKET, SOCK_STREAM, TCP_LISTEN},
     unix::{nlas::UnixDiagName, ShowFlags, StateFlags, UnixRequest},
@@ -62,7 +64,10 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<UnixListenerSock>) -> Result<boo
         }
         match msg.payload {
             NetlinkPayload::Done(d) if d.code < 0 => {
-                bail!("unix sock_diag dump failed: {}", std::io::Error::from_raw_os_error(-d.code))
+                bail!(
+                    "unix sock_diag dump failed: {}",
+                    std::io::Error::from_raw_os_error(-d.code)
+                )
             }
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(e) if e.code.is_some() => {
@@ -161,7 +166,14 @@ mod tests {
         assert!(parse_messages(&reply(), &mut out).unwrap());
         assert_eq!(
             out,
-            vec![UnixListenerSock { inode: 4242, cookie: 7, kind: "stream", name: "@cm@x".into(), depth: 3, backlog: 7 }]
+            vec![UnixListenerSock {
+                inode: 4242,
+                cookie: 7,
+                kind: "stream",
+                name: "@cm@x".into(),
+                depth: 3,
+                backlog: 7
+            }]
         );
     }
 
@@ -169,10 +181,22 @@ mod tests {
     fn request_asks_for_listeners_with_names_and_queue_lengths() {
         let req = build_request(9);
         assert_eq!(req.len(), 16 + 24);
-        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), 20, "SOCK_DIAG_BY_FAMILY");
+        assert_eq!(
+            u16::from_ne_bytes([req[4], req[5]]),
+            20,
+            "SOCK_DIAG_BY_FAMILY"
+        );
         assert_eq!(req[16], 1, "AF_UNIX");
-        assert_eq!(u32::from_ne_bytes(req[20..24].try_into().unwrap()), 1 << 10, "LISTEN only");
-        assert_eq!(u32::from_ne_bytes(req[28..32].try_into().unwrap()), 1 | 1 << 4, "NAME | RQLEN");
+        assert_eq!(
+            u32::from_ne_bytes(req[20..24].try_into().unwrap()),
+            1 << 10,
+            "LISTEN only"
+        );
+        assert_eq!(
+            u32::from_ne_bytes(req[28..32].try_into().unwrap()),
+            1 | 1 << 4,
+            "NAME | RQLEN"
+        );
     }
 
     #[test]
@@ -184,7 +208,9 @@ mod tests {
         nack.extend_from_slice(&(-2i32).to_ne_bytes());
         nack.extend_from_slice(&[0; 16]);
         for bad in [&nack[..], &[1, 2, 3][..]] {
-            let e = parse_messages(bad, &mut Vec::new()).unwrap_err().to_string();
+            let e = parse_messages(bad, &mut Vec::new())
+                .unwrap_err()
+                .to_string();
             assert!(!e.contains('\n'), "{e}");
         }
     }
@@ -196,7 +222,10 @@ mod tests {
         let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes()).unwrap();
         let _l = UnixListener::bind_addr(&addr).unwrap();
         let found = dump_unix_listeners().unwrap();
-        let me = found.iter().find(|s| s.name == format!("@{name}")).expect("listed");
+        let me = found
+            .iter()
+            .find(|s| s.name == format!("@{name}"))
+            .expect("listed");
         assert_eq!((me.kind, me.depth), ("stream", 0));
         assert!(me.backlog > 0);
     }
