@@ -199,7 +199,7 @@ fn a_unix_server_behind_its_queue_gets_a_queue_wait_and_the_alert() {
             other => Err(format!("{other:?}")),
         },
     );
-    eprintln!("unix listener with 20 queued at 5/s: Little's-law wait {wait:.2}s");
+    eprintln!("unix listener, 10 patient clients at 5 accepts/s: Little's-law wait {wait:.2}s");
     alert_views::wait_agent_firing(&agent, deadline(40), "AcceptQueueSlowFailure", &labels);
     drop(clients);
 }
