@@ -309,3 +309,63 @@ fn a_backlog_clamped_by_somaxconn_is_flagged() {
         Some(host)
     );
 }
+
+/// Clients that give up while queued, one by one: 3 close (FIN), 2 reset (SO_LINGER 0), 2 stay.
+/// The counts are the clients' own actions; after accept() the 5 gone are counted closed and all
+/// 7 waits are measured.
+#[test]
+fn each_client_that_gives_up_in_the_queue_is_counted_once() {
+    use std::net::TcpStream;
+    use std::os::fd::AsRawFd as _;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let agent = Agent::start(&[]);
+    let ns = Netns::new();
+    let port = unique_port();
+    let a = addr(&format!("127.0.0.1:{port}"));
+    let (ino, port_s) = (ns.inode().to_string(), port.to_string());
+    let labels = listener_labels(&ino, &port_s);
+    let (listener, clients) = ns.run(|| {
+        let l = listen_tcp(a, 16);
+        let cs: Vec<TcpStream> = (0..7).map(|_| TcpStream::connect(a).expect("connect")).collect();
+        (l, cs)
+    });
+    wait_recv_q(&ns, a, 7);
+    let mut clients = clients.into_iter();
+    for c in clients.by_ref().take(3) {
+        drop(c);
+    }
+    for c in clients.by_ref().take(2) {
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt with a valid struct of the size given.
+        let rc = unsafe {
+            libc::setsockopt(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger as *const _ as *const libc::c_void, std::mem::size_of::<libc::linger>() as libc::socklen_t)
+        };
+        assert_eq!(rc, 0, "SO_LINGER");
+        drop(c);
+    }
+    let staying: Vec<TcpStream> = clients.collect();
+    assert_eq!(staying.len(), 2);
+    let how = |h: &'static str| [labels[0], labels[1], labels[2], ("how", h)];
+    agent.wait_metrics(deadline(15), "3 abandoned by FIN and 2 by RST", |s| {
+        let got = (sample(s, "connmon_listen_abandoned_total", &how("fin")), sample(s, "connmon_listen_abandoned_total", &how("rst")));
+        if got == (Some(3.0), Some(2.0)) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+    assert_eq!(ns.run(|| accept_all(&listener)), 7);
+    agent.wait_metrics(deadline(15), "5 accepted closed, 7 waits measured", |s| {
+        let got = (
+            sample(s, "connmon_listen_accepted_closed_total", &labels),
+            sample(s, "connmon_listen_queue_wait_measured_seconds_count", &labels),
+            sample(s, "connmon_listen_abandoned_total", &how("fin")),
+        );
+        if got == (Some(5.0), Some(7.0), Some(3.0)) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+    drop(staying);
+}
