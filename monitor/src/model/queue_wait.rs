@@ -13,7 +13,6 @@ use std::{
 };
 
 use monitor_common::{QueueKey, QueueStats, AF_INET};
-use serde::Serialize;
 
 use crate::{
     kernel::probes::{add_queue_stats, KernelListenerStats},
@@ -27,46 +26,6 @@ const MIN_SPAN: f64 = 2.0;
 
 pub const METHOD_LITTLE: &str = "littles_law";
 pub const METHOD_ACCEPT: &str = "accept";
-
-/// Per-listener queue figures (None: unknown, because the probe behind it is not running or the
-/// window is still too short).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct QueueFigures {
-    /// Little's law estimate of the current wait in the queue, seconds (+Inf: connections are
-    /// queued and none was accepted during the window).
-    pub wait_seconds: Option<f64>,
-    /// Mean wait of the connections accept() took during the window, measured one by one.
-    pub wait_measured_seconds: Option<f64>,
-    /// Connections taken off the queue per second over the window.
-    pub accept_rate: Option<f64>,
-    /// Time to drain a full queue at the current accept rate: backlog / accept rate.
-    pub drain_seconds: Option<f64>,
-    /// Connections whose client closed (FIN) or reset them while they were still queued.
-    pub abandoned: Option<u64>,
-    /// Connections accept() returned already closed or reset by their client.
-    pub accepted_closed: Option<u64>,
-    /// Backlog the owner passed to listen() (negative: "the most allowed"); None when the
-    /// `listen()` call happened before the probe attached.
-    pub requested_backlog: Option<i64>,
-    /// The kernel kept a smaller backlog than was asked for (capped by net.core.somaxconn).
-    pub clamped: bool,
-    /// The kernel's running counters behind these figures (abandoned by how, the wait
-    /// histogram), summed over the listener's addresses.
-    #[serde(skip)]
-    pub stats: QueueStats,
-    /// Draining a full queue takes longer than the client timeout: clients give up first.
-    pub slow_drain: bool,
-}
-
-impl QueueFigures {
-    /// The larger of the two wait figures, for alerts.
-    pub fn worst_wait(&self) -> Option<f64> {
-        match (self.wait_seconds, self.wait_measured_seconds) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
