@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use aya::Pod;
 use monitor_common::{
     names::{globals, maps, programs},
-    SockOffsets, StormConfig, TaskOffsets, TracepointOffsets,
+    FdOffsets, SockOffsets, StormConfig, TaskOffsets, TracepointOffsets,
 };
 
 use super::{EBPF_OBJECT, PROBES};
@@ -50,17 +50,19 @@ fn bytes<T: Pod>(v: &T) -> &[u8] {
 #[test]
 fn globals_exist_with_the_size_of_their_type() {
     let mut obj = object();
-    let (sock, task, tp, storm) = (
+    let (sock, task, tp, storm, fd) = (
         SockOffsets::UNKNOWN,
         TaskOffsets::UNKNOWN,
         TracepointOffsets::UNKNOWN,
         StormConfig::DEFAULT,
+        FdOffsets::UNKNOWN,
     );
     let values: HashMap<&str, (&[u8], bool)> = HashMap::from([
         (globals::SOCK_OFFSETS, (bytes(&sock), true)),
         (globals::TASK_OFFSETS, (bytes(&task), true)),
         (globals::TP_OFFSETS, (bytes(&tp), true)),
         (globals::STORM_CONFIG, (bytes(&storm), true)),
+        (globals::FD_OFFSETS, (bytes(&fd), true)),
     ]);
     assert_eq!(
         values.len(),
