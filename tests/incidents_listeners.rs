@@ -11,7 +11,7 @@
 //! Truth here: the clients' own log of every attempt (outcome, time to the greeting the server
 //! sends at accept()), `ss -tln` and `nstat` in the test's namespace.
 
-mod common;
+use connmon_test_support as common;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

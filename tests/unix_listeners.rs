@@ -5,7 +5,7 @@
 //! overload: its queue wait from Little's law (the `sk_data_ready` probe counts unix enqueues too)
 //! against the clients' own times. Needs root.
 
-mod common;
+use connmon_test_support as common;
 
 use std::os::unix::net::UnixStream;
 
