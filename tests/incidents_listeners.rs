@@ -326,7 +326,9 @@ fn each_client_that_gives_up_in_the_queue_is_counted_once() {
     let labels = listener_labels(&ino, &port_s);
     let (listener, clients) = ns.run(|| {
         let l = listen_tcp(a, 16);
-        let cs: Vec<TcpStream> = (0..7).map(|_| TcpStream::connect(a).expect("connect")).collect();
+        let cs: Vec<TcpStream> = (0..7)
+            .map(|_| TcpStream::connect(a).expect("connect"))
+            .collect();
         (l, cs)
     });
     wait_recv_q(&ns, a, 7);
@@ -335,10 +337,19 @@ fn each_client_that_gives_up_in_the_queue_is_counted_once() {
         drop(c);
     }
     for c in clients.by_ref().take(2) {
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: setsockopt with a valid struct of the size given.
         let rc = unsafe {
-            libc::setsockopt(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger as *const _ as *const libc::c_void, std::mem::size_of::<libc::linger>() as libc::socklen_t)
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
         };
         assert_eq!(rc, 0, "SO_LINGER");
         drop(c);
@@ -347,7 +358,10 @@ fn each_client_that_gives_up_in_the_queue_is_counted_once() {
     assert_eq!(staying.len(), 2);
     let how = |h: &'static str| [labels[0], labels[1], labels[2], ("how", h)];
     agent.wait_metrics(deadline(15), "3 abandoned by FIN and 2 by RST", |s| {
-        let got = (sample(s, "connmon_listen_abandoned_total", &how("fin")), sample(s, "connmon_listen_abandoned_total", &how("rst")));
+        let got = (
+            sample(s, "connmon_listen_abandoned_total", &how("fin")),
+            sample(s, "connmon_listen_abandoned_total", &how("rst")),
+        );
         if got == (Some(3.0), Some(2.0)) {
             Ok(())
         } else {
@@ -358,7 +372,11 @@ fn each_client_that_gives_up_in_the_queue_is_counted_once() {
     agent.wait_metrics(deadline(15), "5 accepted closed, 7 waits measured", |s| {
         let got = (
             sample(s, "connmon_listen_accepted_closed_total", &labels),
-            sample(s, "connmon_listen_queue_wait_measured_seconds_count", &labels),
+            sample(
+                s,
+                "connmon_listen_queue_wait_measured_seconds_count",
+                &labels,
+            ),
             sample(s, "connmon_listen_abandoned_total", &how("fin")),
         );
         if got == (Some(5.0), Some(7.0), Some(3.0)) {

@@ -26,7 +26,10 @@ pub(crate) fn child_queued(sk: u64, key: &QueueKey) {
         return;
     }
     // SAFETY: plain helper call.
-    let child = QueuedChild { enqueued_ns: unsafe { bpf_ktime_get_ns() }, key: *key };
+    let child = QueuedChild {
+        enqueued_ns: unsafe { bpf_ktime_get_ns() },
+        key: *key,
+    };
     let _ = QUEUED_CHILDREN.insert(&sk, &child, 0);
 }
 
