@@ -23,7 +23,7 @@ use crate::{
     config::{self, flags::RunArgs},
     export::{self, pools::PoolsSection},
     kernel::probes::Probes,
-    model::{pools::PoolTracker, services::Services, storms::StormTracker},
+    model::{destinations, pools::PoolTracker, services::Services, storms::StormTracker},
     scan,
     web::{self, auth, tls},
 };
@@ -46,6 +46,11 @@ impl Agent {
     fn tick(&self) {
         self.lock().tick();
     }
+
+    fn evaluate_alerts(&self) {
+        let view = self.cluster.as_ref().map(Cluster::view);
+        self.lock().evaluate_alerts(view.as_ref().map(|v| &*v.names));
+    }
 }
 
 impl web::Endpoints for Agent {
@@ -58,6 +63,7 @@ impl web::Endpoints for Agent {
         let mut c = self.lock();
         let g = c.gather(true);
         let section = PoolsSection {
+            destinations: &g.destinations,
             pools: &g.pools,
             signals: &g.pool_signals,
             extras: g.extras.as_ref(),
@@ -127,6 +133,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     observer.full_scans = scan::FullScans::new(args.scan_budget);
     observer.queues = crate::model::queue_wait::QueueTracker::new(alert_cfg.accept_queue_slow_failure.client_timeout.0);
+    observer.destinations = destinations::Tracker::new(
+        alert_cfg.destination_saturated.clone(),
+        alert_cfg.dependency_failing.clone(),
+        alert_cfg.near_ceiling.clone(),
+    );
     observer.alerts = Some(Alerting {
         engine: Engine::new(alert_cfg, ceilings),
         notifier,
@@ -189,7 +200,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tick.tick().await;
             if web::Endpoints::is_ready(&*evaluator) {
                 let e = Arc::clone(&evaluator);
-                if let Err(err) = tokio::task::spawn_blocking(move || e.lock().evaluate_alerts()).await {
+                if let Err(err) = tokio::task::spawn_blocking(move || e.evaluate_alerts()).await {
                     warn!("alert evaluation failed: {err}");
                 }
             }

@@ -8,8 +8,10 @@ use log::{info, warn};
 
 use crate::{
     alerts::{self, notify, notify::Notifier, Engine},
+    attribution::cluster_map::Names,
     kernel::probes::{self, Probes},
     model::{
+        destinations::{self, Destination},
         listeners::{self, PeakTracker},
         pools::{self, PoolTracker},
         queue_wait::{QueueTracker, Sources as QueueSources},
@@ -27,6 +29,8 @@ pub struct Observer {
     pub storms: StormTracker,
     pub alerts: Option<Alerting>,
     pub full_scans: scan::FullScans,
+    pub destinations: destinations::Tracker,
+    started: Instant,
 }
 
 /// The built-in alert rules and where their results go.
@@ -44,6 +48,7 @@ pub struct Gathered {
     pub extras: Option<pools::KernelExtras>,
     pub pool_signals: HashMap<monitor_common::PoolKey, Signals>,
     pub listener_signals: HashMap<listeners::ListenerId, Signals>,
+    pub destinations: Vec<Destination>,
     pub seconds: f64,
     /// Seconds since connections were last dumped (0 when this gather dumped them).
     pub connections_age: f64,
@@ -60,6 +65,8 @@ impl Observer {
             storms,
             alerts: None,
             full_scans: scan::FullScans::new(1.0),
+            destinations: destinations::Tracker::new(Default::default(), Default::default(), Default::default()),
+            started: Instant::now(),
         }
     }
 
@@ -96,9 +103,10 @@ impl Observer {
     }
 
     /// A full scan with connections, kernel peaks folded in (a new peak period starts only when
-    /// `scrape`), pools and storm signals.
+    /// `scrape`), pools, destinations and storm signals. Destinations record a sample for the
+    /// alert rules only when not `scrape`, so how often Prometheus scrapes does not matter.
     pub fn gather(&mut self, scrape: bool) -> Gathered {
-        let Observer { probes, peaks, queues, pools, storms, full_scans, .. } = self;
+        let Observer { probes, peaks, queues, pools, storms, full_scans, destinations, started, .. } = self;
         let t0 = Instant::now();
         let scan_started_ns = monotonic_ns();
         let (scan, fresh) = full_scans.scan();
@@ -125,8 +133,10 @@ impl Observer {
                 (pools::from_scan(&scan, &services, pools.cgroups()), None)
             }
         };
+        let destinations = destinations.update(started.elapsed().as_secs_f64(), &pool_list, !scrape, scrape);
         Gathered {
             snap,
+            destinations,
             pools: pool_list,
             extras,
             pool_signals: storms.pool_signals(),
@@ -136,14 +146,25 @@ impl Observer {
         }
     }
 
-    /// Evaluates the alert rules on a fresh scan; logs and pushes what changed.
-    pub fn evaluate_alerts(&mut self) {
+    /// Evaluates the alert rules on a fresh scan; logs and pushes what changed. `names` are the
+    /// Kubernetes API's, when it is used.
+    pub fn evaluate_alerts(&mut self, names: Option<&Names>) {
         if self.alerts.is_none() {
             return;
         }
         let g = self.gather(false);
         let Some(a) = self.alerts.as_mut() else { return };
+        let peer_names: HashMap<std::net::IpAddr, String> = names
+            .map(|n| {
+                g.destinations
+                    .iter()
+                    .filter_map(|d| n.peer(d.key.dst_addr).map(|p| (d.key.dst_addr, format!("{} {}/{}", p.kind.as_str(), p.namespace, p.name))))
+                    .collect()
+            })
+            .unwrap_or_default();
         let inputs = alerts::Inputs {
+            destinations: &g.destinations,
+            peer_names: &peer_names,
             pools: &g.pools,
             listeners: &g.snap.listeners,
             namespaces: &g.snap.namespaces,

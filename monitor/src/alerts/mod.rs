@@ -1,9 +1,12 @@
 //! Built-in alerts on unbounded growth. Each evaluation records a sample per pool and listener,
-//! judges five rules (pool growth with a projected time to the service's ceiling, saturated
-//! accept queues, listen overflows, in-flight growth with a flat accept rate, retry storms), and
+//! judges eight rules (pool growth with a projected time to the service's ceiling, saturated
+//! accept queues, listen overflows, in-flight growth with a flat accept rate, retry storms, and
+//! per destination, in `destinations`: a server at its ceiling, a dependency failing for many
+//! workloads, growth toward a configured ceiling), and
 //! runs every alert instance through the same state machine: pending until its condition has held
 //! for `for`, firing until it has been false for `clear_for`. Slopes are Theil–Sen fits, so one
 //! noisy sample cannot fire or resolve an alert.
+pub mod destinations;
 pub mod notify;
 mod slow_failure;
 
@@ -16,6 +19,7 @@ use serde::Serialize;
 
 use crate::{
     config::{AlertsConfig, Timed as _, Timing},
+    model::destinations::Destination,
     model::listeners::{Listener, ListenerId, NetnsStats, LISTENER_LABELS},
     model::pools::{Pool, POOL_LABELS},
     model::stats::theil_sen,
@@ -31,10 +35,23 @@ pub enum Alert {
     ListenOverflow,
     InflightGrowth,
     RetryStorm,
+    DestinationSaturated,
+    DependencyFailing,
+    NearCeiling,
 }
 
 impl Alert {
-    pub const ALL: [Alert; 6] = [Alert::PoolGrowth, Alert::QueueSaturated, Alert::SlowFailure, Alert::ListenOverflow, Alert::InflightGrowth, Alert::RetryStorm];
+    pub const ALL: [Alert; 9] = [
+        Alert::PoolGrowth,
+        Alert::QueueSaturated,
+        Alert::SlowFailure,
+        Alert::ListenOverflow,
+        Alert::InflightGrowth,
+        Alert::RetryStorm,
+        Alert::DestinationSaturated,
+        Alert::DependencyFailing,
+        Alert::NearCeiling,
+    ];
 
     /// The `alertname` label.
     pub const fn name(self) -> &'static str {
@@ -45,6 +62,9 @@ impl Alert {
             Alert::ListenOverflow => "ListenOverflow",
             Alert::InflightGrowth => "InFlightGrowth",
             Alert::RetryStorm => "RetryStorm",
+            Alert::DestinationSaturated => "DestinationSaturated",
+            Alert::DependencyFailing => "DependencyFailing",
+            Alert::NearCeiling => "ConnectionPoolNearCeiling",
         }
     }
 }
@@ -77,6 +97,9 @@ pub struct Inputs<'a> {
     pub namespaces: &'a [NetnsStats],
     pub pool_signals: &'a HashMap<monitor_common::PoolKey, Signals>,
     pub listener_signals: &'a HashMap<ListenerId, Signals>,
+    pub destinations: &'a [Destination],
+    /// Kubernetes names of destination addresses ("service data/redis"), when the API is used.
+    pub peer_names: &'a HashMap<std::net::IpAddr, String>,
 }
 
 /// An alert as `connmon alerts`, the metrics and Alertmanager see it.
@@ -145,7 +168,7 @@ fn local(l: &Listener) -> String {
     }
 }
 
-fn human(secs: f64) -> String {
+pub(crate) fn human(secs: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs.max(0.0).round() as u64)).to_string()
 }
 
@@ -224,6 +247,23 @@ impl Engine {
                 let (cond, n) = increased(&series, now, self.cfg.listen_overflow.window.0.as_secs_f64());
                 let ann = labels(&[("summary", format!("network namespace {} counted {n} ListenOverflows in the last {}", ns.inode, human(self.cfg.listen_overflow.window.0.as_secs_f64()))), ("overflows", n.to_string())]);
                 judged.push((Alert::ListenOverflow, nl, cond, ann));
+            }
+        }
+        for d in inputs.destinations {
+            let dl = destinations::labels(&d.key);
+            let configured = self.ceilings.get(&d.key.service).copied();
+            if self.cfg.destination_saturated.enabled {
+                let (cond, ann) = destinations::saturated(d, &self.cfg.destination_saturated, configured);
+                judged.push((Alert::DestinationSaturated, dl.clone(), cond, ann));
+            }
+            if self.cfg.dependency_failing.enabled {
+                let name = inputs.peer_names.get(&d.key.dst_addr).cloned();
+                let (cond, ann) = destinations::dependency_failing(d, &self.cfg.dependency_failing, name);
+                judged.push((Alert::DependencyFailing, dl.clone(), cond, ann));
+            }
+            if let (Some(ceiling), true) = (configured, self.cfg.near_ceiling.enabled) {
+                let (cond, ann) = destinations::near_ceiling(d, &self.cfg.near_ceiling, ceiling);
+                judged.push((Alert::NearCeiling, dl, cond, ann));
             }
         }
         if self.cfg.retry_storm.enabled {
@@ -336,6 +376,9 @@ impl Engine {
             Alert::ListenOverflow => self.cfg.listen_overflow.timing(),
             Alert::InflightGrowth => self.cfg.inflight_growth.timing(),
             Alert::RetryStorm => self.cfg.retry_storm.timing(),
+            Alert::DestinationSaturated => self.cfg.destination_saturated.timing(),
+            Alert::DependencyFailing => self.cfg.dependency_failing.timing(),
+            Alert::NearCeiling => self.cfg.near_ceiling.timing(),
         }
     }
 

@@ -62,6 +62,9 @@ pub struct AlertsConfig {
     pub listen_overflow: OverflowRule,
     pub inflight_growth: InFlightRule,
     pub retry_storm: StormRule,
+    pub destination_saturated: DestinationSaturatedRule,
+    pub dependency_failing: DependencyFailingRule,
+    pub near_ceiling: NearCeilingRule,
 }
 
 impl Default for AlertsConfig {
@@ -76,6 +79,9 @@ impl Default for AlertsConfig {
             listen_overflow: OverflowRule::default(),
             inflight_growth: InFlightRule::default(),
             retry_storm: StormRule::default(),
+            destination_saturated: DestinationSaturatedRule::default(),
+            dependency_failing: DependencyFailingRule::default(),
+            near_ceiling: NearCeilingRule::default(),
         }
     }
 }
@@ -219,7 +225,76 @@ macro_rules! timed {
         }
     )*};
 }
-timed!(PoolGrowthRule, SaturationRule, SlowFailureRule, OverflowRule, InFlightRule, StormRule);
+timed!(PoolGrowthRule, SaturationRule, SlowFailureRule, OverflowRule, InFlightRule, StormRule, DestinationSaturatedRule, DependencyFailingRule, NearCeilingRule);
+
+/// DestinationSaturated: a server that holds this host's connections while rejecting new ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DestinationSaturatedRule {
+    pub enabled: bool,
+    /// Span over which rejections and attempts are counted.
+    pub window: Dur,
+    /// Least rejections within the window; they must also fall in two evaluation intervals (a
+    /// single burst is not a sustained rate).
+    pub min_rejections: Positive,
+    /// Least share of the connect attempts of those intervals that were rejected.
+    pub min_ratio: Ratio,
+    /// How far the open count may rise above what was held when rejections began (share of it,
+    /// plus one connection) and still count as "stopped growing".
+    pub max_growth: Ratio,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
+}
+
+impl Default for DestinationSaturatedRule {
+    fn default() -> Self {
+        Self { enabled: true, window: secs(30), min_rejections: Positive(3.0), min_ratio: Ratio(0.5), max_growth: Ratio(0.1), for_duration: secs(0), clear_for: secs(30) }
+    }
+}
+
+/// DependencyFailing: one destination failing for many client workloads at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DependencyFailingRule {
+    pub enabled: bool,
+    /// Span within which the workloads' failures must fall.
+    pub window: Dur,
+    /// Least distinct client workloads (cgroups, or process names where there is no cgroup).
+    pub min_workloads: Positive,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
+}
+
+impl Default for DependencyFailingRule {
+    fn default() -> Self {
+        Self { enabled: true, window: secs(30), min_workloads: Positive(3.0), for_duration: secs(0), clear_for: secs(30) }
+    }
+}
+
+/// ConnectionPoolNearCeiling: a destination whose open connections approach its `[ceilings]`
+/// value fast, or already hold most of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NearCeilingRule {
+    pub enabled: bool,
+    /// Span the short-term growth rate is fitted over.
+    pub window: Dur,
+    /// Fires when, at that rate, the destination reaches its configured ceiling within this span...
+    pub horizon: Dur,
+    /// ...or already holds this share of it.
+    pub fill: Ratio,
+    #[serde(rename = "for")]
+    pub for_duration: Dur,
+    pub clear_for: Dur,
+}
+
+impl Default for NearCeilingRule {
+    fn default() -> Self {
+        Self { enabled: true, window: secs(30), horizon: secs(120), fill: Ratio(0.9), for_duration: secs(0), clear_for: secs(60) }
+    }
+}
 
 impl Config {
     /// Spans that would make a rule meaningless at zero.
@@ -234,6 +309,10 @@ impl Config {
             ("alerts.accept_queue_slow_failure.window", a.accept_queue_slow_failure.window),
             ("alerts.accept_queue_slow_failure.client_timeout", a.accept_queue_slow_failure.client_timeout),
             ("alerts.inflight_growth.window", a.inflight_growth.window),
+            ("alerts.destination_saturated.window", a.destination_saturated.window),
+            ("alerts.dependency_failing.window", a.dependency_failing.window),
+            ("alerts.near_ceiling.window", a.near_ceiling.window),
+            ("alerts.near_ceiling.horizon", a.near_ceiling.horizon),
         ];
         match spans.iter().find(|(_, d)| d.0.is_zero()) {
             Some((key, _)) => Err(format!("{key} must be longer than 0s")),

@@ -19,6 +19,10 @@ pub struct StormOverrides {
     /// Attempts per second below which nothing is a storm [default: 5].
     #[arg(long = "storm.min-rate", value_parser = positive)]
     pub min_rate: Option<Positive>,
+    /// Attempts per second at or above which a pool whose every attempt (90% or more) is
+    /// rejected is a storm, whatever its baseline [default: 2].
+    #[arg(long = "storm.min-rate-rejected", value_parser = positive)]
+    pub min_rate_rejected: Option<Positive>,
     /// How many times its own baseline the attempt rate must reach [default: 3].
     #[arg(long = "storm.rate-factor", value_parser = positive)]
     pub rate_factor: Option<Positive>,
@@ -51,6 +55,10 @@ pub struct StormSettings {
     pub short_lived: Duration,
     /// Attempts per second below which nothing is a storm.
     pub min_rate: f64,
+    /// The floor instead, for an interval in which nearly every attempt went bad: a pool whose
+    /// whole traffic is being turned away is a storm at a few attempts a second, whatever its
+    /// baseline. Backoff still clears it, so slow polite retries are not flagged.
+    pub min_rate_rejected: f64,
     /// How many times its baseline the attempt rate must be.
     pub rate_factor: f64,
     /// Share of attempts that failed or died young.
@@ -75,6 +83,7 @@ impl Default for StormSettings {
         Self {
             short_lived: Duration::from_secs(1),
             min_rate: 5.0,
+            min_rate_rejected: 2.0,
             rate_factor: 3.0,
             bad_ratio: 0.5,
             min_backoff: 1.5,
@@ -93,7 +102,7 @@ impl StormOverrides {
         macro_rules! pick {
             ($($f:ident),*) => { StormOverrides { $($f: self.$f.or(fallback.$f)),* } };
         }
-        pick!(short_lived, min_rate, rate_factor, bad_ratio, min_backoff, for_duration, hold_down, window, warmup)
+        pick!(short_lived, min_rate, min_rate_rejected, rate_factor, bad_ratio, min_backoff, for_duration, hold_down, window, warmup)
     }
 
     /// The given settings over the defaults.
@@ -102,6 +111,7 @@ impl StormOverrides {
         StormSettings {
             short_lived: self.short_lived.map_or(d.short_lived, |v| v.0),
             min_rate: self.min_rate.map_or(d.min_rate, |v| v.0),
+            min_rate_rejected: self.min_rate_rejected.map_or(d.min_rate_rejected, |v| v.0),
             rate_factor: self.rate_factor.map_or(d.rate_factor, |v| v.0),
             bad_ratio: self.bad_ratio.map_or(d.bad_ratio, |v| v.0),
             min_backoff: self.min_backoff.map_or(d.min_backoff, |v| v.0),

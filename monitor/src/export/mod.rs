@@ -18,6 +18,7 @@ use crate::{
 };
 
 pub mod cluster;
+pub mod destinations;
 pub mod pools;
 pub mod queues;
 pub mod storms;
@@ -65,6 +66,12 @@ pub const METRICS: &[&str] = &[
     pools::POOL_RESETS,
     pools::POOL_SHORT_LIVED,
     pools::POOL_DIED_YOUNG,
+    pools::POOL_PENDING,
+    destinations::DEST_CONNECTIONS,
+    destinations::DEST_PEAK,
+    destinations::DEST_PENDING,
+    destinations::DEST_REJECTIONS,
+    destinations::DEST_CEILING,
     storms::RETRY_STORM,
     storms::RETRY_STORM_SCORE,
     storms::POOL_BACKOFF,
@@ -307,7 +314,7 @@ mod tests {
         let ctx = Context { probes: &probes, scan_seconds: 0.01, connections_age: 0.0, max_listener_series: 10, alerts: &[], alerts_fired: &fired, cluster: None };
         let none = Default::default();
         let none_l = Default::default();
-        let section = pools::PoolsSection { pools: &[], signals: &none, extras: None, listener_signals: &none_l, max_series: 10 };
+        let section = pools::PoolsSection { pools: &[], destinations: &[], signals: &none, extras: None, listener_signals: &none_l, max_series: 10 };
         let text = render(&Snapshot::default(), &section, &ctx);
         assert!(text.contains("connmon_probe_up{probe=\"listen_peak\"} 1"), "{text}");
         assert!(text.contains("connmon_probe_up{probe=\"synack_retransmit\"} 0"), "{text}");
@@ -317,7 +324,7 @@ mod tests {
 
     #[test]
     fn metrics_lists_every_metric_name_constant() {
-        let sources = [include_str!("mod.rs"), include_str!("cluster.rs"), include_str!("pools.rs"), include_str!("storms.rs"), include_str!("queues.rs")];
+        let sources = [include_str!("mod.rs"), include_str!("cluster.rs"), include_str!("pools.rs"), include_str!("storms.rs"), include_str!("queues.rs"), include_str!("destinations.rs")];
         let mut declared = Vec::new();
         for src in sources {
             for (i, _) in src.match_indices(": &str = \"connmon_") {

@@ -38,9 +38,11 @@ pub const POOL_SYN_RETRANS: &str = "connmon_pool_syn_retransmits_total";
 pub const POOL_RESETS: &str = "connmon_pool_resets_total";
 pub const POOL_SHORT_LIVED: &str = "connmon_pool_short_lived_total";
 pub const POOL_DIED_YOUNG: &str = "connmon_pool_died_young_total";
+pub const POOL_PENDING: &str = "connmon_pool_connects_pending";
 
 pub struct PoolsSection<'a> {
     pub pools: &'a [Pool],
+    pub destinations: &'a [crate::model::destinations::Destination],
     /// Retry-storm signals per pool (empty when the detector has none).
     pub signals: &'a HashMap<PoolKey, Signals>,
     /// None when the pools probe is down: then only gauges from scans are exported.
@@ -54,6 +56,7 @@ pub struct PoolsSection<'a> {
 struct Row {
     active: i64,
     peak: i64,
+    pending: i64,
     stats: Option<PoolStats>,
     keys: Vec<PoolKey>,
 }
@@ -67,6 +70,7 @@ fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
     for p in pools {
         let r = merged.entry(p.label_values()).or_default();
         merge(r, p.active, p.peak, p.stats.as_ref());
+        r.pending += p.pending;
         r.keys.extend(p.key);
     }
     let mut all: Vec<([String; 5], Row)> = merged.into_iter().collect();
@@ -79,6 +83,7 @@ fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
     let mut other = Row::default();
     for (_, r) in &rest {
         merge(&mut other, r.active, r.peak, r.stats.as_ref());
+        other.pending += r.pending;
         other.keys.extend(&r.keys);
     }
     all.push(([OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into()], other));
@@ -123,6 +128,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         established.get_or_create(&super::listener_labels(l)).set(i64::from(l.established));
     }
 
+    super::destinations::register(reg, section.destinations, &exported, section.extras.is_some());
     let Some(extras) = section.extras else {
         // Without the pools probe there are no pool signals, but listeners still have theirs.
         super::storms::register(reg, &[], listeners, section.listener_signals);
@@ -135,6 +141,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     let syn_retrans = counter_family(reg, POOL_SYN_RETRANS, "SYNs of the pool's connects that were retransmitted because the server did not answer in time");
     let resets = counter_family(reg, POOL_RESETS, "Resets on the pool's connections: direction=received (including refused connects) or sent");
     let short_lived = counter_family(reg, POOL_SHORT_LIVED, "Connections of the pool that closed sooner than --storm.short-lived after their handshake (churn)");
+    let pending = gauge_family(reg, POOL_PENDING, "Connects of the pool in flight now (SYN_SENT: connect() called, handshake not complete); a blackholed server shows here at once");
     let died_young = counter_family(reg, POOL_DIED_YOUNG, "Short-lived connections of the pool that the server ended: how=reset (rejected) or how=server_closed (the server hung up first: a rejection, or a server that closes after each response)");
     let mut storm_rows = Vec::new();
     let mut hists = Histograms::default();
@@ -156,6 +163,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
             resets.get_or_create(&with).inc_by(n);
         }
         short_lived.get_or_create(&l).inc_by(s.short_lived);
+        pending.get_or_create(&l).set(r.pending);
         for (how, n) in [("reset", s.died_reset), ("server_closed", s.died_server_closed)] {
             let mut with = l.clone();
             with.push(("how".into(), how.into()));

@@ -2,6 +2,7 @@
 //! drops, peaks), connection pools (client workload × destination), service classes of
 //! destinations, and the retry-storm detector with its robust statistics. These are the figures
 //! that the exporter, the alert rules and the CLI all show.
+pub mod destinations;
 pub mod listeners;
 pub mod pools;
 pub mod queue_wait;

@@ -46,6 +46,9 @@ pub struct Pool {
     pub netns: u64,
     pub active: i64,
     pub peak: i64,
+    /// Connects in flight now (SYN_SENT: connect() called, handshake not complete), from the
+    /// kernel's socket table; 0 without the pools probe.
+    pub pending: i64,
     /// Connections already open when counting began.
     pub seeded: i64,
     pub attempts: Option<u64>,
@@ -165,6 +168,7 @@ fn pool_of(key: &PoolKey, services: &Services, cgroups: &mut CgroupNames, protoc
         netns: u64::from(key.netns),
         active: 0,
         peak: 0,
+        pending: 0,
         seeded: 0,
         attempts: None,
         opens: None,
@@ -340,6 +344,7 @@ impl PoolTracker {
             }
         }
         self.learn_protocols(ebpf);
+        let pending = pending_connects(ebpf);
         let mut keys: HashSet<PoolKey> = stats.keys().copied().collect();
         keys.extend(live.keys().copied());
         keys.extend(self.seeded.keys().copied());
@@ -366,6 +371,7 @@ impl PoolTracker {
             pools.push(Pool {
                 active,
                 peak,
+                pending: pending.get(&key).copied().unwrap_or(0),
                 seeded,
                 attempts: Some(s.attempts),
                 opens: Some(s.opens),
@@ -436,6 +442,19 @@ impl PoolTracker {
     }
 }
 
+/// Connects in flight per pool: socket-table entries whose handshake has not completed. A failed
+/// connect leaves the table at once, so a blackholed server shows here from its first SYN; an
+/// entry whose failure event was missed is removed by reconciliation after STALE_CONNECT_NS.
+fn pending_connects(ebpf: &Ebpf) -> HashMap<PoolKey, i64> {
+    let mut out: HashMap<PoolKey, i64> = HashMap::new();
+    if let Ok(socks) = map::<BpfHashMap<&MapData, u64, SockInfo>>(ebpf, "SOCKS") {
+        for (_, info) in socks.iter().filter_map(Result::ok).filter(|(_, i)| i.established_ns == 0) {
+            *out.entry(info.pool).or_default() += 1;
+        }
+    }
+    out
+}
+
 pub fn read_stats(ebpf: &Ebpf) -> HashMap<PoolKey, PoolStats> {
     let Ok(m) = map::<PerCpuHashMap<&MapData, PoolKey, PoolStats>>(ebpf, POOL_STATS) else {
         return HashMap::new();
@@ -504,6 +523,7 @@ pub mod tests_support {
             netns: 1,
             active,
             peak: active,
+            pending: 0,
             seeded: 0,
             attempts: None,
             opens: None,

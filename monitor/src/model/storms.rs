@@ -102,6 +102,9 @@ pub struct Detector {
     first_seen: Option<f64>,
     matching_since: Option<f64>,
     calm_since: Option<f64>,
+    /// An interval with attempts that mostly succeeded has been seen: server hang-ups young are
+    /// then a change, not how this server always behaves (one closing after each response).
+    healthy_seen: bool,
     pub signals: Signals,
 }
 
@@ -113,6 +116,10 @@ pub enum Transition {
 }
 
 const MAX_FAILURE_TIMES: usize = 64;
+
+/// Share of an interval's attempts that went bad above which the pool's whole traffic is being
+/// rejected (see StormSettings::min_rate_rejected).
+const ALL_REJECTED: f64 = 0.9;
 
 impl Detector {
     /// A failed attempt that started at `ts_ns`.
@@ -146,7 +153,23 @@ impl Detector {
         let (tick_rate, tick_bad) = rates(last, (now, r), soft);
         let times: Vec<u64> = self.failures.iter().copied().collect();
         let estimate = estimate(&times);
-        let threshold = cfg.min_rate.max(cfg.rate_factor * self.baseline.unwrap_or(0.0));
+        let (_, tick_hard) = rates(last, (now, r), false);
+        let (_, tick_all) = rates(last, (now, r), true);
+        if tick_rate > 0.0 && tick_all < cfg.bad_ratio {
+            self.healthy_seen = true;
+        }
+        // The whole of the pool's traffic turned away: hard evidence, or server hang-ups on a pool
+        // that once had healthy connections. Then the lower floor applies, whatever the baseline.
+        let healthy_seen = self.healthy_seen;
+        let normal = cfg.min_rate.max(cfg.rate_factor * self.baseline.unwrap_or(0.0));
+        let threshold_for = |bad: f64, hard: f64| {
+            if bad >= ALL_REJECTED && (hard >= ALL_REJECTED || healthy_seen) {
+                cfg.min_rate_rejected.min(normal)
+            } else {
+                normal
+            }
+        };
+        let threshold = threshold_for(bad_ratio, rates(self.history[0], (now, r), false).1);
         let score = Score {
             rate: (rate / threshold).min(1.0),
             failures: (bad_ratio / cfg.bad_ratio).min(1.0),
@@ -156,7 +179,7 @@ impl Detector {
         };
         let score = Score { overall: score.rate.min(score.failures).min(score.backoff), ..score };
         let dt = now - last.0;
-        let matching = tick_rate >= threshold && tick_bad >= cfg.bad_ratio && estimate.is_none_or(|e| e.backoff < cfg.min_backoff);
+        let matching = tick_rate >= threshold_for(tick_bad, tick_hard) && tick_bad >= cfg.bad_ratio && estimate.is_none_or(|e| e.backoff < cfg.min_backoff);
         let mut transition = None;
         // A match is judged on the whole interval since the last tick, so the signature has held
         // since that interval began, not since this tick. Ticks run a few milliseconds early or

@@ -152,3 +152,64 @@ fn server_hangups_count_only_against_an_established_baseline() {
     }
     assert!(started.is_some_and(|s| s <= 24), "{:?} {:?}", started, d.signals);
 }
+
+#[test]
+fn a_pool_whose_whole_traffic_is_rejected_is_a_storm_at_four_a_second() {
+    // A pool that grew healthily (connections held), then every reconnect is hung up on young at
+    // 4/s, flat: below --storm.min-rate, and its baseline is higher still, yet a storm.
+    let mut d = Detector::default();
+    let mut r = Reading::default();
+    for s in 0..20u64 {
+        r.attempts += 10;
+        d.tick(s as f64, r, &cfg());
+    }
+    let mut started = None;
+    for s in 20..30u64 {
+        r.attempts += 4;
+        r.soft += 4;
+        for k in 0..4 {
+            d.failure(s * 1000 * MS + k * 250 * MS);
+        }
+        if d.tick(s as f64, r, &cfg()) == Some(Transition::Started) {
+            started = Some(s);
+        }
+    }
+    assert!(
+        started.is_some_and(|s| s <= 23),
+        "{started:?} {:?}",
+        d.signals
+    );
+    // The same rate rejected with hard evidence from the start (refused): a storm too.
+    let mut d = Detector::default();
+    let mut r = Reading::default();
+    let mut started = None;
+    for s in 0..10u64 {
+        r.attempts += 3;
+        r.hard += 3;
+        for k in 0..3 {
+            d.failure(s * 1000 * MS + k * 333 * MS);
+        }
+        if d.tick(s as f64, r, &cfg()) == Some(Transition::Started) {
+            started = Some(s);
+        }
+    }
+    assert!(
+        started.is_some_and(|s| s <= 4),
+        "{started:?} {:?}",
+        d.signals
+    );
+    // One refused attempt a second, or a slower pace: below the floor, never a storm.
+    let mut d = Detector::default();
+    let mut r = Reading::default();
+    for s in 0..30u64 {
+        r.attempts += 1;
+        r.hard += 1;
+        d.failure(s * 1000 * MS);
+        assert_eq!(
+            d.tick(s as f64, r, &cfg()),
+            None,
+            "tick {s}: {:?}",
+            d.signals
+        );
+    }
+}
