@@ -33,7 +33,8 @@ pub fn saturated(
         && r.rejected as f64 >= rule.min_rejections.0
         && r.rejecting_intervals >= 2
         && ratio >= rule.min_ratio.0;
-    let rate = r.rejected as f64 / r.window_secs.max(1.0);
+    // Per second of the intervals that had rejections: the rate while the server rejects.
+    let rate = if r.rejecting_secs > 0.0 { r.rejected as f64 / r.rejecting_secs } else { 0.0 };
     let ceiling = d.ceiling_observed.unwrap_or(held);
     let top = top_workloads(&d.workloads, 5);
     let mut ann = BTreeMap::new();

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::config::flags::RunArgs;
 
 mod alerts;
+mod destinations;
 mod listeners;
 mod pools;
 mod storms;
@@ -27,6 +28,9 @@ pub enum Command {
     Listeners(listeners::ListenersArgs),
     /// Show connection pools (client workload × destination), busiest first.
     Pools(pools::PoolsArgs),
+    /// Show destinations (service, address, port): this host's pools summed, with the server's
+    /// rejections, connects in flight and the ceiling learned when rejections began.
+    Destinations(destinations::DestinationsArgs),
     /// Watch pools and listeners for a while and show their retry-storm signals, storms first.
     Storms(storms::StormsArgs),
     /// Show the alerts a running agent has pending or firing.
@@ -42,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             .block_on(crate::agent::run(*args)),
         Command::Listeners(args) => listeners::run(&args),
         Command::Pools(args) => pools::run(&args),
+        Command::Destinations(args) => destinations::run(&args),
         Command::Storms(args) => storms::run(&args),
         Command::Alerts(args) => alerts::run(&args),
     }

@@ -1,7 +1,7 @@
 //! Human output for the one-shot commands: aligned columns, widest value decides the width.
 use std::io::{self, Write};
 
-use crate::{alerts::AlertView, model::listeners::Listener, model::pools::Pool, model::storms::ReportRow};
+use crate::{alerts::AlertView, model::destinations::Destination, model::listeners::Listener, model::pools::Pool, model::storms::ReportRow};
 
 /// Prints rows under headers with each column as wide as its widest cell; numbers right-aligned.
 pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
@@ -95,6 +95,29 @@ pub fn print_pools(out: &mut impl Write, pools: &[Pool]) -> io::Result<()> {
                 opt(p.opens),
                 opt(p.closes),
                 opt(p.failures),
+            ]
+        })
+        .collect();
+    print(out, &headers, &rows)
+}
+
+pub fn print_destinations(out: &mut impl Write, dests: &[Destination]) -> io::Result<()> {
+    let headers = ["SERVICE", "DESTINATION", "CONNECTIONS", "PEAK", "PENDING", "REJECTED", "CEILING", "WORKLOADS", "TOP"];
+    let rows: Vec<Vec<String>> = dests
+        .iter()
+        .map(|d| {
+            let counted = |v: String| if d.probed { v } else { "-".into() };
+            let top: Vec<String> = d.workloads.iter().take(3).map(|(w, n)| format!("{}={n}", if w.is_empty() { "-" } else { w })).collect();
+            vec![
+                d.key.service.clone(),
+                std::net::SocketAddr::new(d.key.dst_addr, d.key.dst_port).to_string(),
+                d.connections.to_string(),
+                d.peak.to_string(),
+                counted(d.pending.to_string()),
+                counted(d.evidence.rejected().to_string()),
+                d.ceiling_observed.map_or("-".into(), |c| c.to_string()),
+                d.workloads.len().to_string(),
+                top.join(","),
             ]
         })
         .collect();

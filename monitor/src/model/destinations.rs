@@ -127,6 +127,8 @@ pub struct Destination {
     /// Highest sum seen since the previous scrape (at least the busiest pool's own peak).
     pub peak: i64,
     pub pending: i64,
+    /// Whether the pools probe supplied counters (without it there is no rejection evidence).
+    pub probed: bool,
     pub evidence: Evidence,
     /// Connections held when rejections last began.
     pub ceiling_observed: Option<i64>,
@@ -144,6 +146,8 @@ pub struct Recent {
     pub rejected: u64,
     pub attempts: u64,
     pub rejecting_intervals: usize,
+    /// How long those intervals lasted, seconds.
+    pub rejecting_secs: f64,
     pub window_secs: f64,
     /// Open connections when the current run of rejections began.
     pub held_at_start: Option<i64>,
@@ -185,6 +189,7 @@ struct Sum {
     connections: i64,
     pending: i64,
     max_pool_peak: i64,
+    probed: bool,
     evidence: Evidence,
     workloads: BTreeMap<String, (i64, u64)>,
 }
@@ -197,6 +202,7 @@ fn sums(pools: &[Pool]) -> BTreeMap<DestKey, Sum> {
         s.connections += p.active;
         s.pending += p.pending;
         s.max_pool_peak = s.max_pool_peak.max(p.peak);
+        s.probed |= p.stats.is_some();
         s.evidence.add(&e);
         let w = workload_of(p);
         if s.workloads.len() < MAX_WORKLOADS || s.workloads.contains_key(&w) {
@@ -283,6 +289,7 @@ impl Tracker {
                 connections: s.connections,
                 peak,
                 pending: s.pending,
+                probed: s.probed,
                 evidence: s.evidence,
                 ceiling_observed: st.ceiling,
                 workloads,
@@ -329,6 +336,7 @@ fn recent(
                 // while the pool grew toward the ceiling say nothing about the server now.
                 if s.rejected > prev.rejected {
                     r.rejecting_intervals += 1;
+                    r.rejecting_secs += s.t - prev.t;
                     r.rejected += s.rejected - prev.rejected;
                     r.attempts += s.attempts.saturating_sub(prev.attempts);
                 }

@@ -38,6 +38,7 @@
 //! - [`storm_clients`], [`storm_loops`], [`storm_view`], [`storm_lock`]: retry-storm clients, their
 //!   loops, the storm metrics and log lines, and the lock that keeps host-wide scenarios apart
 //!   (a static: one per test binary, since each binary is its own process).
+//! - [`py_client`]: the incidents' real client libraries (redis-py asyncio, psycopg) in python.
 //! - [`leak_client`], [`alertmanager`], [`alert_views`], [`agent_log`], [`scrape`]: the alert tests'
 //!   leaking client, a real Alertmanager, the agent's alert list, log-line waits, paced scraping.
 //! - [`yaml`], [`kube`]: a small YAML reader and the Kubernetes manifests' checks.
@@ -68,6 +69,7 @@ pub mod pool_fixtures;
 pub mod pool_metrics;
 pub mod proc_setup;
 pub mod prometheus;
+pub mod py_client;
 pub mod promql;
 pub mod scrape;
 pub mod servers;

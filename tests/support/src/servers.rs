@@ -211,6 +211,12 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start(port: u16) -> Postgres {
+        Postgres::start_with(port, 100)
+    }
+
+    /// [`Postgres::start`] with its own `max_connections` (its superuser_reserved_connections
+    /// stay 3; the tests connect as the superuser, so all of them can be used).
+    pub fn start_with(port: u16, max_connections: u32) -> Postgres {
         let dir = TempDir::new("cmpg");
         let data = dir.path().join("data");
         let run_dir = dir.path().join("run");
@@ -239,7 +245,7 @@ impl Postgres {
             _dir: dir,
         };
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100 -c fsync=off",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections={max_connections} -c fsync=off",
             pg.run_dir.display()
         );
         let out = run(as_postgres("pg_ctl")
