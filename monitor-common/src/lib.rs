@@ -25,9 +25,11 @@ pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_SYN_RECV: u8 = 3;
+pub const TCP_FIN_WAIT1: u8 = 4;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_LISTEN: u8 = 10;
+pub const TCP_CLOSING: u8 = 11;
 pub const TCP_NEW_SYN_RECV: u8 = 12;
 
 pub const AF_INET: u16 = 2;
@@ -353,7 +355,8 @@ pub struct SockInfo {
 }
 const _: () = assert!(size_of::<SockInfo>() == 88);
 
-/// The peer closed first (ESTABLISHED -> CLOSE_WAIT): the server hung up on the client.
+/// The peer closed first (ESTABLISHED -> CLOSE_WAIT), or at the same time as the client
+/// (FIN_WAIT1 -> CLOSING: its FIN was sent before it saw the client's): the server hung up.
 pub const SOCK_PEER_CLOSED: u16 = 1;
 /// The flow was registered with the protocol recogniser and may still be pending there.
 pub const SOCK_PROTO_PENDING: u16 = 2;

@@ -1,7 +1,7 @@
 //! Which TCP state transitions the pools probe acts on, and as what. Half of a connection's
 //! transitions (FIN_WAIT1, FIN_WAIT2, LAST_ACK, ...) are not among them: the probe leaves on
 //! those before reading anything, so this check sits first on the hot path.
-use crate::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT};
+use crate::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_SYN_RECV, TCP_SYN_SENT};
 
 /// What a transition means to the pools probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,7 +12,10 @@ pub enum Transition {
     Accept,
     /// SYN_SENT -> anything: the client's handshake ended (ESTABLISHED, or CLOSE on failure).
     HandshakeEnd,
-    /// ESTABLISHED -> CLOSE_WAIT: the peer hung up first.
+    /// ESTABLISHED -> CLOSE_WAIT: the peer hung up first; or FIN_WAIT1 -> CLOSING, a simultaneous
+    /// close: the peer's FIN left before it saw ours, so it hung up too. A client that closes as
+    /// soon as it has read the server's refusal (libpq after "too many clients") often closes
+    /// before the server's FIN is in.
     PeerClosed,
     /// Anything else -> CLOSE.
     Close,
@@ -28,7 +31,7 @@ pub fn transition(old: u8, new: u8) -> Transition {
         Transition::Accept
     } else if old == TCP_SYN_SENT {
         Transition::HandshakeEnd
-    } else if old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT {
+    } else if (old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT) || (old == TCP_FIN_WAIT1 && new == TCP_CLOSING) {
         Transition::PeerClosed
     } else if new == TCP_CLOSE {
         Transition::Close
@@ -63,6 +66,9 @@ mod tests {
         assert_eq!(transition(FIN_WAIT1, FIN_WAIT2), Ignored);
         assert_eq!(transition(FIN_WAIT2, TIME_WAIT), Ignored);
         assert_eq!(transition(TCP_ESTABLISHED, TCP_CLOSE), Close);
+        // Both closing at once: the server hung up too.
+        assert_eq!(transition(FIN_WAIT1, TCP_CLOSING), PeerClosed);
+        assert_eq!(transition(TCP_CLOSING, TIME_WAIT), Ignored);
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub fn run(check: bool, with_tracefs: bool) -> Result<()> {
     debian_packages(mode, &mut missing)?;
     rust_nightly(mode, &mut missing)?;
     bpf_linker(mode, &mut missing)?;
-    kubernetes_validate(mode, &mut missing)?;
+    python_packages(mode, &mut missing)?;
     if with_tracefs {
         tracefs(mode, &mut missing)?;
     } else {
@@ -329,41 +329,74 @@ fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     }
 }
 
-/// Version printed by `python3 -m kubernetes_validate --version`, if that runs.
-fn kubernetes_validate_version() -> Option<String> {
-    stdout_of(Command::new("python3").args(["-m", "kubernetes_validate", "--version"]))
-        .map(|out| out.trim().to_owned())
+/// A package from PyPI that tests use through the `python3` on PATH.
+struct PyPackage {
+    /// Its name in setup's output.
+    name: &'static str,
+    /// The requirement given to pip.
+    requirement: &'static str,
+    /// `python3` arguments that print its version, and fail unless the right one is installed.
+    version: &'static [&'static str],
+    needed_by: &'static str,
 }
 
-/// tests/manifests.rs validates deploy/kubernetes/ against the Kubernetes API schemas with
-/// kubernetes-validate (PyPI), run as `python3 -m kubernetes_validate`. Installed with pip for the
-/// `python3` on PATH; where that python has no pip (Debian's own python3, e.g. in the Dockerfile's
-/// builder), Debian's python3-pip is installed first.
-fn kubernetes_validate(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
-    if let Some(version) = kubernetes_validate_version() {
-        println!("ok kubernetes-validate {version}");
+const PY_PACKAGES: &[PyPackage] = &[
+    PyPackage {
+        name: "kubernetes-validate",
+        requirement: "kubernetes-validate",
+        version: &["-m", "kubernetes_validate", "--version"],
+        needed_by: "tests/manifests.rs (Kubernetes manifests against the API schemas)",
+    },
+    // The incidents' client libraries. redis-py 5, whose asyncio pool defaults to
+    // max_connections 2**31 (the incident); 6 changed its retry defaults.
+    PyPackage {
+        name: "redis-py",
+        requirement: "redis>=5,<6",
+        version: &["-c", "import redis; assert redis.__version__.split('.')[0] == '5', redis.__version__; print(redis.__version__)"],
+        needed_by: "tests/incidents_pools.rs (the asyncio pool at maxclients)",
+    },
+    // psycopg 3 with its binary wheel, which carries its own libpq.
+    PyPackage {
+        name: "psycopg",
+        requirement: "psycopg[binary]>=3.1,<4",
+        version: &["-c", "import psycopg; print(psycopg.__version__, psycopg.pq.__impl__)"],
+        needed_by: "tests/incidents_pools.rs (PostgreSQL at max_connections)",
+    },
+];
+
+/// What `python3 ARGS` prints when it succeeds.
+fn py_version(p: &PyPackage) -> Option<String> {
+    stdout_of(Command::new("python3").args(p.version)).map(|out| out.trim().to_owned())
+}
+
+/// The PyPI packages of PY_PACKAGES, installed with pip for the `python3` on PATH; where that
+/// python has no pip (Debian's own python3, e.g. in the Dockerfile's builder), Debian's
+/// python3-pip is installed first. One pip run installs everything missing.
+fn python_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let mut absent = Vec::new();
+    for p in PY_PACKAGES {
+        match py_version(p) {
+            Some(version) => println!("ok {} {version}", p.name),
+            None if mode == Mode::Check => {
+                println!("missing {} (python3 -m pip install '{}'; for {})", p.name, p.requirement, p.needed_by);
+                missing.push(p.name.into());
+            }
+            None => absent.push(p),
+        }
+    }
+    if absent.is_empty() {
         return Ok(());
     }
-    if mode == Mode::Check {
-        println!("missing kubernetes-validate (python3 -m pip install kubernetes-validate)");
-        missing.push("kubernetes-validate".into());
-        return Ok(());
-    }
+    let names: Vec<&str> = absent.iter().map(|p| p.name).collect();
     let has_pip = stdout_of(Command::new("python3").args(["-m", "pip", "--version"])).is_some();
     if has_pip {
-        println!("installing kubernetes-validate (python3 -m pip install)");
+        println!("installing {} (python3 -m pip install)", names.join(", "));
     } else {
         if !is_root() {
-            bail!("python3 has no pip to install kubernetes-validate with; run `cargo xtask setup` as root (it installs Debian's python3-pip)");
+            bail!("python3 has no pip to install {} with; run `cargo xtask setup` as root (it installs Debian's python3-pip)", names.join(", "));
         }
-        println!(
-            "installing kubernetes-validate (python3 -m pip install, after Debian's python3-pip)"
-        );
-        run_inherit(
-            Command::new("apt-get")
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        println!("installing {} (python3 -m pip install, after Debian's python3-pip)", names.join(", "));
+        run_inherit(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
         run_inherit(
             Command::new("apt-get")
                 .args(["install", "-y", "--no-install-recommends", "python3-pip"])
@@ -372,15 +405,19 @@ fn kubernetes_validate(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     }
     run_inherit(
         Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(absent.iter().map(|p| p.requirement))
             // Debian's own python3 refuses `pip install` outside a virtualenv (PEP 668); as root
-            // the package goes to /usr/local, apart from Debian's. Older pips ignore this.
+            // the packages go to /usr/local, apart from Debian's. Older pips ignore this.
             .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
             .env("PIP_ROOT_USER_ACTION", "ignore")
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
     )?;
-    if kubernetes_validate_version().is_none() {
-        bail!("pip installed kubernetes-validate but `python3 -m kubernetes_validate --version` does not run");
+    for p in absent {
+        match py_version(p) {
+            Some(version) => println!("ok {} {version}", p.name),
+            None => bail!("pip installed {} but `python3 {}` does not run", p.requirement, p.version.join(" ")),
+        }
     }
     Ok(())
 }
