@@ -47,7 +47,11 @@ const PG_TOO_MANY: &str = "too many clients";
 const BOUND_SECS: f64 = 30.0;
 
 fn dest_labels<'a>(service: &'a str, port: &'a str) -> [(&'a str, &'a str); 3] {
-    [("service", service), ("dst_addr", "127.0.0.1"), ("dst_port", port)]
+    [
+        ("service", service),
+        ("dst_addr", "127.0.0.1"),
+        ("dst_port", port),
+    ]
 }
 
 /// An Instant for a Unix time.
@@ -62,7 +66,12 @@ fn instant_at(unix: f64) -> Instant {
 
 /// Established TCP connections to 127.0.0.1:`port` in the host namespace, client ends only.
 fn ss_established_to(port: u16) -> usize {
-    let out = run_ok(std::process::Command::new("ss").args(["-Htn", "state", "established", &format!("( dport = :{port} )")]));
+    let out = run_ok(std::process::Command::new("ss").args([
+        "-Htn",
+        "state",
+        "established",
+        &format!("( dport = :{port} )"),
+    ]));
     out.lines().filter(|l| !l.trim().is_empty()).count()
 }
 
@@ -77,89 +86,187 @@ fn agent_alerts_for(agent: &Agent, alertname: &str, port: &str) -> Vec<Value> {
 fn assert_silent(agent: &Agent, port: &str, comm: &str, when: &str) {
     for name in [DESTINATION_SATURATED, DEPENDENCY_FAILING] {
         let mine = agent_alerts_for(agent, name, port);
-        assert!(mine.is_empty(), "{when}: the agent lists {name} for the healthy twin on port {port}: {mine:#?}");
+        assert!(
+            mine.is_empty(),
+            "{when}: the agent lists {name} for the healthy twin on port {port}: {mine:#?}"
+        );
     }
     let s = agent.samples();
     let storm = sum_of(&s, RETRY_STORM, &[("comm", comm), ("target", "pool")]).unwrap_or(0.0);
-    assert_eq!(storm, 0.0, "{when}: the twin {comm} is flagged as a retry storm");
+    assert_eq!(
+        storm, 0.0,
+        "{when}: the twin {comm} is flagged as a retry storm"
+    );
 }
 
 /// The saturation incident for one server kind: `bad` (unbounded) against `port`, `twin`
 /// (bounded) against `twin_port`; returns (seconds from the first rejection to firing, the alert).
-fn saturation(agent: &Agent, service: &str, bad: &mut PyClient, port: u16, error: &str, twin: &PyClient, twin_port: u16) -> (f64, Value) {
+fn saturation(
+    agent: &Agent,
+    service: &str,
+    bad: &mut PyClient,
+    port: u16,
+    error: &str,
+    twin: &PyClient,
+    twin_port: u16,
+) -> (f64, Value) {
     let port_s = port.to_string();
     let twin_s = twin_port.to_string();
     let labels = dest_labels(service, &port_s);
     let first = bad.wait_first_error(error, Duration::from_secs(60));
-    eprintln!("{service}: {} saw its first {error:?} at +{:.1}s after it started", bad.name, first - (now_epoch() - bad.started.elapsed().as_secs_f64()));
+    eprintln!(
+        "{service}: {} saw its first {error:?} at +{:.1}s after it started",
+        bad.name,
+        first - (now_epoch() - bad.started.elapsed().as_secs_f64())
+    );
     // Watch the twin every second while waiting for the alert.
-    let fired = poll_every(Duration::from_secs(1), instant_at(first + BOUND_SECS + 10.0), &format!("{DESTINATION_SATURATED} for {service} on port {port}"), || {
-        assert_silent(agent, &twin_s, &twin.name, "while the unbounded pool is rejected");
-        let mine = agent_alerts_for(agent, DESTINATION_SATURATED, &port_s);
-        match mine.as_slice() {
-            [a] if a["state"] == "firing" => Ok(a.clone()),
-            _ => Err(format!("{mine:?}; client: {:?}", bad.latest())),
-        }
-    });
+    let fired = poll_every(
+        Duration::from_secs(1),
+        instant_at(first + BOUND_SECS + 10.0),
+        &format!("{DESTINATION_SATURATED} for {service} on port {port}"),
+        || {
+            assert_silent(
+                agent,
+                &twin_s,
+                &twin.name,
+                "while the unbounded pool is rejected",
+            );
+            let mine = agent_alerts_for(agent, DESTINATION_SATURATED, &port_s);
+            match mine.as_slice() {
+                [a] if a["state"] == "firing" => Ok(a.clone()),
+                _ => {
+                    let s = agent.samples();
+                    let dest: Vec<String> = s
+                        .iter()
+                        .filter(|x| x.name.starts_with("connmon_destination_") && x.label("dst_port") == Some(port_s.as_str()))
+                        .map(|x| format!("{}{{{},{}}}={}", x.name, x.label("service").unwrap_or(""), x.label("how").unwrap_or(""), x.value))
+                        .collect();
+                    Err(format!("{mine:?}; destination: {dest:?}; client: {:?}", bad.latest()))
+                }
+            }
+        },
+    );
     let since = epoch(fired["since"].as_str().expect("since"));
     let took = since - first;
-    eprintln!("{service}: {DESTINATION_SATURATED} fired {took:.1}s after the first {error:?}: {fired}");
+    eprintln!(
+        "{service}: {DESTINATION_SATURATED} fired {took:.1}s after the first {error:?}: {fired}"
+    );
     for (k, v) in labels {
         assert_eq!(fired["labels"][k].as_str(), Some(v), "label {k}: {fired}");
     }
     assert!(took <= BOUND_SECS, "{service}: {DESTINATION_SATURATED} fired {took:.1}s after the first rejection, want <= {BOUND_SECS}s: {fired}");
-    assert!(took >= -1.0, "{service}: fired {took:.1}s before the client saw a rejection: {fired}");
+    assert!(
+        took >= -1.0,
+        "{service}: fired {took:.1}s before the client saw a rejection: {fired}"
+    );
     (took, fired)
 }
 
 /// Checks the saturation annotations and series against ss and the client.
 /// After the unbounded client stopped: every error its client library raised was one rejected
-/// connection, so its pool's died-young and failed connects must add up to exactly that.
-fn check_rejections_counted(agent: &Agent, service: &str, bad: &mut PyClient) {
+/// connection. Redis hangs up (or resets) before redis-py closes, so its pool's died-young and
+/// failed connects add up to exactly that. libpq closes as soon as it has read "too many
+/// clients", often before the server's FIN is in; when even the server's FIN answers the
+/// client's, TCP shows an ordinary client close, indistinguishable from a successful short query:
+/// there, `exact` is false and connmon must count at least half of them and never more.
+fn check_rejections_counted(agent: &Agent, service: &str, bad: &mut PyClient, exact: bool) {
     let last = bad.stop();
-    let raised: u64 = last["errors"].as_object().expect("errors").values().filter_map(Value::as_u64).sum();
+    let raised: u64 = last["errors"]
+        .as_object()
+        .expect("errors")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
     let comm = [("comm", bad.name.as_str())];
-    let counted = scrape_until(agent, deadline(20), &format!("{}'s rejections counted as its client library raised them ({raised})", bad.name), |s| {
-        let young = sum_of(s, "connmon_pool_died_young_total", &comm).unwrap_or(0.0);
-        let failed = sum_of(s, "connmon_pool_connect_failures_total", &comm).unwrap_or(0.0);
-        if young + failed == raised as f64 {
-            Ok((young, failed))
-        } else {
-            Err(format!("died young {young} + failed connects {failed}"))
-        }
-    });
-    eprintln!("{service}: {} raised {raised} errors ({}); connmon counted {} died young + {} failed connects", bad.name, last["errors"], counted.0, counted.1);
+    let counted = scrape_until(
+        agent,
+        deadline(20),
+        &format!(
+            "{}'s rejections counted as its client library raised them ({raised})",
+            bad.name
+        ),
+        |s| {
+            let young = sum_of(s, "connmon_pool_died_young_total", &comm).unwrap_or(0.0);
+            let failed = sum_of(s, "connmon_pool_connect_failures_total", &comm).unwrap_or(0.0);
+            let n = young + failed;
+            if n == raised as f64 || (!exact && n <= raised as f64 && n >= raised as f64 / 2.0) {
+                Ok((young, failed))
+            } else {
+                Err(format!("died young {young} + failed connects {failed}"))
+            }
+        },
+    );
+    eprintln!(
+        "{service}: {} raised {raised} errors ({}); connmon counted {} died young + {} failed connects ({:.0}%)",
+        bad.name,
+        last["errors"],
+        counted.0,
+        counted.1,
+        (counted.0 + counted.1) * 100.0 / raised.max(1) as f64
+    );
 }
 
-fn check_saturated(agent: &Agent, service: &str, fired: &Value, bad: &PyClient, port: u16, limit: f64) {
+fn check_saturated(
+    agent: &Agent,
+    service: &str,
+    fired: &Value,
+    bad: &PyClient,
+    port: u16,
+    limit: f64,
+) {
     let port_s = port.to_string();
     let labels = dest_labels(service, &port_s);
     let ceiling = ann_f64(fired, "ceiling_observed");
-    assert!((ceiling - limit).abs() <= 1.0, "{service}: learned ceiling {ceiling}, the server's limit is {limit}: {fired}");
+    assert!(
+        (ceiling - limit).abs() <= 1.0,
+        "{service}: learned ceiling {ceiling}, the server's limit is {limit}: {fired}"
+    );
     let rate = ann_f64(fired, "rejection_rate");
     assert!((1.0..=12.0).contains(&rate), "{service}: rejection_rate {rate}/s; the client is rejected about 4 times a second: {fired}");
     let top = ann(fired, "top_workloads");
-    assert!(top.contains(bad.cgroup()), "{service}: top_workloads {top:?} lacks {}: {fired}", bad.cgroup());
+    assert!(
+        top.contains(bad.cgroup()),
+        "{service}: top_workloads {top:?} lacks {}: {fired}",
+        bad.cgroup()
+    );
     // The destination's series against ss (bracketed: ss, agent, ss).
-    let (before, s, after) = poll_until(deadline(20), &format!("{DEST_CONNECTIONS} for port {port} within ss's bracket"), || {
-        let before = ss_established_to(port);
-        let s = agent.samples();
-        let after = ss_established_to(port);
-        let v = sample(&s, DEST_CONNECTIONS, &labels).unwrap_or(-1.0);
-        if before == after && v == before as f64 {
-            Ok((before, s, after))
-        } else {
-            Err(format!("ss {before}..{after}, agent {v}"))
-        }
-    });
+    let (before, s, after) = poll_until(
+        deadline(20),
+        &format!("{DEST_CONNECTIONS} for port {port} within ss's bracket"),
+        || {
+            let before = ss_established_to(port);
+            let s = agent.samples();
+            let after = ss_established_to(port);
+            let v = sample(&s, DEST_CONNECTIONS, &labels).unwrap_or(-1.0);
+            if before == after && v == before as f64 {
+                Ok((before, s, after))
+            } else {
+                Err(format!("ss {before}..{after}, agent {v}"))
+            }
+        },
+    );
     eprintln!("{service}: {DEST_CONNECTIONS} = {before} = ss ({after}); learned ceiling {ceiling}, server limit {limit}");
-    assert_eq!(sample(&s, DEST_CEILING, &labels), Some(ceiling), "{DEST_CEILING} vs the annotation");
+    assert_eq!(
+        sample(&s, DEST_CEILING, &labels),
+        Some(ceiling),
+        "{DEST_CEILING} vs the annotation"
+    );
     // The CLI's one-shot view of the same destination, against ss.
-    let (lo, rows, hi) = (ss_established_to(port), parse_json_lines(&connmon_ok(&["destinations", "--json"])), ss_established_to(port));
+    let (lo, rows, hi) = (
+        ss_established_to(port),
+        parse_json_lines(&connmon_ok(&["destinations", "--json"])),
+        ss_established_to(port),
+    );
     // A one-shot scan has no protocol probe: a non-standard port is classed by port (other).
-    let row = rows.iter().find(|r| r["dst_port"] == port).unwrap_or_else(|| panic!("connmon destinations has no row for port {port}: {rows:#?}"));
+    let row = rows
+        .iter()
+        .find(|r| r["dst_port"] == port)
+        .unwrap_or_else(|| panic!("connmon destinations has no row for port {port}: {rows:#?}"));
     let n = row["connections"].as_i64().expect("connections") as usize;
-    assert!(lo.min(hi) <= n && n <= lo.max(hi), "connmon destinations says {n} connections to port {port}, ss {lo}..{hi}: {row}");
+    assert!(
+        lo.min(hi) <= n && n <= lo.max(hi),
+        "connmon destinations says {n} connections to port {port}, ss {lo}..{hi}: {row}"
+    );
     let rejected = sum_of(&s, DEST_REJECTIONS, &labels).unwrap_or(0.0);
     assert!(rejected >= 3.0, "{service}: {DEST_REJECTIONS} {rejected}");
 }
@@ -171,44 +278,93 @@ fn redis_unbounded_asyncio_pool_at_maxclients_fires_destination_saturated() {
     let am = Alertmanager::start();
     let agent = Agent::start(&["--alertmanager.url", &am.url()]);
     let maxclients = 24;
-    let redis = Redis::start(free_local_port(), &["--maxclients", &maxclients.to_string()]);
-    let twin_redis = Redis::start(free_local_port(), &["--maxclients", &maxclients.to_string()]);
+    let redis = Redis::start(
+        free_local_port(),
+        &["--maxclients", &maxclients.to_string()],
+    );
+    let twin_redis = Redis::start(
+        free_local_port(),
+        &["--maxclients", &maxclients.to_string()],
+    );
     for r in [&redis, &twin_redis] {
-        poll_until(deadline(10), "redis-server to have no clients", || match r.connected_clients_but_me() {
+        poll_until(deadline(10), "redis-server to have no clients", || match r
+            .connected_clients_but_me()
+        {
             0 => Ok(()),
             n => Err(format!("{n} clients")),
         });
     }
     let (port, twin_port) = (redis.port().to_string(), twin_redis.port().to_string());
     let common_args = ["--rate", "4", "--hold", "30", "--fast-secs", "3"];
-    let mut bad = PyClient::spawn("rdu", "redis-unbounded", &[&["--port", &port][..], &common_args].concat(), None);
-    let twin = PyClient::spawn("rdb", "redis-bounded", &[&["--port", &twin_port, "--limit", "8"][..], &common_args].concat(), None);
-    assert_eq!(bad.figure("max_connections"), Some(2f64.powi(31)), "redis-py's default pool is unbounded");
+    let mut bad = PyClient::spawn(
+        "rdu",
+        "redis-unbounded",
+        &[&["--port", &port][..], &common_args].concat(),
+        None,
+    );
+    let twin = PyClient::spawn(
+        "rdb",
+        "redis-bounded",
+        &[&["--port", &twin_port, "--limit", "8"][..], &common_args].concat(),
+        None,
+    );
+    assert_eq!(
+        bad.figure("max_connections"),
+        Some(2f64.powi(31)),
+        "redis-py's default pool is unbounded"
+    );
 
-    let (took, fired) = saturation(&agent, "redis", &mut bad, redis.port(), REDIS_MAXCLIENTS, &twin, twin_redis.port());
-    check_saturated(&agent, "redis", &fired, &bad, redis.port(), f64::from(maxclients));
+    let (took, fired) = saturation(
+        &agent,
+        "redis",
+        &mut bad,
+        redis.port(),
+        REDIS_MAXCLIENTS,
+        &twin,
+        twin_redis.port(),
+    );
+    check_saturated(
+        &agent,
+        "redis",
+        &fired,
+        &bad,
+        redis.port(),
+        f64::from(maxclients),
+    );
     let labels = dest_labels("redis", &port);
     let in_am = wait_am_alert(&am, deadline(20), DESTINATION_SATURATED, &labels);
     eprintln!("redis: Alertmanager has it: {}", in_am["annotations"]);
 
     // The retry-storm floor: the pool's whole traffic is rejected at about 4/s, with no backoff.
     let first = bad.first_error(REDIS_MAXCLIENTS).expect("first error");
-    let storm = scrape_until(&agent, instant_at(first + BOUND_SECS), &format!("{RETRY_STORM} for {}", bad.name), |s| {
-        match sum_of(s, RETRY_STORM, &[("comm", &bad.name), ("target", "pool")]) {
-            Some(v) if v == 1.0 => Ok(now_epoch() - first),
+    let storm = scrape_until(
+        &agent,
+        instant_at(first + BOUND_SECS),
+        &format!("{RETRY_STORM} for {}", bad.name),
+        |s| match sum_of(s, RETRY_STORM, &[("comm", &bad.name), ("target", "pool")]) {
+            Some(1.0) => Ok(now_epoch() - first),
             v => Err(format!("{v:?}")),
-        }
-    });
+        },
+    );
     eprintln!("redis: {} flagged as a retry storm {storm:.1}s after the first rejection (seen by a scrape)", bad.name);
 
     // The twin stays silent for as long as the unbounded pool has been rejected, at least 30 s.
     let until = first + took.max(BOUND_SECS) + 5.0;
     while now_epoch() < until {
-        assert_silent(&agent, &twin_port, &twin.name, "after the unbounded pool's alert");
+        assert_silent(
+            &agent,
+            &twin_port,
+            &twin.name,
+            "after the unbounded pool's alert",
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert_eq!(twin.all_errors(), serde_json::json!({}), "the bounded twin saw errors from redis-py");
-    check_rejections_counted(&agent, "redis", &mut bad);
+    assert_eq!(
+        twin.all_errors(),
+        serde_json::json!({}),
+        "the bounded twin saw errors from redis-py"
+    );
+    check_rejections_counted(&agent, "redis", &mut bad, true);
     let ok = twin.figure("ok").unwrap_or(0.0);
     assert!(ok >= 5.0, "the bounded twin completed only {ok} messages");
     eprintln!(
@@ -228,21 +384,51 @@ fn postgres_at_max_connections_fires_destination_saturated() {
     let twin_pg = Postgres::start_with(free_local_port(), max);
     let (port, twin_port) = (pg.port().to_string(), twin_pg.port().to_string());
     let common_args = ["--rate", "4", "--hold", "30", "--fast-secs", "3"];
-    let mut bad = PyClient::spawn("pgu", "pg-unbounded", &[&["--port", &port][..], &common_args].concat(), None);
-    let twin = PyClient::spawn("pgb", "pg-bounded", &[&["--port", &twin_port, "--limit", "8"][..], &common_args].concat(), None);
+    let mut bad = PyClient::spawn(
+        "pgu",
+        "pg-unbounded",
+        &[&["--port", &port][..], &common_args].concat(),
+        None,
+    );
+    let twin = PyClient::spawn(
+        "pgb",
+        "pg-bounded",
+        &[&["--port", &twin_port, "--limit", "8"][..], &common_args].concat(),
+        None,
+    );
 
-    let (took, fired) = saturation(&agent, "postgres", &mut bad, pg.port(), PG_TOO_MANY, &twin, twin_pg.port());
+    let (took, fired) = saturation(
+        &agent,
+        "postgres",
+        &mut bad,
+        pg.port(),
+        PG_TOO_MANY,
+        &twin,
+        twin_pg.port(),
+    );
     check_saturated(&agent, "postgres", &fired, &bad, pg.port(), f64::from(max));
     let first = bad.first_error(PG_TOO_MANY).expect("first error");
     let until = first + took.max(BOUND_SECS) + 5.0;
     while now_epoch() < until {
-        assert_silent(&agent, &twin_port, &twin.name, "after the unbounded pool's alert");
+        assert_silent(
+            &agent,
+            &twin_port,
+            &twin.name,
+            "after the unbounded pool's alert",
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert_eq!(twin.all_errors(), serde_json::json!({}), "the bounded twin saw errors from psycopg");
-    check_rejections_counted(&agent, "postgres", &mut bad);
+    assert_eq!(
+        twin.all_errors(),
+        serde_json::json!({}),
+        "the bounded twin saw errors from psycopg"
+    );
+    check_rejections_counted(&agent, "postgres", &mut bad, false);
     let held = twin_pg.count_by_application(&twin.name);
-    assert!(held <= 8, "pg_stat_activity shows {held} backends of the bounded twin (limit 8)");
+    assert!(
+        held <= 8,
+        "pg_stat_activity shows {held} backends of the bounded twin (limit 8)"
+    );
     eprintln!("postgres: bounded twin {}: {} queries, no error, no alert; {held} backends in pg_stat_activity", twin.name, twin.figure("ok").unwrap_or(0.0));
 }
 
@@ -252,54 +438,105 @@ fn three_workloads_losing_their_dependency_fire_dependency_failing_one_does_not(
     let shared = Redis::start(free_local_port(), &[]);
     let lone = Redis::start(free_local_port(), &[]);
     let (port, lone_port) = (shared.port().to_string(), lone.port().to_string());
-    let three: Vec<PyClient> = ["hca", "hcb", "hcc"].iter().map(|p| PyClient::spawn(p, "health", &["--port", &port], None)).collect();
+    let three: Vec<PyClient> = ["hca", "hcb", "hcc"]
+        .iter()
+        .map(|p| PyClient::spawn(p, "health", &["--port", &port], None))
+        .collect();
     let alone = PyClient::spawn("hcl", "health", &["--port", &lone_port], None);
     // Healthy: every check passes, nothing fires.
-    poll_until(deadline(20), "every readiness check to pass a few times", || {
-        let oks: Vec<f64> = three.iter().chain([&alone]).map(|c| c.figure("ok").unwrap_or(0.0)).collect();
-        if oks.iter().all(|n| *n >= 3.0) {
-            Ok(())
-        } else {
-            Err(format!("{oks:?}"))
-        }
-    });
+    poll_until(
+        deadline(20),
+        "every readiness check to pass a few times",
+        || {
+            let oks: Vec<f64> = three
+                .iter()
+                .chain([&alone])
+                .map(|c| c.figure("ok").unwrap_or(0.0))
+                .collect();
+            if oks.iter().all(|n| *n >= 3.0) {
+                Ok(())
+            } else {
+                Err(format!("{oks:?}"))
+            }
+        },
+    );
     for p in [&port, &lone_port] {
         let mine = agent_alerts_for(&agent, DEPENDENCY_FAILING, p);
-        assert!(mine.is_empty(), "{DEPENDENCY_FAILING} while the dependency is healthy: {mine:#?}");
+        assert!(
+            mine.is_empty(),
+            "{DEPENDENCY_FAILING} while the dependency is healthy: {mine:#?}"
+        );
     }
 
     let stopped = now_epoch();
     drop(shared);
     drop(lone);
-    let fired = poll_every(Duration::from_secs(1), instant_at(stopped + BOUND_SECS + 10.0), &format!("{DEPENDENCY_FAILING} for port {port}"), || {
-        let l = agent_alerts_for(&agent, DEPENDENCY_FAILING, &lone_port);
-        assert!(l.is_empty(), "{DEPENDENCY_FAILING} for a single workload's dependency: {l:#?}");
-        let mine = agent_alerts_for(&agent, DEPENDENCY_FAILING, &port);
-        match mine.as_slice() {
-            [a] if a["state"] == "firing" => Ok(a.clone()),
-            _ => Err(format!("{mine:?}")),
-        }
-    });
+    let fired = poll_every(
+        Duration::from_secs(1),
+        instant_at(stopped + BOUND_SECS + 10.0),
+        &format!("{DEPENDENCY_FAILING} for port {port}"),
+        || {
+            let l = agent_alerts_for(&agent, DEPENDENCY_FAILING, &lone_port);
+            assert!(
+                l.is_empty(),
+                "{DEPENDENCY_FAILING} for a single workload's dependency: {l:#?}"
+            );
+            let mine = agent_alerts_for(&agent, DEPENDENCY_FAILING, &port);
+            match mine.as_slice() {
+                [a] if a["state"] == "firing" => Ok(a.clone()),
+                _ => Err(format!("{mine:?}")),
+            }
+        },
+    );
     let took = epoch(fired["since"].as_str().expect("since")) - stopped;
-    eprintln!("dependency: {DEPENDENCY_FAILING} fired {took:.1}s after redis-server was stopped: {fired}");
-    assert!(took <= BOUND_SECS, "{DEPENDENCY_FAILING} took {took:.1}s, want <= {BOUND_SECS}s");
+    eprintln!(
+        "dependency: {DEPENDENCY_FAILING} fired {took:.1}s after redis-server was stopped: {fired}"
+    );
+    assert!(
+        took <= BOUND_SECS,
+        "{DEPENDENCY_FAILING} took {took:.1}s, want <= {BOUND_SECS}s"
+    );
     assert_eq!(ann(&fired, "workloads_count"), "3", "{fired}");
     let list = ann(&fired, "workloads");
     for c in &three {
-        assert!(list.contains(c.cgroup()), "workloads {list:?} lacks {}", c.cgroup());
-        assert!(c.latest().is_some_and(|v| v["errors"].as_object().is_some_and(|e| !e.is_empty())), "{} saw no error from redis-py: {:?}", c.name, c.latest());
+        assert!(
+            list.contains(c.cgroup()),
+            "workloads {list:?} lacks {}",
+            c.cgroup()
+        );
+        assert!(
+            c.latest()
+                .is_some_and(|v| v["errors"].as_object().is_some_and(|e| !e.is_empty())),
+            "{} saw no error from redis-py: {:?}",
+            c.name,
+            c.latest()
+        );
     }
-    assert!(!list.contains(alone.cgroup()), "the lone workload is listed: {list:?}");
+    assert!(
+        !list.contains(alone.cgroup()),
+        "the lone workload is listed: {list:?}"
+    );
     // A dead server holds nothing: that is not a server at its ceiling.
-    assert!(agent_alerts_for(&agent, DESTINATION_SATURATED, &port).is_empty(), "{DESTINATION_SATURATED} for a stopped server");
+    assert!(
+        agent_alerts_for(&agent, DESTINATION_SATURATED, &port).is_empty(),
+        "{DESTINATION_SATURATED} for a stopped server"
+    );
     // The lone workload's dependency is just as dead, for as long again: silent.
     let until = stopped + BOUND_SECS + 5.0;
     while now_epoch() < until {
         let l = agent_alerts_for(&agent, DEPENDENCY_FAILING, &lone_port);
-        assert!(l.is_empty(), "{DEPENDENCY_FAILING} for a single workload's dependency: {l:#?}");
+        assert!(
+            l.is_empty(),
+            "{DEPENDENCY_FAILING} for a single workload's dependency: {l:#?}"
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
-    eprintln!("dependency: the lone workload {} ({}) silent for {:.0}s after its server stopped", alone.name, alone.all_errors(), now_epoch() - stopped);
+    eprintln!(
+        "dependency: the lone workload {} ({}) silent for {:.0}s after its server stopped",
+        alone.name,
+        alone.all_errors(),
+        now_epoch() - stopped
+    );
 }
 
 #[test]
@@ -311,30 +548,56 @@ fn blackholed_destination_shows_connects_pending_as_ss_does() {
     // A listener that never accepts, its queue filled (backlog 1 admits 2): every further SYN is
     // dropped, so connects to it stay in SYN_SENT: a blackhole on loopback.
     let listener = ns.run(|| listen_tcp(addr, 1));
-    let _fill: Vec<_> = (0..2).map(|_| ns.run(|| connect_nonblocking(addr))).collect();
-    poll_until(deadline(10), "the accept queue to fill", || match ss_listener(&ns, "127.0.0.1", port) {
-        Some(l) if l.recv_q == 2 => Ok(()),
-        l => Err(format!("{l:?}")),
-    });
+    let _fill: Vec<_> = (0..2)
+        .map(|_| ns.run(|| connect_nonblocking(addr)))
+        .collect();
+    poll_until(
+        deadline(10),
+        "the accept queue to fill",
+        || match ss_listener(&ns, "127.0.0.1", port) {
+            Some(l) if l.recv_q == 2 => Ok(()),
+            l => Err(format!("{l:?}")),
+        },
+    );
     let n = 6;
-    let c = PyClient::spawn("pnd", "pending", &["--port", &port.to_string(), "--count", &n.to_string()], Some(&ns));
+    let c = PyClient::spawn(
+        "pnd",
+        "pending",
+        &["--port", &port.to_string(), "--count", &n.to_string()],
+        Some(&ns),
+    );
     let port_s = port.to_string();
     let ss_syn_sent = || {
-        let out = ns.exec_ok(&["ss", "-Htn", "state", "syn-sent", &format!("( dport = :{port} )")]);
+        let out = ns.exec_ok(&[
+            "ss",
+            "-Htn",
+            "state",
+            "syn-sent",
+            &format!("( dport = :{port} )"),
+        ]);
         out.lines().filter(|l| !l.trim().is_empty()).count()
     };
-    let (before, v, d, after) = poll_until(deadline(20), &format!("{POOL_PENDING} of {} to equal ss state syn-sent", c.name), || {
-        let before = ss_syn_sent();
-        let s = agent.samples();
-        let after = ss_syn_sent();
-        let v = sum_of(&s, POOL_PENDING, &[("comm", &c.name), ("dst_port", &port_s)]).unwrap_or(-1.0);
-        let d = sample(&s, DEST_PENDING, &dest_labels("other", &port_s)).unwrap_or(-1.0);
-        if before == n && after == n && v == n as f64 && d == n as f64 {
-            Ok((before, v, d, after))
-        } else {
-            Err(format!("ss {before}..{after}, pool {v}, destination {d}"))
-        }
-    });
+    let (before, v, d, after) = poll_until(
+        deadline(20),
+        &format!("{POOL_PENDING} of {} to equal ss state syn-sent", c.name),
+        || {
+            let before = ss_syn_sent();
+            let s = agent.samples();
+            let after = ss_syn_sent();
+            let v = sum_of(
+                &s,
+                POOL_PENDING,
+                &[("comm", &c.name), ("dst_port", &port_s)],
+            )
+            .unwrap_or(-1.0);
+            let d = sample(&s, DEST_PENDING, &dest_labels("other", &port_s)).unwrap_or(-1.0);
+            if before == n && after == n && v == n as f64 && d == n as f64 {
+                Ok((before, v, d, after))
+            } else {
+                Err(format!("ss {before}..{after}, pool {v}, destination {d}"))
+            }
+        },
+    );
     eprintln!("blackhole: {n} connects in flight: ss {before}..{after}, {POOL_PENDING} {v}, {DEST_PENDING} {d}");
     // And it goes back to 0 once the client gives up (its sockets close).
     drop(c);
@@ -349,4 +612,82 @@ fn blackholed_destination_shows_connects_pending_as_ss_does() {
         }
     });
     drop(listener);
+}
+
+#[test]
+fn fast_growth_toward_a_configured_ceiling_fires_before_reaching_it() {
+    // Only a ceiling is configured; every rule keeps its defaults.
+    let dir = TempDir::new("cminc");
+    let cfg = dir.path().join("connmon.toml");
+    std::fs::write(&cfg, "[ceilings]\nredis = 200\n").expect("write config");
+    let agent = Agent::start(&["--config.file", &cfg.display().to_string()]);
+    let redis = Redis::start(free_local_port(), &["--maxclients", "1000"]);
+    let steady_redis = Redis::start(free_local_port(), &[]);
+    let (port, steady_port) = (redis.port().to_string(), steady_redis.port().to_string());
+    // 4 new connections a second, each held for 2 minutes: 0 -> 200 in 50 s.
+    let grow = PyClient::spawn(
+        "fgu",
+        "redis-unbounded",
+        &[
+            "--port",
+            &port,
+            "--rate",
+            "4",
+            "--hold",
+            "120",
+            "--fast-secs",
+            "0",
+        ],
+        None,
+    );
+    let steady = PyClient::spawn(
+        "fgs",
+        "redis-bounded",
+        &[
+            "--port",
+            &steady_port,
+            "--rate",
+            "4",
+            "--hold",
+            "120",
+            "--fast-secs",
+            "0",
+            "--limit",
+            "8",
+        ],
+        None,
+    );
+    let fired = poll_every(
+        Duration::from_secs(1),
+        deadline(60),
+        &format!("ConnectionPoolNearCeiling for port {port}"),
+        || {
+            let s = agent_alerts_for(&agent, "ConnectionPoolNearCeiling", &steady_port);
+            assert!(
+                s.is_empty(),
+                "ConnectionPoolNearCeiling for a steady pool of 8: {s:#?}"
+            );
+            let mine = agent_alerts_for(&agent, "ConnectionPoolNearCeiling", &port);
+            match mine.as_slice() {
+                [a] if a["state"] == "firing" => Ok(a.clone()),
+                _ => Err(format!(
+                    "{mine:?}; client in use {:?}",
+                    grow.figure("in_use")
+                )),
+            }
+        },
+    );
+    let held = grow.figure("in_use").unwrap_or(0.0);
+    let current = ann_f64(&fired, "current");
+    eprintln!("fast growth: ConnectionPoolNearCeiling fired {:.1}s after the client started, at {current} connections (client holds {held}) of 200: {fired}", grow.started.elapsed().as_secs_f64());
+    assert!(
+        current < 200.0 && held < 200.0,
+        "fired only at the ceiling: {fired}"
+    );
+    assert_eq!(ann(&fired, "ceiling"), "200", "{fired}");
+    let ttc = parse_human(ann(&fired, "time_to_ceiling"))
+        .unwrap_or_else(|| panic!("time_to_ceiling: {fired}"));
+    assert!(ttc <= 120.0, "time_to_ceiling {ttc}s: {fired}");
+    assert!(agent_alerts_for(&agent, "ConnectionPoolNearCeiling", &steady_port).is_empty());
+    assert_eq!(steady.all_errors(), serde_json::json!({}));
 }

@@ -19,7 +19,8 @@ pub fn saturated(
 ) -> (bool, BTreeMap<String, String>) {
     let r = &d.recent;
     let held = r.held_at_start.unwrap_or(0);
-    let flat = d.connections as f64 <= held as f64 * (1.0 + rule.max_growth.0) + 1.0;
+    let lowest = r.recent_min.unwrap_or(d.connections);
+    let flat = d.connections as f64 <= lowest as f64 * (1.0 + rule.max_growth.0) + 1.0;
     let ratio = if r.attempts > 0 {
         r.rejected as f64 / r.attempts as f64
     } else if r.rejected > 0 {
@@ -34,7 +35,11 @@ pub fn saturated(
         && r.rejecting_intervals >= 2
         && ratio >= rule.min_ratio.0;
     // Per second of the intervals that had rejections: the rate while the server rejects.
-    let rate = if r.rejecting_secs > 0.0 { r.rejected as f64 / r.rejecting_secs } else { 0.0 };
+    let rate = if r.rejecting_secs > 0.0 {
+        r.rejected as f64 / r.rejecting_secs
+    } else {
+        0.0
+    };
     let ceiling = d.ceiling_observed.unwrap_or(held);
     let top = top_workloads(&d.workloads, 5);
     let mut ann = BTreeMap::new();
@@ -166,7 +171,6 @@ pub fn labels(k: &DestKey) -> BTreeMap<String, String> {
     .map(|(a, b)| (a.to_string(), b))
     .collect()
 }
-
 
 #[cfg(test)]
 #[path = "destinations_tests.rs"]

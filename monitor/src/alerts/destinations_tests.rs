@@ -176,3 +176,21 @@ fn near_ceiling_fires_on_fast_growth_before_the_ceiling() {
         assert!(!near_ceiling(&d[0], &rule, 100.0).0);
     }
 }
+
+#[test]
+fn a_stray_rejection_while_warming_up_does_not_hide_the_ceiling_later() {
+    let mut t = tracker();
+    let mut fired = None;
+    for step in 0..12u64 {
+        let now = step as f64 * 5.0;
+        // One connection hung up on young at 5 s while 5 were held; then growth to 50 by 20 s,
+        // and from 25 s every new connection is rejected, 4 a second, without a quiet interval.
+        let active = ((step * 12) as i64).min(50);
+        let rejected = if step >= 1 { 1 } else { 0 } + if step >= 5 { (step - 4) * 20 } else { 0 };
+        let (sat, _) = judge(&mut t, now, &[p("api", active, 60 + step * 20, rejected, 0)]);
+        if sat && fired.is_none() {
+            fired = Some(now);
+        }
+    }
+    assert!(fired.is_some_and(|f| f <= 35.0), "fired at {fired:?}");
+}

@@ -241,8 +241,8 @@ pub struct DestinationSaturatedRule {
     /// on purpose: a client that closes as soon as it has read the server's refusal (libpq does)
     /// often closes before the server's FIN arrives, and is then seen hanging up first.
     pub min_ratio: Ratio,
-    /// How far the open count may rise above what was held when rejections began (share of it,
-    /// plus one connection) and still count as "stopped growing".
+    /// How far the open count may have risen over the last 12 s (a share of its lowest count
+    /// then, plus one connection) and still count as "stopped growing".
     pub max_growth: Ratio,
     #[serde(rename = "for")]
     pub for_duration: Dur,

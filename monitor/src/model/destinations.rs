@@ -31,6 +31,11 @@ pub const REJECTION_KINDS: [&str; 5] = [
 /// Most workloads remembered per destination and sample; more are counted, not named.
 const MAX_WORKLOADS: usize = 256;
 
+/// Span over which a destination's open count must not have grown to count as held at a ceiling:
+/// two evaluation intervals and a margin. Judged over this span rather than since the first
+/// rejection, so one stray early rejection (a pool still warming up) cannot pin the reference low.
+pub const FLAT_SECS: f64 = 12.0;
+
 /// Samples older than the longest rule window are dropped; at most this many are kept besides.
 const MAX_SAMPLES: usize = 512;
 
@@ -149,8 +154,10 @@ pub struct Recent {
     /// How long those intervals lasted, seconds.
     pub rejecting_secs: f64,
     pub window_secs: f64,
-    /// Open connections when the current run of rejections began.
+    /// Open connections when the current run of rejections began (None: no run now).
     pub held_at_start: Option<i64>,
+    /// Fewest open connections over the last FLAT_SECS: what "stopped growing" is judged against.
+    pub recent_min: Option<i64>,
     /// Dependency window: workloads whose failures grew, with how many each.
     pub failing: Vec<(String, u64)>,
     /// Near-ceiling window: growth of the open count, connections per second (Theil–Sen).
@@ -320,6 +327,7 @@ fn recent(
         let mut r = Recent {
             window_secs: sat_w,
             held_at_start: st.held_at_start,
+            recent_min: within(FLAT_SECS).map(|s| s.connections).min(),
             ..Default::default()
         };
         // The sample just before the window is the baseline its first interval is measured from.
@@ -411,4 +419,3 @@ fn learn_ceiling(st: &mut State, sample: &Sample) {
         st.held_at_start = None;
     }
 }
-
