@@ -138,10 +138,24 @@ fn saturation(
                     let s = agent.samples();
                     let dest: Vec<String> = s
                         .iter()
-                        .filter(|x| x.name.starts_with("connmon_destination_") && x.label("dst_port") == Some(port_s.as_str()))
-                        .map(|x| format!("{}{{{},{}}}={}", x.name, x.label("service").unwrap_or(""), x.label("how").unwrap_or(""), x.value))
+                        .filter(|x| {
+                            x.name.starts_with("connmon_destination_")
+                                && x.label("dst_port") == Some(port_s.as_str())
+                        })
+                        .map(|x| {
+                            format!(
+                                "{}{{{},{}}}={}",
+                                x.name,
+                                x.label("service").unwrap_or(""),
+                                x.label("how").unwrap_or(""),
+                                x.value
+                            )
+                        })
                         .collect();
-                    Err(format!("{mine:?}; destination: {dest:?}; client: {:?}", bad.latest()))
+                    Err(format!(
+                        "{mine:?}; destination: {dest:?}; client: {:?}",
+                        bad.latest()
+                    ))
                 }
             }
         },

@@ -187,7 +187,11 @@ fn a_stray_rejection_while_warming_up_does_not_hide_the_ceiling_later() {
         // and from 25 s every new connection is rejected, 4 a second, without a quiet interval.
         let active = ((step * 12) as i64).min(50);
         let rejected = if step >= 1 { 1 } else { 0 } + if step >= 5 { (step - 4) * 20 } else { 0 };
-        let (sat, _) = judge(&mut t, now, &[p("api", active, 60 + step * 20, rejected, 0)]);
+        let (sat, _) = judge(
+            &mut t,
+            now,
+            &[p("api", active, 60 + step * 20, rejected, 0)],
+        );
         if sat && fired.is_none() {
             fired = Some(now);
         }
