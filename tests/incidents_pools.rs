@@ -237,7 +237,13 @@ fn check_saturated(
         "{service}: learned ceiling {ceiling}, the server's limit is {limit}: {fired}"
     );
     let rate = ann_f64(fired, "rejection_rate");
-    assert!((1.0..=12.0).contains(&rate), "{service}: rejection_rate {rate}/s; the client is rejected about 4 times a second: {fired}");
+    // The client is turned away about 4 times a second. TCP shows all of redis-py's rejections,
+    // but only a part of libpq's (see check_rejections_counted), down to a tenth.
+    let least = if service == "redis" { 1.0 } else { 0.4 };
+    assert!(
+        (least..=12.0).contains(&rate),
+        "{service}: rejection_rate {rate}/s, the client is rejected about 4 times a second: {fired}"
+    );
     let top = ann(fired, "top_workloads");
     assert!(
         top.contains(bad.cgroup()),
