@@ -38,7 +38,8 @@
 //! - [`storm_clients`], [`storm_loops`], [`storm_view`], [`storm_lock`]: retry-storm clients, their
 //!   loops, the storm metrics and log lines, and the lock that keeps host-wide scenarios apart
 //!   (a static: one per test binary, since each binary is its own process).
-//! - [`py_client`]: the incidents' real client libraries (redis-py asyncio, psycopg) in python.
+//! - [`py_client`], [`incidents`]: the incidents' real client libraries (redis-py asyncio,
+//!   psycopg) in python, and the incident suite's checks.
 //! - [`leak_client`], [`alertmanager`], [`alert_views`], [`agent_log`], [`scrape`]: the alert tests'
 //!   leaking client, a real Alertmanager, the agent's alert list, log-line waits, paced scraping.
 //! - [`yaml`], [`kube`]: a small YAML reader and the Kubernetes manifests' checks.
@@ -58,6 +59,7 @@ pub mod alertmanager;
 pub mod client;
 pub mod exports;
 pub mod grafana;
+pub mod incidents;
 pub mod kube;
 pub mod kube_api;
 pub mod leak_client;
