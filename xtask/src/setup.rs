@@ -378,7 +378,10 @@ fn python_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         match py_version(p) {
             Some(version) => println!("ok {} {version}", p.name),
             None if mode == Mode::Check => {
-                println!("missing {} (python3 -m pip install '{}'; for {})", p.name, p.requirement, p.needed_by);
+                println!(
+                    "missing {} (python3 -m pip install '{}'; for {})",
+                    p.name, p.requirement, p.needed_by
+                );
                 missing.push(p.name.into());
             }
             None => absent.push(p),
@@ -395,8 +398,15 @@ fn python_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         if !is_root() {
             bail!("python3 has no pip to install {} with; run `cargo xtask setup` as root (it installs Debian's python3-pip)", names.join(", "));
         }
-        println!("installing {} (python3 -m pip install, after Debian's python3-pip)", names.join(", "));
-        run_inherit(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+        println!(
+            "installing {} (python3 -m pip install, after Debian's python3-pip)",
+            names.join(", ")
+        );
+        run_inherit(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
         run_inherit(
             Command::new("apt-get")
                 .args(["install", "-y", "--no-install-recommends", "python3-pip"])
@@ -416,7 +426,11 @@ fn python_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     for p in absent {
         match py_version(p) {
             Some(version) => println!("ok {} {version}", p.name),
-            None => bail!("pip installed {} but `python3 {}` does not run", p.requirement, p.version.join(" ")),
+            None => bail!(
+                "pip installed {} but `python3 {}` does not run",
+                p.requirement,
+                p.version.join(" ")
+            ),
         }
     }
     Ok(())
