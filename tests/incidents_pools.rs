@@ -419,12 +419,12 @@ fn fast_growth_toward_a_configured_ceiling_fires_before_reaching_it() {
         deadline(60),
         &format!("ConnectionPoolNearCeiling for port {port}"),
         || {
-            let s = agent_alerts_for(&agent, "ConnectionPoolNearCeiling", &steady_port);
+            let s = agent_alerts_for(&agent, NEAR_CEILING, &steady_port);
             assert!(
                 s.is_empty(),
                 "ConnectionPoolNearCeiling for a steady pool of 8: {s:#?}"
             );
-            let mine = agent_alerts_for(&agent, "ConnectionPoolNearCeiling", &port);
+            let mine = agent_alerts_for(&agent, NEAR_CEILING, &port);
             match mine.as_slice() {
                 [a] if a["state"] == "firing" => Ok(a.clone()),
                 _ => Err(format!(
@@ -445,6 +445,6 @@ fn fast_growth_toward_a_configured_ceiling_fires_before_reaching_it() {
     let ttc = parse_human(ann(&fired, "time_to_ceiling"))
         .unwrap_or_else(|| panic!("time_to_ceiling: {fired}"));
     assert!(ttc <= 120.0, "time_to_ceiling {ttc}s: {fired}");
-    assert!(agent_alerts_for(&agent, "ConnectionPoolNearCeiling", &steady_port).is_empty());
+    assert!(agent_alerts_for(&agent, NEAR_CEILING, &steady_port).is_empty());
     assert_eq!(steady.all_errors(), serde_json::json!({}));
 }

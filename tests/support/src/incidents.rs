@@ -11,14 +11,14 @@ use super::py_client::PyClient;
 use super::scrape::{scrape_until, sum_of};
 use super::*;
 
-pub const DESTINATION_SATURATED: &str = "DestinationSaturated";
-pub const DEPENDENCY_FAILING: &str = "DependencyFailing";
-pub const DEST_CONNECTIONS: &str = "connmon_destination_connections";
-pub const DEST_CEILING: &str = "connmon_destination_ceiling_observed";
-pub const DEST_REJECTIONS: &str = "connmon_destination_rejections_total";
-pub const DEST_PENDING: &str = "connmon_destination_connects_pending";
-pub const POOL_PENDING: &str = "connmon_pool_connects_pending";
-pub const RETRY_STORM: &str = "connmon_retry_storm";
+pub use connmon::export::destinations::{
+    DEST_CEILING, DEST_CONNECTIONS, DEST_PENDING, DEST_REJECTIONS,
+};
+pub use connmon::export::pools::POOL_PENDING;
+pub use connmon::export::storms::RETRY_STORM;
+pub const DESTINATION_SATURATED: &str = connmon::alerts::Alert::DestinationSaturated.name();
+pub const DEPENDENCY_FAILING: &str = connmon::alerts::Alert::DependencyFailing.name();
+pub const NEAR_CEILING: &str = connmon::alerts::Alert::NearCeiling.name();
 
 pub const REDIS_MAXCLIENTS: &str = "max number of clients reached";
 pub const PG_TOO_MANY: &str = "too many clients";
@@ -181,8 +181,8 @@ pub fn check_rejections_counted(agent: &Agent, service: &str, bad: &mut PyClient
             bad.name
         ),
         |s| {
-            let young = sum_of(s, "connmon_pool_died_young_total", &comm).unwrap_or(0.0);
-            let failed = sum_of(s, "connmon_pool_connect_failures_total", &comm).unwrap_or(0.0);
+            let young = sum_of(s, connmon::export::pools::POOL_DIED_YOUNG, &comm).unwrap_or(0.0);
+            let failed = sum_of(s, connmon::export::pools::POOL_FAILURES, &comm).unwrap_or(0.0);
             let n = young + failed;
             if n == raised as f64 || (!exact && n <= raised as f64 && n >= raised as f64 / 10.0) {
                 Ok((young, failed))
