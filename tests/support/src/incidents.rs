@@ -163,7 +163,7 @@ pub fn saturation(
 /// clients", often before the server's FIN is in; when even the server's FIN answers the
 /// client's, TCP shows an ordinary client close, indistinguishable from a successful short query:
 /// there, `exact` is false and connmon must count at least a tenth of them (what
-/// DestinationSaturated's `min_ratio` relies on) and never more. Measured: 24% to 81%.
+/// DestinationSaturated's `min_ratio` relies on) and never more. Measured: 24% to 88%.
 pub fn check_rejections_counted(agent: &Agent, service: &str, bad: &mut PyClient, exact: bool) {
     let last = bad.stop();
     let raised: u64 = last["errors"]
