@@ -240,7 +240,7 @@ pub struct DestinationSaturatedRule {
     /// Least share of the connect attempts of those intervals that were rejected. Low on purpose:
     /// a client that closes as soon as it has read the server's refusal (libpq does) often
     /// closes before the server's FIN arrives, and is then seen hanging up first; TCP showed 24%
-    /// to 75% of psycopg's "too many clients" as rejections.
+    /// to 88% of psycopg's "too many clients" as rejections.
     pub min_ratio: Ratio,
     /// How far the open count may have risen over the last 12 s (a share of its lowest count
     /// then, plus one connection) and still count as "stopped growing".
