@@ -7,7 +7,8 @@
 //!   `kustomize build`) when one is on PATH, which also applies the namespace and labels; else by
 //!   concatenating the listed files, applying nothing (Debian 12 packages no kustomize, and the
 //!   project installs no kubectl); the rendering passes kubernetes-validate too;
-//! - the Dockerfile names only paths and commands that exist in the workspace.
+//! - the Dockerfile names only paths and commands that exist in the workspace (`cargo xtask image`
+//!   builds its runtime stage as it is, and tests/container.rs runs the result).
 //!
 //! What operators rely on in the DaemonSet, RBAC, Service and PodMonitor is checked in
 //! manifests_security.rs.
@@ -243,18 +244,16 @@ fn dockerfile_uses_what_the_workspace_has() {
         "builder: {}",
         from[0]
     );
-    assert!(
-        from[1].contains("debian12") || from[1].contains("bookworm"),
-        "runtime: {}",
-        from[1]
-    );
+    assert_eq!(from[1], "scratch", "runtime: the static binary alone");
 
     let run = all("RUN").join("\n");
     assert!(
         run.contains("cargo xtask setup"),
         "the builder runs the project's setup"
     );
-    assert!(run.contains("cargo build --release -p connmon"));
+    // The builder makes the binary as `cargo xtask image` does (xtask/src/image.rs).
+    assert!(run.contains("cargo xtask image --binary-only"));
+    assert!(read("xtask/src/image.rs").contains("pub const MUSL_TARGET: &str = \"x86_64-unknown-linux-musl\";"));
     // What those commands need: the xtask alias and its setup, the connmon package's connmon bin.
     assert!(read(".cargo/config.toml").contains("xtask = \"run --quiet --package xtask --\""));
     assert!(read("xtask/src/main.rs").contains("Setup(SetupArgs)"));
@@ -263,8 +262,8 @@ fn dockerfile_uses_what_the_workspace_has() {
     let monitor = read("monitor/Cargo.toml");
     assert!(monitor.contains("[package]\nname = \"connmon\"") && monitor.contains("[[bin]]\nname = \"connmon\""));
     assert!(
-        run.contains("target/release/connmon"),
-        "the release binary is target/release/connmon"
+        run.contains("target/x86_64-unknown-linux-musl/release/connmon"),
+        "the static release binary is target/x86_64-unknown-linux-musl/release/connmon"
     );
 
     let entrypoint = exec_form(all("ENTRYPOINT").last().expect("ENTRYPOINT"));

@@ -4,6 +4,8 @@
 //!   test suite need on a Debian 12 machine.
 //! - `test [-- ARGS]`: setup, then the whole test suite as root.
 //! - `run [-- ARGS]`: setup, release build, then `connmon run ARGS`.
+//! - `image [--binary-only]`: setup, the static release binary, then the OCI image built with
+//!   buildah (`target/connmon-image.oci.tar`).
 //! - `bench pools [--rounds N] [--secs S]`: the agent's overhead under connection churn, next to
 //!   no probe and a bpftrace one-liner (needs root and bpftrace).
 //! - `lint`: `cargo fmt --check` on every crate, clippy `-D warnings` on the user-space crates and
@@ -11,6 +13,7 @@
 
 mod bench;
 mod cycles;
+mod image;
 mod lint;
 mod setup;
 mod toolchain;
@@ -49,6 +52,17 @@ enum Cmd {
     /// fmt --check on every crate; clippy -D warnings on user space and on the eBPF crate; no
     /// import cycles.
     Lint,
+    /// Run setup, build the static release agent and its image (FROM scratch, buildah, offline),
+    /// written as an OCI archive at target/connmon-image.oci.tar.
+    Image(ImageArgs),
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    /// Only build the static binary (target/x86_64-unknown-linux-musl/release/connmon), as the
+    /// Dockerfile's builder stage does.
+    #[arg(long = "binary-only")]
+    binary_only: bool,
 }
 
 #[derive(Args)]
@@ -107,14 +121,28 @@ fn run(command: Cmd) -> Result<()> {
         Cmd::Run(args) => run_agent(&args.agent_args),
         Cmd::Bench(args) => bench::run(args.target),
         Cmd::Lint => lint::run(),
+        Cmd::Image(args) => {
+            setup::run(false, false)?;
+            if args.binary_only {
+                image::release_binary().map(|bin| println!("{}", bin.display()))
+            } else {
+                image::build().map(drop)
+            }
+        }
     }
 }
+
+/// Where tests/container.rs finds the image archive (it defaults to the same path).
+const CONTAINER_IMAGE_ENV: &str = "CONNMON_IMAGE_ARCHIVE";
 
 fn test(cargo_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the test suite loads eBPF programs and creates network namespaces: run it as root");
     }
     setup::run(false, true)?;
+    // tests/container.rs runs the image under the DaemonSet's settings: build it first (a release
+    // build of its own; cargo makes it incremental on later runs).
+    let archive = image::build()?;
 
     // monitor-ebpf only builds for bpfel-unknown-none (monitor's build script builds it), so it is
     // left out here, as it is from the workspace's default-members.
@@ -127,6 +155,7 @@ fn test(cargo_args: &[String]) -> Result<()> {
         "--no-fail-fast",
     ])
     .args(cargo_args)
+    .env(CONTAINER_IMAGE_ENV, &archive)
     .current_dir(workspace_root());
     util::run_inherit(&mut cmd)
 }

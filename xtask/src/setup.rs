@@ -61,6 +61,13 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
         needed_by: "test",
         packages: &["openssl", "apache2-utils", "curl"],
     },
+    // `cargo xtask image` and tests/container.rs: buildah builds the image offline, podman runs
+    // it with runc (crun cannot use hybrid cgroups); musl-gcc compiles ring's C and assembly for
+    // the static musl binary; binutils' strip takes its symbols out of the image.
+    PackageGroup {
+        needed_by: "image",
+        packages: &["buildah", "podman", "runc", "musl-tools", "binutils"],
+    },
     // For people poking at a running agent by hand (the README's examples use them).
     PackageGroup {
         needed_by: "run",
@@ -81,6 +88,7 @@ pub fn run(check: bool, with_tracefs: bool) -> Result<()> {
     let mut missing = Vec::new();
     debian_packages(mode, &mut missing)?;
     rust_nightly(mode, &mut missing)?;
+    musl_target(mode, &mut missing)?;
     bpf_linker(mode, &mut missing)?;
     python_packages(mode, &mut missing)?;
     if with_tracefs {
@@ -220,6 +228,34 @@ fn rust_nightly(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
                 t.channel
             );
         }
+    }
+    Ok(())
+}
+
+/// The static release binary (`cargo xtask image`) is built for the musl target of the toolchain
+/// that builds the workspace.
+fn musl_target(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let target = crate::image::MUSL_TARGET;
+    // From the workspace root, whose toolchain builds the agent (monitor-ebpf pins its own).
+    let root = crate::util::workspace_root();
+    let installed = stdout_of(
+        Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .current_dir(&root),
+    )
+        .is_some_and(|list| list.lines().any(|l| l.trim() == target));
+    if installed {
+        println!("ok Rust target {target}");
+    } else if mode == Mode::Check {
+        println!("missing Rust target {target}");
+        missing.push(format!("Rust target {target}"));
+    } else {
+        println!("installing Rust target {target}");
+        run_inherit(
+            Command::new("rustup")
+                .args(["target", "add", target])
+                .current_dir(&root),
+        )?;
     }
     Ok(())
 }

@@ -110,6 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
     let kube = cluster::decide(&args.kubernetes, in_cluster)?;
     let listener = web::bind(&args.listen_address).await?;
+    scan::procs::warn_if_own_pid_namespace();
     let local = listener.local_addr()?;
     // Loaded on this thread while it is the process's only one, so the capabilities that only
     // loading needs can be dropped for every thread started afterwards. Connections queue in the

@@ -99,6 +99,10 @@ pub fn ensure_mounted(dir: &Path) -> Result<PathBuf> {
     // Someone else (systemd, a parallel agent) may have mounted it meanwhile (EBUSY); what matters
     // is whether events/ is there now.
     if has_events(dir) {
+        if result.is_ok() {
+            // In a container this mount is the agent's own (its mount namespace), not the host's.
+            log::info!("tracefs was not mounted at {DEFAULT_TRACEFS}: mounted it");
+        }
         return Ok(dir.to_path_buf());
     }
     match result {

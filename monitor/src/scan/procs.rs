@@ -122,3 +122,28 @@ pub fn pick_cgroup(lines: &[ProcessCGroup]) -> Option<String> {
 #[cfg(test)]
 #[path = "procs_tests.rs"]
 mod tests;
+
+/// Why this process is not in the host's PID namespace, if it can tell: it is PID 1 of its own
+/// (a container without hostPID, where the agent is the first process), or PID 1 is a pod's
+/// `pause` process (a pod sharing one PID namespace). The host's PID 1 is an init system, never
+/// either. Other pods' network namespaces are found through their processes in /proc, so in a
+/// PID namespace of its own the agent sees only its own pod's.
+pub fn own_pid_namespace(self_pid: u32, pid1_comm: &str) -> Option<&'static str> {
+    if self_pid == 1 {
+        Some("connmon is PID 1")
+    } else if pid1_comm.trim_end() == "pause" {
+        Some("PID 1 is a pod's pause process")
+    } else {
+        None
+    }
+}
+
+/// One warning at start-up when [`own_pid_namespace`] says so.
+pub fn warn_if_own_pid_namespace() {
+    let pid1 = fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    if let Some(why) = own_pid_namespace(std::process::id(), &pid1) {
+        log::warn!(
+            "not in the host's PID namespace ({why}): /proc shows only this pod's processes, so other pods' network namespaces and socket owners are not seen; run with hostPID: true (docker/podman: --pid=host)"
+        );
+    }
+}

@@ -126,3 +126,11 @@ fn lowest_pid_wins_for_shared_sockets() {
     let expect = std::process::id().min(child.id());
     assert_eq!(owner.map(|o| o.pid), Some(expect));
 }
+
+#[test]
+fn own_pid_namespace_from_pid_1() {
+    assert!(own_pid_namespace(1, "connmon\n").is_some());
+    assert!(own_pid_namespace(4242, "pause\n").is_some());
+    assert!(own_pid_namespace(4242, "systemd\n").is_none());
+    assert!(own_pid_namespace(4242, "").is_none());
+}

@@ -45,6 +45,8 @@
 //! - [`yaml`], [`kube`]: a small YAML reader and the Kubernetes manifests' checks.
 //! - [`tls`]: a test PKI (openssl CLI), bcrypt hashes (htpasswd), curl and `openssl s_client`.
 //! - [`kube_api`]: a stand-in Kubernetes API server (lists and watches of pods and services).
+//! - [`pod_spec`], [`podman`]: the DaemonSet's container translated into podman flags, and the
+//!   agent's image run with podman under them.
 //! - [`grafana`], [`promql`], [`exports`], [`workspace`]: dashboard parts, PromQL checks, the
 //!   agent's exported metric names (`connmon::export::METRICS`), repository paths.
 
@@ -67,6 +69,8 @@ pub mod listen;
 pub mod metrics;
 pub mod netns;
 pub mod oracle;
+pub mod pod_spec;
+pub mod podman;
 pub mod pool_fixtures;
 pub mod pool_metrics;
 pub mod proc_setup;
