@@ -253,7 +253,8 @@ fn dockerfile_uses_what_the_workspace_has() {
     );
     // The builder makes the binary as `cargo xtask image` does (xtask/src/image.rs).
     assert!(run.contains("cargo xtask image --binary-only"));
-    assert!(read("xtask/src/image.rs").contains("pub const MUSL_TARGET: &str = \"x86_64-unknown-linux-musl\";"));
+    assert!(read("xtask/src/image.rs")
+        .contains("pub const MUSL_TARGET: &str = \"x86_64-unknown-linux-musl\";"));
     // What those commands need: the xtask alias and its setup, the connmon package's connmon bin.
     assert!(read(".cargo/config.toml").contains("xtask = \"run --quiet --package xtask --\""));
     assert!(read("xtask/src/main.rs").contains("Setup(SetupArgs)"));

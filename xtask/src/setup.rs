@@ -243,7 +243,7 @@ fn musl_target(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
             .args(["target", "list", "--installed"])
             .current_dir(&root),
     )
-        .is_some_and(|list| list.lines().any(|l| l.trim() == target));
+    .is_some_and(|list| list.lines().any(|l| l.trim() == target));
     if installed {
         println!("ok Rust target {target}");
     } else if mode == Mode::Check {
