@@ -140,7 +140,10 @@ pub fn own_pid_namespace(self_pid: u32, pid1_comm: &str) -> Option<&'static str>
 
 /// One warning at start-up when [`own_pid_namespace`] says so.
 pub fn warn_if_own_pid_namespace() {
-    let pid1 = fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    let pid1 = Process::new(1)
+        .and_then(|p| p.stat())
+        .map(|s| s.comm)
+        .unwrap_or_default();
     if let Some(why) = own_pid_namespace(std::process::id(), &pid1) {
         log::warn!(
             "not in the host's PID namespace ({why}): /proc shows only this pod's processes, so other pods' network namespaces and socket owners are not seen; run with hostPID: true (docker/podman: --pid=host)"
