@@ -35,30 +35,21 @@ fn build() -> anyhow::Result<()> {
         .join("monitor-ebpf");
     let toolchain = pinned_toolchain(&ebpf_dir.join("rust-toolchain.toml"))?;
     check_prerequisites(&toolchain)?;
-    let root = ebpf_dir
-        .to_str()
-        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
-    let out_dir =
-        PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
+    let root = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
     let raw_path = out_dir.join("ebpf-build.raw");
     let raw = File::create(&raw_path).with_context(|| format!("create {}", raw_path.display()))?;
     let built = with_stdout_to(&raw, || {
         aya_build::build_ebpf(
-            [Package {
-                name: "monitor-ebpf",
-                root_dir: root,
-                ..Default::default()
-            }],
+            [Package { name: "monitor-ebpf", root_dir: root, ..Default::default() }],
             Toolchain::Custom(&toolchain),
         )
     })
     .context("redirect the eBPF build's output")?;
-    let captured = std::fs::read_to_string(&raw_path)
-        .with_context(|| format!("read {}", raw_path.display()))?;
+    let captured = std::fs::read_to_string(&raw_path).with_context(|| format!("read {}", raw_path.display()))?;
     let log_path = log_path(&out_dir);
     let split = split_output(&captured);
-    std::fs::write(&log_path, split.log.join("\n") + "\n")
-        .with_context(|| format!("write {}", log_path.display()))?;
+    std::fs::write(&log_path, split.log.join("\n") + "\n").with_context(|| format!("write {}", log_path.display()))?;
     // Cargo's own directives (rerun-if-changed on the eBPF crate, ...) pass through unchanged.
     for line in &split.directives {
         println!("{line}");
@@ -87,9 +78,7 @@ fn build() -> anyhow::Result<()> {
 fn pinned_toolchain(file: &Path) -> anyhow::Result<String> {
     println!("cargo:rerun-if-changed={}", file.display());
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
-    let doc: toml::Table = text
-        .parse()
-        .with_context(|| format!("parse {}", file.display()))?;
+    let doc: toml::Table = text.parse().with_context(|| format!("parse {}", file.display()))?;
     doc.get("toolchain")
         .and_then(|t| t.get("channel"))
         .and_then(|c| c.as_str())
@@ -98,16 +87,12 @@ fn pinned_toolchain(file: &Path) -> anyhow::Result<String> {
 }
 
 fn check_prerequisites(toolchain: &str) -> anyhow::Result<()> {
-    if Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Err(anyhow!("bpf-linker not found on PATH (needed to link the eBPF programs): run `cargo xtask setup`"));
+    if Command::new("bpf-linker").arg("--version").output().is_err() {
+        return Err(anyhow!(
+            "bpf-linker not found on PATH (needed to link the eBPF programs): run `cargo xtask setup`"
+        ));
     }
-    let src = Command::new("rustup")
-        .args(["component", "list", "--toolchain", toolchain, "--installed"])
-        .output();
+    let src = Command::new("rustup").args(["component", "list", "--toolchain", toolchain, "--installed"]).output();
     match src {
         Ok(out) if out.status.success() && String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) => {
             Ok(())
@@ -120,10 +105,7 @@ fn check_prerequisites(toolchain: &str) -> anyhow::Result<()> {
 
 /// `target/<profile>/ebpf-build.log`: next to the binaries, found without knowing the build hash.
 fn log_path(out_dir: &Path) -> PathBuf {
-    let profile_dir = out_dir
-        .ancestors()
-        .find(|p| p.file_name().is_some_and(|n| n == "build"))
-        .and_then(Path::parent);
+    let profile_dir = out_dir.ancestors().find(|p| p.file_name().is_some_and(|n| n == "build")).and_then(Path::parent);
     profile_dir.unwrap_or(out_dir).join("ebpf-build.log")
 }
 

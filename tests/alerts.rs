@@ -80,7 +80,6 @@ fn write_config(dir: &TempDir, text: &str) -> String {
     p.display().to_string()
 }
 
-
 // -------------------------------------------------------------------------------------------------
 // 1.
 
@@ -105,7 +104,10 @@ fn leaking_pool_fires_and_reaches_alertmanager() {
     let am_alert = wait_am_alert(&am, within, POOL_GROWTH, &labels);
     let arrived = leak.started.elapsed().as_secs_f64();
     leak.check_alive();
-    eprintln!("{POOL_GROWTH} for {name} reached Alertmanager {arrived:.1}s after the leak started ({} connections open)", leak.opened());
+    eprintln!(
+        "{POOL_GROWTH} for {name} reached Alertmanager {arrived:.1}s after the leak started ({} connections open)",
+        leak.opened()
+    );
     eprintln!("alertmanager alert: {am_alert}");
     assert!(arrived >= 16.0, "fired {arrived:.1}s after the leak started: before the 20 s window was 80 % covered");
     check_pool_annotations(&am_alert, "alertmanager");
@@ -119,7 +121,12 @@ fn leaking_pool_fires_and_reaches_alertmanager() {
     check_pool_annotations(&a, "agent /api/v1/alerts");
     let starts = epoch(am_alert["startsAt"].as_str().expect("startsAt"));
     let since = epoch(a["since"].as_str().expect("since"));
-    assert!((starts - since).abs() < 0.01, "Alertmanager startsAt {} vs agent since {}", am_alert["startsAt"], a["since"]);
+    assert!(
+        (starts - since).abs() < 0.01,
+        "Alertmanager startsAt {} vs agent since {}",
+        am_alert["startsAt"],
+        a["since"]
+    );
     let before = leak.opened();
     let list = agent_alerts(&agent).expect("alerts");
     let after = leak.opened();
@@ -131,7 +138,12 @@ fn leaking_pool_fires_and_reaches_alertmanager() {
     );
 
     let s = agent.samples();
-    assert_eq!(alert_active(&s, POOL_GROWTH, &[("comm", &name)]), 1.0, "{ALERT_ACTIVE} for {name}: {:#?}", samples_matching(&s, ALERT_ACTIVE, &[]));
+    assert_eq!(
+        alert_active(&s, POOL_GROWTH, &[("comm", &name)]),
+        1.0,
+        "{ALERT_ACTIVE} for {name}: {:#?}",
+        samples_matching(&s, ALERT_ACTIVE, &[])
+    );
     assert_eq!(alert_active(&s, POOL_GROWTH, &labels), 1.0, "{ALERT_ACTIVE} with every pool label");
     let fired = sample(&s, ALERTS_FIRED, &[("alertname", POOL_GROWTH)]).unwrap_or(0.0);
     assert!(fired >= 1.0, "{ALERTS_FIRED}{{alertname={POOL_GROWTH}}} = {fired}");
@@ -184,7 +196,11 @@ fn steady_pool_of_500_never_fires() {
         let t = Instant::now();
         let list = agent_alerts(&agent).unwrap_or_else(|e| panic!("{e}"));
         let mine = agent_matching(&list, POOL_GROWTH, &comm);
-        assert!(mine.is_empty(), "{:.0}s into a flat pool of 500, the agent lists {mine:#?}", start.elapsed().as_secs_f64());
+        assert!(
+            mine.is_empty(),
+            "{:.0}s into a flat pool of 500, the agent lists {mine:#?}",
+            start.elapsed().as_secs_f64()
+        );
         let s = agent.samples();
         assert_eq!(alert_active(&s, POOL_GROWTH, &comm), 0.0, "{ALERT_ACTIVE} for the flat pool {name}");
         assert_eq!(pool.get(&s, POOL_CONNECTIONS), Some(500.0), "{pool} left 500: the test is not holding steady");
@@ -198,7 +214,10 @@ fn steady_pool_of_500_never_fires() {
     let hooks = am.webhook.alerts_matching(POOL_GROWTH, &comm);
     assert!(hooks.is_empty(), "Alertmanager notified about the flat pool: {hooks:#?}");
     assert_eq!(redis.clients_named(&client.name), 500, "redis CLIENT LIST for {}", client.name);
-    eprintln!("flat pool of 500 ({name}): {checks} checks over {:.0}s, never pending or firing", start.elapsed().as_secs_f64());
+    eprintln!(
+        "flat pool of 500 ({name}): {checks} checks over {:.0}s, never pending or firing",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -245,10 +264,14 @@ fn growth_then_plateau_fires_then_resolves() {
     eprintln!("{name}: re-sent {pushes} times in the 8 s after the plateau");
 
     // Resolves: plateau_window (6 s) for the recent slope to flatten, then clear_for (10 s).
-    let resolved_line = wait_alert_log(&agent, plateau_at + Duration::from_secs(35), "resolved", POOL_GROWTH, &comm_needle);
+    let resolved_line =
+        wait_alert_log(&agent, plateau_at + Duration::from_secs(35), "resolved", POOL_GROWTH, &comm_needle);
     let resolved_after = plateau_at.elapsed().as_secs_f64();
     eprintln!("{name}: resolved {resolved_after:.1}s after the plateau: {resolved_line}");
-    assert!(resolved_after >= 9.0, "resolved {resolved_after:.1}s after the plateau, before clear_for (10s) could pass");
+    assert!(
+        resolved_after >= 9.0,
+        "resolved {resolved_after:.1}s after the plateau, before clear_for (10s) could pass"
+    );
     leak.check_alive();
 
     // Gone from the agent's views.
@@ -260,20 +283,31 @@ fn growth_then_plateau_fires_then_resolves() {
     assert!(sample(&s, ALERTS_FIRED, &[("alertname", POOL_GROWTH)]).unwrap_or(0.0) >= 1.0, "{ALERTS_FIRED}");
     let url = format!("http://{}", agent.addr());
     let rows = parse_json_lines(&connmon_ok(&["alerts", "--agent", &url, "--json"]));
-    assert!(agent_matching(&rows, POOL_GROWTH, &labels).is_empty(), "connmon alerts --json after resolution: {rows:#?}");
+    assert!(
+        agent_matching(&rows, POOL_GROWTH, &labels).is_empty(),
+        "connmon alerts --json after resolution: {rows:#?}"
+    );
 
     // Alertmanager 0.25: the pushed endsAt (in the past) drops the alert from /api/v2/alerts at once
     // (without it the alert would stay until resolve_timeout, 5m), counts it as received resolved,
     // and sends the receiver a "resolved" notification carrying that endsAt.
     poll_until(deadline(15), "Alertmanager to drop the resolved alert from /api/v2/alerts", || {
         let v = am.find(POOL_GROWTH, &labels)?;
-        if v.is_empty() { Ok(()) } else { Err(format!("{v:?}")) }
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
     });
     let hook = wait_webhook(&am, deadline(15), POOL_GROWTH, &labels, "resolved");
     let ends = epoch(hook["endsAt"].as_str().expect("endsAt"));
     let starts = epoch(hook["startsAt"].as_str().expect("startsAt"));
     assert!(ends > starts && (now_epoch() - ends).abs() < 30.0, "resolved notification's times: {hook}");
-    assert!(ends - starts >= 9.0, "resolved notification: firing lasted only {:.1}s (clear_for is 10s): {hook}", ends - starts);
+    assert!(
+        ends - starts >= 9.0,
+        "resolved notification: firing lasted only {:.1}s (clear_for is 10s): {hook}",
+        ends - starts
+    );
     let resolved_rx = am.metric("alertmanager_alerts_received_total", &[("status", "resolved")]);
     assert!(resolved_rx >= 1.0, "alertmanager_alerts_received_total{{status=resolved}} = {resolved_rx}");
 
@@ -325,9 +359,11 @@ clear_for = "10s"
         (l, cs)
     });
     let t0 = Instant::now();
-    let ss = poll_until(deadline(15), "ss to show a full accept queue (5) and drops", || match ss_listener(&ns, "127.0.0.1", port) {
-        Some(l) if l.recv_q == 5 && l.drops > 0 => Ok(l),
-        other => Err(format!("{other:?}")),
+    let ss = poll_until(deadline(15), "ss to show a full accept queue (5) and drops", || {
+        match ss_listener(&ns, "127.0.0.1", port) {
+            Some(l) if l.recv_q == 5 && l.drops > 0 => Ok(l),
+            other => Err(format!("{other:?}")),
+        }
     });
     eprintln!("ss: {ss:?}");
 
@@ -345,11 +381,25 @@ clear_for = "10s"
     eprintln!("{LISTEN_OVERFLOW} firing: {ovf}");
     let drops = ann_f64(&ovf, "drops");
     let ss_now = ss_listener(&ns, "127.0.0.1", port).expect("listener");
-    assert!(drops >= 1.0 && drops <= ss_now.drops as f64, "drops annotation {drops}, ss says {} dropped in all", ss_now.drops);
+    assert!(
+        drops >= 1.0 && drops <= ss_now.drops as f64,
+        "drops annotation {drops}, ss says {} dropped in all",
+        ss_now.drops
+    );
 
     let s = agent.samples();
-    assert_eq!(alert_active(&s, QUEUE_SATURATED, &labels), 1.0, "{ALERT_ACTIVE}: {:#?}", samples_matching(&s, ALERT_ACTIVE, &[]));
-    assert_eq!(alert_active(&s, LISTEN_OVERFLOW, &labels), 1.0, "{ALERT_ACTIVE}: {:#?}", samples_matching(&s, ALERT_ACTIVE, &[]));
+    assert_eq!(
+        alert_active(&s, QUEUE_SATURATED, &labels),
+        1.0,
+        "{ALERT_ACTIVE}: {:#?}",
+        samples_matching(&s, ALERT_ACTIVE, &[])
+    );
+    assert_eq!(
+        alert_active(&s, LISTEN_OVERFLOW, &labels),
+        1.0,
+        "{ALERT_ACTIVE}: {:#?}",
+        samples_matching(&s, ALERT_ACTIVE, &[])
+    );
 
     let a = wait_am_alert(&am, deadline(15), QUEUE_SATURATED, &labels);
     assert_eq!(a["annotations"]["backlog"], "4", "{a}");
@@ -357,7 +407,11 @@ clear_for = "10s"
     assert!(o["annotations"]["drops"].as_str().is_some_and(|d| d != "0"), "{o}");
     for (name, l) in [(QUEUE_SATURATED, &a["labels"]), (LISTEN_OVERFLOW, &o["labels"])] {
         let keys: Vec<&String> = l.as_object().expect("labels").keys().collect();
-        assert_eq!(keys, ["addr", "alertname", "comm", "family", "netns", "port"], "{name} labels in Alertmanager: {l}");
+        assert_eq!(
+            keys,
+            ["addr", "alertname", "comm", "family", "netns", "port"],
+            "{name} labels in Alertmanager: {l}"
+        );
     }
 
     // The namespace's own counter rose too (the netns variant: label netns only). Only this
@@ -399,7 +453,11 @@ fn alertmanager_down_does_not_block() {
     let labels = pool_labels(&name, &cgroup, &port);
 
     wait_agent_firing(&agent, leak.started + Duration::from_secs(45), POOL_GROWTH, &labels);
-    eprintln!("{name}: firing in the agent {:.1}s after the start, Alertmanager down (at {})", leak.started.elapsed().as_secs_f64(), now_epoch());
+    eprintln!(
+        "{name}: firing in the agent {:.1}s after the start, Alertmanager down (at {})",
+        leak.started.elapsed().as_secs_f64(),
+        now_epoch()
+    );
     // While pushes fail, the agent keeps answering (the sender has a thread of its own). Scrape
     // for at least 4 s and until the sender has failed twice in a row (it logs failures 1, 2, 4,
     // 8, ...), i.e. it is retrying. (Pushes start with the agent's first firing alert of any kind,
@@ -413,7 +471,11 @@ fn alertmanager_down_does_not_block() {
         let took = s0.elapsed();
         slowest = slowest.max(took);
         assert!(took < Duration::from_secs(2), "GET /metrics took {took:?} while Alertmanager is down");
-        assert_eq!(alert_active(&samples, POOL_GROWTH, &[("comm", &name)]), 1.0, "{ALERT_ACTIVE} while Alertmanager is down");
+        assert_eq!(
+            alert_active(&samples, POOL_GROWTH, &[("comm", &name)]),
+            1.0,
+            "{ALERT_ACTIVE} while Alertmanager is down"
+        );
         let a0 = Instant::now();
         let list = agent_alerts(&agent).expect("alerts");
         assert!(a0.elapsed() < Duration::from_secs(2), "GET /api/v1/alerts took {:?}", a0.elapsed());
@@ -432,7 +494,11 @@ fn alertmanager_down_does_not_block() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    eprintln!("{scrapes} scrapes in {:.1}s while Alertmanager was down, slowest {slowest:?} (at {})", t.elapsed().as_secs_f64(), now_epoch());
+    eprintln!(
+        "{scrapes} scrapes in {:.1}s while Alertmanager was down, slowest {slowest:?} (at {})",
+        t.elapsed().as_secs_f64(),
+        now_epoch()
+    );
     leak.check_alive();
 
     // Alertmanager comes up on that port: the sender's next retry (exponential backoff with full
@@ -460,10 +526,34 @@ fn bad_config_fails_at_start_with_file_key_and_problem() {
     let _timer = Timer::new("bad_config_fails_at_start_with_file_key_and_problem");
     // (what, file text, line, key, words the problem must mention (any of them))
     let cases: [(&str, &str, usize, &str, &[&str]); 4] = [
-        ("unknown key", "[ceilings]\nredis = 500\n\n[alerts]\ninterval = \"1s\"\nresnd = \"5s\"\n", 6, "resnd", &["unknown"]),
-        ("bad duration", "[alerts]\ninterval = \"1s\"\n\n[alerts.pool_growth]\nwindow = \"10x\"\n", 5, "window", &["10x"]),
-        ("negative threshold", "[alerts.pool_growth]\nwindow = \"20s\"\nmin_slope_per_min = -6\n", 3, "min_slope_per_min", &["positive", "-6"]),
-        ("ratio above 1", "[alerts]\ninterval = \"1s\"\n[alerts.accept_queue_saturated]\nfor = \"2s\"\nfill = 1.5\n", 5, "fill", &["between 0 and 1", "1.5"]),
+        (
+            "unknown key",
+            "[ceilings]\nredis = 500\n\n[alerts]\ninterval = \"1s\"\nresnd = \"5s\"\n",
+            6,
+            "resnd",
+            &["unknown"],
+        ),
+        (
+            "bad duration",
+            "[alerts]\ninterval = \"1s\"\n\n[alerts.pool_growth]\nwindow = \"10x\"\n",
+            5,
+            "window",
+            &["10x"],
+        ),
+        (
+            "negative threshold",
+            "[alerts.pool_growth]\nwindow = \"20s\"\nmin_slope_per_min = -6\n",
+            3,
+            "min_slope_per_min",
+            &["positive", "-6"],
+        ),
+        (
+            "ratio above 1",
+            "[alerts]\ninterval = \"1s\"\n[alerts.accept_queue_saturated]\nfor = \"2s\"\nfill = 1.5\n",
+            5,
+            "fill",
+            &["between 0 and 1", "1.5"],
+        ),
     ];
     for (what, text, line, key, problem) in cases {
         let dir = TempDir::new("cmbadcfg");

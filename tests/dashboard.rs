@@ -56,8 +56,7 @@ fn dashboard() -> Value {
 /// `x_seconds` is an exported histogram (the exported constants named `…_seconds`).
 fn histogram_of<'a>(name: &'a str, exported: &BTreeSet<String>) -> Option<&'a str> {
     ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
-        name.strip_suffix(suffix)
-            .filter(|base| base.ends_with("_seconds") && exported.contains(*base))
+        name.strip_suffix(suffix).filter(|base| base.ends_with("_seconds") && exported.contains(*base))
     })
 }
 
@@ -77,49 +76,29 @@ fn is_counter_like(name: &str, exported: &BTreeSet<String>) -> bool {
 fn dashboard_is_well_formed() {
     let dash = dashboard();
     assert!(dash.is_object(), "{DASHBOARD}: not a JSON object");
+    assert!(dash["title"].as_str().is_some_and(|t| !t.is_empty()), "{DASHBOARD}: no title");
     assert!(
-        dash["title"].as_str().is_some_and(|t| !t.is_empty()),
-        "{DASHBOARD}: no title"
-    );
-    assert!(
-        dash["uid"]
-            .as_str()
-            .is_some_and(|u| !u.is_empty() && u.len() <= 40),
+        dash["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40),
         "{DASHBOARD}: uid missing or longer than Grafana allows (40)"
     );
     let schema = dash["schemaVersion"].as_u64().unwrap_or(0);
     assert!(schema >= 36, "{DASHBOARD}: schemaVersion {schema} < 36");
-    assert!(
-        dash["id"].is_null(),
-        "{DASHBOARD}: `id` must be null so that imports create the dashboard"
-    );
+    assert!(dash["id"].is_null(), "{DASHBOARD}: `id` must be null so that imports create the dashboard");
 
     let all = panels(&dash);
     assert!(all.len() >= 10, "{DASHBOARD}: only {} panels", all.len());
     let mut ids = BTreeSet::new();
     for p in dash["panels"].as_array().expect("panels is an array") {
-        let id = p["id"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{}: no numeric id", title(p)));
+        let id = p["id"].as_u64().unwrap_or_else(|| panic!("{}: no numeric id", title(p)));
         assert!(ids.insert(id), "duplicate panel id {id}");
     }
     for p in &all {
         let what = title(p);
-        assert!(
-            p["title"].as_str().is_some_and(|t| !t.is_empty()),
-            "{what}: no title"
-        );
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{what}: no title");
         assert!(p["type"].as_str().is_some(), "{what}: no type");
         let g = &p["gridPos"];
-        let (x, w, h) = (
-            g["x"].as_u64().unwrap_or(99),
-            g["w"].as_u64().unwrap_or(0),
-            g["h"].as_u64().unwrap_or(0),
-        );
-        assert!(
-            w > 0 && h > 0 && x + w <= 24 && g["y"].is_u64(),
-            "{what}: gridPos {g} is off the 24-column grid"
-        );
+        let (x, w, h) = (g["x"].as_u64().unwrap_or(99), g["w"].as_u64().unwrap_or(0), g["h"].as_u64().unwrap_or(0));
+        assert!(w > 0 && h > 0 && x + w <= 24 && g["y"].is_u64(), "{what}: gridPos {g} is off the 24-column grid");
         assert_eq!(
             p["datasource"]["uid"], "${datasource}",
             "{what}: panel datasource must be the `datasource` variable: {}",
@@ -132,10 +111,7 @@ fn dashboard_is_well_formed() {
             let expr = t["expr"].as_str().unwrap_or_default();
             assert!(!expr.trim().is_empty(), "{what}: a query without expr: {t}");
             let r = t["refId"].as_str().unwrap_or_default();
-            assert!(
-                !r.is_empty() && refs.insert(r),
-                "{what}: refId {r:?} missing or repeated"
-            );
+            assert!(!r.is_empty() && refs.insert(r), "{what}: refId {r:?} missing or repeated");
             if !t["datasource"].is_null() {
                 assert_eq!(
                     t["datasource"]["uid"], "${datasource}",
@@ -148,12 +124,8 @@ fn dashboard_is_well_formed() {
     let mut cells = BTreeMap::new();
     for p in dash["panels"].as_array().unwrap() {
         let g = &p["gridPos"];
-        let (x, y, w, h) = (
-            g["x"].as_u64().unwrap(),
-            g["y"].as_u64().unwrap(),
-            g["w"].as_u64().unwrap(),
-            g["h"].as_u64().unwrap(),
-        );
+        let (x, y, w, h) =
+            (g["x"].as_u64().unwrap(), g["y"].as_u64().unwrap(), g["w"].as_u64().unwrap(), g["h"].as_u64().unwrap());
         for cx in x..x + w {
             for cy in y..y + h {
                 if let Some(other) = cells.insert((cx, cy), title(p)) {
@@ -179,41 +151,26 @@ fn template_variables_are_defined_and_used() {
     let mut defined: BTreeSet<String> = BUILTIN_VARIABLES.iter().map(|s| s.to_string()).collect();
     let mut names = Vec::new();
     for v in &vars {
-        let name = v["name"]
-            .as_str()
-            .unwrap_or_else(|| panic!("a variable without a name: {v}"));
+        let name = v["name"].as_str().unwrap_or_else(|| panic!("a variable without a name: {v}"));
         let mut text = v["datasource"].to_string();
         if let Some(q) = variable_query(v) {
             text.push_str(q);
         }
         for r in variable_refs(&text) {
-            assert!(
-                defined.contains(&r),
-                "variable {name} uses ${r}, which is not defined before it"
-            );
+            assert!(defined.contains(&r), "variable {name} uses ${r}, which is not defined before it");
         }
         if v["type"] == "query" {
-            assert_eq!(
-                v["datasource"]["uid"], "${datasource}",
-                "variable {name}: {v}"
-            );
+            assert_eq!(v["datasource"]["uid"], "${datasource}", "variable {name}: {v}");
             let q = variable_query(v).unwrap_or_else(|| panic!("variable {name} has no query"));
             assert!(
-                q.trim_start().starts_with("label_values(")
-                    || q.trim_start().starts_with("query_result("),
+                q.trim_start().starts_with("label_values(") || q.trim_start().starts_with("query_result("),
                 "variable {name}: unexpected query {q:?}"
             );
         }
-        assert!(
-            defined.insert(name.to_string()),
-            "variable {name} defined twice"
-        );
+        assert!(defined.insert(name.to_string()), "variable {name} defined twice");
         names.push(name.to_string());
     }
-    assert!(
-        names.iter().any(|n| n == "comm" || n == "service"),
-        "no `comm` or `service` variable: {names:?}"
-    );
+    assert!(names.iter().any(|n| n == "comm" || n == "service"), "no `comm` or `service` variable: {names:?}");
 
     let mut used = BTreeSet::new();
     for p in panels(&dash) {
@@ -223,11 +180,7 @@ fn template_variables_are_defined_and_used() {
             text.push_str(t["expr"].as_str().unwrap_or_default());
         }
         for r in variable_refs(&text) {
-            assert!(
-                defined.contains(&r),
-                "{} uses ${r}, which is not defined (variables: {names:?})",
-                title(p)
-            );
+            assert!(defined.contains(&r), "{} uses ${r}, which is not defined (variables: {names:?})", title(p));
             used.insert(r);
         }
     }
@@ -267,10 +220,7 @@ fn panels_query_only_metrics_the_agent_exports() {
         "connmon_pool_connect_duration_seconds",
         "connmon_retry_storm",
     ] {
-        assert!(
-            exported.contains(known),
-            "{known} not found among the constants in {EXPORT_DIR}: {exported:?}"
-        );
+        assert!(exported.contains(known), "{known} not found among the constants in {EXPORT_DIR}: {exported:?}");
     }
     let dash = dashboard();
     let mut queries = exprs(&dash);
@@ -306,16 +256,10 @@ fn counters_are_read_through_rate_or_increase() {
                     u.function
                 );
             } else {
-                assert!(
-                    !COUNTER_FUNCTIONS.contains(&f),
-                    "{what}: {f}() of the gauge {}: {expr}",
-                    u.metric
-                );
+                assert!(!COUNTER_FUNCTIONS.contains(&f), "{what}: {f}() of the gauge {}: {expr}", u.metric);
             }
         }
-        let has_bucket = metric_uses(&expr)
-            .iter()
-            .any(|u| u.metric.ends_with("_bucket"));
+        let has_bucket = metric_uses(&expr).iter().any(|u| u.metric.ends_with("_bucket"));
         if expr.contains("histogram_quantile") || has_bucket {
             assert!(
                 expr.contains("histogram_quantile(") && has_bucket,
@@ -334,11 +278,7 @@ fn counters_are_read_through_rate_or_increase() {
 #[test]
 fn dashboard_covers_every_section() {
     let dash = dashboard();
-    let used: BTreeSet<String> = exprs(&dash)
-        .iter()
-        .flat_map(|(_, e)| metric_uses(e))
-        .map(|u| u.metric)
-        .collect();
+    let used: BTreeSet<String> = exprs(&dash).iter().flat_map(|(_, e)| metric_uses(e)).map(|u| u.metric).collect();
     let rows: Vec<String> = rows(&dash).iter().map(|r| r.to_lowercase()).collect();
     let sections: [(&str, &[&str]); 7] = [
         (
@@ -366,13 +306,7 @@ fn dashboard_covers_every_section() {
                 "connmon_pool_connection_lifetime_seconds_sum",
             ],
         ),
-        (
-            "server side",
-            &[
-                "connmon_listen_established_connections",
-                "connmon_listen_accepts_total",
-            ],
-        ),
+        ("server side", &["connmon_listen_established_connections", "connmon_listen_accepts_total"]),
         (
             "storms",
             &[
@@ -384,30 +318,14 @@ fn dashboard_covers_every_section() {
                 "connmon_pool_bad_attempt_ratio",
             ],
         ),
-        (
-            "alerts",
-            &["connmon_alert_active", "connmon_alerts_fired_total"],
-        ),
-        (
-            "agent",
-            &[
-                "connmon_probe_up",
-                "connmon_scan_duration_seconds",
-                "connmon_events_lost_total",
-            ],
-        ),
+        ("alerts", &["connmon_alert_active", "connmon_alerts_fired_total"]),
+        ("agent", &["connmon_probe_up", "connmon_scan_duration_seconds", "connmon_events_lost_total"]),
     ];
     for (section, metrics) in sections {
         let word = section.split(' ').next().unwrap().trim_end_matches('s');
-        assert!(
-            rows.iter().any(|r| r.contains(word)),
-            "no row for {section} (rows: {rows:?})"
-        );
+        assert!(rows.iter().any(|r| r.contains(word)), "no row for {section} (rows: {rows:?})");
         for m in metrics {
-            assert!(
-                used.contains(*m),
-                "{section}: no panel queries {m} (queried: {used:?})"
-            );
+            assert!(used.contains(*m), "{section}: no panel queries {m} (queried: {used:?})");
         }
     }
     // Quantiles of the connect latency: p50 and p99.
@@ -420,10 +338,7 @@ fn dashboard_covers_every_section() {
         })
         .collect();
     for q in ["0.5", "0.99"] {
-        assert!(
-            quantiles.contains(q),
-            "connect latency quantile {q} missing (have {quantiles:?})"
-        );
+        assert!(quantiles.contains(q), "connect latency quantile {q} missing (have {quantiles:?})");
     }
 }
 
@@ -443,14 +358,8 @@ fn queries_pass_promtool() {
     for (i, (what, expr)) in queries.iter().enumerate() {
         let record = format!("dashboard:query_{i}");
         let expr = substitute(expr);
-        assert!(
-            !expr.contains('$') && !expr.contains('\n'),
-            "{what}: unsubstituted variable or newline: {expr}"
-        );
-        yaml.push_str(&format!(
-            "      - record: {record}\n        expr: '{}'\n",
-            expr.replace('\'', "''")
-        ));
+        assert!(!expr.contains('$') && !expr.contains('\n'), "{what}: unsubstituted variable or newline: {expr}");
+        yaml.push_str(&format!("      - record: {record}\n        expr: '{}'\n", expr.replace('\'', "''")));
         names.insert(record, (what.clone(), expr));
     }
     let dir = std::env::temp_dir().join(format!("cmdash{}", std::process::id()));
@@ -459,22 +368,14 @@ fn queries_pass_promtool() {
     fs::write(&file, &yaml).expect("write rules file");
 
     let bin = std::env::var_os("PROMTOOL").unwrap_or_else(|| OsString::from("promtool"));
-    let out = Command::new(&bin)
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "running {} check rules: {e}; install promtool (Debian/Ubuntu: apt install prometheus) or set PROMTOOL",
-                bin.to_string_lossy()
-            )
-        });
+    let out = Command::new(&bin).args(["check", "rules"]).arg(&file).output().unwrap_or_else(|e| {
+        panic!(
+            "running {} check rules: {e}; install promtool (Debian/Ubuntu: apt install prometheus) or set PROMTOOL",
+            bin.to_string_lossy()
+        )
+    });
     let _ = fs::remove_dir_all(&dir);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         // Name the panels behind the rules promtool complains about.
         let culprits: Vec<String> = names
@@ -506,27 +407,13 @@ fn scanners_find_what_they_should() {
     assert_eq!(
         uses,
         vec![
-            Use {
-                metric: "connmon_a_bucket".into(),
-                function: Some("rate".into())
-            },
-            Use {
-                metric: "connmon_g".into(),
-                function: None
-            },
+            Use { metric: "connmon_a_bucket".into(), function: Some("rate".into()) },
+            Use { metric: "connmon_g".into(), function: None },
             // `group_left (n)` is closed: `(connmon_h)` is a plain grouping.
-            Use {
-                metric: "connmon_h".into(),
-                function: None
-            },
+            Use { metric: "connmon_h".into(), function: None },
         ]
     );
-    assert_eq!(
-        metric_uses("increase(connmon_c_total[1h]) or vector(0)")[0]
-            .function
-            .as_deref(),
-        Some("increase")
-    );
+    assert_eq!(metric_uses("increase(connmon_c_total[1h]) or vector(0)")[0].function.as_deref(), Some("increase"));
 
     assert!(check_brackets("sum(rate(m{a=\"(\"}[5m]))").is_ok());
     assert!(check_brackets("sum(rate(m[5m])").is_err());
@@ -535,30 +422,17 @@ fn scanners_find_what_they_should() {
 
     assert_eq!(
         variable_refs("a{x=~\"$comm\", y=\"${service:regex}\"}[$__rate_interval] [[old]] $"),
-        ["__rate_interval", "comm", "old", "service"]
-            .map(String::from)
-            .into()
+        ["__rate_interval", "comm", "old", "service"].map(String::from).into()
     );
-    assert_eq!(
-        substitute("rate(m{c=~\"$comm\"}[$__rate_interval])"),
-        "rate(m{c=~\".*\"}[1m])"
-    );
+    assert_eq!(substitute("rate(m{c=~\"$comm\"}[$__rate_interval])"), "rate(m{c=~\".*\"}[1m])");
     assert_eq!(
         grouping_lists("histogram_quantile(0.5, sum by (le, a) (x)) without(b)"),
-        vec![
-            vec!["le".to_string(), "a".to_string()],
-            vec!["b".to_string()]
-        ]
+        vec![vec!["le".to_string(), "a".to_string()], vec!["b".to_string()]]
     );
-    assert_eq!(
-        label_values_selector("label_values(m{a=~\"$x\"}, comm)"),
-        Some("m{a=~\"$x\"}")
-    );
+    assert_eq!(label_values_selector("label_values(m{a=~\"$x\"}, comm)"), Some("m{a=~\"$x\"}"));
     assert_eq!(label_values_selector("label_values(comm)"), None);
 
-    let exported: BTreeSet<String> = ["connmon_h_seconds", "connmon_c_total", "connmon_g"]
-        .map(String::from)
-        .into();
+    let exported: BTreeSet<String> = ["connmon_h_seconds", "connmon_c_total", "connmon_g"].map(String::from).into();
     assert!(is_exposed("connmon_h_seconds_bucket", &exported));
     assert!(!is_exposed("connmon_c_total_sum", &exported));
     assert!(!is_exposed("connmon_g_count", &exported));

@@ -49,21 +49,13 @@ fn deep_backlog_fails_slowly_and_the_alert_fires_within_30s() {
     let t0 = now();
     let clients = TimeoutClients::start(&ns, "127.0.0.1", port, 60, 500, 45);
 
-    let alert = wait_agent_firing(
-        &agent,
-        Instant::now() + Duration::from_secs(40),
-        SLOW,
-        &labels,
-    );
+    let alert = wait_agent_firing(&agent, Instant::now() + Duration::from_secs(40), SLOW, &labels);
     let after = epoch(alert["since"].as_str().expect("since")) - t0;
     eprintln!(
         "AcceptQueueSlowFailure fired {after:.1}s after the overload started; annotations: {}",
         alert["annotations"]
     );
-    assert!(
-        after <= 30.0,
-        "fired {after:.1}s after the overload started, more than 30s"
-    );
+    assert!(after <= 30.0, "fired {after:.1}s after the overload started, more than 30s");
     let suggested = ann_f64(&alert, "suggested_backlog");
     assert!(
         (40.0..=120.0).contains(&suggested),
@@ -73,10 +65,7 @@ fn deep_backlog_fails_slowly_and_the_alert_fires_within_30s() {
     let before = clients.attempts();
     let s = agent.samples();
     let after_scrape = clients.attempts();
-    let abandoned: f64 = samples_matching(&s, "connmon_listen_abandoned_total", &labels)
-        .iter()
-        .map(|x| x.value)
-        .sum();
+    let abandoned: f64 = samples_matching(&s, "connmon_listen_abandoned_total", &labels).iter().map(|x| x.value).sum();
     let little = sample_expect(
         &s,
         "connmon_listen_queue_wait_seconds",
@@ -93,10 +82,7 @@ fn deep_backlog_fails_slowly_and_the_alert_fires_within_30s() {
         timeouts(&after_scrape),
         after_scrape.len()
     );
-    assert!(
-        little > 0.5 && measured > 0.5,
-        "queue wait {little}/{measured} is not above the clients' 500 ms"
-    );
+    assert!(little > 0.5 && measured > 0.5, "queue wait {little}/{measured} is not above the clients' 500 ms");
     assert!(abandoned > 0.0, "no connection counted abandoned");
     // Every connection abandoned in the queue is an attempt its client gave up on.
     assert!(
@@ -110,27 +96,11 @@ fn deep_backlog_fails_slowly_and_the_alert_fires_within_30s() {
         timeouts(&before)
     );
     assert!(closed > 0.0, "no connection accepted already closed");
-    assert_eq!(
-        sample(
-            &s,
-            "connmon_listen_queue_drain_exceeds_client_timeout",
-            &labels
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&s, "connmon_listen_backlog_requested", &labels),
-        Some(2048.0)
-    );
-    assert_eq!(
-        sample(&s, "connmon_listen_backlog_clamped", &labels),
-        Some(0.0)
-    );
+    assert_eq!(sample(&s, "connmon_listen_queue_drain_exceeds_client_timeout", &labels), Some(1.0));
+    assert_eq!(sample(&s, "connmon_listen_backlog_requested", &labels), Some(2048.0));
+    assert_eq!(sample(&s, "connmon_listen_backlog_clamped", &labels), Some(0.0));
     let ss = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
-    assert_eq!(
-        sample(&s, "connmon_listen_queue_max", &labels),
-        Some(ss.send_q as f64)
-    );
+    assert_eq!(sample(&s, "connmon_listen_queue_max", &labels), Some(ss.send_q as f64));
     drop(clients);
 }
 
@@ -151,10 +121,7 @@ fn short_backlog_fails_fast_and_the_slow_failure_alert_stays_silent() {
     while Instant::now() < until {
         let list = agent_alerts(&agent).expect("agent alerts");
         let slow = agent_matching(&list, SLOW, &labels);
-        assert!(
-            slow.is_empty(),
-            "the short backlog fails fast, yet {SLOW} is {slow:?}"
-        );
+        assert!(slow.is_empty(), "the short backlog fails fast, yet {SLOW} is {slow:?}");
         overflow_seen |= !agent_matching(&list, "ListenOverflow", &labels).is_empty();
         let s = agent.samples();
         if let Some(w) = sample(
@@ -169,10 +136,7 @@ fn short_backlog_fails_fast_and_the_slow_failure_alert_stays_silent() {
     let attempts = clients.wait();
     let overflows = nstat_counter(&ns, "TcpExtListenOverflows") - overflows_before;
     let s = agent.samples();
-    let abandoned: f64 = samples_matching(&s, "connmon_listen_abandoned_total", &labels)
-        .iter()
-        .map(|x| x.value)
-        .sum();
+    let abandoned: f64 = samples_matching(&s, "connmon_listen_abandoned_total", &labels).iter().map(|x| x.value).sum();
     eprintln!(
         "short backlog: ListenOverflows {overflows}, worst queue wait {worst_wait:.3}s, abandoned {abandoned}; clients: {} ok, {} timeouts of {}",
         attempts.iter().filter(|a| a.outcome == "ok").count(),
@@ -180,14 +144,8 @@ fn short_backlog_fails_fast_and_the_slow_failure_alert_stays_silent() {
         attempts.len()
     );
     assert!(overflows > 0, "no ListenOverflows in the namespace");
-    assert!(
-        overflow_seen,
-        "ListenOverflow never fired for the short backlog"
-    );
-    assert!(
-        worst_wait < 0.5,
-        "queue wait reached {worst_wait}s with a backlog of 8"
-    );
+    assert!(overflow_seen, "ListenOverflow never fired for the short backlog");
+    assert!(worst_wait < 0.5, "queue wait reached {worst_wait}s with a backlog of 8");
     assert!(sample_expect(&s, "connmon_listen_drops_total", &labels) > 0.0);
 }
 
@@ -209,11 +167,7 @@ fn queue_wait_agrees_with_what_clients_measured() {
         let s = agent.samples();
         let t = now();
         let get = |m: &str| {
-            sample_expect(
-                &s,
-                "connmon_listen_queue_wait_seconds",
-                &[labels[0], labels[1], labels[2], ("method", m)],
-            )
+            sample_expect(&s, "connmon_listen_queue_wait_seconds", &[labels[0], labels[1], labels[2], ("method", m)])
         };
         let (little, measured) = (get("littles_law"), get("accept"));
         let rate = sample_expect(&s, "connmon_listen_accept_rate", &labels);
@@ -225,11 +179,7 @@ fn queue_wait_agrees_with_what_clients_measured() {
             .filter(|(at, _)| (t - 10.0..=t).contains(at))
             .map(|(_, f)| f)
             .collect();
-        assert!(
-            waits.len() > 50,
-            "only {} greetings in the window",
-            waits.len()
-        );
+        assert!(waits.len() > 50, "only {} greetings in the window", waits.len());
         let truth = waits.iter().sum::<f64>() / waits.len() as f64;
         rows.push((truth, little, measured, rate));
         std::thread::sleep(Duration::from_secs(4));
@@ -245,24 +195,12 @@ fn queue_wait_agrees_with_what_clients_measured() {
             err(*little),
             err(*measured)
         );
-        assert!(
-            (rate - 20.0).abs() < 3.0,
-            "accept rate {rate} is not the server's 20/s"
-        );
-        assert!(
-            err(*little).abs() <= 15.0,
-            "Little's-law wait {little} is more than 15% off the clients' {truth}"
-        );
-        assert!(
-            err(*measured).abs() <= 10.0,
-            "measured wait {measured} is more than 10% off the clients' {truth}"
-        );
+        assert!((rate - 20.0).abs() < 3.0, "accept rate {rate} is not the server's 20/s");
+        assert!(err(*little).abs() <= 15.0, "Little's-law wait {little} is more than 15% off the clients' {truth}");
+        assert!(err(*measured).abs() <= 10.0, "measured wait {measured} is more than 10% off the clients' {truth}");
     }
     eprintln!("connmon listeners --for 4s: wait {cli_wait:.3}s");
-    assert!(
-        (cli_wait - rows[2].0).abs() <= 0.2 * rows[2].0,
-        "connmon listeners shows {cli_wait}s"
-    );
+    assert!((cli_wait - rows[2].0).abs() <= 0.2 * rows[2].0, "connmon listeners shows {cli_wait}s");
 }
 
 #[test]
@@ -293,19 +231,11 @@ fn a_backlog_clamped_by_somaxconn_is_flagged() {
         }
     });
     // The host's own value, read in the host's namespace, is not the test namespace's.
-    let host = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .unwrap()
-        .trim()
-        .parse::<f64>()
-        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse::<f64>().unwrap();
     let s = agent.samples();
     let host_ino = Netns::host().inode().to_string();
     assert_eq!(
-        sample(
-            &s,
-            "connmon_netns_sysctl",
-            &[("netns", host_ino.as_str()), ("name", "net.core.somaxconn")]
-        ),
+        sample(&s, "connmon_netns_sysctl", &[("netns", host_ino.as_str()), ("name", "net.core.somaxconn")]),
         Some(host)
     );
 }
@@ -326,9 +256,7 @@ fn each_client_that_gives_up_in_the_queue_is_counted_once() {
     let labels = listener_labels(&ino, &port_s);
     let (listener, clients) = ns.run(|| {
         let l = listen_tcp(a, 16);
-        let cs: Vec<TcpStream> = (0..7)
-            .map(|_| TcpStream::connect(a).expect("connect"))
-            .collect();
+        let cs: Vec<TcpStream> = (0..7).map(|_| TcpStream::connect(a).expect("connect")).collect();
         (l, cs)
     });
     wait_recv_q(&ns, a, 7);
@@ -337,10 +265,7 @@ fn each_client_that_gives_up_in_the_queue_is_counted_once() {
         drop(c);
     }
     for c in clients.by_ref().take(2) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
         // SAFETY: setsockopt with a valid struct of the size given.
         let rc = unsafe {
             libc::setsockopt(
@@ -372,11 +297,7 @@ fn each_client_that_gives_up_in_the_queue_is_counted_once() {
     agent.wait_metrics(deadline(15), "5 accepted closed, 7 waits measured", |s| {
         let got = (
             sample(s, "connmon_listen_accepted_closed_total", &labels),
-            sample(
-                s,
-                "connmon_listen_queue_wait_measured_seconds_count",
-                &labels,
-            ),
+            sample(s, "connmon_listen_queue_wait_measured_seconds_count", &labels),
             sample(s, "connmon_listen_abandoned_total", &how("fin")),
         );
         if got == (Some(5.0), Some(7.0), Some(3.0)) {

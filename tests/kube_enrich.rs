@@ -10,11 +10,11 @@
 //! coming back with a changed pod brings the change. Also: a bad kubeconfig and no API at all.
 //! Needs root (cgroups, probes).
 
-use connmon_test_support as common;
-use connmon::export::{PROBE_UP, WORKLOAD_INFO};
 use connmon::export::cluster::{
     KUBERNETES_LAST_SYNC as LAST_SYNC, KUBERNETES_OBJECTS as OBJECTS, KUBERNETES_UP as UP, PEER_INFO,
 };
+use connmon::export::{PROBE_UP, WORKLOAD_INFO};
+use connmon_test_support as common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -109,17 +109,44 @@ struct Pod0 {
 fn objects(node: &str, p: &Pod0, redis_pod: (&str, &str)) -> (Vec<Value>, Vec<Value>) {
     let (redis_name, redis_uid) = redis_pod;
     let pods = vec![
-        pod(["web-6d4cf56db6-x7k2p", "shop", &p.uid], node, "10.244.7.10", false, "2026-11-20T09:13:57Z", json!({
+        pod(
+            ["web-6d4cf56db6-x7k2p", "shop", &p.uid],
+            node,
+            "10.244.7.10",
+            false,
+            "2026-11-20T09:13:57Z",
+            json!({
             "initContainerStatuses": [{"name": "migrate", "containerID": format!("containerd://{}", "1".repeat(64)),
                 "image": "registry.example/migrate:1", "imageID": "", "ready": true, "restartCount": 0, "started": false,
                 "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": "2026-11-20T09:13:58Z", "finishedAt": "2026-11-20T09:14:01Z"}}}],
-            "containerStatuses": [container("app", &p.app_id), container("envoy", &p.envoy_id)]})),
-        pod([redis_name, "data", redis_uid], node, "127.0.0.2", false, "2026-11-20T08:00:00Z", json!({"containerStatuses": [container("redis", &"2".repeat(64))]})),
+            "containerStatuses": [container("app", &p.app_id), container("envoy", &p.envoy_id)]}),
+        ),
+        pod(
+            [redis_name, "data", redis_uid],
+            node,
+            "127.0.0.2",
+            false,
+            "2026-11-20T08:00:00Z",
+            json!({"containerStatuses": [container("redis", &"2".repeat(64))]}),
+        ),
         // The node's address stands at 127.0.0.3: a host-network pod has it too, and must not name it.
-        pod(["kube-proxy-8xq4z", "kube-system", "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"], node, "127.0.0.3", true, "2026-11-19T00:00:00Z",
-            json!({"containerStatuses": [container("kube-proxy", &"3".repeat(64))]})),
+        pod(
+            ["kube-proxy-8xq4z", "kube-system", "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"],
+            node,
+            "127.0.0.3",
+            true,
+            "2026-11-19T00:00:00Z",
+            json!({"containerStatuses": [container("kube-proxy", &"3".repeat(64))]}),
+        ),
         // Another node's pod on the same address, newer and running: seen only without the selector.
-        pod(["elsewhere-0", "shop", "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a"], "some-other-node", "127.0.0.2", false, "2026-11-21T00:00:00Z", json!({})),
+        pod(
+            ["elsewhere-0", "shop", "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a"],
+            "some-other-node",
+            "127.0.0.2",
+            false,
+            "2026-11-21T00:00:00Z",
+            json!({}),
+        ),
     ];
     let services = vec![service("kubernetes", "default", "10.96.0.1"), service("redis-headless", "data", "None")];
     (pods, services)
@@ -135,7 +162,8 @@ fn names_from_the_api_survive_an_outage_and_follow_changes() {
         envoy_id: format!("bb{pid:062x}"),
     };
     let redis = Redis::start(free_local_port(), &["--bind", "127.0.0.1", "127.0.0.2", "127.0.0.3"]);
-    let slice = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice", p.uid.replace('-', "_"));
+    let slice =
+        format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice", p.uid.replace('-', "_"));
     let app_cg = format!("{slice}/cri-containerd-{}.scope", p.app_id);
     let envoy_cg = format!("{slice}/cri-containerd-{}.scope", p.envoy_id);
     // Declared in this order so that clients die first, then the leaf cgroups, then the pod's.
@@ -153,8 +181,11 @@ fn names_from_the_api_survive_an_outage_and_follow_changes() {
     let kubeconfig = api.kubeconfig(dir.path());
     let agent = agent(&["--kubernetes.kubeconfig", kubeconfig.to_str().unwrap(), "--kubernetes.node-name", &node]);
 
-    let names = |s: &[Sample], cg: &str| labels_of(s, WORKLOAD_INFO, &[("cgroup", cg)], &["namespace", "pod", "container", "pod_uid"]);
-    let peer = |s: &[Sample], addr: &str| labels_of(s, PEER_INFO, &[("dst_addr", addr)], &["kind", "namespace", "name"]);
+    let names = |s: &[Sample], cg: &str| {
+        labels_of(s, WORKLOAD_INFO, &[("cgroup", cg)], &["namespace", "pod", "container", "pod_uid"])
+    };
+    let peer =
+        |s: &[Sample], addr: &str| labels_of(s, PEER_INFO, &[("dst_addr", addr)], &["kind", "namespace", "name"]);
     let app = vec!["shop".to_string(), "web-6d4cf56db6-x7k2p".into(), "app".into(), p.uid.clone()];
     let envoy = vec!["shop".to_string(), "web-6d4cf56db6-x7k2p".into(), "envoy".into(), p.uid.clone()];
     let redis_0 = vec!["pod".to_string(), "data".into(), "redis-0".into()];
@@ -189,7 +220,10 @@ fn names_from_the_api_survive_an_outage_and_follow_changes() {
     let pods_requests: Vec<&String> = requests.iter().filter(|r| r.starts_with("/api/v1/pods")).collect();
     assert!(!pods_requests.is_empty(), "no pods request: {requests:#?}");
     for r in &pods_requests {
-        assert!(r.contains(&format!("fieldSelector=spec.nodeName={node}")), "pods request without this node's field selector: {r}");
+        assert!(
+            r.contains(&format!("fieldSelector=spec.nodeName={node}")),
+            "pods request without this node's field selector: {r}"
+        );
     }
     for kind in ["pods", "services"] {
         assert!(
@@ -205,7 +239,11 @@ fn names_from_the_api_survive_an_outage_and_follow_changes() {
     let mut scrapes = 0;
     let mut down = false;
     while !down || outage.elapsed() < Duration::from_secs(6) {
-        assert!(outage.elapsed() < Duration::from_secs(40), "connmon_kubernetes_up still not 0 after 40 s: {:?}", agent.samples().iter().filter(|x| x.name == UP).collect::<Vec<_>>());
+        assert!(
+            outage.elapsed() < Duration::from_secs(40),
+            "connmon_kubernetes_up still not 0 after 40 s: {:?}",
+            agent.samples().iter().filter(|x| x.name == UP).collect::<Vec<_>>()
+        );
         let t = Instant::now();
         let s = agent.samples();
         let took = t.elapsed();
@@ -238,7 +276,10 @@ fn names_from_the_api_survive_an_outage_and_follow_changes() {
             got => Err(format!("connmon_kubernetes_up pods, services: {got:?}")),
         }
     });
-    assert!(sample_expect(&s, LAST_SYNC, &[("resource", "pods")]) > synced, "the relist did not move the last sync time");
+    assert!(
+        sample_expect(&s, LAST_SYNC, &[("resource", "pods")]) > synced,
+        "the relist did not move the last sync time"
+    );
     assert_eq!(peer(&s, "127.0.0.1").unwrap(), ["service", "data", "redis"]);
     let log = agent.stderr();
     assert_eq!(lines_with(&log, &["kubernetes: pods watch recovered"]).len(), 1, "{log}");
@@ -273,11 +314,18 @@ fn a_bad_kubeconfig_is_one_line_and_everything_else_serves() {
 fn without_the_api_attribution_falls_back_and_says_so_once() {
     let agent = agent(&[]);
     let s = agent.samples();
-    assert!(s.iter().all(|x| !x.name.starts_with("connmon_kubernetes_") && x.name != PEER_INFO), "API series without an API");
+    assert!(
+        s.iter().all(|x| !x.name.starts_with("connmon_kubernetes_") && x.name != PEER_INFO),
+        "API series without an API"
+    );
     let log = agent.stderr();
     let lines = lines_with(&log, &["kubernetes:"]);
     assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains("not in a cluster") && lines[0].contains("naming workloads by cgroup ids and comm"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("not in a cluster") && lines[0].contains("naming workloads by cgroup ids and comm"),
+        "{}",
+        lines[0]
+    );
 
     // Asked for explicitly without a node name: a one-line error at start.
     let mut cmd = Command::new(connmon_bin());

@@ -2,9 +2,12 @@
 //! eBPF peak and SYN-ACK probes, the exposition formats, and degraded start-ups (a probe that
 //! cannot attach, no BPF capabilities). Needs root.
 
-use connmon_test_support as common;
-use connmon::export::{BUILD_INFO, LISTEN_DROPS, LISTEN_QUEUE_DEPTH, LISTEN_QUEUE_MAX, LISTEN_QUEUE_PEAK, LISTEN_SYNACK_RETRANS, LISTEN_SYN_QUEUE, NETNS_TCP_EXT, PROBE_UP};
 use connmon::export::pools::POOL_OPENS;
+use connmon::export::{
+    BUILD_INFO, LISTEN_DROPS, LISTEN_QUEUE_DEPTH, LISTEN_QUEUE_MAX, LISTEN_QUEUE_PEAK, LISTEN_SYNACK_RETRANS,
+    LISTEN_SYN_QUEUE, NETNS_TCP_EXT, PROBE_UP,
+};
+use connmon_test_support as common;
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -25,87 +28,57 @@ fn agent_metrics_match_ss_and_nstat() {
     // Freeze the counters: close the clients still in SYN-SENT, so nothing retransmits SYNs into the
     // full queue any more. The agent may serve figures from its last periodic scan, so exact
     // agreement with a frozen truth is the fair test.
-    let (pending, _queued): (Vec<OwnedFd>, Vec<OwnedFd>) = clients
-        .into_iter()
-        .partition(|c| tcp_state(c) == TCP_SYN_SENT);
-    assert_eq!(
-        pending.len(),
-        4,
-        "test setup: 8 clients, 4 fit in the accept queue"
-    );
+    let (pending, _queued): (Vec<OwnedFd>, Vec<OwnedFd>) =
+        clients.into_iter().partition(|c| tcp_state(c) == TCP_SYN_SENT);
+    assert_eq!(pending.len(), 4, "test setup: 8 clients, 4 fit in the accept queue");
     drop(pending);
 
     let ino = ns.inode().to_string();
     let port_s = port.to_string();
     let comm = self_comm();
-    let labels = [
-        ("netns", ino.as_str()),
-        ("addr", "127.0.0.1"),
-        ("port", port_s.as_str()),
-        ("comm", comm.as_str()),
-    ];
+    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port_s.as_str()), ("comm", comm.as_str())];
     let overflows = [("netns", ino.as_str()), ("counter", "ListenOverflows")];
     let listen_drops = [("netns", ino.as_str()), ("counter", "ListenDrops")];
 
-    agent.wait_metrics(
-        deadline(30),
-        "the listener's metrics to agree with ss and nstat",
-        |s| {
-            let ss = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
-            let n = nstat(&ns);
-            let got = (
-                sample(s, LISTEN_QUEUE_DEPTH, &labels),
-                sample(s, LISTEN_DROPS, &labels),
-                sample(s, NETNS_TCP_EXT, &overflows),
-                sample(s, NETNS_TCP_EXT, &listen_drops),
-            );
-            let want = (
-                Some(ss.recv_q as f64),
-                Some(ss.drops as f64),
-                Some(counter(&n, "TcpExtListenOverflows") as f64),
-                Some(counter(&n, "TcpExtListenDrops") as f64),
-            );
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!(
-                    "(depth, drops, overflows, listendrops) connmon {got:?}, ss/nstat {want:?}"
-                ))
-            }
-        },
-    );
+    agent.wait_metrics(deadline(30), "the listener's metrics to agree with ss and nstat", |s| {
+        let ss = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
+        let n = nstat(&ns);
+        let got = (
+            sample(s, LISTEN_QUEUE_DEPTH, &labels),
+            sample(s, LISTEN_DROPS, &labels),
+            sample(s, NETNS_TCP_EXT, &overflows),
+            sample(s, NETNS_TCP_EXT, &listen_drops),
+        );
+        let want = (
+            Some(ss.recv_q as f64),
+            Some(ss.drops as f64),
+            Some(counter(&n, "TcpExtListenOverflows") as f64),
+            Some(counter(&n, "TcpExtListenDrops") as f64),
+        );
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("(depth, drops, overflows, listendrops) connmon {got:?}, ss/nstat {want:?}"))
+        }
+    });
 
     let ss1 = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
     let n1 = nstat(&ns);
     let s = agent.samples();
     let ss2 = ss_listener(&ns, "127.0.0.1", port).expect("ss lost the listener");
     let n2 = nstat(&ns);
-    assert!(
-        ss1.drops > 0 && counter(&n1, "TcpExtListenOverflows") > 0,
-        "test setup: no overflow happened: {ss1:?}"
-    );
+    assert!(ss1.drops > 0 && counter(&n1, "TcpExtListenOverflows") > 0, "test setup: no overflow happened: {ss1:?}");
 
     assert_eq!(ss1.recv_q, ss2.recv_q, "test setup: accept queue moved");
-    assert_eq!(
-        sample_expect(&s, LISTEN_QUEUE_DEPTH, &labels),
-        ss1.recv_q as f64,
-        "depth vs ss Recv-Q"
-    );
-    assert_eq!(
-        sample_expect(&s, LISTEN_QUEUE_MAX, &labels),
-        ss1.send_q as f64,
-        "max vs ss Send-Q"
-    );
+    assert_eq!(sample_expect(&s, LISTEN_QUEUE_DEPTH, &labels), ss1.recv_q as f64, "depth vs ss Recv-Q");
+    assert_eq!(sample_expect(&s, LISTEN_QUEUE_MAX, &labels), ss1.send_q as f64, "max vs ss Send-Q");
     assert_between(
         "connmon_listen_drops_total vs ss skmem d",
         ss1.drops,
         sample_expect(&s, LISTEN_DROPS, &labels),
         ss2.drops,
     );
-    for (labels, key) in [
-        (&overflows, "TcpExtListenOverflows"),
-        (&listen_drops, "TcpExtListenDrops"),
-    ] {
+    for (labels, key) in [(&overflows, "TcpExtListenOverflows"), (&listen_drops, "TcpExtListenDrops")] {
         assert_between(
             &format!("connmon_netns_tcp_ext_total{labels:?} vs nstat {key}"),
             counter(&n1, key),
@@ -117,16 +90,10 @@ fn agent_metrics_match_ss_and_nstat() {
     let build = samples_matching(&s, BUILD_INFO, &[]);
     assert!(!build.is_empty(), "no connmon_build_info sample");
     assert!(
-        build
-            .iter()
-            .all(|b| b.label("version").is_some_and(|v| !v.is_empty())),
+        build.iter().all(|b| b.label("version").is_some_and(|v| !v.is_empty())),
         "build_info without version: {build:?}"
     );
-    assert_eq!(
-        sample(&s, PROBE_UP, &[("probe", "listen_peak")]),
-        Some(1.0),
-        "probe_up{{probe=\"listen_peak\"}}"
-    );
+    assert_eq!(sample(&s, PROBE_UP, &[("probe", "listen_peak")]), Some(1.0), "probe_up{{probe=\"listen_peak\"}}");
 }
 
 #[test]
@@ -135,31 +102,20 @@ fn synack_retransmits_counted() {
     let ns = Netns::new();
     let port = unique_port();
     let _l = listener_with_half_open(&ns, port, 16, 6);
-    wait_until(deadline(10), "ss to show 6 SYN-RECV requests", || {
-        (ss_syn_recv_count(&ns, port) == 6).then_some(())
-    });
+    wait_until(deadline(10), "ss to show 6 SYN-RECV requests", || (ss_syn_recv_count(&ns, port) == 6).then_some(()));
 
     let ino = ns.inode().to_string();
     let local = SYNQ_LOCAL.to_string();
     let port_s = port.to_string();
-    let labels = [
-        ("netns", ino.as_str()),
-        ("addr", local.as_str()),
-        ("port", port_s.as_str()),
-    ];
+    let labels = [("netns", ino.as_str()), ("addr", local.as_str()), ("port", port_s.as_str())];
     // The kernel retransmits each SYN-ACK after ~1 s, 3 s, 7 s, ...
-    let retrans = agent.wait_metrics(
-        deadline(15),
-        "connmon_listen_synack_retransmits_total >= 1",
-        |s| match sample(s, LISTEN_SYNACK_RETRANS, &labels) {
+    let retrans = agent.wait_metrics(deadline(15), "connmon_listen_synack_retransmits_total >= 1", |s| {
+        match sample(s, LISTEN_SYNACK_RETRANS, &labels) {
             Some(v) if v >= 1.0 => Ok(v),
             other => Err(format!("{other:?}")),
-        },
-    );
-    assert!(
-        retrans <= 6.0 * 5.0,
-        "more SYN-ACK retransmits ({retrans}) than 6 requests x 5 retries"
-    );
+        }
+    });
+    assert!(retrans <= 6.0 * 5.0, "more SYN-ACK retransmits ({retrans}) than 6 requests x 5 retries");
 
     let c1 = ss_syn_recv_count(&ns, port);
     let s = agent.samples();
@@ -182,11 +138,7 @@ fn peak_depth_reaches_backlog_after_drain() {
 
     let ino = ns.inode().to_string();
     let port_s = port.to_string();
-    let labels = [
-        ("netns", ino.as_str()),
-        ("addr", "127.0.0.1"),
-        ("port", port_s.as_str()),
-    ];
+    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port_s.as_str())];
     let ebpf_peak: Vec<(&str, &str)> = labels.iter().copied().chain([("source", "ebpf")]).collect();
     // The agent must know the listener before the burst, so that the first scrape after it reports it.
     agent.wait_metrics(deadline(30), "the listener's depth series", |s| {
@@ -203,27 +155,18 @@ fn peak_depth_reaches_backlog_after_drain() {
     // 5 connections (the kernel's accept queue holds backlog + 1).
     let s = agent.samples();
     let peak = sample_expect(&s, LISTEN_QUEUE_PEAK, &ebpf_peak);
-    assert!(
-        (4.0..=5.0).contains(&peak),
-        "peak since the previous scrape is {peak}, want 4..=5 (ss saw 5 queued)"
-    );
+    assert!((4.0..=5.0).contains(&peak), "peak since the previous scrape is {peak}, want 4..=5 (ss saw 5 queued)");
 
     // The peak covers the time since the previous scrape. Wait until the agent's depth shows the
     // drained queue; after that scrape nothing more was queued, so the next peak equals depth 0.
-    agent.wait_metrics(
-        deadline(10),
-        "connmon_listen_queue_depth == 0 after the drain",
-        |s| match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
+    agent.wait_metrics(deadline(10), "connmon_listen_queue_depth == 0 after the drain", |s| {
+        match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
             Some(0.0) => Ok(()),
             other => Err(format!("{other:?}")),
-        },
-    );
+        }
+    });
     let s = agent.samples();
-    assert_eq!(
-        sample(&s, LISTEN_QUEUE_DEPTH, &labels),
-        Some(0.0),
-        "depth after the drain"
-    );
+    assert_eq!(sample(&s, LISTEN_QUEUE_DEPTH, &labels), Some(0.0), "depth after the drain");
     assert_eq!(
         sample(&s, LISTEN_QUEUE_PEAK, &ebpf_peak),
         Some(0.0),
@@ -247,10 +190,7 @@ fn exposition_passes_promtool() {
     let r = agent.request("/metrics", &[]);
     assert_eq!(r.status, 200, "GET /metrics: {}", r.body);
     let ct = r.header("content-type").unwrap_or("");
-    assert!(
-        ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
-        "default Content-Type is {ct:?}"
-    );
+    assert!(ct.starts_with("text/plain") && ct.contains("version=0.0.4"), "default Content-Type is {ct:?}");
     let parsed = parse_metrics(&r.body);
     for family in [
         LISTEN_QUEUE_DEPTH,
@@ -262,11 +202,7 @@ fn exposition_passes_promtool() {
         BUILD_INFO,
         PROBE_UP,
     ] {
-        assert!(
-            parsed.iter().any(|s| s.name == family),
-            "exposition has no {family} samples:\n{}",
-            r.body
-        );
+        assert!(parsed.iter().any(|s| s.name == family), "exposition has no {family} samples:\n{}", r.body);
     }
 
     let mut promtool = Command::new("promtool")
@@ -276,12 +212,7 @@ fn exposition_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start promtool (Debian package prometheus)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(r.body.as_bytes())
-        .expect("write to promtool");
+    promtool.stdin.take().unwrap().write_all(r.body.as_bytes()).expect("write to promtool");
     let out = promtool.wait_with_output().expect("wait for promtool");
     assert!(
         out.status.success(),
@@ -292,28 +223,17 @@ fn exposition_passes_promtool() {
         r.body
     );
 
-    let om = agent.request(
-        "/metrics",
-        &[("Accept", "application/openmetrics-text; version=1.0.0")],
-    );
+    let om = agent.request("/metrics", &[("Accept", "application/openmetrics-text; version=1.0.0")]);
     assert_eq!(om.status, 200, "GET /metrics (OpenMetrics): {}", om.body);
     let ct = om.header("content-type").unwrap_or("");
-    assert!(
-        ct.starts_with("application/openmetrics-text"),
-        "OpenMetrics Content-Type is {ct:?}"
-    );
+    assert!(ct.starts_with("application/openmetrics-text"), "OpenMetrics Content-Type is {ct:?}");
     assert!(
         om.body.ends_with("# EOF\n"),
         "OpenMetrics body does not end with \"# EOF\\n\": {:?}",
         &om.body[om.body.len().saturating_sub(200)..]
     );
     assert!(
-        sample(
-            &parse_metrics(&om.body),
-            LISTEN_QUEUE_DEPTH,
-            &labels
-        )
-        .is_some(),
+        sample(&parse_metrics(&om.body), LISTEN_QUEUE_DEPTH, &labels).is_some(),
         "OpenMetrics body lacks the listener's depth:\n{}",
         om.body
     );
@@ -347,19 +267,13 @@ fn agent_serves_when_a_probe_cannot_attach() {
     wait_recv_q(&ns, a, 3);
     let ino = ns.inode().to_string();
     let port_s = port.to_string();
-    let labels = [
-        ("netns", ino.as_str()),
-        ("addr", "127.0.0.1"),
-        ("port", port_s.as_str()),
-    ];
-    agent.wait_metrics(
-        deadline(30),
-        "the listener's depth == 3 (ss Recv-Q)",
-        |s| match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
+    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port_s.as_str())];
+    agent.wait_metrics(deadline(30), "the listener's depth == 3 (ss Recv-Q)", |s| {
+        match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
             Some(3.0) => Ok(()),
             other => Err(format!("{other:?}")),
-        },
-    );
+        }
+    });
 
     let (status, body) = agent.get("/healthz");
     assert_eq!((status, body.trim()), (200, "ok"), "/healthz");
@@ -378,72 +292,46 @@ fn without_bpf_capabilities_listeners_still_work() {
     wait_recv_q(&host, a, 2);
 
     let agent = Agent::start_wrapped(&[], |argv| {
-        let quoted: Vec<String> = argv
-            .iter()
-            .map(|s| format!("'{}'", s.replace('\'', r"'\''")))
-            .collect();
+        let quoted: Vec<String> = argv.iter().map(|s| format!("'{}'", s.replace('\'', r"'\''"))).collect();
         let mut c = Command::new("capsh");
-        c.args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c"])
-            .arg(format!("exec {}", quoted.join(" ")));
+        c.args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c"]).arg(format!("exec {}", quoted.join(" ")));
         c
     });
 
     // Test setup: the agent really runs without those capabilities.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
-        .expect("agent's /proc status");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent's /proc status");
     let cap_eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .map(|v| u64::from_str_radix(v.trim(), 16).expect("CapEff hex"))
         .expect("CapEff line");
     for (bit, name) in [(21, "CAP_SYS_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF")] {
-        assert_eq!(
-            cap_eff & (1 << bit),
-            0,
-            "agent still has {name} (CapEff {cap_eff:x})"
-        );
+        assert_eq!(cap_eff & (1 << bit), 0, "agent still has {name} (CapEff {cap_eff:x})");
     }
 
     let ino = host.inode().to_string();
     let port_s = a.port().to_string();
-    let labels = [
-        ("netns", ino.as_str()),
-        ("addr", "127.0.0.1"),
-        ("port", port_s.as_str()),
-    ];
-    let s = agent.wait_metrics(
-        deadline(30),
-        "the host listener's depth == 2 (ss Recv-Q)",
-        |s| match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
+    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port_s.as_str())];
+    let s = agent.wait_metrics(deadline(30), "the host listener's depth == 2 (ss Recv-Q)", |s| {
+        match sample(s, LISTEN_QUEUE_DEPTH, &labels) {
             Some(2.0) => Ok(s.to_vec()),
             other => Err(format!("{other:?}")),
-        },
-    );
+        }
+    });
 
     let probes = samples_matching(&s, PROBE_UP, &[]);
     assert!(!probes.is_empty(), "no connmon_probe_up samples");
-    assert!(
-        probes.iter().all(|p| p.value == 0.0),
-        "probes up without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN: {probes:#?}"
-    );
+    assert!(probes.iter().all(|p| p.value == 0.0), "probes up without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN: {probes:#?}");
 
     let peaks = samples_matching(&s, LISTEN_QUEUE_PEAK, &[]);
     assert!(
         peaks.iter().all(|p| p.label("source") == Some("sampled")),
         "without eBPF every peak must be source=\"sampled\": {peaks:#?}"
     );
-    let ours: Vec<(&str, &str)> = labels
-        .iter()
-        .copied()
-        .chain([("source", "sampled")])
-        .collect();
+    let ours: Vec<(&str, &str)> = labels.iter().copied().chain([("source", "sampled")]).collect();
     let peak = sample_expect(&s, LISTEN_QUEUE_PEAK, &ours);
-    assert!(
-        peak >= 2.0,
-        "sampled peak {peak} below the depth 2 it sampled"
-    );
+    assert!(peak >= 2.0, "sampled peak {peak} below the depth 2 it sampled");
 }
-
 
 /// Once its probes are attached the agent gives up what only loading needed: no thread keeps
 /// CAP_BPF, CAP_PERFMON or CAP_NET_ADMIN, while CAP_SYS_ADMIN (setns for the netns scans, which
@@ -454,7 +342,11 @@ fn capabilities_dropped_after_attach() {
     let agent = Agent::start(&[]);
     agent.wait_metrics(deadline(30), "the agent to be ready", |_| {
         let (status, _) = agent.get("/readyz");
-        if status == 200 { Ok(()) } else { Err(format!("/readyz {status}")) }
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("/readyz {status}"))
+        }
     });
     let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).expect("agent's task list");
     let mut seen = 0;

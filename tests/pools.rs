@@ -52,50 +52,29 @@ fn pools_match_redis_and_postgres() {
         (&c, PoolRef::of(&c, pdst), pdst.port(), 5.0, "postgres"),
     ];
 
-    let samples = agent.wait_metrics(
-        deadline(30),
-        "pool connections 7 (A, seeded), 13 (B), 5 (C)",
-        |s| {
-            let got: Vec<Option<f64>> = cases
-                .iter()
-                .map(|(_, p, ..)| p.get(s, POOL_CONNECTIONS))
-                .collect();
-            if cases
-                .iter()
-                .zip(&got)
-                .all(|((_, _, _, n, _), g)| *g == Some(*n))
-            {
-                Ok(s.to_vec())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
-    );
+    let samples = agent.wait_metrics(deadline(30), "pool connections 7 (A, seeded), 13 (B), 5 (C)", |s| {
+        let got: Vec<Option<f64>> = cases.iter().map(|(_, p, ..)| p.get(s, POOL_CONNECTIONS)).collect();
+        if cases.iter().zip(&got).all(|((_, _, _, n, _), g)| *g == Some(*n)) {
+            Ok(s.to_vec())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
 
     // The servers' and the kernel's counts (the clients hold still, so these are exact).
     let host = Netns::host();
     let client_list = redis.client_list();
-    let named = |n: &str| {
-        client_list
-            .iter()
-            .filter(|c| c.get("name").map(String::as_str) == Some(n))
-            .count()
-    };
+    let named = |n: &str| client_list.iter().filter(|c| c.get("name").map(String::as_str) == Some(n)).count();
     let oracle = [
         (named(&a.name), "redis CLIENT LIST"),
         (named(&b.name), "redis CLIENT LIST"),
         (pg.count_by_application(&c.name), "pg_stat_activity"),
     ];
-    for ((client, pool, port, n, service), (server_count, server_what)) in cases.iter().zip(oracle)
-    {
+    for ((client, pool, port, n, service), (server_count, server_what)) in cases.iter().zip(oracle) {
         let f = pool.figures(&samples);
         let ss = ss_estab_owned_by(&host, client.pid(), *port);
         eprintln!("{pool}: connmon {f}; {server_what} {server_count}; ss {ss}");
-        assert_eq!(
-            f.active,
-            Some(server_count as f64),
-            "{pool}: connmon vs {server_what} ({server_count}): {f}"
-        );
+        assert_eq!(f.active, Some(server_count as f64), "{pool}: connmon vs {server_what} ({server_count}): {f}");
         assert_eq!(
             f.active,
             Some(ss as f64),
@@ -103,14 +82,8 @@ fn pools_match_redis_and_postgres() {
             client.pid()
         );
         assert_eq!(f.active, Some(*n), "{pool}: {f}");
-        assert_eq!(
-            f.service.as_deref(),
-            Some(*service),
-            "{pool}: service label (by port {port}): {f}"
-        );
-        let peak = f
-            .peak
-            .unwrap_or_else(|| panic!("{pool}: no peak series: {f}"));
+        assert_eq!(f.service.as_deref(), Some(*service), "{pool}: service label (by port {port}): {f}");
+        let peak = f.peak.unwrap_or_else(|| panic!("{pool}: no peak series: {f}"));
         assert!(peak >= *n, "{pool}: peak {peak} < active {n}: {f}");
     }
     // Opened while the agent watched: every handshake counted once, attempts == opens.
@@ -118,44 +91,23 @@ fn pools_match_redis_and_postgres() {
         let f = pool.figures(&samples);
         assert_eq!(f.opens, Some(*n), "{pool}: opens: {f}");
         assert_eq!(f.attempts, f.opens, "{pool}: attempts vs opens: {f}");
-        assert_eq!(
-            f.connect_count,
-            Some(*n),
-            "{pool}: connect_duration _count: {f}"
-        );
+        assert_eq!(f.connect_count, Some(*n), "{pool}: connect_duration _count: {f}");
         assert_eq!(f.closes, Some(0.0), "{pool}: closes: {f}");
         assert_eq!(f.failures_total(), 0.0, "{pool}: failures: {f}");
     }
     // Seeded: in the gauge, not in the counters.
     let fa = cases[0].1.figures(&samples);
-    assert_eq!(
-        fa.opens.unwrap_or(0.0),
-        0.0,
-        "{}: seeded connections counted as opens: {fa}",
-        cases[0].1
-    );
-    assert_eq!(
-        fa.attempts.unwrap_or(0.0),
-        0.0,
-        "{}: seeded connections counted as attempts: {fa}",
-        cases[0].1
-    );
+    assert_eq!(fa.opens.unwrap_or(0.0), 0.0, "{}: seeded connections counted as opens: {fa}", cases[0].1);
+    assert_eq!(fa.attempts.unwrap_or(0.0), 0.0, "{}: seeded connections counted as attempts: {fa}", cases[0].1);
 
     // The service of each destination, decided by the well-known port (or, where connmon already
     // recognises the protocol on the wire, by the protocol: both must say the same service).
     for (dst, service) in [(rdst, "redis"), (pdst, "postgres")] {
         let info = service_info(&samples, dst);
-        assert_eq!(
-            info.len(),
-            1,
-            "one {POOL_SERVICE_INFO} for {dst}: {info:#?}"
-        );
+        assert_eq!(info.len(), 1, "one {POOL_SERVICE_INFO} for {dst}: {info:#?}");
         assert_eq!(info[0].label("service"), Some(service), "{dst}: {info:#?}");
         assert!(
-            matches!(
-                info[0].label("classified_by"),
-                Some("port") | Some("protocol")
-            ),
+            matches!(info[0].label("classified_by"), Some("port") | Some("protocol")),
             "{dst}: classified_by: {info:#?}"
         );
         assert_eq!(info[0].value, 1.0, "{dst}: {info:#?}");
@@ -165,54 +117,30 @@ fn pools_match_redis_and_postgres() {
     let rows = connmon_pools_json(&[]);
     for (_, pool, _, n, service) in &cases {
         let mine = pool_rows(&rows, pool);
-        assert_eq!(
-            mine.len(),
-            1,
-            "{pool}: one row in connmon pools --json, got {mine:#?}"
-        );
+        assert_eq!(mine.len(), 1, "{pool}: one row in connmon pools --json, got {mine:#?}");
         let r = mine[0];
-        assert_eq!(
-            json_u64(r, "active") as f64,
-            *n,
-            "{pool}: connmon pools --json active: {r}"
-        );
+        assert_eq!(json_u64(r, "active") as f64, *n, "{pool}: connmon pools --json active: {r}");
         assert_eq!(json_str(r, "service"), *service, "{pool}: {r}");
-        assert!(
-            r["opens"].is_null() && r["closes"].is_null(),
-            "{pool}: one-shot scan has no counters: {r}"
-        );
+        assert!(r["opens"].is_null() && r["closes"].is_null(), "{pool}: one-shot scan has no counters: {r}");
     }
 
     // Server side: redis-server's accepted connections still open. INFO clients before and after
     // (each through a redis-cli that is itself one client, not counted) brackets connmon's value.
     let ino = host.inode().to_string();
     let port = rdst.port().to_string();
-    let labels = [
-        ("netns", ino.as_str()),
-        ("addr", "127.0.0.1"),
-        ("port", port.as_str()),
-        ("comm", "redis-server"),
-    ];
-    let (oracle, seen) = poll_until(
-        deadline(20),
-        "connmon_listen_established_connections == redis connected_clients",
-        || {
+    let labels = [("netns", ino.as_str()), ("addr", "127.0.0.1"), ("port", port.as_str()), ("comm", "redis-server")];
+    let (oracle, seen) =
+        poll_until(deadline(20), "connmon_listen_established_connections == redis connected_clients", || {
             let before = redis.connected_clients_but_me();
             let v = sample(&agent.samples(), LISTEN_ESTABLISHED, &labels);
             let after = redis.connected_clients_but_me();
             match v {
                 Some(v) if before == after && v == before as f64 => Ok((before, v)),
-                _ => Err(format!(
-                    "INFO clients before {before}, after {after}; connmon {v:?}"
-                )),
+                _ => Err(format!("INFO clients before {before}, after {after}; connmon {v:?}")),
             }
-        },
-    );
+        });
     eprintln!("redis listener: connmon established {seen}, INFO connected_clients (minus redis-cli) {oracle}");
-    assert!(
-        oracle >= 20,
-        "A and B hold 20 connections, redis reports {oracle}"
-    );
+    assert!(oracle >= 20, "A and B hold 20 connections, redis reports {oracle}");
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -234,12 +162,8 @@ fn no_drift_after_closes() {
         for (p, active, opens, closes, seeded) in want {
             let f = p.figures(s);
             balance(p, &f, *seeded)?;
-            if (f.active, f.opens.unwrap_or(0.0), f.closes.unwrap_or(0.0))
-                != (Some(*active), *opens, *closes)
-            {
-                return Err(format!(
-                    "{p}: want active {active} opens {opens} closes {closes}; {f}"
-                ));
+            if (f.active, f.opens.unwrap_or(0.0), f.closes.unwrap_or(0.0)) != (Some(*active), *opens, *closes) {
+                return Err(format!("{p}: want active {active} opens {opens} closes {closes}; {f}"));
             }
         }
         Ok(())
@@ -251,11 +175,9 @@ fn no_drift_after_closes() {
 
     assert_eq!(b.close(5), 8);
     assert_eq!(a.close(3), 4);
-    let s = agent.wait_metrics(
-        deadline(30),
-        "B: 8 open after closing 5; A: 4 open after closing 3 seeded",
-        |s| check(s, &[(&pa, 4.0, 0.0, 3.0, 7.0), (&pb, 8.0, 13.0, 5.0, 0.0)]).map(|_| s.to_vec()),
-    );
+    let s = agent.wait_metrics(deadline(30), "B: 8 open after closing 5; A: 4 open after closing 3 seeded", |s| {
+        check(s, &[(&pa, 4.0, 0.0, 3.0, 7.0), (&pb, 8.0, 13.0, 5.0, 0.0)]).map(|_| s.to_vec())
+    });
     // The servers agree (redis notices the closes when it reads EOF).
     poll_until(deadline(20), "CLIENT LIST and ss to show A 4, B 8", || {
         let got = (
@@ -270,11 +192,7 @@ fn no_drift_after_closes() {
             Err(format!("(CLIENT LIST A, B, ss A, B) = {got:?}"))
         }
     });
-    eprintln!(
-        "after closes: {pa} {}; {pb} {}",
-        pa.figures(&s),
-        pb.figures(&s)
-    );
+    eprintln!("after closes: {pa} {}; {pb} {}", pa.figures(&s), pb.figures(&s));
 
     // Everything closed: both back to 0, seeded closes counted once each.
     a.exit();
@@ -282,26 +200,14 @@ fn no_drift_after_closes() {
     let s = agent.wait_metrics(deadline(30), "A and B back to 0", |s| {
         check(s, &[(&pa, 0.0, 0.0, 7.0, 7.0), (&pb, 0.0, 13.0, 13.0, 0.0)]).map(|_| s.to_vec())
     });
-    eprintln!(
-        "after exit: {pa} {}; {pb} {}",
-        pa.figures(&s),
-        pb.figures(&s)
-    );
+    eprintln!("after exit: {pa} {}; {pb} {}", pa.figures(&s), pb.figures(&s));
     for p in [&pa, &pb] {
         let f = p.figures(&s);
         assert!(f.peak.is_some_and(|v| v >= 0.0), "{p}: peak: {f}");
     }
     // B's 13 closed connections were all opened under the agent: 13 lifetimes; A's were seeded.
-    assert_eq!(
-        pb.figures(&s).lifetime_count,
-        Some(13.0),
-        "{pb}: lifetime _count"
-    );
-    assert_eq!(
-        pa.figures(&s).lifetime_count.unwrap_or(0.0),
-        0.0,
-        "{pa}: seeded connections have no lifetime"
-    );
+    assert_eq!(pb.figures(&s).lifetime_count, Some(13.0), "{pb}: lifetime _count");
+    assert_eq!(pa.figures(&s).lifetime_count.unwrap_or(0.0), 0.0, "{pa}: seeded connections have no lifetime");
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -314,51 +220,29 @@ fn churn_counted_exactly() {
     let dst = redis.addr();
     let agent = Agent::start(&[]);
     let t = Instant::now();
-    let mut c = ClientProc::spawn(ClientSpec::new(
-        "ch",
-        dst,
-        Proto::Redis,
-        Mode::Churn {
-            count: 200,
-            max_secs: 0.0,
-        },
-    ));
-    assert_eq!(
-        c.finish(Duration::from_secs(60)),
-        200,
-        "the client completes 200 cycles"
-    );
+    let mut c = ClientProc::spawn(ClientSpec::new("ch", dst, Proto::Redis, Mode::Churn { count: 200, max_secs: 0.0 }));
+    assert_eq!(c.finish(Duration::from_secs(60)), 200, "the client completes 200 cycles");
     let churned = t.elapsed();
     let p = PoolRef::of(&c, dst);
-    let s = agent.wait_metrics(
-        deadline(30),
-        "200 opens, 200 closes, 200 lifetimes, 0 open",
-        |s| {
-            let f = p.figures(s);
-            let want = Some(200.0);
-            if f.opens == want
-                && f.closes == want
-                && f.attempts == want
-                && f.lifetime_count == want
-                && f.connect_count == want
-                && f.active == Some(0.0)
-            {
-                Ok(s.to_vec())
-            } else {
-                Err(format!("{p}: {f}"))
-            }
-        },
-    );
+    let s = agent.wait_metrics(deadline(30), "200 opens, 200 closes, 200 lifetimes, 0 open", |s| {
+        let f = p.figures(s);
+        let want = Some(200.0);
+        if f.opens == want
+            && f.closes == want
+            && f.attempts == want
+            && f.lifetime_count == want
+            && f.connect_count == want
+            && f.active == Some(0.0)
+        {
+            Ok(s.to_vec())
+        } else {
+            Err(format!("{p}: {f}"))
+        }
+    });
     let f = p.figures(&s);
-    eprintln!(
-        "churn of 200 took {churned:?}, counted in {:?}: {f}",
-        t.elapsed()
-    );
+    eprintln!("churn of 200 took {churned:?}, counted in {:?}: {f}", t.elapsed());
     assert_eq!(f.failures_total(), 0.0, "{p}: no connect failed: {f}");
-    assert!(
-        f.lifetime_sum.is_some_and(|v| v >= 0.0) && f.connect_sum.is_some_and(|v| v > 0.0),
-        "{p}: sums: {f}"
-    );
+    assert!(f.lifetime_sum.is_some_and(|v| v >= 0.0) && f.connect_sum.is_some_and(|v| v > 0.0), "{p}: sums: {f}");
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -378,27 +262,12 @@ fn failures_by_reason() {
     let hole_a: SocketAddr = "10.77.0.2:7002".parse().unwrap();
 
     let t0 = Instant::now();
-    let mut tc = ClientProc::spawn(
-        ClientSpec::new("ft", hole_t, Proto::Silent, Mode::Timeout { count: 3 }).in_netns(&ns),
-    );
+    let mut tc =
+        ClientProc::spawn(ClientSpec::new("ft", hole_t, Proto::Silent, Mode::Timeout { count: 3 }).in_netns(&ns));
     let mut ac = ClientProc::spawn(
-        ClientSpec::new(
-            "fa",
-            hole_a,
-            Proto::Silent,
-            Mode::Abort {
-                count: 4,
-                after_ms: 100,
-            },
-        )
-        .in_netns(&ns),
+        ClientSpec::new("fa", hole_a, Proto::Silent, Mode::Abort { count: 4, after_ms: 100 }).in_netns(&ns),
     );
-    let mut rc = ClientProc::spawn(ClientSpec::new(
-        "fr",
-        closed,
-        Proto::Silent,
-        Mode::Refused { count: 20 },
-    ));
+    let mut rc = ClientProc::spawn(ClientSpec::new("fr", closed, Proto::Silent, Mode::Refused { count: 20 }));
     assert_eq!(rc.finish(Duration::from_secs(30)), 20);
     assert_eq!(ac.finish(Duration::from_secs(30)), 4);
     assert_eq!(tc.finish(Duration::from_secs(30)), 3);
@@ -409,26 +278,20 @@ fn failures_by_reason() {
         (PoolRef::of(&tc, hole_t), "timeout", 3.0),
         (PoolRef::of(&ac, hole_a), "aborted", 4.0),
     ];
-    let s = agent.wait_metrics(
-        deadline(20),
-        "failures: refused 20, timeout 3, aborted 4",
-        |s| {
-            for (p, reason, n) in &cases {
-                let f = p.figures(s);
-                let ok = f.failure(reason) == *n
-                    && f.failures_total() == *n
-                    && f.attempts == Some(*n)
-                    && f.opens.unwrap_or(0.0) == 0.0
-                    && f.active.unwrap_or(0.0) == 0.0;
-                if !ok {
-                    return Err(format!(
-                        "{p}: want {reason}={n} (and attempts {n}, nothing else): {f}"
-                    ));
-                }
+    let s = agent.wait_metrics(deadline(20), "failures: refused 20, timeout 3, aborted 4", |s| {
+        for (p, reason, n) in &cases {
+            let f = p.figures(s);
+            let ok = f.failure(reason) == *n
+                && f.failures_total() == *n
+                && f.attempts == Some(*n)
+                && f.opens.unwrap_or(0.0) == 0.0
+                && f.active.unwrap_or(0.0) == 0.0;
+            if !ok {
+                return Err(format!("{p}: want {reason}={n} (and attempts {n}, nothing else): {f}"));
             }
-            Ok(s.to_vec())
-        },
-    );
+        }
+        Ok(s.to_vec())
+    });
     for (p, reason, _) in &cases {
         eprintln!("{reason}: {p} {}", p.figures(&s));
     }
@@ -437,10 +300,7 @@ fn failures_by_reason() {
         let f = p.figures(&s);
         let reasons: Vec<&str> = f.failures.iter().map(|(r, _)| r.as_str()).collect();
         for r in FAILURE_REASONS {
-            assert!(
-                reasons.contains(&r),
-                "{p}: reason {r} not exported (every reason should be): {f}"
-            );
+            assert!(reasons.contains(&r), "{p}: reason {r} not exported (every reason should be): {f}");
         }
     }
 }
@@ -454,7 +314,20 @@ fn unreachable_counted_from_icmp() {
     let agent = Agent::start(&[]);
     let client = Netns::new();
     let router = Netns::new();
-    Netns::host().ip(&["link", "add", "cmu0", "netns", client.name(), "type", "veth", "peer", "name", "cmu1", "netns", router.name()]);
+    Netns::host().ip(&[
+        "link",
+        "add",
+        "cmu0",
+        "netns",
+        client.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cmu1",
+        "netns",
+        router.name(),
+    ]);
     client.ip(&["addr", "add", "10.97.0.1/24", "dev", "cmu0"]);
     client.ip(&["link", "set", "cmu0", "up"]);
     client.ip(&["route", "add", "10.98.0.0/24", "via", "10.97.0.2"]);
@@ -463,7 +336,8 @@ fn unreachable_counted_from_icmp() {
     router.ip(&["route", "add", "unreachable", "10.98.0.0/24"]);
     router.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0"]);
     let dst: SocketAddr = "10.98.0.5:7003".parse().unwrap();
-    let mut c = ClientProc::spawn(ClientSpec::new("fu", dst, Proto::Silent, Mode::Unreachable { count: 5 }).in_netns(&client));
+    let mut c =
+        ClientProc::spawn(ClientSpec::new("fu", dst, Proto::Silent, Mode::Unreachable { count: 5 }).in_netns(&client));
     assert_eq!(c.finish(Duration::from_secs(30)), 5, "test setup: 5 connects fail at once");
     let p = PoolRef::of(&c, dst);
     agent.wait_metrics(deadline(20), "5 failures, all unreachable", |s| {

@@ -8,9 +8,9 @@
 //! re-executed (see `common::client`) in a cgroup of its own and with a process name of its own, so
 //! every assertion filters connmon's series by that client's labels. Needs root.
 
-use connmon_test_support as common;
-use connmon::export::WORKLOAD_INFO;
 use connmon::export::pools::POOL_CONNECTIONS;
+use connmon::export::WORKLOAD_INFO;
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -48,25 +48,11 @@ fn service_override_and_cardinality_cap() {
                 got => Err(format!("{got:?}")),
             }
         });
-        assert_eq!(
-            p1.figures(&s).service.as_deref(),
-            Some("redis"),
-            "{p1} with --service {spec}: {}",
-            p1.figures(&s)
-        );
-        assert_eq!(
-            p2.figures(&s).service.as_deref(),
-            Some("other"),
-            "{p2} (no rule): {}",
-            p2.figures(&s)
-        );
+        assert_eq!(p1.figures(&s).service.as_deref(), Some("redis"), "{p1} with --service {spec}: {}", p1.figures(&s));
+        assert_eq!(p2.figures(&s).service.as_deref(), Some("other"), "{p2} (no rule): {}", p2.figures(&s));
         for (dst, service, by) in [(rdst, "redis", "port"), (pdst, "other", "none")] {
             let info = service_info(&s, dst);
-            assert_eq!(
-                info.len(),
-                1,
-                "one {POOL_SERVICE_INFO} for {dst}: {info:#?}"
-            );
+            assert_eq!(info.len(), 1, "one {POOL_SERVICE_INFO} for {dst}: {info:#?}");
             assert_eq!(
                 (info[0].label("service"), info[0].label("classified_by")),
                 (Some(service), Some(by)),
@@ -80,64 +66,33 @@ fn service_override_and_cardinality_cap() {
     let big = hold("cb", rdst, Proto::Silent, 120);
     let mid = hold("cm", rdst, Proto::Silent, 4);
     let small = hold("cs", pdst, Proto::Silent, 2);
-    let (pbig, pmid, psmall) = (
-        PoolRef::of(&big, rdst),
-        PoolRef::of(&mid, rdst),
-        PoolRef::of(&small, pdst),
-    );
-    let is_other = |s: &Sample| {
-        ["service", "dst_addr", "dst_port", "comm", "cgroup"]
-            .iter()
-            .all(|k| s.label(k) == Some("other"))
-    };
-    let (s, other) = agent.wait_metrics(
-        deadline(30),
-        "two pool series: the 120-connection pool and other",
-        |s| {
-            let series = samples_matching(s, POOL_CONNECTIONS, &[]);
-            let others: Vec<&&Sample> = series.iter().filter(|x| is_other(x)).collect();
-            if series.len() == 2
-                && others.len() == 1
-                && pbig.get(s, POOL_CONNECTIONS) == Some(120.0)
-            {
-                Ok((s.to_vec(), others[0].value))
-            } else {
-                Err(format!("{series:#?}"))
-            }
-        },
-    );
+    let (pbig, pmid, psmall) = (PoolRef::of(&big, rdst), PoolRef::of(&mid, rdst), PoolRef::of(&small, pdst));
+    let is_other =
+        |s: &Sample| ["service", "dst_addr", "dst_port", "comm", "cgroup"].iter().all(|k| s.label(k) == Some("other"));
+    let (s, other) = agent.wait_metrics(deadline(30), "two pool series: the 120-connection pool and other", |s| {
+        let series = samples_matching(s, POOL_CONNECTIONS, &[]);
+        let others: Vec<&&Sample> = series.iter().filter(|x| is_other(x)).collect();
+        if series.len() == 2 && others.len() == 1 && pbig.get(s, POOL_CONNECTIONS) == Some(120.0) {
+            Ok((s.to_vec(), others[0].value))
+        } else {
+            Err(format!("{series:#?}"))
+        }
+    });
     let folded = sample_expect(&s, POOL_FOLDED, &[]);
     eprintln!("cap 1: exported {pbig} = 120, other = {other}, folded = {folded}");
-    assert!(
-        folded >= 2.0,
-        "{POOL_FOLDED} = {folded}; at least this test's two smaller pools are folded"
-    );
-    assert!(
-        other >= 6.0,
-        "the other pool has {other} connections, fewer than {pmid} (4) + {psmall} (2)"
-    );
+    assert!(folded >= 2.0, "{POOL_FOLDED} = {folded}; at least this test's two smaller pools are folded");
+    assert!(other >= 6.0, "the other pool has {other} connections, fewer than {pmid} (4) + {psmall} (2)");
     for p in [&pmid, &psmall] {
-        assert_eq!(
-            p.get(&s, POOL_CONNECTIONS),
-            None,
-            "{p} should be folded into other"
-        );
+        assert_eq!(p.get(&s, POOL_CONNECTIONS), None, "{p} should be folded into other");
     }
     // Busiest overall: no pool on the host (one-shot scan) has more than the exported one.
     let rows = connmon_pools_json(&[]);
-    let busiest = rows
-        .iter()
-        .max_by_key(|r| json_u64(r, "active"))
-        .expect("pools exist");
+    let busiest = rows.iter().max_by_key(|r| json_u64(r, "active")).expect("pools exist");
     assert!(
         json_u64(busiest, "active") <= 120,
         "connmon exported {pbig} (120) but the busiest pool on the host is {busiest}"
     );
-    assert_eq!(
-        pool_rows(&rows, &pbig).len(),
-        1,
-        "{pbig} in connmon pools --json"
-    );
+    assert_eq!(pool_rows(&rows, &pbig).len(), 1, "{pbig} in connmon pools --json");
 }
 
 /// Redis and PostgreSQL on ports no rule names: only the first bytes the clients send (a RESP
@@ -201,10 +156,7 @@ fn table_overflow_is_counted() {
         40.0 - k + if k == 16.0 { 1.0 } else { 0.0 },
         lost(&s, "socket_untracked")
     );
-    assert!(
-        (1.0..=16.0).contains(&k),
-        "{p}: {k} connections counted with a 16-entry table: {f}"
-    );
+    assert!((1.0..=16.0).contains(&k), "{p}: {k} connections counted with a 16-entry table: {f}");
     assert!(
         rose >= 40.0 - k,
         "socket_table_full rose by {rose} while {} of the 40 connects were not counted: {f}",
@@ -213,29 +165,22 @@ fn table_overflow_is_counted() {
     assert!(rose >= 24.0, "socket_table_full rose by only {rose}");
     assert_eq!(f.opens, Some(k), "{p}: opens vs connections: {f}");
     assert_eq!(f.attempts, Some(k), "{p}: attempts vs connections: {f}");
-    assert!(
-        f.peak.is_some_and(|v| v <= 16.0),
-        "{p}: peak above the table size: {f}"
-    );
+    assert!(f.peak.is_some_and(|v| v <= 16.0), "{p}: peak above the table size: {f}");
 
     // Closing everything (tracked and untracked) brings the pool back to 0, never below.
     assert_eq!(c.close(40), 0);
     let mut lowest = f64::INFINITY;
-    let s = agent.wait_metrics(
-        deadline(30),
-        "the pool back to 0 open after closing all 40",
-        |s| {
-            let f = p.figures(s);
-            let a = f.active.unwrap_or(0.0);
-            lowest = lowest.min(a);
-            assert!(a >= 0.0, "{p}: negative connection count: {f}");
-            if a == 0.0 && f.closes == Some(k) {
-                Ok(s.to_vec())
-            } else {
-                Err(format!("{p}: {f}"))
-            }
-        },
-    );
+    let s = agent.wait_metrics(deadline(30), "the pool back to 0 open after closing all 40", |s| {
+        let f = p.figures(s);
+        let a = f.active.unwrap_or(0.0);
+        lowest = lowest.min(a);
+        assert!(a >= 0.0, "{p}: negative connection count: {f}");
+        if a == 0.0 && f.closes == Some(k) {
+            Ok(s.to_vec())
+        } else {
+            Err(format!("{p}: {f}"))
+        }
+    });
     let f = p.figures(&s);
     eprintln!("after closing: {p} {f} (lowest seen {lowest})");
     balance(&p, &f, 0.0).unwrap_or_else(|e| panic!("{e}"));
@@ -257,12 +202,7 @@ fn new_cgroup_labelled_at_first_scrape() {
     // existed before its first connect: the very next scrape must label them with it.
     let s = agent.samples();
     let mine = samples_matching(&s, POOL_CONNECTIONS, &[("comm", c.name.as_str())]);
-    assert_eq!(
-        mine.len(),
-        1,
-        "one pool series for comm {}: {mine:#?}",
-        c.name
-    );
+    assert_eq!(mine.len(), 1, "one pool series for comm {}: {mine:#?}", c.name);
     assert_eq!(
         (mine[0].label("cgroup"), mine[0].value),
         (Some(c.cgroup()), 3.0),
@@ -298,22 +238,13 @@ fn pool_keeps_cgroup_label_after_cgroup_removed() {
     let t = Instant::now();
     let mut checks = 0;
     while t.elapsed() < Duration::from_secs(12) {
-        let mut other = ClientProc::spawn(ClientSpec::new(
-            "gn",
-            dst,
-            Proto::Silent,
-            Mode::Churn {
-                count: 1,
-                max_secs: 0.0,
-            },
-        ));
+        let mut other =
+            ClientProc::spawn(ClientSpec::new("gn", dst, Proto::Silent, Mode::Churn { count: 1, max_secs: 0.0 }));
         assert_eq!(other.finish(Duration::from_secs(10)), 1);
         let s = agent.samples();
         let mine = samples_matching(&s, POOL_CLOSES, &[("comm", p.comm.as_str())]);
         assert!(
-            mine.len() == 1
-                && mine[0].label("cgroup") == Some(p.cgroup.as_str())
-                && mine[0].value == 2.0,
+            mine.len() == 1 && mine[0].label("cgroup") == Some(p.cgroup.as_str()) && mine[0].value == 2.0,
             "{:.1}s after its cgroup was removed, the closed pool {p} is exported as {mine:#?}",
             t.elapsed().as_secs_f64()
         );
@@ -321,10 +252,7 @@ fn pool_keeps_cgroup_label_after_cgroup_removed() {
         drop(other);
         std::thread::sleep(Duration::from_millis(500)); // pacing the new-cgroup arrivals
     }
-    eprintln!(
-        "{p}: labels kept through {checks} scrapes over {:?}",
-        t.elapsed()
-    );
+    eprintln!("{p}: labels kept through {checks} scrapes over {:?}", t.elapsed());
 }
 
 /// A client in a cgroup named the way kubelet's systemd driver and containerd name them (real
@@ -392,13 +320,15 @@ fn ipv6_pools_match_redis_and_ss() {
         Some(6.0) => Ok(s.to_vec()),
         other => Err(format!("{pool}: {other:?}")),
     });
-    let named = redis.client_list().iter().filter(|c| c.get("name").map(String::as_str) == Some(held.name.as_str())).count();
+    let named =
+        redis.client_list().iter().filter(|c| c.get("name").map(String::as_str) == Some(held.name.as_str())).count();
     let ss = ss_estab_owned_by(&Netns::host(), held.pid(), redis.port());
     let f = pool.figures(&s);
     assert_eq!((f.active, named, ss), (Some(6.0), 6, 6), "{pool}: connmon {f}, CLIENT LIST {named}, ss {ss}");
     assert_eq!(f.service.as_deref(), Some("redis"), "{pool}: classed by protocol or port: {f}");
 
-    let mut churn = ClientProc::spawn(ClientSpec::new("v6c", dst, Proto::Redis, Mode::Churn { count: 50, max_secs: 0.0 }));
+    let mut churn =
+        ClientProc::spawn(ClientSpec::new("v6c", dst, Proto::Redis, Mode::Churn { count: 50, max_secs: 0.0 }));
     assert_eq!(churn.finish(Duration::from_secs(60)), 50, "the client completes 50 cycles");
     let p = PoolRef::of(&churn, dst);
     agent.wait_metrics(deadline(30), "50 IPv6 opens and closes, none open", |s| {

@@ -8,9 +8,12 @@
 //! Needs root (agent, cgroups, netns) and Prometheus (Debian: package `prometheus`; `PROMETHEUS`
 //! overrides the binary).
 
-use connmon_test_support as common;
-use connmon::export::{BUILD_INFO, LISTEN_DROPS, LISTEN_QUEUE_DEPTH, LISTEN_QUEUE_FILL, LISTEN_QUEUE_MAX, NETNS_INFO, PROBE_UP, SCAN_DURATION};
 use connmon::export::pools::{POOL_CONNECTIONS, POOL_OPENS};
+use connmon::export::{
+    BUILD_INFO, LISTEN_DROPS, LISTEN_QUEUE_DEPTH, LISTEN_QUEUE_FILL, LISTEN_QUEUE_MAX, NETNS_INFO, PROBE_UP,
+    SCAN_DURATION,
+};
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -60,10 +63,7 @@ fn wait_one(prom: &Prometheus, what: &str, expr: &str, ok: impl Fn(f64) -> bool)
 /// The target of job `JOB` from /api/v1/targets.
 fn connmon_target(prom: &Prometheus) -> Result<serde_json::Value, String> {
     let targets = prom.active_targets()?;
-    let mine: Vec<&serde_json::Value> = targets
-        .iter()
-        .filter(|t| t["labels"]["job"] == JOB)
-        .collect();
+    let mine: Vec<&serde_json::Value> = targets.iter().filter(|t| t["labels"]["job"] == JOB).collect();
     match mine.as_slice() {
         [t] => Ok((*t).clone()),
         _ => Err(format!("{} targets of job {JOB}: {targets:?}", mine.len())),
@@ -90,13 +90,9 @@ const MUST_SHOW_DATA: [&str; 10] = [
 /// (panel and query, expr) of every query in the Grafana dashboard, with the template variables
 /// filled in as "All" would (`.*`) and the interval variables as 1m / 1h.
 fn dashboard_queries() -> Vec<(String, String)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(DASHBOARD);
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let dash: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{DASHBOARD}: {e}"));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DASHBOARD);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{DASHBOARD}: {e}"));
     fn walk(list: &serde_json::Value, out: &mut Vec<(String, String)>) {
         for p in list.as_array().into_iter().flatten() {
             walk(&p["panels"], out);
@@ -105,11 +101,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
                     continue;
                 };
                 let mut e = expr.to_string();
-                for (var, value) in [
-                    ("$__rate_interval", "1m"),
-                    ("$__interval", "1m"),
-                    ("$__range", "1h"),
-                ] {
+                for (var, value) in [("$__rate_interval", "1m"), ("$__interval", "1m"), ("$__range", "1h")] {
                     e = e.replace(var, value);
                 }
                 // Every other variable sits in a `=~"…"` matcher.
@@ -118,8 +110,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
                     let len = if rest.starts_with('{') {
                         rest.find('}').map_or(rest.len(), |j| j + 1)
                     } else {
-                        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                            .unwrap_or(rest.len())
+                        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())
                     };
                     e.replace_range(i..i + 1 + len, ".*");
                 }
@@ -155,18 +146,8 @@ fn prometheus_scrapes_the_agent() {
     let pg_svc = format!("postgres={}", pg.port());
     let agent = Agent::start(&["--service", &redis_svc, "--service", &pg_svc]);
 
-    let rc = ClientProc::spawn(ClientSpec::new(
-        "pmr",
-        redis.addr(),
-        Proto::Redis,
-        Mode::Hold { count: 6 },
-    ));
-    let pc = ClientProc::spawn(ClientSpec::new(
-        "pmp",
-        pg.addr(),
-        Proto::Postgres,
-        Mode::Hold { count: 4 },
-    ));
+    let rc = ClientProc::spawn(ClientSpec::new("pmr", redis.addr(), Proto::Redis, Mode::Hold { count: 6 }));
+    let pc = ClientProc::spawn(ClientSpec::new("pmp", pg.addr(), Proto::Postgres, Mode::Hold { count: 4 }));
     assert_eq!(redis.clients_named(&rc.name), 6, "redis CLIENT LIST");
     assert_eq!(pg.count_by_application(&pc.name), 4, "pg_stat_activity");
 
@@ -178,113 +159,57 @@ fn prometheus_scrapes_the_agent() {
 
     // Prometheus, scraping the agent every second.
     let prom = Prometheus::start(&scrape_config(JOB, "1s", &[agent.addr()]));
-    eprintln!(
-        "prometheus on {} scraping agent {} (pid {})",
-        prom.addr(),
-        agent.addr(),
-        agent.pid()
-    );
+    eprintln!("prometheus on {} scraping agent {} (pid {})", prom.addr(), agent.addr(), agent.pid());
 
     // Two scrapes done, the last one good.
-    let target = poll_until(
-        deadline(60),
-        &format!("prometheus to scrape job {JOB} at least twice"),
-        || {
-            let t = connmon_target(&prom)?;
-            let last = t["lastScrape"].as_str().unwrap_or("");
-            if t["health"] != "up" || last.is_empty() || last.starts_with("0001-") {
-                return Err(format!("target not scraped successfully yet: {t}"));
-            }
-            let n = prom.query_one(&format!("count_over_time(up{{job=\"{JOB}\"}}[1m])"))?;
-            if n.value < 2.0 {
-                return Err(format!("{} scrapes so far; target {t}", n.value));
-            }
-            Ok(t)
-        },
-    );
+    let target = poll_until(deadline(60), &format!("prometheus to scrape job {JOB} at least twice"), || {
+        let t = connmon_target(&prom)?;
+        let last = t["lastScrape"].as_str().unwrap_or("");
+        if t["health"] != "up" || last.is_empty() || last.starts_with("0001-") {
+            return Err(format!("target not scraped successfully yet: {t}"));
+        }
+        let n = prom.query_one(&format!("count_over_time(up{{job=\"{JOB}\"}}[1m])"))?;
+        if n.value < 2.0 {
+            return Err(format!("{} scrapes so far; target {t}", n.value));
+        }
+        Ok(t)
+    });
     eprintln!("target: {target}");
     let want_url = format!("http://{}/metrics", agent.addr());
     assert_eq!(target["scrapeUrl"], want_url.as_str(), "{target}");
 
     // Pools: one series per client, with the right service.
-    for (client, n, service, dst) in [
-        (&rc, 6.0, "redis", redis.addr()),
-        (&pc, 4.0, "postgres", pg.addr()),
-    ] {
+    for (client, n, service, dst) in [(&rc, 6.0, "redis", redis.addr()), (&pc, 4.0, "postgres", pg.addr())] {
         let expr = format!("connmon_pool_connections{{comm=\"{}\"}}", client.name);
-        let s = wait_one(
-            &prom,
-            &format!("{} open connections of {}", n, client.name),
-            &expr,
-            |v| v == n,
-        );
+        let s = wait_one(&prom, &format!("{} open connections of {}", n, client.name), &expr, |v| v == n);
         assert_eq!(s.label("service"), Some(service), "{expr}: {s}");
         assert_eq!(s.label("job"), Some(JOB), "{expr}: {s}");
         assert_eq!(s.label("dst_addr"), Some("127.0.0.1"), "{expr}: {s}");
-        assert_eq!(
-            s.label("dst_port"),
-            Some(dst.port().to_string().as_str()),
-            "{expr}: {s}"
-        );
+        assert_eq!(s.label("dst_port"), Some(dst.port().to_string().as_str()), "{expr}: {s}");
         assert_eq!(s.label("cgroup"), Some(client.cgroup()), "{expr}: {s}");
         let peak = format!("connmon_pool_connections_peak{{comm=\"{}\"}}", client.name);
         wait_one(&prom, "peak >= open connections", &peak, |v| v >= n);
         // Opened while the agent watched: a histogram sample per handshake.
-        let count = format!(
-            "connmon_pool_connect_duration_seconds_count{{comm=\"{}\"}}",
-            client.name
-        );
-        wait_one(
-            &prom,
-            "one connect-latency sample per connection",
-            &count,
-            |v| v == n,
-        );
+        let count = format!("connmon_pool_connect_duration_seconds_count{{comm=\"{}\"}}", client.name);
+        wait_one(&prom, "one connect-latency sample per connection", &count, |v| v == n);
     }
 
     // The listener.
     let sel = format!("{{netns=\"{ino}\",port=\"{port_s}\"}}");
-    let depth = wait_one(
-        &prom,
-        "accept queue depth 3 (backlog 2 + 1)",
-        &format!("connmon_listen_queue_depth{sel}"),
-        |v| v == 3.0,
-    );
+    let depth =
+        wait_one(&prom, "accept queue depth 3 (backlog 2 + 1)", &format!("connmon_listen_queue_depth{sel}"), |v| {
+            v == 3.0
+        });
     assert_eq!(depth.label("addr"), Some("127.0.0.1"), "{depth}");
     assert_eq!(depth.label("comm"), Some(self_comm().as_str()), "{depth}");
-    wait_one(
-        &prom,
-        "backlog 2",
-        &format!("connmon_listen_queue_max{sel}"),
-        |v| v == 2.0,
-    );
-    wait_one(
-        &prom,
-        "fill ratio 3/2",
-        &format!("connmon_listen_queue_fill_ratio{sel}"),
-        |v| (v - 1.5).abs() < 1e-9,
-    );
-    wait_one(
-        &prom,
-        "drops > 0",
-        &format!("connmon_listen_drops_total{sel}"),
-        |v| v > 0.0,
-    );
+    wait_one(&prom, "backlog 2", &format!("connmon_listen_queue_max{sel}"), |v| v == 2.0);
+    wait_one(&prom, "fill ratio 3/2", &format!("connmon_listen_queue_fill_ratio{sel}"), |v| (v - 1.5).abs() < 1e-9);
+    wait_one(&prom, "drops > 0", &format!("connmon_listen_drops_total{sel}"), |v| v > 0.0);
     // The peak covers the time since the previous scrape; the queue has been full all along.
-    wait_one(
-        &prom,
-        "peak depth >= depth",
-        &format!("connmon_listen_queue_peak_depth{sel}"),
-        |v| v >= 3.0,
-    );
+    wait_one(&prom, "peak depth >= depth", &format!("connmon_listen_queue_peak_depth{sel}"), |v| v >= 3.0);
 
     // The agent itself, and the scrape.
-    wait_one(
-        &prom,
-        "the pools probe attached",
-        "connmon_probe_up{probe=\"pools\"}",
-        |v| v == 1.0,
-    );
+    wait_one(&prom, "the pools probe attached", "connmon_probe_up{probe=\"pools\"}", |v| v == 1.0);
     wait_one(
         &prom,
         "connmon_build_info (an info metric in OpenMetrics)",
@@ -292,22 +217,13 @@ fn prometheus_scrapes_the_agent() {
         |v| v == 1.0,
     );
     wait_one(&prom, "up", &format!("up{{job=\"{JOB}\"}}"), |v| v == 1.0);
-    wait_one(
-        &prom,
-        "samples in the last scrape",
-        &format!("scrape_samples_scraped{{job=\"{JOB}\"}}"),
-        |v| v > 0.0,
-    );
+    wait_one(&prom, "samples in the last scrape", &format!("scrape_samples_scraped{{job=\"{JOB}\"}}"), |v| v > 0.0);
     let target = connmon_target(&prom).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(target["health"], "up", "{target}");
-    assert_eq!(
-        target["lastError"], "",
-        "the last scrape of the agent failed: {target}"
-    );
+    assert_eq!(target["lastError"], "", "the last scrape of the agent failed: {target}");
 
     // Samples Prometheus read but rejected do not fail a scrape; its own counters tell.
-    let own = http_get(prom.addr(), "/metrics", &[])
-        .unwrap_or_else(|e| panic!("GET prometheus /metrics: {e}"));
+    let own = http_get(prom.addr(), "/metrics", &[]).unwrap_or_else(|e| panic!("GET prometheus /metrics: {e}"));
     let own = parse_metrics(&own.body);
     for counter in [
         "prometheus_target_scrapes_sample_duplicate_timestamp_total",
@@ -317,10 +233,7 @@ fn prometheus_scrapes_the_agent() {
         "prometheus_target_scrapes_exceeded_body_size_limit_total",
     ] {
         if let Some(v) = sample(&own, counter, &[]) {
-            assert_eq!(
-                v, 0.0,
-                "prometheus rejected samples of the agent: {counter} = {v}"
-            );
+            assert_eq!(v, 0.0, "prometheus rejected samples of the agent: {counter} = {v}");
         }
     }
 
@@ -346,25 +259,16 @@ fn prometheus_scrapes_the_agent() {
     // what this workload produces show it (label values such as counter="ListenOverflows" and the
     // netns_info join are only checked here: promtool in tests/dashboard.rs checks syntax).
     let queries = dashboard_queries();
-    assert!(
-        queries.len() >= 10,
-        "{DASHBOARD}: {} queries",
-        queries.len()
-    );
+    assert!(queries.len() >= 10, "{DASHBOARD}: {} queries", queries.len());
     let mut empty = Vec::new();
     for (what, expr) in &queries {
-        let got = prom
-            .query(expr)
-            .unwrap_or_else(|e| panic!("{what}: Prometheus rejects {expr}: {e}"));
+        let got = prom.query(expr).unwrap_or_else(|e| panic!("{what}: Prometheus rejects {expr}: {e}"));
         if got.is_empty() {
             empty.push(format!("{what}: {expr}"));
         }
     }
     for metric in MUST_SHOW_DATA {
-        let hits: Vec<&(String, String)> = queries
-            .iter()
-            .filter(|(_, e)| e.contains(&format!("{metric}{{")))
-            .collect();
+        let hits: Vec<&(String, String)> = queries.iter().filter(|(_, e)| e.contains(&format!("{metric}{{"))).collect();
         assert!(!hits.is_empty(), "{DASHBOARD}: no query reads {metric}");
         for (what, expr) in hits {
             assert!(
@@ -383,9 +287,7 @@ fn prometheus_scrapes_the_agent() {
     let (what, expr) = queries
         .iter()
         .find(|(w, e)| w.contains("ListenOverflows") && e.contains(NETNS_INFO))
-        .unwrap_or_else(|| {
-            panic!("{DASHBOARD}: no ListenOverflows panel joined with connmon_netns_info")
-        });
+        .unwrap_or_else(|| panic!("{DASHBOARD}: no ListenOverflows panel joined with connmon_netns_info"));
     wait_query(&prom, what, expr, |v| {
         v.iter()
             .find(|s| s.label("netns") == Some(ino.as_str()))
@@ -404,15 +306,9 @@ fn prometheus_scrapes_the_agent() {
 
 #[test]
 fn url_encoding_keeps_only_unreserved_characters() {
-    assert_eq!(
-        url_encode("up{job=\"a b\"} >= 2"),
-        "up%7Bjob%3D%22a%20b%22%7D%20%3E%3D%202"
-    );
+    assert_eq!(url_encode("up{job=\"a b\"} >= 2"), "up%7Bjob%3D%22a%20b%22%7D%20%3E%3D%202");
     assert_eq!(url_encode("a-b.c_d~e09"), "a-b.c_d~e09");
-    assert_eq!(
-        url_encode("rate(x[1m])/é+"),
-        "rate%28x%5B1m%5D%29%2F%C3%A9%2B"
-    );
+    assert_eq!(url_encode("rate(x[1m])/é+"), "rate%28x%5B1m%5D%29%2F%C3%A9%2B");
 }
 
 #[test]
@@ -424,9 +320,7 @@ fn scrape_config_is_valid_for_promtool() {
     let dir = TempDir::new("cmpromcfg");
     let path = dir.path().join("prometheus.yml");
     std::fs::write(&path, scrape_config(JOB, "1s", &[local(9977)])).expect("write config");
-    let out = run(std::process::Command::new("promtool")
-        .args(["check", "config"])
-        .arg(&path));
+    let out = run(std::process::Command::new("promtool").args(["check", "config"]).arg(&path));
     assert!(
         out.status.success(),
         "promtool check config:\n{}{}",

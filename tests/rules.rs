@@ -77,16 +77,9 @@ fn alert_names(rules: &str) -> Vec<String> {
 #[test]
 fn every_alert_has_firing_and_silent_unit_tests() {
     let names = alert_names(&read(RULES));
-    assert!(
-        names.len() >= 5,
-        "expected connmon's alerts in {RULES}, found {names:?}"
-    );
+    assert!(names.len() >= 5, "expected connmon's alerts in {RULES}, found {names:?}");
     let tests = read(RULE_TESTS);
-    let lines: Vec<&str> = tests
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let lines: Vec<&str> = tests.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     for name in &names {
         let (mut fires, mut silent) = (false, false);
         for (i, line) in lines.iter().enumerate() {
@@ -97,10 +90,7 @@ fn every_alert_has_firing_and_silent_unit_tests() {
                 }
             }
         }
-        assert!(
-            fires,
-            "{RULE_TESTS} has no case where {name} fires (alertname: {name} with exp_alerts)"
-        );
+        assert!(fires, "{RULE_TESTS} has no case where {name} fires (alertname: {name} with exp_alerts)");
         assert!(silent, "{RULE_TESTS} has no case where {name} stays silent (alertname: {name} without exp_alerts)");
     }
 }
@@ -114,10 +104,7 @@ fn prometheusrule_spec_is_the_rules_file() {
     let rules = read(RULES);
     let resource = read(PROMETHEUS_RULE);
 
-    let start = rules
-        .find("\ngroups:\n")
-        .map(|i| i + 1)
-        .or_else(|| rules.starts_with("groups:\n").then_some(0));
+    let start = rules.find("\ngroups:\n").map(|i| i + 1).or_else(|| rules.starts_with("groups:\n").then_some(0));
     let start = start.unwrap_or_else(|| panic!("{RULES}: no top-level `groups:` line"));
     for line in rules[..start].lines() {
         assert!(
@@ -125,20 +112,10 @@ fn prometheusrule_spec_is_the_rules_file() {
             "{RULES}: only comments may precede `groups:`, found {line:?}"
         );
     }
-    let expected: String = rules[start..]
-        .lines()
-        .map(|l| {
-            if l.is_empty() {
-                "\n".to_string()
-            } else {
-                format!("  {l}\n")
-            }
-        })
-        .collect();
+    let expected: String =
+        rules[start..].lines().map(|l| if l.is_empty() { "\n".to_string() } else { format!("  {l}\n") }).collect();
 
-    let spec = resource
-        .find("\nspec:\n")
-        .unwrap_or_else(|| panic!("{PROMETHEUS_RULE}: no top-level `spec:` line"));
+    let spec = resource.find("\nspec:\n").unwrap_or_else(|| panic!("{PROMETHEUS_RULE}: no top-level `spec:` line"));
     let (head, body) = resource.split_at(spec + "\nspec:\n".len());
     for needle in [
         "apiVersion: monitoring.coreos.com/v1\n",
@@ -146,10 +123,7 @@ fn prometheusrule_spec_is_the_rules_file() {
         "\n  name: connmon\n",
         "app.kubernetes.io/name: connmon\n",
     ] {
-        assert!(
-            head.contains(needle),
-            "{PROMETHEUS_RULE}: header lacks {needle:?}"
-        );
+        assert!(head.contains(needle), "{PROMETHEUS_RULE}: header lacks {needle:?}");
     }
 
     if body != expected {
@@ -158,18 +132,9 @@ fn prometheusrule_spec_is_the_rules_file() {
             .zip(expected.lines())
             .enumerate()
             .find(|(_, (a, b))| a != b)
-            .map(|(i, (a, b))| {
-                format!(
-                    "spec line {}: PrometheusRule has {a:?}, rules file gives {b:?}",
-                    i + 1
-                )
-            })
+            .map(|(i, (a, b))| format!("spec line {}: PrometheusRule has {a:?}, rules file gives {b:?}", i + 1))
             .unwrap_or_else(|| {
-                format!(
-                    "{} lines in the spec, {} expected",
-                    body.lines().count(),
-                    expected.lines().count()
-                )
+                format!("{} lines in the spec, {} expected", body.lines().count(), expected.lines().count())
             });
         panic!(
             "{PROMETHEUS_RULE} is out of sync with {RULES} ({first_diff}); regenerate it with the command in its header"
@@ -198,24 +163,16 @@ fn metric_names_in(text: &str) -> BTreeSet<String> {
 fn is_exposed(name: &str, exported: &BTreeSet<String>) -> bool {
     exported.contains(name)
         || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
-            name.strip_suffix(suffix).is_some_and(|base| {
-                exported.contains(base) && !base.ends_with("_total") && !base.ends_with("_info")
-            })
+            name.strip_suffix(suffix)
+                .is_some_and(|base| exported.contains(base) && !base.ends_with("_total") && !base.ends_with("_info"))
         })
 }
 
 #[test]
 fn rules_name_only_metrics_the_agent_exports() {
     let exported = exported_metrics();
-    for known in [
-        "connmon_pool_connections",
-        "connmon_listen_drops_total",
-        "connmon_retry_storm",
-    ] {
-        assert!(
-            exported.contains(known),
-            "{known} not found among the constants in {EXPORT_DIR}: {exported:?}"
-        );
+    for known in ["connmon_pool_connections", "connmon_listen_drops_total", "connmon_retry_storm"] {
+        assert!(exported.contains(known), "{known} not found among the constants in {EXPORT_DIR}: {exported:?}");
     }
     for file in [RULES, RULE_TESTS, PROMETHEUS_RULE] {
         let used = metric_names_in(&read(file));
@@ -230,18 +187,9 @@ fn rules_name_only_metrics_the_agent_exports() {
 
 #[test]
 fn name_scanning_finds_whole_names_only() {
-    let used = metric_names_in(
-        "rate(connmon_a_total[5m]) / xconnmon_b + {{ connmon_c }}\nconnmon_d{x=\"connmon\"}",
-    );
-    assert_eq!(
-        used,
-        ["connmon_a_total", "connmon_c", "connmon_d"]
-            .map(String::from)
-            .into()
-    );
-    let exported: BTreeSet<String> = ["connmon_h_seconds", "connmon_c_total"]
-        .map(String::from)
-        .into();
+    let used = metric_names_in("rate(connmon_a_total[5m]) / xconnmon_b + {{ connmon_c }}\nconnmon_d{x=\"connmon\"}");
+    assert_eq!(used, ["connmon_a_total", "connmon_c", "connmon_d"].map(String::from).into());
+    let exported: BTreeSet<String> = ["connmon_h_seconds", "connmon_c_total"].map(String::from).into();
     assert!(is_exposed("connmon_h_seconds_bucket", &exported));
     assert!(!is_exposed("connmon_c_total_sum", &exported));
     assert!(!is_exposed("connmon_x", &exported));

@@ -34,16 +34,7 @@ fn survives_200k_short_connections() {
 
     let t0 = Instant::now();
     let mut c = ClientProc::spawn(
-        ClientSpec::new(
-            "sk",
-            dst,
-            Proto::Silent,
-            Mode::Churn {
-                count: CYCLES,
-                max_secs: MAX_SECS,
-            },
-        )
-        .in_netns(&ns),
+        ClientSpec::new("sk", dst, Proto::Silent, Mode::Churn { count: CYCLES, max_secs: MAX_SECS }).in_netns(&ns),
     );
     let p = PoolRef::of(&c, dst);
     // Once a second while the client churns: the agent's RSS, and a scrape (as Prometheus would).
@@ -58,16 +49,9 @@ fn survives_200k_short_connections() {
         rss_max = rss_max.max(rss);
         let f = p.figures(&agent.samples());
         if ticks % 10 == 0 {
-            eprintln!(
-                "{:>5.1}s: agent RSS {:.1} MiB; {p} {f}",
-                t0.elapsed().as_secs_f64(),
-                rss as f64 / MIB as f64
-            );
+            eprintln!("{:>5.1}s: agent RSS {:.1} MiB; {p} {f}", t0.elapsed().as_secs_f64(), rss as f64 / MIB as f64);
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs_f64(MAX_SECS + 60.0),
-            "the client did not finish: {f}"
-        );
+        assert!(t0.elapsed() < Duration::from_secs_f64(MAX_SECS + 60.0), "the client did not finish: {f}");
     };
     let churned = t0.elapsed();
     c.exit();
@@ -76,10 +60,7 @@ fn survives_200k_short_connections() {
         "{cycles} cycles in {churned:?} ({:.0}/s); server accepted {accepted}",
         cycles as f64 / churned.as_secs_f64()
     );
-    assert!(
-        cycles >= 20_000,
-        "only {cycles} cycles in {MAX_SECS} s: too slow to mean anything"
-    );
+    assert!(cycles >= 20_000, "only {cycles} cycles in {MAX_SECS} s: too slow to mean anything");
 
     let n = cycles as f64;
     // Closes land as the last FIN handshakes finish; give them 30 s, then judge what is there.
@@ -87,9 +68,7 @@ fn survives_200k_short_connections() {
     let s = loop {
         let s = agent.samples();
         let f = p.figures(&s);
-        if (f.opens == Some(n) && f.closes == Some(n) && f.active == Some(0.0))
-            || Instant::now() >= end
-        {
+        if (f.opens == Some(n) && f.closes == Some(n) && f.active == Some(0.0)) || Instant::now() >= end {
             break s;
         }
         std::thread::sleep(POLL_INTERVAL);
@@ -103,18 +82,13 @@ fn survives_200k_short_connections() {
     let d = format!(":{}", dst.port());
     let mut states = std::collections::BTreeMap::new();
     for l in ns.exec_ok(&["ss", "-Htan", "dport", "=", &d]).lines() {
-        *states
-            .entry(l.split_whitespace().next().unwrap_or("?").to_string())
-            .or_insert(0) += 1;
+        *states.entry(l.split_whitespace().next().unwrap_or("?").to_string()).or_insert(0) += 1;
     }
     // The client closed every socket: what `ss` still shows as FIN-WAIT-2 is the kernel's
     // timewait stand-in for an orphaned socket (the full socket already went to CLOSE, which is
     // when connmon counts the close), like TIME-WAIT, not an open connection.
-    let live_in_kernel: usize = states
-        .iter()
-        .filter(|(st, _)| st.as_str() != "TIME-WAIT" && st.as_str() != "FIN-WAIT-2")
-        .map(|(_, n)| n)
-        .sum();
+    let live_in_kernel: usize =
+        states.iter().filter(|(st, _)| st.as_str() != "TIME-WAIT" && st.as_str() != "FIN-WAIT-2").map(|(_, n)| n).sum();
     eprintln!(
         "{p}: {f}\nclient sockets left in the kernel by state: {states:?}\n\
          lost before {lost0:?} after {lost1:?} ({LOST_REASONS:?})\n\
@@ -126,11 +100,7 @@ fn survives_200k_short_connections() {
     );
     assert_eq!(f.attempts, Some(n), "{p}: attempts: {f}");
     assert_eq!(f.opens, Some(n), "{p}: opens: {f}");
-    assert_eq!(
-        f.connect_count,
-        Some(n),
-        "{p}: connect_duration _count: {f}"
-    );
+    assert_eq!(f.connect_count, Some(n), "{p}: connect_duration _count: {f}");
     assert_eq!(f.failures_total(), 0.0, "{p}: failures: {f}");
     // Closes the probe missed (the kernel skips a program that would nest in another on the same
     // CPU) are found by reconciling with sock_diag: they count as closes, but their lifetime is
@@ -146,15 +116,8 @@ fn survives_200k_short_connections() {
         f.active,
         f.lifetime_count
     );
-    assert_eq!(
-        lost1, lost0,
-        "connmon_events_lost_total moved during the run ({LOST_REASONS:?})"
-    );
-    assert!(
-        rss1 < 64 * MIB,
-        "agent RSS {:.1} MiB at the end (limit 64 MiB)",
-        rss1 as f64 / MIB as f64
-    );
+    assert_eq!(lost1, lost0, "connmon_events_lost_total moved during the run ({LOST_REASONS:?})");
+    assert!(rss1 < 64 * MIB, "agent RSS {:.1} MiB at the end (limit 64 MiB)", rss1 as f64 / MIB as f64);
     assert!(
         rss1.saturating_sub(rss0) < 16 * MIB,
         "agent RSS grew by {:.1} MiB (from {:.1} MiB)",

@@ -41,13 +41,7 @@ fn tight_loop_against_closed_port_is_flagged_fast() {
     let p = c.pool();
 
     // Waits longer than the 5 s asked for, so that a slow detection is measured, not just refused.
-    let (took, v) = wait_storm(
-        &agent,
-        &p,
-        1.0,
-        c.started,
-        c.started + Duration::from_secs(10),
-    );
+    let (took, v) = wait_storm(&agent, &p, 1.0, c.started, c.started + Duration::from_secs(10));
     // Retry timing events of every pool on the host share one ring: a flood elsewhere drops some
     // of ours, and each drop merges two gaps into one.
     let lost_meanwhile = lost(&agent.samples(), "retry_ring_full") - lost_before;
@@ -79,10 +73,7 @@ fn tight_loop_against_closed_port_is_flagged_fast() {
     // The client's own view of the (up to) 64 attempts the detector's estimate covered.
     let upto = (v.attempts.unwrap_or(0.0) as usize).min(r.times_ns.len());
     let last = &r.times_ns[upto.saturating_sub(64)..upto];
-    let gaps_ms: Vec<f64> = last
-        .windows(2)
-        .map(|w| (w[1] - w[0]) as f64 / 1e6)
-        .collect();
+    let gaps_ms: Vec<f64> = last.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6).collect();
     let (cb, cj) = gap_growth(last);
     let client = format!(
         "the client's own clock over those {} attempts: growth {cb:.3}, jitter {cj:.3}, gaps {:.2}..{:.2} ms",
@@ -92,34 +83,21 @@ fn tight_loop_against_closed_port_is_flagged_fast() {
     );
     eprintln!("tight loop: {client}; retry events lost to a full ring meanwhile (whole host): {lost_meanwhile}");
 
-    let backoff = v
-        .backoff
-        .unwrap_or_else(|| panic!("{p}: no {BACKOFF} while in a storm: {v}"));
-    let jitter = v
-        .jitter
-        .unwrap_or_else(|| panic!("{p}: no {JITTER} while in a storm: {v}"));
-    assert!(
-        backoff < 1.3,
-        "{p}: retries every 10 ms have no backoff, yet {BACKOFF} = {backoff}; {client}: {v}"
-    );
+    let backoff = v.backoff.unwrap_or_else(|| panic!("{p}: no {BACKOFF} while in a storm: {v}"));
+    let jitter = v.jitter.unwrap_or_else(|| panic!("{p}: no {JITTER} while in a storm: {v}"));
+    assert!(backoff < 1.3, "{p}: retries every 10 ms have no backoff, yet {BACKOFF} = {backoff}; {client}: {v}");
     // The jitter is a mean/variance figure: one retry event of ours dropped from the shared ring
     // (a flood by another process on the host) makes one gap twice as long and the figure jumps,
     // so it is judged only when the agent lost no retry events while the storm built up. (The
     // flooding tests are in tests/storms_servers.rs; cargo runs test binaries one at a time.)
     if lost_meanwhile == 0.0 {
-        assert!(
-            jitter < 0.3,
-            "{p}: retries every 10 ms are regular, yet {JITTER} = {jitter}; {client}: {v}"
-        );
+        assert!(jitter < 0.3, "{p}: retries every 10 ms are regular, yet {JITTER} = {jitter}; {client}: {v}");
     } else {
         eprintln!(
             "tight loop: NOTE: {JITTER} = {jitter:.3} not judged: the agent dropped {lost_meanwhile} retry events host-wide (ring full) meanwhile; {client}"
         );
     }
-    assert!(
-        v.refused.unwrap_or(0.0) > 0.0,
-        "{p}: no failures{{reason=\"refused\"}}: {v}"
-    );
+    assert!(v.refused.unwrap_or(0.0) > 0.0, "{p}: no failures{{reason=\"refused\"}}: {v}");
     assert!(
         v.resets_received.unwrap_or(0.0) > 0.0,
         "{p}: refusals arrive as RSTs, yet no resets{{direction=\"received\"}}: {v}"
@@ -157,16 +135,9 @@ fn exponential_backoff_with_jitter_is_not_flagged() {
     // A fixed seed makes the schedule reproducible; CONNMON_TEST_BACKOFF_SEED tries others.
     // (With full jitter and a 2 s cap the estimate is a random variable: over 12 attempts the
     // Theil–Sen growth of such schedules is below 1.4 about 1% of the time; seed 1 plans 1.63.)
-    let seed: u64 = std::env::var("CONNMON_TEST_BACKOFF_SEED")
-        .ok()
-        .map_or(1, |s| s.parse().expect("seed"));
+    let seed: u64 = std::env::var("CONNMON_TEST_BACKOFF_SEED").ok().map_or(1, |s| s.parse().expect("seed"));
     let (base_ms, cap_ms, attempts) = (20, 2000, 12);
-    let sleeps = backoff_sleeps(
-        Duration::from_millis(base_ms),
-        Duration::from_millis(cap_ms),
-        attempts,
-        seed,
-    );
+    let sleeps = backoff_sleeps(Duration::from_millis(base_ms), Duration::from_millis(cap_ms), attempts, seed);
     let mut planned = vec![0u64];
     for d in &sleeps {
         planned.push(planned.last().unwrap() + d.as_nanos() as u64);
@@ -180,33 +151,17 @@ fn exponential_backoff_with_jitter_is_not_flagged() {
     let agent = Agent::start(&[]);
     let dst = local(free_local_port());
     let lost_before = lost(&agent.samples(), "retry_ring_full");
-    let mut c = StormClient::spawn(
-        "sbk",
-        dst,
-        StormMode::Backoff {
-            base_ms,
-            cap_ms,
-            attempts,
-            seed,
-        },
-        None,
-    );
+    let mut c = StormClient::spawn("sbk", dst, StormMode::Backoff { base_ms, cap_ms, attempts, seed }, None);
     let p = c.pool();
     let mut views: Vec<(f64, StormView)> = Vec::new();
     // One scrape a second, on a fixed schedule, until the client has made all its attempts.
     let report = loop {
-        views.push((
-            c.started.elapsed().as_secs_f64(),
-            StormView::of(&p, &agent.samples()),
-        ));
+        views.push((c.started.elapsed().as_secs_f64(), StormView::of(&p, &agent.samples())));
         let next = c.started + Duration::from_secs(views.len() as u64);
         if let Some(r) = c.try_done(next.saturating_duration_since(Instant::now())) {
             break r;
         }
-        assert!(
-            c.started.elapsed() < Duration::from_secs(30),
-            "the backoff client is still retrying after 30 s"
-        );
+        assert!(c.started.elapsed() < Duration::from_secs(30), "the backoff client is still retrying after 30 s");
     };
     assert_eq!(
         report.outcome("refused"),
@@ -225,11 +180,7 @@ fn exponential_backoff_with_jitter_is_not_flagged() {
     // if a flood elsewhere overflowed it meanwhile, some of ours may be missing and the figures
     // cannot meet: then the estimate is taken once a tick has passed after the last refusal.
     let n = f64::from(attempts);
-    let offsets_ms: Vec<u64> = report
-        .times_ns
-        .iter()
-        .map(|t| (t - report.times_ns[0]) / 1_000_000)
-        .collect();
+    let offsets_ms: Vec<u64> = report.times_ns.iter().map(|t| (t - report.times_ns[0]) / 1_000_000).collect();
     let mut complete_since: Option<Instant> = None;
     let (fin, lost_meanwhile) = scrape_until(
         &agent,
@@ -263,20 +214,10 @@ fn exponential_backoff_with_jitter_is_not_flagged() {
         views.iter().all(|(_, v)| !v.in_storm()),
         "{p}: a jittered exponential backoff was flagged as a retry storm (see the scrapes above)"
     );
-    assert!(
-        seen.len() >= 5,
-        "{p}: {RETRY_STORM} present in only {} of {} scrapes",
-        seen.len(),
-        views.len()
-    );
+    assert!(seen.len() >= 5, "{p}: {RETRY_STORM} present in only {} of {} scrapes", seen.len(), views.len());
     let b = fin.backoff.unwrap();
-    assert!(
-        b > 1.4,
-        "{p}: {BACKOFF} = {b} at the end, expected > 1.4 for a doubling backoff: {fin}"
-    );
-    let j = fin
-        .jitter
-        .unwrap_or_else(|| panic!("{p}: no {JITTER}: {fin}"));
+    assert!(b > 1.4, "{p}: {BACKOFF} = {b} at the end, expected > 1.4 for a doubling backoff: {fin}");
+    let j = fin.jitter.unwrap_or_else(|| panic!("{p}: no {JITTER}: {fin}"));
     eprintln!("backoff: final: {fin}; client's own: growth {cb:.3} jitter {cj:.3}; retry events lost (whole host): {lost_meanwhile}");
     if lost_meanwhile > 0.0 && ((b - cb).abs() >= 0.02 || (j - cj).abs() >= 0.02) {
         eprintln!("backoff: NOTE: {lost_meanwhile} retry events were lost host-wide; the agent's figures differ from the client's own");
@@ -295,11 +236,7 @@ fn storms_cli_reports_the_storm() {
     let r = c.stop();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "connmon storms failed with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "connmon storms failed with {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     assert_eq!(
         r.outcome("refused"),
         r.attempts,
@@ -308,17 +245,8 @@ fn storms_cli_reports_the_storm() {
     );
     let rows = parse_json_lines(&stdout);
     let mine = format!(" comm={} cgroup={}", c.name, c.cgroup());
-    let show = |rows: &[serde_json::Value]| {
-        rows.iter()
-            .take(10)
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert!(
-        !rows.is_empty(),
-        "connmon storms printed no rows; stderr:\n{stderr}"
-    );
+    let show = |rows: &[serde_json::Value]| rows.iter().take(10).map(|r| r.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(!rows.is_empty(), "connmon storms printed no rows; stderr:\n{stderr}");
     let first = &rows[0];
     eprintln!("storms CLI: first of {} rows: {first}", rows.len());
     assert_eq!(
@@ -328,53 +256,34 @@ fn storms_cli_reports_the_storm() {
         show(&rows)
     );
     // Storms first: nothing in a storm after the first row that is not.
-    let storms = rows
-        .iter()
-        .take_while(|r| r["in_storm"] == serde_json::Value::Bool(true))
-        .count();
+    let storms = rows.iter().take_while(|r| r["in_storm"] == serde_json::Value::Bool(true)).count();
     assert!(
-        rows[storms..]
-            .iter()
-            .all(|r| r["in_storm"] != serde_json::Value::Bool(true)),
+        rows[storms..].iter().all(|r| r["in_storm"] != serde_json::Value::Bool(true)),
         "a storm row comes after a calm one; rows:\n{}",
         show(&rows)
     );
     let at = rows
         .iter()
         .position(|r| r["what"].as_str().is_some_and(|w| w.ends_with(&mine)))
-        .unwrap_or_else(|| {
-            panic!(
-                "no row for the tight-loop client (what ending {mine:?}); rows:\n{}",
-                show(&rows)
-            )
-        });
+        .unwrap_or_else(|| panic!("no row for the tight-loop client (what ending {mine:?}); rows:\n{}", show(&rows)));
     let row = &rows[at];
     // Ours is the first row, a pool in a storm. The command watches the whole host, though: a
     // process elsewhere storming at the same time (another test binary, say) may rank before it;
     // then that row is a storm too, and ours must be among the leading storm rows.
     if at != 0 {
         let others: Vec<&str> = rows[..at].iter().map(|r| json_str(r, "what")).collect();
-        eprintln!(
-            "storms CLI: our row is #{at}; storms elsewhere on the host rank before it: {others:?}"
-        );
+        eprintln!("storms CLI: our row is #{at}; storms elsewhere on the host rank before it: {others:?}");
     }
-    assert!(at < storms, "the tight-loop client's row is not among the leading storm rows (row #{at}, {storms} storms); rows:\n{}", show(&rows));
+    assert!(
+        at < storms,
+        "the tight-loop client's row is not among the leading storm rows (row #{at}, {storms} storms); rows:\n{}",
+        show(&rows)
+    );
     assert_eq!(json_str(row, "target"), "pool", "{row}");
-    let backoff = row["estimate"]["backoff"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no estimate in {row}"));
-    assert!(
-        backoff < 1.3,
-        "retries every 10 ms have no backoff, yet the CLI says {backoff}: {row}"
-    );
-    assert!(
-        json_f64(row, "bad_ratio") >= 0.5,
-        "every attempt failed, yet bad_ratio is low: {row}"
-    );
-    assert!(
-        json_f64(row, "attempt_rate") >= 5.0,
-        "about 100 attempts a second, yet attempt_rate is low: {row}"
-    );
+    let backoff = row["estimate"]["backoff"].as_f64().unwrap_or_else(|| panic!("no estimate in {row}"));
+    assert!(backoff < 1.3, "retries every 10 ms have no backoff, yet the CLI says {backoff}: {row}");
+    assert!(json_f64(row, "bad_ratio") >= 0.5, "every attempt failed, yet bad_ratio is low: {row}");
+    assert!(json_f64(row, "attempt_rate") >= 5.0, "about 100 attempts a second, yet attempt_rate is low: {row}");
     eprintln!("storms CLI: our row: {row}");
     assert!(
         !storm_log_lines(&stderr, "start", &c.name).is_empty(),

@@ -11,8 +11,8 @@
 //! ring buffer of failed attempts that a flood of failures elsewhere can overflow; so the tests that
 //! flood (healthy churn, maxclients) run alone within this binary (see `common::storm_lock`).
 
-use connmon_test_support as common;
 use connmon::export::LISTEN_DROPS;
+use connmon_test_support as common;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -54,34 +54,14 @@ fn backlog_one_never_accepting_is_flagged() {
     let drops_before = scrape_until(
         &agent,
         deadline(15),
-        &format!(
-            "the agent to export {LISTEN_DROPS} for {addr} in {}",
-            ns.name()
-        ),
+        &format!("the agent to export {LISTEN_DROPS} for {addr} in {}", ns.name()),
         |s| sample(s, LISTEN_DROPS, &listener).ok_or_else(|| "absent".to_string()),
     );
 
-    let mut c = StormClient::spawn(
-        "sbl",
-        addr,
-        StormMode::ConnectTimeout {
-            threads: 4,
-            timeout_ms: 200,
-        },
-        Some(&ns),
-    );
+    let mut c = StormClient::spawn("sbl", addr, StormMode::ConnectTimeout { threads: 4, timeout_ms: 200 }, Some(&ns));
     let p = c.pool();
-    let (took, v) = wait_storm(
-        &agent,
-        &p,
-        1.0,
-        c.started,
-        c.started + Duration::from_secs(15),
-    );
-    eprintln!(
-        "backlog 1: {p} flagged {:.2}s after the client started: {v}",
-        took.as_secs_f64()
-    );
+    let (took, v) = wait_storm(&agent, &p, 1.0, c.started, c.started + Duration::from_secs(15));
+    eprintln!("backlog 1: {p} flagged {:.2}s after the client started: {v}", took.as_secs_f64());
     assert!(
         v.syn_retrans.unwrap_or(0.0) > 0.0 || v.aborted.unwrap_or(0.0) > 0.0,
         "{p}: SYNs into a full accept queue are dropped, yet neither SYN retransmits nor aborted connects: {v}"
@@ -106,26 +86,22 @@ fn backlog_one_never_accepting_is_flagged() {
     );
     // From the server's side the same storm: nearly every attempt on the listener is a drop.
     let storm_labels = [listener[0], listener[1], ("target", "listener")];
-    let listener_storm = scrape_until(
-        &agent,
-        deadline(10),
-        &format!("{RETRY_STORM}{{target=\"listener\"}} == 1 for {addr}"),
-        |s| match sample(s, RETRY_STORM, &storm_labels) {
-            Some(v) if v == 1.0 => Ok(v),
-            other => Err(format!("{other:?}")),
-        },
-    );
+    let listener_storm =
+        scrape_until(&agent, deadline(10), &format!("{RETRY_STORM}{{target=\"listener\"}} == 1 for {addr}"), |s| {
+            match sample(s, RETRY_STORM, &storm_labels) {
+                Some(v) if v == 1.0 => Ok(v),
+                other => Err(format!("{other:?}")),
+            }
+        });
     let listener_line = lines_with(
         &agent.stderr(),
-        &[
-            "retry_storm=start target=listener ".to_string(),
-            format!("netns={ino} "),
-            format!(" port={port} "),
-        ],
+        &["retry_storm=start target=listener ".to_string(), format!("netns={ino} "), format!(" port={port} ")],
     )
     .into_iter()
     .next();
-    eprintln!("backlog 1: listener {addr} in a storm too ({RETRY_STORM}={listener_storm}); agent logged: {listener_line:?}");
+    eprintln!(
+        "backlog 1: listener {addr} in a storm too ({RETRY_STORM}={listener_storm}); agent logged: {listener_line:?}"
+    );
 
     let r = c.stop();
     eprintln!(
@@ -135,18 +111,11 @@ fn backlog_one_never_accepting_is_flagged() {
         r.attempts as f64 / r.elapsed_s,
         r.outcomes
     );
-    assert!(
-        r.outcome("timeout") > 0,
-        "test setup: no connect timed out against the full queue: {:?}",
-        r.outcomes
-    );
+    assert!(r.outcome("timeout") > 0, "test setup: no connect timed out against the full queue: {:?}", r.outcomes);
     let v = scrape_until(
         &agent,
         deadline(10),
-        &format!(
-            "{p}: attempts = {} as the client counted, and its cgroup label",
-            r.attempts
-        ),
+        &format!("{p}: attempts = {} as the client counted, and its cgroup label", r.attempts),
         |s| {
             let v = StormView::of(&p, s);
             if v.attempts == Some(r.attempts as f64) && v.cgroup_is(&p) {
@@ -172,45 +141,31 @@ fn healthy_churn_against_redis_is_never_flagged() {
         "sch",
         dst,
         Proto::Redis,
-        Mode::Churn {
-            count: 100_000_000,
-            max_secs: 30.0,
-        },
+        Mode::Churn { count: 100_000_000, max_secs: 30.0 },
     ));
     let p = PoolRef::of(&c, dst);
     let t0 = Instant::now();
     let mut views: Vec<(f64, StormView)> = Vec::new();
     // One scrape a second, on a fixed schedule (a scrape itself takes a while on a busy host).
     let cycles: u64 = loop {
-        views.push((
-            t0.elapsed().as_secs_f64(),
-            StormView::of(&p, &agent.samples()),
-        ));
+        views.push((t0.elapsed().as_secs_f64(), StormView::of(&p, &agent.samples())));
         let next = t0 + Duration::from_secs(views.len() as u64);
         if let Some(n) = c.try_expect("done", next.saturating_duration_since(Instant::now())) {
             break n.parse().expect("done N");
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the churn client is still running after 60 s"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(60), "the churn client is still running after 60 s");
     };
     let churned = t0.elapsed();
     c.exit();
     let n = cycles as f64;
-    let fin = scrape_until(
-        &agent,
-        deadline(20),
-        &format!("{p}: {cycles} opens and closes counted"),
-        |s| {
-            let v = StormView::of(&p, s);
-            if v.opens == Some(n) && v.closes == Some(n) {
-                Ok(v)
-            } else {
-                Err(v.to_string())
-            }
-        },
-    );
+    let fin = scrape_until(&agent, deadline(20), &format!("{p}: {cycles} opens and closes counted"), |s| {
+        let v = StormView::of(&p, s);
+        if v.opens == Some(n) && v.closes == Some(n) {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    });
     for (t, v) in views.iter().step_by(5) {
         eprintln!("churn: t={t:5.2}s {v}");
     }
@@ -221,39 +176,20 @@ fn healthy_churn_against_redis_is_never_flagged() {
     );
 
     let seen: Vec<f64> = views.iter().filter_map(|(_, v)| v.storm).collect();
-    assert!(
-        views.iter().all(|(_, v)| !v.in_storm()),
-        "{p}: healthy churn was flagged as a retry storm at some scrape"
-    );
+    assert!(views.iter().all(|(_, v)| !v.in_storm()), "{p}: healthy churn was flagged as a retry storm at some scrape");
     assert!(
         seen.len() >= 25,
         "{p}: {RETRY_STORM} present in only {} of {} scrapes (want >= 25)",
         seen.len(),
         views.len()
     );
-    assert!(
-        n > 1000.0,
-        "{p}: only {cycles} connections opened; churn should be fast"
-    );
-    assert_eq!(
-        fin.failures, 0.0,
-        "{p}: a healthy Redis refused nothing: {fin}"
-    );
-    assert_eq!(
-        fin.died_young,
-        Some(0.0),
-        "{p}: the client closed every connection itself; none died young: {fin}"
-    );
+    assert!(n > 1000.0, "{p}: only {cycles} connections opened; churn should be fast");
+    assert_eq!(fin.failures, 0.0, "{p}: a healthy Redis refused nothing: {fin}");
+    assert_eq!(fin.died_young, Some(0.0), "{p}: the client closed every connection itself; none died young: {fin}");
     let short = fin.short_lived.unwrap_or(0.0);
-    assert!(
-        short > 1000.0 && short <= n,
-        "{p}: churn should show in {SHORT_LIVED} (got {short} of {cycles}): {fin}"
-    );
+    assert!(short > 1000.0 && short <= n, "{p}: churn should show in {SHORT_LIVED} (got {short} of {cycles}): {fin}");
     let worst_bad = views.iter().filter_map(|(_, v)| v.bad).fold(0.0, f64::max);
-    let worst_score = views
-        .iter()
-        .filter_map(|(_, v)| v.score)
-        .fold(0.0, f64::max);
+    let worst_score = views.iter().filter_map(|(_, v)| v.score).fold(0.0, f64::max);
     eprintln!(
         "churn: {RETRY_STORM} = 0 at all {} scrapes that had it ({} in all); highest {BAD_RATIO} {worst_bad}, highest overall score {worst_score}",
         seen.len(),
@@ -270,32 +206,17 @@ fn redis_maxclients_storm_starts_and_ends() {
     let redis = Redis::start(free_local_port(), &["--maxclients", "2"]);
     let dst = redis.addr();
     // Redis::start's own PING connection must be gone before the holders take both slots.
-    poll_until(
-        deadline(10),
-        "redis-server to have no clients",
-        || match redis.connected_clients_but_me() {
-            0 => Ok(()),
-            n => Err(format!("{n} clients")),
-        },
-    );
-    let holders = ClientProc::spawn(ClientSpec::new(
-        "shd",
-        dst,
-        Proto::Redis,
-        Mode::Hold { count: 2 },
-    ));
+    poll_until(deadline(10), "redis-server to have no clients", || match redis.connected_clients_but_me() {
+        0 => Ok(()),
+        n => Err(format!("{n} clients")),
+    });
+    let holders = ClientProc::spawn(ClientSpec::new("shd", dst, Proto::Redis, Mode::Hold { count: 2 }));
     let hold_down = 5;
     let agent = Agent::start(&["--storm.hold-down", &format!("{hold_down}s")]);
 
     let mut c = StormClient::spawn("srd", dst, StormMode::RedisReconnect { threads: 4 }, None);
     let p = c.pool();
-    let (took, v) = wait_storm(
-        &agent,
-        &p,
-        1.0,
-        c.started,
-        c.started + Duration::from_secs(10),
-    );
+    let (took, v) = wait_storm(&agent, &p, 1.0, c.started, c.started + Duration::from_secs(10));
     let line = wait_storm_log(&agent, "start", &c.name);
     eprintln!(
         "maxclients: {p} seen flagged {:.2}s after the clients started (logged at {:.2}s): {v}",
@@ -308,10 +229,7 @@ fn redis_maxclients_storm_starts_and_ends() {
         "{p}: {RETRY_STORM} read 1 only {took:?} after the clients started, want within 10 s: {v}"
     );
     let young = v.died_young.unwrap_or(0.0);
-    assert!(
-        young > 0.0,
-        "{p}: Redis hangs up on every reconnect, yet {DIED_YOUNG} = {young}: {v}"
-    );
+    assert!(young > 0.0, "{p}: Redis hangs up on every reconnect, yet {DIED_YOUNG} = {young}: {v}");
 
     let r = c.stop();
     let stopped = Instant::now();
@@ -329,13 +247,7 @@ fn redis_maxclients_storm_starts_and_ends() {
     );
 
     let stopped_wall = SystemTime::now();
-    let (calmed, v_end) = wait_storm(
-        &agent,
-        &p,
-        0.0,
-        stopped,
-        stopped + Duration::from_secs(hold_down + 10),
-    );
+    let (calmed, v_end) = wait_storm(&agent, &p, 0.0, stopped, stopped + Duration::from_secs(hold_down + 10));
     let line = wait_storm_log(&agent, "end", &c.name);
     eprintln!(
         "maxclients: storm seen over {:.2}s after the clients stopped (logged at {:.2}s; hold-down {hold_down}s): {v_end}",
@@ -348,10 +260,6 @@ fn redis_maxclients_storm_starts_and_ends() {
         "{p}: the storm ended {calmed:?} after the clients stopped, sooner than the {hold_down}s hold-down"
     );
     let young_end = v_end.died_young.unwrap_or(0.0);
-    assert!(
-        young_end > young,
-        "{p}: {DIED_YOUNG} did not grow while the storm went on ({young} -> {young_end})"
-    );
+    assert!(young_end > young, "{p}: {DIED_YOUNG} did not grow while the storm went on ({young} -> {young_end})");
     drop(holders);
 }
-

@@ -7,8 +7,8 @@
 //! load the shared machine). Needs root like every agent test, plus openssl, apache2-utils, curl
 //! and prometheus (all installed by `cargo xtask setup`).
 
-use connmon_test_support as common;
 use connmon::export::{BUILD_INFO, PROBE_UP};
+use connmon_test_support as common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,9 +17,20 @@ use common::tls::{bcrypt_hash, curl, https, served_certificate, Curl, Pki};
 use common::*;
 
 const PROBES_OFF: [&str; 14] = [
-    "--probes.disable", "listen_peak", "--probes.disable", "synack_retransmit", "--probes.disable", "pools",
-    "--probes.disable", "connect_retransmit", "--probes.disable", "resets_received", "--probes.disable", "resets_sent",
-    "--probes.disable", "protocol",
+    "--probes.disable",
+    "listen_peak",
+    "--probes.disable",
+    "synack_retransmit",
+    "--probes.disable",
+    "pools",
+    "--probes.disable",
+    "connect_retransmit",
+    "--probes.disable",
+    "resets_received",
+    "--probes.disable",
+    "resets_sent",
+    "--probes.disable",
+    "protocol",
 ];
 
 /// Starts the agent with `--web.config.file web_config` (plus `extra` flags); ready once
@@ -70,7 +81,9 @@ fn https_with_basic_auth_protects_every_endpoint() {
     assert!(r.headers.contains("strict-transport-security: max-age=31536000"), "{}", r.headers);
     assert!(r.headers.contains("x-content-type-options: nosniff"), "{}", r.headers);
 
-    for (what, creds) in [("wrong password", Some("alice:wrong")), ("unknown user", Some("mallory:s3cret")), ("no password", None)] {
+    for (what, creds) in
+        [("wrong password", Some("alice:wrong")), ("unknown user", Some("mallory:s3cret")), ("no password", None)]
+    {
         let mut args = vec!["--cacert", ca.as_str()];
         if let Some(c) = creds {
             args.extend(["-u", c]);
@@ -88,17 +101,15 @@ fn https_with_basic_auth_protects_every_endpoint() {
     curl(&[&good[..], &["--tlsv1.2", "--tls-max", "1.2"]].concat(), &https(addr, "/metrics"))
         .expect_status(200, "TLS 1.2 (the default min_version)");
     curl(&[&good[..], &["--tlsv1.3"]].concat(), &https(addr, "/metrics")).expect_status(200, "TLS 1.3");
-    curl(&[&good[..], &["--http2"]].concat(), &https(addr, "/metrics")).expect_status(200, "a client offering h2 gets HTTP/1.1");
+    curl(&[&good[..], &["--http2"]].concat(), &https(addr, "/metrics"))
+        .expect_status(200, "a client offering h2 gets HTTP/1.1");
 
     let r = curl(&["-u", "alice:s3cret"], &https(addr, "/metrics"));
     r.expect_refused("a client that does not trust the test CA");
     assert_eq!(r.exit, 60, "curl's certificate verification error: {r:#?}");
 
     curl(&["-u", "alice:s3cret"], &format!("http://{addr}/metrics")).expect_refused("plain HTTP to the TLS port");
-    assert!(
-        http_get(addr, "/healthz", &[]).is_err(),
-        "plain HTTP to the TLS port must not get an HTTP answer"
-    );
+    assert!(http_get(addr, "/healthz", &[]).is_err(), "plain HTTP to the TLS port must not get an HTTP answer");
 }
 
 #[test]
@@ -144,7 +155,9 @@ fn certificate_rotation_and_reloads() {
     copy("server.crt", &live_crt);
     copy("server.key", &live_key);
     let web = pki.dir().join("web.yml");
-    let config = |users: &str| format!("tls_server_config:\n  cert_file: live.crt\n  key_file: live.key\nbasic_auth_users:\n{users}");
+    let config = |users: &str| {
+        format!("tls_server_config:\n  cert_file: live.crt\n  key_file: live.key\nbasic_auth_users:\n{users}")
+    };
     write(&web, &config(&format!("  alice: {}\n", bcrypt_hash("one"))));
     let ca = pki.path("ca.crt");
     let one = ["--cacert", ca.as_str(), "-u", "alice:one"];
@@ -170,8 +183,15 @@ fn certificate_rotation_and_reloads() {
     poll_until(deadline(15), "a warning about the mismatched key", || {
         curl(&one, &https(addr, "/metrics")).expect_status(200, "still serving during a bad rotation");
         let log = agent.stderr();
-        let warned = log.lines().filter(|l| l.contains(mismatch) && l.contains("keeping the previous web configuration")).count();
-        if warned > warned_before { Ok(()) } else { Err(format!("{warned} warnings")) }
+        let warned = log
+            .lines()
+            .filter(|l| l.contains(mismatch) && l.contains("keeping the previous web configuration"))
+            .count();
+        if warned > warned_before {
+            Ok(())
+        } else {
+            Err(format!("{warned} warnings"))
+        }
     });
     assert!(served_certificate(addr).unwrap().contains("serial=03EA"), "the last good certificate is still served");
     copy("server2.key", &live_key);
@@ -181,14 +201,22 @@ fn certificate_rotation_and_reloads() {
     poll_until(deadline(15), "a warning naming the bad key", || {
         curl(&one, &https(addr, "/metrics")).expect_status(200, "old config while the file is broken");
         let log = agent.stderr();
-        if log.contains(&format!("invalid web config {}", web.display())) && log.contains("bogus_key") { Ok(()) } else { Err("no warning yet".to_string()) }
+        if log.contains(&format!("invalid web config {}", web.display())) && log.contains("bogus_key") {
+            Ok(())
+        } else {
+            Err("no warning yet".to_string())
+        }
     });
 
     // Fixed with a new password: the users change without a restart.
     write(&web, &config(&format!("  alice: {}\n", bcrypt_hash("two"))));
     poll_until(deadline(15), "the new password to work", || {
         let r = curl(&["--cacert", &ca, "-u", "alice:two"], &https(addr, "/metrics"));
-        if r.status == 200 { Ok(()) } else { Err(format!("{r:?}")) }
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     assert_401(&curl(&one, &https(addr, "/metrics")), "the old password after the reload");
     assert!(agent.exited().is_none(), "the agent survived every reload");
@@ -206,7 +234,11 @@ fn basic_auth_over_plain_http_from_the_toml_config() {
     args.extend(["--config.file", &toml_path]);
     let agent = Agent::start_with_ready(&args, |addr: SocketAddr| {
         let r = curl(&["-u", "bob:pw"], &format!("http://{addr}/readyz"));
-        if r.status == 200 { Ok(()) } else { Err(format!("{r:?}")) }
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
     });
     let url = format!("http://{}/metrics", agent.addr());
     let r = curl(&["-u", "bob:pw"], &url);
@@ -223,21 +255,36 @@ fn bad_web_config_fails_at_start_in_one_line() {
     let tls = |extra: &str| format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{extra}");
     let cases = [
         ("unknown-key.yml", tls("  cert_fle: x\n"), "unknown field `cert_fle`"),
-        ("missing-cert.yml", "tls_server_config:\n  cert_file: nowhere.crt\n  key_file: server.key\n".to_string(), "cannot read tls_server_config.cert_file"),
-        ("wrong-key.yml", "tls_server_config:\n  cert_file: server.crt\n  key_file: client.key\n".to_string(), "does not belong to the certificate"),
-        ("bad-hash.yml", format!("basic_auth_users:\n  alice: {}\n", &hash[..40]), "basic_auth_users.alice: not a bcrypt hash"),
+        (
+            "missing-cert.yml",
+            "tls_server_config:\n  cert_file: nowhere.crt\n  key_file: server.key\n".to_string(),
+            "cannot read tls_server_config.cert_file",
+        ),
+        (
+            "wrong-key.yml",
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: client.key\n".to_string(),
+            "does not belong to the certificate",
+        ),
+        (
+            "bad-hash.yml",
+            format!("basic_auth_users:\n  alice: {}\n", &hash[..40]),
+            "basic_auth_users.alice: not a bcrypt hash",
+        ),
         ("tls10.yml", tls("  min_version: TLS10\n"), "implements only TLS 1.2 and 1.3"),
     ];
     for (name, text, want) in &cases {
         let path = pki.dir().join(name);
         write(&path, text);
-        let out = connmon(&["run", "--web.listen-address", "127.0.0.1:0", "--web.config.file", &path.display().to_string()]);
+        let out =
+            connmon(&["run", "--web.listen-address", "127.0.0.1:0", "--web.config.file", &path.display().to_string()]);
         check_one_line(&out, name, &path.display().to_string(), want);
     }
     // The environment variable, and a file that is not there.
     let missing = pki.dir().join("absent.yml").display().to_string();
     let mut cmd = std::process::Command::new(connmon_bin());
-    cmd.args(["run", "--web.listen-address", "127.0.0.1:0"]).env("CONNMON_WEB_CONFIG_FILE", &missing).env("RUST_LOG", "warn");
+    cmd.args(["run", "--web.listen-address", "127.0.0.1:0"])
+        .env("CONNMON_WEB_CONFIG_FILE", &missing)
+        .env("RUST_LOG", "warn");
     let out = run_with_timeout(&mut cmd, std::time::Duration::from_secs(60));
     check_one_line(&out, "CONNMON_WEB_CONFIG_FILE", &missing, "cannot read web config");
 }
@@ -277,6 +324,8 @@ fn prometheus_scrapes_over_https_with_basic_auth_and_a_client_certificate() {
         }
     });
     assert!(up["scrapeUrl"].as_str().is_some_and(|u| u.starts_with("https://")), "{up}");
-    let info = poll_until(deadline(30), "a connmon metric in Prometheus", || prom.query_one(&format!("connmon_build_info{{job=\"{job}\"}}")));
+    let info = poll_until(deadline(30), "a connmon metric in Prometheus", || {
+        prom.query_one(&format!("connmon_build_info{{job=\"{job}\"}}"))
+    });
     assert_eq!(info.value, 1.0, "{info}");
 }

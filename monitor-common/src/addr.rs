@@ -1,9 +1,7 @@
 //! Address helpers both sides need: the class of a client address (the `client_class` of
 //! [`crate::AcceptKey`]) and the flow key of a socket as its packets show it (IPv4-mapped IPv6
 //! sockets send IPv4 packets). Addresses are 16 bytes, IPv4 in the first four, network order.
-use crate::{
-    FlowKey, AF_INET, AF_INET6, CLIENT_LINK_LOCAL, CLIENT_LOOPBACK, CLIENT_PRIVATE, CLIENT_PUBLIC,
-};
+use crate::{FlowKey, AF_INET, AF_INET6, CLIENT_LINK_LOCAL, CLIENT_LOOPBACK, CLIENT_PRIVATE, CLIENT_PUBLIC};
 
 /// Class of a client address of `family` (CLIENT_*).
 #[inline(always)]
@@ -55,14 +53,7 @@ pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
 /// The flow key of a socket, with IPv4-mapped IPv6 addresses normalised to IPv4.
 #[inline(always)]
 pub fn flow(family: u16, saddr: &[u8; 16], sport: u16, daddr: &[u8; 16], dport: u16) -> FlowKey {
-    let mut f = FlowKey {
-        saddr: *saddr,
-        daddr: *daddr,
-        sport,
-        dport,
-        family,
-        _reserved: 0,
-    };
+    let mut f = FlowKey { saddr: *saddr, daddr: *daddr, sport, dport, family, _reserved: 0 };
     if family == AF_INET6 && is_v4_mapped(saddr) && is_v4_mapped(daddr) {
         f.family = AF_INET;
         f.saddr = [0; 16];

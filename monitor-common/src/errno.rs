@@ -46,9 +46,7 @@ mod tests {
         assert_eq!(kind(ETIMEDOUT), ErrorKind::TimedOut);
         assert_eq!(kind(ECONNREFUSED), ErrorKind::ConnectionRefused);
         assert_eq!(kind(EHOSTUNREACH), ErrorKind::HostUnreachable);
-        assert!(Error::from_raw_os_error(EHOSTDOWN)
-            .to_string()
-            .contains("Host is down"));
+        assert!(Error::from_raw_os_error(EHOSTDOWN).to_string().contains("Host is down"));
     }
 
     #[test]

@@ -50,16 +50,10 @@ mod tests {
 
     #[test]
     fn bounds_are_powers_of_four() {
-        assert_eq!(
-            (bucket(0), bucket(3), bucket(4), bucket(15), bucket(16)),
-            (0, 0, 1, 1, 2)
-        );
+        assert_eq!((bucket(0), bucket(3), bucket(4), bucket(15), bucket(16)), (0, 0, 1, 1, 2));
         assert_eq!(upper_bound(0), Some(4));
         assert_eq!(upper_bound(1), Some(16));
-        assert_eq!(
-            upper_bound(HIST_BUCKETS - 2),
-            Some(4u64.pow(HIST_BUCKETS as u32 - 1))
-        );
+        assert_eq!(upper_bound(HIST_BUCKETS - 2), Some(4u64.pow(HIST_BUCKETS as u32 - 1)));
         assert_eq!(upper_bound(HIST_BUCKETS - 1), None);
         assert_eq!(bucket(u64::MAX), HIST_BUCKETS - 1);
     }

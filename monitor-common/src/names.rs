@@ -146,10 +146,7 @@ mod tests {
         for list in [maps::ALL, programs::ALL, globals::ALL] {
             for (i, a) in list.iter().enumerate() {
                 assert!(!list[i + 1..].contains(a), "{a} listed twice");
-                assert!(
-                    a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-                    "{a}"
-                );
+                assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{a}");
             }
         }
     }

@@ -74,10 +74,7 @@ mod tests {
         // A huge "length" or protocol 2.0 is something else.
         assert_eq!(recognise(&[0, 1, 0, 0, 0, 3, 0, 0]), PROTO_UNKNOWN);
         assert_eq!(recognise(&[0, 0, 0, 0x54, 0, 2, 0, 0]), PROTO_UNKNOWN);
-        assert_eq!(
-            recognise(&[0, 0, 0, 9, 0x04, 0xd2, 0x16, 0x2f]),
-            PROTO_UNKNOWN
-        );
+        assert_eq!(recognise(&[0, 0, 0, 9, 0x04, 0xd2, 0x16, 0x2f]), PROTO_UNKNOWN);
     }
 
     #[test]

@@ -26,9 +26,6 @@ mod tests {
         assert!(due(Some(0), 5));
         assert!(!due(Some(1_000), 1_000 + gap - 1));
         assert!(due(Some(1_000), 1_000 + gap));
-        assert!(
-            !due(Some(1_000 + gap), 1_000),
-            "an earlier attempt closing late"
-        );
+        assert!(!due(Some(1_000 + gap), 1_000), "an earlier attempt closing late");
     }
 }

@@ -1,10 +1,7 @@
 //! Which TCP state transitions the pools probe acts on, and as what. Half of a connection's
 //! transitions (FIN_WAIT1, FIN_WAIT2, LAST_ACK, ...) are not among them: the probe leaves on
 //! those before reading anything, so this check sits first on the hot path.
-use crate::{
-    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_SYN_RECV,
-    TCP_SYN_SENT,
-};
+use crate::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_SYN_RECV, TCP_SYN_SENT};
 
 /// What a transition means to the pools probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,9 +31,7 @@ pub fn transition(old: u8, new: u8) -> Transition {
         Transition::Accept
     } else if old == TCP_SYN_SENT {
         Transition::HandshakeEnd
-    } else if (old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT)
-        || (old == TCP_FIN_WAIT1 && new == TCP_CLOSING)
-    {
+    } else if (old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT) || (old == TCP_FIN_WAIT1 && new == TCP_CLOSING) {
         Transition::PeerClosed
     } else if new == TCP_CLOSE {
         Transition::Close
@@ -78,15 +73,9 @@ mod tests {
 
     #[test]
     fn server_side_transitions() {
-        assert_eq!(
-            transition(TCP_SYN_RECV, TCP_ESTABLISHED),
-            Transition::Accept
-        );
+        assert_eq!(transition(TCP_SYN_RECV, TCP_ESTABLISHED), Transition::Accept);
         assert_eq!(transition(TCP_CLOSE, TCP_LISTEN), Transition::Ignored);
         assert_eq!(transition(TCP_LISTEN, TCP_CLOSE), Transition::Close);
-        assert_eq!(
-            transition(TCP_NEW_SYN_RECV, TCP_SYN_RECV),
-            Transition::Ignored
-        );
+        assert_eq!(transition(TCP_NEW_SYN_RECV, TCP_SYN_RECV), Transition::Ignored);
     }
 }

@@ -19,7 +19,5 @@ pub(crate) fn add(counter: &Array<i64>, delta: i64) {
 #[inline(always)]
 pub(crate) fn positive(counter: &Array<i64>) -> bool {
     // SAFETY: array slot, read once.
-    counter
-        .get_ptr(0)
-        .is_some_and(|n| unsafe { core::ptr::read_volatile(n) } > 0)
+    counter.get_ptr(0).is_some_and(|n| unsafe { core::ptr::read_volatile(n) } > 0)
 }

@@ -45,9 +45,7 @@ impl Fields for Sock {
     #[inline(always)]
     fn netns(&self) -> u32 {
         match direct::<*const u8>(self.0, off!(SOCK_OFFSETS.net)) {
-            Ok(net) if !net.is_null() => {
-                direct::<u32>(net, off!(SOCK_OFFSETS.net_inum)).unwrap_or(0)
-            }
+            Ok(net) if !net.is_null() => direct::<u32>(net, off!(SOCK_OFFSETS.net_inum)).unwrap_or(0),
             _ => 0,
         }
     }
@@ -65,10 +63,7 @@ impl Fields for Sock {
         let task = unsafe { bpf_get_current_task_btf() } as *const u8;
         if let Ok(leader) = direct::<*const u8>(task, off!(TASK_OFFSETS.group_leader)) {
             let comm = off!(TASK_OFFSETS.comm);
-            if let (Ok(a), Ok(b)) = (
-                direct::<u64>(leader, comm),
-                direct::<u64>(leader, comm.wrapping_add(8)),
-            ) {
+            if let (Ok(a), Ok(b)) = (direct::<u64>(leader, comm), direct::<u64>(leader, comm.wrapping_add(8))) {
                 let mut out = [0u8; 16];
                 out[..8].copy_from_slice(&a.to_ne_bytes());
                 out[8..].copy_from_slice(&b.to_ne_bytes());

@@ -2,13 +2,11 @@
 //! through a macro that checks at compile time that its identifier (the name the agent looks up)
 //! equals its constant in `monitor_common::names`. Program modules and helpers use these; none of
 //! them declares its own.
-use aya_ebpf::maps::{
-    Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
-};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use monitor_common::{
-    AcceptKey, FdOffsets, FlowKey, QueueKey, QueueStats, QueuedChild, MAX_QUEUED_CHILDREN, ListenerCounters, ListenerKey, ListenerPeak, PoolKey, PoolStats, SockInfo,
-    SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS, MAX_LISTENERS,
-    MAX_PENDING_FLOWS, MAX_POOLS, MAX_SOCKS, RETRY_RING_BYTES,
+    AcceptKey, FdOffsets, FlowKey, ListenerCounters, ListenerKey, ListenerPeak, PoolKey, PoolStats, QueueKey,
+    QueueStats, QueuedChild, SockInfo, SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS,
+    MAX_LISTENERS, MAX_PENDING_FLOWS, MAX_POOLS, MAX_QUEUED_CHILDREN, MAX_SOCKS, RETRY_RING_BYTES,
 };
 
 /// A map whose identifier must equal `monitor_common::names::maps::<identifier>`.
@@ -165,4 +163,3 @@ declare_map! {
     /// Backlog passed to listen(), by socket inode (the agent matches it to sock_diag's inode).
     LISTEN_REQUESTS: LruHashMap<u64, i64> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
 }
-

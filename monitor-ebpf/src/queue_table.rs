@@ -26,10 +26,7 @@ pub(crate) fn child_queued(sk: u64, key: &QueueKey) {
         return;
     }
     // SAFETY: plain helper call.
-    let child = QueuedChild {
-        enqueued_ns: unsafe { bpf_ktime_get_ns() },
-        key: *key,
-    };
+    let child = QueuedChild { enqueued_ns: unsafe { bpf_ktime_get_ns() }, key: *key };
     let _ = QUEUED_CHILDREN.insert(&sk, &child, 0);
 }
 
@@ -41,12 +38,7 @@ pub(crate) fn peer_closed<F: Fields>(f: &F) -> Result<(), i64> {
         return Ok(());
     }
     let family = f.family()?;
-    let key = QueueKey {
-        netns: f.netns(),
-        port: f.sport()?,
-        family,
-        addr: f.saddr(family)?,
-    };
+    let key = QueueKey { netns: f.netns(), port: f.sport()?, family, addr: f.saddr(family)? };
     with_stats(&key, |s| s.abandoned_fin += 1);
     Ok(())
 }
@@ -70,12 +62,7 @@ pub(crate) fn reset_received(sk: *const u8) -> Result<(), i64> {
     } else {
         addr = read(sk, off!(SOCK_OFFSETS.v6_rcv_saddr))?;
     }
-    let key = QueueKey {
-        netns: netns_of(sk),
-        port: read(sk, off!(SOCK_OFFSETS.num))?,
-        family,
-        addr,
-    };
+    let key = QueueKey { netns: netns_of(sk), port: read(sk, off!(SOCK_OFFSETS.num))?, family, addr };
     with_stats(&key, |s| s.abandoned_rst += 1);
     Ok(())
 }

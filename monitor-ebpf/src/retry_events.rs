@@ -2,9 +2,7 @@
 //! first success after failures, go to a ring buffer whose timing the agent turns into backoff and
 //! jitter estimates. Rate-limited per pool; a healthy pool skips every lookup here.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use monitor_common::{
-    retry, PoolKey, RetryEvent, FAIL_REASONS, LOST_RETRY_RING_FULL, RETRY_FAILED, RETRY_RECOVERED,
-};
+use monitor_common::{retry, PoolKey, RetryEvent, FAIL_REASONS, LOST_RETRY_RING_FULL, RETRY_FAILED, RETRY_RECOVERED};
 
 use crate::{
     counters,
@@ -51,12 +49,7 @@ pub(crate) fn succeeded(pool: &PoolKey) {
 }
 
 fn emit(pool: &PoolKey, ts_ns: u64, kind: u32, reason: u32) {
-    let event = RetryEvent {
-        pool: *pool,
-        ts_ns,
-        kind,
-        reason,
-    };
+    let event = RetryEvent { pool: *pool, ts_ns, kind, reason };
     if RETRY_EVENTS.output::<RetryEvent>(&event, 0).is_err() {
         lost(LOST_RETRY_RING_FULL);
     }

@@ -24,7 +24,9 @@ fn init_logging() {
     // kube-rs logs every failed request of a retried watch (at ERROR); attribution/cluster.rs logs
     // each change of a watch's state once instead. A RUST_LOG that names a kube crate still gets them.
     if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube")) {
-        builder.filter_module("kube_client", log::LevelFilter::Off).filter_module("kube_runtime", log::LevelFilter::Off);
+        builder
+            .filter_module("kube_client", log::LevelFilter::Off)
+            .filter_module("kube_runtime", log::LevelFilter::Off);
     }
     builder.format_timestamp_millis().format_target(false).init();
 }

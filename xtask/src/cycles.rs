@@ -46,7 +46,14 @@ fn split_top(list: &str) -> Vec<&str> {
 fn tree_paths(tree: &str, prefix: &[String], out: &mut Vec<Module>) {
     let tree = tree.trim();
     let segments = |s: &str| -> Vec<String> {
-        s.split(" as ").next().unwrap_or("").split("::").map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+        s.split(" as ")
+            .next()
+            .unwrap_or("")
+            .split("::")
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
     };
     match (tree.find('{'), tree.rfind('}')) {
         (Some(open), Some(close)) if open < close => {
@@ -88,7 +95,9 @@ fn crate_paths(text: &str) -> Vec<Module> {
     let mut rest = 0;
     while let Some(found) = text[rest..].find("crate::") {
         let start = rest + found + "crate::".len();
-        let len = text[start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '{')).unwrap_or(text.len() - start);
+        let len = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '{'))
+            .unwrap_or(text.len() - start);
         let path = &text[start..start + len];
         match path.find('{') {
             Some(open) => {

@@ -8,8 +8,8 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::{cycles, toolchain};
 use crate::util::{run_inherit, workspace_root};
+use crate::{cycles, toolchain};
 
 pub fn run() -> Result<()> {
     let t = toolchain::ebpf_toolchain()?;
@@ -22,16 +22,7 @@ pub fn run() -> Result<()> {
         }),
         ("clippy (user space)", {
             let mut c = Command::new("cargo");
-            c.args([
-                "clippy",
-                "--workspace",
-                "--exclude",
-                "monitor-ebpf",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]);
+            c.args(["clippy", "--workspace", "--exclude", "monitor-ebpf", "--all-targets", "--", "-D", "warnings"]);
             c
         }),
         ("clippy (eBPF)", {

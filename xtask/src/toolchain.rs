@@ -18,31 +18,21 @@ pub struct EbpfToolchain {
 }
 
 pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
-    let path = workspace_root()
-        .join("monitor-ebpf")
-        .join("rust-toolchain.toml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let path = workspace_root().join("monitor-ebpf").join("rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     parse(&text).with_context(|| format!("{}", path.display()))
 }
 
 fn parse(text: &str) -> Result<EbpfToolchain> {
     let doc: toml::Table = text.parse()?;
-    let t = doc
-        .get("toolchain")
-        .ok_or_else(|| anyhow!("no [toolchain] table"))?;
-    let channel = t
-        .get("channel")
-        .and_then(|c| c.as_str())
-        .ok_or_else(|| anyhow!("no [toolchain] channel"))?;
+    let t = doc.get("toolchain").ok_or_else(|| anyhow!("no [toolchain] table"))?;
+    let channel = t.get("channel").and_then(|c| c.as_str()).ok_or_else(|| anyhow!("no [toolchain] channel"))?;
     // A moving channel ("nightly") is what the pin exists to avoid.
     let dated = channel
         .strip_prefix("nightly-")
         .is_some_and(|d| d.len() == 10 && d.bytes().filter(|b| *b == b'-').count() == 2);
     if !dated {
-        return Err(anyhow!(
-            "channel {channel:?} is not a dated nightly (nightly-YYYY-MM-DD)"
-        ));
+        return Err(anyhow!("channel {channel:?} is not a dated nightly (nightly-YYYY-MM-DD)"));
     }
     let components = match t.get("components") {
         None => Vec::new(),
@@ -50,17 +40,10 @@ fn parse(text: &str) -> Result<EbpfToolchain> {
             .as_array()
             .ok_or_else(|| anyhow!("components is not a list"))?
             .iter()
-            .map(|c| {
-                c.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| anyhow!("component {c} is not a string"))
-            })
+            .map(|c| c.as_str().map(str::to_owned).ok_or_else(|| anyhow!("component {c} is not a string")))
             .collect::<Result<_>>()?,
     };
-    Ok(EbpfToolchain {
-        channel: channel.to_owned(),
-        components,
-    })
+    Ok(EbpfToolchain { channel: channel.to_owned(), components })
 }
 
 impl EbpfToolchain {
@@ -77,25 +60,13 @@ impl EbpfToolchain {
 
     /// Components from the file that the installed toolchain lacks.
     pub fn missing_components(&self) -> Vec<String> {
-        let installed = stdout_of(Command::new("rustup").args([
-            "component",
-            "list",
-            "--toolchain",
-            &self.channel,
-            "--installed",
-        ]))
-        .unwrap_or_default();
-        let names: Vec<&str> = installed
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
+        let installed =
+            stdout_of(Command::new("rustup").args(["component", "list", "--toolchain", &self.channel, "--installed"]))
+                .unwrap_or_default();
+        let names: Vec<&str> = installed.lines().filter_map(|l| l.split_whitespace().next()).collect();
         self.components
             .iter()
-            .filter(|c| {
-                !names
-                    .iter()
-                    .any(|n| n == c || n.starts_with(&format!("{c}-")))
-            })
+            .filter(|c| !names.iter().any(|n| n == c || n.starts_with(&format!("{c}-"))))
             .cloned()
             .collect()
     }
@@ -110,10 +81,7 @@ mod tests {
         let t = ebpf_toolchain().unwrap();
         assert!(t.channel.starts_with("nightly-20"), "{t:?}");
         assert!(t.components.iter().any(|c| c == "rust-src"), "{t:?}");
-        assert!(
-            t.components.iter().any(|c| c == "clippy"),
-            "`cargo xtask lint` needs it: {t:?}"
-        );
+        assert!(t.components.iter().any(|c| c == "clippy"), "`cargo xtask lint` needs it: {t:?}");
     }
 
     #[test]
@@ -121,14 +89,8 @@ mod tests {
         assert!(parse("[toolchain]\nchannel = \"nightly\"\n").is_err());
         assert!(parse("[toolchain]\nchannel = \"stable\"\n").is_err());
         assert!(parse("channel = \"nightly-2026-05-20\"\n").is_err());
-        assert!(parse(
-            "[toolchain]\nchannel = \"nightly-2026-05-20\"\ncomponents = \"rust-src\"\n"
-        )
-        .is_err());
+        assert!(parse("[toolchain]\nchannel = \"nightly-2026-05-20\"\ncomponents = \"rust-src\"\n").is_err());
         let t = parse("[toolchain]\nchannel = \"nightly-2026-05-20\"\n").unwrap();
-        assert_eq!(
-            (t.channel.as_str(), t.components.len()),
-            ("nightly-2026-05-20", 0)
-        );
+        assert_eq!((t.channel.as_str(), t.components.len()), ("nightly-2026-05-20", 0));
     }
 }

@@ -54,9 +54,7 @@ pub fn cargo_home() -> Option<PathBuf> {
     if let Some(home) = std::env::var_os("CARGO_HOME").filter(|h| !h.is_empty()) {
         return Some(PathBuf::from(home));
     }
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|h| PathBuf::from(h).join(".cargo"))
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".cargo"))
 }
 
 /// Put `<cargo home>/bin` first on this process's PATH (children inherit it).
@@ -76,14 +74,9 @@ pub fn prepend_cargo_bin_to_path() {
 pub fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            candidate
-                .metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| {
+        candidate.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    })
 }
 
 /// Effective uid is 0 (read from /proc/self/status: no libc dependency for one call).
@@ -102,38 +95,22 @@ pub fn is_root() -> bool {
 pub fn display(cmd: &Command) -> String {
     let mut parts: Vec<OsString> = vec![cmd.get_program().to_owned()];
     parts.extend(cmd.get_args().map(|a| a.to_owned()));
-    parts
-        .iter()
-        .map(|p| p.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+    parts.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 /// Run with inherited stdio; error (a `ChildFailed`) unless it exits 0.
 pub fn run_inherit(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run `{shown}`"))?;
+    let status = cmd.status().with_context(|| format!("cannot run `{shown}`"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(ChildFailed {
-            command: shown,
-            code: status.code(),
-        }
-        .into())
+        Err(ChildFailed { command: shown, code: status.code() }.into())
     }
 }
 
 /// Run quietly and return stdout when it exits 0; `None` if it cannot run or fails.
 pub fn stdout_of(cmd: &mut Command) -> Option<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -70,9 +70,7 @@ fn try_listen_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let ino: u64 = read(inode, off!(FD_OFFSETS.inode_ino))?;
     // listen() takes an int: -1 and other negative values mean "as many as allowed".
     let requested = i64::from(backlog as u32 as i32);
-    LISTEN_REQUESTS
-        .insert(&ino, &requested, 0)
-        .map_err(|e| e as i64)
+    LISTEN_REQUESTS.insert(&ino, &requested, 0).map_err(|e| e as i64)
 }
 
 /// `struct file *` of descriptor `fd` of the calling process.

@@ -63,10 +63,7 @@ fn try_data_ready<const BTF: bool>(sk: *const u8) -> Result<(), i64> {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(c) => unsafe { (*c).queued += 1 },
         None => {
-            let c = ListenerCounters {
-                queued: 1,
-                synack_retransmits: 0,
-            };
+            let c = ListenerCounters { queued: 1, synack_retransmits: 0 };
             LISTEN_COUNTERS.insert(&key, &c, 0).map_err(|e| e as i64)?;
         }
     }
@@ -83,10 +80,7 @@ fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(c) => unsafe { (*c).synack_retransmits += 1 },
         None => {
-            let c = ListenerCounters {
-                queued: 0,
-                synack_retransmits: 1,
-            };
+            let c = ListenerCounters { queued: 0, synack_retransmits: 1 };
             LISTEN_COUNTERS.insert(&key, &c, 0).map_err(|e| e as i64)?;
         }
     }
@@ -98,12 +92,7 @@ fn raise_peak(key: &ListenerKey, depth: u32, backlog: u32, syn_queue: u32) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(p) => unsafe { (*p).raise(depth, backlog, syn_queue) },
         None => {
-            let p = ListenerPeak {
-                depth,
-                backlog,
-                syn_queue,
-                _reserved: 0,
-            };
+            let p = ListenerPeak { depth, backlog, syn_queue, _reserved: 0 };
             let _ = LISTEN_PEAKS.insert(key, &p, 0);
         }
     }
@@ -132,11 +121,5 @@ fn listener_key<const BTF: bool>(sk: *const u8) -> Result<ListenerKey, i64> {
     }
     let netns = netns_of(sk);
     let cookie: u64 = read(sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
-    Ok(ListenerKey {
-        cookie,
-        netns,
-        port,
-        family,
-        addr,
-    })
+    Ok(ListenerKey { cookie, netns, port, family, addr })
 }

@@ -13,8 +13,8 @@ use monitor_common::{
     addr, errno, hist,
     tcp::{transition, Transition},
     AcceptKey, PoolKey, QueueKey, SockInfo, FAIL_DIED_RESET, FAIL_DIED_SERVER_CLOSED, LOST_MISSED_CLOSE,
-    LOST_SOCK_TABLE_FULL, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE, SOCK_PEER_CLOSED,
-    SOCK_PROTO_PENDING, TCP_CLOSE, TCP_ESTABLISHED,
+    LOST_SOCK_TABLE_FULL, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE, SOCK_PEER_CLOSED, SOCK_PROTO_PENDING, TCP_CLOSE,
+    TCP_ESTABLISHED,
 };
 
 use crate::{
@@ -64,15 +64,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.state.skaddr))?;
-    on_change(
-        t,
-        sk,
-        new as u8,
-        &Record {
-            ctx,
-            sk: sk as *const u8,
-        },
-    )
+    on_change(t, sk, new as u8, &Record { ctx, sk: sk as *const u8 })
 }
 
 /// A transition the probe acts on.
@@ -135,15 +127,8 @@ fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
         }
         lost(LOST_MISSED_CLOSE);
     }
-    let info = SockInfo {
-        pool,
-        connect_ns: now,
-        established_ns: 0,
-        saddr: [0; 16],
-        sport: 0,
-        flags: 0,
-        _reserved: [0; 2],
-    };
+    let info =
+        SockInfo { pool, connect_ns: now, established_ns: 0, saddr: [0; 16], sport: 0, flags: 0, _reserved: [0; 2] };
     if SOCKS.insert(&sk, &info, 0).is_err() {
         lost(LOST_SOCK_TABLE_FULL);
         return Ok(());
@@ -176,10 +161,7 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
         live_add(&info.pool, 1);
         retry_events::succeeded(&info.pool);
         let p = &info.pool;
-        if proto_watch::watch(
-            &addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport),
-            p,
-        ) {
+        if proto_watch::watch(&addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p) {
             info.flags |= SOCK_PROTO_PENDING;
         }
     } else if new == TCP_CLOSE {
@@ -228,10 +210,7 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
         // Only flows registered as pending need the (locking) delete from the LRU table.
         if info.flags & SOCK_PROTO_PENDING != 0 {
             let p = &info.pool;
-            proto_watch::unwatch(
-                &addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport),
-                p,
-            );
+            proto_watch::unwatch(&addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
         }
         let _ = SOCKS.remove(&sk);
         return Ok(());

@@ -31,14 +31,7 @@ fn try_classify(ctx: &SkBuffContext) -> Result<(), i64> {
                 return Ok(());
             }
             let total = u16::from_be(ctx.load::<u16>(2)?) as usize;
-            let mut f = FlowKey {
-                saddr: [0; 16],
-                daddr: [0; 16],
-                sport: 0,
-                dport: 0,
-                family: AF_INET,
-                _reserved: 0,
-            };
+            let mut f = FlowKey { saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, family: AF_INET, _reserved: 0 };
             let s: [u8; 4] = ctx.load(12)?;
             let d: [u8; 4] = ctx.load(16)?;
             f.saddr[..4].copy_from_slice(&s);

@@ -158,7 +158,10 @@ impl Observer {
             .map(|n| {
                 g.destinations
                     .iter()
-                    .filter_map(|d| n.peer(d.key.dst_addr).map(|p| (d.key.dst_addr, format!("{} {}/{}", p.kind.as_str(), p.namespace, p.name))))
+                    .filter_map(|d| {
+                        n.peer(d.key.dst_addr)
+                            .map(|p| (d.key.dst_addr, format!("{} {}/{}", p.kind.as_str(), p.namespace, p.name)))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -179,14 +182,21 @@ impl Observer {
                 alerts::Change::Fired(v) => ("firing", v),
                 alerts::Change::Resolved(v) => ("resolved", v),
             };
-            let labels: Vec<String> = v.labels.iter().chain(&v.annotations).map(|(k, v)| format!("{k}={v:?}")).collect();
+            let labels: Vec<String> =
+                v.labels.iter().chain(&v.annotations).map(|(k, v)| format!("{k}={v:?}")).collect();
             warn!("alert={what} alertname={} {}", v.alertname, labels.join(" "));
             if matches!(c, alerts::Change::Resolved(_)) {
                 resolved.push(notify::to_am(v, &a.generator_url));
             }
         }
         if let Some(n) = &a.notifier {
-            let firing = a.engine.active().iter().filter(|v| v.state == alerts::AlertState::Firing).map(|v| notify::to_am(v, &a.generator_url)).collect();
+            let firing = a
+                .engine
+                .active()
+                .iter()
+                .filter(|v| v.state == alerts::AlertState::Firing)
+                .map(|v| notify::to_am(v, &a.generator_url))
+                .collect();
             n.update(firing, resolved);
         }
     }
@@ -202,5 +212,9 @@ fn monotonic_ns() -> u64 {
 
 /// Which probes the queue figures can rely on.
 fn queue_sources(p: &Probes) -> QueueSources {
-    QueueSources { states: p.is_up(probes::POOLS), accepts: p.is_up(probes::ACCEPT_WAIT), listens: p.is_up(probes::LISTEN_BACKLOG) }
+    QueueSources {
+        states: p.is_up(probes::POOLS),
+        accepts: p.is_up(probes::ACCEPT_WAIT),
+        listens: p.is_up(probes::LISTEN_BACKLOG),
+    }
 }

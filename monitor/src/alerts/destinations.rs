@@ -35,11 +35,7 @@ pub fn saturated(
         && r.rejecting_intervals >= 2
         && ratio >= rule.min_ratio.0;
     // Per second of the intervals that had rejections: the rate while the server rejects.
-    let rate = if r.rejecting_secs > 0.0 {
-        r.rejected as f64 / r.rejecting_secs
-    } else {
-        0.0
-    };
+    let rate = if r.rejecting_secs > 0.0 { r.rejected as f64 / r.rejecting_secs } else { 0.0 };
     let ceiling = d.ceiling_observed.unwrap_or(held);
     let top = top_workloads(&d.workloads, 5);
     let mut ann = BTreeMap::new();
@@ -84,21 +80,14 @@ pub fn dependency_failing(
     let n = r.failing.len();
     let cond = n as f64 >= rule.min_workloads.0;
     let list: Vec<&str> = r.failing.iter().take(20).map(|(w, _)| w.as_str()).collect();
-    let more = if n > list.len() {
-        format!(" and {} more", n - list.len())
-    } else {
-        String::new()
-    };
+    let more = if n > list.len() { format!(" and {} more", n - list.len()) } else { String::new() };
     let target = match &name {
         Some(name) => format!("{name} ({}:{})", d.key.dst_addr, d.key.dst_port),
         None => format!("{} {}:{}", d.key.service, d.key.dst_addr, d.key.dst_port),
     };
     let window = human(rule.window.0.as_secs_f64());
     let mut ann = BTreeMap::new();
-    ann.insert(
-        "summary".into(),
-        format!("{target} is failing for {n} client workloads"),
-    );
+    ann.insert("summary".into(), format!("{target} is failing for {n} client workloads"));
     ann.insert("workloads_count".into(), n.to_string());
     ann.insert("workloads".into(), format!("{}{more}", list.join(", ")));
     ann.insert("destination".into(), target.clone());
@@ -113,19 +102,11 @@ pub fn dependency_failing(
 }
 
 /// The ConnectionPoolNearCeiling condition against a configured ceiling, and its annotations.
-pub fn near_ceiling(
-    d: &Destination,
-    rule: &NearCeilingRule,
-    ceiling: f64,
-) -> (bool, BTreeMap<String, String>) {
+pub fn near_ceiling(d: &Destination, rule: &NearCeilingRule, ceiling: f64) -> (bool, BTreeMap<String, String>) {
     let now = d.connections as f64;
     let slope = d.recent.slope;
     let horizon = rule.horizon.0.as_secs_f64();
-    let left = if slope > 0.0 {
-        (ceiling - now) / slope
-    } else {
-        f64::INFINITY
-    };
+    let left = if slope > 0.0 { (ceiling - now) / slope } else { f64::INFINITY };
     let cond = now >= rule.fill.0 * ceiling || (now > 0.0 && left <= horizon);
     let mut ann = BTreeMap::new();
     ann.insert(
@@ -162,14 +143,10 @@ fn top_workloads(w: &[(String, i64)], n: usize) -> String {
 
 /// Labels of a destination's alerts and series.
 pub fn labels(k: &DestKey) -> BTreeMap<String, String> {
-    [
-        ("service", k.service.clone()),
-        ("dst_addr", k.dst_addr.to_string()),
-        ("dst_port", k.dst_port.to_string()),
-    ]
-    .into_iter()
-    .map(|(a, b)| (a.to_string(), b))
-    .collect()
+    [("service", k.service.clone()), ("dst_addr", k.dst_addr.to_string()), ("dst_port", k.dst_port.to_string())]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b))
+        .collect()
 }
 
 #[cfg(test)]

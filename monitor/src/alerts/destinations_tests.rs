@@ -5,29 +5,17 @@ use crate::model::services;
 use monitor_common::PoolStats;
 
 fn tracker() -> Tracker {
-    Tracker::new(
-        DestinationSaturatedRule::default(),
-        DependencyFailingRule::default(),
-        NearCeilingRule::default(),
-    )
+    Tracker::new(DestinationSaturatedRule::default(), DependencyFailingRule::default(), NearCeilingRule::default())
 }
 
 /// A redis pool of `comm` in cgroup `/comm` holding `active`, with `attempts` connects of which
 /// `closed_young` were hung up on young and `refused` refused.
 fn p(comm: &str, active: i64, attempts: u64, closed_young: u64, refused: u64) -> Pool {
-    let mut s = PoolStats {
-        attempts,
-        died_server_closed: closed_young,
-        short_lived: closed_young,
-        ..Default::default()
-    };
+    let mut s =
+        PoolStats { attempts, died_server_closed: closed_young, short_lived: closed_young, ..Default::default() };
     s.failures[0] = refused;
     s.resets_received = refused;
-    Pool {
-        cgroup: format!("/{comm}"),
-        stats: Some(s),
-        ..pool(comm, active)
-    }
+    Pool { cgroup: format!("/{comm}"), stats: Some(s), ..pool(comm, active) }
 }
 
 fn judge(t: &mut Tracker, now: f64, pools: &[Pool]) -> (bool, bool) {
@@ -48,11 +36,7 @@ fn a_server_at_its_ceiling_is_saturated_at_four_rejections_a_second() {
         let (active, attempts, rejected) = if now <= 20.0 {
             ((now * 2.5) as i64, (now * 2.5) as u64, 0)
         } else {
-            (
-                50,
-                50 + ((now - 20.0) * 4.0) as u64,
-                ((now - 20.0) * 4.0) as u64,
-            )
+            (50, 50 + ((now - 20.0) * 4.0) as u64, ((now - 20.0) * 4.0) as u64)
         };
         let (sat, _) = judge(&mut t, now, &[p("api", active, attempts, rejected, 0)]);
         if sat && fired.is_none() {
@@ -93,11 +77,7 @@ fn a_pool_still_growing_is_not_saturated() {
     for step in 0..12 {
         let now = step as f64 * 5.0;
         // Grows 10 every 5 s while a few connects are refused.
-        let (sat, _) = judge(
-            &mut t,
-            now,
-            &[p("api", 10 * step as i64, 20 * step, 0, 2 * step)],
-        );
+        let (sat, _) = judge(&mut t, now, &[p("api", 10 * step as i64, 20 * step, 0, 2 * step)]);
         assert!(!sat, "growing pool called saturated at {now}");
     }
 }
@@ -110,11 +90,7 @@ fn three_workloads_failing_against_one_destination_is_a_failing_dependency_one_i
     for step in 0..8u64 {
         let now = step as f64 * 5.0;
         let f = if step >= 2 { (step - 1) * 3 } else { 0 };
-        let pools = [
-            p("a", 0, 10 + f, 0, f),
-            p("b", 0, 10 + f, 0, f),
-            p("c", 0, 10 + f, 0, f),
-        ];
+        let pools = [p("a", 0, 10 + f, 0, f), p("b", 0, 10 + f, 0, f), p("c", 0, 10 + f, 0, f)];
         let (_, dep) = judge(&mut t, now, &pools);
         if dep && fired.is_none() {
             fired = Some(now);
@@ -123,27 +99,11 @@ fn three_workloads_failing_against_one_destination_is_a_failing_dependency_one_i
         assert!(!alone, "a single workload fired at {now}");
     }
     assert_eq!(fired, Some(10.0));
-    let d = t.update(
-        40.0,
-        &[
-            p("a", 0, 40, 0, 30),
-            p("b", 0, 40, 0, 30),
-            p("c", 0, 40, 0, 30),
-        ],
-        true,
-        false,
-    );
-    let (_, ann) = dependency_failing(
-        &d[0],
-        &DependencyFailingRule::default(),
-        Some("service data/redis".into()),
-    );
+    let d = t.update(40.0, &[p("a", 0, 40, 0, 30), p("b", 0, 40, 0, 30), p("c", 0, 40, 0, 30)], true, false);
+    let (_, ann) = dependency_failing(&d[0], &DependencyFailingRule::default(), Some("service data/redis".into()));
     assert_eq!(ann["workloads_count"], "3");
     assert_eq!(ann["workloads"], "/a, /b, /c");
-    assert!(
-        ann["summary"].starts_with("service data/redis (127.0.0.1:6379)"),
-        "{ann:?}"
-    );
+    assert!(ann["summary"].starts_with("service data/redis (127.0.0.1:6379)"), "{ann:?}");
 }
 
 #[test]
@@ -187,11 +147,7 @@ fn a_stray_rejection_while_warming_up_does_not_hide_the_ceiling_later() {
         // and from 25 s every new connection is rejected, 4 a second, without a quiet interval.
         let active = ((step * 12) as i64).min(50);
         let rejected = if step >= 1 { 1 } else { 0 } + if step >= 5 { (step - 4) * 20 } else { 0 };
-        let (sat, _) = judge(
-            &mut t,
-            now,
-            &[p("api", active, 60 + step * 20, rejected, 0)],
-        );
+        let (sat, _) = judge(&mut t, now, &[p("api", active, 60 + step * 20, rejected, 0)]);
         if sat && fired.is_none() {
             fired = Some(now);
         }

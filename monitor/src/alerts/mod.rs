@@ -174,11 +174,26 @@ pub(crate) fn human(secs: f64) -> String {
 
 impl Engine {
     pub fn new(cfg: AlertsConfig, ceilings: BTreeMap<String, f64>) -> Self {
-        Self { cfg, ceilings, series: HashMap::new(), instances: BTreeMap::new(), fired_total: BTreeMap::new(), started: Instant::now() }
+        Self {
+            cfg,
+            ceilings,
+            series: HashMap::new(),
+            instances: BTreeMap::new(),
+            fired_total: BTreeMap::new(),
+            started: Instant::now(),
+        }
     }
 
     fn record(&mut self, kind: &'static str, labels: &Labels, now: f64, v: f64) -> Vec<(f64, f64)> {
-        let keep = self.cfg.pool_growth.window.0.max(self.cfg.inflight_growth.window.0).max(self.cfg.listen_overflow.window.0).max(self.cfg.accept_queue_slow_failure.window.0).as_secs_f64();
+        let keep = self
+            .cfg
+            .pool_growth
+            .window
+            .0
+            .max(self.cfg.inflight_growth.window.0)
+            .max(self.cfg.listen_overflow.window.0)
+            .max(self.cfg.accept_queue_slow_failure.window.0)
+            .as_secs_f64();
         let s = self.series.entry((kind, labels.clone())).or_default();
         s.push_back((now, v));
         while s.front().is_some_and(|(t, _)| now - t > keep) {
@@ -212,18 +227,33 @@ impl Engine {
             let fill = if l.backlog > 0 { f64::from(l.depth) / f64::from(l.backlog) } else { 0.0 };
             if self.cfg.accept_queue_saturated.enabled {
                 let cond = l.backlog > 0 && fill >= self.cfg.accept_queue_saturated.fill.0;
-                let ann = labels(&[("summary", format!("accept queue of {} at {:.0}% of its backlog", local(l), fill * 100.0)), ("depth", l.depth.to_string()), ("backlog", l.backlog.to_string())]);
+                let ann = labels(&[
+                    ("summary", format!("accept queue of {} at {:.0}% of its backlog", local(l), fill * 100.0)),
+                    ("depth", l.depth.to_string()),
+                    ("backlog", l.backlog.to_string()),
+                ]);
                 judged.push((Alert::QueueSaturated, ll.clone(), cond, ann));
             }
             if self.cfg.accept_queue_slow_failure.enabled {
                 let abandoned = self.record("abandoned", &ll, now, l.queue.abandoned.unwrap_or(0) as f64);
-                let (cond, ann) = slow_failure::judge(l, &local(l), &abandoned, now, &self.cfg.accept_queue_slow_failure);
+                let (cond, ann) =
+                    slow_failure::judge(l, &local(l), &abandoned, now, &self.cfg.accept_queue_slow_failure);
                 judged.push((Alert::SlowFailure, ll.clone(), cond, ann));
             }
             let drops = self.record("drops", &ll, now, l.drops as f64);
             if self.cfg.listen_overflow.enabled {
                 let (cond, n) = increased(&drops, now, self.cfg.listen_overflow.window.0.as_secs_f64());
-                let ann = labels(&[("summary", format!("listener {} dropped {n} connection attempts in the last {}", local(l), human(self.cfg.listen_overflow.window.0.as_secs_f64()))), ("drops", n.to_string())]);
+                let ann = labels(&[
+                    (
+                        "summary",
+                        format!(
+                            "listener {} dropped {n} connection attempts in the last {}",
+                            local(l),
+                            human(self.cfg.listen_overflow.window.0.as_secs_f64())
+                        ),
+                    ),
+                    ("drops", n.to_string()),
+                ]);
                 judged.push((Alert::ListenOverflow, ll.clone(), cond, ann));
             }
             let established = self.record("established", &ll, now, f64::from(l.established));
@@ -245,7 +275,17 @@ impl Engine {
             let series = self.record("netns_overflows", &nl, now, v);
             if self.cfg.listen_overflow.enabled {
                 let (cond, n) = increased(&series, now, self.cfg.listen_overflow.window.0.as_secs_f64());
-                let ann = labels(&[("summary", format!("network namespace {} counted {n} ListenOverflows in the last {}", ns.inode, human(self.cfg.listen_overflow.window.0.as_secs_f64()))), ("overflows", n.to_string())]);
+                let ann = labels(&[
+                    (
+                        "summary",
+                        format!(
+                            "network namespace {} counted {n} ListenOverflows in the last {}",
+                            ns.inode,
+                            human(self.cfg.listen_overflow.window.0.as_secs_f64())
+                        ),
+                    ),
+                    ("overflows", n.to_string()),
+                ]);
                 judged.push((Alert::ListenOverflow, nl, cond, ann));
             }
         }
@@ -285,7 +325,8 @@ impl Engine {
         let window = rule.window.0.as_secs_f64();
         let span = samples.first().map_or(0.0, |f| now - f.0);
         let in_window: Vec<(f64, f64)> = samples.iter().copied().filter(|(t, _)| now - t <= window).collect();
-        let recent: Vec<(f64, f64)> = samples.iter().copied().filter(|(t, _)| now - t <= rule.plateau_window.0.as_secs_f64()).collect();
+        let recent: Vec<(f64, f64)> =
+            samples.iter().copied().filter(|(t, _)| now - t <= rule.plateau_window.0.as_secs_f64()).collect();
         let floor = rule.min_slope_per_min.0 / 60.0;
         let slope = theil_sen(&in_window, TREND_POINTS).unwrap_or(0.0);
         let recent_slope = if recent.len() >= 3 { theil_sen(&recent, TREND_POINTS).unwrap_or(0.0) } else { 0.0 };
@@ -293,7 +334,14 @@ impl Engine {
         let grew = in_window.first().is_some_and(|f| current > f.1);
         let cond = span >= 0.8 * window && slope >= floor && recent_slope >= floor / 2.0 && grew;
         let mut ann = labels(&[
-            ("summary", format!("{service} pool keeps growing: {current:.0} connections, +{:.1}/min over the last {}", slope * 60.0, human(window))),
+            (
+                "summary",
+                format!(
+                    "{service} pool keeps growing: {current:.0} connections, +{:.1}/min over the last {}",
+                    slope * 60.0,
+                    human(window)
+                ),
+            ),
             ("current", format!("{current:.0}")),
             ("slope_per_minute", format!("{:.2}", slope * 60.0)),
         ]);
@@ -302,7 +350,13 @@ impl Engine {
                 let left = (ceiling - current) / slope;
                 ann.insert("ceiling".into(), format!("{ceiling:.0}"));
                 ann.insert("time_to_ceiling".into(), if left <= 0.0 { "reached".into() } else { human(left) });
-                ann.insert("description".into(), format!("at this rate the pool reaches the {service} ceiling of {ceiling:.0} connections in {}", ann["time_to_ceiling"]));
+                ann.insert(
+                    "description".into(),
+                    format!(
+                        "at this rate the pool reaches the {service} ceiling of {ceiling:.0} connections in {}",
+                        ann["time_to_ceiling"]
+                    ),
+                );
             }
             _ => {
                 ann.insert("description".into(), format!("no ceiling configured for service {service:?} (set [ceilings] in the config file), so no time to ceiling"));
@@ -313,11 +367,18 @@ impl Engine {
 
     /// InFlightGrowth (Little's law): established connections or queue depth keep growing while
     /// the accept rate stays flat, so work arrives faster than it completes.
-    fn inflight(&self, established: &[(f64, f64)], depth: &[(f64, f64)], queued: &[(f64, f64)], now: f64) -> (bool, Labels) {
+    fn inflight(
+        &self,
+        established: &[(f64, f64)],
+        depth: &[(f64, f64)],
+        queued: &[(f64, f64)],
+        now: f64,
+    ) -> (bool, Labels) {
         let rule = &self.cfg.inflight_growth;
         let window = rule.window.0.as_secs_f64();
         let floor = rule.min_slope_per_min.0 / 60.0;
-        let within = |s: &[(f64, f64)]| -> Vec<(f64, f64)> { s.iter().copied().filter(|(t, _)| now - t <= window).collect() };
+        let within =
+            |s: &[(f64, f64)]| -> Vec<(f64, f64)> { s.iter().copied().filter(|(t, _)| now - t <= window).collect() };
         let (est, dep, q) = (within(established), within(depth), within(queued));
         let span = q.first().map_or(0.0, |f| now - f.0);
         let slope = theil_sen(&est, TREND_POINTS).unwrap_or(0.0).max(theil_sen(&dep, TREND_POINTS).unwrap_or(0.0));
@@ -329,7 +390,10 @@ impl Engine {
         let flat = (r2 - r1).abs() <= rule.max_accept_rate_change.0 * r1.max(r2);
         let cond = span >= 0.8 * window && slope >= floor && flat && r2 > 0.0;
         let ann = labels(&[
-            ("summary", format!("in-flight connections grow by {:.1}/min while accepts stay at {r2:.1}/s", slope * 60.0)),
+            (
+                "summary",
+                format!("in-flight connections grow by {:.1}/min while accepts stay at {r2:.1}/s", slope * 60.0),
+            ),
             ("slope_per_minute", format!("{:.2}", slope * 60.0)),
             ("accept_rate", format!("{r2:.2}")),
         ]);
@@ -385,7 +449,9 @@ impl Engine {
     /// Pending and firing alerts, firing first.
     pub fn active(&self) -> Vec<AlertView> {
         let mut out: Vec<AlertView> = self.instances.iter().map(|((name, _), i)| view(*name, i, None)).collect();
-        out.sort_by(|a, b| a.state.cmp(&b.state).then_with(|| a.alertname.cmp(&b.alertname)).then_with(|| a.labels.cmp(&b.labels)));
+        out.sort_by(|a, b| {
+            a.state.cmp(&b.state).then_with(|| a.alertname.cmp(&b.alertname)).then_with(|| a.labels.cmp(&b.labels))
+        });
         out
     }
 }
@@ -409,7 +475,15 @@ fn view(alert: Alert, i: &Instance, ended: Option<SystemTime>) -> AlertView {
 }
 
 /// One step of an instance's state machine.
-fn advance(name: Alert, i: &mut Instance, cond: bool, ann: Labels, now: f64, t: Timing, fired: &mut BTreeMap<Alert, u64>) -> Option<Change> {
+fn advance(
+    name: Alert,
+    i: &mut Instance,
+    cond: bool,
+    ann: Labels,
+    now: f64,
+    t: Timing,
+    fired: &mut BTreeMap<Alert, u64>,
+) -> Option<Change> {
     if cond {
         i.annotations = ann;
         i.clear_since = None;
@@ -446,7 +520,14 @@ pub(crate) fn increased(samples: &[(f64, f64)], now: f64, window: f64) -> (bool,
 
 fn storm_annotations(s: &Signals) -> Labels {
     let mut ann: Labels = crate::model::storms::evidence(s).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    ann.insert("summary".into(), format!("retry storm: {:.1} attempts/s, {:.0}% failing or dying young, no effective backoff", s.attempt_rate, s.bad_ratio * 100.0));
+    ann.insert(
+        "summary".into(),
+        format!(
+            "retry storm: {:.1} attempts/s, {:.0}% failing or dying young, no effective backoff",
+            s.attempt_rate,
+            s.bad_ratio * 100.0
+        ),
+    );
     ann
 }
 

@@ -30,7 +30,13 @@ pub struct AmAlert {
 pub fn to_am(v: &AlertView, generator_url: &str) -> AmAlert {
     let mut labels = v.labels.clone();
     labels.insert("alertname".into(), v.alertname.clone());
-    AmAlert { labels, annotations: v.annotations.clone(), starts_at: v.since.clone(), ends_at: v.ended.clone(), generator_url: generator_url.into() }
+    AmAlert {
+        labels,
+        annotations: v.annotations.clone(),
+        starts_at: v.since.clone(),
+        ends_at: v.ended.clone(),
+        generator_url: generator_url.into(),
+    }
 }
 
 #[derive(Default)]
@@ -51,7 +57,8 @@ impl Notifier {
     pub fn start(urls: Vec<String>, resend: Duration) -> Self {
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let worker = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new().name("connmon-alertmanager".into()).spawn(move || run(&urls, resend, &worker));
+        let spawned =
+            std::thread::Builder::new().name("connmon-alertmanager".into()).spawn(move || run(&urls, resend, &worker));
         if let Err(e) = spawned {
             warn!("cannot start the Alertmanager sender: {e}; alerts will not be pushed");
         }
@@ -75,7 +82,9 @@ impl Notifier {
 }
 
 fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar)) {
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build());
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build(),
+    );
     let mut last_sent = Instant::now() - resend;
     let mut failures = 0u32;
     let mut rng = seed();

@@ -41,14 +41,7 @@ pub(super) fn judge(
         ("backlog", l.backlog.to_string()),
     ]);
     if let Some(w) = wait {
-        ann.insert(
-            "queue_wait_seconds".into(),
-            if w.is_infinite() {
-                "+Inf".into()
-            } else {
-                format!("{w:.3}")
-            },
-        );
+        ann.insert("queue_wait_seconds".into(), if w.is_infinite() { "+Inf".into() } else { format!("{w:.3}") });
     }
     if let Some(rate) = q.accept_rate.filter(|r| *r > 0.0) {
         let suggested = (rate * timeout).ceil().max(1.0) as u64;

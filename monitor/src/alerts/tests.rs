@@ -19,7 +19,15 @@ fn run(e: &mut Engine, from: u64, to: u64, f: impl Fn(u64) -> i64) -> Vec<(u64, 
     let mut out = Vec::new();
     for t in (from..=to).step_by(5) {
         let pools = [pool("leaky", f(t))];
-        let inputs = Inputs { pools: &pools, listeners: &[], namespaces: &[], pool_signals: &none, listener_signals: &none_l, destinations: &[], peer_names: &HashMap::new() };
+        let inputs = Inputs {
+            pools: &pools,
+            listeners: &[],
+            namespaces: &[],
+            pool_signals: &none,
+            listener_signals: &none_l,
+            destinations: &[],
+            peer_names: &HashMap::new(),
+        };
         for c in e.evaluate(t as f64, &inputs) {
             out.push((t, c));
         }
@@ -77,7 +85,15 @@ fn a_flapping_condition_does_not_flap_the_alert() {
         // Full for 20 s, then alternating every second for 40 s.
         listener.depth = if t < 20 || t % 2 == 0 { 4 } else { 0 };
         let ls = [listener.clone()];
-        let inputs = Inputs { pools: &[], listeners: &ls, namespaces: &[], pool_signals: &none, listener_signals: &none_l, destinations: &[], peer_names: &HashMap::new() };
+        let inputs = Inputs {
+            pools: &[],
+            listeners: &ls,
+            namespaces: &[],
+            pool_signals: &none,
+            listener_signals: &none_l,
+            destinations: &[],
+            peer_names: &HashMap::new(),
+        };
         for ch in e.evaluate(t as f64, &inputs) {
             events.push((t, ch));
         }

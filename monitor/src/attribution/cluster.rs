@@ -31,8 +31,8 @@ use log::{debug, info, warn};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    config::flags::{KubeArgs, KubeEnabled},
     attribution::cluster_map::Names,
+    config::flags::{KubeArgs, KubeEnabled},
 };
 
 /// The `resource` label of the health series, in the order of [`Shared::health`].
@@ -71,7 +71,9 @@ pub fn decide(args: &KubeArgs, in_cluster: bool) -> anyhow::Result<Decision> {
         (KubeEnabled::False, _) => return Ok(Decision::Off("turned off by --kubernetes.enabled=false")),
         (_, Some(path)) => Source::Kubeconfig(path.clone()),
         (_, None) if in_cluster => Source::InCluster,
-        (KubeEnabled::Auto, None) => return Ok(Decision::Off("not in a cluster (no KUBERNETES_SERVICE_HOST) and no --kubernetes.kubeconfig")),
+        (KubeEnabled::Auto, None) => {
+            return Ok(Decision::Off("not in a cluster (no KUBERNETES_SERVICE_HOST) and no --kubernetes.kubeconfig"))
+        }
         (KubeEnabled::True, None) => Source::Infer,
     };
     match args.node_name.as_deref().map(str::trim) {
@@ -181,7 +183,10 @@ impl Cluster {
                 resource,
                 up: h.phase == Phase::Up,
                 objects,
-                last_sync: h.last_sync.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
+                last_sync: h
+                    .last_sync
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64()),
             })
             .collect();
         View { names, resources }
@@ -199,8 +204,22 @@ async fn run(settings: Settings, pods: Writer<Pod>, services: Writer<Service>, s
     info!("kubernetes: watching the pods of node {:?} and all services", settings.node);
     let node_pods = watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node));
     tokio::join!(
-        watch(Api::<Pod>::all(client.clone()), node_pods, pods, crate::attribution::cluster_map::slim_pod, PODS, &shared),
-        watch(Api::<Service>::all(client), watcher::Config::default(), services, crate::attribution::cluster_map::slim_service, SERVICES, &shared),
+        watch(
+            Api::<Pod>::all(client.clone()),
+            node_pods,
+            pods,
+            crate::attribution::cluster_map::slim_pod,
+            PODS,
+            &shared
+        ),
+        watch(
+            Api::<Service>::all(client),
+            watcher::Config::default(),
+            services,
+            crate::attribution::cluster_map::slim_service,
+            SERVICES,
+            &shared
+        ),
     );
 }
 
@@ -221,8 +240,14 @@ async fn connect(source: &Source) -> anyhow::Result<Client> {
 /// backoff a new one relists, so the store is replaced only by a complete list (until then it
 /// keeps the last known state). A 410 Gone (resource version compacted away) is not an outage:
 /// the watcher relists by itself.
-async fn watch<K>(api: Api<K>, config: watcher::Config, mut store: Writer<K>, slim: fn(&mut K), i: usize, shared: &Shared)
-where
+async fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut store: Writer<K>,
+    slim: fn(&mut K),
+    i: usize,
+    shared: &Shared,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
@@ -244,7 +269,9 @@ where
                             succeeded(shared, i, true, store.as_reader().len());
                             kube::runtime::utils::Backoff::reset(&mut backoff);
                         }
-                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => succeeded(shared, i, false, store.as_reader().len()),
+                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                            succeeded(shared, i, false, store.as_reader().len())
+                        }
                     }
                 }
                 Err(watcher::Error::WatchError(status)) if status.code == 410 => {
@@ -283,8 +310,14 @@ fn failed(shared: &Shared, i: usize, e: &watcher::Error, objects: usize) {
     let h = &mut health[i];
     match h.phase {
         Phase::Down => debug!("kubernetes: {what} watch still failing: {}", chain(e)),
-        Phase::Starting => warn!("kubernetes: cannot list {what}: {}; retrying with backoff, names from the API missing until then", chain(e)),
-        Phase::Up => warn!("kubernetes: {what} watch failed: {}; keeping the last known {objects} {what}, retrying with backoff", chain(e)),
+        Phase::Starting => warn!(
+            "kubernetes: cannot list {what}: {}; retrying with backoff, names from the API missing until then",
+            chain(e)
+        ),
+        Phase::Up => warn!(
+            "kubernetes: {what} watch failed: {}; keeping the last known {objects} {what}, retrying with backoff",
+            chain(e)
+        ),
     }
     h.phase = Phase::Down;
 }
@@ -318,10 +351,15 @@ mod tests {
     fn auto_turns_on_in_a_cluster_or_with_a_kubeconfig() {
         use KubeEnabled::*;
         let on = |node: &str, source| Decision::On(Settings { node: node.into(), source });
-        assert!(matches!(decide(&args(Auto, None, None), false).unwrap(), Decision::Off(why) if why.contains("not in a cluster")));
+        assert!(
+            matches!(decide(&args(Auto, None, None), false).unwrap(), Decision::Off(why) if why.contains("not in a cluster"))
+        );
         assert!(matches!(decide(&args(False, Some("n"), Some("/k")), true).unwrap(), Decision::Off(_)));
         assert_eq!(decide(&args(Auto, Some("n1"), None), true).unwrap(), on("n1", Source::InCluster));
-        assert_eq!(decide(&args(Auto, Some("n1"), Some("/k")), false).unwrap(), on("n1", Source::Kubeconfig("/k".into())));
+        assert_eq!(
+            decide(&args(Auto, Some("n1"), Some("/k")), false).unwrap(),
+            on("n1", Source::Kubeconfig("/k".into()))
+        );
         assert_eq!(decide(&args(True, Some("n1"), None), false).unwrap(), on("n1", Source::Infer));
         assert_eq!(decide(&args(True, Some("n1"), None), true).unwrap(), on("n1", Source::InCluster));
     }
@@ -329,9 +367,16 @@ mod tests {
     #[test]
     fn the_node_name_is_required_when_on() {
         use KubeEnabled::*;
-        for (a, in_cluster) in [(args(Auto, None, None), true), (args(True, Some(" "), None), false), (args(Auto, None, Some("/k")), false)] {
+        for (a, in_cluster) in [
+            (args(Auto, None, None), true),
+            (args(True, Some(" "), None), false),
+            (args(Auto, None, Some("/k")), false),
+        ] {
             let err = decide(&a, in_cluster).unwrap_err().to_string();
-            assert!(err.contains("--kubernetes.node-name") && err.contains("NODE_NAME") && !err.contains('\n'), "{err}");
+            assert!(
+                err.contains("--kubernetes.node-name") && err.contains("NODE_NAME") && !err.contains('\n'),
+                "{err}"
+            );
         }
     }
 
@@ -341,7 +386,9 @@ mod tests {
         let e = anyhow::Error::new(io).context("client error (Connect)");
         let text = chain(e.as_ref());
         assert_eq!(text, "client error (Connect): connection refused");
-        let yaml = anyhow::anyhow!("error: line 3 column 32: unclosed bracket '{{'\n --> <input>:3:32\n 3 | token: s3cret").context("cannot use kubeconfig /k");
+        let yaml =
+            anyhow::anyhow!("error: line 3 column 32: unclosed bracket '{{'\n --> <input>:3:32\n 3 | token: s3cret")
+                .context("cannot use kubeconfig /k");
         assert_eq!(chain(yaml.as_ref()), "cannot use kubeconfig /k: error: line 3 column 32: unclosed bracket '{'");
     }
 }

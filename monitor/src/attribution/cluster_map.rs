@@ -55,7 +55,10 @@ pub struct Names {
 type Claim = (bool, Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, String);
 
 impl Names {
-    pub fn build<'a>(pods: impl IntoIterator<Item = &'a Pod>, services: impl IntoIterator<Item = &'a Service>) -> Names {
+    pub fn build<'a>(
+        pods: impl IntoIterator<Item = &'a Pod>,
+        services: impl IntoIterator<Item = &'a Service>,
+    ) -> Names {
         let mut names = Names::default();
         let mut claims: HashMap<IpAddr, Claim> = HashMap::new();
         for pod in pods {
@@ -64,7 +67,8 @@ impl Names {
             let namespace = meta.namespace.clone().unwrap_or_default();
             names.pods.insert(uid.clone(), (namespace.clone(), name.clone()));
             let Some(status) = &pod.status else { continue };
-            let all = [&status.init_container_statuses, &status.container_statuses, &status.ephemeral_container_statuses];
+            let all =
+                [&status.init_container_statuses, &status.container_statuses, &status.ephemeral_container_statuses];
             for c in all.into_iter().flatten().flatten() {
                 if let Some(id) = c.container_id.as_deref().and_then(container_id) {
                     names.containers.insert(id.to_string(), (uid.clone(), c.name.clone()));
@@ -92,7 +96,9 @@ impl Names {
             let (Some(name), Some(spec)) = (&svc.metadata.name, &svc.spec) else { continue };
             let namespace = svc.metadata.namespace.clone().unwrap_or_default();
             for ip in cluster_ips(spec) {
-                names.peers.insert(ip, Peer { kind: PeerKind::Service, namespace: namespace.clone(), name: name.clone() });
+                names
+                    .peers
+                    .insert(ip, Peer { kind: PeerKind::Service, namespace: namespace.clone(), name: name.clone() });
             }
         }
         names
@@ -156,9 +162,14 @@ fn cluster_ips(spec: &ServiceSpec) -> Vec<IpAddr> {
 /// few hundred bytes per pod instead of its whole spec, managed fields and annotations.
 pub fn slim_pod(pod: &mut Pod) {
     slim_meta(&mut pod.metadata);
-    pod.spec = pod.spec.take().map(|s| PodSpec { host_network: s.host_network, node_name: s.node_name, ..Default::default() });
+    pod.spec =
+        pod.spec.take().map(|s| PodSpec { host_network: s.host_network, node_name: s.node_name, ..Default::default() });
     let slim = |v: Option<Vec<ContainerStatus>>| {
-        v.map(|v| v.into_iter().map(|c| ContainerStatus { name: c.name, container_id: c.container_id, ..Default::default() }).collect())
+        v.map(|v| {
+            v.into_iter()
+                .map(|c| ContainerStatus { name: c.name, container_id: c.container_id, ..Default::default() })
+                .collect()
+        })
     };
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
@@ -174,7 +185,12 @@ pub fn slim_pod(pod: &mut Pod) {
 /// Keeps a Service's names, type and cluster IPs.
 pub fn slim_service(svc: &mut Service) {
     slim_meta(&mut svc.metadata);
-    svc.spec = svc.spec.take().map(|s| ServiceSpec { cluster_ip: s.cluster_ip, cluster_ips: s.cluster_ips, type_: s.type_, ..Default::default() });
+    svc.spec = svc.spec.take().map(|s| ServiceSpec {
+        cluster_ip: s.cluster_ip,
+        cluster_ips: s.cluster_ips,
+        type_: s.type_,
+        ..Default::default()
+    });
     svc.status = None;
 }
 

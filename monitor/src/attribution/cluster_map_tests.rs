@@ -152,18 +152,32 @@ fn containers_are_named_by_the_id_in_their_cgroup_path() {
     let names = Names::build(&pods, []);
     let web_ = WEB_UID.replace('-', "_");
     let slice = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{web_}.slice");
-    assert_eq!(names_of(&format!("{slice}/cri-containerd-{APP_ID}.scope"), &names), owned("shop", "web-6d4cf56db6-x7k2p", "app"));
-    assert_eq!(names_of(&format!("{slice}/cri-containerd-{SIDECAR_ID}.scope"), &names), owned("shop", "web-6d4cf56db6-x7k2p", "envoy"));
+    assert_eq!(
+        names_of(&format!("{slice}/cri-containerd-{APP_ID}.scope"), &names),
+        owned("shop", "web-6d4cf56db6-x7k2p", "app")
+    );
+    assert_eq!(
+        names_of(&format!("{slice}/cri-containerd-{SIDECAR_ID}.scope"), &names),
+        owned("shop", "web-6d4cf56db6-x7k2p", "envoy")
+    );
     // Init and ephemeral (kubectl debug) containers have cgroups of their own too.
     assert_eq!(names_of(&format!("{slice}/cri-containerd-{INIT_ID}.scope"), &names).2, "migrate");
     assert_eq!(names_of(&format!("{slice}/cri-containerd-{DEBUG_ID}.scope"), &names).2, "debugger");
     // The pod's own cgroup (sandbox level): the pod, no container.
     assert_eq!(names_of(&slice, &names), owned("shop", "web-6d4cf56db6-x7k2p", ""));
     // From inside a private cgroup namespace (the DaemonSet's view).
-    assert_eq!(names_of(&format!("/../../kubepods-burstable-pod{web_}.slice/cri-containerd-{APP_ID}.scope"), &names).2, "app");
+    assert_eq!(
+        names_of(&format!("/../../kubepods-burstable-pod{web_}.slice/cri-containerd-{APP_ID}.scope"), &names).2,
+        "app"
+    );
     let crio_ = CRIO_UID.replace('-', "_");
     assert_eq!(
-        names_of(&format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{crio_}.slice/crio-{CRIO_ID}.scope"), &names),
+        names_of(
+            &format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{crio_}.slice/crio-{CRIO_ID}.scope"
+            ),
+            &names
+        ),
         owned("payments", "api-0", "api")
     );
     // cgroupfs driver with Docker (cri-dockerd): bare id under the pod directory.
@@ -173,7 +187,10 @@ fn containers_are_named_by_the_id_in_their_cgroup_path() {
     );
     // A container the cache does not know in a pod it knows: the pod's names, no container.
     let unknown = "e".repeat(64);
-    assert_eq!(names_of(&format!("{slice}/cri-containerd-{unknown}.scope"), &names), owned("shop", "web-6d4cf56db6-x7k2p", ""));
+    assert_eq!(
+        names_of(&format!("{slice}/cri-containerd-{unknown}.scope"), &names),
+        owned("shop", "web-6d4cf56db6-x7k2p", "")
+    );
     // Host processes and unknown pods: nothing.
     assert_eq!(names_of("/system.slice/kubelet.service", &names), owned("", "", ""));
     assert_eq!(names_of(&format!("/system.slice/docker-{}.scope", "c".repeat(64)), &names), owned("", "", ""));
@@ -192,9 +209,11 @@ fn pod_ips_name_pods_but_not_host_network_or_finished_pods() {
     kube_proxy.spec.as_mut().unwrap().host_network = Some(true);
     let pending = pod("queue-0", "shop", "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a", "Pending", &[], json!({}));
     // A Job pod that completed; its IP went to a new pod that is still starting.
-    let mut done = pod("report-29k1x", "batch", "3e4f5a6b-7c8d-4e9f-8a1b-2c3d4e5f6a7b", "Succeeded", &["10.244.1.50"], json!({}));
+    let mut done =
+        pod("report-29k1x", "batch", "3e4f5a6b-7c8d-4e9f-8a1b-2c3d4e5f6a7b", "Succeeded", &["10.244.1.50"], json!({}));
     done.metadata.creation_timestamp = serde_json::from_value(json!("2026-11-20T08:00:00Z")).unwrap();
-    let reused = pod("cache-5c7d9", "shop", "4f5a6b7c-8d9e-4f0a-9b1c-3d4e5f6a7b8c", "Pending", &["10.244.1.50"], json!({}));
+    let reused =
+        pod("cache-5c7d9", "shop", "4f5a6b7c-8d9e-4f0a-9b1c-3d4e5f6a7b8c", "Pending", &["10.244.1.50"], json!({}));
     let pods = [web_pod(), kube_proxy, pending, done, reused];
     let names = Names::build(&pods, []);
     assert_eq!(peer(&names, "10.244.1.23"), Some(("pod", "shop".into(), "web-6d4cf56db6-x7k2p".into())));
@@ -226,16 +245,32 @@ fn two_live_pods_on_one_ip_prefer_the_running_then_the_newest() {
 #[test]
 fn services_are_named_by_every_cluster_ip() {
     let services = [
-        service("kubernetes", "default", json!({"type": "ClusterIP", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"],
-            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}], "sessionAffinity": "None"})),
-        service("redis", "data", json!({"type": "ClusterIP", "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7", "fd00:10:96::c07"],
+        service(
+            "kubernetes",
+            "default",
+            json!({"type": "ClusterIP", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"],
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}], "sessionAffinity": "None"}),
+        ),
+        service(
+            "redis",
+            "data",
+            json!({"type": "ClusterIP", "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7", "fd00:10:96::c07"],
             "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack", "selector": {"app": "redis"},
-            "ports": [{"port": 6379, "protocol": "TCP", "targetPort": 6379}]})),
-        service("redis-headless", "data", json!({"type": "ClusterIP", "clusterIP": "None", "clusterIPs": ["None"],
-            "selector": {"app": "redis"}, "ports": [{"port": 6379}]})),
+            "ports": [{"port": 6379, "protocol": "TCP", "targetPort": 6379}]}),
+        ),
+        service(
+            "redis-headless",
+            "data",
+            json!({"type": "ClusterIP", "clusterIP": "None", "clusterIPs": ["None"],
+            "selector": {"app": "redis"}, "ports": [{"port": 6379}]}),
+        ),
         service("db", "data", json!({"type": "ExternalName", "externalName": "db.example.com"})),
         // Older objects have only clusterIP.
-        service("pg", "data", json!({"type": "NodePort", "clusterIP": "10.96.30.2", "ports": [{"port": 5432, "nodePort": 30432}]})),
+        service(
+            "pg",
+            "data",
+            json!({"type": "NodePort", "clusterIP": "10.96.30.2", "ports": [{"port": 5432, "nodePort": 30432}]}),
+        ),
     ];
     let names = Names::build([], &services);
     assert_eq!(peer(&names, "10.96.0.1"), Some(("service", "default".into(), "kubernetes".into())));
@@ -247,8 +282,12 @@ fn services_are_named_by_every_cluster_ip() {
 
 #[test]
 fn slimmed_objects_name_the_same_and_drop_the_rest() {
-    let services = [service("redis", "data", json!({"type": "ClusterIP", "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7"],
-        "selector": {"app": "redis"}, "ports": [{"port": 6379}]}))];
+    let services = [service(
+        "redis",
+        "data",
+        json!({"type": "ClusterIP", "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7"],
+        "selector": {"app": "redis"}, "ports": [{"port": 6379}]}),
+    )];
     let pods = [web_pod()];
     let full = Names::build(&pods, &services);
     let mut slim_pods = pods.clone();
@@ -260,7 +299,11 @@ fn slimmed_objects_name_the_same_and_drop_the_rest() {
     assert_eq!(slim.containers, full.containers);
     assert_eq!(slim.peers, full.peers);
     let p = &slim_pods[0];
-    assert!(p.metadata.managed_fields.is_none() && p.metadata.annotations.is_none() && p.metadata.owner_references.is_none());
+    assert!(
+        p.metadata.managed_fields.is_none()
+            && p.metadata.annotations.is_none()
+            && p.metadata.owner_references.is_none()
+    );
     assert!(p.spec.as_ref().unwrap().containers.is_empty());
     assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("node-a"));
     let statuses = p.status.as_ref().unwrap().container_statuses.as_ref().unwrap();

@@ -104,7 +104,13 @@ mod tests {
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn w(runtime: &str, id: &str, uid: &str, qos: &str, unit: &str) -> Workload {
-        Workload { runtime: runtime.into(), container_id: id.into(), pod_uid: uid.into(), qos_class: qos.into(), unit: unit.into() }
+        Workload {
+            runtime: runtime.into(),
+            container_id: id.into(),
+            pod_uid: uid.into(),
+            qos_class: qos.into(),
+            unit: unit.into(),
+        }
     }
 
     #[test]

@@ -15,9 +15,8 @@ pub struct AlertsArgs {
 
 pub fn run(args: &AlertsArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/alerts", args.agent.trim_end_matches('/'));
-    let alerts: Vec<AlertView> = ureq::get(&url)
-        .call()
-        .and_then(|mut r| r.body_mut().read_json())
-        .map_err(|e| anyhow::anyhow!("cannot read alerts from {url}: {e} (is `connmon run` serving there? see --agent)"))?;
+    let alerts: Vec<AlertView> = ureq::get(&url).call().and_then(|mut r| r.body_mut().read_json()).map_err(|e| {
+        anyhow::anyhow!("cannot read alerts from {url}: {e} (is `connmon run` serving there? see --agent)")
+    })?;
     super::print_rows(&alerts, args.json, super::table::print_alerts)
 }

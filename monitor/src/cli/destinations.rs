@@ -40,11 +40,7 @@ pub fn run(args: &DestinationsArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     if !args.watch {
         let mut cgroups = cgroups::CgroupNames::default();
-        let pools = pools::from_scan(
-            &scan::scan(None, scan::Depth::Full),
-            &services,
-            &mut cgroups,
-        );
+        let pools = pools::from_scan(&scan::scan(None, scan::Depth::Full), &services, &mut cgroups);
         let dests = tracker.update(0.0, &pools, false, true);
         return super::print_rows(&dests, args.json, super::table::print_destinations);
     }

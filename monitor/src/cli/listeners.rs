@@ -43,11 +43,17 @@ pub fn run(args: &ListenersArgs) -> anyhow::Result<()> {
         }
     }
     if args.observe.is_zero() {
-        let snap = listeners::build(&scan::scan(args.netns.as_deref(), scan::Depth::Full), &mut cgroups::CgroupNames::default());
+        let snap = listeners::build(
+            &scan::scan(args.netns.as_deref(), scan::Depth::Full),
+            &mut cgroups::CgroupNames::default(),
+        );
         return super::print_rows(&snap.listeners, args.json, super::table::print_listeners);
     }
     if args.observe < Duration::from_secs(2) {
-        anyhow::bail!("--for {:?} is too short to measure a rate: give 2s or more, or 0s for a plain scan", args.observe);
+        anyhow::bail!(
+            "--for {:?} is too short to measure a rate: give 2s or more, or 0s for a plain scan",
+            args.observe
+        );
     }
     let loaded = probes::Probes::load(&args.probes.options(Duration::from_secs(1)));
     privs::drop_after_attach();

@@ -40,10 +40,9 @@ pub enum Command {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::agent::run(*args)),
+        Command::Run(args) => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(crate::agent::run(*args))
+        }
         Command::Listeners(args) => listeners::run(&args),
         Command::Pools(args) => pools::run(&args),
         Command::Destinations(args) => destinations::run(&args),
@@ -75,6 +74,7 @@ fn print_rows<T: serde::Serialize>(
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            || c.downcast_ref::<serde_json::Error>().is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     })
 }

@@ -1,7 +1,10 @@
 //! Human output for the one-shot commands: aligned columns, widest value decides the width.
 use std::io::{self, Write};
 
-use crate::{alerts::AlertView, model::destinations::Destination, model::listeners::Listener, model::pools::Pool, model::storms::ReportRow};
+use crate::{
+    alerts::AlertView, model::destinations::Destination, model::listeners::Listener, model::pools::Pool,
+    model::storms::ReportRow,
+};
 
 /// Prints rows under headers with each column as wide as its widest cell; numbers right-aligned.
 pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
@@ -38,8 +41,22 @@ pub fn print(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io
 
 pub fn print_listeners(out: &mut impl Write, listeners: &[Listener]) -> io::Result<()> {
     let headers = [
-        "NETNS", "FAMILY", "LOCAL", "DEPTH", "BACKLOG", "REQUESTED", "FILL", "DROPS", "SYNQ", "WAIT", "WAIT_MEASURED", "DRAIN", "ABANDONED",
-        "FLAGS", "PID", "COMM",
+        "NETNS",
+        "FAMILY",
+        "LOCAL",
+        "DEPTH",
+        "BACKLOG",
+        "REQUESTED",
+        "FILL",
+        "DROPS",
+        "SYNQ",
+        "WAIT",
+        "WAIT_MEASURED",
+        "DRAIN",
+        "ABANDONED",
+        "FLAGS",
+        "PID",
+        "COMM",
     ];
     let secs = |v: Option<f64>| match v {
         Some(w) if w.is_infinite() => "inf".to_string(),
@@ -54,7 +71,8 @@ pub fn print_listeners(out: &mut impl Write, listeners: &[Listener]) -> io::Resu
                 Some(p) if l.is_unix() => p.clone(),
                 _ => std::net::SocketAddr::new(l.addr, l.port).to_string(),
             };
-            let flags: Vec<&str> = [(q.clamped, "clamped"), (q.slow_drain, "slow-drain")].iter().filter(|f| f.0).map(|f| f.1).collect();
+            let flags: Vec<&str> =
+                [(q.clamped, "clamped"), (q.slow_drain, "slow-drain")].iter().filter(|f| f.0).map(|f| f.1).collect();
             vec![
                 l.netns_name.clone().unwrap_or_else(|| l.netns.to_string()),
                 l.family.to_string(),
@@ -102,12 +120,18 @@ pub fn print_pools(out: &mut impl Write, pools: &[Pool]) -> io::Result<()> {
 }
 
 pub fn print_destinations(out: &mut impl Write, dests: &[Destination]) -> io::Result<()> {
-    let headers = ["SERVICE", "DESTINATION", "CONNECTIONS", "PEAK", "PENDING", "REJECTED", "CEILING", "WORKLOADS", "TOP"];
+    let headers =
+        ["SERVICE", "DESTINATION", "CONNECTIONS", "PEAK", "PENDING", "REJECTED", "CEILING", "WORKLOADS", "TOP"];
     let rows: Vec<Vec<String>> = dests
         .iter()
         .map(|d| {
             let counted = |v: String| if d.probed { v } else { "-".into() };
-            let top: Vec<String> = d.workloads.iter().take(3).map(|(w, n)| format!("{}={n}", if w.is_empty() { "-" } else { w })).collect();
+            let top: Vec<String> = d
+                .workloads
+                .iter()
+                .take(3)
+                .map(|(w, n)| format!("{}={n}", if w.is_empty() { "-" } else { w }))
+                .collect();
             vec![
                 d.key.service.clone(),
                 std::net::SocketAddr::new(d.key.dst_addr, d.key.dst_port).to_string(),
@@ -126,7 +150,9 @@ pub fn print_destinations(out: &mut impl Write, dests: &[Destination]) -> io::Re
 
 pub fn print_storms(out: &mut impl Write, rows: &[ReportRow]) -> io::Result<()> {
     let headers = ["STORM", "TARGET", "ATTEMPTS/S", "BAD", "BASELINE/S", "BACKOFF", "JITTER", "SCORE", "WHAT"];
-    let est = |f: fn(&crate::model::storms::RetryEstimate) -> f64, r: &ReportRow| r.signals.estimate.as_ref().map_or("-".into(), |e| format!("{:.2}", f(e)));
+    let est = |f: fn(&crate::model::storms::RetryEstimate) -> f64, r: &ReportRow| {
+        r.signals.estimate.as_ref().map_or("-".into(), |e| format!("{:.2}", f(e)))
+    };
     let lines: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -151,7 +177,8 @@ pub fn print_alerts(out: &mut impl Write, alerts: &[AlertView]) -> io::Result<()
     let rows: Vec<Vec<String>> = alerts
         .iter()
         .map(|a| {
-            let labels: Vec<String> = a.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
+            let labels: Vec<String> =
+                a.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect();
             vec![
                 a.state.as_str().to_string(),
                 a.alertname.clone(),

@@ -125,4 +125,3 @@ pub struct KubeArgs {
     #[arg(long = "kubernetes.kubeconfig", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 }
-

@@ -108,7 +108,8 @@ impl Default for PoolGrowthRule {
             window: secs(600),
             min_slope_per_min: Positive(1.0),
             plateau_window: secs(120),
-            for_duration: secs(120), clear_for: secs(300),
+            for_duration: secs(120),
+            clear_for: secs(300),
         }
     }
 }
@@ -148,7 +149,14 @@ pub struct SlowFailureRule {
 
 impl Default for SlowFailureRule {
     fn default() -> Self {
-        Self { enabled: true, client_timeout: secs(1), min_abandoned: 10, window: secs(30), for_duration: secs(5), clear_for: secs(60) }
+        Self {
+            enabled: true,
+            client_timeout: secs(1),
+            min_abandoned: 10,
+            window: secs(30),
+            for_duration: secs(5),
+            clear_for: secs(60),
+        }
     }
 }
 
@@ -190,7 +198,8 @@ impl Default for InFlightRule {
             window: secs(600),
             min_slope_per_min: Positive(1.0),
             max_accept_rate_change: Ratio(0.1),
-            for_duration: secs(120), clear_for: secs(300),
+            for_duration: secs(120),
+            clear_for: secs(300),
         }
     }
 }
@@ -225,7 +234,17 @@ macro_rules! timed {
         }
     )*};
 }
-timed!(PoolGrowthRule, SaturationRule, SlowFailureRule, OverflowRule, InFlightRule, StormRule, DestinationSaturatedRule, DependencyFailingRule, NearCeilingRule);
+timed!(
+    PoolGrowthRule,
+    SaturationRule,
+    SlowFailureRule,
+    OverflowRule,
+    InFlightRule,
+    StormRule,
+    DestinationSaturatedRule,
+    DependencyFailingRule,
+    NearCeilingRule
+);
 
 /// DestinationSaturated: a server that holds this host's connections while rejecting new ones.
 #[derive(Debug, Clone, Deserialize)]
@@ -252,7 +271,15 @@ pub struct DestinationSaturatedRule {
 
 impl Default for DestinationSaturatedRule {
     fn default() -> Self {
-        Self { enabled: true, window: secs(30), min_rejections: Positive(3.0), min_ratio: Ratio(0.1), max_growth: Ratio(0.1), for_duration: secs(0), clear_for: secs(30) }
+        Self {
+            enabled: true,
+            window: secs(30),
+            min_rejections: Positive(3.0),
+            min_ratio: Ratio(0.1),
+            max_growth: Ratio(0.1),
+            for_duration: secs(0),
+            clear_for: secs(30),
+        }
     }
 }
 
@@ -272,7 +299,13 @@ pub struct DependencyFailingRule {
 
 impl Default for DependencyFailingRule {
     fn default() -> Self {
-        Self { enabled: true, window: secs(30), min_workloads: Positive(3.0), for_duration: secs(0), clear_for: secs(30) }
+        Self {
+            enabled: true,
+            window: secs(30),
+            min_workloads: Positive(3.0),
+            for_duration: secs(0),
+            clear_for: secs(30),
+        }
     }
 }
 
@@ -295,7 +328,14 @@ pub struct NearCeilingRule {
 
 impl Default for NearCeilingRule {
     fn default() -> Self {
-        Self { enabled: true, window: secs(30), horizon: secs(120), fill: Ratio(0.9), for_duration: secs(0), clear_for: secs(60) }
+        Self {
+            enabled: true,
+            window: secs(30),
+            horizon: secs(120),
+            fill: Ratio(0.9),
+            for_duration: secs(0),
+            clear_for: secs(60),
+        }
     }
 }
 

@@ -102,7 +102,18 @@ impl StormOverrides {
         macro_rules! pick {
             ($($f:ident),*) => { StormOverrides { $($f: self.$f.or(fallback.$f)),* } };
         }
-        pick!(short_lived, min_rate, min_rate_rejected, rate_factor, bad_ratio, min_backoff, for_duration, hold_down, window, warmup)
+        pick!(
+            short_lived,
+            min_rate,
+            min_rate_rejected,
+            rate_factor,
+            bad_ratio,
+            min_backoff,
+            for_duration,
+            hold_down,
+            window,
+            warmup
+        )
     }
 
     /// The given settings over the defaults.
@@ -130,7 +141,11 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let file = StormOverrides { min_rate: Some(Positive(10.0)), window: Some(Dur(Duration::from_secs(9))), ..Default::default() };
+        let file = StormOverrides {
+            min_rate: Some(Positive(10.0)),
+            window: Some(Dur(Duration::from_secs(9))),
+            ..Default::default()
+        };
         let flags = StormOverrides { min_rate: Some(Positive(2.0)), ..Default::default() };
         let s = flags.or(&file).resolve();
         assert_eq!(s.min_rate, 2.0);

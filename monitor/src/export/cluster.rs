@@ -50,13 +50,26 @@ pub fn register(reg: &mut Registry, cgroups: &BTreeSet<&str>, destinations: &BTr
     for addr in destinations {
         if let Some(p) = view.names.peer(*addr) {
             peers
-                .get_or_create(&labels(&[("dst_addr", &addr.to_string()), ("kind", p.kind.as_str()), ("namespace", &p.namespace), ("name", &p.name)]))
+                .get_or_create(&labels(&[
+                    ("dst_addr", &addr.to_string()),
+                    ("kind", p.kind.as_str()),
+                    ("namespace", &p.namespace),
+                    ("name", &p.name),
+                ]))
                 .set(1);
         }
     }
     let up = gauge_family(reg, KUBERNETES_UP, "1 while the watch of this resource on the Kubernetes API works (its last list or event succeeded), 0 while it fails and the last known objects are used");
-    let objects = gauge_family(reg, KUBERNETES_OBJECTS, "Objects of this resource cached from the Kubernetes API (pods of this node, all services)");
-    let synced = float_family(reg, KUBERNETES_LAST_SYNC, "Unix time at which the last complete list of this resource from the Kubernetes API finished");
+    let objects = gauge_family(
+        reg,
+        KUBERNETES_OBJECTS,
+        "Objects of this resource cached from the Kubernetes API (pods of this node, all services)",
+    );
+    let synced = float_family(
+        reg,
+        KUBERNETES_LAST_SYNC,
+        "Unix time at which the last complete list of this resource from the Kubernetes API finished",
+    );
     for r in &view.resources {
         let l = labels(&[("resource", r.resource)]);
         up.get_or_create(&l).set(i64::from(r.up));
@@ -114,10 +127,22 @@ mod tests {
         let cg = format!("/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{ID}.scope", UID.replace('-', "_"));
         let out = text(&[&cg], &["10.244.1.5", "10.96.0.9", "10.0.0.1"], Some(&view));
         assert!(out.contains(&format!("pod_uid=\"{UID}\",qos_class=\"guaranteed\",unit=\"\",namespace=\"shop\",pod=\"web-0\",container=\"app\"}} 1")), "{out}");
-        assert!(out.contains("connmon_peer_info{dst_addr=\"10.244.1.5\",kind=\"pod\",namespace=\"shop\",name=\"web-0\"} 1"), "{out}");
-        assert!(out.contains("connmon_peer_info{dst_addr=\"10.96.0.9\",kind=\"service\",namespace=\"data\",name=\"redis\"} 1"), "{out}");
+        assert!(
+            out.contains("connmon_peer_info{dst_addr=\"10.244.1.5\",kind=\"pod\",namespace=\"shop\",name=\"web-0\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "connmon_peer_info{dst_addr=\"10.96.0.9\",kind=\"service\",namespace=\"data\",name=\"redis\"} 1"
+            ),
+            "{out}"
+        );
         assert!(!out.contains("10.0.0.1"), "an unknown destination has no peer series: {out}");
-        assert!(out.contains("connmon_kubernetes_up{resource=\"pods\"} 1") && out.contains("connmon_kubernetes_up{resource=\"services\"} 0"), "{out}");
+        assert!(
+            out.contains("connmon_kubernetes_up{resource=\"pods\"} 1")
+                && out.contains("connmon_kubernetes_up{resource=\"services\"} 0"),
+            "{out}"
+        );
         assert!(out.contains("connmon_kubernetes_objects{resource=\"services\"} 1"), "{out}");
         assert!(out.contains("connmon_kubernetes_last_sync_timestamp_seconds{resource=\"pods\"} 1800000000"), "{out}");
         assert!(!out.contains("connmon_kubernetes_last_sync_timestamp_seconds{resource=\"services\"}"), "{out}");

@@ -25,12 +25,7 @@ fn dest_labels(d: &Destination) -> Labels {
 
 /// `exported`: (dst_addr, dst_port) of the pools exported. `probed`: the pools probe is up, so
 /// there are counters (and connects in flight) to export.
-pub fn register(
-    reg: &mut Registry,
-    dests: &[Destination],
-    exported: &BTreeSet<(String, String)>,
-    probed: bool,
-) {
+pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeSet<(String, String)>, probed: bool) {
     let conns = gauge_family(
         reg,
         DEST_CONNECTIONS,
@@ -38,9 +33,7 @@ pub fn register(
     );
     let peak = gauge_family(reg, DEST_PEAK, "Highest summed open-connection count to the destination seen since the previous scrape (at the agent's collections; at least its busiest pool's own peak)");
     let ceiling = gauge_family(reg, DEST_CEILING, "Connections this host held to the destination when its server last began rejecting new ones: the ceiling learned from the server (absent until rejections are seen)");
-    let shown = dests
-        .iter()
-        .filter(|d| exported.contains(&(d.key.dst_addr.to_string(), d.key.dst_port.to_string())));
+    let shown = dests.iter().filter(|d| exported.contains(&(d.key.dst_addr.to_string(), d.key.dst_port.to_string())));
     let (pending, rejections) = if probed {
         (
             Some(gauge_family(reg, DEST_PENDING, "Connects to the destination in flight now (SYN_SENT), summed over its client pools")),

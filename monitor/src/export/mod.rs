@@ -12,9 +12,9 @@ use prometheus_client::{
 
 use crate::{
     alerts::{Alert, AlertState},
+    kernel::probes::ProbeState,
     model::listeners::{Listener, Snapshot, LISTENER_LABELS},
     scan::netstat::TCP_EXT_COUNTERS,
-    kernel::probes::ProbeState,
 };
 
 pub mod cluster;
@@ -141,7 +141,11 @@ pub(crate) fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family
     f
 }
 
-pub(crate) fn float_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
+pub(crate) fn float_family(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
     let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     reg.register(base(name), help, f.clone());
     f
@@ -165,19 +169,47 @@ pub(crate) fn listener_labels(l: &Listener) -> Labels {
 /// Renders the snapshot as OpenMetrics text (ending in `# EOF`).
 pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_>) -> String {
     let mut reg = Registry::default();
-    let depth = gauge_family(&mut reg, LISTEN_QUEUE_DEPTH, "Connections in the listener's accept queue (established, not yet accepted), as ss Recv-Q shows");
+    let depth = gauge_family(
+        &mut reg,
+        LISTEN_QUEUE_DEPTH,
+        "Connections in the listener's accept queue (established, not yet accepted), as ss Recv-Q shows",
+    );
     let max = gauge_family(&mut reg, LISTEN_QUEUE_MAX, "Configured accept-queue backlog of the listener (ss Send-Q)");
     let fill = float_family(&mut reg, LISTEN_QUEUE_FILL, "Accept-queue depth divided by backlog");
     let peak = gauge_family(&mut reg, LISTEN_QUEUE_PEAK, "Highest accept-queue depth since the previous scrape; source says whether an eBPF probe saw every queued connection or scans sampled it");
     let drops = counter_family(&mut reg, LISTEN_DROPS, "Packets the listener dropped (sk_drops: accept-queue overflows and other listen drops), as ss -m shows in skmem dN");
-    let synq = gauge_family(&mut reg, LISTEN_SYN_QUEUE, "Half-open connections (SYN received, handshake not complete) waiting on the listener");
-    let synack = counter_family(&mut reg, LISTEN_SYNACK_RETRANS, "SYN-ACKs the listener retransmitted (tracepoint tcp:tcp_retransmit_synack)");
-    let dropped = gauge_family(&mut reg, LISTEN_SERIES_DROPPED, "Listeners left out of this exposition because the series cap was reached");
+    let synq = gauge_family(
+        &mut reg,
+        LISTEN_SYN_QUEUE,
+        "Half-open connections (SYN received, handshake not complete) waiting on the listener",
+    );
+    let synack = counter_family(
+        &mut reg,
+        LISTEN_SYNACK_RETRANS,
+        "SYN-ACKs the listener retransmitted (tracepoint tcp:tcp_retransmit_synack)",
+    );
+    let dropped = gauge_family(
+        &mut reg,
+        LISTEN_SERIES_DROPPED,
+        "Listeners left out of this exposition because the series cap was reached",
+    );
     let ext = counter_family(&mut reg, NETNS_TCP_EXT, "TcpExt counter of the network namespace (as nstat shows)");
-    let ns_info = gauge_family(&mut reg, NETNS_INFO, "Network namespaces scanned, with their /run/netns name where they have one");
+    let ns_info = gauge_family(
+        &mut reg,
+        NETNS_INFO,
+        "Network namespaces scanned, with their /run/netns name where they have one",
+    );
     let scan = float_family(&mut reg, SCAN_DURATION, "Time the scan behind this exposition took");
-    let ns_failed = gauge_family(&mut reg, SCAN_NETNS_FAILED, "Network namespaces the scan could not read (vanished or not enterable)");
-    let probe_up = gauge_family(&mut reg, PROBE_UP, "1 when the kernel probe is attached, 0 when it is unavailable (the agent log says why)");
+    let ns_failed = gauge_family(
+        &mut reg,
+        SCAN_NETNS_FAILED,
+        "Network namespaces the scan could not read (vanished or not enterable)",
+    );
+    let probe_up = gauge_family(
+        &mut reg,
+        PROBE_UP,
+        "1 when the kernel probe is attached, 0 when it is unavailable (the agent log says why)",
+    );
     // An Info metric gets `_info` appended by prometheus-client.
     reg.register(
         BUILD_INFO.strip_suffix("_info").unwrap_or(BUILD_INFO),
@@ -233,7 +265,11 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         .take(pools.max_series + ctx.max_listener_series)
         .collect();
     cluster::register(&mut reg, &cgroups, &destinations, ctx.cluster);
-    let active = gauge_family(&mut reg, ALERT_ACTIVE, "1 for each alert firing in the agent, with the alert's labels (see /api/v1/alerts and connmon alerts)");
+    let active = gauge_family(
+        &mut reg,
+        ALERT_ACTIVE,
+        "1 for each alert firing in the agent, with the alert's labels (see /api/v1/alerts and connmon alerts)",
+    );
     for a in ctx.alerts.iter().filter(|a| a.state == AlertState::Firing) {
         let mut l: Labels = vec![("alertname".into(), a.alertname.clone())];
         l.extend(a.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -241,7 +277,9 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
     }
     let fired = counter_family(&mut reg, ALERTS_FIRED, "Times each built-in alert started firing");
     for alert in Alert::ALL {
-        fired.get_or_create(&labels(&[("alertname", alert.name())])).inc_by(ctx.alerts_fired.get(&alert).copied().unwrap_or(0));
+        fired
+            .get_or_create(&labels(&[("alertname", alert.name())]))
+            .inc_by(ctx.alerts_fired.get(&alert).copied().unwrap_or(0));
     }
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -266,7 +304,10 @@ pub fn to_classic(openmetrics: &str) -> String {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
-        let meta = line.strip_prefix("# HELP ").map(|r| ("HELP", r)).or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("HELP", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
         match meta {
             Some((what, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -311,10 +352,25 @@ mod tests {
         probes.insert("listen_peak", ProbeState::Up { program: "x" });
         probes.insert("synack_retransmit", ProbeState::Down { reason: "no".into() });
         let fired = BTreeMap::new();
-        let ctx = Context { probes: &probes, scan_seconds: 0.01, connections_age: 0.0, max_listener_series: 10, alerts: &[], alerts_fired: &fired, cluster: None };
+        let ctx = Context {
+            probes: &probes,
+            scan_seconds: 0.01,
+            connections_age: 0.0,
+            max_listener_series: 10,
+            alerts: &[],
+            alerts_fired: &fired,
+            cluster: None,
+        };
         let none = Default::default();
         let none_l = Default::default();
-        let section = pools::PoolsSection { pools: &[], destinations: &[], signals: &none, extras: None, listener_signals: &none_l, max_series: 10 };
+        let section = pools::PoolsSection {
+            pools: &[],
+            destinations: &[],
+            signals: &none,
+            extras: None,
+            listener_signals: &none_l,
+            max_series: 10,
+        };
         let text = render(&Snapshot::default(), &section, &ctx);
         assert!(text.contains("connmon_probe_up{probe=\"listen_peak\"} 1"), "{text}");
         assert!(text.contains("connmon_probe_up{probe=\"synack_retransmit\"} 0"), "{text}");
@@ -324,7 +380,14 @@ mod tests {
 
     #[test]
     fn metrics_lists_every_metric_name_constant() {
-        let sources = [include_str!("mod.rs"), include_str!("cluster.rs"), include_str!("pools.rs"), include_str!("storms.rs"), include_str!("queues.rs"), include_str!("destinations.rs")];
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("cluster.rs"),
+            include_str!("pools.rs"),
+            include_str!("storms.rs"),
+            include_str!("queues.rs"),
+            include_str!("destinations.rs"),
+        ];
         let mut declared = Vec::new();
         for src in sources {
             for (i, _) in src.match_indices(": &str = \"connmon_") {

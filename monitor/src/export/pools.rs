@@ -63,7 +63,6 @@ struct Row {
 
 const OTHER: &str = "other";
 
-
 /// Merges pools that share labels, keeps the `max` busiest, folds the rest into one `other` row.
 fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
     let mut merged: BTreeMap<[String; 5], Row> = BTreeMap::new();
@@ -103,9 +102,14 @@ fn merge(r: &mut Row, active: i64, peak: i64, stats: Option<&PoolStats>) {
 pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Listener]) -> BTreeSet<IpAddr> {
     let (rows, folded) = rows(section.pools, section.max_series);
     let destinations: BTreeSet<IpAddr> = rows.iter().filter_map(|(v, _)| v[1].parse().ok()).collect();
-    let conns = gauge_family(reg, POOL_CONNECTIONS, "Open connections of the pool (client workload and destination), from the handshake until the socket closes");
+    let conns = gauge_family(
+        reg,
+        POOL_CONNECTIONS,
+        "Open connections of the pool (client workload and destination), from the handshake until the socket closes",
+    );
     let peak = gauge_family(reg, POOL_PEAK, "Highest open-connection count of the pool since the previous scrape");
-    let folded_g = gauge_family(reg, POOL_FOLDED, "Pools folded into the pool labelled other because the series cap was reached");
+    let folded_g =
+        gauge_family(reg, POOL_FOLDED, "Pools folded into the pool labelled other because the series cap was reached");
     let info = gauge_family(reg, POOL_SERVICE_INFO, "How each destination's service class was decided: protocol seen on the wire, well-known or configured port, or none");
     for (values, r) in &rows {
         let l = pool_label_set(values);
@@ -117,13 +121,20 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     for p in section.pools {
         let (addr, port) = (p.dst_addr.to_string(), p.dst_port.to_string());
         if exported.contains(&(addr.clone(), port.clone())) {
-            info.get_or_create(&labels(&[("dst_addr", &addr), ("dst_port", &port), ("service", &p.service), ("classified_by", p.classified_by)])).set(1);
+            info.get_or_create(&labels(&[
+                ("dst_addr", &addr),
+                ("dst_port", &port),
+                ("service", &p.service),
+                ("classified_by", p.classified_by),
+            ]))
+            .set(1);
         }
     }
     folded_g.get_or_create(&vec![]).set(folded as i64);
 
     // Accepted connections still open, per listener (from scans, so available without probes).
-    let established = gauge_family(reg, LISTEN_ESTABLISHED, "Connections accepted from the listener that are still open");
+    let established =
+        gauge_family(reg, LISTEN_ESTABLISHED, "Connections accepted from the listener that are still open");
     for l in listeners {
         established.get_or_create(&super::listener_labels(l)).set(i64::from(l.established));
     }
@@ -138,9 +149,21 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     let opens = counter_family(reg, POOL_OPENS, "Connections of the pool whose handshake completed");
     let closes = counter_family(reg, POOL_CLOSES, "Established connections of the pool that closed");
     let failures = counter_family(reg, POOL_FAILURES, "Connects of the pool that failed, by reason: refused (RST), timeout (SYN unanswered), unreachable (ICMP), aborted (closed by the client before the handshake finished), other");
-    let syn_retrans = counter_family(reg, POOL_SYN_RETRANS, "SYNs of the pool's connects that were retransmitted because the server did not answer in time");
-    let resets = counter_family(reg, POOL_RESETS, "Resets on the pool's connections: direction=received (including refused connects) or sent");
-    let short_lived = counter_family(reg, POOL_SHORT_LIVED, "Connections of the pool that closed sooner than --storm.short-lived after their handshake (churn)");
+    let syn_retrans = counter_family(
+        reg,
+        POOL_SYN_RETRANS,
+        "SYNs of the pool's connects that were retransmitted because the server did not answer in time",
+    );
+    let resets = counter_family(
+        reg,
+        POOL_RESETS,
+        "Resets on the pool's connections: direction=received (including refused connects) or sent",
+    );
+    let short_lived = counter_family(
+        reg,
+        POOL_SHORT_LIVED,
+        "Connections of the pool that closed sooner than --storm.short-lived after their handshake (churn)",
+    );
     let pending = gauge_family(reg, POOL_PENDING, "Connects of the pool in flight now (SYN_SENT: connect() called, handshake not complete); a blackholed server shows here at once");
     let died_young = counter_family(reg, POOL_DIED_YOUNG, "Short-lived connections of the pool that the server ended: how=reset (rejected) or how=server_closed (the server hung up first: a rejection, or a server that closes after each response)");
     let mut storm_rows = Vec::new();
@@ -178,7 +201,11 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     reg.register_collector(Box::new(hists));
     super::storms::register(reg, &storm_rows, listeners, section.listener_signals);
 
-    let accepts = counter_family(reg, LISTEN_ACCEPTS, "Connections that completed the handshake on the listener, by client address class");
+    let accepts = counter_family(
+        reg,
+        LISTEN_ACCEPTS,
+        "Connections that completed the handshake on the listener, by client address class",
+    );
     for (key, n) in &extras.accepts {
         let addr = listeners::key_addr(&monitor_common::ListenerKey {
             cookie: 0,

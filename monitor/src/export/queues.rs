@@ -31,7 +31,11 @@ pub const NETNS_SYSCTL: &str = "connmon_netns_sysctl";
 /// Registers the queue series of the exported listeners and the namespaces' sysctls.
 pub fn register(reg: &mut Registry, listeners: &[Listener], namespaces: &[NetnsStats]) {
     let wait = float_family(reg, LISTEN_QUEUE_WAIT, "How long a connection waits in the accept queue. method=\"littles_law\": mean depth / accept rate over the last 10 s (+Inf: connections queued, none accepted); method=\"accept\": mean of the waits measured from enqueue to accept() for connections accepted in the last 10 s");
-    let rate = float_family(reg, LISTEN_ACCEPT_RATE, "Connections taken off the accept queue per second over the last 10 s (queued minus queue growth)");
+    let rate = float_family(
+        reg,
+        LISTEN_ACCEPT_RATE,
+        "Connections taken off the accept queue per second over the last 10 s (queued minus queue growth)",
+    );
     let drain = float_family(reg, LISTEN_DRAIN, "Seconds a full queue takes to drain at the current accept rate (backlog / accept rate): the longest wait a client can meet");
     let slow = gauge_family(reg, LISTEN_SLOW_DRAIN, "1 when draining a full queue takes longer than the configured client timeout (alerts.accept_queue_slow_failure.client_timeout): clients time out before a full queue reaches them");
     let abandoned = counter_family(reg, LISTEN_ABANDONED, "Connections whose client closed (how=\"fin\") or reset (how=\"rst\") them while still in the accept queue, before any process accepted them");
@@ -41,16 +45,17 @@ pub fn register(reg: &mut Registry, listeners: &[Listener], namespaces: &[NetnsS
         "Connections accept() returned already closed or reset by their client",
     );
     let requested = gauge_family(reg, LISTEN_BACKLOG_REQUESTED, "Backlog the owner passed to listen() (negative: the most allowed), recorded when listen() ran while connmon was attached");
-    let clamped = gauge_family(reg, LISTEN_BACKLOG_CLAMPED, "1 when the kernel kept a smaller backlog than listen() asked for (capped by net.core.somaxconn)");
+    let clamped = gauge_family(
+        reg,
+        LISTEN_BACKLOG_CLAMPED,
+        "1 when the kernel kept a smaller backlog than listen() asked for (capped by net.core.somaxconn)",
+    );
     let sysctl = gauge_family(reg, NETNS_SYSCTL, "Listen-related sysctls of the network namespace: net.core.somaxconn, net.ipv4.tcp_max_syn_backlog, net.ipv4.tcp_abort_on_overflow, net.ipv4.tcp_syncookies");
     let mut hist = QueueHistograms::default();
     for l in listeners {
         let id = listener_labels(l);
         let q = &l.queue;
-        for (method, v) in [
-            (METHOD_LITTLE, q.wait_seconds),
-            (METHOD_ACCEPT, q.wait_measured_seconds),
-        ] {
+        for (method, v) in [(METHOD_LITTLE, q.wait_seconds), (METHOD_ACCEPT, q.wait_measured_seconds)] {
             if let Some(v) = v {
                 let mut with = id.clone();
                 with.push(("method".into(), method.into()));
@@ -75,10 +80,7 @@ pub fn register(reg: &mut Registry, listeners: &[Listener], namespaces: &[NetnsS
         }
         if q.accepted_closed.is_some() && !l.is_unix() {
             closed.get_or_create(&id).inc_by(s.accepted_closed);
-            hist.0.push((
-                id.clone(),
-                histogram(&s.wait_us, s.wait_ns_sum / 1000, 1e-6),
-            ));
+            hist.0.push((id.clone(), histogram(&s.wait_us, s.wait_ns_sum / 1000, 1e-6)));
         }
         if let Some(r) = q.requested_backlog {
             requested.get_or_create(&id).set(r);
@@ -88,9 +90,7 @@ pub fn register(reg: &mut Registry, listeners: &[Listener], namespaces: &[NetnsS
     for ns in namespaces {
         let netns = ns.inode.to_string();
         for (name, v) in &ns.sysctls {
-            sysctl
-                .get_or_create(&labels(&[("netns", &netns), ("name", name)]))
-                .set(*v);
+            sysctl.get_or_create(&labels(&[("netns", &netns), ("name", name)])).set(*v);
         }
     }
     reg.register_collector(Box::new(hist));
@@ -105,8 +105,7 @@ impl Collector for QueueHistograms {
             return Ok(());
         }
         let help = "Waits in the accept queue measured per connection, from enqueue (handshake completed) to accept()";
-        let mut family =
-            encoder.encode_descriptor(LISTEN_QUEUE_WAIT_HIST, help, None, MetricType::Histogram)?;
+        let mut family = encoder.encode_descriptor(LISTEN_QUEUE_WAIT_HIST, help, None, MetricType::Histogram)?;
         for (l, h) in &self.0 {
             HistRef(h).encode(family.encode_family(l)?)?;
         }

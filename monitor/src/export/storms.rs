@@ -36,7 +36,12 @@ pub fn register(
         let mut with = labels.clone();
         with.push(("target".into(), target.into()));
         storm.get_or_create(&with).set(i64::from(s.in_storm));
-        for (component, v) in [("rate", s.score.rate), ("failures", s.score.failures), ("backoff", s.score.backoff), ("overall", s.score.overall)] {
+        for (component, v) in [
+            ("rate", s.score.rate),
+            ("failures", s.score.failures),
+            ("backoff", s.score.backoff),
+            ("overall", s.score.overall),
+        ] {
             let mut c = with.clone();
             c.push(("component".into(), component.into()));
             score.get_or_create(&c).set(v);
@@ -59,9 +64,16 @@ pub fn register(
 }
 
 /// The signals of the strongest-scoring pool among `keys` (merged rows show their worst part).
-pub fn strongest<'a>(keys: impl IntoIterator<Item = &'a PoolKey>, signals: &HashMap<PoolKey, Signals>) -> Option<Signals> {
+pub fn strongest<'a>(
+    keys: impl IntoIterator<Item = &'a PoolKey>,
+    signals: &HashMap<PoolKey, Signals>,
+) -> Option<Signals> {
     keys.into_iter()
         .filter_map(|k| signals.get(k))
-        .max_by(|a, b| (a.in_storm, a.score.overall).partial_cmp(&(b.in_storm, b.score.overall)).unwrap_or(std::cmp::Ordering::Equal))
+        .max_by(|a, b| {
+            (a.in_storm, a.score.overall)
+                .partial_cmp(&(b.in_storm, b.score.overall))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
         .cloned()
 }

@@ -57,12 +57,7 @@ struct Type {
 }
 
 impl Type {
-    const VOID: Type = Type {
-        name_off: 0,
-        info: 0,
-        size_or_type: 0,
-        data: 0,
-    };
+    const VOID: Type = Type { name_off: 0, info: 0, size_or_type: 0, data: 0 };
 
     fn kind(&self) -> u32 {
         (self.info >> 24) & 0x1f
@@ -81,10 +76,7 @@ impl Type {
     }
 
     fn is_modifier(&self) -> bool {
-        matches!(
-            self.kind(),
-            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
-        )
+        matches!(self.kind(), KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG)
     }
 }
 
@@ -108,10 +100,7 @@ pub struct Btf {
 
 impl std::fmt::Debug for Btf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Btf")
-            .field("types", &self.types.len())
-            .field("strings_len", &self.strings.len())
-            .finish()
+        f.debug_struct("Btf").field("types", &self.types.len()).field("strings_len", &self.strings.len()).finish()
     }
 }
 
@@ -132,8 +121,8 @@ fn trailing_len(kind: u32, vlen: usize) -> Option<usize> {
         KIND_ARRAY => 12,
         KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
         KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-        | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT
+        | KIND_TYPE_TAG => 0,
         _ => return None,
     })
 }
@@ -175,19 +164,14 @@ impl Btf {
         let field = |off| u32_at(bytes, off).unwrap_or(0);
         let hdr_len = field(4) as usize;
         if hdr_len < HEADER_MIN_LEN || hdr_len > bytes.len() {
-            bail!(
-                "BTF header length {hdr_len} is invalid for a {}-byte blob: the BTF data is corrupt",
-                bytes.len()
-            );
+            bail!("BTF header length {hdr_len} is invalid for a {}-byte blob: the BTF data is corrupt", bytes.len());
         }
         let (ts, te) = section(bytes, hdr_len, field(8), field(12), "type")?;
         let (ss, se) = section(bytes, hdr_len, field(16), field(20), "string")?;
         let type_data = bytes[ts..te].to_vec();
         let strings = bytes[ss..se].to_vec();
         if strings.first().is_some_and(|&b| b != 0) {
-            bail!(
-                "BTF string section does not start with an empty string: the BTF data is corrupt"
-            );
+            bail!("BTF string section does not start with an empty string: the BTF data is corrupt");
         }
 
         // Roughly 40 bytes per type in vmlinux; reserving avoids repeated reallocation of ~150k
@@ -197,19 +181,12 @@ impl Btf {
         let mut pos = 0usize;
         while pos < type_data.len() {
             let id = types.len();
-            let (Some(name_off), Some(info), Some(size_or_type)) = (
-                u32_at(&type_data, pos),
-                u32_at(&type_data, pos + 4),
-                u32_at(&type_data, pos + 8),
-            ) else {
+            let (Some(name_off), Some(info), Some(size_or_type)) =
+                (u32_at(&type_data, pos), u32_at(&type_data, pos + 4), u32_at(&type_data, pos + 8))
+            else {
                 bail!("BTF type section ends inside the header of type {id}: the BTF data is truncated");
             };
-            let t = Type {
-                name_off,
-                info,
-                size_or_type,
-                data: pos + TYPE_HEADER_LEN,
-            };
+            let t = Type { name_off, info, size_or_type, data: pos + TYPE_HEADER_LEN };
             let extra = trailing_len(t.kind(), t.vlen()).ok_or_else(|| {
                 anyhow!(
                     "BTF type {id} has unknown kind {}: this BTF is newer than connmon understands: upgrade connmon",
@@ -227,12 +204,7 @@ impl Btf {
             types.push(t);
             pos = next;
         }
-        Ok(Btf {
-            types,
-            type_data,
-            strings,
-            by_name: OnceLock::new(),
-        })
+        Ok(Btf { types, type_data, strings, by_name: OnceLock::new() })
     }
 
     /// Reads and parses the running kernel's BTF.
@@ -296,17 +268,8 @@ impl Btf {
             let type_id = u32_at(&self.type_data, base + 4)?;
             let raw = u32_at(&self.type_data, base + 8)?;
             // With kind_flag set the offset word packs the bitfield width in its top byte.
-            let (bit_offset, bitfield_size) = if kind_flag {
-                (raw & 0x00ff_ffff, raw >> 24)
-            } else {
-                (raw, 0)
-            };
-            Some(Member {
-                name_off,
-                type_id,
-                bit_offset: u64::from(bit_offset),
-                bitfield_size,
-            })
+            let (bit_offset, bitfield_size) = if kind_flag { (raw & 0x00ff_ffff, raw >> 24) } else { (raw, 0) };
+            Some(Member { name_off, type_id, bit_offset: u64::from(bit_offset), bitfield_size })
         })
     }
 
@@ -362,11 +325,7 @@ impl Btf {
                 );
             };
             let Some((m, off)) = self.find_member(t, comp, 0) else {
-                let within = if walked.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (in {strukt}.{walked})")
-                };
+                let within = if walked.is_empty() { String::new() } else { format!(" (in {strukt}.{walked})") };
                 bail!("struct {strukt} has no member {path} in kernel BTF: no {comp}{within}");
             };
             if !walked.is_empty() {
@@ -418,7 +377,9 @@ impl Btf {
             }
         }
         Err(first_err.unwrap_or_else(|| {
-            anyhow!("kernel BTF has no struct {strukt} (needed for {strukt}.{path}): this kernel's layout is not supported")
+            anyhow!(
+                "kernel BTF has no struct {strukt} (needed for {strukt}.{path}): this kernel's layout is not supported"
+            )
         }))
     }
 }
@@ -489,12 +450,7 @@ pub fn sock_offsets(btf: &Btf) -> SockOffsets {
         // knows the latter; the plain name is tried first in case it ever becomes a real member.
         cookie: sock("cookie", &["sk_cookie", "__sk_common.skc_cookie"]),
         // struct inet_connection_sock begins with struct sock, so this is also an offset from sk.
-        syn_qlen: resolve_field(
-            btf,
-            "syn_qlen",
-            "inet_connection_sock",
-            &["icsk_accept_queue.qlen"],
-        ),
+        syn_qlen: resolve_field(btf, "syn_qlen", "inet_connection_sock", &["icsk_accept_queue.qlen"]),
         err: sock("err", &["sk_err"]),
         daddr: sock("daddr", &["__sk_common.skc_daddr"]),
         dport: sock("dport", &["__sk_common.skc_dport"]),

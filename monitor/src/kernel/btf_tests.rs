@@ -12,11 +12,7 @@ struct Builder {
 
 impl Builder {
     fn new() -> Self {
-        Builder {
-            types: Vec::new(),
-            strings: vec![0],
-            next_id: 1,
-        }
+        Builder { types: Vec::new(), strings: vec![0], next_id: 1 }
     }
 
     fn str(&mut self, s: &str) -> u32 {
@@ -29,15 +25,7 @@ impl Builder {
         off
     }
 
-    fn raw(
-        &mut self,
-        name: &str,
-        kind: u32,
-        kind_flag: bool,
-        vlen: u32,
-        size_or_type: u32,
-        tail: &[u32],
-    ) -> u32 {
+    fn raw(&mut self, name: &str, kind: u32, kind_flag: bool, vlen: u32, size_or_type: u32, tail: &[u32]) -> u32 {
         let name_off = self.str(name);
         let info = (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
         for w in [name_off, info, size_or_type].iter().chain(tail) {
@@ -51,14 +39,7 @@ impl Builder {
         self.raw(name, KIND_INT, false, 0, size, &[size * 8])
     }
 
-    fn composite(
-        &mut self,
-        kind: u32,
-        name: &str,
-        size: u32,
-        kind_flag: bool,
-        members: &[(&str, u32, u32)],
-    ) -> u32 {
+    fn composite(&mut self, kind: u32, name: &str, size: u32, kind_flag: bool, members: &[(&str, u32, u32)]) -> u32 {
         let mut tail = Vec::new();
         for &(n, ty, off) in members {
             tail.extend([self.str(n), ty, off]);
@@ -78,13 +59,7 @@ impl Builder {
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for w in [
-            24u32,
-            0,
-            self.types.len() as u32,
-            self.types.len() as u32,
-            self.strings.len() as u32,
-        ] {
+        for w in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
             out.extend_from_slice(&w.to_le_bytes());
         }
         out.extend_from_slice(&self.types);
@@ -129,11 +104,7 @@ fn kernel_like() -> Vec<u8> {
             ("skc_net", const_pnet, 128),
         ],
     );
-    b.strukt(
-        "sock",
-        48,
-        &[("__sk_common", sk_common, 0), ("sk_ack_backlog", u32t, 256)],
-    );
+    b.strukt("sock", 48, &[("__sk_common", sk_common, 0), ("sk_ack_backlog", u32t, 256)]);
     // Old-style bitfield (no kind_flag): an INT narrower than its storage.
     let narrow = b.raw("", KIND_INT, false, 0, 4, &[3]);
     b.strukt("old_bits", 4, &[("flags", narrow, 0)]);
@@ -145,19 +116,9 @@ fn kernel_like() -> Vec<u8> {
 fn resolves_members_through_anonymous_unions_and_structs() {
     let btf = Btf::parse(&kernel_like()).unwrap();
     assert_eq!(btf.member_offset("sock", "__sk_common.skc_num").unwrap(), 6);
-    assert_eq!(
-        btf.member_offset("sock", "__sk_common.skc_portpair")
-            .unwrap(),
-        4
-    );
-    assert_eq!(
-        btf.member_offset("sock", "__sk_common.skc_family").unwrap(),
-        8
-    );
-    assert_eq!(
-        btf.member_offset("sock", "__sk_common.skc_state").unwrap(),
-        10
-    );
+    assert_eq!(btf.member_offset("sock", "__sk_common.skc_portpair").unwrap(), 4);
+    assert_eq!(btf.member_offset("sock", "__sk_common.skc_family").unwrap(), 8);
+    assert_eq!(btf.member_offset("sock", "__sk_common.skc_state").unwrap(), 10);
     assert_eq!(btf.member_offset("sock", "sk_ack_backlog").unwrap(), 32);
     assert_eq!(btf.member_offset("sock_common", "skc_num").unwrap(), 6);
 }
@@ -165,11 +126,7 @@ fn resolves_members_through_anonymous_unions_and_structs() {
 #[test]
 fn descends_through_typedef_and_const() {
     let btf = Btf::parse(&kernel_like()).unwrap();
-    assert_eq!(
-        btf.member_offset("sock", "__sk_common.skc_net.net")
-            .unwrap(),
-        16
-    );
+    assert_eq!(btf.member_offset("sock", "__sk_common.skc_net.net").unwrap(), 16);
     assert_eq!(btf.member_offset("net", "ns.inum").unwrap(), 12);
     // Looking up a typedef name reaches the struct behind it.
     assert_eq!(btf.member_offset("possible_net_t", "net").unwrap(), 0);
@@ -185,18 +142,9 @@ fn prefers_complete_struct_over_forward_declaration() {
 #[test]
 fn bitfields_are_rejected() {
     let btf = Btf::parse(&kernel_like()).unwrap();
-    let e = btf
-        .member_offset("sock", "__sk_common.skc_reuse")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("bitfield") && e.contains("sock.__sk_common.skc_reuse"),
-        "{e}"
-    );
-    let e = btf
-        .member_offset("old_bits", "flags")
-        .unwrap_err()
-        .to_string();
+    let e = btf.member_offset("sock", "__sk_common.skc_reuse").unwrap_err().to_string();
+    assert!(e.contains("bitfield") && e.contains("sock.__sk_common.skc_reuse"), "{e}");
+    let e = btf.member_offset("old_bits", "flags").unwrap_err().to_string();
     assert!(e.contains("bitfield"), "{e}");
     let e = btf.member_offset("unaligned", "x").unwrap_err().to_string();
     assert!(e.contains("byte boundary"), "{e}");
@@ -205,30 +153,15 @@ fn bitfields_are_rejected() {
 #[test]
 fn missing_members_and_structs_are_named() {
     let btf = Btf::parse(&kernel_like()).unwrap();
-    let e = btf
-        .member_offset("sock", "__sk_common.skc_nope")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("sock") && e.contains("__sk_common.skc_nope"),
-        "{e}"
-    );
+    let e = btf.member_offset("sock", "__sk_common.skc_nope").unwrap_err().to_string();
+    assert!(e.contains("sock") && e.contains("__sk_common.skc_nope"), "{e}");
     assert!(!e.contains('\n'));
-    let e = btf
-        .member_offset("sock", "sk_ack_backlog.x")
-        .unwrap_err()
-        .to_string();
+    let e = btf.member_offset("sock", "sk_ack_backlog.x").unwrap_err().to_string();
     assert!(e.contains("not a struct or union"), "{e}");
     // Descending through a pointer would need a second read, so it is not an offset.
-    let e = btf
-        .member_offset("sock", "__sk_common.skc_net.net.passive")
-        .unwrap_err()
-        .to_string();
+    let e = btf.member_offset("sock", "__sk_common.skc_net.net.passive").unwrap_err().to_string();
     assert!(e.contains("not a struct or union"), "{e}");
-    let e = btf
-        .member_offset("no_such_struct", "a")
-        .unwrap_err()
-        .to_string();
+    let e = btf.member_offset("no_such_struct", "a").unwrap_err().to_string();
     assert!(e.contains("no struct no_such_struct"), "{e}");
     assert!(btf.member_offset("sock", "").is_err());
     assert!(btf.member_offset("sock", "__sk_common..skc_num").is_err());
@@ -256,14 +189,7 @@ fn skips_trailing_data_of_every_kind() {
     let int = b.int("int", 4);
     b.raw("", KIND_PTR, false, 0, int, &[]);
     b.raw("", KIND_ARRAY, false, 0, 0, &[int, int, 4]);
-    b.raw(
-        "e",
-        KIND_ENUM,
-        false,
-        2,
-        4,
-        &[b.strings.len() as u32, 0, 0, 1],
-    );
+    b.raw("e", KIND_ENUM, false, 2, 4, &[b.strings.len() as u32, 0, 0, 1]);
     b.raw("f", KIND_FWD, true, 0, 0, &[]);
     b.raw("r", KIND_RESTRICT, false, 0, int, &[]);
     let proto = b.raw("", KIND_FUNC_PROTO, false, 2, int, &[0, int, 0, int]);
@@ -308,16 +234,10 @@ fn bad_magic_big_endian_and_unknown_kind_are_errors() {
     assert!(Btf::parse(&bad).unwrap_err().to_string().contains("magic"));
     let mut be = blob.clone();
     be.swap(0, 1);
-    assert!(Btf::parse(&be)
-        .unwrap_err()
-        .to_string()
-        .contains("big-endian"));
+    assert!(Btf::parse(&be).unwrap_err().to_string().contains("big-endian"));
     let mut b = Builder::new();
     b.raw("x", 30, false, 0, 0, &[]);
-    assert!(Btf::parse(&b.build())
-        .unwrap_err()
-        .to_string()
-        .contains("unknown kind 30"));
+    assert!(Btf::parse(&b.build()).unwrap_err().to_string().contains("unknown kind 30"));
 }
 
 #[test]
@@ -349,11 +269,7 @@ fn running_kernel_sock_offsets() {
     let btf = Btf::from_sys().unwrap();
     let parsed = start.elapsed();
     let o = sock_offsets(&btf);
-    eprintln!(
-        "vmlinux BTF: {} types parsed in {parsed:?}, resolved in {:?}: {o:?}",
-        btf.types.len(),
-        start.elapsed()
-    );
+    eprintln!("vmlinux BTF: {} types parsed in {parsed:?}, resolved in {:?}: {o:?}", btf.types.len(), start.elapsed());
     let all = [
         o.family,
         o.state,
@@ -379,14 +295,8 @@ fn running_kernel_sock_offsets() {
     assert_eq!(o.v6_rcv_saddr, o.v6_daddr + 16, "{o:?}");
     assert!(o.protocol > 64 && o.protocol < 1024, "sk_protocol lies past sock_common: {o:?}");
     // These all sit inside struct sock_common, which is well under 256 bytes on every kernel.
-    assert!(
-        o.family < 64 && o.state < 64 && o.num < 64 && o.rcv_saddr < 64,
-        "{o:?}"
-    );
-    assert!(
-        o.net < 256 && o.v6_rcv_saddr < 256 && o.cookie < 256,
-        "{o:?}"
-    );
+    assert!(o.family < 64 && o.state < 64 && o.num < 64 && o.rcv_saddr < 64, "{o:?}");
+    assert!(o.net < 256 && o.v6_rcv_saddr < 256 && o.cookie < 256, "{o:?}");
     // skc_state directly follows the u16 skc_family; skc_num is the high half of skc_portpair.
     assert_eq!(o.state, o.family + 2);
     assert_eq!(o.max_ack_backlog, o.ack_backlog + 4);

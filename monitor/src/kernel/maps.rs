@@ -107,17 +107,11 @@ mod tests {
     fn failures_are_counted_and_a_missing_key_is_not() {
         let before = ERRORS[index(maps::SCRATCH_STATS).unwrap()].load(Relaxed);
         record(maps::SCRATCH_STATS, &"boom");
-        assert_eq!(
-            ok::<u32>(maps::SCRATCH_STATS, Err(MapError::KeyNotFound)),
-            None
-        );
+        assert_eq!(ok::<u32>(maps::SCRATCH_STATS, Err(MapError::KeyNotFound)), None);
         assert_eq!(ok(maps::SCRATCH_STATS, Ok(7u32)), Some(7));
         let err = MapError::InvalidName { name: "x".into() };
         assert_eq!(ok::<u32>(maps::SCRATCH_STATS, Err(err)), None);
-        let errors: Vec<_> = read_errors()
-            .into_iter()
-            .filter(|(m, _)| *m == maps::SCRATCH_STATS)
-            .collect();
+        let errors: Vec<_> = read_errors().into_iter().filter(|(m, _)| *m == maps::SCRATCH_STATS).collect();
         assert_eq!(errors, [(maps::SCRATCH_STATS, before + 2)]);
         assert!(WARNED[index(maps::SCRATCH_STATS).unwrap()].load(Relaxed));
     }

@@ -19,12 +19,7 @@ fn object() -> aya_obj::Object {
 fn maps_in_the_object_are_exactly_the_named_ones() {
     let obj = object();
     // Sections of globals (.rodata, .bss, .data) are maps too, named after the section.
-    let in_object: BTreeSet<&str> = obj
-        .maps
-        .keys()
-        .map(String::as_str)
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let in_object: BTreeSet<&str> = obj.maps.keys().map(String::as_str).filter(|n| !n.starts_with('.')).collect();
     let named: BTreeSet<&str> = maps::ALL.iter().copied().collect();
     assert_eq!(in_object, named);
 }
@@ -36,10 +31,7 @@ fn programs_in_the_object_are_exactly_the_named_ones_and_the_probe_table_uses_th
     let named: BTreeSet<&str> = programs::ALL.iter().copied().collect();
     assert_eq!(in_object, named);
     let in_table: BTreeSet<&str> = PROBES.iter().map(|p| p.program).collect();
-    assert_eq!(
-        in_table, named,
-        "a program is not attached by any probe, or the table names one that does not exist"
-    );
+    assert_eq!(in_table, named, "a program is not attached by any probe, or the table names one that does not exist");
 }
 
 fn bytes<T: Pod>(v: &T) -> &[u8] {
@@ -64,13 +56,8 @@ fn globals_exist_with_the_size_of_their_type() {
         (globals::STORM_CONFIG, (bytes(&storm), true)),
         (globals::FD_OFFSETS, (bytes(&fd), true)),
     ]);
-    assert_eq!(
-        values.len(),
-        globals::ALL.len(),
-        "a global has no value in this test"
-    );
+    assert_eq!(values.len(), globals::ALL.len(), "a global has no value in this test");
     // The loader's own check (EbpfLoader::override_global with must_exist): the symbol exists
     // and has exactly the size of the value written into it.
-    obj.patch_map_data(values)
-        .expect("every global exists with the size of its type");
+    obj.patch_map_data(values).expect("every global exists with the size of its type");
 }

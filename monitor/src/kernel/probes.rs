@@ -11,16 +11,14 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{MapData, PerCpuHashMap},
-    programs::{
-        links::CgroupAttachMode, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, TracePoint,
-    },
+    programs::{links::CgroupAttachMode, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, TracePoint},
     Ebpf, EbpfLoader,
 };
 use log::{info, warn};
 use monitor_common::{
     names::{globals, maps, programs},
-    FdOffsets, ListenerCounters, ListenerKey, ListenerPeak, QueueKey, QueueStats, SockOffsets, StateTpOffsets, TaskOffsets, TracepointOffsets,
-    OFFSET_UNKNOWN,
+    FdOffsets, ListenerCounters, ListenerKey, ListenerPeak, QueueKey, QueueStats, SockOffsets, StateTpOffsets,
+    TaskOffsets, TracepointOffsets, OFFSET_UNKNOWN,
 };
 
 use crate::kernel::{btf, maps as map_access, tracefs};
@@ -158,8 +156,12 @@ pub fn probe_names() -> Vec<&'static str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeState {
     /// Attached through this program.
-    Up { program: &'static str },
-    Down { reason: String },
+    Up {
+        program: &'static str,
+    },
+    Down {
+        reason: String,
+    },
 }
 
 pub struct ProbeOptions {
@@ -198,10 +200,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 impl Probes {
     /// No probes at all: for one-shot commands and as the state when loading is impossible.
     pub fn none(reason: &str) -> Self {
-        let states = probe_names()
-            .into_iter()
-            .map(|p| (p, ProbeState::Down { reason: reason.to_string() }))
-            .collect();
+        let states = probe_names().into_iter().map(|p| (p, ProbeState::Down { reason: reason.to_string() })).collect();
         Self { ebpf: None, states }
     }
 
@@ -227,7 +226,13 @@ impl Probes {
             .override_global(globals::TP_OFFSETS, &tp, true)
             .override_global(globals::TASK_OFFSETS, &task, true)
             .override_global(globals::FD_OFFSETS, &fd, true)
-            .override_global(globals::STORM_CONFIG, &monitor_common::StormConfig { short_lived_ns: opts.short_lived.as_nanos().min(u128::from(u64::MAX)) as u64 }, true)
+            .override_global(
+                globals::STORM_CONFIG,
+                &monitor_common::StormConfig {
+                    short_lived_ns: opts.short_lived.as_nanos().min(u128::from(u64::MAX)) as u64,
+                },
+                true,
+            )
             .map_max_entries(maps::SOCKS, opts.max_sockets)
             .map_max_entries(maps::SEEDED, opts.max_sockets)
             .load(EBPF_OBJECT)
@@ -250,7 +255,14 @@ impl Probes {
                 states.insert(spec.probe, ProbeState::Down { reason: "disabled by --probes.disable".into() });
                 continue;
             }
-            let env = AttachEnv { sock: &sock, tp: &tp, fd: &fd, kernel_btf: kernel_btf.as_ref(), tracefs: tracefs_dir.as_deref(), cgroup_root: opts.cgroup_root.as_deref() };
+            let env = AttachEnv {
+                sock: &sock,
+                tp: &tp,
+                fd: &fd,
+                kernel_btf: kernel_btf.as_ref(),
+                tracefs: tracefs_dir.as_deref(),
+                cgroup_root: opts.cgroup_root.as_deref(),
+            };
             let result = attach(&mut ebpf, spec, &env);
             let state = match result {
                 Ok(()) => {
@@ -299,7 +311,9 @@ impl Probes {
     pub fn take_listener_stats(&mut self) -> KernelListenerStats {
         let mut out = KernelListenerStats::default();
         let Some(ebpf) = self.ebpf.as_mut() else { return out };
-        if let Ok(mut peaks) = map_access::open_mut::<PerCpuHashMap<&mut MapData, ListenerKey, ListenerPeak>>(ebpf, maps::LISTEN_PEAKS) {
+        if let Ok(mut peaks) =
+            map_access::open_mut::<PerCpuHashMap<&mut MapData, ListenerKey, ListenerPeak>>(ebpf, maps::LISTEN_PEAKS)
+        {
             let keys: Vec<ListenerKey> = peaks.keys().filter_map(|k| map_access::ok(maps::LISTEN_PEAKS, k)).collect();
             for key in keys {
                 if let Some(values) = map_access::ok(maps::LISTEN_PEAKS, peaks.get(&key, 0)) {
@@ -312,7 +326,9 @@ impl Probes {
                 let _ = peaks.remove(&key);
             }
         }
-        if let Ok(counters) = map_access::open::<PerCpuHashMap<&MapData, ListenerKey, ListenerCounters>>(ebpf, maps::LISTEN_COUNTERS) {
+        if let Ok(counters) =
+            map_access::open::<PerCpuHashMap<&MapData, ListenerKey, ListenerCounters>>(ebpf, maps::LISTEN_COUNTERS)
+        {
             for (key, values) in counters.iter().filter_map(|r| map_access::ok(maps::LISTEN_COUNTERS, r)) {
                 let mut sum = ListenerCounters::default();
                 for v in values.iter() {
@@ -372,7 +388,8 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Res
             let btf = env.kernel_btf.ok_or_else(|| anyhow!("no kernel BTF at /sys/kernel/btf/vmlinux"))?;
             if name == "inet_sock_set_state" {
                 // This variant reads the tuple from the socket rather than from a trace record.
-                let tuple = [sock.protocol, sock.dport, sock.daddr, sock.v6_daddr, sock.num, sock.rcv_saddr, sock.v6_rcv_saddr];
+                let tuple =
+                    [sock.protocol, sock.dport, sock.daddr, sock.v6_daddr, sock.num, sock.rcv_saddr, sock.v6_rcv_saddr];
                 if tuple.contains(&OFFSET_UNKNOWN) {
                     return Err(anyhow!("struct sock address, port or sk_protocol offsets unknown (sk_protocol is a bitfield before Linux 5.6)"));
                 }
@@ -394,10 +411,19 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Res
                 ("tcp", "tcp_send_reset") => tp.tx_reset_skaddr,
                 ("syscalls", "sys_enter_listen") => {
                     let f = env.fd;
-                    [f.task_files, f.files_fdt, f.fdt_fd, f.fdt_max_fds, f.file_inode, f.inode_ino, f.listen_fd, f.listen_backlog]
-                        .into_iter()
-                        .max()
-                        .unwrap_or(OFFSET_UNKNOWN)
+                    [
+                        f.task_files,
+                        f.files_fdt,
+                        f.fdt_fd,
+                        f.fdt_max_fds,
+                        f.file_inode,
+                        f.inode_ino,
+                        f.listen_fd,
+                        f.listen_backlog,
+                    ]
+                    .into_iter()
+                    .max()
+                    .unwrap_or(OFFSET_UNKNOWN)
                 }
                 _ => 0,
             };
@@ -441,7 +467,9 @@ fn hook_name(hook: Hook) -> String {
     match hook {
         Hook::BtfTracepoint(name) => format!("tp_btf/{name}"),
         Hook::Tracepoint { group, name } => format!("tracepoint/{group}/{name}"),
-        Hook::Tracepoints { group, names } => names.iter().map(|n| format!("tracepoint/{group}/{n}")).collect::<Vec<_>>().join(" + "),
+        Hook::Tracepoints { group, names } => {
+            names.iter().map(|n| format!("tracepoint/{group}/{n}")).collect::<Vec<_>>().join(" + ")
+        }
         Hook::CgroupSkbEgress => "cgroup_skb/egress".to_string(),
     }
 }
@@ -493,7 +521,10 @@ fn tracepoint_offsets(dir: &Path) -> (TracepointOffsets, Option<std::path::PathB
 /// Record offsets of the syscall tracepoints the accept-queue programs read.
 fn syscall_offsets(dir: &Path, fd: &mut FdOffsets) {
     let field = |name: &str, field: &str| {
-        tracefs::read_format(dir, "syscalls", name).ok().and_then(|f| f.field(field).map(|f| f.offset).ok()).unwrap_or(OFFSET_UNKNOWN)
+        tracefs::read_format(dir, "syscalls", name)
+            .ok()
+            .and_then(|f| f.field(field).map(|f| f.offset).ok())
+            .unwrap_or(OFFSET_UNKNOWN)
     };
     fd.accept_ret = field("sys_exit_accept4", "ret");
     // accept() and accept4() share the exit record's layout; attach refuses if they ever differ.
@@ -506,7 +537,10 @@ fn syscall_offsets(dir: &Path, fd: &mut FdOffsets) {
 
 /// OFFSET_UNKNOWN if any field the state program reads is missing, else 0.
 fn state_offsets_complete(s: &StateTpOffsets) -> u32 {
-    let all = [s.skaddr, s.oldstate, s.newstate, s.sport, s.dport, s.family, s.protocol, s.saddr, s.daddr, s.saddr_v6, s.daddr_v6];
+    let all = [
+        s.skaddr, s.oldstate, s.newstate, s.sport, s.dport, s.family, s.protocol, s.saddr, s.daddr, s.saddr_v6,
+        s.daddr_v6,
+    ];
     if all.contains(&OFFSET_UNKNOWN) {
         OFFSET_UNKNOWN
     } else {

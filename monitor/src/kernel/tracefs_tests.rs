@@ -92,10 +92,7 @@ fn inet_sock_set_state() {
     assert_eq!(f.name, "inet_sock_set_state");
     assert_eq!(f.id, Some(2287));
     assert_eq!(f.fields.len(), 15);
-    assert_eq!(
-        field(&f, "common_type"),
-        (0, 2, false, "unsigned short".into())
-    );
+    assert_eq!(field(&f, "common_type"), (0, 2, false, "unsigned short".into()));
     assert_eq!(field(&f, "common_pid"), (4, 4, true, "int".into()));
     assert_eq!(field(&f, "skaddr"), (8, 8, false, "const void *".into()));
     assert_eq!(field(&f, "oldstate"), (16, 4, true, "int".into()));
@@ -132,10 +129,7 @@ fn sk_data_ready() {
 #[test]
 fn data_loc_field() {
     let f = parse_format(SCHED_PROCESS_EXEC).unwrap();
-    assert_eq!(
-        field(&f, "filename"),
-        (8, 4, false, "__data_loc char[]".into())
-    );
+    assert_eq!(field(&f, "filename"), (8, 4, false, "__data_loc char[]".into()));
     assert_eq!(field(&f, "old_pid"), (16, 4, true, "pid_t".into()));
 }
 
@@ -211,23 +205,14 @@ fn read_format_from_a_directory_tree() {
     std::fs::write(tp.join("format"), SK_DATA_READY).unwrap();
     let f = read_format(&dir, "sock", "sk_data_ready").unwrap();
     assert_eq!(f.field("skaddr").unwrap().offset, 8);
-    let e = read_format(&dir, "tcp", "tcp_nope")
-        .unwrap_err()
-        .to_string();
+    let e = read_format(&dir, "tcp", "tcp_nope").unwrap_err().to_string();
     assert!(
-        e.starts_with("tracepoint tcp:tcp_nope not found at ")
-            && e.ends_with("this kernel does not have it"),
+        e.starts_with("tracepoint tcp:tcp_nope not found at ") && e.ends_with("this kernel does not have it"),
         "{e}"
     );
     std::fs::write(tp.join("format"), "name: sk_data_ready\n").unwrap();
-    let e = format!(
-        "{:#}",
-        read_format(&dir, "sock", "sk_data_ready").unwrap_err()
-    );
-    assert!(
-        e.contains("sock:sk_data_ready") && e.contains("no fields"),
-        "{e}"
-    );
+    let e = format!("{:#}", read_format(&dir, "sock", "sk_data_ready").unwrap_err());
+    assert!(e.contains("sock:sk_data_ready") && e.contains("no fields"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -239,11 +224,7 @@ fn running_kernel_tracepoints() {
         eprintln!("skipping: tracefs not available");
         return;
     };
-    for (g, n) in [
-        ("sock", "inet_sock_set_state"),
-        ("tcp", "tcp_retransmit_synack"),
-        ("sock", "sk_data_ready"),
-    ] {
+    for (g, n) in [("sock", "inet_sock_set_state"), ("tcp", "tcp_retransmit_synack"), ("sock", "sk_data_ready")] {
         let f = read_format(&dir, g, n).unwrap();
         assert_eq!(f.name, n);
         assert_eq!(f.field("skaddr").unwrap().size, 8);

@@ -20,13 +20,7 @@ use crate::{
 };
 
 /// `how` values of the rejection counter, in export order.
-pub const REJECTION_KINDS: [&str; 5] = [
-    "reset_young",
-    "closed_young",
-    "refused",
-    "timeout",
-    "unreachable",
-];
+pub const REJECTION_KINDS: [&str; 5] = ["reset_young", "closed_young", "refused", "timeout", "unreachable"];
 
 /// Most workloads remembered per destination and sample; more are counted, not named.
 const MAX_WORKLOADS: usize = 256;
@@ -48,11 +42,7 @@ pub struct DestKey {
 
 impl DestKey {
     pub fn of(p: &Pool) -> DestKey {
-        DestKey {
-            service: p.service.clone(),
-            dst_addr: p.dst_addr,
-            dst_port: p.dst_port,
-        }
+        DestKey { service: p.service.clone(), dst_addr: p.dst_addr, dst_port: p.dst_port }
     }
 }
 
@@ -96,10 +86,7 @@ impl Evidence {
                 timeout + aborted,
                 unreachable + other,
             ],
-            resets: s
-                .resets_received
-                .saturating_sub(refused)
-                .saturating_sub(s.died_reset),
+            resets: s.resets_received.saturating_sub(refused).saturating_sub(s.died_reset),
         }
     }
 
@@ -222,38 +209,17 @@ fn sums(pools: &[Pool]) -> BTreeMap<DestKey, Sum> {
 }
 
 impl Tracker {
-    pub fn new(
-        saturated: DestinationSaturatedRule,
-        failing: DependencyFailingRule,
-        near: NearCeilingRule,
-    ) -> Self {
-        Self {
-            saturated,
-            failing,
-            near,
-            states: HashMap::new(),
-        }
+    pub fn new(saturated: DestinationSaturatedRule, failing: DependencyFailingRule, near: NearCeilingRule) -> Self {
+        Self { saturated, failing, near, states: HashMap::new() }
     }
 
     /// Destinations of `pools` at `now` (seconds, monotonic). `record` adds a sample to the rules'
     /// history (alert evaluations do; scrapes only read, so their pace does not matter);
     /// `scrape` starts a new peak period.
-    pub fn update(
-        &mut self,
-        now: f64,
-        pools: &[Pool],
-        record: bool,
-        scrape: bool,
-    ) -> Vec<Destination> {
+    pub fn update(&mut self, now: f64, pools: &[Pool], record: bool, scrape: bool) -> Vec<Destination> {
         let sums = sums(pools);
         self.states.retain(|k, _| sums.contains_key(k));
-        let keep = self
-            .saturated
-            .window
-            .0
-            .max(self.failing.window.0)
-            .max(self.near.window.0)
-            .as_secs_f64();
+        let keep = self.saturated.window.0.max(self.failing.window.0).max(self.near.window.0).as_secs_f64();
         let mut out = Vec::with_capacity(sums.len());
         for (key, s) in sums {
             let st = self.states.entry(key.clone()).or_default();
@@ -263,11 +229,7 @@ impl Tracker {
                 st.peak = s.connections;
             }
             if record {
-                let failed = s
-                    .workloads
-                    .iter()
-                    .map(|(w, (_, f))| (w.clone(), *f))
-                    .collect();
+                let failed = s.workloads.iter().map(|(w, (_, f))| (w.clone(), *f)).collect();
                 let sample = Sample {
                     t: now,
                     connections: s.connections,
@@ -277,19 +239,13 @@ impl Tracker {
                 };
                 learn_ceiling(st, &sample);
                 st.samples.push_back(sample);
-                while st.samples.len() > MAX_SAMPLES
-                    || st.samples.front().is_some_and(|f| now - f.t > keep)
-                {
+                while st.samples.len() > MAX_SAMPLES || st.samples.front().is_some_and(|f| now - f.t > keep) {
                     st.samples.pop_front();
                 }
             }
             let recent = recent(&self.saturated, &self.failing, &self.near, st, now);
-            let mut workloads: Vec<(String, i64)> = s
-                .workloads
-                .iter()
-                .filter(|(_, (c, _))| *c > 0)
-                .map(|(w, (c, _))| (w.clone(), *c))
-                .collect();
+            let mut workloads: Vec<(String, i64)> =
+                s.workloads.iter().filter(|(_, (c, _))| *c > 0).map(|(w, (c, _))| (w.clone(), *c)).collect();
             workloads.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             out.push(Destination {
                 key,
@@ -303,11 +259,7 @@ impl Tracker {
                 recent,
             });
         }
-        out.sort_by(|a, b| {
-            b.connections
-                .cmp(&a.connections)
-                .then_with(|| a.key.cmp(&b.key))
-        });
+        out.sort_by(|a, b| b.connections.cmp(&a.connections).then_with(|| a.key.cmp(&b.key)));
         out
     }
 }
@@ -331,12 +283,7 @@ fn recent(
             ..Default::default()
         };
         // The sample just before the window is the baseline its first interval is measured from.
-        let base = st
-            .samples
-            .iter()
-            .rev()
-            .find(|s| now - s.t > sat_w)
-            .or(in_sat.first().copied());
+        let base = st.samples.iter().rev().find(|s| now - s.t > sat_w).or(in_sat.first().copied());
         if let Some(base) = base {
             let mut prev = base;
             for s in &in_sat {
@@ -353,39 +300,23 @@ fn recent(
         }
         let dep_w = failing.window.0.as_secs_f64();
         let in_dep: Vec<&Sample> = within(dep_w).collect();
-        if let (Some(base), Some(last)) = (
-            st.samples
-                .iter()
-                .rev()
-                .find(|s| now - s.t > dep_w)
-                .or(in_dep.first().copied()),
-            in_dep.last(),
-        ) {
+        if let (Some(base), Some(last)) =
+            (st.samples.iter().rev().find(|s| now - s.t > dep_w).or(in_dep.first().copied()), in_dep.last())
+        {
             r.failing = last
                 .failed
                 .iter()
                 .filter_map(|(w, n)| {
                     // A workload first seen inside the window started from zero.
                     let before = base.failed.get(w).copied().unwrap_or(0);
-                    let grew = if std::ptr::eq(base, *last) {
-                        0
-                    } else {
-                        n.saturating_sub(before)
-                    };
+                    let grew = if std::ptr::eq(base, *last) { 0 } else { n.saturating_sub(before) };
                     (grew > 0).then(|| (w.clone(), grew))
                 })
                 .collect();
-            r.failing
-                .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            r.failing.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         }
-        let pts: Vec<(f64, f64)> = within(near.window.0.as_secs_f64())
-            .map(|s| (s.t, s.connections as f64))
-            .collect();
-        r.slope = if pts.len() >= 3 {
-            theil_sen(&pts, 60).unwrap_or(0.0)
-        } else {
-            0.0
-        };
+        let pts: Vec<(f64, f64)> = within(near.window.0.as_secs_f64()).map(|s| (s.t, s.connections as f64)).collect();
+        r.slope = if pts.len() >= 3 { theil_sen(&pts, 60).unwrap_or(0.0) } else { 0.0 };
         r
     }
 }
@@ -408,13 +339,7 @@ fn learn_ceiling(st: &mut State, sample: &Sample) {
                 Some(_) => st.ceiling = Some(st.ceiling.unwrap_or(held).max(held)),
             }
         }
-    } else if st
-        .samples
-        .iter()
-        .rev()
-        .take(2)
-        .all(|s| s.rejected == sample.rejected)
-    {
+    } else if st.samples.iter().rev().take(2).all(|s| s.rejected == sample.rejected) {
         // Two quiet intervals end the run; the ceiling learned is kept.
         st.held_at_start = None;
     }

@@ -12,8 +12,8 @@ use monitor_common::{ListenerKey, QueueStats, AF_INET, TCP_LISTEN, TCP_SYN_RECV}
 use serde::Serialize;
 
 use crate::{
-    scan::diag::DiagSocket,
     kernel::probes::KernelListenerStats,
+    scan::diag::DiagSocket,
     scan::procs::Owner,
     scan::{self, Scan},
 };
@@ -190,9 +190,7 @@ pub fn build(scan: &Scan, cgroups: &mut crate::attribution::cgroups::CgroupNames
             }
         }
     }
-    snap.listeners.sort_by(|a, b| {
-        b.fill.total_cmp(&a.fill).then(a.netns.cmp(&b.netns)).then(a.port.cmp(&b.port))
-    });
+    snap.listeners.sort_by(|a, b| b.fill.total_cmp(&a.fill).then(a.netns.cmp(&b.netns)).then(a.port.cmp(&b.port)));
     snap
 }
 
@@ -281,9 +279,8 @@ pub fn owner_among<I>(listening: I, addr: IpAddr, port: u16) -> Option<usize>
 where
     I: Iterator<Item = Option<(IpAddr, u16)>> + Clone,
 {
-    let candidates = || {
-        listening.clone().enumerate().filter_map(move |(i, l)| l.filter(|(_, p)| *p == port).map(|(a, _)| (i, a)))
-    };
+    let candidates =
+        || listening.clone().enumerate().filter_map(move |(i, l)| l.filter(|(_, p)| *p == port).map(|(a, _)| (i, a)));
     candidates()
         .find(|(_, a)| *a == addr)
         .or_else(|| candidates().find(|(_, a)| a.is_unspecified() && a.is_ipv4() == addr.is_ipv4()))
@@ -459,10 +456,7 @@ mod tests {
         ];
         let ls = listeners_of(7, None, &socks);
         let q: Vec<(u16, String, u32)> = ls.iter().map(|l| (l.port, l.addr.to_string(), l.syn_queue)).collect();
-        assert_eq!(
-            q,
-            vec![(80, "0.0.0.0".into(), 2), (80, "10.0.0.1".into(), 1), (443, "::".into(), 1)]
-        );
+        assert_eq!(q, vec![(80, "0.0.0.0".into(), 2), (80, "10.0.0.1".into(), 1), (443, "::".into(), 1)]);
         assert_eq!(ls[0].fill, 0.25);
         assert_eq!(ls[0].drops, 3);
     }

@@ -14,7 +14,9 @@ use aya::{
     Ebpf,
 };
 use monitor_common::{
-    names::maps::{ACCEPTS, LOST, POOL_LIVE, POOL_PEAK, POOL_STATS, PROTO_SEEN, RETRY_EVENTS, SEEDED, SEEDED_LEFT, SOCKS},
+    names::maps::{
+        ACCEPTS, LOST, POOL_LIVE, POOL_PEAK, POOL_STATS, PROTO_SEEN, RETRY_EVENTS, SEEDED, SEEDED_LEFT, SOCKS,
+    },
     AcceptKey, PoolKey, PoolStats, RetryEvent, SockInfo, AF_INET, FAIL_REASONS, LOST_REASONS, PROTO_POSTGRES,
     PROTO_REDIS, TCP_LISTEN,
 };
@@ -23,9 +25,9 @@ use serde::Serialize;
 use crate::{
     attribution::cgroups::CgroupNames,
     kernel::maps::{ok, open as map, open_mut as map_mut},
+    model::services::{self, Services},
     scan::diag::DiagSocket,
     scan::{self, Scan},
-    model::services::{self, Services},
 };
 
 /// Names of the labels that identify a pool in metrics and alerts, in [`Pool::label_values`] order.
@@ -33,7 +35,15 @@ pub const POOL_LABELS: [&str; 5] = ["service", "dst_addr", "dst_port", "comm", "
 
 pub const FAILURE_REASONS: [&str; FAIL_REASONS] = ["refused", "timeout", "unreachable", "aborted", "other"];
 pub const CLIENT_CLASSES: [&str; 4] = ["loopback", "private", "link_local", "public"];
-pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = ["socket_table_full", "socket_untracked", "pool_table_full", "retry_ring_full", "unseen_handshake", "missed_close", "queue_untracked"];
+pub const LOST_REASON_NAMES: [&str; LOST_REASONS as usize] = [
+    "socket_table_full",
+    "socket_untracked",
+    "pool_table_full",
+    "retry_ring_full",
+    "unseen_handshake",
+    "missed_close",
+    "queue_untracked",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Pool {
@@ -65,7 +75,13 @@ pub struct Pool {
 impl Pool {
     /// Values of [`POOL_LABELS`]: the one place a pool's identity labels are built.
     pub fn label_values(&self) -> [String; 5] {
-        [self.service.clone(), self.dst_addr.to_string(), self.dst_port.to_string(), self.comm.clone(), self.cgroup.clone()]
+        [
+            self.service.clone(),
+            self.dst_addr.to_string(),
+            self.dst_port.to_string(),
+            self.comm.clone(),
+            self.cgroup.clone(),
+        ]
     }
 }
 
@@ -308,7 +324,9 @@ impl PoolTracker {
                 if scan_started_ns.saturating_sub(info.connect_ns) > STALE_CONNECT_NS {
                     abandoned.push(sk);
                 }
-            } else if info.established_ns < scan_started_ns && !live.contains(&(info.pool.netns, info.saddr, info.sport)) {
+            } else if info.established_ns < scan_started_ns
+                && !live.contains(&(info.pool.netns, info.saddr, info.sport))
+            {
                 absent.insert((sk, info.pool));
             }
         }
@@ -379,7 +397,12 @@ impl PoolTracker {
                 failures: Some(failures),
                 failure_reasons: Some(reasons),
                 stats: Some(s),
-                ..pool_of(&key, &self.services, &mut self.cgroups, self.protocols.get(&(addr_of(key.family, &key.daddr), key.dport)).copied())
+                ..pool_of(
+                    &key,
+                    &self.services,
+                    &mut self.cgroups,
+                    self.protocols.get(&(addr_of(key.family, &key.daddr), key.dport)).copied(),
+                )
             });
         }
         self.forget(ebpf, &idle);
@@ -399,8 +422,16 @@ impl PoolTracker {
 
     /// "service=… dst=… comm=… cgroup=…" for log lines.
     pub fn describe(&mut self, key: &PoolKey) -> String {
-        let p = pool_of(key, &self.services, &mut self.cgroups, self.protocols.get(&(addr_of(key.family, &key.daddr), key.dport)).copied());
-        format!("service={} dst_addr={} dst_port={} comm={} cgroup={}", p.service, p.dst_addr, p.dst_port, p.comm, p.cgroup)
+        let p = pool_of(
+            key,
+            &self.services,
+            &mut self.cgroups,
+            self.protocols.get(&(addr_of(key.family, &key.daddr), key.dport)).copied(),
+        );
+        format!(
+            "service={} dst_addr={} dst_port={} comm={} cgroup={}",
+            p.service, p.dst_addr, p.dst_port, p.comm, p.cgroup
+        )
     }
 
     /// Moves what the protocol probe recognised into the per-destination memory.

@@ -63,32 +63,17 @@ pub struct Sources {
 
 impl QueueTracker {
     pub fn new(client_timeout: Duration) -> Self {
-        Self {
-            history: HashMap::new(),
-            started: Instant::now(),
-            client_timeout: client_timeout.as_secs_f64(),
-        }
+        Self { history: HashMap::new(), started: Instant::now(), client_timeout: client_timeout.as_secs_f64() }
     }
 
     /// Folds the kernel's counters into `listeners` (whose `queued` the peak tracker has set)
     /// and records a sample for each; call on every scan.
-    pub fn observe(
-        &mut self,
-        listeners: &mut [Listener],
-        kernel: &KernelListenerStats,
-        src: Sources,
-    ) {
+    pub fn observe(&mut self, listeners: &mut [Listener], kernel: &KernelListenerStats, src: Sources) {
         let now = self.started.elapsed().as_secs_f64();
         self.observe_at(now, listeners, kernel, src);
     }
 
-    pub fn observe_at(
-        &mut self,
-        now: f64,
-        listeners: &mut [Listener],
-        kernel: &KernelListenerStats,
-        src: Sources,
-    ) {
+    pub fn observe_at(&mut self, now: f64, listeners: &mut [Listener], kernel: &KernelListenerStats, src: Sources) {
         let per_listener = fold_queue_stats(listeners, &kernel.queues);
         let mut seen = std::collections::HashSet::new();
         for (i, l) in listeners.iter_mut().enumerate() {
@@ -144,11 +129,7 @@ fn figures(h: &VecDeque<Sample>, backlog: u32) -> Figures {
         return Figures::default();
     }
     // Time-weighted mean depth (trapezoids between samples).
-    let area: f64 = h
-        .iter()
-        .zip(h.iter().skip(1))
-        .map(|(a, b)| (b.t - a.t) * (a.depth + b.depth) / 2.0)
-        .sum();
+    let area: f64 = h.iter().zip(h.iter().skip(1)).map(|(a, b)| (b.t - a.t) * (a.depth + b.depth) / 2.0).sum();
     let mean_depth = area / span;
     let mut out = Figures::default();
     if let (Some(q0), Some(q1)) = (first.queued, last.queued) {
@@ -176,15 +157,11 @@ fn figures(h: &VecDeque<Sample>, backlog: u32) -> Figures {
 }
 
 /// The kernel's per-(netns, address, port) queue counters summed per listener index.
-fn fold_queue_stats(
-    listeners: &[Listener],
-    queues: &HashMap<QueueKey, QueueStats>,
-) -> HashMap<usize, QueueStats> {
+fn fold_queue_stats(listeners: &[Listener], queues: &HashMap<QueueKey, QueueStats>) -> HashMap<usize, QueueStats> {
     let mut out: HashMap<usize, QueueStats> = HashMap::new();
     for (key, stats) in queues {
         let addr = queue_key_addr(key);
-        if let Some(i) = listeners::owning_listener(listeners, u64::from(key.netns), addr, key.port)
-        {
+        if let Some(i) = listeners::owning_listener(listeners, u64::from(key.netns), addr, key.port) {
             add_queue_stats(out.entry(i).or_default(), stats);
         }
     }
@@ -206,20 +183,13 @@ mod tests {
     use super::*;
 
     fn s(t: f64, depth: f64, queued: u64) -> Sample {
-        Sample {
-            t,
-            depth,
-            queued: Some(queued),
-            accepted: None,
-        }
+        Sample { t, depth, queued: Some(queued), accepted: None }
     }
 
     #[test]
     fn littles_law_on_a_steady_full_queue() {
         // 100 queued, 50 accepted/s (arrivals match accepts): W = 100 / 50 = 2 s.
-        let h: VecDeque<Sample> = (0..=10)
-            .map(|i| s(i as f64, 100.0, 1000 + 50 * i))
-            .collect();
+        let h: VecDeque<Sample> = (0..=10).map(|i| s(i as f64, 100.0, 1000 + 50 * i)).collect();
         let f = figures(&h, 200);
         assert_eq!(f.rate, Some(50.0));
         assert_eq!(f.wait, Some(2.0));
@@ -229,9 +199,7 @@ mod tests {
     #[test]
     fn a_filling_queue_counts_only_what_left() {
         // 100 arrivals/s, queue grows 50/s: 50 accepted/s, mean depth 250 → 5 s.
-        let h: VecDeque<Sample> = (0..=10)
-            .map(|i| s(i as f64, 50.0 * i as f64, 100 * i))
-            .collect();
+        let h: VecDeque<Sample> = (0..=10).map(|i| s(i as f64, 50.0 * i as f64, 100 * i)).collect();
         let f = figures(&h, 4096);
         assert_eq!(f.rate, Some(50.0));
         assert_eq!(f.wait, Some(5.0));
@@ -251,18 +219,8 @@ mod tests {
     #[test]
     fn measured_wait_is_the_mean_over_the_window() {
         let mut h: VecDeque<Sample> = VecDeque::new();
-        h.push_back(Sample {
-            t: 0.0,
-            depth: 0.0,
-            queued: None,
-            accepted: Some((10, 5_000_000_000)),
-        });
-        h.push_back(Sample {
-            t: 5.0,
-            depth: 0.0,
-            queued: None,
-            accepted: Some((14, 7_000_000_000)),
-        });
+        h.push_back(Sample { t: 0.0, depth: 0.0, queued: None, accepted: Some((10, 5_000_000_000)) });
+        h.push_back(Sample { t: 5.0, depth: 0.0, queued: None, accepted: Some((14, 7_000_000_000)) });
         let f = figures(&h, 8);
         assert_eq!(f.measured, Some(0.5));
         assert_eq!(f.wait, None);
@@ -276,16 +234,8 @@ mod tests {
         mapped[10] = 0xff;
         mapped[11] = 0xff;
         mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
-        let key = QueueKey {
-            netns: 7,
-            port: 8080,
-            family: 10,
-            addr: mapped,
-        };
-        let stats = QueueStats {
-            abandoned_fin: 3,
-            ..Default::default()
-        };
+        let key = QueueKey { netns: 7, port: 8080, family: 10, addr: mapped };
+        let stats = QueueStats { abandoned_fin: 3, ..Default::default() };
         let folded = fold_queue_stats(&ls, &HashMap::from([(key, stats)]));
         assert_eq!(folded.get(&0).map(|s| s.abandoned_fin), Some(3));
     }

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::{
     config::storm::StormSettings,
-    model::stats::{median, theil_sen},
     model::listeners::{Listener, ListenerId},
+    model::stats::{median, theil_sen},
 };
 
 /// Backoff and jitter of a sequence of failed attempts.
@@ -45,7 +45,11 @@ pub fn estimate(times_ns: &[u64]) -> Option<RetryEstimate> {
     let ratios: Vec<f64> = gaps.iter().enumerate().map(|(i, g)| g / (intercept + slope * i as f64).exp2()).collect();
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / ratios.len() as f64;
-    Some(RetryEstimate { backoff: slope.exp2(), jitter: if mean > 0.0 { var.sqrt() / mean } else { 0.0 }, gaps: gaps.len() })
+    Some(RetryEstimate {
+        backoff: slope.exp2(),
+        jitter: if mean > 0.0 { var.sqrt() / mean } else { 0.0 },
+        gaps: gaps.len(),
+    })
 }
 
 /// Attempts per second and the bad share between two readings; `soft` says whether connections
@@ -174,12 +178,15 @@ impl Detector {
             rate: (rate / threshold).min(1.0),
             failures: (bad_ratio / cfg.bad_ratio).min(1.0),
             // No estimate yet (too few failures) is no evidence of backoff.
-            backoff: estimate.map_or(1.0, |e| ((cfg.min_backoff - e.backoff) / (cfg.min_backoff - 1.0)).clamp(0.0, 1.0)),
+            backoff: estimate
+                .map_or(1.0, |e| ((cfg.min_backoff - e.backoff) / (cfg.min_backoff - 1.0)).clamp(0.0, 1.0)),
             overall: 0.0,
         };
         let score = Score { overall: score.rate.min(score.failures).min(score.backoff), ..score };
         let dt = now - last.0;
-        let matching = tick_rate >= threshold_for(tick_bad, tick_hard) && tick_bad >= cfg.bad_ratio && estimate.is_none_or(|e| e.backoff < cfg.min_backoff);
+        let matching = tick_rate >= threshold_for(tick_bad, tick_hard)
+            && tick_bad >= cfg.bad_ratio
+            && estimate.is_none_or(|e| e.backoff < cfg.min_backoff);
         let mut transition = None;
         // A match is judged on the whole interval since the last tick, so the signature has held
         // since that interval began, not since this tick. Ticks run a few milliseconds early or
@@ -301,7 +308,11 @@ impl StormTracker {
     pub fn pools_tick(&mut self, stats: &HashMap<PoolKey, PoolStats>, describe: &mut dyn FnMut(&PoolKey) -> String) {
         let now = self.now();
         for (key, s) in stats {
-            let r = Reading { attempts: s.attempts, hard: s.failures.iter().sum::<u64>() + s.died_reset, soft: s.died_server_closed };
+            let r = Reading {
+                attempts: s.attempts,
+                hard: s.failures.iter().sum::<u64>() + s.died_reset,
+                soft: s.died_server_closed,
+            };
             let d = self.pools.get(key, now);
             if let Some(t) = d.tick(now, r, &self.cfg) {
                 log_transition(t, "pool", &describe(key), &d.signals);
@@ -346,7 +357,11 @@ pub struct ReportRow {
 }
 
 /// Every pool and listener the detectors know, storms first, then by score.
-pub fn report(pools: &mut crate::model::pools::PoolTracker, storms: &StormTracker, listeners: &[Listener]) -> Vec<ReportRow> {
+pub fn report(
+    pools: &mut crate::model::pools::PoolTracker,
+    storms: &StormTracker,
+    listeners: &[Listener],
+) -> Vec<ReportRow> {
     let mut rows: Vec<ReportRow> = storms
         .pools
         .by_key

@@ -54,7 +54,15 @@ fn cfg() -> StormSettings {
 
 /// Drives a detector one tick per second with `per_sec` attempts, `bad_share` of them failing
 /// `gap_ms` apart; returns the transitions with their times.
-fn drive(d: &mut Detector, from: u64, secs: u64, per_sec: u64, bad_share: f64, gap_ms: u64, r: &mut Reading) -> Vec<(u64, Transition)> {
+fn drive(
+    d: &mut Detector,
+    from: u64,
+    secs: u64,
+    per_sec: u64,
+    bad_share: f64,
+    gap_ms: u64,
+    r: &mut Reading,
+) -> Vec<(u64, Transition)> {
     let mut out = Vec::new();
     for s in from..from + secs {
         r.attempts += per_sec;
@@ -174,11 +182,7 @@ fn a_pool_whose_whole_traffic_is_rejected_is_a_storm_at_four_a_second() {
             started = Some(s);
         }
     }
-    assert!(
-        started.is_some_and(|s| s <= 23),
-        "{started:?} {:?}",
-        d.signals
-    );
+    assert!(started.is_some_and(|s| s <= 23), "{started:?} {:?}", d.signals);
     // The same rate rejected with hard evidence from the start (refused): a storm too.
     let mut d = Detector::default();
     let mut r = Reading::default();
@@ -193,11 +197,7 @@ fn a_pool_whose_whole_traffic_is_rejected_is_a_storm_at_four_a_second() {
             started = Some(s);
         }
     }
-    assert!(
-        started.is_some_and(|s| s <= 4),
-        "{started:?} {:?}",
-        d.signals
-    );
+    assert!(started.is_some_and(|s| s <= 4), "{started:?} {:?}", d.signals);
     // One refused attempt a second, or a slower pace: below the floor, never a storm.
     let mut d = Detector::default();
     let mut r = Reading::default();
@@ -205,11 +205,6 @@ fn a_pool_whose_whole_traffic_is_rejected_is_a_storm_at_four_a_second() {
         r.attempts += 1;
         r.hard += 1;
         d.failure(s * 1000 * MS);
-        assert_eq!(
-            d.tick(s as f64, r, &cfg()),
-            None,
-            "tick {s}: {:?}",
-            d.signals
-        );
+        assert_eq!(d.tick(s as f64, r, &cfg()), None, "tick {s}: {:?}", d.signals);
     }
 }

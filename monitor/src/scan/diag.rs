@@ -14,8 +14,8 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{anyhow, bail, Result};
 use netlink_packet_core::{
-    DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader,
-    NetlinkMessage, NlasIterator, Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST,
+    DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NlasIterator,
+    Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
     inet::{nlas::MemInfo, ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
@@ -60,10 +60,7 @@ const RECV_BUF_LEN: usize = 64 * 1024;
 
 /// Bitmask of TCP states for idiag_states.
 pub fn state_mask(states: &[u8]) -> u32 {
-    states
-        .iter()
-        .filter(|&&s| s < 32)
-        .fold(0u32, |mask, &s| mask | (1u32 << s))
+    states.iter().filter(|&&s| s < 32).fold(0u32, |mask, &s| mask | (1u32 << s))
 }
 
 const fn align4(n: usize) -> usize {
@@ -79,11 +76,7 @@ pub fn build_request(family: u8, states: u32, meminfo: bool, seq: u32) -> Vec<u8
     let request = InetRequest {
         family,
         protocol: libc::IPPROTO_TCP as u8,
-        extensions: if meminfo {
-            ExtensionFlags::SKMEMINFO
-        } else {
-            ExtensionFlags::empty()
-        },
+        extensions: if meminfo { ExtensionFlags::SKMEMINFO } else { ExtensionFlags::empty() },
         states: StateFlags::from_bits_retain(states),
         // A dump matches on family and states only; the socket id stays zeroed.
         socket_id: SocketId::new_v4(),
@@ -96,11 +89,7 @@ pub fn build_request(family: u8, states: u32, meminfo: bool, seq: u32) -> Vec<u8
 }
 
 fn errno_name(errno: i32) -> String {
-    format!(
-        "{} ({})",
-        crate::errno::name(errno).unwrap_or("errno"),
-        io::Error::from_raw_os_error(errno)
-    )
+    format!("{} ({})", crate::errno::name(errno).unwrap_or("errno"), io::Error::from_raw_os_error(errno))
 }
 
 /// Pure: parse one recv() buffer of netlink messages; appends sockets; returns Ok(true) when
@@ -109,12 +98,8 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
     let mut off = 0usize;
     while off < buf.len() {
         let rest = buf.get(off..).unwrap_or_default();
-        let msg = NetlinkBuffer::new_checked(rest).map_err(|e| {
-            anyhow!(
-                "sock_diag reply is malformed at byte {off} of {}: {e}",
-                buf.len()
-            )
-        })?;
+        let msg = NetlinkBuffer::new_checked(rest)
+            .map_err(|e| anyhow!("sock_diag reply is malformed at byte {off} of {}: {e}", buf.len()))?;
         let len = msg.length() as usize;
         let payload = msg.payload();
         match msg.message_type() {
@@ -124,9 +109,7 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
                 if !payload.is_empty() {
                     let done = DoneBuffer::new_checked(&payload)
                         .and_then(|b| DoneMessage::parse(&b))
-                        .map_err(|e| {
-                            anyhow!("sock_diag reply is malformed: bad NLMSG_DONE: {e}")
-                        })?;
+                        .map_err(|e| anyhow!("sock_diag reply is malformed: bad NLMSG_DONE: {e}"))?;
                     if done.code < 0 {
                         bail!("sock_diag dump failed: {}", errno_name(-done.code));
                     }
@@ -154,17 +137,10 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
 
 /// One `struct inet_diag_msg` followed by its attributes.
 fn parse_socket(p: &[u8]) -> Result<DiagSocket> {
-    let h = InetResponseHeader::parse(p)
-        .map_err(|e| anyhow!("sock_diag reply is malformed: inet_diag_msg: {e}"))?;
+    let h = InetResponseHeader::parse(p).map_err(|e| anyhow!("sock_diag reply is malformed: inet_diag_msg: {e}"))?;
     let id = &h.socket_id;
-    let cookie_half = |i: usize| {
-        u64::from(u32::from_ne_bytes([
-            id.cookie[i],
-            id.cookie[i + 1],
-            id.cookie[i + 2],
-            id.cookie[i + 3],
-        ]))
-    };
+    let cookie_half =
+        |i: usize| u64::from(u32::from_ne_bytes([id.cookie[i], id.cookie[i + 1], id.cookie[i + 2], id.cookie[i + 3]]));
     let mut sock = DiagSocket {
         family: u16::from(h.family),
         state: h.state,
@@ -184,15 +160,9 @@ fn parse_socket(p: &[u8]) -> Result<DiagSocket> {
         let nla = nla.map_err(|e| anyhow!("sock_diag reply is malformed: attribute: {e}"))?;
         match nla.kind() {
             // Older kernels send fewer counters; a missing DROPS slot means "unknown", not 0.
-            INET_DIAG_SKMEMINFO => {
-                sock.sk_drops = MemInfo::parse(nla.value()).ok().map(|m| m.drops)
-            }
+            INET_DIAG_SKMEMINFO => sock.sk_drops = MemInfo::parse(nla.value()).ok().map(|m| m.drops),
             INET_DIAG_CGROUP_ID => {
-                sock.cgroup_id = nla
-                    .value()
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_ne_bytes)
+                sock.cgroup_id = nla.value().get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
             }
             _ => {}
         }
@@ -203,13 +173,12 @@ fn parse_socket(p: &[u8]) -> Result<DiagSocket> {
 /// A NETLINK_SOCK_DIAG socket in the calling thread's network namespace, with a receive timeout.
 pub(crate) fn open_sock_diag() -> Result<Socket> {
     let sock = Socket::new(NETLINK_SOCK_DIAG).map_err(|e| {
-        anyhow!("cannot open a NETLINK_SOCK_DIAG socket ({e}): the kernel needs CONFIG_INET_DIAG (try `modprobe tcp_diag`)")
+        anyhow!(
+            "cannot open a NETLINK_SOCK_DIAG socket ({e}): the kernel needs CONFIG_INET_DIAG (try `modprobe tcp_diag`)"
+        )
     })?;
     // A dump that stalls must not hang a scrape forever.
-    let tv = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
+    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
     // SAFETY: tv outlives the call and the length matches its type.
     let rc = unsafe {
         libc::setsockopt(
@@ -221,10 +190,7 @@ pub(crate) fn open_sock_diag() -> Result<Socket> {
         )
     };
     if rc < 0 {
-        bail!(
-            "cannot set a receive timeout on the sock_diag socket: {}",
-            io::Error::last_os_error()
-        );
+        bail!("cannot set a receive timeout on the sock_diag socket: {}", io::Error::last_os_error());
     }
     Ok(sock)
 }
@@ -281,10 +247,7 @@ pub fn dump_tcp(states: u32, meminfo: bool) -> Result<Vec<DiagSocket>> {
                 break;
             }
         }
-        log::trace!(
-            "sock_diag family {family}: {reads} reads, {} sockets so far",
-            out.len()
-        );
+        log::trace!("sock_diag family {family}: {reads} reads, {} sockets so far", out.len());
     }
     Ok(out)
 }

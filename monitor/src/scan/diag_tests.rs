@@ -18,9 +18,7 @@ fn ne_u32(b: &[u8], at: usize) -> Option<u32> {
 }
 
 fn nlmsg(ty: u16, payload: &[u8]) -> Vec<u8> {
-    let mut b = ((NLMSG_HDRLEN + payload.len()) as u32)
-        .to_ne_bytes()
-        .to_vec();
+    let mut b = ((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes().to_vec();
     b.extend_from_slice(&ty.to_ne_bytes());
     b.extend_from_slice(&0x2u16.to_ne_bytes()); // NLM_F_MULTI, as in real dumps
     b.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0]); // seq, pid
@@ -54,25 +52,13 @@ fn encode(s: &DiagSocket) -> Vec<u8> {
     b.extend_from_slice(&s.dport.to_be_bytes());
     b.extend_from_slice(&octets(s.src));
     b.extend_from_slice(&octets(s.dst));
-    let words = [
-        0,
-        s.cookie as u32,
-        (s.cookie >> 32) as u32,
-        0,
-        s.rqueue,
-        s.wqueue,
-        s.uid,
-    ];
-    words
-        .iter()
-        .for_each(|w| b.extend_from_slice(&w.to_ne_bytes()));
+    let words = [0, s.cookie as u32, (s.cookie >> 32) as u32, 0, s.rqueue, s.wqueue, s.uid];
+    words.iter().for_each(|w| b.extend_from_slice(&w.to_ne_bytes()));
     b.extend_from_slice(&(s.inode as u32).to_ne_bytes());
     assert_eq!(b.len(), INET_DIAG_MSG_LEN);
     b.extend(rtattr(1, &[0u8; 16]));
     if let Some(drops) = s.sk_drops {
-        let mem: Vec<u8> = (0..9u32)
-            .flat_map(|i| if i == 8 { drops } else { i * 100 }.to_ne_bytes())
-            .collect();
+        let mem: Vec<u8> = (0..9u32).flat_map(|i| if i == 8 { drops } else { i * 100 }.to_ne_bytes()).collect();
         b.extend(rtattr(INET_DIAG_SKMEMINFO, &mem));
     }
     if let Some(id) = s.cgroup_id {
@@ -104,15 +90,8 @@ fn v4_listener() -> DiagSocket {
 #[test]
 fn state_mask_sets_bits() {
     assert_eq!(state_mask(&[TCP_LISTEN]), 1 << 10);
-    assert_eq!(
-        state_mask(&[TCP_SYN_RECV, TCP_LISTEN]),
-        (1 << 3) | (1 << 10)
-    );
-    assert_eq!(
-        state_mask(&[40, 200]),
-        0,
-        "out-of-range states: ignored, no shift overflow"
-    );
+    assert_eq!(state_mask(&[TCP_SYN_RECV, TCP_LISTEN]), (1 << 3) | (1 << 10));
+    assert_eq!(state_mask(&[40, 200]), 0, "out-of-range states: ignored, no shift overflow");
     assert_eq!(state_mask(&[]), 0);
 }
 
@@ -130,10 +109,7 @@ fn build_request_layout() {
     assert_eq!(ne_u32(&r, 20), Some(1 << 10), "idiag_states");
     assert!(r[24..].iter().all(|&b| b == 0), "sockid zeroed");
     let r = build_request(libc::AF_INET as u8, 0xfff, false, 1);
-    assert_eq!(
-        (r[16], r[18], ne_u32(&r, 20)),
-        (libc::AF_INET as u8, 0, Some(0xfff))
-    );
+    assert_eq!((r[16], r[18], ne_u32(&r, 20)), (libc::AF_INET as u8, 0, Some(0xfff)));
 }
 
 #[test]
@@ -166,10 +142,7 @@ fn parses_v6_and_mapped_addresses_then_done() {
     let mut out = Vec::new();
     assert!(parse_messages(&buf, &mut out).unwrap());
     assert_eq!(out, vec![wildcard, mapped]);
-    let shown: Vec<String> = out
-        .iter()
-        .flat_map(|s| [s.src.to_string(), s.dst.to_string()])
-        .collect();
+    let shown: Vec<String> = out.iter().flat_map(|s| [s.src.to_string(), s.dst.to_string()]).collect();
     assert_eq!(shown, ["::", "::", "::ffff:10.1.2.3", "::1"]);
 }
 
@@ -196,19 +169,13 @@ fn truncated_and_malformed_input_errs_without_panicking() {
     let good = encode(&v4_listener());
     let mut out = Vec::new();
     for cut in 1..good.len() {
-        assert!(
-            parse_messages(&good[..cut], &mut out).is_err(),
-            "cut at {cut}"
-        );
+        assert!(parse_messages(&good[..cut], &mut out).is_err(), "cut at {cut}");
     }
     let mut bad = good.clone();
     bad[..4].copy_from_slice(&8u32.to_ne_bytes()); // nlmsg_len below the header size
     assert!(parse_messages(&bad, &mut out).is_err());
     let short = nlmsg(SOCK_DIAG_BY_FAMILY, &[2, 10, 0, 0]);
-    assert!(
-        parse_messages(&short, &mut out).is_err(),
-        "payload shorter than inet_diag_msg"
-    );
+    assert!(parse_messages(&short, &mut out).is_err(), "payload shorter than inet_diag_msg");
     let mut bad = good.clone();
     bad[NLMSG_HDRLEN + INET_DIAG_MSG_LEN] = 200; // first rtattr claims more than is there
     assert!(parse_messages(&bad, &mut out).is_err());
@@ -216,11 +183,7 @@ fn truncated_and_malformed_input_errs_without_panicking() {
     bad[NLMSG_HDRLEN] = 99; // unknown address family
     assert!(parse_messages(&bad, &mut out).is_err());
     // Short SKMEMINFO (old kernel): drops unknown, not an error.
-    let mut p = encode(&DiagSocket {
-        sk_drops: None,
-        cgroup_id: None,
-        ..v4_listener()
-    });
+    let mut p = encode(&DiagSocket { sk_drops: None, cgroup_id: None, ..v4_listener() });
     p.extend(rtattr(INET_DIAG_SKMEMINFO, &[0u8; 16]));
     let len = p.len() as u32;
     p[..4].copy_from_slice(&len.to_ne_bytes());
@@ -269,19 +232,13 @@ fn connect_nonblocking(a: SocketAddrV4) -> OwnedFd {
         let to = (&sin as *const libc::sockaddr_in).cast();
         let rc = libc::connect(fd.as_raw_fd(), to, SIN_LEN);
         let err = io::Error::last_os_error();
-        assert!(
-            rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
-            "connect: {err}"
-        );
+        assert!(rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS), "connect: {err}");
         fd
     }
 }
 
 fn ss(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run ss");
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("run ss");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -289,21 +246,13 @@ fn ss(args: &[&str]) -> String {
 fn ss_listener(port: u16) -> (u32, u32, Option<u32>) {
     let text = ss(&["ss", "-tlnmH", "sport", "=", &format!(":{port}")]);
     let num = |i: usize| text.split_whitespace().nth(i).and_then(|v| v.parse().ok());
-    let skmem = text
-        .split("skmem:(")
-        .nth(1)
-        .and_then(|s| s.split(')').next());
-    let drops = skmem.and_then(|m| {
-        m.split(',')
-            .find_map(|kv| kv.strip_prefix('d')?.parse().ok())
-    });
+    let skmem = text.split("skmem:(").nth(1).and_then(|s| s.split(')').next());
+    let drops = skmem.and_then(|m| m.split(',').find_map(|kv| kv.strip_prefix('d')?.parse().ok()));
     (num(1).expect("Recv-Q"), num(2).expect("Send-Q"), drops)
 }
 
 fn find_listener(socks: &[DiagSocket], port: u16) -> Option<(u32, u32, Option<u32>)> {
-    let s = socks
-        .iter()
-        .find(|s| s.state == TCP_LISTEN && s.sport == port)?;
+    let s = socks.iter().find(|s| s.state == TCP_LISTEN && s.sport == port)?;
     Some((s.rqueue, s.wqueue, s.sk_drops))
 }
 
@@ -338,25 +287,14 @@ fn v6_wildcard_and_mapped_listeners_print_like_ss() {
     let (_a, pa) = listen("[::]:0", 16);
     let (_b, pb) = listen("[::ffff:127.0.0.1]:0", 16);
     let socks = dump_tcp(state_mask(&[TCP_LISTEN]), false).unwrap();
-    for (port, want, by_ss) in [
-        (pa, "::", format!("*:{pa}")),
-        (pb, "::ffff:127.0.0.1", format!("[::ffff:127.0.0.1]:{pb}")),
-    ] {
-        let s = socks
-            .iter()
-            .find(|s| s.sport == port)
-            .expect("listener in dump");
-        assert_eq!(
-            (s.family, s.src.to_string()),
-            (libc::AF_INET6 as u16, want.to_string())
-        );
+    for (port, want, by_ss) in
+        [(pa, "::", format!("*:{pa}")), (pb, "::ffff:127.0.0.1", format!("[::ffff:127.0.0.1]:{pb}"))]
+    {
+        let s = socks.iter().find(|s| s.sport == port).expect("listener in dump");
+        assert_eq!((s.family, s.src.to_string()), (libc::AF_INET6 as u16, want.to_string()));
         assert!(s.inode != 0 && s.cookie != 0);
         let text = ss(&["ss", "-tlnH", "sport", "=", &format!(":{port}")]);
-        assert_eq!(
-            text.split_whitespace().nth(3),
-            Some(by_ss.as_str()),
-            "ss: {text:?}"
-        );
+        assert_eq!(text.split_whitespace().nth(3), Some(by_ss.as_str()), "ss: {text:?}");
     }
 }
 
@@ -382,9 +320,7 @@ fn big_dump_spans_several_reads() {
     let ls: Vec<_> = (0..400).map(|_| listen("127.0.0.1:0", 4)).collect();
     let socks = dump_tcp(state_mask(&[TCP_LISTEN]), true).unwrap();
     for (_, port) in &ls {
-        let found = socks
-            .iter()
-            .any(|s| s.sport == *port && s.sk_drops.is_some());
+        let found = socks.iter().any(|s| s.sport == *port && s.sk_drops.is_some());
         assert!(found, "port {port} missing");
     }
 }
@@ -413,10 +349,8 @@ impl Drop for ScratchNetns {
 }
 
 fn csum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
-        .sum();
+    let mut sum: u32 =
+        bytes.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)]))).sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -437,13 +371,7 @@ fn send_raw_syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> io::Res
     let c = csum(&pseudo);
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     // IPv4 header, DF, TTL 64, proto TCP; the kernel fills id, total length and checksum.
-    pseudo = [
-        &[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0][..],
-        &src.octets(),
-        &dst.octets(),
-        &tcp,
-    ]
-    .concat();
+    pseudo = [&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0][..], &src.octets(), &dst.octets(), &tcp].concat();
     let sin = sockaddr_in(SocketAddrV4::new(dst, 0));
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
@@ -464,10 +392,7 @@ fn send_raw_syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> io::Res
 }
 
 fn count_syn_recv(socks: &[DiagSocket], port: u16) -> usize {
-    socks
-        .iter()
-        .filter(|s| s.state == TCP_SYN_RECV && s.sport == port)
-        .count()
+    socks.iter().filter(|s| s.state == TCP_SYN_RECV && s.sport == port).count()
 }
 
 #[test]
@@ -475,18 +400,11 @@ fn syn_queue_request_socks_are_dumped() {
     let ns = ScratchNetns::new("syn");
     // ifb drops whatever it is asked to send (CONFIG_DUMMY is off on this kernel), so the
     // SYN-ACKs towards 10.99.0.2 vanish and the requests stay in the SYN queue (~63 s).
-    for cmd in [
-        "link add d0 type ifb",
-        "addr add 10.99.0.1/24 dev d0",
-        "link set d0 up",
-        "link set lo up",
-    ] {
+    for cmd in ["link add d0 type ifb", "addr add 10.99.0.1/24 dev d0", "link set d0 up", "link set lo up"] {
         let args: Vec<&str> = ["-n", &ns.0].into_iter().chain(cmd.split(' ')).collect();
         ns.ip(&args);
     }
-    let target = crate::scan::netns::discover()
-        .into_iter()
-        .find(|n| n.name.as_deref() == Some(ns.0.as_str()));
+    let target = crate::scan::netns::discover().into_iter().find(|n| n.name.as_deref() == Some(ns.0.as_str()));
     let target = target.expect("scratch netns discovered");
     let (local, peer) = (Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 0, 2));
     const N: usize = 5;
@@ -504,21 +422,12 @@ fn syn_queue_request_socks_are_dumped() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(100));
 
-    let masks = [
-        state_mask(&[TCP_SYN_RECV]),
-        state_mask(&[TCP_NEW_SYN_RECV]),
-        state_mask(&[TCP_LISTEN]),
-    ];
-    let dumps =
-        crate::scan::netns::run_in(&target, || masks.map(|m| dump_tcp(m, true).unwrap())).unwrap();
-    let by_ss = ss(&[
-        "ip", "netns", "exec", &ns.0, "ss", "-tnH", "state", "syn-recv",
-    ]);
+    let masks = [state_mask(&[TCP_SYN_RECV]), state_mask(&[TCP_NEW_SYN_RECV]), state_mask(&[TCP_LISTEN])];
+    let dumps = crate::scan::netns::run_in(&target, || masks.map(|m| dump_tcp(m, true).unwrap())).unwrap();
+    let by_ss = ss(&["ip", "netns", "exec", &ns.0, "ss", "-tnH", "state", "syn-recv"]);
     eprintln!("ss syn-recv:\n{by_ss}\nSYN_RECV mask -> {:#?}", dumps[0]);
 
-    let ss_count = by_ss
-        .lines()
-        .filter(|l| l.contains(&format!("10.99.0.1:{p4} ")));
+    let ss_count = by_ss.lines().filter(|l| l.contains(&format!("10.99.0.1:{p4} ")));
     let counts = dumps.each_ref().map(|d| count_syn_recv(d, p4));
     // Both bits return the request socks (reported as SYN_RECV); LISTEN alone returns none.
     let what = "ss, SYN_RECV mask, NEW_SYN_RECV mask, LISTEN mask";
@@ -527,15 +436,9 @@ fn syn_queue_request_socks_are_dumped() {
     let want = (IpAddr::V4(local), IpAddr::V4(peer), 0, None);
     assert_eq!((req.src, req.dst, req.inode, req.sk_drops), want);
     assert!((40000..40000 + N as u16).contains(&req.dport));
-    let v6req = dumps[0]
-        .iter()
-        .find(|s| s.sport == p6)
-        .expect("request on the v6 listener");
+    let v6req = dumps[0].iter().find(|s| s.sport == p6).expect("request on the v6 listener");
     let mapped = IpAddr::V6(local.to_ipv6_mapped());
-    assert_eq!(
-        (v6req.family, v6req.src, v6req.state),
-        (libc::AF_INET6 as u16, mapped, TCP_SYN_RECV)
-    );
+    assert_eq!((v6req.family, v6req.src, v6req.state), (libc::AF_INET6 as u16, mapped, TCP_SYN_RECV));
     let l = dumps[2].iter().find(|s| s.sport == p4).unwrap();
     let what = "half-open requests are not in the accept queue";
     assert_eq!((l.rqueue, l.wqueue), (0, 128), "{what}");

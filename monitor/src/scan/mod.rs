@@ -22,7 +22,8 @@ const TCP_CLOSING: u8 = 11;
 
 /// States in which a connection counts as active: from the handshake until the socket closes,
 /// the same span the kernel probe counts (TIME_WAIT is after the socket closed).
-pub const CONNECTED: &[u8] = &[TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING];
+pub const CONNECTED: &[u8] =
+    &[TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING];
 
 #[derive(Debug, Clone, Default)]
 pub struct NsScan {
@@ -253,7 +254,9 @@ mod tests {
         let (second, fresh) = thrifty.scan();
         assert!(!fresh, "within the budget the second scan reuses the dump");
         assert!(has_conn(&second), "reused connections are carried over");
-        let listens = |s: &Scan, p: u16| s.namespaces.iter().any(|ns| ns.listening.iter().any(|x| x.sport == p && x.state == TCP_LISTEN));
+        let listens = |s: &Scan, p: u16| {
+            s.namespaces.iter().any(|ns| ns.listening.iter().any(|x| x.sport == p && x.state == TCP_LISTEN))
+        };
         assert!(listens(&second, late_port), "listeners are dumped afresh");
         let mut always = FullScans::new(1.0);
         assert!(always.scan().1 && always.scan().1, "budget 1 dumps every time");

@@ -62,12 +62,7 @@ pub fn discover() -> Vec<Netns> {
 
     if let Some(inode) = ns_inode(Path::new(HOST_NS)) {
         by_inode.insert(inode, out.len());
-        out.push(Netns {
-            inode,
-            name: None,
-            path: PathBuf::from(HOST_NS),
-            pid: Some(std::process::id()),
-        });
+        out.push(Netns { inode, name: None, path: PathBuf::from(HOST_NS), pid: Some(std::process::id()) });
     }
 
     // One stat per process: procfs's Process::namespaces() stats every namespace link (about ten),
@@ -79,22 +74,13 @@ pub fn discover() -> Vec<Netns> {
             continue;
         };
         by_inode.entry(inode).or_insert_with(|| {
-            out.push(Netns {
-                inode,
-                name: None,
-                path,
-                pid: Some(pid),
-            });
+            out.push(Netns { inode, name: None, path, pid: Some(pid) });
             out.len() - 1
         });
     }
 
     let mut named: Vec<(String, PathBuf)> = fs::read_dir(NAMED_NS_DIR)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
-                .collect()
-        })
+        .map(|rd| rd.flatten().filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path()))).collect())
         .unwrap_or_default();
     named.sort();
     for (name, path) in named {
@@ -114,12 +100,7 @@ pub fn discover() -> Vec<Netns> {
             }
             None => {
                 by_inode.insert(inode, out.len());
-                out.push(Netns {
-                    inode,
-                    name: Some(name),
-                    path,
-                    pid: None,
-                });
+                out.push(Netns { inode, name: Some(name), path, pid: None });
             }
         }
     }
@@ -134,9 +115,7 @@ fn gone(ns: &Netns) -> anyhow::Error {
 fn enter(ns: &Netns) -> Result<()> {
     let file = match File::open(&ns.path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
-            return Err(gone(ns))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => return Err(gone(ns)),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => bail!(
             "opening network namespace {} ({}) is not permitted: run as root or grant CAP_SYS_PTRACE",
             ns.inode,
@@ -157,15 +136,12 @@ fn enter(ns: &Netns) -> Result<()> {
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
-            Some(libc::EPERM) => bail!(
-                "entering network namespace {} needs CAP_SYS_ADMIN: run as root or grant it",
-                ns.inode
-            ),
-            Some(libc::EINVAL) => bail!(
-                "{} is not a network namespace (inode {}): check the path",
-                ns.path.display(),
-                ns.inode
-            ),
+            Some(libc::EPERM) => {
+                bail!("entering network namespace {} needs CAP_SYS_ADMIN: run as root or grant it", ns.inode)
+            }
+            Some(libc::EINVAL) => {
+                bail!("{} is not a network namespace (inode {}): check the path", ns.path.display(), ns.inode)
+            }
             _ => bail!("cannot enter network namespace {}: {err}", ns.inode),
         }
     }
@@ -192,40 +168,26 @@ pub fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
             .name("connmon-netns".into())
             .spawn_scoped(s, || enter(ns).map(|()| f()))
             .map_err(spawn_error)?;
-        handle
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
 /// Like run_in for many namespaces, but on ONE thread that setns()s to each in turn (cheaper for
 /// hundreds of pods); a namespace that fails is reported in the Vec as Err and the others still run.
 /// A panic in `f` is propagated to the caller.
-pub fn run_in_each<T: Send>(
-    nss: &[Netns],
-    f: impl Fn(&Netns) -> T + Sync,
-) -> Vec<(u64, Result<T>)> {
+pub fn run_in_each<T: Send>(nss: &[Netns], f: impl Fn(&Netns) -> T + Sync) -> Vec<(u64, Result<T>)> {
     let f = &f;
     let spawned = thread::scope(|s| {
         thread::Builder::new()
             .name("connmon-netns".into())
-            .spawn_scoped(s, move || {
-                nss.iter()
-                    .map(|ns| (ns.inode, enter(ns).map(|()| f(ns))))
-                    .collect::<Vec<_>>()
-            })
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
+            .spawn_scoped(s, move || nss.iter().map(|ns| (ns.inode, enter(ns).map(|()| f(ns)))).collect::<Vec<_>>())
+            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
     match spawned {
         Ok(results) => results,
         Err(e) => {
             let msg = spawn_error(e).to_string();
-            nss.iter()
-                .map(|ns| (ns.inode, Err(anyhow!("{msg}"))))
-                .collect()
+            nss.iter().map(|ns| (ns.inode, Err(anyhow!("{msg}")))).collect()
         }
     }
 }

@@ -9,14 +9,8 @@ struct ScratchNetns(String);
 impl ScratchNetns {
     fn new(tag: &str) -> Self {
         let name = format!("connmon-ut-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip");
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(std::process::Stdio::null()).status();
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("run ip");
         assert!(st.success(), "ip netns add {name} failed");
         ScratchNetns(name)
     }
@@ -33,10 +27,7 @@ fn thread_netns_inode() -> u64 {
 }
 
 fn find(name: &str) -> Netns {
-    discover()
-        .into_iter()
-        .find(|n| n.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("{name} not discovered"))
+    discover().into_iter().find(|n| n.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("{name} not discovered"))
 }
 
 #[test]
@@ -62,27 +53,18 @@ fn named_namespace_is_discovered_and_entered() {
     let mine = thread_netns_inode();
     let inside = run_in(&ns, thread_netns_inode).unwrap();
     assert_eq!(inside, ns.inode);
-    assert_eq!(
-        thread_netns_inode(),
-        mine,
-        "caller's thread stays where it was"
-    );
+    assert_eq!(thread_netns_inode(), mine, "caller's thread stays where it was");
 
     // The scratch namespace has only a down loopback device: a visible difference from the host.
-    let links = run_in(&ns, || {
-        fs::read_to_string("/proc/thread-self/net/dev").unwrap()
-    })
-    .unwrap();
+    let links = run_in(&ns, || fs::read_to_string("/proc/thread-self/net/dev").unwrap()).unwrap();
     assert_eq!(links.lines().count(), 3, "{links}");
 }
 
 #[test]
 fn pid_found_namespace_gets_its_name() {
     let scratch = ScratchNetns::new("pid");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &scratch.0, "sleep", "30"])
-        .spawn()
-        .expect("spawn sleep in netns");
+    let mut child =
+        Command::new("ip").args(["netns", "exec", &scratch.0, "sleep", "30"]).spawn().expect("spawn sleep in netns");
     let named = find(&scratch.0);
     // Wait for `ip netns exec` to have switched (it setns()es and then execs sleep).
     let mut seen = None;
@@ -95,14 +77,8 @@ fn pid_found_namespace_gets_its_name() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(
-        seen.is_some(),
-        "the pid-found entry and the /run/netns entry were merged with a pid"
-    );
-    assert_eq!(
-        discover().iter().filter(|n| n.inode == named.inode).count(),
-        1
-    );
+    assert!(seen.is_some(), "the pid-found entry and the /run/netns entry were merged with a pid");
+    assert_eq!(discover().iter().filter(|n| n.inode == named.inode).count(), 1);
 }
 
 #[test]
@@ -110,26 +86,14 @@ fn run_in_each_reports_failures_per_namespace() {
     let scratch = ScratchNetns::new("each");
     let host = discover().remove(0);
     let named = find(&scratch.0);
-    let vanished = Netns {
-        inode: 12345,
-        name: None,
-        path: PathBuf::from("/proc/999999999/ns/net"),
-        pid: Some(999_999_999),
-    };
+    let vanished =
+        Netns { inode: 12345, name: None, path: PathBuf::from("/proc/999999999/ns/net"), pid: Some(999_999_999) };
     // Right path, wrong inode: what a recycled pid looks like.
-    let recycled = Netns {
-        inode: 1,
-        ..host.clone()
-    };
+    let recycled = Netns { inode: 1, ..host.clone() };
     let caller = thread_netns_inode();
-    let res = run_in_each(&[host.clone(), vanished, named.clone(), recycled], |ns| {
-        (ns.inode, thread_netns_inode())
-    });
+    let res = run_in_each(&[host.clone(), vanished, named.clone(), recycled], |ns| (ns.inode, thread_netns_inode()));
     assert_eq!(thread_netns_inode(), caller);
-    let got: Vec<_> = res
-        .iter()
-        .map(|(i, r)| (*i, r.as_ref().map_err(|e| e.to_string()).cloned()))
-        .collect();
+    let got: Vec<_> = res.iter().map(|(i, r)| (*i, r.as_ref().map_err(|e| e.to_string()).cloned())).collect();
     assert_eq!(
         got,
         vec![
@@ -139,16 +103,8 @@ fn run_in_each_reports_failures_per_namespace() {
             (1, Err("network namespace 1 is gone".to_string())),
         ]
     );
-    let err = run_in(
-        &Netns {
-            inode: 7,
-            name: None,
-            path: "/run/netns/connmon-no-such".into(),
-            pid: None,
-        },
-        || (),
-    )
-    .unwrap_err();
+    let err = run_in(&Netns { inode: 7, name: None, path: "/run/netns/connmon-no-such".into(), pid: None }, || ())
+        .unwrap_err();
     assert_eq!(err.to_string(), "network namespace 7 is gone");
 }
 
@@ -170,8 +126,5 @@ fn missing_cap_sys_admin_is_explained() {
     .join()
     .unwrap();
     let inode = find(&scratch.0).inode;
-    assert_eq!(
-        err,
-        format!("entering network namespace {inode} needs CAP_SYS_ADMIN: run as root or grant it")
-    );
+    assert_eq!(err, format!("entering network namespace {inode} needs CAP_SYS_ADMIN: run as root or grant it"));
 }

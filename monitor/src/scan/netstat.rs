@@ -29,9 +29,7 @@ const NETSTAT_PATH: &str = "/proc/thread-self/net/netstat";
 /// limit"); those are kept as their two's-complement bit pattern so the whole file parses, and
 /// none of them is a counter connmon exports.
 fn parse_value(s: &str) -> Option<u64> {
-    s.parse::<u64>()
-        .ok()
-        .or_else(|| s.parse::<i64>().ok().map(|v| v as u64))
+    s.parse::<u64>().ok().or_else(|| s.parse::<i64>().ok().map(|v| v as u64))
 }
 
 fn split_prefix(line: &str) -> Option<(&str, &str)> {
@@ -52,7 +50,10 @@ pub fn parse_pairs(text: &str) -> Result<BTreeMap<String, BTreeMap<String, u64>>
             continue;
         }
         let (prefix, rest) = split_prefix(line).ok_or_else(|| {
-            anyhow!("line {} of the counters text has no `Prefix:` label: the file is not in netstat/snmp format", n + 1)
+            anyhow!(
+                "line {} of the counters text has no `Prefix:` label: the file is not in netstat/snmp format",
+                n + 1
+            )
         })?;
         let Some((names_prefix, names)) = pending.take() else {
             pending = Some((prefix, rest.split_whitespace().collect()));
@@ -76,7 +77,10 @@ pub fn parse_pairs(text: &str) -> Result<BTreeMap<String, BTreeMap<String, u64>>
         let section = out.entry(prefix.to_owned()).or_default();
         for (name, value) in names.into_iter().zip(values) {
             let v = parse_value(value).ok_or_else(|| {
-                anyhow!("{prefix}: value {value:?} of {name} is not a number (line {}): the counters text is malformed", n + 1)
+                anyhow!(
+                    "{prefix}: value {value:?} of {name} is not a number (line {}): the counters text is malformed",
+                    n + 1
+                )
             })?;
             section.insert(name.to_owned(), v);
         }
@@ -89,21 +93,16 @@ pub fn parse_pairs(text: &str) -> Result<BTreeMap<String, BTreeMap<String, u64>>
 
 /// The TcpExt section only; missing section is an error.
 pub fn tcp_ext(text: &str) -> Result<BTreeMap<String, u64>> {
-    parse_pairs(text)?.remove("TcpExt").ok_or_else(|| {
-        anyhow!(
-            "netstat text has no TcpExt section: the kernel did not report TCP extended counters"
-        )
-    })
+    parse_pairs(text)?
+        .remove("TcpExt")
+        .ok_or_else(|| anyhow!("netstat text has no TcpExt section: the kernel did not report TCP extended counters"))
 }
 
 /// Reads /proc/thread-self/net/netstat, i.e. the namespace of the calling thread (callers setns
 /// first).
 pub fn read_tcp_ext() -> Result<BTreeMap<String, u64>> {
-    let text = std::fs::read_to_string(NETSTAT_PATH).map_err(|e| {
-        anyhow!(
-            "cannot read {NETSTAT_PATH}: {e}: connmon needs /proc mounted (kernel 3.17 or newer)"
-        )
-    })?;
+    let text = std::fs::read_to_string(NETSTAT_PATH)
+        .map_err(|e| anyhow!("cannot read {NETSTAT_PATH}: {e}: connmon needs /proc mounted (kernel 3.17 or newer)"))?;
     tcp_ext(&text).with_context(|| format!("parsing {NETSTAT_PATH}"))
 }
 

@@ -25,10 +25,7 @@ Tcp: 1 200 120000 -1 26 2 0 11 0 10311 6358 1 0 16 0
 #[test]
 fn parses_captured_netstat() {
     let all = parse_pairs(NETSTAT).unwrap();
-    assert_eq!(
-        all.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["IpExt", "MPTcpExt", "TcpExt"]
-    );
+    assert_eq!(all.keys().map(String::as_str).collect::<Vec<_>>(), ["IpExt", "MPTcpExt", "TcpExt"]);
     let tcp = &all["TcpExt"];
     assert_eq!(tcp.len(), 135);
     assert_eq!(tcp["TW"], 12);
@@ -56,10 +53,7 @@ fn parses_snmp_including_signed_values() {
     assert_eq!(all["Tcp"]["RtoMax"], 120000);
     assert_eq!(all["Ip"]["DefaultTTL"], 64);
     assert_eq!(all["IcmpMsg"]["InType3"], 1);
-    assert!(tcp_ext(SNMP)
-        .unwrap_err()
-        .to_string()
-        .contains("no TcpExt section"));
+    assert!(tcp_ext(SNMP).unwrap_err().to_string().contains("no TcpExt section"));
 }
 
 fn err(text: &str) -> String {
@@ -71,19 +65,13 @@ fn err(text: &str) -> String {
 #[test]
 fn malformed_text_is_an_error_naming_the_prefix() {
     let e = err("TcpExt: A B\nTcpExt: 1\n");
-    assert!(
-        e.starts_with("TcpExt:") && e.contains("2 names but 1 values"),
-        "{e}"
-    );
+    assert!(e.starts_with("TcpExt:") && e.contains("2 names but 1 values"), "{e}");
     let e = err("TcpExt: A B\nTcpExt: 1 x\n");
     assert!(e.starts_with("TcpExt:") && e.contains("\"x\""), "{e}");
     let e = err("TcpExt: A B\nTcpExt: 1 2\nIpExt: C\n");
     assert!(e.starts_with("IpExt:") && e.contains("odd number"), "{e}");
     let e = err("TcpExt: A B\nIpExt: C\nTcpExt: 1 2\nIpExt: 3\n");
-    assert!(
-        e.starts_with("TcpExt:") && e.contains("not followed"),
-        "{e}"
-    );
+    assert!(e.starts_with("TcpExt:") && e.contains("not followed"), "{e}");
     let e = err("TcpExt: A\nTcpExt: 99999999999999999999999\n");
     assert!(e.starts_with("TcpExt:"), "{e}");
     let e = err("no colon here\n");

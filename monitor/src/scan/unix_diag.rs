@@ -5,9 +5,7 @@
 //! replies with a pure function fed bytes, and [`dump_unix_listeners`] is the only code that talks
 //! to the kernel, in the network namespace of the calling thread.
 use anyhow::{bail, Result};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
     constants::{SOCK_SEQPACKET, SOCK_STREAM, TCP_LISTEN},
     unix::{nlas::UnixDiagName, ShowFlags, StateFlags, UnixRequest},
@@ -64,14 +62,14 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<UnixListenerSock>) -> Result<boo
         }
         match msg.payload {
             NetlinkPayload::Done(d) if d.code < 0 => {
-                bail!(
-                    "unix sock_diag dump failed: {}",
-                    std::io::Error::from_raw_os_error(-d.code)
-                )
+                bail!("unix sock_diag dump failed: {}", std::io::Error::from_raw_os_error(-d.code))
             }
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(e) if e.code.is_some() => {
-                bail!("unix sock_diag request failed: {} (the kernel needs CONFIG_UNIX_DIAG; try `modprobe unix_diag`)", e.to_io())
+                bail!(
+                    "unix sock_diag request failed: {} (the kernel needs CONFIG_UNIX_DIAG; try `modprobe unix_diag`)",
+                    e.to_io()
+                )
             }
             NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
                 let kind = match r.header.kind {
@@ -181,22 +179,10 @@ mod tests {
     fn request_asks_for_listeners_with_names_and_queue_lengths() {
         let req = build_request(9);
         assert_eq!(req.len(), 16 + 24);
-        assert_eq!(
-            u16::from_ne_bytes([req[4], req[5]]),
-            20,
-            "SOCK_DIAG_BY_FAMILY"
-        );
+        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), 20, "SOCK_DIAG_BY_FAMILY");
         assert_eq!(req[16], 1, "AF_UNIX");
-        assert_eq!(
-            u32::from_ne_bytes(req[20..24].try_into().unwrap()),
-            1 << 10,
-            "LISTEN only"
-        );
-        assert_eq!(
-            u32::from_ne_bytes(req[28..32].try_into().unwrap()),
-            1 | 1 << 4,
-            "NAME | RQLEN"
-        );
+        assert_eq!(u32::from_ne_bytes(req[20..24].try_into().unwrap()), 1 << 10, "LISTEN only");
+        assert_eq!(u32::from_ne_bytes(req[28..32].try_into().unwrap()), 1 | 1 << 4, "NAME | RQLEN");
     }
 
     #[test]
@@ -208,9 +194,7 @@ mod tests {
         nack.extend_from_slice(&(-2i32).to_ne_bytes());
         nack.extend_from_slice(&[0; 16]);
         for bad in [&nack[..], &[1, 2, 3][..]] {
-            let e = parse_messages(bad, &mut Vec::new())
-                .unwrap_err()
-                .to_string();
+            let e = parse_messages(bad, &mut Vec::new()).unwrap_err().to_string();
             assert!(!e.contains('\n'), "{e}");
         }
     }
@@ -219,13 +203,12 @@ mod tests {
     fn live_dump_sees_an_abstract_listener() {
         use std::os::unix::net::UnixListener;
         let name = format!("connmon-unit-{}", std::process::id());
-        let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes()).unwrap();
+        let addr =
+            <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes())
+                .unwrap();
         let _l = UnixListener::bind_addr(&addr).unwrap();
         let found = dump_unix_listeners().unwrap();
-        let me = found
-            .iter()
-            .find(|s| s.name == format!("@{name}"))
-            .expect("listed");
+        let me = found.iter().find(|s| s.name == format!("@{name}")).expect("listed");
         assert_eq!((me.kind, me.depth), ("stream", 0));
         assert!(me.backlog > 0);
     }

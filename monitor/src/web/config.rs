@@ -253,7 +253,11 @@ pub fn parse(text: &str, name: &str, dir: &Path) -> anyhow::Result<WebConfig> {
 /// One line from a YAML error: where (line and its text, as `config` does for TOML) and what.
 fn yaml_error(e: &serde_saphyr::Error, text: &str) -> String {
     let msg = e.without_snippet().to_string();
-    let mut msg = msg.split_whitespace().collect::<Vec<_>>().join(" ").replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    let mut msg = msg
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
     let Some(loc) = e.location().filter(|l| l.line() > 0) else { return msg };
     if let Some(i) = msg.rfind(" at line ") {
         msg.truncate(i);
@@ -263,22 +267,31 @@ fn yaml_error(e: &serde_saphyr::Error, text: &str) -> String {
 }
 
 fn tls_settings(t: RawTls, dir: &Path, warnings: &mut Vec<String>) -> Result<Option<TlsSettings>, String> {
-    let pem = |file: &Option<String>, inline: &Option<String>, file_key: &str, key: &str| -> Result<Option<Pem>, String> {
-        match (non_empty(file), non_empty(inline)) {
-            (Some(_), Some(_)) => Err(format!("tls_server_config: give {file_key} or {key}, not both")),
-            (Some(f), None) => Ok(Some(Pem::File(dir.join(f)))),
-            (None, Some(text)) => Ok(Some(Pem::Inline(text.to_string()))),
-            (None, None) => Ok(None),
-        }
-    };
+    let pem =
+        |file: &Option<String>, inline: &Option<String>, file_key: &str, key: &str| -> Result<Option<Pem>, String> {
+            match (non_empty(file), non_empty(inline)) {
+                (Some(_), Some(_)) => Err(format!("tls_server_config: give {file_key} or {key}, not both")),
+                (Some(f), None) => Ok(Some(Pem::File(dir.join(f)))),
+                (None, Some(text)) => Ok(Some(Pem::Inline(text.to_string()))),
+                (None, None) => Ok(None),
+            }
+        };
     let cert = pem(&t.cert_file, &t.cert, "cert_file", "cert")?;
     let key = pem(&t.key_file, &t.key, "key_file", "key")?;
     let client_ca = pem(&t.client_ca_file, &t.client_ca, "client_ca_file", "client_ca")?;
     let auth_name = t.client_auth_type.clone().unwrap_or_default();
     let enabled = cert.is_some() || key.is_some() || client_ca.is_some() || !auth_name.is_empty();
     if !enabled {
-        if t.min_version.is_some() || t.max_version.is_some() || t.cipher_suites.is_some() || t.curve_preferences.is_some() || t.client_allowed_sans.is_some() {
-            warnings.push("tls_server_config has no cert_file/key_file: serving plain HTTP, its other settings have no effect".into());
+        if t.min_version.is_some()
+            || t.max_version.is_some()
+            || t.cipher_suites.is_some()
+            || t.curve_preferences.is_some()
+            || t.client_allowed_sans.is_some()
+        {
+            warnings.push(
+                "tls_server_config has no cert_file/key_file: serving plain HTTP, its other settings have no effect"
+                    .into(),
+            );
         }
         return Ok(None);
     }
@@ -316,7 +329,10 @@ fn tls_settings(t: RawTls, dir: &Path, warnings: &mut Vec<String>) -> Result<Opt
         } else if TLS13_SUITES.contains(&s.as_str()) || GO_ONLY_SUITES.contains(&s.as_str()) {
             dropped.push(s);
         } else {
-            return Err(format!("tls_server_config.cipher_suites: unknown cipher suite {s:?}; rustls implements {}", RUSTLS_TLS12_SUITES.join(", ")));
+            return Err(format!(
+                "tls_server_config.cipher_suites: unknown cipher suite {s:?}; rustls implements {}",
+                RUSTLS_TLS12_SUITES.join(", ")
+            ));
         }
     }
     if !dropped.is_empty() {
@@ -338,14 +354,20 @@ fn tls_settings(t: RawTls, dir: &Path, warnings: &mut Vec<String>) -> Result<Opt
             "CurveP256" => curves.push(Curve::P256),
             "CurveP384" => curves.push(Curve::P384),
             "CurveP521" => p521 = true,
-            other => return Err(format!("tls_server_config.curve_preferences: unknown curve {other:?}; use X25519, CurveP256, CurveP384")),
+            other => {
+                return Err(format!(
+                    "tls_server_config.curve_preferences: unknown curve {other:?}; use X25519, CurveP256, CurveP384"
+                ))
+            }
         }
     }
     if p521 {
         if curves.is_empty() {
             return Err("tls_server_config.curve_preferences: CurveP521 is not implemented by rustls (ring); add X25519, CurveP256 or CurveP384".into());
         }
-        warnings.push("tls_server_config.curve_preferences: ignoring CurveP521 (not implemented by rustls with ring)".into());
+        warnings.push(
+            "tls_server_config.curve_preferences: ignoring CurveP521 (not implemented by rustls with ring)".into(),
+        );
     }
     Ok(Some(TlsSettings {
         cert,
@@ -382,13 +404,19 @@ fn headers(given: BTreeMap<String, String>) -> Result<Vec<(String, String)>, Str
     for (name, value) in given {
         let Some((_, allowed)) = HEADERS.iter().find(|(h, _)| *h == name) else {
             let names: Vec<&str> = HEADERS.iter().map(|(h, _)| *h).collect();
-            return Err(format!("http_server_config.headers: {name:?} can not be configured; allowed: {}", names.join(", ")));
+            return Err(format!(
+                "http_server_config.headers: {name:?} can not be configured; allowed: {}",
+                names.join(", ")
+            ));
         };
         if value.is_empty() {
             continue; // "Unset if blank."
         }
         if !allowed.is_empty() && !allowed.contains(&value.as_str()) {
-            return Err(format!("http_server_config.headers.{name}: {value:?} is not allowed; use one of {}", allowed.join(", ")));
+            return Err(format!(
+                "http_server_config.headers.{name}: {value:?} is not allowed; use one of {}",
+                allowed.join(", ")
+            ));
         }
         if axum::http::HeaderValue::from_str(&value).is_err() {
             return Err(format!("http_server_config.headers.{name}: {value:?} is not a valid header value"));
@@ -408,7 +436,10 @@ fn rate_limit(r: RawRateLimit) -> Result<Option<RateLimit>, String> {
         return Ok(None);
     }
     match r.burst.unwrap_or(0) {
-        0 => Err("rate_limit.burst must be at least 1 when rate_limit.interval is set (0 would refuse every request)".into()),
+        0 => {
+            Err("rate_limit.burst must be at least 1 when rate_limit.interval is set (0 would refuse every request)"
+                .into())
+        }
         burst => Ok(Some(RateLimit { interval, burst })),
     }
 }

@@ -103,8 +103,14 @@ fn errors_name_the_key_and_what_to_do() {
         ("tls_server_confg:\n  cert_file: a\n".into(), "tls_server_confg"),
         (format!("{tls}  cert_fle: x\n"), "cert_fle"),
         ("basic_auth_users:\n  alice: hunter2\n".into(), "basic_auth_users.alice: not a bcrypt hash"),
-        ("basic_auth_users:\n  alice: $2y$99$BZTEQcrhM4oPENsxuAi7Ne24gLl5R5KubxbZgbLRVBeej03unBsEi\n".into(), "basic_auth_users.alice"),
-        (format!("{tls}  min_version: TLS10\n"), "min_version TLS10: connmon's TLS library (rustls) implements only TLS 1.2 and 1.3; use TLS12 or TLS13"),
+        (
+            "basic_auth_users:\n  alice: $2y$99$BZTEQcrhM4oPENsxuAi7Ne24gLl5R5KubxbZgbLRVBeej03unBsEi\n".into(),
+            "basic_auth_users.alice",
+        ),
+        (
+            format!("{tls}  min_version: TLS10\n"),
+            "min_version TLS10: connmon's TLS library (rustls) implements only TLS 1.2 and 1.3; use TLS12 or TLS13",
+        ),
         (format!("{tls}  max_version: TLS11\n"), "TLS11"),
         (format!("{tls}  min_version: TLS14\n"), "min_version \"TLS14\" is unknown"),
         (format!("{tls}  min_version: TLS13\n  max_version: TLS12\n"), "min_version is above max_version"),
@@ -113,8 +119,16 @@ fn errors_name_the_key_and_what_to_do() {
         (format!("{tls}  client_auth_type: Sometimes\n"), "client_auth_type \"Sometimes\" is unknown"),
         (format!("{tls}  client_ca_file: ca\n"), "client_ca_file is set but client_auth_type is NoClientCert"),
         (format!("{tls}  client_auth_type: RequireAndVerifyClientCert\n"), "set client_ca_file"),
-        (format!("{tls}  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca\n  client_allowed_sans: [x]\n"), "client_allowed_sans needs"),
-        (format!("{tls}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: ['mailto:a@b']\n"), "not a DNS name or IP"),
+        (
+            format!(
+                "{tls}  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca\n  client_allowed_sans: [x]\n"
+            ),
+            "client_allowed_sans needs",
+        ),
+        (
+            format!("{tls}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: ['mailto:a@b']\n"),
+            "not a DNS name or IP",
+        ),
         (format!("{tls}  cipher_suites: [TLS_FAKE_SUITE]\n"), "unknown cipher suite \"TLS_FAKE_SUITE\""),
         (format!("{tls}  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n"), "none of the listed TLS 1.2 suites"),
         (format!("{tls}  curve_preferences: [CurveP521]\n"), "CurveP521 is not implemented"),
@@ -139,7 +153,10 @@ fn errors_name_the_key_and_what_to_do() {
 #[test]
 fn rate_limit_zero_interval_is_off() {
     assert_eq!(ok("rate_limit:\n  interval: 0s\n  burst: 0\n").rate_limit, None);
-    assert_eq!(ok("rate_limit:\n  interval: 1m30s\n  burst: 2\n").rate_limit.unwrap().interval, Duration::from_secs(90));
+    assert_eq!(
+        ok("rate_limit:\n  interval: 1m30s\n  burst: 2\n").rate_limit.unwrap().interval,
+        Duration::from_secs(90)
+    );
 }
 
 #[test]

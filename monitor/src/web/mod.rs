@@ -47,7 +47,8 @@ pub fn router<E: Endpoints>(agent: Arc<E>, guard: Option<Arc<auth::Guard>>) -> R
 /// Accepts `HOST:PORT`, `[V6]:PORT` and `:PORT` (all interfaces), as exporters do.
 pub fn parse_listen_address(text: &str) -> anyhow::Result<Vec<SocketAddr>> {
     use std::net::ToSocketAddrs as _;
-    let bad = || anyhow!("invalid --web.listen-address {text:?}: expected HOST:PORT or :PORT, e.g. :9977 or 127.0.0.1:9977");
+    let bad =
+        || anyhow!("invalid --web.listen-address {text:?}: expected HOST:PORT or :PORT, e.g. :9977 or 127.0.0.1:9977");
     let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
     let (_, port) = full.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;

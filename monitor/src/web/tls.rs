@@ -60,10 +60,14 @@ pub fn load(path: &Path) -> anyhow::Result<Active> {
 /// The files a configuration reads besides itself.
 fn named_files(config: &WebConfig) -> Vec<PathBuf> {
     let Some(t) = &config.tls else { return Vec::new() };
-    [&t.cert, &t.key].into_iter().chain(t.client_ca.as_ref()).filter_map(|p| match p {
-        Pem::File(f) => Some(f.clone()),
-        Pem::Inline(_) => None,
-    }).collect()
+    [&t.cert, &t.key]
+        .into_iter()
+        .chain(t.client_ca.as_ref())
+        .filter_map(|p| match p {
+            Pem::File(f) => Some(f.clone()),
+            Pem::Inline(_) => None,
+        })
+        .collect()
 }
 
 /// What identifies a file's content cheaply; `None` when it cannot be read.
@@ -127,7 +131,10 @@ impl WebConfigSource {
                 st.watched = union(good_files, named_files(&next.config));
             }
             Ok(next) => {
-                info!("web config {name} changed: reloaded ({})", if next.tls.is_some() { "TLS" } else { "plain HTTP" });
+                info!(
+                    "web config {name} changed: reloaded ({})",
+                    if next.tls.is_some() { "TLS" } else { "plain HTTP" }
+                );
                 for w in &next.config.warnings {
                     warn!("web config {name}: {w}");
                 }
@@ -207,11 +214,12 @@ pub fn server_config(t: &TlsSettings) -> Result<ServerConfig, String> {
             .collect();
     }
     let crypto = Arc::new(crypto);
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [(TlsVersion::Tls12, &rustls::version::TLS12), (TlsVersion::Tls13, &rustls::version::TLS13)]
-        .into_iter()
-        .filter(|(v, _)| (t.min_version..=t.max_version).contains(v))
-        .map(|(_, p)| p)
-        .collect();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [(TlsVersion::Tls12, &rustls::version::TLS12), (TlsVersion::Tls13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (t.min_version..=t.max_version).contains(v))
+            .map(|(_, p)| p)
+            .collect();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&crypto))
         .with_protocol_versions(&versions)
         .map_err(|e| format!("tls_server_config: {e}"))?;
@@ -235,7 +243,10 @@ pub fn server_config(t: &TlsSettings) -> Result<ServerConfig, String> {
     Ok(config)
 }
 
-fn client_verifier(t: &TlsSettings, crypto: &Arc<CryptoProvider>) -> Result<Option<Arc<dyn ClientCertVerifier>>, String> {
+fn client_verifier(
+    t: &TlsSettings,
+    crypto: &Arc<CryptoProvider>,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, String> {
     let algorithms = crypto.signature_verification_algorithms;
     let inner: Arc<dyn ClientCertVerifier> = match t.client_auth {
         ClientAuth::NoClientCert => return Ok(None),
@@ -261,7 +272,10 @@ fn client_verifier(t: &TlsSettings, crypto: &Arc<CryptoProvider>) -> Result<Opti
     let sans = t
         .client_allowed_sans
         .iter()
-        .map(|s| ServerName::try_from(s.clone()).map_err(|_| format!("tls_server_config.client_allowed_sans: bad entry {s:?}")))
+        .map(|s| {
+            ServerName::try_from(s.clone())
+                .map_err(|_| format!("tls_server_config.client_allowed_sans: bad entry {s:?}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(Arc::new(AllowedSans { inner, sans })))
 }
@@ -283,15 +297,30 @@ impl ClientCertVerifier for AnyCert {
         &[]
     }
 
-    fn verify_client_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -321,9 +350,15 @@ impl ClientCertVerifier for AllowedSans {
         self.inner.root_hint_subjects()
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if self.sans.iter().any(|san| cert.verify_is_valid_for_subject_name(san).is_ok()) {
             Ok(verified)
         } else {
@@ -331,11 +366,21 @@ impl ClientCertVerifier for AllowedSans {
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 

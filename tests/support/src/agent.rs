@@ -42,10 +42,7 @@ pub const TEST_SCAN_INTERVAL: &str = "1s";
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_local_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0 to find a free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0 to find a free port").port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -61,21 +58,14 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// First header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 /// `GET path` to `addr` with extra request `headers`, over a fresh connection that is closed
 /// afterwards (no keep-alive, so every scrape is one connection as Prometheus makes them). Any
 /// status is an answer; only transport and protocol failures are errors.
-pub fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> io::Result<HttpResponse> {
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_idle_connections(0)
@@ -97,17 +87,8 @@ pub fn http_get(
         .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     // /metrics of a busy host is large; the default 10 MB cap is not what is being tested.
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(u64::MAX)
-        .read_to_string()
-        .map_err(ureq::Error::into_io)?;
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-    })
+    let body = resp.body_mut().with_config().limit(u64::MAX).read_to_string().map_err(ureq::Error::into_io)?;
+    Ok(HttpResponse { status, headers, body })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,8 +157,7 @@ pub fn parse_json_lines(text: &str) -> Vec<Value> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let v: Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
             assert!(v.is_object(), "JSON line is not an object: {l}");
             v
         })
@@ -212,23 +192,17 @@ pub fn find_row<'a>(rows: &'a [Value], netns: u64, addr: &str, port: u16) -> &'a
 
 /// `row[key]` as u64; panics naming the key and row.
 pub fn json_u64(row: &Value, key: &str) -> u64 {
-    row[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is not an unsigned integer in {row}"))
+    row[key].as_u64().unwrap_or_else(|| panic!("{key} is not an unsigned integer in {row}"))
 }
 
 /// `row[key]` as f64; panics naming the key and row.
 pub fn json_f64(row: &Value, key: &str) -> f64 {
-    row[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {row}"))
+    row[key].as_f64().unwrap_or_else(|| panic!("{key} is not a number in {row}"))
 }
 
 /// `row[key]` as str; panics naming the key and row.
 pub fn json_str<'a>(row: &'a Value, key: &str) -> &'a str {
-    row[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("{key} is not a string in {row}"))
+    row[key].as_str().unwrap_or_else(|| panic!("{key} is not a string in {row}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,11 +247,15 @@ impl Agent {
     /// Like [`Agent::start`], but readiness is `ready(addr)` returning `Ok` (e.g. /readyz over
     /// HTTPS with credentials, for an agent started with `--web.config.file`).
     pub fn start_with_ready(args: &[&str], ready: impl Fn(SocketAddr) -> Result<(), String>) -> Agent {
-        Agent::start_custom(args, |argv| {
-            let mut c = Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
-        }, ready)
+        Agent::start_custom(
+            args,
+            |argv| {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            },
+            ready,
+        )
     }
 
     fn start_custom(
@@ -290,9 +268,7 @@ impl Agent {
             match Agent::try_start(args, &wrap, &ready) {
                 Ok(agent) => return agent,
                 Err(stderr) if attempt < 3 && stderr.contains("in use") => {
-                    eprintln!(
-                        "agent could not bind its port (attempt {attempt}), retrying:\n{stderr}"
-                    );
+                    eprintln!("agent could not bind its port (attempt {attempt}), retrying:\n{stderr}");
                 }
                 Err(stderr) => panic!("agent exited before it was ready; stderr:\n{stderr}"),
             }
@@ -307,12 +283,8 @@ impl Agent {
         ready: &impl Fn(SocketAddr) -> Result<(), String>,
     ) -> Result<Agent, String> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_local_port()).parse().unwrap();
-        let mut argv: Vec<String> = vec![
-            connmon_bin().to_string(),
-            "run".into(),
-            "--web.listen-address".into(),
-            addr.to_string(),
-        ];
+        let mut argv: Vec<String> =
+            vec![connmon_bin().to_string(), "run".into(), "--web.listen-address".into(), addr.to_string()];
         if !args.iter().any(|a| a.starts_with("--scan.interval")) {
             argv.push("--scan.interval".into());
             argv.push(TEST_SCAN_INTERVAL.into());
@@ -331,26 +303,14 @@ impl Agent {
             .stderr(File::create(&stderr_path).expect("create agent stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start agent {cmd:?}: {e}"));
-        let mut agent = Agent {
-            child,
-            addr,
-            stderr_path,
-            _dir: dir,
-        };
+        let mut agent = Agent { child, addr, stderr_path, _dir: dir };
 
-        let exited = poll_until(
-            deadline(60),
-            &format!("agent {argv:?} to answer 200 on /readyz"),
-            || {
-                if let Some(st) = agent.exited() {
-                    return Ok(Some(format!(
-                        "agent {argv:?} exited with {st}; stderr:\n{}",
-                        agent.stderr()
-                    )));
-                }
-                ready(agent.addr).map(|()| None)
-            },
-        );
+        let exited = poll_until(deadline(60), &format!("agent {argv:?} to answer 200 on /readyz"), || {
+            if let Some(st) = agent.exited() {
+                return Ok(Some(format!("agent {argv:?} exited with {st}; stderr:\n{}", agent.stderr())));
+            }
+            ready(agent.addr).map(|()| None)
+        });
         match exited {
             None => Ok(agent),
             Some(msg) => Err(msg),
@@ -377,8 +337,7 @@ impl Agent {
 
     /// GET `path` with extra request headers; panics on transport errors.
     pub fn request(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-        http_get(self.addr, path, headers)
-            .unwrap_or_else(|e| panic!("GET {path} from agent at {}: {e}", self.addr))
+        http_get(self.addr, path, headers).unwrap_or_else(|e| panic!("GET {path} from agent at {}: {e}", self.addr))
     }
 
     /// GET `path` -> (status, body).

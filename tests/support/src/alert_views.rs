@@ -28,7 +28,10 @@ pub fn agent_alerts(agent: &Agent) -> Result<Vec<Value>, String> {
 /// Alerts in the agent's format (alertname beside the labels) named `alertname` with `labels`.
 pub fn agent_matching(list: &[Value], alertname: &str, labels: &[(&str, &str)]) -> Vec<Value> {
     list.iter()
-        .filter(|a| a["alertname"].as_str() == Some(alertname) && labels.iter().all(|(k, v)| a["labels"][*k].as_str() == Some(*v)))
+        .filter(|a| {
+            a["alertname"].as_str() == Some(alertname)
+                && labels.iter().all(|(k, v)| a["labels"][*k].as_str() == Some(*v))
+        })
         .cloned()
         .collect()
 }
@@ -49,7 +52,9 @@ pub fn wait_agent_firing(agent: &Agent, within: Instant, alertname: &str, labels
 pub fn summarize(list: &[Value]) -> String {
     let v: Vec<String> = list
         .iter()
-        .map(|a| format!("{}:{}:{}", a["alertname"].as_str().unwrap_or("?"), a["state"].as_str().unwrap_or("?"), a["labels"]))
+        .map(|a| {
+            format!("{}:{}:{}", a["alertname"].as_str().unwrap_or("?"), a["state"].as_str().unwrap_or("?"), a["labels"])
+        })
         .collect();
     format!("{v:?}")
 }
@@ -77,9 +82,13 @@ pub fn log_lines(agent: &Agent, what: &str, alertname: &str, needles: &[String])
 /// `needle`; returns the first such line. Meanwhile it reports how many `alert=firing` lines the
 /// alert has.
 pub fn wait_alert_log(agent: &Agent, within: Instant, what: &str, alertname: &str, needles: &[String]) -> String {
-    wait_log_line(agent, within, &format!("agent log `alert={what}` for {needles:?}"), &alert_line_needles(what, alertname, needles), |text| {
-        format!("{} firing line(s)", lines_with(text, &alert_line_needles("firing", alertname, needles)).len())
-    })
+    wait_log_line(
+        agent,
+        within,
+        &format!("agent log `alert={what}` for {needles:?}"),
+        &alert_line_needles(what, alertname, needles),
+        |text| format!("{} firing line(s)", lines_with(text, &alert_line_needles("firing", alertname, needles)).len()),
+    )
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 time.
@@ -139,7 +148,8 @@ pub fn check_pool_annotations(alert: &Value, where_: &str) {
     assert_eq!(ann(alert, "ceiling"), "500", "{where_}: ceiling: {alert}");
     let ttc = ann(alert, "time_to_ceiling");
     assert!(!ttc.is_empty() && ttc != "reached", "{where_}: time_to_ceiling {ttc:?}: {alert}");
-    let secs = parse_human(ttc).unwrap_or_else(|| panic!("{where_}: time_to_ceiling {ttc:?} is not a duration: {alert}"));
+    let secs =
+        parse_human(ttc).unwrap_or_else(|| panic!("{where_}: time_to_ceiling {ttc:?} is not a duration: {alert}"));
     let expect = (500.0 - current) / (slope / 60.0);
     assert!(
         (secs - expect).abs() <= 2.0 + 0.02 * expect,

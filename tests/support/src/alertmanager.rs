@@ -111,10 +111,7 @@ impl WebhookSink {
 
     /// Every alert of every notification so far (each with its own `status`).
     pub fn alerts(&self) -> Vec<Value> {
-        self.notifications()
-            .iter()
-            .flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default())
-            .collect()
+        self.notifications().iter().flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default()).collect()
     }
 
     /// The notified alerts named `alertname` whose labels include `labels`.
@@ -162,7 +159,8 @@ impl Alertmanager {
 
     /// Starts on 127.0.0.1:`port` (which must be free); panics if it does not become ready.
     pub fn start_on(port: u16) -> Alertmanager {
-        Alertmanager::try_start(port).unwrap_or_else(|log| panic!("alertmanager on port {port} did not start; log:\n{log}"))
+        Alertmanager::try_start(port)
+            .unwrap_or_else(|log| panic!("alertmanager on port {port} did not start; log:\n{log}"))
     }
 
     fn try_start(port: u16) -> Result<Alertmanager, String> {
@@ -285,26 +283,45 @@ pub fn wait_am_alert(am: &Alertmanager, within: Instant, alertname: &str, labels
 
 /// Like [`wait_am_alert`], but the alert has no labels besides alertname and `labels`.
 pub fn wait_am_alert_exact(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)]) -> Value {
-    wait_am_alert_where(am, within, alertname, labels, |a| a["labels"].as_object().is_some_and(|o| o.len() == labels.len() + 1))
+    wait_am_alert_where(am, within, alertname, labels, |a| {
+        a["labels"].as_object().is_some_and(|o| o.len() == labels.len() + 1)
+    })
 }
 
 /// The one alert `alertname{labels}` Alertmanager holds that also passes `also`.
-fn wait_am_alert_where(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)], also: impl Fn(&Value) -> bool) -> Value {
+fn wait_am_alert_where(
+    am: &Alertmanager,
+    within: Instant,
+    alertname: &str,
+    labels: &[(&str, &str)],
+    also: impl Fn(&Value) -> bool,
+) -> Value {
     poll_until(within, &format!("Alertmanager /api/v2/alerts to hold {alertname}{labels:?}"), || {
         let list = am.alerts()?;
-        let mine: Vec<&Value> = list.iter().filter(|a| alert_matches(&a["labels"], alertname, labels) && also(a)).collect();
+        let mine: Vec<&Value> =
+            list.iter().filter(|a| alert_matches(&a["labels"], alertname, labels) && also(a)).collect();
         match mine.as_slice() {
             [a] => Ok((*a).clone()),
-            _ => Err(format!("matching: {mine:?}; all labels: {:?}", list.iter().map(|a| a["labels"].clone()).collect::<Vec<_>>())),
+            _ => Err(format!(
+                "matching: {mine:?}; all labels: {:?}",
+                list.iter().map(|a| a["labels"].clone()).collect::<Vec<_>>()
+            )),
         }
     })
 }
 
 /// Waits until Alertmanager has notified its webhook of `alertname{labels}` with `status`
 /// ("firing" or "resolved"); returns the first such alert.
-pub fn wait_webhook(am: &Alertmanager, within: Instant, alertname: &str, labels: &[(&str, &str)], status: &str) -> Value {
+pub fn wait_webhook(
+    am: &Alertmanager,
+    within: Instant,
+    alertname: &str,
+    labels: &[(&str, &str)],
+    status: &str,
+) -> Value {
     poll_until(within, &format!("a {status} webhook notification for {alertname}{labels:?}"), || {
-        let hits: Vec<Value> = am.webhook.alerts_matching(alertname, labels).into_iter().filter(|a| a["status"] == status).collect();
+        let hits: Vec<Value> =
+            am.webhook.alerts_matching(alertname, labels).into_iter().filter(|a| a["status"] == status).collect();
         hits.first().cloned().ok_or_else(|| format!("{:?}", am.webhook.notifications()))
     })
 }
@@ -312,7 +329,13 @@ pub fn wait_webhook(am: &Alertmanager, within: Instant, alertname: &str, labels:
 /// Watches Alertmanager's `updatedAt` for `alertname{labels}` for `over`: the agent must push the
 /// firing alert again at least every `resend` (plus slack for polling and HTTP). Returns how many
 /// pushes were seen.
-pub fn assert_resent(am: &Alertmanager, alertname: &str, labels: &[(&str, &str)], resend: Duration, over: Duration) -> usize {
+pub fn assert_resent(
+    am: &Alertmanager,
+    alertname: &str,
+    labels: &[(&str, &str)],
+    resend: Duration,
+    over: Duration,
+) -> usize {
     let slack = Duration::from_secs(2);
     let start = Instant::now();
     let mut last = String::new();

@@ -40,12 +40,7 @@ pub const CLIENT_ENV: &str = "CONNMON_TEST_CLIENT";
 /// Prefix of the client's protocol lines on stdout.
 const LINE_PREFIX: &str = "@@client ";
 
-const CLIENT: EntryPoint = EntryPoint {
-    kind: "client",
-    test: "client_entry",
-    env: CLIENT_ENV,
-    tmp_prefix: "cmclient",
-};
+const CLIENT: EntryPoint = EntryPoint { kind: "client", test: "client_entry", env: CLIENT_ENV, tmp_prefix: "cmclient" };
 
 // ---------------------------------------------------------------------------------------------
 // Specs
@@ -74,13 +69,27 @@ impl Proto {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
-    Hold { count: usize },
-    Churn { count: usize, max_secs: f64 },
-    Refused { count: usize },
+    Hold {
+        count: usize,
+    },
+    Churn {
+        count: usize,
+        max_secs: f64,
+    },
+    Refused {
+        count: usize,
+    },
     /// Connects that fail with EHOSTUNREACH (an ICMP host unreachable answers the SYN).
-    Unreachable { count: usize },
-    Timeout { count: usize },
-    Abort { count: usize, after_ms: u64 },
+    Unreachable {
+        count: usize,
+    },
+    Timeout {
+        count: usize,
+    },
+    Abort {
+        count: usize,
+        after_ms: u64,
+    },
 }
 
 /// A client process to spawn: its name prefix (a unique suffix is added), target and behaviour.
@@ -96,13 +105,7 @@ pub struct ClientSpec {
 
 impl ClientSpec {
     pub fn new(prefix: &str, target: SocketAddr, proto: Proto, mode: Mode) -> ClientSpec {
-        ClientSpec {
-            prefix: prefix.to_string(),
-            target,
-            proto,
-            mode,
-            netns: None,
-        }
+        ClientSpec { prefix: prefix.to_string(), target, proto, mode, netns: None }
     }
 
     pub fn in_netns(mut self, ns: &Netns) -> ClientSpec {
@@ -157,15 +160,8 @@ impl ClientProc {
             pending: VecDeque::new(),
         };
         if let Mode::Hold { count } = spec.mode {
-            let n: usize = c
-                .expect("ready", Duration::from_secs(60))
-                .parse()
-                .expect("ready N");
-            assert_eq!(
-                n, count,
-                "client {} holds {n} connections, asked for {count}",
-                c.name
-            );
+            let n: usize = c.expect("ready", Duration::from_secs(60)).parse().expect("ready N");
+            assert_eq!(n, count, "client {} holds {n} connections, asked for {count}", c.name);
         }
         c
     }
@@ -188,11 +184,7 @@ impl ClientProc {
     /// the client's stderr) if the client exits first or `within` passes.
     pub fn expect(&mut self, word: &str, within: Duration) -> String {
         self.try_expect(word, within).unwrap_or_else(|| {
-            panic!(
-                "client {} did not say {word:?} within {within:?}; stderr:\n{}",
-                self.name,
-                self.stderr()
-            )
+            panic!("client {} did not say {word:?} within {within:?}; stderr:\n{}", self.name, self.stderr())
         })
     }
 
@@ -213,11 +205,7 @@ impl ClientProc {
                 Err(mpsc::RecvTimeoutError::Timeout) => return None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let st = self.proc.wait();
-                    panic!(
-                        "client {} exited ({st:?}) before saying {word:?}; stderr:\n{}",
-                        self.name,
-                        self.stderr()
-                    )
+                    panic!("client {} exited ({st:?}) before saying {word:?}; stderr:\n{}", self.name, self.stderr())
                 }
             }
         }
@@ -228,13 +216,7 @@ impl ClientProc {
         let stdin = self.proc.stdin().expect("client stdin already closed");
         writeln!(stdin, "{cmd}")
             .and_then(|_| stdin.flush())
-            .unwrap_or_else(|e| {
-                panic!(
-                    "write {cmd:?} to client {}: {e}\n{}",
-                    self.name,
-                    self.stderr()
-                )
-            });
+            .unwrap_or_else(|e| panic!("write {cmd:?} to client {}: {e}\n{}", self.name, self.stderr()));
     }
 
     /// Makes a holding client close `k` connections (close(2) returned for each); returns how many
@@ -242,16 +224,8 @@ impl ClientProc {
     pub fn close(&mut self, k: usize) -> usize {
         self.send(&format!("close {k}"));
         let rest = self.expect("closed", Duration::from_secs(30));
-        let f: Vec<usize> = rest
-            .split_whitespace()
-            .map(|t| t.parse().expect("closed K LEFT"))
-            .collect();
-        assert_eq!(
-            f.first(),
-            Some(&k),
-            "client {} closed {rest:?}, asked for {k}",
-            self.name
-        );
+        let f: Vec<usize> = rest.split_whitespace().map(|t| t.parse().expect("closed K LEFT")).collect();
+        assert_eq!(f.first(), Some(&k), "client {} closed {rest:?}, asked for {k}", self.name);
         f[1]
     }
 
@@ -314,8 +288,7 @@ pub fn client_main() {
 fn open(target: SocketAddr, proto: Proto, name: &str) -> TcpStream {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("connect {target}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("SO_RCVTIMEO");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("SO_RCVTIMEO");
     match proto {
         Proto::Redis => redis_hello(&mut s, name),
         Proto::Postgres => pg_startup(&mut s, name),
@@ -354,11 +327,9 @@ fn churn(target: SocketAddr, proto: Proto, count: usize, max: Duration) {
     let start = Instant::now();
     let mut done = 0;
     while done < count && (max.is_zero() || start.elapsed() < max) {
-        let mut s = TcpStream::connect(target)
-            .unwrap_or_else(|e| panic!("connect {target} (cycle {done}): {e}"));
+        let mut s = TcpStream::connect(target).unwrap_or_else(|e| panic!("connect {target} (cycle {done}): {e}"));
         if proto == Proto::Redis {
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("SO_RCVTIMEO");
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("SO_RCVTIMEO");
             redis_ping(&mut s);
         } else if proto == Proto::Postgres {
             pg_startup(&mut s, "churn");
@@ -401,11 +372,7 @@ fn abort(target: SocketAddr, count: usize, after: Duration) {
     // The scenario itself: the application gives up after `after`.
     std::thread::sleep(after);
     for (i, s) in socks.iter().enumerate() {
-        assert_eq!(
-            tcp_state(s),
-            TCP_SYN_SENT,
-            "socket #{i} to {target} left SYN-SENT before the abort"
-        );
+        assert_eq!(tcp_state(s), TCP_SYN_SENT, "socket #{i} to {target} left SYN-SENT before the abort");
     }
     drop(socks);
     say(&format!("done {count}"));

@@ -35,11 +35,7 @@ pub fn rows(dash: &Value) -> Vec<String> {
 }
 
 pub fn title(panel: &Value) -> String {
-    format!(
-        "panel {} {:?}",
-        panel["id"],
-        panel["title"].as_str().unwrap_or("(untitled)")
-    )
+    format!("panel {} {:?}", panel["id"], panel["title"].as_str().unwrap_or("(untitled)"))
 }
 
 /// (where, expr) for every query of every panel.
@@ -48,10 +44,7 @@ pub fn exprs(dash: &Value) -> Vec<(String, String)> {
     for p in panels(dash) {
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().unwrap_or_default().to_string();
-            out.push((
-                format!("{} query {}", title(p), t["refId"].as_str().unwrap_or("?")),
-                expr,
-            ));
+            out.push((format!("{} query {}", title(p), t["refId"].as_str().unwrap_or("?")), expr));
         }
     }
     out
@@ -59,26 +52,18 @@ pub fn exprs(dash: &Value) -> Vec<(String, String)> {
 
 /// The dashboard's template variables, in order.
 pub fn variables(dash: &Value) -> Vec<&Value> {
-    dash["templating"]["list"]
-        .as_array()
-        .map(|l| l.iter().collect())
-        .unwrap_or_default()
+    dash["templating"]["list"].as_array().map(|l| l.iter().collect()).unwrap_or_default()
 }
 
 /// A query variable's query text (Grafana stores a string, or `{ "query": "…" }`).
 pub fn variable_query(var: &Value) -> Option<&str> {
-    var["query"]
-        .as_str()
-        .or_else(|| var["query"]["query"].as_str())
+    var["query"].as_str().or_else(|| var["query"]["query"].as_str())
 }
 
 /// The series selector of `label_values(SELECTOR, label)`; None for `label_values(label)` and for
 /// other variable query functions.
 pub fn label_values_selector(query: &str) -> Option<&str> {
-    let inner = query
-        .trim()
-        .strip_prefix("label_values(")?
-        .strip_suffix(')')?;
+    let inner = query.trim().strip_prefix("label_values(")?.strip_suffix(')')?;
     let (sel, label) = inner.rsplit_once(',')?;
     let label = label.trim();
     assert!(
@@ -95,11 +80,7 @@ pub fn variable_refs(text: &str) -> BTreeSet<String> {
     for (i, _) in text.match_indices('$') {
         let rest = &text[i + 1..];
         let name: String = if let Some(braced) = rest.strip_prefix('{') {
-            braced
-                .split(['}', ':'])
-                .next()
-                .unwrap_or_default()
-                .to_string()
+            braced.split(['}', ':']).next().unwrap_or_default().to_string()
         } else {
             rest.chars().take_while(|&c| is_var_char(c)).collect()
         };
@@ -109,10 +90,7 @@ pub fn variable_refs(text: &str) -> BTreeSet<String> {
     }
     for (i, _) in text.match_indices("[[") {
         if let Some(end) = text[i + 2..].find("]]") {
-            let name = text[i + 2..i + 2 + end]
-                .split(':')
-                .next()
-                .unwrap_or_default();
+            let name = text[i + 2..i + 2 + end].split(':').next().unwrap_or_default();
             if !name.is_empty() && name.chars().all(is_var_char) {
                 out.insert(name.to_string());
             }
@@ -136,11 +114,7 @@ pub fn substitute(expr: &str) -> String {
         out = out.replace(var, value);
     }
     for name in variable_refs(&out) {
-        for form in [
-            format!("${{{name}}}"),
-            format!("${name}"),
-            format!("[[{name}]]"),
-        ] {
+        for form in [format!("${{{name}}}"), format!("${name}"), format!("[[{name}]]")] {
             out = out.replace(&form, ".*");
         }
     }

@@ -11,9 +11,7 @@ use super::py_client::PyClient;
 use super::scrape::{scrape_until, sum_of};
 use super::*;
 
-pub use connmon::export::destinations::{
-    DEST_CEILING, DEST_CONNECTIONS, DEST_PENDING, DEST_REJECTIONS,
-};
+pub use connmon::export::destinations::{DEST_CEILING, DEST_CONNECTIONS, DEST_PENDING, DEST_REJECTIONS};
 pub use connmon::export::pools::POOL_PENDING;
 pub use connmon::export::storms::RETRY_STORM;
 pub const DESTINATION_SATURATED: &str = connmon::alerts::Alert::DestinationSaturated.name();
@@ -27,11 +25,7 @@ pub const PG_TOO_MANY: &str = "too many clients";
 pub const BOUND_SECS: f64 = 30.0;
 
 pub fn dest_labels<'a>(service: &'a str, port: &'a str) -> [(&'a str, &'a str); 3] {
-    [
-        ("service", service),
-        ("dst_addr", "127.0.0.1"),
-        ("dst_port", port),
-    ]
+    [("service", service), ("dst_addr", "127.0.0.1"), ("dst_port", port)]
 }
 
 /// An Instant for a Unix time.
@@ -66,17 +60,11 @@ pub fn agent_alerts_for(agent: &Agent, alertname: &str, port: &str) -> Vec<Value
 pub fn assert_silent(agent: &Agent, port: &str, comm: &str, when: &str) {
     for name in [DESTINATION_SATURATED, DEPENDENCY_FAILING] {
         let mine = agent_alerts_for(agent, name, port);
-        assert!(
-            mine.is_empty(),
-            "{when}: the agent lists {name} for the healthy twin on port {port}: {mine:#?}"
-        );
+        assert!(mine.is_empty(), "{when}: the agent lists {name} for the healthy twin on port {port}: {mine:#?}");
     }
     let s = agent.samples();
     let storm = sum_of(&s, RETRY_STORM, &[("comm", comm), ("target", "pool")]).unwrap_or(0.0);
-    assert_eq!(
-        storm, 0.0,
-        "{when}: the twin {comm} is flagged as a retry storm"
-    );
+    assert_eq!(storm, 0.0, "{when}: the twin {comm} is flagged as a retry storm");
 }
 
 /// The saturation incident for one server kind: `bad` (unbounded) against `port`, `twin`
@@ -105,12 +93,7 @@ pub fn saturation(
         instant_at(first + BOUND_SECS + 10.0),
         &format!("{DESTINATION_SATURATED} for {service} on port {port}"),
         || {
-            assert_silent(
-                agent,
-                &twin_s,
-                &twin.name,
-                "while the unbounded pool is rejected",
-            );
+            assert_silent(agent, &twin_s, &twin.name, "while the unbounded pool is rejected");
             let mine = agent_alerts_for(agent, DESTINATION_SATURATED, &port_s);
             match mine.as_slice() {
                 [a] if a["state"] == "firing" => Ok(a.clone()),
@@ -119,8 +102,7 @@ pub fn saturation(
                     let dest: Vec<String> = s
                         .iter()
                         .filter(|x| {
-                            x.name.starts_with("connmon_destination_")
-                                && x.label("dst_port") == Some(port_s.as_str())
+                            x.name.starts_with("connmon_destination_") && x.label("dst_port") == Some(port_s.as_str())
                         })
                         .map(|x| {
                             format!(
@@ -132,27 +114,22 @@ pub fn saturation(
                             )
                         })
                         .collect();
-                    Err(format!(
-                        "{mine:?}; destination: {dest:?}; client: {:?}",
-                        bad.latest()
-                    ))
+                    Err(format!("{mine:?}; destination: {dest:?}; client: {:?}", bad.latest()))
                 }
             }
         },
     );
     let since = epoch(fired["since"].as_str().expect("since"));
     let took = since - first;
-    eprintln!(
-        "{service}: {DESTINATION_SATURATED} fired {took:.1}s after the first {error:?}: {fired}"
-    );
+    eprintln!("{service}: {DESTINATION_SATURATED} fired {took:.1}s after the first {error:?}: {fired}");
     for (k, v) in labels {
         assert_eq!(fired["labels"][k].as_str(), Some(v), "label {k}: {fired}");
     }
-    assert!(took <= BOUND_SECS, "{service}: {DESTINATION_SATURATED} fired {took:.1}s after the first rejection, want <= {BOUND_SECS}s: {fired}");
     assert!(
-        took >= -1.0,
-        "{service}: fired {took:.1}s before the client saw a rejection: {fired}"
+        took <= BOUND_SECS,
+        "{service}: {DESTINATION_SATURATED} fired {took:.1}s after the first rejection, want <= {BOUND_SECS}s: {fired}"
     );
+    assert!(took >= -1.0, "{service}: fired {took:.1}s before the client saw a rejection: {fired}");
     (took, fired)
 }
 
@@ -166,20 +143,12 @@ pub fn saturation(
 /// DestinationSaturated's `min_ratio` relies on) and never more. Measured: 24% to 88%.
 pub fn check_rejections_counted(agent: &Agent, service: &str, bad: &mut PyClient, exact: bool) {
     let last = bad.stop();
-    let raised: u64 = last["errors"]
-        .as_object()
-        .expect("errors")
-        .values()
-        .filter_map(Value::as_u64)
-        .sum();
+    let raised: u64 = last["errors"].as_object().expect("errors").values().filter_map(Value::as_u64).sum();
     let comm = [("comm", bad.name.as_str())];
     let counted = scrape_until(
         agent,
         deadline(20),
-        &format!(
-            "{}'s rejections counted as its client library raised them ({raised})",
-            bad.name
-        ),
+        &format!("{}'s rejections counted as its client library raised them ({raised})", bad.name),
         |s| {
             let young = sum_of(s, connmon::export::pools::POOL_DIED_YOUNG, &comm).unwrap_or(0.0);
             let failed = sum_of(s, connmon::export::pools::POOL_FAILURES, &comm).unwrap_or(0.0);
@@ -201,14 +170,7 @@ pub fn check_rejections_counted(agent: &Agent, service: &str, bad: &mut PyClient
     );
 }
 
-pub fn check_saturated(
-    agent: &Agent,
-    service: &str,
-    fired: &Value,
-    bad: &PyClient,
-    port: u16,
-    limit: f64,
-) {
+pub fn check_saturated(agent: &Agent, service: &str, fired: &Value, bad: &PyClient, port: u16, limit: f64) {
     let port_s = port.to_string();
     let labels = dest_labels(service, &port_s);
     let ceiling = ann_f64(fired, "ceiling_observed");
@@ -225,16 +187,10 @@ pub fn check_saturated(
         "{service}: rejection_rate {rate}/s, the client is rejected about 4 times a second: {fired}"
     );
     let top = ann(fired, "top_workloads");
-    assert!(
-        top.contains(bad.cgroup()),
-        "{service}: top_workloads {top:?} lacks {}: {fired}",
-        bad.cgroup()
-    );
+    assert!(top.contains(bad.cgroup()), "{service}: top_workloads {top:?} lacks {}: {fired}", bad.cgroup());
     // The destination's series against ss (bracketed: ss, agent, ss).
-    let (before, s, after) = poll_until(
-        deadline(20),
-        &format!("{DEST_CONNECTIONS} for port {port} within ss's bracket"),
-        || {
+    let (before, s, after) =
+        poll_until(deadline(20), &format!("{DEST_CONNECTIONS} for port {port} within ss's bracket"), || {
             let before = ss_established_to(port);
             let s = agent.samples();
             let after = ss_established_to(port);
@@ -244,20 +200,14 @@ pub fn check_saturated(
             } else {
                 Err(format!("ss {before}..{after}, agent {v}"))
             }
-        },
+        });
+    eprintln!(
+        "{service}: {DEST_CONNECTIONS} = {before} = ss ({after}); learned ceiling {ceiling}, server limit {limit}"
     );
-    eprintln!("{service}: {DEST_CONNECTIONS} = {before} = ss ({after}); learned ceiling {ceiling}, server limit {limit}");
-    assert_eq!(
-        sample(&s, DEST_CEILING, &labels),
-        Some(ceiling),
-        "{DEST_CEILING} vs the annotation"
-    );
+    assert_eq!(sample(&s, DEST_CEILING, &labels), Some(ceiling), "{DEST_CEILING} vs the annotation");
     // The CLI's one-shot view of the same destination, against ss.
-    let (lo, rows, hi) = (
-        ss_established_to(port),
-        parse_json_lines(&connmon_ok(&["destinations", "--json"])),
-        ss_established_to(port),
-    );
+    let (lo, rows, hi) =
+        (ss_established_to(port), parse_json_lines(&connmon_ok(&["destinations", "--json"])), ss_established_to(port));
     // A one-shot scan has no protocol probe: a non-standard port is classed by port (other).
     let row = rows
         .iter()

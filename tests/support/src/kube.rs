@@ -17,10 +17,8 @@ pub const DIR: &str = "deploy/kubernetes";
 /// --help` names its default, the newest.
 pub const K8S_VERSION: &str = "1.37.0";
 /// Kinds without a schema in kubernetes-validate that may appear (apiVersion, kind).
-pub const UNVALIDATED_KINDS: &[(&str, &str)] = &[
-    ("monitoring.coreos.com/v1", "PodMonitor"),
-    ("monitoring.coreos.com/v1", "PrometheusRule"),
-];
+pub const UNVALIDATED_KINDS: &[(&str, &str)] =
+    &[("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")];
 pub const NAMESPACE: &str = "connmon";
 pub const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "connmon");
 pub const METRICS_PORT: &str = "9977";
@@ -42,11 +40,7 @@ pub fn listed_resources() -> Vec<String> {
     assert!(!items.is_empty(), "kustomization.yaml lists no resources");
     items
         .iter()
-        .map(|i| {
-            i.as_str()
-                .unwrap_or_else(|| panic!("resources: entry {i:?} is not a file name"))
-                .to_string()
-        })
+        .map(|i| i.as_str().unwrap_or_else(|| panic!("resources: entry {i:?} is not a file name")).to_string())
         .collect()
 }
 
@@ -54,21 +48,14 @@ pub fn listed_resources() -> Vec<String> {
 pub fn manifests() -> Vec<(String, Yaml)> {
     listed_resources()
         .into_iter()
-        .flat_map(|file| {
-            parse_file(&format!("{DIR}/{file}"))
-                .into_iter()
-                .map(move |doc| (file.clone(), doc))
-        })
+        .flat_map(|file| parse_file(&format!("{DIR}/{file}")).into_iter().map(move |doc| (file.clone(), doc)))
         .collect()
 }
 
 /// The one document of this kind.
 pub fn the(kind: &str) -> Yaml {
-    let mut found: Vec<Yaml> = manifests()
-        .into_iter()
-        .filter(|(_, d)| d.str_at("kind") == Some(kind))
-        .map(|(_, d)| d)
-        .collect();
+    let mut found: Vec<Yaml> =
+        manifests().into_iter().filter(|(_, d)| d.str_at("kind") == Some(kind)).map(|(_, d)| d).collect();
     assert_eq!(found.len(), 1, "expected exactly one {kind} in {DIR}");
     found.pop().unwrap()
 }
@@ -96,24 +83,15 @@ pub fn text_of(out: &Output) -> String {
 /// document reported as passed against [`K8S_VERSION`].
 pub fn validate(dir: &Path, files: &[String], docs: &[(String, Yaml)]) {
     let mut cmd = python();
-    cmd.args(["-m", "kubernetes_validate", "--strict", "-k", K8S_VERSION])
-        .args(files)
-        .current_dir(dir);
+    cmd.args(["-m", "kubernetes_validate", "--strict", "-k", K8S_VERSION]).args(files).current_dir(dir);
     let out = output_of(cmd, "python3 -m kubernetes_validate");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let report = text_of(&out);
-    assert!(
-        out.status.success(),
-        "kubernetes-validate failed ({}):\n{report}",
-        out.status
-    );
+    assert!(out.status.success(), "kubernetes-validate failed ({}):\n{report}", out.status);
     let minor = K8S_VERSION.rsplit_once('.').unwrap().0;
     let mut passed = BTreeSet::new();
     for line in stdout.lines() {
-        assert!(
-            !line.starts_with("ERROR") && !line.starts_with("FATAL"),
-            "kubernetes-validate: {line}\n{report}"
-        );
+        assert!(!line.starts_with("ERROR") && !line.starts_with("FATAL"), "kubernetes-validate: {line}\n{report}");
         if let Some(rest) = line.strip_prefix("WARN ") {
             let allowed = UNVALIDATED_KINDS
                 .iter()
@@ -127,13 +105,8 @@ pub fn validate(dir: &Path, files: &[String], docs: &[(String, Yaml)]) {
         if let Some(rest) = line.strip_prefix("INFO ") {
             // "<file> passed for resource <kind>/<name> against version <major.minor>"
             let words: Vec<&str> = rest.split_whitespace().collect();
-            if let [file, "passed", "for", "resource", resource, "against", "version", version] =
-                words[..]
-            {
-                assert_eq!(
-                    version, minor,
-                    "validated against {version}, not {minor}: {line}"
-                );
+            if let [file, "passed", "for", "resource", resource, "against", "version", version] = words[..] {
+                assert_eq!(version, minor, "validated against {version}, not {minor}: {line}");
                 passed.insert((file.to_string(), resource.to_string()));
             }
         }
@@ -144,11 +117,7 @@ pub fn validate(dir: &Path, files: &[String], docs: &[(String, Yaml)]) {
         if UNVALIDATED_KINDS.contains(&(api, kind)) {
             continue;
         }
-        let resource = format!(
-            "{}/{}",
-            kind.to_lowercase(),
-            doc.str_at("metadata.name").unwrap_or_default()
-        );
+        let resource = format!("{}/{}", kind.to_lowercase(), doc.str_at("metadata.name").unwrap_or_default());
         assert!(
             passed.contains(&(file.clone(), resource.clone())),
             "{file}: {resource} was not reported as passed\n{report}"

@@ -81,7 +81,8 @@ impl StandInApi {
     /// Serves `pods` and `services` on 127.0.0.1:`port` (0: any), at resourceVersion
     /// `first_rv` (make it higher than any earlier server's, as etcd's only grow).
     pub fn start(port: u16, first_rv: u64, pods: Vec<Value>, services: Vec<Value>) -> StandInApi {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("stand-in API: bind 127.0.0.1:{port}: {e}"));
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("stand-in API: bind 127.0.0.1:{port}: {e}"));
         listener.set_nonblocking(true).expect("nonblocking listener");
         let addr = listener.local_addr().unwrap();
         let mut state = State { rv: first_rv, first_rv, ..State::default() };
@@ -92,7 +93,12 @@ impl StandInApi {
                 state.objects.insert((kind, ns, name), obj);
             }
         }
-        let inner = Arc::new(Inner { state: Mutex::new(state), changed: Condvar::new(), stopped: AtomicBool::new(false), conns: Mutex::new(Vec::new()) });
+        let inner = Arc::new(Inner {
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            stopped: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
         let shared = Arc::clone(&inner);
         let accept = std::thread::spawn(move || {
             while !shared.stopped.load(Ordering::Acquire) {
@@ -103,7 +109,9 @@ impl StandInApi {
                         let s = Arc::clone(&shared);
                         std::thread::spawn(move || serve(&s, stream));
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
                     Err(e) => panic!("stand-in API: accept: {e}"),
                 }
             }
@@ -234,7 +242,11 @@ fn serve(inner: &Inner, mut stream: TcpStream) {
     let decoded = percent_decode(&target);
     inner.state.lock().unwrap().requests.push(decoded);
     let Some(kind) = [Kind::Pods, Kind::Services].into_iter().find(|k| k.path() == path) else {
-        respond(&mut stream, 404, &status(404, "NotFound", &format!("the server could not find the requested resource ({path})")));
+        respond(
+            &mut stream,
+            404,
+            &status(404, "NotFound", &format!("the server could not find the requested resource ({path})")),
+        );
         return;
     };
     let node = match params.get("fieldSelector").map(String::as_str) {
@@ -242,7 +254,11 @@ fn serve(inner: &Inner, mut stream: TcpStream) {
         Some(sel) => match sel.strip_prefix("spec.nodeName=") {
             Some(node) if kind == Kind::Pods => Some(node.to_string()),
             _ => {
-                respond(&mut stream, 400, &status(400, "BadRequest", &format!("unable to parse requested field selector {sel:?}")));
+                respond(
+                    &mut stream,
+                    400,
+                    &status(400, "BadRequest", &format!("unable to parse requested field selector {sel:?}")),
+                );
                 return;
             }
         },
@@ -273,8 +289,16 @@ fn serve(inner: &Inner, mut stream: TcpStream) {
     }
 }
 
-fn watch(inner: &Inner, stream: &mut TcpStream, kind: Kind, from: u64, timeout: Duration, selected: &dyn Fn(&Value) -> bool) {
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+fn watch(
+    inner: &Inner,
+    stream: &mut TcpStream,
+    kind: Kind,
+    from: u64,
+    timeout: Duration,
+    selected: &dyn Fn(&Value) -> bool,
+) {
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     if stream.write_all(head.as_bytes()).is_err() {
         return;
     }

@@ -21,12 +21,8 @@ use super::wire::redis_hello;
 const LEAK_ENV: &str = "CONNMON_TEST_LEAK_CLIENT";
 const LEAK_PREFIX: &str = "@@leak ";
 
-const LEAK_CLIENT: EntryPoint = EntryPoint {
-    kind: "leak client",
-    test: "leak_client_entry",
-    env: LEAK_ENV,
-    tmp_prefix: "cmleak",
-};
+const LEAK_CLIENT: EntryPoint =
+    EntryPoint { kind: "leak client", test: "leak_client_entry", env: LEAK_ENV, tmp_prefix: "cmleak" };
 
 /// A client process that opens one Redis connection (CLIENT SETNAME + PING) every `every` and
 /// never closes any, for `grow_for` or until it holds `max`; then it holds them all, flat, until
@@ -93,7 +89,12 @@ impl LeakClient {
     /// the wrong reason.
     pub fn check_alive(&mut self) {
         if let Some(st) = self.proc.try_wait() {
-            panic!("leak client {} exited with {st} after {} connections; stderr:\n{}", self.name, self.opened(), self.stderr());
+            panic!(
+                "leak client {} exited with {st} after {} connections; stderr:\n{}",
+                self.name,
+                self.opened(),
+                self.stderr()
+            );
         }
     }
 }

@@ -8,47 +8,30 @@ use super::*;
 /// In `ns`: a listener on `addr` with `backlog`, and `clients` non-blocking connects that are never
 /// accepted. The accept queue holds backlog + 1 connections; the other clients' SYNs are dropped
 /// (and retransmitted, so drops keep rising). Waits until `ss` shows the full queue and drops.
-pub fn overflowing_listener(
-    ns: &Netns,
-    addr: SocketAddr,
-    backlog: i32,
-    clients: usize,
-) -> (OwnedFd, Vec<OwnedFd>) {
-    assert!(
-        clients > backlog as usize + 1,
-        "need more clients than the accept queue holds"
-    );
+pub fn overflowing_listener(ns: &Netns, addr: SocketAddr, backlog: i32, clients: usize) -> (OwnedFd, Vec<OwnedFd>) {
+    assert!(clients > backlog as usize + 1, "need more clients than the accept queue holds");
     let (listener, clients) = ns.run(|| {
         let l = listen_tcp(addr, backlog);
         let cs: Vec<OwnedFd> = (0..clients).map(|_| connect_nonblocking(addr)).collect();
         (l, cs)
     });
     let ip = addr.ip().to_string();
-    poll_until(
-        deadline(15),
-        &format!(
-            "ss to show a full accept queue ({}) and drops on {addr}",
-            backlog + 1
-        ),
-        || match ss_listener(ns, &ip, addr.port()) {
+    poll_until(deadline(15), &format!("ss to show a full accept queue ({}) and drops on {addr}", backlog + 1), || {
+        match ss_listener(ns, &ip, addr.port()) {
             Some(l) if l.recv_q == backlog as u64 + 1 && l.drops > 0 => Ok(()),
             other => Err(format!("{other:?}")),
-        },
-    );
+        }
+    });
     (listener, clients)
 }
 
 /// Waits until `ss` shows `n` connections in the accept queue of `addr` in `ns`.
 pub fn wait_recv_q(ns: &Netns, addr: SocketAddr, n: u64) {
     let ip = addr.ip().to_string();
-    poll_until(
-        deadline(15),
-        &format!("ss Recv-Q == {n} on {addr}"),
-        || match ss_listener(ns, &ip, addr.port()) {
-            Some(l) if l.recv_q == n => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
+    poll_until(deadline(15), &format!("ss Recv-Q == {n} on {addr}"), || match ss_listener(ns, &ip, addr.port()) {
+        Some(l) if l.recv_q == n => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
 }
 
 pub fn assert_between(what: &str, low: u64, value: f64, high: u64) {
@@ -59,10 +42,8 @@ pub fn assert_between(what: &str, low: u64, value: f64, high: u64) {
 }
 
 pub fn addr(s: &str) -> SocketAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
 }
-
 
 /// The pre-fork server of `tests/fixtures/prefork_server.py` (Debian's python3), started in `ns`:
 /// it listens with the backlog asked for and forks `workers` that accept, send a greeting byte,
@@ -77,7 +58,8 @@ impl PreforkServer {
         use std::io::BufRead as _;
         let script = super::workspace::root().join("tests/fixtures/prefork_server.py");
         let script = script.display().to_string();
-        let args = [addr.to_string(), port.to_string(), backlog.to_string(), workers.to_string(), service_ms.to_string()];
+        let args =
+            [addr.to_string(), port.to_string(), backlog.to_string(), workers.to_string(), service_ms.to_string()];
         let mut argv = vec!["/usr/bin/python3", script.as_str()];
         argv.extend(args.iter().map(String::as_str));
         let mut child = ns
@@ -135,7 +117,8 @@ impl TimeoutClients {
         let file = std::fs::File::create(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
         let script = super::workspace::root().join("tests/fixtures/timeout_clients.py");
         let script = script.display().to_string();
-        let args = [addr.to_string(), port.to_string(), threads.to_string(), timeout_ms.to_string(), seconds.to_string()];
+        let args =
+            [addr.to_string(), port.to_string(), threads.to_string(), timeout_ms.to_string(), seconds.to_string()];
         let mut argv = vec!["/usr/bin/python3", script.as_str()];
         argv.extend(args.iter().map(String::as_str));
         let child = ns.command(&argv).stdout(file).spawn().unwrap_or_else(|e| panic!("start {argv:?}: {e}"));

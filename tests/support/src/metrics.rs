@@ -21,9 +21,7 @@ fn parse_value(tok: &str, line: &str) -> f64 {
         "+Inf" | "Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
         "NaN" => f64::NAN,
-        t => t
-            .parse()
-            .unwrap_or_else(|e| panic!("bad sample value {t:?} in {line:?}: {e}")),
+        t => t.parse().unwrap_or_else(|e| panic!("bad sample value {t:?} in {line:?}: {e}")),
     }
 }
 
@@ -35,17 +33,11 @@ fn parse_labels<'a>(mut s: &'a str, line: &str) -> (BTreeMap<String, String>, &'
         if let Some(rest) = s.strip_prefix('}') {
             return (labels, rest);
         }
-        let eq = s
-            .find('=')
-            .unwrap_or_else(|| panic!("label without '=' in {line:?}"));
+        let eq = s.find('=').unwrap_or_else(|| panic!("label without '=' in {line:?}"));
         let name = s[..eq].trim().to_string();
         let rest = s[eq + 1..].trim_start();
         let mut chars = rest.char_indices();
-        assert_eq!(
-            chars.next().map(|c| c.1),
-            Some('"'),
-            "unquoted label value in {line:?}"
-        );
+        assert_eq!(chars.next().map(|c| c.1), Some('"'), "unquoted label value in {line:?}");
         let mut value = String::new();
         let mut end = None;
         while let Some((i, c)) = chars.next() {
@@ -68,10 +60,7 @@ fn parse_labels<'a>(mut s: &'a str, line: &str) -> (BTreeMap<String, String>, &'
             }
         }
         let end = end.unwrap_or_else(|| panic!("unterminated label value in {line:?}"));
-        assert!(
-            labels.insert(name.clone(), value).is_none(),
-            "duplicate label {name} in {line:?}"
-        );
+        assert!(labels.insert(name.clone(), value).is_none(), "duplicate label {name} in {line:?}");
         s = &rest[end..];
     }
 }
@@ -94,40 +83,22 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
             (BTreeMap::new(), &line_t[name_end..])
         };
         let rest = rest.split(" # ").next().unwrap_or(rest); // OpenMetrics exemplar
-        let tok = rest
-            .split_whitespace()
-            .next()
-            .unwrap_or_else(|| panic!("sample line without value: {line:?}"));
-        out.push(Sample {
-            name,
-            labels,
-            value: parse_value(tok, line),
-        });
+        let tok = rest.split_whitespace().next().unwrap_or_else(|| panic!("sample line without value: {line:?}"));
+        out.push(Sample { name, labels, value: parse_value(tok, line) });
     }
     out
 }
 
 /// Samples named `name` whose labels include every pair of `labels` (other labels may differ).
-pub fn samples_matching<'a>(
-    samples: &'a [Sample],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Vec<&'a Sample> {
-    samples
-        .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
-        .collect()
+pub fn samples_matching<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    samples.iter().filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v))).collect()
 }
 
 /// The value of the one sample named `name` whose labels include `labels`; `None` if there is none.
 /// Panics if several samples match (the label filter is not specific enough).
 pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let hits = samples_matching(samples, name, labels);
-    assert!(
-        hits.len() <= 1,
-        "{} samples match {name}{labels:?}: {hits:#?}",
-        hits.len()
-    );
+    assert!(hits.len() <= 1, "{} samples match {name}{labels:?}: {hits:#?}", hits.len());
     hits.first().map(|s| s.value)
 }
 

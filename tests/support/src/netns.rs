@@ -32,32 +32,20 @@ impl Netns {
 
     pub fn with_name(name: &str) -> Netns {
         let out = ip_netns_locked(&["add", name]);
-        assert!(
-            out.status.success(),
-            "ip netns add {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = Netns {
-            name: Some(name.to_string()),
-            deleted: false,
-        };
+        assert!(out.status.success(), "ip netns add {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let ns = Netns { name: Some(name.to_string()), deleted: false };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
 
     /// The namespace this test process runs in. Never deleted; `run` and `exec` act directly.
     pub fn host() -> Netns {
-        Netns {
-            name: None,
-            deleted: false,
-        }
+        Netns { name: None, deleted: false }
     }
 
     /// The name given to `ip netns`; panics for the host namespace.
     pub fn name(&self) -> &str {
-        self.name
-            .as_deref()
-            .expect("the host namespace has no ip-netns name")
+        self.name.as_deref().expect("the host namespace has no ip-netns name")
     }
 
     /// `/run/netns/NAME`, or `/proc/self/ns/net` for the host.
@@ -71,9 +59,7 @@ impl Netns {
     /// The namespace's inode number (what connmon reports as `netns`).
     pub fn inode(&self) -> u64 {
         let p = self.path();
-        std::fs::metadata(&p)
-            .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
-            .ino()
+        std::fs::metadata(&p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).ino()
     }
 
     /// Runs `f` on a new thread that has entered this namespace (setns CLONE_NEWNET).
@@ -85,17 +71,10 @@ impl Netns {
         std::thread::scope(|s| {
             let handle = s.spawn(move || {
                 if !is_host {
-                    let file = std::fs::File::open(&path)
-                        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
                     // SAFETY: plain syscall on a valid fd.
                     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(
-                        rc,
-                        0,
-                        "setns({}) failed: {}",
-                        path.display(),
-                        std::io::Error::last_os_error()
-                    );
+                    assert_eq!(rc, 0, "setns({}) failed: {}", path.display(), std::io::Error::last_os_error());
                 }
                 f()
             });
@@ -149,10 +128,7 @@ impl Netns {
     /// `ip link add .. type dummy` says "Unknown device type") get `ifb`, which drops packets that
     /// were not redirected to it by tc just the same. Returns the device type used.
     pub fn add_sink_device(&self, dev: &str, cidr: &str) -> &'static str {
-        assert!(
-            self.name.is_some(),
-            "refusing to add interfaces to the host namespace"
-        );
+        assert!(self.name.is_some(), "refusing to add interfaces to the host namespace");
         let mut tried = Vec::new();
         let kind = ["dummy", "ifb"]
             .into_iter()
@@ -160,10 +136,7 @@ impl Netns {
                 let mut cmd = Command::new("ip");
                 cmd.args(["-n", self.name(), "link", "add", dev, "type", kind]);
                 let out = run(&mut cmd);
-                tried.push(format!(
-                    "{kind}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
+                tried.push(format!("{kind}: {}", String::from_utf8_lossy(&out.stderr).trim()));
                 out.status.success()
             })
             .unwrap_or_else(|| panic!("cannot create a sink device in {}: {tried:?}", self.name()));
@@ -179,11 +152,7 @@ impl Netns {
             if !self.deleted {
                 self.deleted = true;
                 let out = ip_netns_locked(&["del", n]);
-                assert!(
-                    out.status.success(),
-                    "ip netns del {n} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                assert!(out.status.success(), "ip netns del {n} failed: {}", String::from_utf8_lossy(&out.stderr));
             }
         }
     }
@@ -196,10 +165,7 @@ impl Drop for Netns {
                 self.deleted = true;
                 let out = ip_netns_locked(&["del", n]);
                 if !out.status.success() {
-                    eprintln!(
-                        "warning: ip netns del {n} failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+                    eprintln!("warning: ip netns del {n} failed: {}", String::from_utf8_lossy(&out.stderr));
                 }
             }
         }

@@ -20,12 +20,8 @@ pub struct SsListener {
 
 /// Splits "127.0.0.1:80", "[::1]:80", "*:80", "10.0.0.1%eth0:80" into (addr, port).
 fn split_addr_port(s: &str) -> (String, u16) {
-    let (addr, port) = s
-        .rsplit_once(':')
-        .unwrap_or_else(|| panic!("ss address without port: {s:?}"));
-    let port = port
-        .parse()
-        .unwrap_or_else(|e| panic!("ss port {port:?} in {s:?}: {e}"));
+    let (addr, port) = s.rsplit_once(':').unwrap_or_else(|| panic!("ss address without port: {s:?}"));
+    let port = port.parse().unwrap_or_else(|e| panic!("ss port {port:?} in {s:?}: {e}"));
     let addr = addr.trim_start_matches('[').trim_end_matches(']');
     let addr = addr.split('%').next().unwrap_or(addr);
     (addr.to_string(), port)
@@ -41,30 +37,19 @@ pub fn parse_ss_listeners(text: &str) -> Vec<SsListener> {
         }
         if !line.starts_with(char::is_whitespace) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            assert!(
-                f.len() >= 5 && f[0] == "LISTEN",
-                "unexpected ss line: {line:?}"
-            );
+            assert!(f.len() >= 5 && f[0] == "LISTEN", "unexpected ss line: {line:?}");
             let (addr, port) = split_addr_port(f[3]);
             out.push(SsListener {
                 addr,
                 port,
-                recv_q: f[1]
-                    .parse()
-                    .unwrap_or_else(|e| panic!("Recv-Q in {line:?}: {e}")),
-                send_q: f[2]
-                    .parse()
-                    .unwrap_or_else(|e| panic!("Send-Q in {line:?}: {e}")),
+                recv_q: f[1].parse().unwrap_or_else(|e| panic!("Recv-Q in {line:?}: {e}")),
+                send_q: f[2].parse().unwrap_or_else(|e| panic!("Send-Q in {line:?}: {e}")),
                 drops: 0,
             });
         } else if let Some(start) = line.find("skmem:(") {
             let rest = &line[start + "skmem:(".len()..];
-            let inner = &rest[..rest
-                .find(')')
-                .unwrap_or_else(|| panic!("unclosed skmem in {line:?}"))];
-            let cur = out
-                .last_mut()
-                .unwrap_or_else(|| panic!("skmem before any socket: {line:?}"));
+            let inner = &rest[..rest.find(')').unwrap_or_else(|| panic!("unclosed skmem in {line:?}"))];
+            let cur = out.last_mut().unwrap_or_else(|| panic!("skmem before any socket: {line:?}"));
             for field in inner.split(',') {
                 if let Some(d) = field.strip_prefix('d') {
                     if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) {
@@ -91,10 +76,7 @@ pub fn ss_listener(ns: &Netns, addr: &str, port: u16) -> Option<SsListener> {
 pub fn pick_listener(list: &[SsListener], addr: &str, port: u16) -> Option<SsListener> {
     let mut hits = list.iter().filter(|l| l.addr == addr && l.port == port);
     let first = hits.next().cloned();
-    assert!(
-        hits.next().is_none(),
-        "several ss listeners on {addr}:{port}: {list:?}"
-    );
+    assert!(hits.next().is_none(), "several ss listeners on {addr}:{port}: {list:?}");
     first
 }
 
@@ -132,9 +114,7 @@ pub fn nstat(ns: &Netns) -> HashMap<String, u64> {
 
 /// `counters[name]`, panicking with a useful message if the kernel has no such counter.
 pub fn counter(counters: &HashMap<String, u64>, name: &str) -> u64 {
-    *counters
-        .get(name)
-        .unwrap_or_else(|| panic!("nstat has no {name}; it has {} counters", counters.len()))
+    *counters.get(name).unwrap_or_else(|| panic!("nstat has no {name}; it has {} counters", counters.len()))
 }
 
 /// One counter from [`nstat`]; panics if nstat does not know it.

@@ -38,8 +38,6 @@ pub fn balance(p: &PoolRef, f: &PoolFigures, seeded: f64) -> Result<(), String> 
     if o - c == a - seeded {
         Ok(())
     } else {
-        Err(format!(
-            "{p}: opens {o} - closes {c} != active {a} - seeded {seeded}: {f}"
-        ))
+        Err(format!("{p}: opens {o} - closes {c} != active {a} - seeded {seeded}: {f}"))
     }
 }

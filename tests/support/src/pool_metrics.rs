@@ -11,9 +11,8 @@ use super::{connmon_ok, parse_json_lines, sample, samples_matching, ClientProc, 
 // The names as the agent spells them: a renamed metric changes here too, and the dashboard and
 // rules tests (which check shipped files against `connmon::export::METRICS`) catch the rest.
 pub use connmon::export::pools::{
-    EVENTS_LOST, LISTEN_ACCEPTS, LISTEN_ESTABLISHED, POOL_ATTEMPTS, POOL_CLOSES,
-    POOL_CONNECTIONS, POOL_CONNECT_DURATION, POOL_FAILURES, POOL_FOLDED, POOL_LIFETIME,
-    POOL_OPENS, POOL_PEAK, POOL_SERVICE_INFO,
+    EVENTS_LOST, LISTEN_ACCEPTS, LISTEN_ESTABLISHED, POOL_ATTEMPTS, POOL_CLOSES, POOL_CONNECTIONS,
+    POOL_CONNECT_DURATION, POOL_FAILURES, POOL_FOLDED, POOL_LIFETIME, POOL_OPENS, POOL_PEAK, POOL_SERVICE_INFO,
 };
 pub use connmon::model::pools::FAILURE_REASONS;
 
@@ -57,10 +56,7 @@ pub struct PoolFigures {
 
 impl PoolFigures {
     pub fn failure(&self, reason: &str) -> f64 {
-        self.failures
-            .iter()
-            .find(|(r, _)| r == reason)
-            .map_or(0.0, |(_, v)| *v)
+        self.failures.iter().find(|(r, _)| r == reason).map_or(0.0, |(_, v)| *v)
     }
 
     pub fn failures_total(&self) -> f64 {
@@ -101,10 +97,7 @@ impl PoolRef {
     /// The same pool matched by comm and destination only, whatever its cgroup label says (for
     /// tests about something else than cgroup attribution).
     pub fn any_cgroup(&self) -> PoolRef {
-        PoolRef {
-            cgroup: ANY_CGROUP.to_string(),
-            ..self.clone()
-        }
+        PoolRef { cgroup: ANY_CGROUP.to_string(), ..self.clone() }
     }
 
     pub fn labels(&self) -> Vec<(&str, &str)> {
@@ -151,11 +144,7 @@ impl PoolRef {
 
 impl fmt::Display for PoolRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "pool{{comm={},cgroup={},dst={}:{}}}",
-            self.comm, self.cgroup, self.dst_addr, self.dst_port
-        )
+        write!(f, "pool{{comm={},cgroup={},dst={}:{}}}", self.comm, self.cgroup, self.dst_addr, self.dst_port)
     }
 }
 
@@ -172,11 +161,7 @@ pub fn lost_all(samples: &[Sample]) -> [f64; 3] {
 /// connmon_pool_service_info samples for `dst`.
 pub fn service_info(samples: &[Sample], dst: SocketAddr) -> Vec<&Sample> {
     let (a, p) = (dst.ip().to_string(), dst.port().to_string());
-    samples_matching(
-        samples,
-        POOL_SERVICE_INFO,
-        &[("dst_addr", a.as_str()), ("dst_port", p.as_str())],
-    )
+    samples_matching(samples, POOL_SERVICE_INFO, &[("dst_addr", a.as_str()), ("dst_port", p.as_str())])
 }
 
 /// ESTABLISHED TCP sockets in `ns` with destination port `dport` that `pid` holds (`ss -tnp`).
@@ -214,8 +199,7 @@ pub fn pool_rows<'a>(rows: &'a [Value], pool: &PoolRef) -> Vec<&'a Value> {
             r["comm"].as_str() == Some(pool.comm.as_str())
                 && (pool.cgroup == ANY_CGROUP || r["cgroup"].as_str() == Some(pool.cgroup.as_str()))
                 && r["dst_addr"].as_str() == Some(pool.dst_addr.as_str())
-                && r["dst_port"].as_u64().map(|p| p.to_string()).as_deref()
-                    == Some(pool.dst_port.as_str())
+                && r["dst_port"].as_u64().map(|p| p.to_string()).as_deref() == Some(pool.dst_port.as_str())
         })
         .collect()
 }
@@ -258,10 +242,7 @@ pub fn bpf_programs(pid: u32) -> Vec<BpfProgInfo> {
                 .and_then(|o| {
                     let t = String::from_utf8_lossy(&o.stdout).into_owned();
                     let f: Vec<&str> = t.split_whitespace().collect();
-                    f.iter()
-                        .position(|w| *w == "name")
-                        .and_then(|i| f.get(i + 1))
-                        .map(|n| n.to_string())
+                    f.iter().position(|w| *w == "name").and_then(|i| f.get(i + 1)).map(|n| n.to_string())
                 });
             out.push(BpfProgInfo {
                 prog_id,
@@ -280,19 +261,9 @@ pub fn recursion_misses_delta(before: &[BpfProgInfo], after: &[BpfProgInfo]) -> 
     after
         .iter()
         .filter_map(|a| {
-            let b = before
-                .iter()
-                .find(|b| b.prog_id == a.prog_id)
-                .map_or(0, |b| b.recursion_misses);
+            let b = before.iter().find(|b| b.prog_id == a.prog_id).map_or(0, |b| b.recursion_misses);
             let d = a.recursion_misses.saturating_sub(b);
-            (d > 0).then(|| {
-                (
-                    a.name
-                        .clone()
-                        .unwrap_or_else(|| format!("prog {}", a.prog_id)),
-                    d,
-                )
-            })
+            (d > 0).then(|| (a.name.clone().unwrap_or_else(|| format!("prog {}", a.prog_id)), d))
         })
         .collect()
 }

@@ -49,10 +49,7 @@ impl TestCgroup {
         let name = format!("connmon-t-{}-{}", std::process::id(), unique_id());
         let dir = cgroup2_root().join(&name);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TestCgroup {
-            dir,
-            rel: format!("/{name}"),
-        }
+        TestCgroup { dir, rel: format!("/{name}") }
     }
 
     /// The path relative to the cgroup2 root, as connmon labels it ("/connmon-t-123-4").
@@ -83,11 +80,7 @@ impl Drop for TestCgroup {
                 Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return,
                 Err(e) if Instant::now() >= end => {
-                    eprintln!(
-                        "warning: cannot remove cgroup {}: {e} (procs: {:?})",
-                        self.dir.display(),
-                        self.procs()
-                    );
+                    eprintln!("warning: cannot remove cgroup {}: {e} (procs: {:?})", self.dir.display(), self.procs());
                     return;
                 }
                 Err(_) => std::thread::sleep(super::POLL_INTERVAL),
@@ -177,38 +170,17 @@ impl ReexecProc {
     /// client's stdout for the caller's protocol reader.
     pub fn spawn(entry: &EntryPoint, prefix: &str, mut spec: Value) -> (ReexecProc, ChildStdout) {
         let name = unique_name(prefix);
-        assert!(
-            name.len() <= 15,
-            "client name {name:?} is longer than a comm (15 bytes)"
-        );
+        assert!(name.len() <= 15, "client name {name:?} is longer than a comm (15 bytes)");
         let cgroup = TestCgroup::new();
-        let Some(fields) = spec.as_object_mut() else {
-            panic!("{} spec is not a JSON object", entry.kind)
-        };
+        let Some(fields) = spec.as_object_mut() else { panic!("{} spec is not a JSON object", entry.kind) };
         fields.insert("name".into(), name.clone().into());
-        fields.insert(
-            "cgroup_procs".into(),
-            cgroup
-                .dir()
-                .join("cgroup.procs")
-                .display()
-                .to_string()
-                .into(),
-        );
+        fields.insert("cgroup_procs".into(), cgroup.dir().join("cgroup.procs").display().to_string().into());
         let dir = TempDir::new(entry.tmp_prefix);
         let stderr_path = dir.path().join("stderr");
         let exe = std::env::current_exe().expect("current_exe");
-        let stderr = File::create(&stderr_path)
-            .unwrap_or_else(|e| panic!("create {} stderr file: {e}", entry.kind));
+        let stderr = File::create(&stderr_path).unwrap_or_else(|e| panic!("create {} stderr file: {e}", entry.kind));
         let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                entry.test,
-                "--nocapture",
-                "--test-threads",
-                "1",
-                "-q",
-            ])
+            .args(["--exact", entry.test, "--nocapture", "--test-threads", "1", "-q"])
             .env(entry.env, spec.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -217,15 +189,7 @@ impl ReexecProc {
             .unwrap_or_else(|e| panic!("cannot start {} {}: {e}", entry.kind, exe.display()));
         let stdout = child.stdout.take().expect("client stdout");
         let stdin = child.stdin.take();
-        let proc = ReexecProc {
-            name,
-            kind: entry.kind,
-            child,
-            stdin,
-            stderr_path,
-            _dir: dir,
-            cgroup,
-        };
+        let proc = ReexecProc { name, kind: entry.kind, child, stdin, stderr_path, _dir: dir, cgroup };
         (proc, stdout)
     }
 
@@ -255,9 +219,7 @@ impl ReexecProc {
 
     /// Its exit status if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("try_wait on {}: {e}", self.kind))
+        self.child.try_wait().unwrap_or_else(|e| panic!("try_wait on {}: {e}", self.kind))
     }
 
     /// Waits for it to exit (None if waiting fails).
@@ -270,13 +232,7 @@ impl ReexecProc {
         let end = Instant::now() + within;
         loop {
             if let Some(st) = self.try_wait() {
-                assert!(
-                    st.success(),
-                    "{} {} exited with {st}; stderr:\n{}",
-                    self.kind,
-                    self.name,
-                    self.stderr()
-                );
+                assert!(st.success(), "{} {} exited with {st}; stderr:\n{}", self.kind, self.name, self.stderr());
                 return;
             }
             assert!(
@@ -297,12 +253,7 @@ impl Drop for ReexecProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "---- {} {} stderr ----\n{}---- end ----",
-                self.kind,
-                self.name,
-                self.stderr()
-            );
+            eprintln!("---- {} {} stderr ----\n{}---- end ----", self.kind, self.name, self.stderr());
         }
     }
 }
@@ -310,11 +261,7 @@ impl Drop for ReexecProc {
 /// Reads the client's stdout on a thread of its own and hands `f` every line that starts with
 /// `prefix` (without it), until `f` returns false or the output ends. Lines without the prefix
 /// are libtest's own and are dropped.
-pub fn read_protocol(
-    stdout: ChildStdout,
-    prefix: &'static str,
-    mut f: impl FnMut(&str) -> bool + Send + 'static,
-) {
+pub fn read_protocol(stdout: ChildStdout, prefix: &'static str, mut f: impl FnMut(&str) -> bool + Send + 'static) {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -330,9 +277,7 @@ pub fn read_protocol(
 /// The client's protocol lines (see [`read_protocol`]), in order, for a parent that waits on them.
 pub fn protocol_lines(stdout: ChildStdout, prefix: &'static str) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
-    read_protocol(stdout, prefix, move |rest| {
-        tx.send(rest.to_string()).is_ok()
-    });
+    read_protocol(stdout, prefix, move |rest| tx.send(rest.to_string()).is_ok());
     rx
 }
 
@@ -342,24 +287,18 @@ pub fn protocol_lines(stdout: ChildStdout, prefix: &'static str) -> mpsc::Receiv
 /// The spec of the client `entry` describes, when this process is one (its variable is set).
 pub fn entry_spec(entry: &EntryPoint) -> Option<Value> {
     let text = std::env::var(entry.env).ok()?;
-    let spec =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad {} ({e}): {text}", entry.env));
+    let spec = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad {} ({e}): {text}", entry.env));
     Some(spec)
 }
 
 /// The string `spec[key]`; panics if it is missing.
 pub fn spec_str(spec: &Value, key: &str) -> String {
-    spec[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("{key} missing in {spec}"))
-        .to_string()
+    spec[key].as_str().unwrap_or_else(|| panic!("{key} missing in {spec}")).to_string()
 }
 
 /// The number `spec[key]`; panics if it is missing.
 pub fn spec_u64(spec: &Value, key: &str) -> u64 {
-    spec[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {spec}"))
+    spec[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {spec}"))
 }
 
 /// Makes this process the client [`ReexecProc::spawn`] described; returns its name.
@@ -368,8 +307,7 @@ pub fn take_identity(spec: &Value) -> String {
 
     // 1. Own cgroup (moves every thread of the process).
     let procs = spec_str(spec, "cgroup_procs");
-    std::fs::write(&procs, std::process::id().to_string())
-        .unwrap_or_else(|e| panic!("write {procs}: {e}"));
+    std::fs::write(&procs, std::process::id().to_string()).unwrap_or_else(|e| panic!("write {procs}: {e}"));
     // 2. Own name: this thread's (threads spawned later inherit it), and the thread-group
     //    leader's (what /proc/<pid>/comm shows and what connmon labels connections with), since
     //    libtest may run us on a non-main thread.
@@ -393,7 +331,5 @@ pub fn take_identity(spec: &Value) -> String {
 /// Writes one protocol line (`prefix` + `line`) to stdout, flushed at once: the parent waits on it.
 pub fn say_line(prefix: &str, line: &str) {
     let mut out = io::stdout().lock();
-    writeln!(out, "{prefix}{line}")
-        .and_then(|_| out.flush())
-        .expect("write to stdout");
+    writeln!(out, "{prefix}{line}").and_then(|_| out.flush()).expect("write to stdout");
 }

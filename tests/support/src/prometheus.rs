@@ -67,27 +67,19 @@ impl PromSample {
 
 impl fmt::Display for PromSample {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let labels: Vec<String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect();
+        let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
         write!(f, "{{{}}} {}", labels.join(","), self.value)
     }
 }
 
 /// A sample value as the API writes it (a string: "6", "NaN", "+Inf", "1.5e-05").
 fn api_value(v: &Value) -> Result<f64, String> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| format!("sample value is not a string: {v}"))?;
+    let s = v.as_str().ok_or_else(|| format!("sample value is not a string: {v}"))?;
     match s {
         "+Inf" | "Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
         "NaN" => Ok(f64::NAN),
-        s => s
-            .parse()
-            .map_err(|e| format!("bad sample value {s:?}: {e}")),
+        s => s.parse().map_err(|e| format!("bad sample value {s:?}: {e}")),
     }
 }
 
@@ -110,9 +102,7 @@ impl Prometheus {
             match Prometheus::try_start(config) {
                 Ok(p) => return p,
                 Err(log) if attempt < 3 && log.contains("address already in use") => {
-                    eprintln!(
-                        "prometheus could not bind its port (attempt {attempt}), retrying:\n{log}"
-                    );
+                    eprintln!("prometheus could not bind its port (attempt {attempt}), retrying:\n{log}");
                 }
                 Err(log) => panic!("prometheus exited before it was ready; log:\n{log}"),
             }
@@ -123,17 +113,13 @@ impl Prometheus {
     fn try_start(config: &str) -> Result<Prometheus, String> {
         let dir = TempDir::new("cmprom");
         let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config)
-            .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_local_port()).parse().unwrap();
         let log_path = dir.path().join("prometheus.log");
         let log = File::create(&log_path).expect("create prometheus log");
         let mut cmd = Command::new(prometheus_bin());
         cmd.arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -142,29 +128,17 @@ impl Prometheus {
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start {cmd:?}: {e}; install Prometheus (Debian: apt install prometheus) or set PROMETHEUS")
         });
-        let mut p = Prometheus {
-            child,
-            addr,
-            log_path,
-            dir,
-        };
-        let exited = poll_until(
-            deadline(60),
-            &format!("prometheus on {addr} to answer 200 on /-/ready"),
-            || {
-                if let Some(st) = p.exited() {
-                    return Ok(Some(format!(
-                        "prometheus exited with {st}; log:\n{}",
-                        p.log()
-                    )));
-                }
-                match http_get(p.addr, "/-/ready", &[]) {
-                    Ok(r) if r.status == 200 => Ok(None),
-                    Ok(r) => Err(format!("/-/ready answered {}: {:?}", r.status, r.body)),
-                    Err(e) => Err(format!("GET /-/ready: {e}")),
-                }
-            },
-        );
+        let mut p = Prometheus { child, addr, log_path, dir };
+        let exited = poll_until(deadline(60), &format!("prometheus on {addr} to answer 200 on /-/ready"), || {
+            if let Some(st) = p.exited() {
+                return Ok(Some(format!("prometheus exited with {st}; log:\n{}", p.log())));
+            }
+            match http_get(p.addr, "/-/ready", &[]) {
+                Ok(r) if r.status == 200 => Ok(None),
+                Ok(r) => Err(format!("/-/ready answered {}: {:?}", r.status, r.body)),
+                Err(e) => Err(format!("GET /-/ready: {e}")),
+            }
+        });
         match exited {
             None => Ok(p),
             Some(msg) => Err(msg),
@@ -193,12 +167,8 @@ impl Prometheus {
     /// `status` is `success`, `Err(errorType: error)` otherwise (transport errors too).
     pub fn api(&self, path: &str) -> Result<Value, String> {
         let r = http_get(self.addr, path, &[]).map_err(|e| format!("GET {path}: {e}"))?;
-        let v: Value = serde_json::from_str(&r.body).map_err(|e| {
-            format!(
-                "GET {path} answered {} with non-JSON ({e}): {}",
-                r.status, r.body
-            )
-        })?;
+        let v: Value = serde_json::from_str(&r.body)
+            .map_err(|e| format!("GET {path} answered {} with non-JSON ({e}): {}", r.status, r.body))?;
         if v["status"] == "success" {
             Ok(v["data"].clone())
         } else {
@@ -227,16 +197,10 @@ impl Prometheus {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                         .collect();
-                    Ok(PromSample {
-                        labels,
-                        value: api_value(&s["value"][1])?,
-                    })
+                    Ok(PromSample { labels, value: api_value(&s["value"][1])? })
                 })
                 .collect(),
-            Some("scalar") => Ok(vec![PromSample {
-                labels: BTreeMap::new(),
-                value: api_value(&data["result"][1])?,
-            }]),
+            Some("scalar") => Ok(vec![PromSample { labels: BTreeMap::new(), value: api_value(&data["result"][1])? }]),
             other => Err(format!("{expr}: unexpected result type {other:?}: {data}")),
         }
     }
@@ -248,21 +212,14 @@ impl Prometheus {
             Ok(v.remove(0))
         } else {
             let shown: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-            Err(format!(
-                "{expr}: {} series, want 1: [{}]",
-                v.len(),
-                shown.join(", ")
-            ))
+            Err(format!("{expr}: {} series, want 1: [{}]", v.len(), shown.join(", ")))
         }
     }
 
     /// `/api/v1/targets` active targets (objects with labels, health, lastError, lastScrape, ...).
     pub fn active_targets(&self) -> Result<Vec<Value>, String> {
         let data = self.api("/api/v1/targets?state=active")?;
-        data["activeTargets"]
-            .as_array()
-            .cloned()
-            .ok_or_else(|| format!("no activeTargets in {data}"))
+        data["activeTargets"].as_array().cloned().ok_or_else(|| format!("no activeTargets in {data}"))
     }
 }
 

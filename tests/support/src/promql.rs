@@ -94,10 +94,7 @@ pub fn metric_uses(expr: &str) -> Vec<Use> {
                 }
                 let ident: String = chars[start..=i].iter().collect();
                 if braces == 0 && ident.starts_with("connmon_") {
-                    out.push(Use {
-                        metric: ident.clone(),
-                        function: parens.last().cloned().flatten(),
-                    });
+                    out.push(Use { metric: ident.clone(), function: parens.last().cloned().flatten() });
                 }
                 last_ident = Some(ident);
             }
@@ -116,20 +113,11 @@ pub fn grouping_lists(expr: &str) -> Vec<Vec<String>> {
         while let Some(pos) = expr[from..].find(kw) {
             let at = from + pos;
             from = at + kw.len();
-            let before_ok = expr[..at]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+            let before_ok = expr[..at].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
             let rest = expr[at + kw.len()..].trim_start();
             if before_ok && rest.starts_with('(') {
                 if let Some(end) = rest.find(')') {
-                    out.push(
-                        rest[1..end]
-                            .split(',')
-                            .map(|l| l.trim().to_string())
-                            .filter(|l| !l.is_empty())
-                            .collect(),
-                    );
+                    out.push(rest[1..end].split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect());
                 }
             }
         }

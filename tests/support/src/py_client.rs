@@ -33,10 +33,7 @@ impl PyClient {
     /// Starts `python3 SCRIPT MODE --name NAME --cgroup-procs … [--netns …] ARGS`.
     pub fn spawn(prefix: &str, mode: &str, args: &[&str], netns: Option<&Netns>) -> PyClient {
         let name = unique_name(prefix);
-        assert!(
-            name.len() <= 15,
-            "client name {name:?} is longer than a comm (15 bytes)"
-        );
+        assert!(name.len() <= 15, "client name {name:?} is longer than a comm (15 bytes)");
         let cgroup = TestCgroup::new();
         let dir = TempDir::new("cmpy");
         let stderr_path = dir.path().join("stderr");
@@ -55,9 +52,7 @@ impl PyClient {
         if let Some(ns) = netns {
             cmd.arg("--netns").arg(ns.path());
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("python client stdout");
         let latest = Arc::new(Mutex::new(None));
         let sink = Arc::clone(&latest);
@@ -70,26 +65,11 @@ impl PyClient {
             }
         });
         let stdin = child.stdin.take();
-        let c = PyClient {
-            name,
-            started: Instant::now(),
-            child,
-            stdin,
-            latest,
-            stderr_path,
-            _dir: dir,
-            cgroup,
-        };
+        let c = PyClient { name, started: Instant::now(), child, stdin, latest, stderr_path, _dir: dir, cgroup };
         // Up and reporting (imports done, identity taken) before the test goes on.
-        poll_until(
-            super::deadline(30),
-            &format!("python client {} ({mode}) to report", c.name),
-            || {
-                c.latest()
-                    .map(|_| ())
-                    .ok_or_else(|| format!("nothing yet; stderr: {}", c.stderr()))
-            },
-        );
+        poll_until(super::deadline(30), &format!("python client {} ({mode}) to report", c.name), || {
+            c.latest().map(|_| ()).ok_or_else(|| format!("nothing yet; stderr: {}", c.stderr()))
+        });
         c
     }
 
@@ -104,24 +84,17 @@ impl PyClient {
 
     /// The latest figures line; panics if the process died.
     pub fn latest(&self) -> Option<Value> {
-        self.latest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Errors of `kind` the client library raised so far.
     pub fn errors(&self, kind: &str) -> u64 {
-        self.latest()
-            .and_then(|v| v["errors"][kind].as_u64())
-            .unwrap_or(0)
+        self.latest().and_then(|v| v["errors"][kind].as_u64()).unwrap_or(0)
     }
 
     /// Every error kind with its count.
     pub fn all_errors(&self) -> Value {
-        self.latest()
-            .map(|v| v["errors"].clone())
-            .unwrap_or(Value::Null)
+        self.latest().map(|v| v["errors"].clone()).unwrap_or(Value::Null)
     }
 
     /// Unix time of the first error of `kind`, if there was one.
@@ -136,21 +109,12 @@ impl PyClient {
     /// Waits until the client has reported an error of `kind`; its Unix time.
     pub fn wait_first_error(&mut self, kind: &str, within: Duration) -> f64 {
         let end = Instant::now() + within;
-        poll_until(
-            end,
-            &format!("{} to see {kind:?} from its client library", self.name),
-            || {
-                if let Some(st) = self.child.try_wait().expect("try_wait python client") {
-                    panic!(
-                        "python client {} exited with {st}; stderr:\n{}",
-                        self.name,
-                        self.stderr()
-                    );
-                }
-                self.first_error(kind)
-                    .ok_or_else(|| format!("{:?}", self.latest()))
-            },
-        )
+        poll_until(end, &format!("{} to see {kind:?} from its client library", self.name), || {
+            if let Some(st) = self.child.try_wait().expect("try_wait python client") {
+                panic!("python client {} exited with {st}; stderr:\n{}", self.name, self.stderr());
+            }
+            self.first_error(kind).ok_or_else(|| format!("{:?}", self.latest()))
+        })
     }
 
     /// Closes its stdin (the script stops its work and prints its last figures) and waits for
@@ -160,19 +124,10 @@ impl PyClient {
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait python client") {
-                assert!(
-                    st.success(),
-                    "python client {} exited with {st}; stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                );
+                assert!(st.success(), "python client {} exited with {st}; stderr:\n{}", self.name, self.stderr());
                 break;
             }
-            assert!(
-                Instant::now() < end,
-                "python client {} did not stop within 20 s",
-                self.name
-            );
+            assert!(Instant::now() < end, "python client {} did not stop within 20 s", self.name);
             std::thread::sleep(super::POLL_INTERVAL);
         }
         // The reader thread may still be handing over the last line.
@@ -191,11 +146,7 @@ impl Drop for PyClient {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "---- python client {} stderr ----\n{}---- end ----",
-                self.name,
-                self.stderr()
-            );
+            eprintln!("---- python client {} stderr ----\n{}---- end ----", self.name, self.stderr());
         }
     }
 }

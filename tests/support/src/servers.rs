@@ -13,19 +13,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{
-    deadline, listen_tcp, local_addr, poll_until, read_line, resp_command, run, run_ok, Netns,
-    TempDir,
-};
+use super::{deadline, listen_tcp, local_addr, poll_until, read_line, resp_command, run, run_ok, Netns, TempDir};
 
 /// Panics unless 127.0.0.1:`port` can be bound right now (a fixed port another process holds
 /// would make the test measure someone else's server).
 pub fn assert_port_free(port: u16) {
     if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
-        panic!(
-            "127.0.0.1:{port} is not free ({e}); ss -tlnp:\n{}",
-            run_ok(Command::new("ss").arg("-tlnp"))
-        );
+        panic!("127.0.0.1:{port} is not free ({e}); ss -tlnp:\n{}", run_ok(Command::new("ss").arg("-tlnp")));
     }
 }
 
@@ -46,37 +40,21 @@ impl Redis {
         let dir = TempDir::new("cmredis");
         let log = File::create(dir.path().join("redis.log")).expect("create redis log");
         let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(["--daemonize", "no", "--protected-mode", "no", "--dir"])
-        .arg(dir.path())
-        .args(extra_args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup log"))
-        .stderr(log);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        cmd.args(["--save", "", "--appendonly", "no", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--daemonize", "no", "--protected-mode", "no", "--dir"])
+            .arg(dir.path())
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let mut r = Redis { child, port, dir };
-        poll_until(
-            deadline(20),
-            &format!("redis-server on port {port} to answer PING"),
-            || {
-                if let Some(st) = r.child.try_wait().expect("try_wait redis") {
-                    panic!("redis-server exited with {st}; log:\n{}", r.log());
-                }
-                r.command(&["PING"])
-                    .and_then(|l| if l == "+PONG" { Ok(()) } else { Err(l) })
-            },
-        );
+        poll_until(deadline(20), &format!("redis-server on port {port} to answer PING"), || {
+            if let Some(st) = r.child.try_wait().expect("try_wait redis") {
+                panic!("redis-server exited with {st}; log:\n{}", r.log());
+            }
+            r.command(&["PING"]).and_then(|l| if l == "+PONG" { Ok(()) } else { Err(l) })
+        });
         r
     }
 
@@ -98,22 +76,15 @@ impl Redis {
 
     /// One command over a fresh connection from this test process; the first reply line.
     fn command(&self, args: &[&str]) -> Result<String, String> {
-        let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        s.write_all(&resp_command(args))
-            .map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.write_all(&resp_command(args)).map_err(|e| e.to_string())?;
         Ok(read_line(&mut s))
     }
 
     /// `redis-cli -p P <args>`; stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        run_ok(
-            Command::new("redis-cli")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .args(args),
-        )
+        run_ok(Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args))
     }
 
     /// `CLIENT LIST` (through redis-cli, whose own connection is in the list: its `cmd` is
@@ -133,10 +104,7 @@ impl Redis {
 
     /// Clients named `name` (CLIENT SETNAME) per CLIENT LIST.
     pub fn clients_named(&self, name: &str) -> usize {
-        self.client_list()
-            .iter()
-            .filter(|c| c.get("name").map(String::as_str) == Some(name))
-            .count()
+        self.client_list().iter().filter(|c| c.get("name").map(String::as_str) == Some(name)).count()
     }
 
     /// `INFO clients` (through redis-cli, which is one of the connected clients) as key -> value.
@@ -165,11 +133,7 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "---- redis-server (port {}) log ----\n{}---- end ----",
-                self.port,
-                self.log()
-            );
+            eprintln!("---- redis-server (port {}) log ----\n{}---- end ----", self.port, self.log());
         }
     }
 }
@@ -180,22 +144,15 @@ impl Drop for Redis {
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn postgres_ids() -> (u32, u32) {
-    let uid = run_ok(Command::new("id").args(["-u", "postgres"]))
-        .trim()
-        .parse()
-        .expect("uid");
-    let gid = run_ok(Command::new("id").args(["-g", "postgres"]))
-        .trim()
-        .parse()
-        .expect("gid");
+    let uid = run_ok(Command::new("id").args(["-u", "postgres"])).trim().parse().expect("uid");
+    let gid = run_ok(Command::new("id").args(["-g", "postgres"])).trim().parse().expect("gid");
     (uid, gid)
 }
 
 /// A `runuser -u postgres -- PG_BIN/<tool>` command.
 fn as_postgres(tool: &str) -> Command {
     let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--"])
-        .arg(Path::new(PG_BIN).join(tool));
+    c.args(["-u", "postgres", "--"]).arg(Path::new(PG_BIN).join(tool));
     c
 }
 
@@ -223,12 +180,10 @@ impl Postgres {
         let (uid, gid) = postgres_ids();
         for d in [&data, &run_dir] {
             std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
-            std::os::unix::fs::chown(d, Some(uid), Some(gid))
-                .unwrap_or_else(|e| panic!("chown {}: {e}", d.display()));
+            std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("chown {}: {e}", d.display()));
         }
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
-            .expect("chmod data dir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod data dir");
         run_ok(as_postgres("initdb").arg("-D").arg(&data).args([
             "--auth=trust",
             "-U",
@@ -238,12 +193,7 @@ impl Postgres {
             "UTF8",
             "--locale=C",
         ]));
-        let pg = Postgres {
-            port,
-            data,
-            run_dir,
-            _dir: dir,
-        };
+        let pg = Postgres { port, data, run_dir, _dir: dir };
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections={max_connections} -c fsync=off",
             pg.run_dir.display()
@@ -282,16 +232,7 @@ impl Postgres {
     pub fn query(&self, sql: &str) -> String {
         run_ok(
             Command::new("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                ])
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
                 .args(["-Atc", sql])
                 .env("PGCONNECT_TIMEOUT", "10"),
         )
@@ -301,39 +242,21 @@ impl Postgres {
 
     /// Backends in pg_stat_activity whose application_name is `name`.
     pub fn count_by_application(&self, name: &str) -> usize {
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-            "odd name {name:?}"
-        );
-        self.query(&format!(
-            "select count(*) from pg_stat_activity where application_name='{name}'"
-        ))
-        .parse()
-        .expect("count(*)")
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "odd name {name:?}");
+        self.query(&format!("select count(*) from pg_stat_activity where application_name='{name}'"))
+            .parse()
+            .expect("count(*)")
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let out = run(as_postgres("pg_ctl").arg("-D").arg(&self.data).args([
-            "stop",
-            "-m",
-            "immediate",
-            "-w",
-        ]));
+        let out = run(as_postgres("pg_ctl").arg("-D").arg(&self.data).args(["stop", "-m", "immediate", "-w"]));
         if !out.status.success() {
-            eprintln!(
-                "warning: pg_ctl stop failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            eprintln!("warning: pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         if std::thread::panicking() {
-            eprintln!(
-                "---- postgres (port {}) log ----\n{}---- end ----",
-                self.port,
-                self.log()
-            );
+            eprintln!("---- postgres (port {}) log ----\n{}---- end ----", self.port, self.log());
         }
         // self.dir (the cluster's files) is removed after this, once the server is down.
     }
@@ -362,11 +285,7 @@ impl AcceptLoop {
             let mut held: Vec<OwnedFd> = Vec::new();
             let mut n = 0u64;
             while !stop2.load(Ordering::Relaxed) {
-                let mut pfd = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
+                let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, 100) };
                 loop {
@@ -392,11 +311,7 @@ impl AcceptLoop {
             }
             n
         });
-        AcceptLoop {
-            addr,
-            stop,
-            handle: Some(handle),
-        }
+        AcceptLoop { addr, stop, handle: Some(handle) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -406,10 +321,7 @@ impl AcceptLoop {
     /// Stops the loop; returns how many connections it accepted.
     pub fn stop(&mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .map(|h| h.join().expect("accept loop panicked"))
-            .unwrap_or(0)
+        self.handle.take().map(|h| h.join().expect("accept loop panicked")).unwrap_or(0)
     }
 }
 

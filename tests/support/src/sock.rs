@@ -79,11 +79,7 @@ pub fn listen_tcp(addr: SocketAddr, backlog: i32) -> OwnedFd {
     // SAFETY: plain syscalls; the fd is owned by the returned OwnedFd.
     unsafe {
         let fd = cvt(
-            libc::socket(
-                family(&addr),
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            ),
+            libc::socket(family(&addr), libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0),
             "socket(SOCK_STREAM)",
         );
         let fd = OwnedFd::from_raw_fd(fd);
@@ -99,18 +95,8 @@ pub fn listen_tcp(addr: SocketAddr, backlog: i32) -> OwnedFd {
             "setsockopt(SO_REUSEADDR)",
         );
         let (sa, len) = to_sockaddr(&addr);
-        cvt(
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const libc::sockaddr,
-                len,
-            ),
-            &format!("bind({addr})"),
-        );
-        cvt(
-            libc::listen(fd.as_raw_fd(), backlog),
-            &format!("listen({addr}, {backlog})"),
-        );
+        cvt(libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len), &format!("bind({addr})"));
+        cvt(libc::listen(fd.as_raw_fd(), backlog), &format!("listen({addr}, {backlog})"));
         fd
     }
 }
@@ -121,14 +107,7 @@ pub fn local_addr(fd: &OwnedFd) -> SocketAddr {
     unsafe {
         let mut storage: libc::sockaddr_storage = mem::zeroed();
         let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        cvt(
-            libc::getsockname(
-                fd.as_raw_fd(),
-                &mut storage as *mut _ as *mut libc::sockaddr,
-                &mut len,
-            ),
-            "getsockname",
-        );
+        cvt(libc::getsockname(fd.as_raw_fd(), &mut storage as *mut _ as *mut libc::sockaddr, &mut len), "getsockname");
         from_sockaddr(&storage)
     }
 }
@@ -140,27 +119,15 @@ pub fn connect_nonblocking(addr: SocketAddr) -> OwnedFd {
     // SAFETY: plain syscalls; the fd is owned by the returned OwnedFd.
     unsafe {
         let fd = cvt(
-            libc::socket(
-                family(&addr),
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            ),
+            libc::socket(family(&addr), libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0),
             "socket(SOCK_STREAM)",
         );
         let fd = OwnedFd::from_raw_fd(fd);
         let (sa, len) = to_sockaddr(&addr);
-        let rc = libc::connect(
-            fd.as_raw_fd(),
-            &sa as *const _ as *const libc::sockaddr,
-            len,
-        );
+        let rc = libc::connect(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len);
         if rc < 0 {
             let err = io::Error::last_os_error();
-            assert_eq!(
-                err.raw_os_error(),
-                Some(libc::EINPROGRESS),
-                "connect({addr}) failed: {err}"
-            );
+            assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS), "connect({addr}) failed: {err}");
         }
         fd
     }
@@ -173,12 +140,7 @@ pub fn accept_all(listener: &OwnedFd) -> usize {
     loop {
         // SAFETY: accept4 with null address pointers is allowed.
         let rc = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
+            libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
         };
         if rc >= 0 {
             // SAFETY: rc is a fresh fd we own; dropping it closes it.
@@ -281,19 +243,11 @@ pub fn build_syn(src: SocketAddrV4, dst: SocketAddrV4, seq: u32) -> Vec<u8> {
 /// (`Netns::add_sink_device`), listen on 10.99.0.1, and send SYNs from the non-existent 10.99.0.2.
 /// The SYN-ACKs are routed out of the sink device and vanish, so the requests stay in SYN-RECV and
 /// the kernel retransmits SYN-ACKs (first after ~1 s, then 3, 7, 15, 31 s; gone after ~63 s).
-pub fn send_raw_syns(
-    src_ip: Ipv4Addr,
-    dst: SocketAddrV4,
-    src_ports: impl IntoIterator<Item = u16>,
-) {
+pub fn send_raw_syns(src_ip: Ipv4Addr, dst: SocketAddrV4, src_ports: impl IntoIterator<Item = u16>) {
     // SAFETY: plain syscalls; the fd is owned by an OwnedFd.
     unsafe {
         let fd = cvt(
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_TCP,
-            ),
+            libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP),
             "socket(AF_INET, SOCK_RAW, IPPROTO_TCP)",
         );
         let fd = OwnedFd::from_raw_fd(fd);
@@ -311,9 +265,7 @@ pub fn send_raw_syns(
         // Raw sockets take the port field as 0; the destination port is in the TCP header.
         let (sa, len) = to_sockaddr(&SocketAddr::V4(SocketAddrV4::new(*dst.ip(), 0)));
         for (i, sport) in src_ports.into_iter().enumerate() {
-            let seq = 0x1000_0000u32
-                .wrapping_add((sport as u32) << 8)
-                .wrapping_add(i as u32);
+            let seq = 0x1000_0000u32.wrapping_add((sport as u32) << 8).wrapping_add(i as u32);
             let pkt = build_syn(SocketAddrV4::new(src_ip, sport), dst, seq);
             let n = libc::sendto(
                 fd.as_raw_fd(),

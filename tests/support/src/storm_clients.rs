@@ -31,12 +31,8 @@ pub const STORM_CLIENT_ENV: &str = "CONNMON_TEST_STORM_CLIENT";
 /// Prefix of the storm client's protocol lines on stdout.
 pub(super) const LINE_PREFIX: &str = "@@storm ";
 
-pub(super) const STORM_CLIENT: EntryPoint = EntryPoint {
-    kind: "storm client",
-    test: "storm_client_entry",
-    env: STORM_CLIENT_ENV,
-    tmp_prefix: "cmstorm",
-};
+pub(super) const STORM_CLIENT: EntryPoint =
+    EntryPoint { kind: "storm client", test: "storm_client_entry", env: STORM_CLIENT_ENV, tmp_prefix: "cmstorm" };
 
 /// 127.0.0.1:`port`, where the storm tests aim their clients.
 pub fn local(port: u16) -> SocketAddr {
@@ -51,12 +47,7 @@ pub enum StormMode {
     /// "Full jitter" exponential backoff: after the k-th failed attempt (k from 0) sleep
     /// uniform(0, min(cap, base·2^k)); `attempts` connects in all, then the client says done by
     /// itself. The uniform draws come from SplitMix64 seeded with `seed` (see [`backoff_sleeps`]).
-    Backoff {
-        base_ms: u64,
-        cap_ms: u64,
-        attempts: u32,
-        seed: u64,
-    },
+    Backoff { base_ms: u64, cap_ms: u64, attempts: u32, seed: u64 },
     /// `threads` loops: non-blocking connect, wait up to `timeout_ms` for it (poll), close, and
     /// connect again at once.
     ConnectTimeout { threads: usize, timeout_ms: u64 },
@@ -85,9 +76,7 @@ impl StormReport {
 
     fn from_json(v: &Value) -> StormReport {
         StormReport {
-            attempts: v["attempts"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("attempts missing in {v}")),
+            attempts: v["attempts"].as_u64().unwrap_or_else(|| panic!("attempts missing in {v}")),
             outcomes: v["outcomes"]
                 .as_object()
                 .unwrap_or_else(|| panic!("outcomes missing in {v}"))
@@ -152,26 +141,13 @@ pub struct StormClient {
 
 impl StormClient {
     /// Spawns the client (in `netns` if given) and waits (60 s) until it says it is about to connect.
-    pub fn spawn(
-        prefix: &str,
-        target: SocketAddr,
-        mode: StormMode,
-        netns: Option<&Netns>,
-    ) -> StormClient {
+    pub fn spawn(prefix: &str, target: SocketAddr, mode: StormMode, netns: Option<&Netns>) -> StormClient {
         let mode_json = match mode {
             StormMode::TightLoop { pause_ms } => json!({"kind": "tight", "pause_ms": pause_ms}),
-            StormMode::Backoff {
-                base_ms,
-                cap_ms,
-                attempts,
-                seed,
-            } => {
+            StormMode::Backoff { base_ms, cap_ms, attempts, seed } => {
                 json!({"kind": "backoff", "base_ms": base_ms, "cap_ms": cap_ms, "attempts": attempts, "seed": seed})
             }
-            StormMode::ConnectTimeout {
-                threads,
-                timeout_ms,
-            } => {
+            StormMode::ConnectTimeout { threads, timeout_ms } => {
                 json!({"kind": "connect_timeout", "threads": threads, "timeout_ms": timeout_ms})
             }
             StormMode::RedisReconnect { threads } => {
@@ -194,13 +170,7 @@ impl StormClient {
         };
         let rest = c
             .next_line(Duration::from_secs(60), "started")
-            .unwrap_or_else(|| {
-                panic!(
-                    "storm client {} did not start within 60 s; stderr:\n{}",
-                    c.name,
-                    c.stderr()
-                )
-            });
+            .unwrap_or_else(|| panic!("storm client {} did not start within 60 s; stderr:\n{}", c.name, c.stderr()));
         c.started = Instant::now();
         let ms: u64 = rest
             .strip_prefix("started ")
@@ -257,8 +227,7 @@ impl StormClient {
         let json = line
             .strip_prefix("done ")
             .unwrap_or_else(|| panic!("storm client {} said {line:?}, expected done", self.name));
-        let v: Value =
-            serde_json::from_str(json).unwrap_or_else(|e| panic!("bad done line ({e}): {line}"));
+        let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("bad done line ({e}): {line}"));
         self.proc.wait_exit(Duration::from_secs(30));
         Some(StormReport::from_json(&v))
     }
@@ -267,11 +236,7 @@ impl StormClient {
     pub fn stop(&mut self) -> StormReport {
         self.proc.close_stdin();
         self.try_done(Duration::from_secs(30)).unwrap_or_else(|| {
-            panic!(
-                "storm client {} did not stop within 30 s; stderr:\n{}",
-                self.name,
-                self.stderr()
-            )
+            panic!("storm client {} did not stop within 30 s; stderr:\n{}", self.name, self.stderr())
         })
     }
 }

@@ -25,10 +25,7 @@ fn say(line: &str) {
 
 /// CLOCK_MONOTONIC in ns (the clock of bpf_ktime_get_ns).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
@@ -87,13 +84,7 @@ pub fn storm_client_main() {
         stop2.store(true, Ordering::Relaxed);
     });
 
-    say(&format!(
-        "started {}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis()
-    ));
+    say(&format!("started {}", SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis()));
     let t0 = Instant::now();
     let (outcomes, times_ns) = match mode["kind"].as_str().unwrap_or_default() {
         "tight" => tight_loop(target, Duration::from_millis(u("pause_ms")), &stop),
@@ -109,18 +100,13 @@ pub fn storm_client_main() {
         "connect_timeout" => {
             let timeout = Duration::from_millis(u("timeout_ms"));
             (
-                in_threads(u("threads") as usize, &stop, move |stop| {
-                    connect_timeout_loop(target, timeout, stop)
-                }),
+                in_threads(u("threads") as usize, &stop, move |stop| connect_timeout_loop(target, timeout, stop)),
                 Vec::new(),
             )
         }
-        "redis_reconnect" => (
-            in_threads(u("threads") as usize, &stop, move |stop| {
-                redis_reconnect_loop(target, stop)
-            }),
-            Vec::new(),
-        ),
+        "redis_reconnect" => {
+            (in_threads(u("threads") as usize, &stop, move |stop| redis_reconnect_loop(target, stop)), Vec::new())
+        }
         k => panic!("unknown storm mode {k:?} in {mode}"),
     };
     let attempts: u64 = outcomes.values().sum();
@@ -195,26 +181,14 @@ fn backoff(target: SocketAddr, sleeps: &[Duration]) -> (Outcomes, Vec<u64>) {
 
 /// A non-blocking connect; Ok(None) while in progress, Ok(Some(outcome)) if it ended at once.
 fn start_connect(target: SocketAddr) -> (OwnedFd, Option<String>) {
-    let family = if target.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let family = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain syscalls; the fd is owned by an OwnedFd.
     unsafe {
-        let fd = libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        );
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
         let fd = OwnedFd::from_raw_fd(fd);
         let (sa, len) = to_sockaddr(&target);
-        let rc = libc::connect(
-            fd.as_raw_fd(),
-            &sa as *const _ as *const libc::sockaddr,
-            len,
-        );
+        let rc = libc::connect(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len);
         if rc == 0 {
             return (fd, Some("connected".into()));
         }
@@ -232,11 +206,7 @@ fn connect_timeout_loop(target: SocketAddr, timeout: Duration, stop: &AtomicBool
     while !stop.load(Ordering::Relaxed) {
         let (fd, done) = start_connect(target);
         let outcome = done.unwrap_or_else(|| {
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
+            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
             // SAFETY: one valid pollfd.
             let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
             if n == 0 {
@@ -277,8 +247,7 @@ fn redis_reconnect_loop(target: SocketAddr, stop: &AtomicBool) -> Outcomes {
                 continue;
             }
         };
-        s.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("SO_RCVTIMEO");
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("SO_RCVTIMEO");
         // The server may have hung up already (and answer the PING with a reset): what it said
         // before that is still in the receive queue.
         let wrote = s.write_all(&ping);

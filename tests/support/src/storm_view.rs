@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use super::agent_log::{lines_with, wait_log_line};
 use super::scrape::{scrape_until, sum_of};
 use super::{
-    deadline, sample, samples_matching, Agent, PoolRef, Sample, POOL_ATTEMPTS, POOL_CLOSES,
-    POOL_FAILURES, POOL_OPENS,
+    deadline, sample, samples_matching, Agent, PoolRef, Sample, POOL_ATTEMPTS, POOL_CLOSES, POOL_FAILURES, POOL_OPENS,
 };
 
 pub use connmon::export::pools::{
@@ -19,8 +18,8 @@ pub use connmon::export::pools::{
     POOL_SYN_RETRANS as SYN_RETRANS,
 };
 pub use connmon::export::storms::{
-    POOL_ATTEMPT_RATE as ATTEMPT_RATE, POOL_BACKOFF as BACKOFF, POOL_BAD_RATIO as BAD_RATIO,
-    POOL_JITTER as JITTER, RETRY_STORM, RETRY_STORM_SCORE as STORM_SCORE,
+    POOL_ATTEMPT_RATE as ATTEMPT_RATE, POOL_BACKOFF as BACKOFF, POOL_BAD_RATIO as BAD_RATIO, POOL_JITTER as JITTER,
+    RETRY_STORM, RETRY_STORM_SCORE as STORM_SCORE,
 };
 /// What [`BAD_RATIO`] was called before hung-up-young connections became soft evidence, for
 /// running these tests against older agents.
@@ -56,11 +55,7 @@ pub struct StormView {
 
 impl StormView {
     pub fn of(p: &PoolRef, s: &[Sample]) -> StormView {
-        let base = [
-            ("comm", p.comm.as_str()),
-            ("dst_addr", p.dst_addr.as_str()),
-            ("dst_port", p.dst_port.as_str()),
-        ];
+        let base = [("comm", p.comm.as_str()), ("dst_addr", p.dst_addr.as_str()), ("dst_port", p.dst_port.as_str())];
         let with = |name: &str, extra: &[(&str, &str)]| {
             let mut l = base.to_vec();
             l.extend_from_slice(extra);
@@ -103,12 +98,7 @@ impl StormView {
 impl fmt::Display for StormView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = |v: Option<f64>| {
-            v.map_or("-".to_string(), |v| {
-                format!("{v:.3}")
-                    .trim_end_matches('0')
-                    .trim_end_matches('.')
-                    .to_string()
-            })
+            v.map_or("-".to_string(), |v| format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string())
         };
         write!(
             f,
@@ -137,58 +127,32 @@ impl fmt::Display for StormView {
 /// Scrapes until `pool`'s retry_storm gauge reads `want` (panics at `deadline`); returns how long
 /// after `since` that was, and the scrape. Prints what changed on the way (when the pool's storm
 /// series appeared, when its score and rates moved): where the time went.
-pub fn wait_storm(
-    agent: &Agent,
-    p: &PoolRef,
-    want: f64,
-    since: Instant,
-    deadline: Instant,
-) -> (Duration, StormView) {
+pub fn wait_storm(agent: &Agent, p: &PoolRef, want: f64, since: Instant, deadline: Instant) -> (Duration, StormView) {
     let mut timeline: Vec<String> = Vec::new();
     let mut last_seen = String::new();
-    let found = scrape_until(
-        agent,
-        deadline,
-        &format!("{RETRY_STORM}{{target=\"pool\"}} == {want} for {p}"),
-        |s| {
-            let v = StormView::of(p, s);
-            let t = since.elapsed();
-            let o = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
-            let seen = format!(
-                "storm={} score={} attempt_rate={} bad_ratio={}",
-                o(v.storm),
-                o(v.score),
-                o(v.rate),
-                o(v.bad)
-            );
-            if seen != last_seen {
-                timeline.push(format!(
-                    "{:.2}s attempts={} {seen}",
-                    t.as_secs_f64(),
-                    o(v.attempts)
-                ));
-                last_seen = seen;
-            }
-            if v.storm == Some(want) {
-                Ok((t, v))
-            } else {
-                Err(v.to_string())
-            }
-        },
-    );
-    eprintln!(
-        "{p}: waiting for {RETRY_STORM} == {want}: {}",
-        timeline.join(" | ")
-    );
+    let found = scrape_until(agent, deadline, &format!("{RETRY_STORM}{{target=\"pool\"}} == {want} for {p}"), |s| {
+        let v = StormView::of(p, s);
+        let t = since.elapsed();
+        let o = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
+        let seen =
+            format!("storm={} score={} attempt_rate={} bad_ratio={}", o(v.storm), o(v.score), o(v.rate), o(v.bad));
+        if seen != last_seen {
+            timeline.push(format!("{:.2}s attempts={} {seen}", t.as_secs_f64(), o(v.attempts)));
+            last_seen = seen;
+        }
+        if v.storm == Some(want) {
+            Ok((t, v))
+        } else {
+            Err(v.to_string())
+        }
+    });
+    eprintln!("{p}: waiting for {RETRY_STORM} == {want}: {}", timeline.join(" | "));
     found
 }
 
 /// What every `retry_storm=<state> target=pool` log line for the pool of process `comm` contains.
 fn storm_line_needles(state: &str, comm: &str) -> [String; 2] {
-    [
-        format!("retry_storm={state} target=pool "),
-        format!(" comm={comm} "),
-    ]
+    [format!("retry_storm={state} target=pool "), format!(" comm={comm} ")]
 }
 
 /// The agent's `retry_storm=<state> target=pool` log lines for the pool of process `comm`.
@@ -203,12 +167,7 @@ pub fn wait_storm_log(agent: &Agent, state: &str, comm: &str) -> String {
         deadline(5),
         &format!("the agent to log retry_storm={state} for comm={comm}"),
         &storm_line_needles(state, comm),
-        |text| {
-            format!(
-                "retry_storm lines so far: {:?}",
-                lines_with(text, &["retry_storm="])
-            )
-        },
+        |text| format!("retry_storm lines so far: {:?}", lines_with(text, &["retry_storm="])),
     )
 }
 
@@ -217,11 +176,7 @@ pub fn wait_storm_log(agent: &Agent, state: &str, comm: &str) -> String {
 /// log2(gap) against the retry index (backoff = 2^slope), and the coefficient of variation of the
 /// gaps divided by that trend. Computed here from the client's own clock as the truth.
 pub fn gap_growth(times: &[u64]) -> (f64, f64) {
-    assert!(
-        times.len() >= 4,
-        "need 4 attempt times, have {}",
-        times.len()
-    );
+    assert!(times.len() >= 4, "need 4 attempt times, have {}", times.len());
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         let m = v.len() / 2;
@@ -231,10 +186,7 @@ pub fn gap_growth(times: &[u64]) -> (f64, f64) {
             (v[m - 1] + v[m]) / 2.0
         }
     };
-    let gaps: Vec<f64> = times
-        .windows(2)
-        .map(|w| (w[1] - w[0]).max(1) as f64)
-        .collect();
+    let gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]).max(1) as f64).collect();
     let ys: Vec<f64> = gaps.iter().map(|g| g.log2()).collect();
     let mut slopes = Vec::new();
     for i in 0..ys.len() {
@@ -243,17 +195,9 @@ pub fn gap_growth(times: &[u64]) -> (f64, f64) {
         }
     }
     let slope = median(&mut slopes);
-    let mut intercepts: Vec<f64> = ys
-        .iter()
-        .enumerate()
-        .map(|(i, y)| y - slope * i as f64)
-        .collect();
+    let mut intercepts: Vec<f64> = ys.iter().enumerate().map(|(i, y)| y - slope * i as f64).collect();
     let intercept = median(&mut intercepts);
-    let ratios: Vec<f64> = gaps
-        .iter()
-        .enumerate()
-        .map(|(i, g)| g / (intercept + slope * i as f64).exp2())
-        .collect();
+    let ratios: Vec<f64> = gaps.iter().enumerate().map(|(i, g)| g / (intercept + slope * i as f64).exp2()).collect();
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / ratios.len() as f64;
     (slope.exp2(), var.sqrt() / mean)

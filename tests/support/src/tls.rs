@@ -49,7 +49,26 @@ impl Pki {
 
     fn ca(&self, stem: &str, cn: &str) {
         let (key, crt) = (format!("{stem}.key"), format!("{stem}.crt"));
-        openssl(self.dir(), &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key, "-out", &crt, "-days", "2", "-subj", &format!("/CN={cn}")]);
+        openssl(
+            self.dir(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
     }
 
     /// Issues `stem.crt`/`stem.key` signed by `ca`: `role` "server" (SAN 127.0.0.1 and localhost,
@@ -78,7 +97,27 @@ impl Pki {
         openssl(self.dir(), &req);
         let serial = serial.to_string();
         let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
-        openssl(self.dir(), &["x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-set_serial", &serial, "-days", "2", "-extfile", &ext, "-out", &crt]);
+        openssl(
+            self.dir(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-set_serial",
+                &serial,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
+            ],
+        );
     }
 }
 
@@ -152,8 +191,11 @@ pub fn served_certificate(addr: SocketAddr) -> Result<String, String> {
         .args(["s_client", "-connect", &addr.to_string(), "-servername", "localhost"])
         .stdin(std::process::Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
-    let begin = text.find("-----BEGIN CERTIFICATE-----").ok_or_else(|| format!("no certificate from {addr}: {}", String::from_utf8_lossy(&out.stderr)))?;
-    let end = text.find("-----END CERTIFICATE-----").ok_or("truncated certificate")? + "-----END CERTIFICATE-----".len();
+    let begin = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .ok_or_else(|| format!("no certificate from {addr}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let end =
+        text.find("-----END CERTIFICATE-----").ok_or("truncated certificate")? + "-----END CERTIFICATE-----".len();
     std::fs::write(&pem, &text[begin..end]).expect("write served.pem");
     let info = run(Command::new("openssl").args(["x509", "-noout", "-serial", "-subject", "-in"]).arg(&pem));
     Ok(String::from_utf8_lossy(&info.stdout).trim().to_string())

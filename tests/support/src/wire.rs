@@ -20,10 +20,7 @@ pub fn read_line(s: &mut impl Read) -> String {
     let mut b = [0u8; 1];
     while !out.ends_with(b"\r\n") {
         match s.read(&mut b) {
-            Ok(0) => panic!(
-                "connection closed after {:?}",
-                String::from_utf8_lossy(&out)
-            ),
+            Ok(0) => panic!("connection closed after {:?}", String::from_utf8_lossy(&out)),
             Ok(_) => out.push(b[0]),
             Err(e) => panic!("read after {:?}: {e}", String::from_utf8_lossy(&out)),
         }
@@ -39,8 +36,7 @@ fn expect_reply(s: &mut TcpStream, want: &str) {
 
 /// Names the connection (`CLIENT SETNAME name`, +OK), then PINGs it (+PONG).
 pub fn redis_hello(s: &mut TcpStream, name: &str) {
-    s.write_all(&resp_command(&["CLIENT", "SETNAME", name]))
-        .expect("send CLIENT SETNAME");
+    s.write_all(&resp_command(&["CLIENT", "SETNAME", name])).expect("send CLIENT SETNAME");
     expect_reply(s, "+OK");
     redis_ping(s);
 }
@@ -53,11 +49,7 @@ pub fn redis_ping(s: &mut TcpStream) {
 /// PostgreSQL StartupMessage (protocol 3.0); reads messages up to ReadyForQuery. Trust auth only.
 pub fn pg_startup(s: &mut TcpStream, application_name: &str) {
     let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in [
-        ("user", "postgres"),
-        ("database", "postgres"),
-        ("application_name", application_name),
-    ] {
+    for (k, v) in [("user", "postgres"), ("database", "postgres"), ("application_name", application_name)] {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -69,18 +61,14 @@ pub fn pg_startup(s: &mut TcpStream, application_name: &str) {
     s.write_all(&msg).expect("send StartupMessage");
     loop {
         let mut hdr = [0u8; 5];
-        s.read_exact(&mut hdr)
-            .expect("read PostgreSQL message header");
+        s.read_exact(&mut hdr).expect("read PostgreSQL message header");
         let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
         let mut payload = vec![0u8; len.saturating_sub(4)];
         s.read_exact(&mut payload).expect("read PostgreSQL message");
         match hdr[0] {
             b'R' => {
                 let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                assert_eq!(
-                    code, 0,
-                    "server asked for authentication method {code}; tests need trust"
-                );
+                assert_eq!(code, 0, "server asked for authentication method {code}; tests need trust");
             }
             b'E' => panic!("PostgreSQL error: {}", String::from_utf8_lossy(&payload)),
             b'Z' => return,

@@ -61,10 +61,7 @@ impl Yaml {
 
     pub fn string_map(&self) -> BTreeMap<&str, &str> {
         match self {
-            Yaml::Map(entries) => entries
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
-                .collect(),
+            Yaml::Map(entries) => entries.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))).collect(),
             _ => BTreeMap::new(),
         }
     }
@@ -156,10 +153,8 @@ fn split_key(text: &str) -> Option<(String, &str)> {
     if text.starts_with(['[', '{', '|', '>']) {
         return None;
     }
-    let colon = text
-        .char_indices()
-        .find(|&(i, c)| c == ':' && (i + 1 == text.len() || text[i + 1..].starts_with(' ')))?
-        .0;
+    let colon =
+        text.char_indices().find(|&(i, c)| c == ':' && (i + 1 == text.len() || text[i + 1..].starts_with(' ')))?.0;
     Some((text[..colon].trim().to_string(), text[colon + 1..].trim()))
 }
 
@@ -322,9 +317,7 @@ impl YamlReader {
     /// After a one-line value, nothing may be indented deeper.
     fn no_continuation(&mut self, indent: usize) -> Result<(), String> {
         match self.peek()? {
-            Some((j, text)) if j > indent => {
-                self.err(format!("unsupported continuation line {text:?}"))
-            }
+            Some((j, text)) if j > indent => self.err(format!("unsupported continuation line {text:?}")),
             _ => Ok(()),
         }
     }
@@ -338,9 +331,7 @@ impl YamlReader {
                 return Ok(Yaml::Seq(Vec::new()));
             }
             if inner.contains(['[', '{']) {
-                return self.err(format!(
-                    "nested flow collections are not supported: {text:?}"
-                ));
+                return self.err(format!("nested flow collections are not supported: {text:?}"));
             }
             let mut items = Vec::new();
             let (mut start, mut single, mut double) = (0, false, false);
@@ -402,9 +393,7 @@ impl YamlReader {
             return Ok(body.replace("''", "'"));
         }
         if text.starts_with(['&', '*', '!', '@', '`', '%']) {
-            return self.err(format!(
-                "anchors, aliases, tags and reserved indicators are not supported: {text:?}"
-            ));
+            return self.err(format!("anchors, aliases, tags and reserved indicators are not supported: {text:?}"));
         }
         Ok(match text {
             "~" | "null" | "Null" | "NULL" => String::new(),
@@ -423,11 +412,7 @@ impl YamlReader {
             raw.push(line.trim_end().to_string());
             self.pos += 1;
         }
-        let content_indent = raw
-            .iter()
-            .find(|l| !l.is_empty())
-            .map(|l| indent_of(l))
-            .unwrap_or(0);
+        let content_indent = raw.iter().find(|l| !l.is_empty()).map(|l| indent_of(l)).unwrap_or(0);
         let mut lines = Vec::new();
         for line in &raw {
             if line.is_empty() {
@@ -440,11 +425,7 @@ impl YamlReader {
         }
         let trailing = lines.iter().rev().take_while(|l| l.is_empty()).count();
         lines.truncate(lines.len() - trailing);
-        let mut text = if header.starts_with('|') {
-            lines.join("\n")
-        } else {
-            fold(&lines)
-        };
+        let mut text = if header.starts_with('|') { lines.join("\n") } else { fold(&lines) };
         match header.chars().nth(1) {
             _ if lines.is_empty() => {}
             Some('-') => {}
@@ -543,18 +524,12 @@ pub fn parse_yaml(text: &str) -> Result<Vec<Yaml>, String> {
     let mut first_line = 0;
     for chunk in chunks {
         let len = chunk.len();
-        let mut reader = YamlReader {
-            lines: chunk,
-            pos: 0,
-        };
+        let mut reader = YamlReader { lines: chunk, pos: 0 };
         let wrap = |e: String| format!("document at line {}: {e}", first_line + 1);
         if reader.peek().map_err(wrap)?.is_some() {
             let doc = reader.node(0).map_err(wrap)?;
             if let Some((_, text)) = reader.peek().map_err(wrap)? {
-                return Err(wrap(format!(
-                    "line {}: unexpected {text:?}",
-                    reader.pos + 1
-                )));
+                return Err(wrap(format!("line {}: unexpected {text:?}", reader.pos + 1)));
             }
             docs.push(doc);
         }

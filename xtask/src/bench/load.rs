@@ -27,9 +27,7 @@ pub(super) fn run_connload(connload: &Path, args: &[String], record: &Path) -> R
     let mut cmd = Command::new(connload);
     cmd.args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
     let shown = display(&cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{shown}`"))?;
+    let out = cmd.output().with_context(|| format!("cannot run `{shown}`"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("`{shown}` failed ({}): {}", out.status, stdout.trim());
@@ -38,11 +36,7 @@ pub(super) fn run_connload(connload: &Path, args: &[String], record: &Path) -> R
         .lines()
         .rfind(|l| l.trim_start().starts_with('{'))
         .with_context(|| format!("`{shown}` printed no JSON line"))?;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(record)
-    {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(record) {
         let _ = writeln!(f, "{line}");
     }
     parse_load(line).with_context(|| format!("cannot read connload's output: {line}"))
@@ -63,9 +57,8 @@ fn parse_load(line: &str) -> Option<Load> {
 fn json_number(line: &str, key: &str) -> Option<f64> {
     let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
     let rest = &line[start..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E')))
-        .unwrap_or(rest.len());
+    let end =
+        rest.find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'))).unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -101,10 +94,7 @@ mod tests {
         assert_eq!(load.errors, 2);
         assert_eq!(load.rate, 24684.9);
         assert_eq!(load.elapsed_s, 5.0012);
-        assert_eq!(
-            load.first_error.as_deref(),
-            Some(r#"Cannot assign \"requested\" address"#)
-        );
+        assert_eq!(load.first_error.as_deref(), Some(r#"Cannot assign \"requested\" address"#));
         let none = line.replace(r#""Cannot assign \"requested\" address""#, "null");
         assert_eq!(parse_load(&none).unwrap().first_error, None);
     }

@@ -46,7 +46,9 @@ fn preflight() -> Result<()> {
         bail!("`cargo xtask bench` needs root (it loads eBPF programs: the agent and bpftrace); run it as root");
     }
     if which("bpftrace").is_none() {
-        bail!("bpftrace is not on PATH (the bench compares the agent with a bpftrace one-liner): run `cargo xtask setup`");
+        bail!(
+            "bpftrace is not on PATH (the bench compares the agent with a bpftrace one-liner): run `cargo xtask setup`"
+        );
     }
     if !Path::new(TRACEFS).join("events").is_dir() {
         bail!("tracefs is not mounted at {TRACEFS} (bpftrace needs it): run `cargo xtask setup`");
@@ -62,21 +64,13 @@ struct Binaries {
 /// `cargo build --release` of the agent and of connload.
 fn build_release() -> Result<Binaries> {
     println!("building the release agent and connload");
-    for args in [
-        &["build", "--release", "-p", "connmon"][..],
-        &["build", "--release", "-p", "xtask", "--bin", "connload"][..],
-    ] {
-        run_inherit(
-            Command::new("cargo")
-                .args(args)
-                .current_dir(workspace_root()),
-        )?;
+    for args in
+        [&["build", "--release", "-p", "connmon"][..], &["build", "--release", "-p", "xtask", "--bin", "connload"][..]]
+    {
+        run_inherit(Command::new("cargo").args(args).current_dir(workspace_root()))?;
     }
     let release = target_dir().join("release");
-    let bins = Binaries {
-        connmon: release.join("connmon"),
-        connload: release.join("connload"),
-    };
+    let bins = Binaries { connmon: release.join("connmon"), connload: release.join("connload") };
     for bin in [&bins.connmon, &bins.connload] {
         if !bin.is_file() {
             bail!("the build succeeded but {} is missing", bin.display());

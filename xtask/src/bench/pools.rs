@@ -79,8 +79,7 @@ fn non_negative_secs(s: &str) -> Result<f64, String> {
 }
 
 /// The bpftrace one-liner of variant C (the issue's, verbatim).
-const BPFTRACE_PROGRAM: &str =
-    "tracepoint:sock:inet_sock_set_state { @[args->newstate] = count(); }";
+const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state { @[args->newstate] = count(); }";
 
 /// Pause after a probe is ready (and before A's rounds alike): lets start-up work (the agent's
 /// seeding scan, bpftrace's attach) finish outside the measured window.
@@ -196,20 +195,12 @@ pub fn run(args: &PoolsArgs) -> Result<()> {
     let load_at_start = load_average();
     let estimate = WARM_UP_SECS
         + order.len() as f64 * (args.secs + SETTLE.as_secs_f64() + 0.5)
-        + if args.rate_secs > 0.0 {
-            args.rate_secs + SETTLE.as_secs_f64() + 0.5
-        } else {
-            0.0
-        };
+        + if args.rate_secs > 0.0 { args.rate_secs + SETTLE.as_secs_f64() + 0.5 } else { 0.0 };
     println!(
         "bench pools: {} rounds of {} s ({}), then {} s at {} conn/s; about {:.0} s; logs in {}",
         order.len(),
         args.secs,
-        order
-            .iter()
-            .map(|v| v.letter())
-            .collect::<Vec<_>>()
-            .join(" "),
+        order.iter().map(|v| v.letter()).collect::<Vec<_>>().join(" "),
         args.rate_secs,
         thousands(args.rate),
         estimate,
@@ -227,43 +218,21 @@ pub fn run(args: &PoolsArgs) -> Result<()> {
         &load_args(&ctx, &["--secs", &WARM_UP_SECS.to_string()]),
         &ctx.logs.join("connload.jsonl"),
     )?;
-    println!(
-        "warm-up: {} conn/s for {WARM_UP_SECS} s (not counted)",
-        thousands(warm.rate)
-    );
+    println!("warm-up: {} conn/s for {WARM_UP_SECS} s (not counted)", thousands(warm.rate));
 
     let saturate = load_args(&ctx, &["--secs", &args.secs.to_string()]);
     let mut runs = Vec::new();
     for (i, &variant) in order.iter().enumerate() {
         let label = format!("round{:02}-{}", i + 1, variant.letter());
         let run = measure(&ctx, variant, &label, &saturate)?;
-        println!(
-            "round {:>2}/{}  {}  {:<22} {}",
-            i + 1,
-            order.len(),
-            variant.letter(),
-            variant.name(),
-            describe(&run)
-        );
+        println!("round {:>2}/{}  {}  {:<22} {}", i + 1, order.len(), variant.letter(), variant.name(), describe(&run));
         runs.push(run);
     }
 
     let steady = if args.rate_secs > 0.0 {
-        let paced = load_args(
-            &ctx,
-            &[
-                "--secs",
-                &args.rate_secs.to_string(),
-                "--rate",
-                &args.rate.to_string(),
-            ],
-        );
+        let paced = load_args(&ctx, &["--secs", &args.rate_secs.to_string(), "--rate", &args.rate.to_string()]);
         let run = measure(&ctx, Variant::B, "fixed-rate-B", &paced)?;
-        println!(
-            "fixed rate  B  {:<22} {}",
-            format!("{} conn/s asked", thousands(args.rate)),
-            describe(&run)
-        );
+        println!("fixed rate  B  {:<22} {}", format!("{} conn/s asked", thousands(args.rate)), describe(&run));
         Some(run)
     } else {
         None
@@ -290,12 +259,7 @@ fn measure(ctx: &Ctx, variant: Variant, label: &str, load_args: &[String]) -> Re
     let log = |suffix: &str| ctx.logs.join(format!("{label}-{suffix}.log"));
     let mut probe: Option<Probe> = match variant {
         Variant::A => None,
-        Variant::B => Some(start_agent(
-            &ctx.bins.connmon,
-            web.expect("B has an address"),
-            log("connmon"),
-            &[],
-        )?),
+        Variant::B => Some(start_agent(&ctx.bins.connmon, web.expect("B has an address"), log("connmon"), &[])?),
         Variant::D => Some(start_agent(
             &ctx.bins.connmon,
             web.expect("D has an address"),
@@ -310,21 +274,13 @@ fn measure(ctx: &Ctx, variant: Variant, label: &str, load_args: &[String]) -> Re
     let cpu0 = pid.and_then(cpu_ticks);
     let t0 = Instant::now();
     let scraper = web.map(Scraper::start);
-    let load = run_connload(
-        &ctx.bins.connload,
-        load_args,
-        &ctx.logs.join("connload.jsonl"),
-    )?;
+    let load = run_connload(&ctx.bins.connload, load_args, &ctx.logs.join("connload.jsonl"))?;
     let scrapes = scraper.map(Scraper::finish);
     let cpu1 = pid.and_then(cpu_ticks);
     let wall_s = t0.elapsed().as_secs_f64();
 
     let Some(mut probe) = probe.take() else {
-        return Ok(Run {
-            variant,
-            load,
-            probe: None,
-        });
+        return Ok(Run { variant, load, probe: None });
     };
     // A probe that died during the round invalidates it: a real failure.
     probe.check_alive()?;
@@ -352,25 +308,15 @@ fn measure(ctx: &Ctx, variant: Variant, label: &str, load_args: &[String]) -> Re
         let _ = std::fs::write(log("bpftrace-stdout"), stopped.stdout.join("\n") + "\n");
     }
     if !stopped.status.success() {
-        eprintln!(
-            "warning: {name} exited with {} when stopped (SIGINT); see {}",
-            stopped.status,
-            ctx.logs.display()
-        );
+        eprintln!("warning: {name} exited with {} when stopped (SIGINT); see {}", stopped.status, ctx.logs.display());
     }
-    Ok(Run {
-        variant,
-        load,
-        probe: Some(figures),
-    })
+    Ok(Run { variant, load, probe: Some(figures) })
 }
 
 /// `@[KEY]: N` from bpftrace's map printout.
 fn bpftrace_count(lines: &[String], key: u32) -> Option<u64> {
     let prefix = format!("@[{key}]:");
-    lines
-        .iter()
-        .find_map(|l| l.trim().strip_prefix(&prefix)?.trim().parse().ok())
+    lines.iter().find_map(|l| l.trim().strip_prefix(&prefix)?.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -379,13 +325,7 @@ mod tests {
 
     #[test]
     fn interleaved_order() {
-        let letters = |n| {
-            schedule(n)
-                .iter()
-                .map(|v| v.letter())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let letters = |n| schedule(n).iter().map(|v| v.letter()).collect::<Vec<_>>().join(" ");
         assert_eq!(letters(3), "A B C D D C B A A B C D");
         assert_eq!(letters(1), "A B C D");
         assert_eq!(schedule(4).len(), 16);
@@ -393,17 +333,8 @@ mod tests {
 
     #[test]
     fn bpftrace_map_printout() {
-        let out: Vec<String> = [
-            "Attaching 1 probe...",
-            "",
-            "",
-            "@[9]: 3",
-            "@[1]: 6",
-            "@[10]: 2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let out: Vec<String> =
+            ["Attaching 1 probe...", "", "", "@[9]: 3", "@[1]: 6", "@[10]: 2"].iter().map(|s| s.to_string()).collect();
         assert_eq!(bpftrace_count(&out, 1), Some(6));
         assert_eq!(bpftrace_count(&out, 10), Some(2));
         assert_eq!(bpftrace_count(&out, 2), None);

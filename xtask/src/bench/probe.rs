@@ -49,16 +49,10 @@ impl Probe {
 
     /// Error unless the process is still running.
     pub(super) fn check_alive(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("{} is not running", self.name)
-        };
+        let Some(child) = self.child.as_mut() else { bail!("{} is not running", self.name) };
         if let Some(status) = child.try_wait()? {
             self.child = None;
-            bail!(
-                "{} exited unexpectedly ({status}); {}",
-                self.name,
-                self.log_tail()
-            );
+            bail!("{} exited unexpectedly ({status}); {}", self.name, self.log_tail());
         }
         Ok(())
     }
@@ -123,17 +117,9 @@ pub(super) fn start_agent(connmon: &Path, web: SocketAddr, log: PathBuf, extra: 
         .stdout(out.try_clone()?)
         .stderr(out);
     let shown = display(&cmd);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start `{shown}`"))?;
-    let mut probe = Probe {
-        name: "connmon",
-        child: Some(child),
-        log,
-        lines: None,
-        early_lines: Vec::new(),
-        reader: None,
-    };
+    let child = cmd.spawn().with_context(|| format!("cannot start `{shown}`"))?;
+    let mut probe =
+        Probe { name: "connmon", child: Some(child), log, lines: None, early_lines: Vec::new(), reader: None };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         probe.check_alive()?;
@@ -141,10 +127,7 @@ pub(super) fn start_agent(connmon: &Path, web: SocketAddr, log: PathBuf, extra: 
             return Ok(probe);
         }
         if Instant::now() > deadline {
-            bail!(
-                "connmon was not ready within 30 s (/readyz never answered 200); {}",
-                probe.log_tail()
-            );
+            bail!("connmon was not ready within 30 s (/readyz never answered 200); {}", probe.log_tail());
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -153,11 +136,7 @@ pub(super) fn start_agent(connmon: &Path, web: SocketAddr, log: PathBuf, extra: 
 /// `bpftrace -e PROGRAM`, ready once it prints "Attaching".
 pub(super) fn start_bpftrace(program: &str, log: PathBuf) -> Result<Probe> {
     let mut cmd = Command::new("bpftrace");
-    cmd.arg("-e")
-        .arg(program)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log_file(&log)?);
+    cmd.arg("-e").arg(program).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file(&log)?);
     let mut child = cmd.spawn().context("cannot start bpftrace")?;
     let stdout = child.stdout.take().context("bpftrace stdout")?;
     let (tx, rx) = mpsc::channel();
@@ -169,14 +148,8 @@ pub(super) fn start_bpftrace(program: &str, log: PathBuf) -> Result<Probe> {
             }
         }
     });
-    let mut probe = Probe {
-        name: "bpftrace",
-        child: Some(child),
-        log,
-        lines: None,
-        early_lines: Vec::new(),
-        reader: Some(reader),
-    };
+    let mut probe =
+        Probe { name: "bpftrace", child: Some(child), log, lines: None, early_lines: Vec::new(), reader: Some(reader) };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     loop {
@@ -195,10 +168,7 @@ pub(super) fn start_bpftrace(program: &str, log: PathBuf) -> Result<Probe> {
         }
         probe.check_alive()?;
         if Instant::now() > deadline {
-            bail!(
-                "bpftrace did not print \"Attaching\" within 30 s; {}",
-                probe.log_tail()
-            );
+            bail!("bpftrace did not print \"Attaching\" within 30 s; {}", probe.log_tail());
         }
     }
     probe.early_lines = seen;
@@ -215,9 +185,7 @@ mod tests {
     fn agent_that_exits_at_start_is_an_error() {
         let log = std::env::temp_dir().join(format!("xtask-bench-test-{}.log", std::process::id()));
         let web = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-        let err = start_agent(Path::new("/bin/false"), web, log.clone(), &[])
-            .err()
-            .expect("must fail");
+        let err = start_agent(Path::new("/bin/false"), web, log.clone(), &[]).err().expect("must fail");
         let _ = std::fs::remove_file(&log);
         assert!(err.to_string().contains("exited unexpectedly"), "{err:#}");
     }

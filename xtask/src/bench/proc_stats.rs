@@ -57,10 +57,7 @@ pub(super) fn other_tracers(own: &[&str]) -> Vec<String> {
         })
         .collect();
     found.sort();
-    found
-        .into_iter()
-        .map(|(pid, comm)| format!("{comm} (pid {pid})"))
-        .collect()
+    found.into_iter().map(|(pid, comm)| format!("{comm} (pid {pid})")).collect()
 }
 
 pub(super) fn kernel_release() -> String {

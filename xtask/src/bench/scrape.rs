@@ -13,11 +13,7 @@ use std::time::{Duration, Instant};
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// GET `path` over a fresh connection (`Connection: close`); the status and the body.
-pub(super) fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> io::Result<(u16, String)> {
+pub(super) fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
     let mut sock = TcpStream::connect_timeout(&addr, timeout)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.set_write_timeout(Some(timeout))?;
@@ -34,22 +30,12 @@ pub(super) fn http_get(
 
 fn parse_http_response(text: &str) -> Option<(u16, String)> {
     let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head
-        .lines()
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
+    let status = head.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
+    let body = if chunked { dechunk(body)? } else { body.to_owned() };
     Some((status, body))
 }
 
@@ -81,11 +67,7 @@ pub(super) fn metric_sum(body: &str, metric: &str, label: &str) -> Option<f64> {
         // `name{labels} value [timestamp]`: label values may contain spaces, the value follows
         // the closing brace.
         let after = rest.rsplit_once('}').map_or(rest, |(_, v)| v);
-        if let Some(v) = after
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        {
+        if let Some(v) = after.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
             sum += v;
             found = true;
         }
@@ -161,13 +143,7 @@ mod tests {
             connmon_pool_opens_total{service=\"other\",comm=\"connload\",cgroup=\"/\"} 5 1700000000\n\
             connmon_pool_opens_total{service=\"other\",comm=\"curl\",cgroup=\"/\"} 7\n\
             connmon_pool_opens_total_extra{comm=\"connload\"} 100\n";
-        assert_eq!(
-            metric_sum(body, "connmon_pool_opens_total", "comm=\"connload\""),
-            Some(15.0)
-        );
-        assert_eq!(
-            metric_sum(body, "connmon_pool_opens_total", "comm=\"nobody\""),
-            None
-        );
+        assert_eq!(metric_sum(body, "connmon_pool_opens_total", "comm=\"connload\""), Some(15.0));
+        assert_eq!(metric_sum(body, "connmon_pool_opens_total", "comm=\"nobody\""), None);
     }
 }

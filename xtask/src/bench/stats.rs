@@ -9,11 +9,7 @@ pub(super) fn summary(v: &[f64]) -> Option<(f64, f64, f64)> {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
+    let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
     Some((median, s[0], s[n - 1]))
 }
 

@@ -48,10 +48,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "connload",
-    about = "Loopback TCP connection churn: connect, close, repeat"
-)]
+#[command(name = "connload", about = "Loopback TCP connection churn: connect, close, repeat")]
 struct Args {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 5.0)]
@@ -206,16 +203,12 @@ fn json_string(s: &str) -> String {
 
 fn main() {
     let args = Args::parse();
-    let valid =
-        args.secs > 0.0 && args.secs.is_finite() && args.rate >= 0.0 && args.rate.is_finite();
+    let valid = args.secs > 0.0 && args.secs.is_finite() && args.rate >= 0.0 && args.rate.is_finite();
     if !valid {
         eprintln!("connload: --secs must be > 0 and --rate >= 0");
         std::process::exit(2);
     }
-    let clients = args
-        .clients
-        .unwrap_or_else(|| 2 * thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let clients = args.clients.unwrap_or_else(|| 2 * thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let acceptors = args.acceptors.max(1);
 
     let listener = match TcpListener::bind(("127.0.0.1", args.port)) {

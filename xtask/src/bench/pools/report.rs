@@ -11,30 +11,16 @@ use super::{Ctx, PoolsArgs, ProbeFigures, Run, Variant, SETTLE};
 /// The per-run line: load figures, then the probe's.
 pub(super) fn describe(run: &Run) -> String {
     let l = &run.load;
-    let mut s = format!(
-        "{:>8} conn/s ({} in {:.2} s",
-        thousands(l.rate),
-        thousands(l.connections as f64),
-        l.elapsed_s
-    );
+    let mut s = format!("{:>8} conn/s ({} in {:.2} s", thousands(l.rate), thousands(l.connections as f64), l.elapsed_s);
     if l.late_max_ms > 1.0 {
         s += &format!(", up to {:.1} ms late", l.late_max_ms);
     }
     if l.errors > 0 {
-        s += &format!(
-            ", {} errors: {}",
-            thousands(l.errors as f64),
-            l.first_error.as_deref().unwrap_or("?")
-        );
+        s += &format!(", {} errors: {}", thousands(l.errors as f64), l.first_error.as_deref().unwrap_or("?"));
     }
     s.push(')');
     let Some(p) = &run.probe else { return s };
-    s += &format!(
-        "; {} {:.2} s CPU ({:.1}% of a core)",
-        run.variant.process(),
-        p.cpu_s,
-        100.0 * p.cpu_s / p.wall_s
-    );
+    s += &format!("; {} {:.2} s CPU ({:.1}% of a core)", run.variant.process(), p.cpu_s, 100.0 * p.cpu_s / p.wall_s);
     if let Some(kib) = p.hwm_kib {
         s += &format!(", peak RSS {:.1} MiB", mib(kib));
     }
@@ -46,9 +32,7 @@ pub(super) fn describe(run: &Run) -> String {
         s += &format!(" up to {:.0} ms", sc.max_ms);
     }
     match p.counted {
-        Some(n) if l.connections > 0 => {
-            s += &format!(", counted {:.1}%", 100.0 * n / l.connections as f64)
-        }
+        Some(n) if l.connections > 0 => s += &format!(", counted {:.1}%", 100.0 * n / l.connections as f64),
         Some(_) => {}
         None => s += ", counted: n/a",
     }
@@ -112,24 +96,14 @@ pub(super) fn print_summary(
             })
         })
         .collect();
-    let median_a = rows
-        .iter()
-        .find(|r| r.variant == Variant::A)
-        .map(|r| r.median);
+    let median_a = rows.iter().find(|r| r.variant == Variant::A).map(|r| r.median);
     let cost = |r: &Row| median_a.filter(|&a| a > 0.0).map(|a| 1.0 - r.median / a);
 
     println!();
     println!("== bench pools: results ==");
     println!(
         "{:<25} {:>11} {:>9} {:>9} {:>9}  {:>20} {:>10} {:>9}",
-        "variant (rounds)",
-        "median c/s",
-        "min",
-        "max",
-        "cost vs A",
-        "probe CPU per round",
-        "peak RSS",
-        "counted*"
+        "variant (rounds)", "median c/s", "min", "max", "cost vs A", "probe CPU per round", "peak RSS", "counted*"
     );
     for r in &rows {
         let n = runs.iter().filter(|x| x.variant == r.variant).count();
@@ -141,9 +115,7 @@ pub(super) fn print_summary(
             (Some(s), Some(p)) => format!("{s:.2} s ({p:.1}% core)"),
             _ => "-".to_owned(),
         };
-        let rss = r
-            .hwm_kib
-            .map_or("-".to_owned(), |k| format!("{:.1} MiB", mib(k)));
+        let rss = r.hwm_kib.map_or("-".to_owned(), |k| format!("{:.1} MiB", mib(k)));
         let counted = r.counted_pct.map_or("-".to_owned(), |c| format!("{c:.1}%"));
         println!(
             "{:<25} {:>11} {:>9} {:>9} {:>9}  {:>20} {:>10} {:>9}",
@@ -176,17 +148,10 @@ pub(super) fn print_summary(
 
     println!("targets (reported, not asserted):");
     let row = |v: Variant| rows.iter().find(|r| r.variant == v);
-    match (
-        row(Variant::B).and_then(cost),
-        row(Variant::C).and_then(cost),
-    ) {
+    match (row(Variant::B).and_then(cost), row(Variant::C).and_then(cost)) {
         (Some(b), Some(c)) => println!(
             "  {:<58} target: ≤ bpftrace cost   {}",
-            format!(
-                "throughput cost: connmon {:.1}%, bpftrace {:.1}%",
-                100.0 * b,
-                100.0 * c
-            ),
+            format!("throughput cost: connmon {:.1}%, bpftrace {:.1}%", 100.0 * b, 100.0 * c),
             met(b <= c)
         ),
         _ => println!("  throughput cost: not measured"),
@@ -202,30 +167,18 @@ pub(super) fn print_summary(
             let pct = 100.0 * p.cpu_s / p.wall_s;
             println!(
                 "  {:<58} target: < 2% of a core    {}",
-                format!(
-                    "connmon CPU at {} conn/s: {:.2}% of one core",
-                    thousands(run.load.rate),
-                    pct
-                ),
+                format!("connmon CPU at {} conn/s: {:.2}% of one core", thousands(run.load.rate), pct),
                 met(pct < 2.0)
             );
         }
         None => println!("  connmon CPU at a fixed rate: not measured (--rate-secs 0)"),
     }
-    let agent_runs: Vec<&ProbeFigures> = runs
-        .iter()
-        .chain(steady)
-        .filter(|r| r.variant == Variant::B)
-        .filter_map(|r| r.probe.as_ref())
-        .collect();
+    let agent_runs: Vec<&ProbeFigures> =
+        runs.iter().chain(steady).filter(|r| r.variant == Variant::B).filter_map(|r| r.probe.as_ref()).collect();
     match agent_runs.iter().filter_map(|p| p.hwm_kib).max() {
         Some(kib) => println!(
             "  {:<58} target: < 50 MiB          {}",
-            format!(
-                "connmon peak RSS: {:.1} MiB (highest of {} runs)",
-                mib(kib),
-                agent_runs.len()
-            ),
+            format!("connmon peak RSS: {:.1} MiB (highest of {} runs)", mib(kib), agent_runs.len()),
             met(mib(kib) < 50.0)
         ),
         None => println!("  connmon peak RSS: not measured"),
