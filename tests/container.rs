@@ -35,26 +35,17 @@ fn client_entry() {
 /// The manifest's pod on a free port (the host network is shared with every other test).
 fn daemonset_pod() -> PodSpec {
     let spec = PodSpec::from_daemonset();
-    assert_eq!(
-        spec.listen_port(),
-        spec.metrics_port,
-        "--web.listen-address and the container port named metrics"
-    );
+    assert_eq!(spec.listen_port(), spec.metrics_port, "--web.listen-address and the container port named metrics");
     spec.on_port(free_local_port())
 }
 
 /// Capability names in the README's sentence on what the agent keeps after attaching.
 fn readme_kept_caps() -> BTreeSet<String> {
     let readme = read("README.md");
-    let at = readme
-        .find("drops every capability except")
-        .expect("README says which capabilities the agent keeps");
+    let at = readme.find("drops every capability except").expect("README says which capabilities the agent keeps");
     let sentence = &readme[at..at + readme[at..].find('.').expect("end of sentence")];
-    let caps: BTreeSet<String> = sentence
-        .split('`')
-        .filter_map(|w| w.strip_prefix("CAP_"))
-        .map(str::to_string)
-        .collect();
+    let caps: BTreeSet<String> =
+        sentence.split('`').filter_map(|w| w.strip_prefix("CAP_")).map(str::to_string).collect();
     assert!(!caps.is_empty(), "no CAP_ names in: {sentence}");
     caps
 }
@@ -76,11 +67,7 @@ fn decode_caps(hex: &str) -> BTreeSet<String> {
     let out = run_ok(Command::new("capsh").arg(format!("--decode={hex}")));
     // "0x00000000002a0004=cap_dac_read_search,cap_sys_ptrace,cap_sys_admin"
     let names = out.trim().split_once('=').map_or("", |(_, n)| n);
-    names
-        .split(',')
-        .filter(|n| !n.is_empty())
-        .map(|n| n.trim_start_matches("cap_").to_uppercase())
-        .collect()
+    names.split(',').filter(|n| !n.is_empty()).map(|n| n.trim_start_matches("cap_").to_uppercase()).collect()
 }
 
 /// (CapEff, CapPrm, CapBnd) of every thread of `pid`, decoded.
@@ -98,10 +85,7 @@ fn thread_caps(pid: u32) -> Vec<(String, [BTreeSet<String>; 3])> {
                     .trim();
                 decode_caps(hex)
             };
-            (
-                t.file_name().to_string_lossy().into_owned(),
-                [field("CapEff:"), field("CapPrm:"), field("CapBnd:")],
-            )
+            (t.file_name().to_string_lossy().into_owned(), [field("CapEff:"), field("CapPrm:"), field("CapBnd:")])
         })
         .collect()
 }
@@ -164,27 +148,17 @@ impl HiddenNs {
             .expect("python3 in the test namespace");
         let mut line = String::new();
         use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready");
         ns.delete();
-        let inode = std::fs::metadata(format!("/proc/{}/ns/net", child.id()))
-            .unwrap()
-            .ino();
+        let inode = std::fs::metadata(format!("/proc/{}/ns/net", child.id())).unwrap().ino();
         HiddenNs { child, inode, port }
     }
 
     /// `ss -tln` in the process's namespace (nsenter through its pid): the backlog (Send-Q).
     fn ss_backlog(&self) -> u64 {
-        let out = run_ok(Command::new("nsenter").args([
-            "-t",
-            &self.child.id().to_string(),
-            "-n",
-            "ss",
-            "-H",
-            "-tlnmi",
-        ]));
+        let out =
+            run_ok(Command::new("nsenter").args(["-t", &self.child.id().to_string(), "-n", "ss", "-H", "-tlnmi"]));
         let l = parse_ss_listeners(&out);
         pick_listener(&l, "127.0.0.1", self.port)
             .unwrap_or_else(|| panic!("ss shows no listener on {}: {out}", self.port))
@@ -225,15 +199,10 @@ fn daemonset_container_runs_as_the_manifest_says() {
     let root_before = c.rootfs();
     // The kubelet restarts the container once the liveness probe has failed failureThreshold
     // times after initialDelaySeconds; /healthz must answer before that.
-    let live_by = Duration::from_secs(
-        liveness.initial_delay_s + liveness.period_s * liveness.failure_threshold,
-    );
+    let live_by = Duration::from_secs(liveness.initial_delay_s + liveness.period_s * liveness.failure_threshold);
     let healthz = c.time_to_answer(&liveness.path, live_by);
     let readyz = c.time_to_answer(&readiness.path, Duration::from_secs(60));
-    eprintln!(
-        "{}: 2xx after {healthz:?}; {}: 2xx after {readyz:?}",
-        liveness.path, readiness.path
-    );
+    eprintln!("{}: 2xx after {healthz:?}; {}: 2xx after {readyz:?}", liveness.path, readiness.path);
     for p in [&liveness, &readiness] {
         let t = Instant::now();
         let r = c.get(&p.path).expect("probe request");
@@ -250,68 +219,40 @@ fn daemonset_container_runs_as_the_manifest_says() {
 
     // Every probe attached.
     let probes = readme_probes();
-    c.wait_metrics(
-        30,
-        "connmon_probe_up 1 for every probe in the README",
-        |s| {
-            let up: BTreeSet<String> = samples_matching(s, "connmon_probe_up", &[])
-                .iter()
-                .filter(|x| x.value == 1.0)
-                .filter_map(|x| x.label("probe").map(str::to_string))
-                .collect();
-            (up == probes)
-                .then_some(())
-                .ok_or(format!("up {up:?}, README {probes:?}"))
-        },
-    );
+    c.wait_metrics(30, "connmon_probe_up 1 for every probe in the README", |s| {
+        let up: BTreeSet<String> = samples_matching(s, "connmon_probe_up", &[])
+            .iter()
+            .filter(|x| x.value == 1.0)
+            .filter_map(|x| x.label("probe").map(str::to_string))
+            .collect();
+        (up == probes).then_some(()).ok_or(format!("up {up:?}, README {probes:?}"))
+    });
 
     // A pool and a listener made on the host, counted exactly.
     let pool = PoolRef::of(&client, redis.addr());
     let host_ns = Netns::host().inode().to_string();
     let port = laddr.port().to_string();
-    let l_labels = [
-        ("netns", host_ns.as_str()),
-        ("addr", "127.0.0.1"),
-        ("port", port.as_str()),
-    ];
+    let l_labels = [("netns", host_ns.as_str()), ("addr", "127.0.0.1"), ("port", port.as_str())];
     let s = c.wait_metrics(30, "the pool (9) and the listener (5 queued)", |s| {
         let got = (
             pool.get(s, POOL_CONNECTIONS),
             sample(s, "connmon_listen_queue_depth", &l_labels),
             netns_listed(s, hidden.inode),
         );
-        (got == (Some(9.0), Some(5.0), true))
-            .then(|| s.to_vec())
-            .ok_or(format!("{got:?}"))
+        (got == (Some(9.0), Some(5.0), true)).then(|| s.to_vec()).ok_or(format!("{got:?}"))
     });
-    let named = redis
-        .client_list()
-        .iter()
-        .filter(|c| c.get("name") == Some(&client.name))
-        .count();
+    let named = redis.client_list().iter().filter(|c| c.get("name") == Some(&client.name)).count();
     let ss = ss_estab_owned_by(&Netns::host(), client.pid(), redis.port());
     assert_eq!((named, ss), (9, 9), "CLIENT LIST and ss -tnp");
-    let ssl =
-        ss_listener(&Netns::host(), "127.0.0.1", laddr.port()).expect("ss shows the listener");
+    let ssl = ss_listener(&Netns::host(), "127.0.0.1", laddr.port()).expect("ss shows the listener");
     assert_eq!(ssl.recv_q, 5);
-    assert_eq!(
-        sample(&s, "connmon_listen_queue_max", &l_labels),
-        Some(ssl.send_q as f64)
-    );
+    assert_eq!(sample(&s, "connmon_listen_queue_max", &l_labels), Some(ssl.send_q as f64));
 
     // The unnamed namespace, found only through the host's /proc.
     let hidden_ns = hidden.inode.to_string();
     let hport = hidden.port.to_string();
-    let backlog = sample(
-        &s,
-        "connmon_listen_queue_max",
-        &[("netns", &hidden_ns), ("port", &hport)],
-    );
-    assert_eq!(
-        backlog,
-        Some(hidden.ss_backlog() as f64),
-        "backlog in the hidden namespace (ss)"
-    );
+    let backlog = sample(&s, "connmon_listen_queue_max", &[("netns", &hidden_ns), ("port", &hport)]);
+    assert_eq!(backlog, Some(hidden.ss_backlog() as f64), "backlog in the hidden namespace (ss)");
     assert_eq!(sample(&s, "connmon_scan_netns_failed", &[]), Some(0.0));
 
     // Capabilities: all seven of the manifest at start (the bounding set), only the README's
@@ -320,19 +261,8 @@ fn daemonset_container_runs_as_the_manifest_says() {
     // What a runtime can grant is bounded by its own bounding set: this sandbox has no
     // CAP_SYS_RESOURCE (PLATFORM.md), so podman gives six of the seven here.
     let own_bnd = thread_caps(std::process::id())[0].1[2].clone();
-    let granted: BTreeSet<String> = c
-        .spec
-        .caps_add
-        .iter()
-        .filter(|cap| own_bnd.contains(*cap))
-        .cloned()
-        .collect();
-    let missing: Vec<&String> = c
-        .spec
-        .caps_add
-        .iter()
-        .filter(|cap| !own_bnd.contains(*cap))
-        .collect();
+    let granted: BTreeSet<String> = c.spec.caps_add.iter().filter(|cap| own_bnd.contains(*cap)).cloned().collect();
+    let missing: Vec<&String> = c.spec.caps_add.iter().filter(|cap| !own_bnd.contains(*cap)).collect();
     if !missing.is_empty() {
         eprintln!("not in this host's bounding set, so not granted: {missing:?}");
     }
@@ -341,10 +271,7 @@ fn daemonset_container_runs_as_the_manifest_says() {
     for (tid, [eff, prm, bnd]) in &threads {
         assert_eq!(eff, &kept, "thread {tid}: CapEff");
         assert_eq!(prm, &kept, "thread {tid}: CapPrm");
-        assert_eq!(
-            bnd, &granted,
-            "thread {tid}: CapBnd (what the container was given)"
-        );
+        assert_eq!(bnd, &granted, "thread {tid}: CapBnd (what the container was given)");
     }
     c.wait_log("probes attached: dropped", 5);
 
@@ -356,14 +283,8 @@ fn daemonset_container_runs_as_the_manifest_says() {
     let (status, restarts) = c.state();
     assert_eq!((status.as_str(), restarts.as_str()), ("running", "0"));
     let logs = c.logs();
-    let warnings: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-        .collect();
-    assert!(
-        warnings.is_empty(),
-        "warnings from the agent: {warnings:#?}"
-    );
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(warnings.is_empty(), "warnings from the agent: {warnings:#?}");
 
     // Memory against the manifest: the container's memory cgroup (the agent's heap and its eBPF
     // maps) under the limit.
@@ -384,11 +305,7 @@ fn daemonset_container_runs_as_the_manifest_says() {
 
 /// A degraded start: one log line saying what is missing, the container keeps running and
 /// answering, and `check` sees the degraded metrics.
-fn degraded(
-    spec: PodSpec,
-    line: &str,
-    check: impl Fn(&[Sample]) -> Result<(), String>,
-) -> Container {
+fn degraded(spec: PodSpec, line: &str, check: impl Fn(&[Sample]) -> Result<(), String>) -> Container {
     let c = Container::run(spec);
     c.time_to_answer(&c.spec.readiness.path.clone(), Duration::from_secs(60));
     let found = c.wait_log(line, 10);
@@ -409,9 +326,7 @@ fn probes_up(s: &[Sample]) -> Vec<(String, f64)> {
 
 fn all_probes_up(s: &[Sample]) -> Result<(), String> {
     let up = probes_up(s);
-    (up.len() == readme_probes().len() && up.iter().all(|(_, v)| *v == 1.0))
-        .then_some(())
-        .ok_or(format!("{up:?}"))
+    (up.len() == readme_probes().len() && up.iter().all(|(_, v)| *v == 1.0)).then_some(()).ok_or(format!("{up:?}"))
 }
 
 /// The kernel's bpf_capable() and perfmon_capable() accept CAP_SYS_ADMIN in their place, and the
@@ -429,30 +344,20 @@ fn without_bpf_perfmon_and_sys_admin_only_scans_run() {
     let spec = daemonset_pod().without_caps(&["BPF", "PERFMON", "SYS_ADMIN"]);
     let (_l, _q, laddr) = host_listener(13, 3);
     let port = laddr.port().to_string();
-    degraded(
-        spec,
-        "run as root or grant CAP_BPF and CAP_PERFMON; every probe is off",
-        |s| {
-            let up = probes_up(s);
-            let depth = sample(s, "connmon_listen_queue_depth", &[("port", &port)]);
-            (up.len() == readme_probes().len()
-                && up.iter().all(|(_, v)| *v == 0.0)
-                && depth == Some(3.0))
+    degraded(spec, "run as root or grant CAP_BPF and CAP_PERFMON; every probe is off", |s| {
+        let up = probes_up(s);
+        let depth = sample(s, "connmon_listen_queue_depth", &[("port", &port)]);
+        (up.len() == readme_probes().len() && up.iter().all(|(_, v)| *v == 0.0) && depth == Some(3.0))
             .then_some(())
             .ok_or(format!("probes {up:?}, listener depth {depth:?}"))
-        },
-    );
+    });
 }
 
 /// Without the hostPath, the agent mounts tracefs itself (CAP_SYS_ADMIN, its own mount namespace).
 #[test]
 fn without_the_tracefs_mount_the_agent_mounts_it() {
     let spec = daemonset_pod().without_mount("tracefs");
-    degraded(
-        spec,
-        "tracefs was not mounted at /sys/kernel/tracing: mounted it",
-        all_probes_up,
-    );
+    degraded(spec, "tracefs was not mounted at /sys/kernel/tracing: mounted it", all_probes_up);
 }
 
 /// Without the hostPath and with mount(2) refused (as container runtimes' AppArmor profiles do;
@@ -467,8 +372,7 @@ fn without_the_tracefs_mount_and_no_mount_tracepoint_probes_are_off() {
     )
     .unwrap();
     let mut spec = daemonset_pod().without_mount("tracefs");
-    spec.extra_flags
-        .push(format!("--security-opt=seccomp={}", profile.display()));
+    spec.extra_flags.push(format!("--security-opt=seccomp={}", profile.display()));
     degraded(spec, "tracepoint probes are off", |s| {
         let up = probes_up(s);
         let state = |p: &str| up.iter().find(|(n, _)| n == p).map(|(_, v)| *v);
@@ -482,10 +386,7 @@ fn without_the_tracefs_mount_and_no_mount_tracepoint_probes_are_off() {
             ("resets_received", 0.0),
             ("resets_sent", 0.0),
         ];
-        want.iter()
-            .all(|(p, v)| state(p) == Some(*v))
-            .then_some(())
-            .ok_or(format!("{up:?}"))
+        want.iter().all(|(p, v)| state(p) == Some(*v)).then_some(()).ok_or(format!("{up:?}"))
     });
 }
 

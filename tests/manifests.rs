@@ -47,11 +47,7 @@ fn yaml_reader_agrees_with_pyyaml() {
 #[test]
 fn kustomization_lists_every_manifest() {
     let k = kustomization();
-    assert_eq!(
-        k.str_at("namespace"),
-        Some(NAMESPACE),
-        "kustomization namespace"
-    );
+    assert_eq!(k.str_at("namespace"), Some(NAMESPACE), "kustomization namespace");
     // `labels: [{pairs: {...}, includeSelectors: true}]`, or the older `commonLabels: {...}`.
     let mut labels = BTreeMap::new();
     for entry in k.seq_at("labels") {
@@ -62,36 +58,19 @@ fn kustomization_lists_every_manifest() {
         );
         labels.extend(entry.at("pairs").map(Yaml::string_map).unwrap_or_default());
     }
-    labels.extend(
-        k.at("commonLabels")
-            .map(Yaml::string_map)
-            .unwrap_or_default(),
-    );
-    assert_eq!(
-        labels.get(APP_LABEL.0),
-        Some(&APP_LABEL.1),
-        "kustomization labels: {labels:?}"
-    );
+    labels.extend(k.at("commonLabels").map(Yaml::string_map).unwrap_or_default());
+    assert_eq!(labels.get(APP_LABEL.0), Some(&APP_LABEL.1), "kustomization labels: {labels:?}");
 
     let listed = listed_resources();
     let unique: BTreeSet<&String> = listed.iter().collect();
-    assert_eq!(
-        unique.len(),
-        listed.len(),
-        "a resource is listed twice: {listed:?}"
-    );
+    assert_eq!(unique.len(), listed.len(), "a resource is listed twice: {listed:?}");
     let on_disk: BTreeSet<String> = fs::read_dir(root().join(DIR))
         .expect("deploy/kubernetes")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| {
-            (n.ends_with(".yaml") || n.ends_with(".yml")) && !n.starts_with("kustomization.")
-        })
+        .filter(|n| (n.ends_with(".yaml") || n.ends_with(".yml")) && !n.starts_with("kustomization."))
         .collect();
     let listed: BTreeSet<String> = listed.into_iter().collect();
-    assert_eq!(
-        listed, on_disk,
-        "kustomization.yaml resources (left) and the manifests in {DIR} (right) differ"
-    );
+    assert_eq!(listed, on_disk, "kustomization.yaml resources (left) and the manifests in {DIR} (right) differ");
     for required in [
         "namespace.yaml",
         "serviceaccount.yaml",
@@ -125,12 +104,7 @@ fn render() -> (String, &'static str) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => panic!("running {how}: {e}"),
             Ok(out) => {
-                assert!(
-                    out.status.success(),
-                    "{how} {DIR} failed ({}):\n{}",
-                    out.status,
-                    text_of(&out)
-                );
+                assert!(out.status.success(), "{how} {DIR} failed ({}):\n{}", out.status, text_of(&out));
                 let warnings = String::from_utf8_lossy(&out.stderr);
                 if !warnings.trim().is_empty() {
                     eprintln!("{how} warned:\n{warnings}");
@@ -143,10 +117,7 @@ fn render() -> (String, &'static str) {
         "neither kubectl nor kustomize is installed: rendering by concatenating the listed \
          resources (no namespace or labels applied)"
     );
-    let parts: Vec<String> = listed_resources()
-        .iter()
-        .map(|f| read(&format!("{DIR}/{f}")))
-        .collect();
+    let parts: Vec<String> = listed_resources().iter().map(|f| read(&format!("{DIR}/{f}"))).collect();
     (parts.join("\n---\n"), "concatenation")
 }
 
@@ -154,33 +125,19 @@ fn render() -> (String, &'static str) {
 fn rendered_kustomization_validates() {
     let (rendered, how) = render();
     let docs = parse_yaml(&rendered).unwrap_or_else(|e| panic!("rendering ({how}): {e}"));
-    let expected: usize = listed_resources()
-        .iter()
-        .map(|f| parse_file(&format!("{DIR}/{f}")).len())
-        .sum();
+    let expected: usize = listed_resources().iter().map(|f| parse_file(&format!("{DIR}/{f}")).len()).sum();
     assert_eq!(docs.len(), expected, "documents rendered by {how}");
     let kustomized = how != "concatenation";
     for doc in &docs {
         let kind = doc.str_at("kind").unwrap_or_default();
         let name = doc.str_at("metadata.name").unwrap_or_default();
-        let labels = doc
-            .at("metadata.labels")
-            .map(Yaml::string_map)
-            .unwrap_or_default();
-        assert_eq!(
-            labels.get(APP_LABEL.0),
-            Some(&APP_LABEL.1),
-            "{kind}/{name} rendered by {how} lacks the app label"
-        );
+        let labels = doc.at("metadata.labels").map(Yaml::string_map).unwrap_or_default();
+        assert_eq!(labels.get(APP_LABEL.0), Some(&APP_LABEL.1), "{kind}/{name} rendered by {how} lacks the app label");
         let namespace = doc.str_at("metadata.namespace");
         if CLUSTER_SCOPED_KINDS.contains(&kind) {
             assert_eq!(namespace, None, "{kind}/{name} is cluster-scoped");
         } else if kustomized {
-            assert_eq!(
-                namespace,
-                Some(NAMESPACE),
-                "{kind}/{name} rendered by {how}"
-            );
+            assert_eq!(namespace, Some(NAMESPACE), "{kind}/{name} rendered by {how}");
         } else if let Some(ns) = namespace {
             assert_eq!(ns, NAMESPACE, "{kind}/{name}");
         }
@@ -197,15 +154,9 @@ fn rendered_kustomization_validates() {
 
 /// `[...]` JSON-array form of a Dockerfile instruction, as its strings.
 fn exec_form(args: &str) -> Vec<String> {
-    let inner = args
-        .trim()
-        .strip_prefix('[')
-        .and_then(|a| a.strip_suffix(']'));
+    let inner = args.trim().strip_prefix('[').and_then(|a| a.strip_suffix(']'));
     let inner = inner.unwrap_or_else(|| panic!("not in exec (JSON array) form: {args}"));
-    inner
-        .split(',')
-        .map(|s| s.trim().trim_matches('"').to_string())
-        .collect()
+    inner.split(',').map(|s| s.trim().trim_matches('"').to_string()).collect()
 }
 
 #[test]
@@ -229,32 +180,19 @@ fn dockerfile_uses_what_the_workspace_has() {
             }
         }
     }
-    let all = |op: &str| -> Vec<&str> {
-        instructions
-            .iter()
-            .filter(|(o, _)| o == op)
-            .map(|(_, a)| a.as_str())
-            .collect()
-    };
+    let all =
+        |op: &str| -> Vec<&str> { instructions.iter().filter(|(o, _)| o == op).map(|(_, a)| a.as_str()).collect() };
 
     let from = all("FROM");
     assert_eq!(from.len(), 2, "a builder and a runtime stage: {from:?}");
-    assert!(
-        from[0].contains("bookworm") && from[0].ends_with(" AS builder"),
-        "builder: {}",
-        from[0]
-    );
+    assert!(from[0].contains("bookworm") && from[0].ends_with(" AS builder"), "builder: {}", from[0]);
     assert_eq!(from[1], "scratch", "runtime: the static binary alone");
 
     let run = all("RUN").join("\n");
-    assert!(
-        run.contains("cargo xtask setup"),
-        "the builder runs the project's setup"
-    );
+    assert!(run.contains("cargo xtask setup"), "the builder runs the project's setup");
     // The builder makes the binary as `cargo xtask image` does (xtask/src/image.rs).
     assert!(run.contains("cargo xtask image --binary-only"));
-    assert!(read("xtask/src/image.rs")
-        .contains("pub const MUSL_TARGET: &str = \"x86_64-unknown-linux-musl\";"));
+    assert!(read("xtask/src/image.rs").contains("pub const MUSL_TARGET: &str = \"x86_64-unknown-linux-musl\";"));
     // What those commands need: the xtask alias and its setup, the connmon package's connmon bin.
     assert!(read(".cargo/config.toml").contains("xtask = \"run --quiet --package xtask --\""));
     assert!(read("xtask/src/main.rs").contains("Setup(SetupArgs)"));
@@ -269,14 +207,11 @@ fn dockerfile_uses_what_the_workspace_has() {
 
     let entrypoint = exec_form(all("ENTRYPOINT").last().expect("ENTRYPOINT"));
     assert_eq!(entrypoint, ["/usr/local/bin/connmon"]);
-    assert!(
-        run.contains("/usr/local/bin/connmon"),
-        "the builder installs it there"
-    );
+    assert!(run.contains("/usr/local/bin/connmon"), "the builder installs it there");
     let copy = all("COPY");
     assert!(
-        copy.iter().any(|c| c.starts_with("--from=builder")
-            && c.ends_with("/usr/local/bin/connmon /usr/local/bin/connmon")),
+        copy.iter()
+            .any(|c| c.starts_with("--from=builder") && c.ends_with("/usr/local/bin/connmon /usr/local/bin/connmon")),
         "the runtime stage copies only the binary: {copy:?}"
     );
     assert_eq!(exec_form(all("CMD").last().expect("CMD")), ["run"]);
@@ -287,12 +222,7 @@ fn dockerfile_uses_what_the_workspace_has() {
     assert_eq!(all("USER"), ["0"], "eBPF needs root");
 
     let ignore = read(".dockerignore");
-    assert!(
-        ignore
-            .lines()
-            .any(|l| l.trim() == "target/" || l.trim() == "target"),
-        ".dockerignore excludes target/"
-    );
+    assert!(ignore.lines().any(|l| l.trim() == "target/" || l.trim() == "target"), ".dockerignore excludes target/");
 
     // The DaemonSet runs this image's `run` on the exposed port.
     let ds = the("DaemonSet");
@@ -304,19 +234,13 @@ fn dockerfile_uses_what_the_workspace_has() {
 #[test]
 fn yaml_reader_rejects_what_it_does_not_understand() {
     assert!(parse_yaml("a: 1\na: 2\n").is_err(), "duplicate key");
-    assert!(
-        parse_yaml("a:\n  b: 1\n   c: 2\n").is_err(),
-        "bad indentation"
-    );
+    assert!(parse_yaml("a:\n  b: 1\n   c: 2\n").is_err(), "bad indentation");
     assert!(parse_yaml("a: &x 1\n").is_err(), "anchor");
     assert!(parse_yaml("a: one\n  b: 2\n").is_err(), "mis-indented key");
     let folded = parse_yaml("a: one\n  two\n\n  three\nb: 'x\n  ''y'' # z'\n").unwrap();
     assert_eq!(folded[0].str_at("a"), Some("one two\nthree"));
     assert_eq!(folded[0].str_at("b"), Some("x 'y' # z"));
-    let docs = parse_yaml(
-        "# c\na: \"x # y\" # z\nb:\n- 1\n- k: v\n  l: [p, 'q']\n---\nc: |\n  x\n\n  y\n",
-    )
-    .unwrap();
+    let docs = parse_yaml("# c\na: \"x # y\" # z\nb:\n- 1\n- k: v\n  l: [p, 'q']\n---\nc: |\n  x\n\n  y\n").unwrap();
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[0].str_at("a"), Some("x # y"));
     assert_eq!(docs[0].seq_at("b")[1].strs_at("l"), ["p", "q"]);

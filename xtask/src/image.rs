@@ -30,22 +30,11 @@ pub fn release_binary() -> Result<PathBuf> {
     println!("building the static release agent ({MUSL_TARGET})");
     run_inherit(
         Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "connmon",
-                "--target",
-                MUSL_TARGET,
-            ])
+            .args(["build", "--release", "-p", "connmon", "--target", MUSL_TARGET])
             .current_dir(workspace_root()),
     )?;
-    let bin = target_dir()
-        .join(MUSL_TARGET)
-        .join("release")
-        .join("connmon");
-    let elf = std::fs::read(&bin)
-        .with_context(|| format!("the build succeeded but {} is missing", bin.display()))?;
+    let bin = target_dir().join(MUSL_TARGET).join("release").join("connmon");
+    let elf = std::fs::read(&bin).with_context(|| format!("the build succeeded but {} is missing", bin.display()))?;
     if let Some(interp) = elf_interpreter(&elf)? {
         bail!(
             "{} is dynamically linked (interpreter {interp}); the image has no C library to load it with",
@@ -65,27 +54,20 @@ pub fn build() -> Result<PathBuf> {
     let dockerfile_path = workspace_root().join("Dockerfile");
     let dockerfile = std::fs::read_to_string(&dockerfile_path)
         .with_context(|| format!("cannot read {}", dockerfile_path.display()))?;
-    let containerfile =
-        runtime_stage(&dockerfile).with_context(|| format!("in {}", dockerfile_path.display()))?;
+    let containerfile = runtime_stage(&dockerfile).with_context(|| format!("in {}", dockerfile_path.display()))?;
 
     let bin = release_binary()?;
     let work = target_dir().join("image");
     if work.exists() {
-        std::fs::remove_dir_all(&work)
-            .with_context(|| format!("cannot clear {}", work.display()))?;
+        std::fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
     }
     let context = work.join("context");
-    std::fs::create_dir_all(&context)
-        .with_context(|| format!("cannot create {}", context.display()))?;
+    std::fs::create_dir_all(&context).with_context(|| format!("cannot create {}", context.display()))?;
     std::fs::copy(&bin, context.join("connmon"))
         .with_context(|| format!("cannot copy {} into the build context", bin.display()))?;
     // Symbols only serve debuggers: about 20 MiB -> 16 MiB. Panic messages keep file and line.
     // (The Dockerfile strips with `install -s`, which runs the same `strip`.)
-    run_inherit(
-        Command::new("strip")
-            .arg("--strip-all")
-            .arg(context.join("connmon")),
-    )?;
+    run_inherit(Command::new("strip").arg("--strip-all").arg(context.join("connmon")))?;
     std::fs::write(context.join("Containerfile"), &containerfile)?;
 
     let archive = target_dir().join(ARCHIVE);
@@ -130,10 +112,7 @@ pub fn build() -> Result<PathBuf> {
         mib(&archive),
         mib(&context.join("connmon"))
     );
-    println!(
-        "load it with `podman load -i {0}` or `docker load -i {0}`",
-        archive.display()
-    );
+    println!("load it with `podman load -i {0}` or `docker load -i {0}`", archive.display());
     let _ = std::fs::remove_dir_all(&work);
     Ok(archive)
 }
@@ -142,10 +121,8 @@ pub fn build() -> Result<PathBuf> {
 /// (the binary in the build context). It must be `FROM scratch`: nothing can be pulled here.
 fn runtime_stage(dockerfile: &str) -> Result<String> {
     let lines: Vec<&str> = dockerfile.lines().collect();
-    let start = lines
-        .iter()
-        .rposition(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM "))
-        .context("no FROM line")?;
+    let start =
+        lines.iter().rposition(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM ")).context("no FROM line")?;
     let from = lines[start].split_whitespace().nth(1).unwrap_or("");
     if from != "scratch" {
         bail!("the runtime stage is FROM {from}, not FROM scratch: buildah here has no registry to pull it from");
@@ -174,10 +151,7 @@ fn elf_interpreter(elf: &[u8]) -> Result<Option<String>> {
         bail!("not a 64-bit little-endian ELF file");
     }
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
     let phoff = u64_at(0x20).context("truncated ELF header")?;
     let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
     for i in 0..phnum {
@@ -187,14 +161,9 @@ fn elf_interpreter(elf: &[u8]) -> Result<Option<String>> {
         };
         const PT_INTERP: u32 = 3;
         if u32::from_le_bytes(kind.try_into().unwrap()) == PT_INTERP {
-            let (off, size) = (
-                u64_at(ph + 8).context("truncated")?,
-                u64_at(ph + 32).context("truncated")?,
-            );
+            let (off, size) = (u64_at(ph + 8).context("truncated")?, u64_at(ph + 32).context("truncated")?);
             let path = elf.get(off..off + size).context("truncated PT_INTERP")?;
-            let path = String::from_utf8_lossy(path)
-                .trim_end_matches('\0')
-                .to_string();
+            let path = String::from_utf8_lossy(path).trim_end_matches('\0').to_string();
             return Ok(Some(path));
         }
     }
@@ -210,15 +179,9 @@ mod tests {
         let text = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
         let stage = runtime_stage(&text).unwrap();
         assert!(stage.starts_with("FROM scratch"), "{stage}");
-        assert!(
-            stage.contains("COPY connmon /usr/local/bin/connmon\n"),
-            "{stage}"
-        );
+        assert!(stage.contains("COPY connmon /usr/local/bin/connmon\n"), "{stage}");
         assert!(!stage.contains("--from=builder"), "{stage}");
-        assert!(
-            stage.contains("ENTRYPOINT [\"/usr/local/bin/connmon\"]"),
-            "{stage}"
-        );
+        assert!(stage.contains("ENTRYPOINT [\"/usr/local/bin/connmon\"]"), "{stage}");
     }
 
     #[test]

@@ -27,11 +27,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::util::{is_root, workspace_root, ChildFailed};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    about = "connmon project tasks"
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "connmon project tasks")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -147,16 +143,10 @@ fn test(cargo_args: &[String]) -> Result<()> {
     // monitor-ebpf only builds for bpfel-unknown-none (monitor's build script builds it), so it is
     // left out here, as it is from the workspace's default-members.
     let mut cmd = Command::new("cargo");
-    cmd.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "monitor-ebpf",
-        "--no-fail-fast",
-    ])
-    .args(cargo_args)
-    .env(CONTAINER_IMAGE_ENV, &archive)
-    .current_dir(workspace_root());
+    cmd.args(["test", "--workspace", "--exclude", "monitor-ebpf", "--no-fail-fast"])
+        .args(cargo_args)
+        .env(CONTAINER_IMAGE_ENV, &archive)
+        .current_dir(workspace_root());
     util::run_inherit(&mut cmd)
 }
 
@@ -171,9 +161,7 @@ fn run_agent(agent_args: &[String]) -> Result<()> {
     setup::run(false, true)?;
 
     let mut build = Command::new("cargo");
-    build
-        .args(["build", "--release", "-p", "connmon"])
-        .current_dir(workspace_root());
+    build.args(["build", "--release", "-p", "connmon"]).current_dir(workspace_root());
     util::run_inherit(&mut build)?;
 
     let agent = util::target_dir().join("release").join("connmon");
@@ -190,33 +178,22 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Cmd {
-        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
-            .unwrap()
-            .command
+        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied())).unwrap().command
     }
 
     #[test]
     fn test_forwards_everything_after_the_separator() {
-        let Cmd::Test(t) = parse(&["test", "--", "--test", "listen", "--", "--nocapture"]) else {
-            panic!("not test")
-        };
+        let Cmd::Test(t) = parse(&["test", "--", "--test", "listen", "--", "--nocapture"]) else { panic!("not test") };
         assert_eq!(t.cargo_args, ["--test", "listen", "--", "--nocapture"]);
-        let Cmd::Test(t) = parse(&["test"]) else {
-            panic!("not test")
-        };
+        let Cmd::Test(t) = parse(&["test"]) else { panic!("not test") };
         assert!(t.cargo_args.is_empty());
     }
 
     #[test]
     fn run_and_setup_flags() {
-        let Cmd::Run(r) = parse(&["run", "--", "--listen", "0.0.0.0:9000"]) else {
-            panic!("not run")
-        };
+        let Cmd::Run(r) = parse(&["run", "--", "--listen", "0.0.0.0:9000"]) else { panic!("not run") };
         assert_eq!(r.agent_args, ["--listen", "0.0.0.0:9000"]);
-        assert!(matches!(
-            parse(&["setup", "--check"]),
-            Cmd::Setup(SetupArgs { check: true, no_tracefs: false })
-        ));
+        assert!(matches!(parse(&["setup", "--check"]), Cmd::Setup(SetupArgs { check: true, no_tracefs: false })));
         assert!(Cli::try_parse_from(["cargo xtask", "test", "--release"]).is_err());
         assert!(matches!(parse(&["lint"]), Cmd::Lint));
         assert!(Cli::try_parse_from(["cargo xtask", "lint", "--fix"]).is_err());
@@ -224,10 +201,7 @@ mod tests {
 
     #[test]
     fn bench_targets_and_flags() {
-        assert!(matches!(
-            parse(&["bench", "pools", "--rounds", "4", "--secs", "2.5"]),
-            Cmd::Bench(_)
-        ));
+        assert!(matches!(parse(&["bench", "pools", "--rounds", "4", "--secs", "2.5"]), Cmd::Bench(_)));
         assert!(Cli::try_parse_from(["cargo xtask", "bench"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "bench", "nothing"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "bench", "pools", "--rounds", "0"]).is_err());

@@ -30,49 +30,26 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
     // libLLVM 22 and Polly, and LLVM's compression libraries.
     PackageGroup {
         needed_by: "build",
-        packages: &[
-            "llvm-22-dev",
-            "libpolly-22-dev",
-            "libzstd-dev",
-            "zlib1g-dev",
-            "pkg-config",
-        ],
+        packages: &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "pkg-config"],
     },
     // Integration tests, kernel side: network namespaces and the ss/nstat oracles (iproute2),
     // bpftrace as an independent tracer, setcap to run the agent with capabilities only.
-    PackageGroup {
-        needed_by: "test",
-        packages: &["iproute2", "bpftrace", "libcap2-bin"],
-    },
+    PackageGroup { needed_by: "test", packages: &["iproute2", "bpftrace", "libcap2-bin"] },
     // Integration tests, real servers whose connections and accept queues the agent watches,
     // and Prometheus tooling (promtool, alertmanager) to check the metrics and alert rules.
     PackageGroup {
         needed_by: "test",
-        packages: &[
-            "redis-server",
-            "postgresql",
-            "prometheus",
-            "prometheus-alertmanager",
-        ],
+        packages: &["redis-server", "postgresql", "prometheus", "prometheus-alertmanager"],
     },
     // The --web.config.file tests: certificates from the openssl CLI, bcrypt hashes from htpasswd
     // (apache2-utils), curl as the TLS client. curl is also in the README's examples.
-    PackageGroup {
-        needed_by: "test",
-        packages: &["openssl", "apache2-utils", "curl"],
-    },
+    PackageGroup { needed_by: "test", packages: &["openssl", "apache2-utils", "curl"] },
     // `cargo xtask image` and tests/container.rs: buildah builds the image offline, podman runs
     // it with runc (crun cannot use hybrid cgroups); musl-gcc compiles ring's C and assembly for
     // the static musl binary; binutils' strip takes its symbols out of the image.
-    PackageGroup {
-        needed_by: "image",
-        packages: &["buildah", "podman", "runc", "musl-tools", "binutils"],
-    },
+    PackageGroup { needed_by: "image", packages: &["buildah", "podman", "runc", "musl-tools", "binutils"] },
     // For people poking at a running agent by hand (the README's examples use them).
-    PackageGroup {
-        needed_by: "run",
-        packages: &["jq"],
-    },
+    PackageGroup { needed_by: "run", packages: &["jq"] },
 ];
 
 #[derive(Clone, Copy, PartialEq)]
@@ -89,6 +66,7 @@ pub fn run(check: bool, with_tracefs: bool) -> Result<()> {
     debian_packages(mode, &mut missing)?;
     rust_nightly(mode, &mut missing)?;
     musl_target(mode, &mut missing)?;
+    lint_components(mode, &mut missing)?;
     bpf_linker(mode, &mut missing)?;
     python_packages(mode, &mut missing)?;
     if with_tracefs {
@@ -98,19 +76,13 @@ pub fn run(check: bool, with_tracefs: bool) -> Result<()> {
     }
     if !missing.is_empty() {
         let root_hint = if is_root() { "" } else { " as root" };
-        bail!(
-            "missing: {}; run `cargo xtask setup`{root_hint}",
-            missing.join(", ")
-        );
+        bail!("missing: {}; run `cargo xtask setup`{root_hint}", missing.join(", "));
     }
     Ok(())
 }
 
 fn all_packages() -> Vec<&'static str> {
-    DEBIAN_PACKAGES
-        .iter()
-        .flat_map(|g| g.packages.iter().copied())
-        .collect()
+    DEBIAN_PACKAGES.iter().flat_map(|g| g.packages.iter().copied()).collect()
 }
 
 /// Packages of `wanted` that are not "install ok installed" (one dpkg-query for all of them).
@@ -130,11 +102,7 @@ fn missing_packages(wanted: &[&'static str]) -> Result<Vec<&'static str>> {
         .filter(|(_, status)| status.trim() == "install ok installed")
         .map(|(name, _)| name.to_owned())
         .collect();
-    Ok(wanted
-        .iter()
-        .copied()
-        .filter(|p| !installed.contains(*p))
-        .collect())
+    Ok(wanted.iter().copied().filter(|p| !installed.contains(*p)).collect())
 }
 
 fn debian_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
@@ -143,11 +111,7 @@ fn debian_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     if absent.is_empty() {
         let mut groups: Vec<&str> = DEBIAN_PACKAGES.iter().map(|g| g.needed_by).collect();
         groups.dedup();
-        println!(
-            "ok Debian packages ({} for {})",
-            wanted.len(),
-            groups.join(" and ")
-        );
+        println!("ok Debian packages ({} for {})", wanted.len(), groups.join(" and "));
         return Ok(());
     }
     let list = absent.join(" ");
@@ -160,11 +124,7 @@ fn debian_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         bail!("missing Debian packages: {list}; run `cargo xtask setup` as root");
     }
     println!("installing Debian packages: {list}");
-    run_inherit(
-        Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    run_inherit(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
     run_inherit(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
@@ -173,10 +133,7 @@ fn debian_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     )?;
     let still = missing_packages(&wanted)?;
     if !still.is_empty() {
-        bail!(
-            "apt-get install succeeded but these are still not installed: {}",
-            still.join(" ")
-        );
+        bail!("apt-get install succeeded but these are still not installed: {}", still.join(" "));
     }
     Ok(())
 }
@@ -211,11 +168,7 @@ fn rust_nightly(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         missing.extend(lacking.iter().map(|c| format!("{} {c}", t.channel)));
     } else {
         println!("installing {} for {}", lacking.join(", "), t.channel);
-        run_inherit(
-            Command::new("rustup")
-                .args(["component", "add", "--toolchain", &t.channel])
-                .args(&lacking),
-        )?;
+        run_inherit(Command::new("rustup").args(["component", "add", "--toolchain", &t.channel]).args(&lacking))?;
     }
 
     // bpf-linker reads the bitcode this rustc writes: its LLVM must not be older.
@@ -238,12 +191,8 @@ fn musl_target(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     let target = crate::image::MUSL_TARGET;
     // From the workspace root, whose toolchain builds the agent (monitor-ebpf pins its own).
     let root = crate::util::workspace_root();
-    let installed = stdout_of(
-        Command::new("rustup")
-            .args(["target", "list", "--installed"])
-            .current_dir(&root),
-    )
-    .is_some_and(|list| list.lines().any(|l| l.trim() == target));
+    let installed = stdout_of(Command::new("rustup").args(["target", "list", "--installed"]).current_dir(&root))
+        .is_some_and(|list| list.lines().any(|l| l.trim() == target));
     if installed {
         println!("ok Rust target {target}");
     } else if mode == Mode::Check {
@@ -251,11 +200,31 @@ fn musl_target(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         missing.push(format!("Rust target {target}"));
     } else {
         println!("installing Rust target {target}");
-        run_inherit(
-            Command::new("rustup")
-                .args(["target", "add", target])
-                .current_dir(&root),
-        )?;
+        run_inherit(Command::new("rustup").args(["target", "add", target]).current_dir(&root))?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask lint` (which CI runs) needs rustfmt and clippy on the toolchain that builds the
+/// workspace; a minimal rustup profile has neither.
+fn lint_components(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let root = crate::util::workspace_root();
+    let installed = stdout_of(Command::new("rustup").args(["component", "list", "--installed"]).current_dir(&root))
+        .unwrap_or_default();
+    let absent: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| {
+            !installed.lines().any(|l| l.split_whitespace().next().is_some_and(|n| n.starts_with(&format!("{c}-"))))
+        })
+        .collect();
+    if absent.is_empty() {
+        println!("ok rustfmt and clippy");
+    } else if mode == Mode::Check {
+        println!("missing {}", absent.join(" and "));
+        missing.push(absent.join(" and "));
+    } else {
+        println!("installing {} (rustup component add)", absent.join(" and "));
+        run_inherit(Command::new("rustup").args(["component", "add"]).args(&absent).current_dir(&root))?;
     }
     Ok(())
 }
@@ -278,16 +247,11 @@ fn llvm_major_in(text: &str) -> Option<u32> {
 /// LLVM major of the libLLVM a binary is dynamically linked to ("libLLVM.so.22.1", "libLLVM-14.so").
 fn linked_llvm_major(binary: &Path) -> Option<u32> {
     let ldd = stdout_of(Command::new("ldd").arg(binary))?;
-    ldd.split_whitespace()
-        .filter_map(|word| word.strip_prefix("libLLVM"))
-        .find_map(|rest| {
-            let digits: String = rest
-                .chars()
-                .skip_while(|c| !c.is_ascii_digit())
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        })
+    ldd.split_whitespace().filter_map(|word| word.strip_prefix("libLLVM")).find_map(|rest| {
+        let digits: String =
+            rest.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
 }
 
 fn linker_status() -> Linker {
@@ -303,10 +267,7 @@ fn linker_status() -> Linker {
     // it, else the libLLVM it is linked to (the llvm-22 feature links /usr/lib/llvm-22's).
     let llvm = llvm_major_in(&out).or_else(|| linked_llvm_major(&path));
     match llvm {
-        Some(major) if major != LLVM_MAJOR => Linker::WrongLlvm {
-            version,
-            llvm: major,
-        },
+        Some(major) if major != LLVM_MAJOR => Linker::WrongLlvm { version, llvm: major },
         llvm => Linker::Ok { version, llvm },
     }
 }
@@ -337,21 +298,13 @@ fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         missing.push("bpf-linker".into());
         return Ok(());
     }
-    println!(
-        "installing bpf-linker for LLVM {LLVM_MAJOR} (cargo install: this takes about 4 minutes)"
-    );
+    println!("installing bpf-linker for LLVM {LLVM_MAJOR} (cargo install: this takes about 4 minutes)");
     let mut cmd = Command::new("cargo");
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--locked",
-        "--no-default-features",
-        "--features",
-    ])
-    .arg(format!("llvm-{LLVM_MAJOR}"))
-    .env("LLVM_PREFIX", LLVM_PREFIX)
-    // Away from the workspace, so its .cargo/config.toml does not apply to the install.
-    .current_dir(std::env::temp_dir());
+    cmd.args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+        .arg(format!("llvm-{LLVM_MAJOR}"))
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        // Away from the workspace, so its .cargo/config.toml does not apply to the install.
+        .current_dir(std::env::temp_dir());
     if replace {
         cmd.arg("--force");
     }
@@ -388,7 +341,10 @@ const PY_PACKAGES: &[PyPackage] = &[
     PyPackage {
         name: "redis-py",
         requirement: "redis>=5,<6",
-        version: &["-c", "import redis; assert redis.__version__.split('.')[0] == '5', redis.__version__; print(redis.__version__)"],
+        version: &[
+            "-c",
+            "import redis; assert redis.__version__.split('.')[0] == '5', redis.__version__; print(redis.__version__)",
+        ],
         needed_by: "tests/incidents_pools.rs (the asyncio pool at maxclients)",
     },
     // psycopg 3 with its binary wheel, which carries its own libpq.
@@ -414,10 +370,7 @@ fn python_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         match py_version(p) {
             Some(version) => println!("ok {} {version}", p.name),
             None if mode == Mode::Check => {
-                println!(
-                    "missing {} (python3 -m pip install '{}'; for {})",
-                    p.name, p.requirement, p.needed_by
-                );
+                println!("missing {} (python3 -m pip install '{}'; for {})", p.name, p.requirement, p.needed_by);
                 missing.push(p.name.into());
             }
             None => absent.push(p),
@@ -434,15 +387,8 @@ fn python_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         if !is_root() {
             bail!("python3 has no pip to install {} with; run `cargo xtask setup` as root (it installs Debian's python3-pip)", names.join(", "));
         }
-        println!(
-            "installing {} (python3 -m pip install, after Debian's python3-pip)",
-            names.join(", ")
-        );
-        run_inherit(
-            Command::new("apt-get")
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        println!("installing {} (python3 -m pip install, after Debian's python3-pip)", names.join(", "));
+        run_inherit(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
         run_inherit(
             Command::new("apt-get")
                 .args(["install", "-y", "--no-install-recommends", "python3-pip"])
@@ -462,11 +408,7 @@ fn python_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     for p in absent {
         match py_version(p) {
             Some(version) => println!("ok {} {version}", p.name),
-            None => bail!(
-                "pip installed {} but `python3 {}` does not run",
-                p.requirement,
-                p.version.join(" ")
-            ),
+            None => bail!("pip installed {} but `python3 {}` does not run", p.requirement, p.version.join(" ")),
         }
     }
     Ok(())
@@ -511,10 +453,7 @@ mod tests {
     #[test]
     fn llvm_major_from_version_text() {
         assert_eq!(llvm_major_in("bpf-linker 0.13.0"), None);
-        assert_eq!(
-            llvm_major_in("bpf-linker 0.14.0\nLLVM version 22.1.8"),
-            Some(22)
-        );
+        assert_eq!(llvm_major_in("bpf-linker 0.14.0\nLLVM version 22.1.8"), Some(22));
         assert_eq!(llvm_major_in("bpf-linker 0.9.0 (LLVM 21)"), Some(21));
     }
 

@@ -98,8 +98,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => config::load(path)?,
         None => config::Config::default(),
     };
-    let mut service_specs: Vec<String> =
-        file.services.iter().map(|(name, ports)| format!("{name}={}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","))).collect();
+    let mut service_specs: Vec<String> = file
+        .services
+        .iter()
+        .map(|(name, ports)| format!("{name}={}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")))
+        .collect();
     service_specs.extend(args.pool.services.iter().cloned());
     let services = Services::with_overrides(&service_specs)?;
     let web_config = match args.web_config_file.as_ref().or(file.web.config_file.as_ref()) {
@@ -125,13 +128,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.alertmanager_urls.is_empty() {
         alert_cfg.alertmanager_urls = args.alertmanager_urls.clone();
     }
-    let notifier = (!alert_cfg.alertmanager_urls.is_empty()).then(|| Notifier::start(alert_cfg.alertmanager_urls.clone(), alert_cfg.resend.0));
+    let notifier = (!alert_cfg.alertmanager_urls.is_empty())
+        .then(|| Notifier::start(alert_cfg.alertmanager_urls.clone(), alert_cfg.resend.0));
     let ceilings = file.ceilings.iter().map(|(k, v)| (k.clone(), v.0)).collect();
     let alert_interval = alert_cfg.interval.0;
-    let mut observer = Observer::new(
-        PoolTracker::new(services, args.pool_idle_expiry),
-        StormTracker::new(storm),
-    );
+    let mut observer = Observer::new(PoolTracker::new(services, args.pool_idle_expiry), StormTracker::new(storm));
     observer.full_scans = scan::FullScans::new(args.scan_budget);
     observer.queues = crate::model::queue_wait::QueueTracker::new(alert_cfg.accept_queue_slow_failure.client_timeout.0);
     observer.destinations = destinations::Tracker::new(
@@ -218,7 +219,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!("shutting down");
     Ok(())
 }
-
 
 /// The host name for links back to this agent, else its listen address.
 fn hostname_or(local: std::net::SocketAddr) -> String {

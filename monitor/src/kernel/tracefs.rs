@@ -59,18 +59,10 @@ fn errno_name(err: &std::io::Error) -> String {
 }
 
 fn mount_tracefs(dir: &Path) -> std::io::Result<()> {
-    let target = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let target =
+        CString::new(dir.as_os_str().as_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; data may be null.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
         Ok(())
     } else {
@@ -128,9 +120,7 @@ fn split_decl(decl: &str) -> Option<(String, String)> {
         None => (decl, ""),
     };
     let base = base.trim_end();
-    let start = base
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+    let start = base.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
     let name = &base[start..];
     let ty = base[..start].trim_end();
     if name.is_empty() || ty.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
@@ -181,10 +171,7 @@ pub fn parse_format(text: &str) -> Result<Format> {
             })?);
         } else if trimmed.starts_with("field:") {
             let field = parse_field(trimmed).ok_or_else(|| {
-                anyhow!(
-                    "tracepoint format line {} is not a valid field description: {trimmed:?}",
-                    n + 1
-                )
+                anyhow!("tracepoint format line {} is not a valid field description: {trimmed:?}", n + 1)
             })?;
             fields.push(field);
         } else if trimmed.starts_with("print fmt:") {
@@ -192,9 +179,9 @@ pub fn parse_format(text: &str) -> Result<Format> {
             break;
         }
     }
-    let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
-        anyhow!("tracepoint format has no `name:` line: the text is not a tracefs format file")
-    })?;
+    let name = name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| anyhow!("tracepoint format has no `name:` line: the text is not a tracefs format file"))?;
     if fields.is_empty() {
         bail!("tracepoint format for {name} lists no fields: the format file is malformed");
     }
@@ -206,10 +193,9 @@ pub fn read_format(tracefs: &Path, group: &str, name: &str) -> Result<Format> {
     let path = tracefs.join("events").join(group).join(name).join("format");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "tracepoint {group}:{name} not found at {}: this kernel does not have it",
-            path.display()
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("tracepoint {group}:{name} not found at {}: this kernel does not have it", path.display())
+        }
         Err(e) => bail!("cannot read {}: {e}: run connmon as root", path.display()),
     };
     parse_format(&text).with_context(|| format!("tracepoint {group}:{name} at {}", path.display()))

@@ -37,11 +37,7 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 /// pid) and makes a namespace's reported pid the oldest-looking (usually the pod's pause process).
 pub fn pids() -> Vec<u32> {
     let mut pids: Vec<u32> = procfs::process::all_processes()
-        .map(|all| {
-            all.flatten()
-                .filter_map(|p| u32::try_from(p.pid()).ok())
-                .collect()
-        })
+        .map(|all| all.flatten().filter_map(|p| u32::try_from(p.pid()).ok()).collect())
         .unwrap_or_default();
     pids.sort_unstable();
     pids
@@ -76,11 +72,7 @@ pub fn socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
             continue;
         };
         let cgroup = process.cgroups().ok().and_then(|c| pick_cgroup(&c.0));
-        let owner = Owner {
-            pid,
-            comm: stat.comm,
-            cgroup,
-        };
+        let owner = Owner { pid, comm: stat.comm, cgroup };
         hits.dedup();
         for ino in hits {
             found.entry(ino).or_insert_with(|| owner.clone());
@@ -140,10 +132,7 @@ pub fn own_pid_namespace(self_pid: u32, pid1_comm: &str) -> Option<&'static str>
 
 /// One warning at start-up when [`own_pid_namespace`] says so.
 pub fn warn_if_own_pid_namespace() {
-    let pid1 = Process::new(1)
-        .and_then(|p| p.stat())
-        .map(|s| s.comm)
-        .unwrap_or_default();
+    let pid1 = Process::new(1).and_then(|p| p.stat()).map(|s| s.comm).unwrap_or_default();
     if let Some(why) = own_pid_namespace(std::process::id(), &pid1) {
         log::warn!(
             "not in the host's PID namespace ({why}): /proc shows only this pod's processes, so other pods' network namespaces and socket owners are not seen; run with hostPID: true (docker/podman: --pid=host)"

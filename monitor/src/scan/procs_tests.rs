@@ -7,10 +7,7 @@ use std::fs;
 #[test]
 fn cgroup_v2() {
     let t = "0::/kubepods.slice/kubepods-burstable.slice/cri-containerd-abc.scope\n";
-    assert_eq!(
-        parse_cgroup(t).as_deref(),
-        Some("/kubepods.slice/kubepods-burstable.slice/cri-containerd-abc.scope")
-    );
+    assert_eq!(parse_cgroup(t).as_deref(), Some("/kubepods.slice/kubepods-burstable.slice/cri-containerd-abc.scope"));
     assert_eq!(parse_cgroup("0::/\n").as_deref(), Some("/"));
 }
 
@@ -22,10 +19,7 @@ fn cgroup_v1_prefers_systemd_line() {
 4:cpu,cpuacct:/docker/0123
 1:name=systemd:/system.slice/docker-0123.scope
 ";
-    assert_eq!(
-        parse_cgroup(t).as_deref(),
-        Some("/system.slice/docker-0123.scope")
-    );
+    assert_eq!(parse_cgroup(t).as_deref(), Some("/system.slice/docker-0123.scope"));
     // Without a systemd line the first hierarchy wins.
     let t = "5:pids:/a\n3:memory:/b\n";
     assert_eq!(parse_cgroup(t).as_deref(), Some("/a"));
@@ -38,10 +32,7 @@ fn cgroup_hybrid_prefers_v2_line() {
 1:name=systemd:/user.slice/user-0.slice/session-1.scope
 0::/user.slice/user-0.slice/session-1.scope
 ";
-    assert_eq!(
-        parse_cgroup(t).as_deref(),
-        Some("/user.slice/user-0.slice/session-1.scope")
-    );
+    assert_eq!(parse_cgroup(t).as_deref(), Some("/user.slice/user-0.slice/session-1.scope"));
 }
 
 #[test]
@@ -50,10 +41,7 @@ fn cgroup_edge_cases() {
     assert_eq!(parse_cgroup("\n\n"), None);
     assert_eq!(parse_cgroup("garbage\n1:x\n"), None);
     assert_eq!(parse_cgroup("0::\n"), None, "empty path is no path");
-    assert_eq!(
-        parse_cgroup("0::/a:b (deleted)\n").as_deref(),
-        Some("/a:b (deleted)")
-    );
+    assert_eq!(parse_cgroup("0::/a:b (deleted)\n").as_deref(), Some("/a:b (deleted)"));
 }
 
 #[test]
@@ -70,24 +58,14 @@ fn finds_own_listener() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let socks = diag::dump_tcp(diag::state_mask(&[monitor_common::TCP_LISTEN]), false).unwrap();
-    let inode = socks
-        .iter()
-        .find(|s| s.sport == port)
-        .expect("listener in sock_diag dump")
-        .inode;
+    let inode = socks.iter().find(|s| s.sport == port).expect("listener in sock_diag dump").inode;
     assert_ne!(inode, 0);
     let wanted: HashSet<u64> = [inode, u64::MAX].into_iter().collect();
     let owners = socket_owners(&wanted);
     let me = owners.get(&inode).expect("owner found");
     assert_eq!(me.pid, std::process::id());
-    assert_eq!(
-        me.comm,
-        fs::read_to_string("/proc/self/comm").unwrap().trim()
-    );
-    assert_eq!(
-        me.cgroup,
-        parse_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap())
-    );
+    assert_eq!(me.comm, fs::read_to_string("/proc/self/comm").unwrap().trim());
+    assert_eq!(me.cgroup, parse_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap()));
     assert!(!owners.contains_key(&u64::MAX));
     assert!(socket_owners(&HashSet::new()).is_empty());
 }
@@ -100,19 +78,13 @@ fn lowest_pid_wins_for_shared_sockets() {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
     // Clear CLOEXEC so the child keeps the socket.
     unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
+    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
     let socks = diag::dump_tcp(diag::state_mask(&[monitor_common::TCP_LISTEN]), false).unwrap();
     let inode = socks.iter().find(|s| s.sport == port).unwrap().inode;
     let link = format!("socket:[{inode}]");
     let child_has_it = (0..100).any(|_| {
         let held = fs::read_dir(format!("/proc/{}/fd", child.id()))
-            .map(|d| {
-                d.flatten()
-                    .any(|e| fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == link.as_str()))
-            })
+            .map(|d| d.flatten().any(|e| fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == link.as_str())))
             .unwrap_or(false);
         if !held {
             std::thread::sleep(std::time::Duration::from_millis(10));

@@ -75,8 +75,8 @@ pub mod pool_fixtures;
 pub mod pool_metrics;
 pub mod proc_setup;
 pub mod prometheus;
-pub mod py_client;
 pub mod promql;
+pub mod py_client;
 pub mod scrape;
 pub mod servers;
 pub mod sock;
@@ -96,8 +96,8 @@ pub use metrics::*;
 pub use netns::*;
 pub use oracle::*;
 pub use pool_metrics::*;
-pub use prometheus::*;
 pub use proc_setup::{cgroup2_root, KillOnDrop, KubeCgroup, TestCgroup};
+pub use prometheus::*;
 pub use servers::*;
 pub use sock::*;
 pub use wire::*;
@@ -118,18 +118,12 @@ pub fn deadline(secs: u64) -> Instant {
 
 /// Polls `f` until it returns `Some`, or panics with `what` once `deadline` has passed.
 pub fn wait_until<T>(deadline: Instant, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    poll_until(deadline, what, || {
-        f().ok_or_else(|| "condition not met".to_string())
-    })
+    poll_until(deadline, what, || f().ok_or_else(|| "condition not met".to_string()))
 }
 
 /// Like [`wait_until`], but `f` explains why it is not done yet (`Err(last observation)`),
 /// and the timeout panic quotes the last explanation.
-pub fn poll_until<T, E: Display>(
-    deadline: Instant,
-    what: &str,
-    f: impl FnMut() -> Result<T, E>,
-) -> T {
+pub fn poll_until<T, E: Display>(deadline: Instant, what: &str, f: impl FnMut() -> Result<T, E>) -> T {
     poll_every(POLL_INTERVAL, deadline, what, f)
 }
 
@@ -181,24 +175,18 @@ pub fn unique_port() -> u16 {
 
 /// This process's command name as the kernel reports it (`/proc/self/comm`, at most 15 bytes).
 pub fn self_comm() -> String {
-    std::fs::read_to_string("/proc/self/comm")
-        .expect("read /proc/self/comm")
-        .trim_end_matches('\n')
-        .to_string()
+    std::fs::read_to_string("/proc/self/comm").expect("read /proc/self/comm").trim_end_matches('\n').to_string()
 }
 
 /// This process's cgroup v2 path (the `0::/path` line of `/proc/self/cgroup`), if any.
 pub fn self_cgroup() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string)
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
 }
 
 /// Runs a command to completion; panics only if it cannot be started.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
 }
 
 /// Runs a command, panics (quoting stderr) unless it exits 0, returns stdout.
@@ -234,8 +222,7 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
         let path = std::env::temp_dir().join(unique_name(prefix));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
         TempDir { path }
     }
 
@@ -252,6 +239,5 @@ impl Drop for TempDir {
 
 /// `true` if `text` contains `n` as a whole number (not part of a longer digit run).
 pub fn contains_number(text: &str, n: u64) -> bool {
-    text.split(|c: char| !c.is_ascii_digit())
-        .any(|tok| tok == n.to_string())
+    text.split(|c: char| !c.is_ascii_digit()).any(|tok| tok == n.to_string())
 }

@@ -58,15 +58,12 @@ pub struct PodSpec {
 }
 
 fn req<'a>(y: &'a Yaml, path: &str) -> &'a str {
-    y.str_at(path)
-        .unwrap_or_else(|| panic!("daemonset.yaml: {path} is missing"))
+    y.str_at(path).unwrap_or_else(|| panic!("daemonset.yaml: {path} is missing"))
 }
 
 fn num(y: &Yaml, path: &str, default: u64) -> u64 {
-    y.str_at(path).map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("daemonset.yaml: {path}: {v} is not a number"))
-    })
+    y.str_at(path)
+        .map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("daemonset.yaml: {path}: {v} is not a number")))
 }
 
 /// Kubernetes quantity (`64Mi`, `256Mi`, `1Gi`) in bytes.
@@ -75,9 +72,7 @@ pub fn bytes_of(quantity: &str) -> u64 {
         .iter()
         .find_map(|(suffix, m)| quantity.strip_suffix(suffix).map(|n| (n, *m)))
         .unwrap_or((quantity, 1));
-    n.parse::<u64>()
-        .unwrap_or_else(|_| panic!("quantity {quantity}: only plain, Ki, Mi and Gi are read here"))
-        * mult
+    n.parse::<u64>().unwrap_or_else(|_| panic!("quantity {quantity}: only plain, Ki, Mi and Gi are read here")) * mult
 }
 
 /// Kubernetes CPU quantity (`50m`, `1`) in cores.
@@ -89,14 +84,9 @@ pub fn cores_of(quantity: &str) -> f64 {
 }
 
 fn http_probe(c: &Yaml, which: &str) -> HttpProbe {
-    let p = c
-        .get(which)
-        .unwrap_or_else(|| panic!("daemonset.yaml: the container has no {which}"));
+    let p = c.get(which).unwrap_or_else(|| panic!("daemonset.yaml: the container has no {which}"));
     let port = container_port(c, req(p, "httpGet.port"));
-    assert!(
-        p.str_at("httpGet.scheme").is_none_or(|s| s == "HTTP"),
-        "{which}: only plain HTTP probes are translated"
-    );
+    assert!(p.str_at("httpGet.scheme").is_none_or(|s| s == "HTTP"), "{which}: only plain HTTP probes are translated");
     HttpProbe {
         path: req(p, "httpGet.path").to_string(),
         port: port.parse().expect("probe port"),
@@ -114,51 +104,29 @@ impl PodSpec {
         let pod = ds.at("spec.template.spec").expect("pod template spec");
         let containers = pod.seq_at("containers");
         assert_eq!(containers.len(), 1, "one container: the agent");
-        assert!(
-            pod.seq_at("initContainers").is_empty(),
-            "init containers are not translated"
-        );
+        assert!(pod.seq_at("initContainers").is_empty(), "init containers are not translated");
         let c = &containers[0];
         let sc = c.get("securityContext").expect("container securityContext");
         assert_eq!(sc.str_at("privileged"), Some("false"));
-        for key in [
-            "seccompProfile",
-            "appArmorProfile",
-            "seLinuxOptions",
-            "procMount",
-        ] {
-            assert!(
-                sc.get(key).is_none(),
-                "securityContext.{key} is not translated"
-            );
+        for key in ["seccompProfile", "appArmorProfile", "seLinuxOptions", "procMount"] {
+            assert!(sc.get(key).is_none(), "securityContext.{key} is not translated");
         }
         let bool_at = |y: &Yaml, path: &str| y.str_at(path) == Some("true");
 
-        let volumes: BTreeMap<&str, &Yaml> = pod
-            .seq_at("volumes")
-            .iter()
-            .map(|v| (req(v, "name"), v))
-            .collect();
+        let volumes: BTreeMap<&str, &Yaml> = pod.seq_at("volumes").iter().map(|v| (req(v, "name"), v)).collect();
         let mounts = c
             .seq_at("volumeMounts")
             .iter()
             .map(|m| {
                 let name = req(m, "name");
-                let v = volumes
-                    .get(name)
-                    .unwrap_or_else(|| panic!("volumeMount {name} has no volume"));
-                let host_path = v.str_at("hostPath.path").unwrap_or_else(|| {
-                    panic!("volume {name}: only hostPath volumes are translated")
-                });
-                assert!(
-                    m.get("subPath").is_none(),
-                    "volumeMount {name}: subPath is not translated"
-                );
+                let v = volumes.get(name).unwrap_or_else(|| panic!("volumeMount {name} has no volume"));
+                let host_path = v
+                    .str_at("hostPath.path")
+                    .unwrap_or_else(|| panic!("volume {name}: only hostPath volumes are translated"));
+                assert!(m.get("subPath").is_none(), "volumeMount {name}: subPath is not translated");
                 let propagation = m.str_at("mountPropagation").map(str::to_string);
                 assert!(
-                    propagation
-                        .as_deref()
-                        .is_none_or(|p| p == "HostToContainer" || p == "None"),
+                    propagation.as_deref().is_none_or(|p| p == "HostToContainer" || p == "None"),
                     "volumeMount {name}: mountPropagation {propagation:?} is not translated"
                 );
                 HostMount {
@@ -172,9 +140,8 @@ impl PodSpec {
             })
             .collect();
 
-        let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
+        let node =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let env = c
             .seq_at("env")
             .iter()
@@ -199,20 +166,9 @@ impl PodSpec {
             readiness: http_probe(c, "readinessProbe"),
             no_new_privileges: sc.str_at("allowPrivilegeEscalation") == Some("false"),
             read_only_root: bool_at(sc, "readOnlyRootFilesystem"),
-            run_as: (
-                req(sc, "runAsUser").to_string(),
-                req(sc, "runAsGroup").to_string(),
-            ),
-            caps_drop: sc
-                .strs_at("capabilities.drop")
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            caps_add: sc
-                .strs_at("capabilities.add")
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            run_as: (req(sc, "runAsUser").to_string(), req(sc, "runAsGroup").to_string()),
+            caps_drop: sc.strs_at("capabilities.drop").iter().map(|s| s.to_string()).collect(),
+            caps_add: sc.strs_at("capabilities.add").iter().map(|s| s.to_string()).collect(),
             mounts,
             memory_request: req(c, "resources.requests.memory").to_string(),
             memory_limit: req(c, "resources.limits.memory").to_string(),
@@ -228,10 +184,7 @@ impl PodSpec {
             .iter()
             .find_map(|a| a.strip_prefix("--web.listen-address="))
             .expect("args set --web.listen-address=ADDR");
-        addr.rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a port in --web.listen-address")
+        addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in --web.listen-address")
     }
 
     /// The same pod listening on `port` instead (args and probes alike), so that tests running
@@ -277,19 +230,13 @@ impl PodSpec {
         }
         for m in &self.mounts {
             if m.host_type == "DirectoryOrCreate" {
-                std::fs::create_dir_all(&m.host_path)
-                    .unwrap_or_else(|e| panic!("create {}: {e}", m.host_path));
+                std::fs::create_dir_all(&m.host_path).unwrap_or_else(|e| panic!("create {}: {e}", m.host_path));
             }
             let mut opts = vec![if m.read_only { "ro" } else { "rw" }];
             if m.propagation.as_deref() == Some("HostToContainer") {
                 opts.push("rslave");
             }
-            f.push(format!(
-                "--volume={}:{}:{}",
-                m.host_path,
-                m.container_path,
-                opts.join(",")
-            ));
+            f.push(format!("--volume={}:{}:{}", m.host_path, m.container_path, opts.join(",")));
         }
         for (k, v) in &self.env {
             f.push(format!("--env={k}={v}"));
@@ -302,22 +249,14 @@ impl PodSpec {
     pub fn without_caps(mut self, caps: &[&str]) -> PodSpec {
         let before = self.caps_add.len();
         self.caps_add.retain(|c| !caps.contains(&c.as_str()));
-        assert_eq!(
-            before - self.caps_add.len(),
-            caps.len(),
-            "the manifest adds {caps:?}"
-        );
+        assert_eq!(before - self.caps_add.len(), caps.len(), "the manifest adds {caps:?}");
         self
     }
 
     pub fn without_mount(mut self, volume: &str) -> PodSpec {
         let before = self.mounts.len();
         self.mounts.retain(|m| m.volume != volume);
-        assert_eq!(
-            before,
-            self.mounts.len() + 1,
-            "the manifest mounts {volume}"
-        );
+        assert_eq!(before, self.mounts.len() + 1, "the manifest mounts {volume}");
         self
     }
 }

@@ -18,18 +18,13 @@ pub const IMAGE_ENV: &str = "CONNMON_IMAGE_ARCHIVE";
 
 /// The target directory of this build (`<target>/debug/connmon` is the agent under test).
 fn target_dir() -> PathBuf {
-    Path::new(connmon_bin())
-        .ancestors()
-        .nth(2)
-        .expect("target dir")
-        .to_path_buf()
+    Path::new(connmon_bin()).ancestors().nth(2).expect("target dir").to_path_buf()
 }
 
 /// The image archive: `$CONNMON_IMAGE_ARCHIVE`, else `<target>/connmon-image.oci.tar`.
 pub fn image_archive() -> PathBuf {
-    let path = std::env::var_os(IMAGE_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("connmon-image.oci.tar"));
+    let path =
+        std::env::var_os(IMAGE_ENV).map(PathBuf::from).unwrap_or_else(|| target_dir().join("connmon-image.oci.tar"));
     assert!(
         path.is_file(),
         "no image archive at {}: run `cargo xtask image` (or `cargo xtask test`, which builds it)",
@@ -52,24 +47,15 @@ impl Podman {
             let dir = target_dir().join("container-test");
             std::fs::create_dir_all(&dir).expect("create the podman directory");
             // No CAP_SYS_RESOURCE in this sandbox: podman's default ulimits cannot be applied.
-            std::fs::write(
-                dir.join("containers.conf"),
-                "[containers]\ndefault_ulimits = []\n",
-            )
-            .expect("write containers.conf");
-            let mut p = Podman {
-                dir,
-                image: String::new(),
-            };
+            std::fs::write(dir.join("containers.conf"), "[containers]\ndefault_ulimits = []\n")
+                .expect("write containers.conf");
+            let mut p = Podman { dir, image: String::new() };
             let archive = image_archive();
             let out = p.ok(&["load", "--quiet", "--input", &archive.to_string_lossy()]);
             // "Loaded image: localhost/connmon:latest"
             p.image = out
                 .lines()
-                .find_map(|l| {
-                    l.strip_prefix("Loaded image: ")
-                        .or_else(|| l.strip_prefix("Loaded image(s): "))
-                })
+                .find_map(|l| l.strip_prefix("Loaded image: ").or_else(|| l.strip_prefix("Loaded image(s): ")))
                 .unwrap_or_else(|| panic!("podman load said: {out}"))
                 .trim()
                 .to_string();
@@ -86,30 +72,20 @@ impl Podman {
             .arg(self.dir.join("storage"))
             .arg("--runroot")
             .arg(self.dir.join("run"))
-            .args([
-                "--storage-driver=vfs",
-                "--runtime=runc",
-                "--cgroup-manager=cgroupfs",
-                "--events-backend=file",
-            ])
+            .args(["--storage-driver=vfs", "--runtime=runc", "--cgroup-manager=cgroupfs", "--events-backend=file"])
             .args(args);
         c
     }
 
     pub fn output(&self, args: &[&str]) -> Output {
         let mut c = self.command(args);
-        c.output()
-            .unwrap_or_else(|e| panic!("cannot run podman {args:?}: {e} (run `cargo xtask setup`)"))
+        c.output().unwrap_or_else(|e| panic!("cannot run podman {args:?}: {e} (run `cargo xtask setup`)"))
     }
 
     /// stdout; panics with stderr unless podman exits 0.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.output(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "podman {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -137,30 +113,17 @@ impl Container {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         podman.ok(&argv);
         let started = Instant::now();
-        let mut c = Container {
-            name,
-            spec,
-            pid: 0,
-            started,
-            podman,
-        };
-        c.pid = c.inspect("{{.State.Pid}}").parse().unwrap_or_else(|_| {
-            panic!("no pid for {}: {}", c.name, c.inspect("{{.State.Status}}"))
-        });
-        eprintln!(
-            "container {} (host pid {}): podman {}",
-            c.name,
-            c.pid,
-            args.join(" ")
-        );
+        let mut c = Container { name, spec, pid: 0, started, podman };
+        c.pid = c
+            .inspect("{{.State.Pid}}")
+            .parse()
+            .unwrap_or_else(|_| panic!("no pid for {}: {}", c.name, c.inspect("{{.State.Status}}")));
+        eprintln!("container {} (host pid {}): podman {}", c.name, c.pid, args.join(" "));
         c
     }
 
     pub fn inspect(&self, format: &str) -> String {
-        self.podman
-            .ok(&["inspect", "--format", format, &self.name])
-            .trim()
-            .to_string()
+        self.podman.ok(&["inspect", "--format", format, &self.name]).trim().to_string()
     }
 
     /// (status, restart count): `running` and 0 while it is healthy.
@@ -173,11 +136,7 @@ impl Container {
     /// The agent's output so far (stdout and stderr).
     pub fn logs(&self) -> String {
         let out = self.podman.output(&["logs", &self.name]);
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -195,37 +154,23 @@ impl Container {
     }
 
     /// Scrapes until `f` accepts (see `Agent::wait_metrics`).
-    pub fn wait_metrics<T>(
-        &self,
-        secs: u64,
-        what: &str,
-        mut f: impl FnMut(&[Sample]) -> Result<T, String>,
-    ) -> T {
+    pub fn wait_metrics<T>(&self, secs: u64, what: &str, mut f: impl FnMut(&[Sample]) -> Result<T, String>) -> T {
         poll_until(deadline(secs), what, || {
             let (status, _) = self.state();
-            assert_eq!(
-                status,
-                "running",
-                "the container stopped; log:\n{}",
-                self.logs()
-            );
+            assert_eq!(status, "running", "the container stopped; log:\n{}", self.logs());
             f(&self.samples())
         })
     }
 
     /// Waits for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str, secs: u64) -> String {
-        poll_until(
-            deadline(secs),
-            &format!("a log line with {needle:?}"),
-            || {
-                let logs = self.logs();
-                match logs.lines().find(|l| l.contains(needle)) {
-                    Some(l) => Ok(l.to_string()),
-                    None => Err(logs.lines().rev().take(5).collect::<Vec<_>>().join(" | ")),
-                }
-            },
-        )
+        poll_until(deadline(secs), &format!("a log line with {needle:?}"), || {
+            let logs = self.logs();
+            match logs.lines().find(|l| l.contains(needle)) {
+                Some(l) => Ok(l.to_string()),
+                None => Err(logs.lines().rev().take(5).collect::<Vec<_>>().join(" | ")),
+            }
+        })
     }
 
     /// The container's root filesystem on the host (vfs: a plain directory).
@@ -241,10 +186,7 @@ impl Container {
             .find_map(|l| {
                 let mut f = l.splitn(3, ':');
                 let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-                ctrls
-                    .split(',')
-                    .any(|c| c == controller)
-                    .then(|| path.to_string())
+                ctrls.split(',').any(|c| c == controller).then(|| path.to_string())
             })
             .unwrap_or_else(|| panic!("no {controller} cgroup in {text}"));
         PathBuf::from(format!("/sys/fs/cgroup/{controller}{path}"))
@@ -252,29 +194,19 @@ impl Container {
 
     /// How long the agent took to answer `path` with 2xx/3xx (the kubelet's success) after start.
     pub fn time_to_answer(&self, path: &str, within: Duration) -> Duration {
-        poll_until(
-            self.started + within,
-            &format!("{path} to answer 2xx/3xx"),
-            || match self.get(path) {
-                Ok(r) if (200..400).contains(&r.status) => Ok(self.started.elapsed()),
-                Ok(r) => Err(format!("{} {}", r.status, r.body.trim())),
-                Err(e) => Err(e.to_string()),
-            },
-        )
+        poll_until(self.started + within, &format!("{path} to answer 2xx/3xx"), || match self.get(path) {
+            Ok(r) if (200..400).contains(&r.status) => Ok(self.started.elapsed()),
+            Ok(r) => Err(format!("{} {}", r.status, r.body.trim())),
+            Err(e) => Err(e.to_string()),
+        })
     }
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "---- container {} log ----\n{}---- end ----",
-                self.name,
-                self.logs()
-            );
+            eprintln!("---- container {} log ----\n{}---- end ----", self.name, self.logs());
         }
-        let _ = self
-            .podman
-            .output(&["rm", "--force", "--time", "0", &self.name]);
+        let _ = self.podman.output(&["rm", "--force", "--time", "0", &self.name]);
     }
 }
