@@ -30,7 +30,7 @@ pub enum Command {
     Pools(pools::PoolsArgs),
     /// Show destinations (service, address, port): this host's pools summed, with the server's
     /// rejections, connects in flight and the ceiling learned when rejections began.
-    Destinations(destinations::DestinationsArgs),
+    Destinations(pools::PoolsArgs),
     /// Watch pools and listeners for a while and show their retry-storm signals, storms first.
     Storms(storms::StormsArgs),
     /// Show the alerts a running agent has pending or firing.

@@ -1,4 +1,5 @@
 //! `connmon pools`: connection pools from one scan, or live from the kernel probes with `--watch`.
+//! The scan-or-watch loop is shared with `connmon destinations`, which sums the same pools.
 use std::time::Duration;
 
 use clap::Args;
@@ -10,17 +11,21 @@ use crate::{
         values::parse_duration,
     },
     kernel::{privs, probes},
-    model::{pools, services},
+    model::{
+        pools::{self, Pool},
+        services,
+    },
     scan,
 };
 
+/// How a pool-based command shows its rows: once from a scan, or live from the kernel probes.
 #[derive(Debug, Args)]
 pub struct PoolsArgs {
-    /// One JSON object per pool, one per line.
+    /// One JSON object per row, one per line.
     #[arg(long)]
     pub json: bool,
-    /// Attach the kernel probes and refresh every --interval, showing opens, closes and failures
-    /// since the command started (needs root or CAP_BPF and CAP_PERFMON).
+    /// Attach the kernel probes and refresh every --interval, with opens, closes, failures and
+    /// rejections counted since the command started (needs root or CAP_BPF and CAP_PERFMON).
     #[arg(long)]
     pub watch: bool,
     /// Refresh period of --watch.
@@ -33,17 +38,24 @@ pub struct PoolsArgs {
 }
 
 pub fn run(args: &PoolsArgs) -> anyhow::Result<()> {
+    show(args, |pools, _live| super::print_rows(pools, args.json, super::table::print_pools))
+}
+
+/// Hands `rows` the pools of one scan (`live` false), or with `--watch` the pools the probes
+/// count, every `--interval` on a cleared screen (`live` true) until interrupted.
+pub(super) fn show(args: &PoolsArgs, mut rows: impl FnMut(&[Pool], bool) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let services = services::Services::with_overrides(&args.pool.services)?;
     if !args.watch {
         let mut cgroups = cgroups::CgroupNames::default();
-        let pools = pools::from_scan(&scan::scan(None, scan::Depth::Full), &services, &mut cgroups);
-        return super::print_rows(&pools, args.json, super::table::print_pools);
+        return rows(&pools::from_scan(&scan::scan(None, scan::Depth::Full), &services, &mut cgroups), false);
     }
     let mut loaded = probes::Probes::load(&args.probes.options(Duration::from_secs(1)));
     privs::drop_after_attach();
     let up = loaded.is_up(probes::POOLS);
     let Some(ebpf) = loaded.ebpf_mut().filter(|_| up) else {
-        anyhow::bail!("--watch needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON");
+        anyhow::bail!(
+            "--watch needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON"
+        );
     };
     let mut tracker = pools::PoolTracker::new(services, Duration::MAX);
     tracker.seed(ebpf)?;
@@ -52,7 +64,7 @@ pub fn run(args: &PoolsArgs) -> anyhow::Result<()> {
         if !args.json {
             print!("\x1b[2J\x1b[H");
         }
-        super::print_rows(&pools, args.json, super::table::print_pools)?;
+        rows(&pools, true)?;
         std::thread::sleep(args.interval);
     }
 }
