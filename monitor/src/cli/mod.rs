@@ -24,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: attach probes and serve Prometheus metrics.
     Run(Box<RunArgs>),
-    /// Scan every listening TCP socket once and print it.
+    /// Scan every listening socket (TCP, and unix stream and seqpacket) once and print it.
     Listeners(listeners::ListenersArgs),
     /// Show connection pools (client workload × destination), busiest first.
     Pools(pools::PoolsArgs),
