@@ -11,9 +11,9 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .
 
-# `cargo xtask setup` installs what the build needs, as on a developer's machine (README "Quick
-# start"): Debian packages (LLVM 22 from bookworm-security; it also installs the test and bench
-# groups, which this stage does not use), the dated nightly pinned in monitor-ebpf/rust-toolchain.toml
+# `cargo xtask setup` installs what the build needs, as on a developer's machine (docs/setup.md):
+# Debian packages (LLVM 22 from bookworm-security; it also installs the test and bench groups,
+# which this stage does not use), the dated nightly pinned in monitor-ebpf/rust-toolchain.toml
 # with rust-src, the musl target (with Debian's musl-tools), bpf-linker built against LLVM 22
 # (about 4 minutes) and kubernetes-validate. --no-tracefs: an image build cannot mount tracefs
 # (no CAP_SYS_ADMIN), and only a running agent needs it (the agent mounts it itself).
@@ -31,8 +31,8 @@ FROM scratch
 COPY --from=builder /usr/local/bin/connmon /usr/local/bin/connmon
 
 # Root: loading eBPF programs, setns(2) into other network namespaces and reading other processes'
-# /proc entries need root or the capabilities listed in the README (the DaemonSet grants exactly
-# those and drops the rest). An image FROM scratch has no users; this says root explicitly.
+# /proc entries need root or the capabilities listed in docs/requirements.md (the DaemonSet grants
+# exactly those and drops the rest). An image FROM scratch has no users; this says root explicitly.
 USER 0
 
 # /metrics, /healthz, /readyz (--web.listen-address, default :9977).

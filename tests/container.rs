@@ -5,7 +5,7 @@
 //!
 //! The oracles are the kernel and the servers: `ss`, redis `CLIENT LIST`, `/proc/<pid>/status`
 //! capability sets decoded by `capsh`, the container's mount table. No Kubernetes cluster runs
-//! here (README, "Testing"), so the kubelet's part is played by the probes' own figures: the
+//! here (docs/testing.md), so the kubelet's part is played by the probes' own figures: the
 //! endpoints must answer within the manifest's timeouts, /healthz before the liveness probe would
 //! restart the container. Needs root, podman, runc and the image archive; `cargo xtask test` builds
 //! the image first.
@@ -39,10 +39,12 @@ fn daemonset_pod() -> PodSpec {
     spec.on_port(free_local_port())
 }
 
-/// Capability names in the README's sentence on what the agent keeps after attaching.
+/// Capability names in the documentation's sentence on what the agent keeps after attaching.
 fn readme_kept_caps() -> BTreeSet<String> {
-    let readme = read("README.md");
-    let at = readme.find("drops every capability except").expect("README says which capabilities the agent keeps");
+    let readme = read("docs/requirements.md");
+    let at = readme
+        .find("drops every capability except")
+        .expect("docs/requirements.md says which capabilities the agent keeps");
     let sentence = &readme[at..at + readme[at..].find('.').expect("end of sentence")];
     let caps: BTreeSet<String> =
         sentence.split('`').filter_map(|w| w.strip_prefix("CAP_")).map(str::to_string).collect();
@@ -50,9 +52,9 @@ fn readme_kept_caps() -> BTreeSet<String> {
     caps
 }
 
-/// Probe names in the README's probe table (rows `| `name` | `program` | ...`).
+/// Probe names in the probe table of docs/requirements.md (rows `| `name` | `program` | ...`).
 fn readme_probes() -> BTreeSet<String> {
-    let readme = read("README.md");
+    let readme = read("docs/requirements.md");
     let table = &readme[readme.find("| Probe | Program |").expect("probe table")..];
     table
         .lines()
@@ -219,13 +221,13 @@ fn daemonset_container_runs_as_the_manifest_says() {
 
     // Every probe attached.
     let probes = readme_probes();
-    c.wait_metrics(30, "connmon_probe_up 1 for every probe in the README", |s| {
+    c.wait_metrics(30, "connmon_probe_up 1 for every probe in docs/requirements.md", |s| {
         let up: BTreeSet<String> = samples_matching(s, "connmon_probe_up", &[])
             .iter()
             .filter(|x| x.value == 1.0)
             .filter_map(|x| x.label("probe").map(str::to_string))
             .collect();
-        (up == probes).then_some(()).ok_or(format!("up {up:?}, README {probes:?}"))
+        (up == probes).then_some(()).ok_or(format!("up {up:?}, documented {probes:?}"))
     });
 
     // A pool and a listener made on the host, counted exactly.
@@ -255,7 +257,7 @@ fn daemonset_container_runs_as_the_manifest_says() {
     assert_eq!(backlog, Some(hidden.ss_backlog() as f64), "backlog in the hidden namespace (ss)");
     assert_eq!(sample(&s, "connmon_scan_netns_failed", &[]), Some(0.0));
 
-    // Capabilities: all seven of the manifest at start (the bounding set), only the README's
+    // Capabilities: all seven of the manifest at start (the bounding set), only the documented
     // three once the probes are attached, on every thread.
     let kept = readme_kept_caps();
     // What a runtime can grant is bounded by its own bounding set: this sandbox has no

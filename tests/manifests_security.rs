@@ -1,9 +1,9 @@
 //! What operators rely on in the Kubernetes manifests of deploy/kubernetes/, read as documents
 //! (no cluster runs here): the DaemonSet is not privileged, drops ALL capabilities and adds
-//! exactly the README's set, has a read-only root filesystem, the host's PID namespace, liveness
-//! on /healthz and readiness on /readyz at the metrics port, NODE_NAME from spec.nodeName,
-//! resources, read-only host mounts; the Namespace admits such pods; the ClusterRole only reads
-//! pods and services; the Service, PodMonitor and probes agree on the port.
+//! exactly the documented set (docs/requirements.md), has a read-only root filesystem, the host's
+//! PID namespace, liveness on /healthz and readiness on /readyz at the metrics port, NODE_NAME
+//! from spec.nodeName, resources, read-only host mounts; the Namespace admits such pods; the
+//! ClusterRole only reads pods and services; the Service, PodMonitor and probes agree on the port.
 //!
 //! Schema validation, the kustomization and the Dockerfile are checked in manifests.rs, which
 //! also holds the YAML reader's own tests. Needs neither python3 nor root.
@@ -16,7 +16,7 @@ use common::kube::*;
 use common::workspace::read;
 use common::yaml::Yaml;
 
-/// The README's "Requirements" capabilities (without the CAP_ prefix, as Kubernetes spells them).
+/// The capabilities of docs/requirements.md (without the CAP_ prefix, as Kubernetes spells them).
 const CAPABILITIES: &[&str] =
     &["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE"];
 /// Host paths the DaemonSet mounts (read-only, at the same path), and which need mounts made on
@@ -73,7 +73,7 @@ fn daemonset_is_unprivileged_with_exactly_the_documented_capabilities() {
     let added_set: BTreeSet<&str> = added.iter().copied().collect();
     assert_eq!(added_set.len(), added.len(), "a capability is added twice: {added:?}");
     let expected: BTreeSet<&str> = CAPABILITIES.iter().copied().collect();
-    assert_eq!(added_set, expected, "capabilities added (left) vs the README's (right)");
+    assert_eq!(added_set, expected, "capabilities added (left) vs docs/requirements.md (right)");
     for cap in &added {
         // The API refuses allowPrivilegeEscalation: false with "CAP_SYS_ADMIN" (not "SYS_ADMIN").
         assert!(
@@ -82,10 +82,8 @@ fn daemonset_is_unprivileged_with_exactly_the_documented_capabilities() {
         );
     }
 
-    // The README's Requirements section is where the set is documented.
-    let readme = read("README.md");
-    let section =
-        readme.split("\n## ").find(|s| s.starts_with("Requirements")).expect("README has a Requirements section");
+    // docs/requirements.md is where the set is documented.
+    let section = read("docs/requirements.md");
     let documented: BTreeSet<String> = section
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter_map(|w| w.strip_prefix("CAP_"))
@@ -94,7 +92,7 @@ fn daemonset_is_unprivileged_with_exactly_the_documented_capabilities() {
     let expected: BTreeSet<String> = CAPABILITIES.iter().map(|c| c.to_string()).collect();
     assert_eq!(
         documented, expected,
-        "README's Requirements names these capabilities (left); update the DaemonSet and \
+        "docs/requirements.md names these capabilities (left); update the DaemonSet and \
          CAPABILITIES here together with it"
     );
 }

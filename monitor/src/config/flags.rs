@@ -28,7 +28,7 @@ pub struct ProbeArgs {
     /// Where tracefs is mounted; only the default location is mounted automatically when absent.
     #[arg(long, default_value = DEFAULT_TRACEFS)]
     pub tracefs: PathBuf,
-    /// Turn a kernel probe off (repeatable); the probes are listed in the README's probe table.
+    /// Turn a kernel probe off (repeatable); the probes are listed in the probe table of docs/requirements.md.
     #[arg(long = "probes.disable", value_name = "PROBE", value_parser = clap::builder::PossibleValuesParser::new(crate::kernel::probes::probe_names()))]
     pub disabled_probes: Vec<String>,
     /// Live client connections the kernel side can follow (about 90 bytes each); connects beyond

@@ -440,6 +440,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The README's example; kept here so the documented file always parses.
+    /// The documented example (docs/configuration.md); kept here so the documented file always parses.
     pub const EXAMPLE: &str = include_str!("../../../deploy/connmon.example.toml");
 }

@@ -161,8 +161,7 @@ fn rate_limit_zero_interval_is_off() {
 
 #[test]
 fn readme_example_parses() {
-    let readme = include_str!("../../../README.md");
-    let section = &readme[readme.find("### TLS and basic auth").expect("README section")..];
+    let section = include_str!("../../../docs/tls.md");
     let start = section.find("```yaml\n").expect("yaml block") + "```yaml\n".len();
     let text = &section[start..start + section[start..].find("```").expect("end of block")];
     let c = ok(text);
