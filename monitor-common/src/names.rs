@@ -89,6 +89,10 @@ pub mod programs {
     pub const CLASSIFY_EGRESS: &str = "classify_egress";
     pub const ACCEPT_EXIT: &str = "accept_exit";
     pub const LISTEN_ENTER: &str = "listen_enter";
+    /// fexit on inet_csk_complete_hashdance: listener peaks where sk_data_ready has no tracepoint.
+    pub const QUEUED_CHILD_FEXIT: &str = "queued_child_fexit";
+    /// kprobe on the same function, where fexit cannot attach.
+    pub const QUEUED_CHILD_KPROBE: &str = "queued_child_kprobe";
 
     pub const ALL: &[&str] = &[
         SK_DATA_READY_BTF,
@@ -102,6 +106,8 @@ pub mod programs {
         CLASSIFY_EGRESS,
         ACCEPT_EXIT,
         LISTEN_ENTER,
+        QUEUED_CHILD_FEXIT,
+        QUEUED_CHILD_KPROBE,
     ];
 }
 

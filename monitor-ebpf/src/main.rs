@@ -5,7 +5,7 @@
 //!
 //! Layout: `probes/` holds the programs, one module per feature; they depend on the shared
 //! modules below and never on each other. `maps` declares every map and global; `access` and
-//! `fields` read kernel memory; `counters`, `pool_table`, `retry_events` and `proto_watch` are
+//! `fields` read kernel memory; `counters`, `listen_table`, `pool_table`, `retry_events` and `proto_watch` are
 //! the table updates several programs make. Pure decisions (buckets, address classes, protocol
 //! bytes, errno meanings, which transitions matter) live in `monitor_common`, where host tests run.
 #![no_std]
@@ -19,6 +19,7 @@
 mod access;
 mod counters;
 mod fields;
+mod listen_table;
 mod maps;
 mod pool_table;
 mod probes;

@@ -8,6 +8,9 @@
 //!   buildah (`target/connmon-image.oci.tar`).
 //! - `bench pools [--rounds N] [--secs S]`: the agent's overhead under connection churn, next to
 //!   no probe and a bpftrace one-liner (needs root and bpftrace).
+//! - `matrix [--kernels 5.10,6.1,6.12] [--no-host] [--sequential]`: the kernel smoke suite on
+//!   Debian's 5.10, 6.1 and 6.12 under qemu (virtme-ng) and on the host kernel, one feature table
+//!   per kernel; fails on a regression. `test` runs it after the test suite.
 //! - `lint`: `cargo fmt --check` on every crate, clippy `-D warnings` on the user-space crates and
 //!   on the eBPF crate (pinned nightly, bpfel-unknown-none), no import cycles in any crate.
 
@@ -15,6 +18,7 @@ mod bench;
 mod cycles;
 mod image;
 mod lint;
+mod matrix;
 mod setup;
 mod toolchain;
 mod util;
@@ -48,6 +52,10 @@ enum Cmd {
     /// fmt --check on every crate; clippy -D warnings on user space and on the eBPF crate; no
     /// import cycles.
     Lint,
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels under qemu (virtme-ng, software emulation) and
+    /// run the kernel smoke suite in each and on the host: one feature table per kernel,
+    /// non-zero exit on a regression (needs root).
+    Matrix(MatrixArgs),
     /// Run setup, build the static release agent and its image (FROM scratch, buildah, offline),
     /// written as an OCI archive at target/connmon-image.oci.tar.
     Image(ImageArgs),
@@ -59,6 +67,19 @@ struct ImageArgs {
     /// Dockerfile's builder stage does.
     #[arg(long = "binary-only")]
     binary_only: bool,
+}
+
+#[derive(Args)]
+struct MatrixArgs {
+    /// Only these kernel series (comma-separated: 5.10, 6.1, 6.12).
+    #[arg(long, value_delimiter = ',')]
+    kernels: Vec<String>,
+    /// Leave out the run on the host's own kernel.
+    #[arg(long = "no-host")]
+    no_host: bool,
+    /// Boot the guests one after another (default: all at once).
+    #[arg(long)]
+    sequential: bool,
 }
 
 #[derive(Args)]
@@ -117,6 +138,10 @@ fn run(command: Cmd) -> Result<()> {
         Cmd::Run(args) => run_agent(&args.agent_args),
         Cmd::Bench(args) => bench::run(args.target),
         Cmd::Lint => lint::run(),
+        Cmd::Matrix(args) => {
+            setup::run(false, true)?;
+            matrix::run(&matrix::Options { kernels: args.kernels, no_host: args.no_host, sequential: args.sequential })
+        }
         Cmd::Image(args) => {
             setup::run(false, false)?;
             if args.binary_only {
@@ -147,7 +172,16 @@ fn test(cargo_args: &[String]) -> Result<()> {
         .args(cargo_args)
         .env(CONTAINER_IMAGE_ENV, &archive)
         .current_dir(workspace_root());
-    util::run_inherit(&mut cmd)
+    let tests = util::run_inherit(&mut cmd);
+    if !cargo_args.is_empty() {
+        // A chosen subset of the tests: no matrix.
+        return tests;
+    }
+    // The kernel matrix runs even when a test failed, so one run shows both; its smoke suite on
+    // the host kernel is the kernel_smoke test the suite above already ran.
+    let matrix = matrix::run(&matrix::Options { kernels: Vec::new(), no_host: true, sequential: false });
+    tests?;
+    matrix
 }
 
 fn run_agent(agent_args: &[String]) -> Result<()> {

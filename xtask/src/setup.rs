@@ -48,6 +48,10 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
     // it with runc (crun cannot use hybrid cgroups); musl-gcc compiles ring's C and assembly for
     // the static musl binary; binutils' strip takes its symbols out of the image.
     PackageGroup { needed_by: "image", packages: &["buildah", "podman", "runc", "musl-tools", "binutils"] },
+    // `cargo xtask matrix` (part of `cargo xtask test`): Debian kernels booted under qemu with
+    // virtme-ng, which needs kmod (depmod for the guest's 9p and virtio modules) and busybox (its
+    // initramfs).
+    PackageGroup { needed_by: "test", packages: &["qemu-system-x86", "kmod", "busybox-static"] },
     // For people poking at a running agent by hand (the README's examples use them).
     PackageGroup { needed_by: "run", packages: &["jq"] },
 ];
@@ -330,6 +334,13 @@ struct PyPackage {
 }
 
 const PY_PACKAGES: &[PyPackage] = &[
+    // `cargo xtask matrix`: boots a kernel image with the host's root filesystem (command `vng`).
+    PyPackage {
+        name: "virtme-ng",
+        requirement: "virtme-ng",
+        version: &["-m", "virtme_ng.run", "--version"],
+        needed_by: "cargo xtask matrix (older kernels under qemu)",
+    },
     PyPackage {
         name: "kubernetes-validate",
         requirement: "kubernetes-validate",

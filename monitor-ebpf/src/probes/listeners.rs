@@ -4,12 +4,12 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use monitor_common::{ListenerCounters, ListenerKey, ListenerPeak, AF_INET, TCP_LISTEN};
+use monitor_common::{ListenerCounters, TCP_LISTEN};
 
 use crate::{
-    access::{load, netns_of, read, read_ctx},
-    fields::{Fields as _, Sock},
-    maps::{check_program_name, off, LISTEN_COUNTERS, LISTEN_PEAKS},
+    access::{load, read, read_ctx},
+    listen_table::{listener_key, raise_peak},
+    maps::{check_program_name, off, LISTEN_COUNTERS},
 };
 
 #[btf_tracepoint(function = "sk_data_ready")]
@@ -85,41 +85,4 @@ fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     Ok(())
-}
-
-fn raise_peak(key: &ListenerKey, depth: u32, backlog: u32, syn_queue: u32) {
-    match LISTEN_PEAKS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        Some(p) => unsafe { (*p).raise(depth, backlog, syn_queue) },
-        None => {
-            let p = ListenerPeak { depth, backlog, syn_queue, _reserved: 0 };
-            let _ = LISTEN_PEAKS.insert(key, &p, 0);
-        }
-    }
-}
-
-fn listener_key<const BTF: bool>(sk: *const u8) -> Result<ListenerKey, i64> {
-    if BTF {
-        let f = Sock(sk);
-        let family = f.family()?;
-        return Ok(ListenerKey {
-            cookie: f.cookie(),
-            netns: f.netns(),
-            port: f.sport()?,
-            family,
-            addr: f.saddr(family)?,
-        });
-    }
-    let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
-    let port: u16 = read(sk, off!(SOCK_OFFSETS.num))?;
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        let v4: [u8; 4] = read(sk, off!(SOCK_OFFSETS.rcv_saddr))?;
-        addr[..4].copy_from_slice(&v4);
-    } else {
-        addr = read(sk, off!(SOCK_OFFSETS.v6_rcv_saddr))?;
-    }
-    let netns = netns_of(sk);
-    let cookie: u64 = read(sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
-    Ok(ListenerKey { cookie, netns, port, family, addr })
 }

@@ -7,4 +7,5 @@ pub mod accept_queue;
 pub mod listeners;
 pub mod pools;
 pub mod proto;
+pub mod queued_child;
 pub mod storms;

@@ -28,8 +28,10 @@ pub struct ProbeArgs {
     /// Where tracefs is mounted; only the default location is mounted automatically when absent.
     #[arg(long, default_value = DEFAULT_TRACEFS)]
     pub tracefs: PathBuf,
-    /// Turn a kernel probe off (repeatable); the probes are listed in the probe table of docs/requirements.md.
-    #[arg(long = "probes.disable", value_name = "PROBE", value_parser = clap::builder::PossibleValuesParser::new(crate::kernel::probes::probe_names()))]
+    /// Turn a kernel probe off (repeatable); the probes are listed in the probe table of
+    /// docs/requirements.md. A program name turns off that one row of a probe with alternatives,
+    /// so the next row is used.
+    #[arg(long = "probes.disable", value_name = "PROBE", value_parser = clap::builder::PossibleValuesParser::new(crate::kernel::probes::disable_values()))]
     pub disabled_probes: Vec<String>,
     /// Live client connections the kernel side can follow (about 90 bytes each); connects beyond
     /// it are not counted and show in connmon_events_lost_total{reason="socket_table_full"}.

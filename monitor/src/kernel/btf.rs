@@ -459,6 +459,10 @@ pub fn sock_offsets(btf: &Btf) -> SockOffsets {
     }
 }
 
+#[path = "btf_funcs.rs"]
+mod funcs;
+pub use funcs::{check_signature, has_helper};
+
 #[cfg(test)]
 #[path = "btf_tests.rs"]
 mod tests;

@@ -303,3 +303,55 @@ fn running_kernel_sock_offsets() {
     assert!(o.syn_qlen > o.max_ack_backlog, "{o:?}");
     assert!(o.net_inum < 65536, "{o:?}");
 }
+
+#[test]
+fn function_signatures_and_enum_values() {
+    let mut b = Builder::new();
+    let int = b.int("int", 4);
+    let boolean = b.int("_Bool", 1);
+    let bool_t = b.raw("bool", KIND_TYPEDEF, false, 0, boolean, &[]);
+    let sock = b.strukt("sock", 8, &[("x", int, 0)]);
+    let req = b.raw("request_sock", KIND_FWD, false, 0, 0, &[]);
+    let cnst = b.raw("", KIND_CONST, false, 0, sock, &[]);
+    let p_sock = b.raw("", KIND_PTR, false, 0, sock, &[]);
+    let p_const_sock = b.raw("", KIND_PTR, false, 0, cnst, &[]);
+    let p_req = b.raw("", KIND_PTR, false, 0, req, &[]);
+    let (a, c, r, o) = (b.str("sk"), b.str("child"), b.str("req"), b.str("own_req"));
+    let proto = b.raw("", KIND_FUNC_PROTO, false, 4, p_sock, &[a, p_const_sock, c, p_sock, r, p_req, o, bool_t]);
+    b.raw("inet_csk_complete_hashdance", KIND_FUNC, false, 0, proto, &[]);
+    let (v1, v2) = (b.str("BPF_FUNC_unspec"), b.str("BPF_FUNC_get_current_task_btf"));
+    b.raw("bpf_func_id", KIND_ENUM, false, 2, 4, &[v1, 0, v2, 158]);
+    let btf = Btf::parse(&b.build()).unwrap();
+
+    let (ret, args) = btf.func_signature("inet_csk_complete_hashdance").unwrap();
+    assert_eq!(ret, "struct sock *");
+    assert_eq!(args, ["struct sock *", "struct sock *", "struct request_sock *", "bool"]);
+    let want = ["struct sock *", "struct sock *", "struct request_sock *", "bool"];
+    check_signature(&btf, "inet_csk_complete_hashdance", "struct sock *", &want).unwrap();
+    let err = check_signature(&btf, "inet_csk_complete_hashdance", "struct sock *", &want[..3]).unwrap_err();
+    assert!(err.to_string().contains("the program reads"), "{err}");
+    let err = btf.func_signature("inet_csk_reqsk_queue_add").unwrap_err();
+    assert!(err.to_string().contains("no function inet_csk_reqsk_queue_add"), "{err}");
+
+    assert!(has_helper(&btf, "get_current_task_btf"));
+    assert!(!has_helper(&btf, "get_func_ret"));
+    assert!(!btf.enum_has("bpf_map_type", "BPF_MAP_TYPE_HASH"));
+}
+
+/// The hooked function and the helper exist on the running kernel as the probe table says.
+#[test]
+fn running_kernel_hook_signatures() {
+    if !std::path::Path::new(VMLINUX_BTF).exists() {
+        eprintln!("skipping: no {VMLINUX_BTF}");
+        return;
+    }
+    let btf = Btf::from_sys().unwrap();
+    for spec in crate::kernel::probes::PROBES {
+        if let crate::kernel::attach::Hook::FExit(f) | crate::kernel::attach::Hook::KProbe(f) = spec.hook {
+            check_signature(&btf, f.name, f.ret, f.args).unwrap();
+        }
+        if let Some(helper) = spec.helper {
+            assert!(has_helper(&btf, helper), "{}: no bpf_{helper} on the running kernel", spec.program);
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! attached. Nothing here
 //! knows about pools or listeners as the user sees them; `model/` builds those from what this
 //! module reads.
+pub mod attach;
 pub mod btf;
 pub mod cgroupfs;
 pub mod maps;

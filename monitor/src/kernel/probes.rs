@@ -8,48 +8,22 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{MapData, PerCpuHashMap},
-    programs::{links::CgroupAttachMode, BtfTracePoint, CgroupSkb, CgroupSkbAttachType, TracePoint},
     Ebpf, EbpfLoader,
 };
-use log::{info, warn};
+use log::{debug, info, warn};
 use monitor_common::{
     names::{globals, maps, programs},
     FdOffsets, ListenerCounters, ListenerKey, ListenerPeak, QueueKey, QueueStats, SockOffsets, StateTpOffsets,
     TaskOffsets, TracepointOffsets, OFFSET_UNKNOWN,
 };
 
-use crate::kernel::{btf, maps as map_access, tracefs};
-
-/// Where a program attaches.
-#[derive(Debug, Clone, Copy)]
-pub enum Hook {
-    /// A BTF-typed raw tracepoint (tp_btf): needs kernel BTF, not tracefs.
-    BtfTracepoint(&'static str),
-    /// A classic tracepoint: needs tracefs to read its format and attach.
-    Tracepoint { group: &'static str, name: &'static str },
-    /// One program on several classic tracepoints with the same record layout (all must attach).
-    Tracepoints { group: &'static str, names: &'static [&'static str] },
-    /// cgroup_skb egress on the cgroup2 root: sees the payload of every process's packets.
-    CgroupSkbEgress,
-}
-
-/// One row of the probe table. Rows with the same `probe` are alternatives tried in order; the
-/// first that attaches wins.
-#[derive(Debug, Clone, Copy)]
-pub struct ProbeSpec {
-    /// The `probe` label of `connmon_probe_up`.
-    pub probe: &'static str,
-    /// Program name in the eBPF object.
-    pub program: &'static str,
-    pub hook: Hook,
-    /// First mainline kernel with the hook, for the hint when it is missing.
-    pub min_kernel: &'static str,
-    /// What users get when no alternative of this probe attaches.
-    pub fallback: &'static str,
-}
+pub use crate::kernel::attach::{hook_name, Hook, KernelFn, ProbeSpec};
+use crate::kernel::{
+    attach::{self, AttachEnv},
+    btf, maps as map_access, tracefs,
+};
 
 pub const LISTEN_PEAK: &str = "listen_peak";
 pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
@@ -61,6 +35,14 @@ pub const RESETS_SENT: &str = "resets_sent";
 pub const ACCEPT_WAIT: &str = "accept_wait";
 pub const LISTEN_BACKLOG: &str = "listen_backlog";
 
+/// Every child that completes its handshake passes here on its way into the listener's accept
+/// queue (`probes::queued_child` on the kernel side).
+const COMPLETE_HASHDANCE: KernelFn = KernelFn {
+    name: "inet_csk_complete_hashdance",
+    ret: "struct sock *",
+    args: &["struct sock *", "struct sock *", "struct request_sock *", "bool"],
+};
+
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         probe: LISTEN_PEAK,
@@ -68,13 +50,31 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::BtfTracepoint("sk_data_ready"),
         min_kernel: "6.6",
         fallback: "tracepoint sock:sk_data_ready",
+        helper: None,
     },
     ProbeSpec {
         probe: LISTEN_PEAK,
         program: programs::SK_DATA_READY_TP,
         hook: Hook::Tracepoint { group: "sock", name: "sk_data_ready" },
         min_kernel: "6.6",
-        fallback: "peak accept-queue depth sampled at each scan (source=\"sampled\")",
+        fallback: "fexit inet_csk_complete_hashdance",
+        helper: None,
+    },
+    ProbeSpec {
+        probe: LISTEN_PEAK,
+        program: programs::QUEUED_CHILD_FEXIT,
+        hook: Hook::FExit(COMPLETE_HASHDANCE),
+        min_kernel: "5.5",
+        fallback: "kprobe inet_csk_complete_hashdance",
+        helper: None,
+    },
+    ProbeSpec {
+        probe: LISTEN_PEAK,
+        program: programs::QUEUED_CHILD_KPROBE,
+        hook: Hook::KProbe(COMPLETE_HASHDANCE),
+        min_kernel: "4.4",
+        fallback: "peak accept-queue depth sampled at each scan (source=\"sampled\"); no listener storms",
+        helper: None,
     },
     ProbeSpec {
         probe: SYNACK_RETRANSMIT,
@@ -82,13 +82,15 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_synack" },
         min_kernel: "4.15",
         fallback: "no per-listener SYN-ACK retransmit counts",
+        helper: None,
     },
     ProbeSpec {
         probe: POOLS,
         program: programs::INET_SOCK_SET_STATE_BTF,
         hook: Hook::BtfTracepoint("inet_sock_set_state"),
-        min_kernel: "5.6",
+        min_kernel: "5.11",
         fallback: "tracepoint sock:inet_sock_set_state",
+        helper: Some("get_current_task_btf"),
     },
     ProbeSpec {
         probe: POOLS,
@@ -96,6 +98,7 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoint { group: "sock", name: "inet_sock_set_state" },
         min_kernel: "4.16",
         fallback: "pool sizes from sock_diag scans only (no opens, closes, failures or latencies)",
+        helper: None,
     },
     ProbeSpec {
         probe: CONNECT_RETRANSMIT,
@@ -103,6 +106,7 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_skb" },
         min_kernel: "4.15",
         fallback: "no SYN retransmit counts per pool",
+        helper: None,
     },
     ProbeSpec {
         probe: RESETS_RECEIVED,
@@ -110,6 +114,7 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_receive_reset" },
         min_kernel: "4.15",
         fallback: "no received-reset counts per pool",
+        helper: None,
     },
     ProbeSpec {
         probe: RESETS_SENT,
@@ -117,6 +122,7 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_send_reset" },
         min_kernel: "4.15",
         fallback: "no sent-reset counts per pool",
+        helper: None,
     },
     ProbeSpec {
         probe: ACCEPT_WAIT,
@@ -124,6 +130,7 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoints { group: "syscalls", names: &["sys_exit_accept4", "sys_exit_accept"] },
         min_kernel: "4.17",
         fallback: "queue wait from Little's law only (method=\"littles_law\"); no accepted-closed counts",
+        helper: None,
     },
     ProbeSpec {
         probe: LISTEN_BACKLOG,
@@ -131,6 +138,7 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::Tracepoint { group: "syscalls", name: "sys_enter_listen" },
         min_kernel: "4.17",
         fallback: "no requested backlog, no clamp flag",
+        helper: None,
     },
     ProbeSpec {
         probe: PROTOCOL,
@@ -138,6 +146,7 @@ pub const PROBES: &[ProbeSpec] = &[
         hook: Hook::CgroupSkbEgress,
         min_kernel: "4.10",
         fallback: "services classed by destination port only",
+        helper: None,
     },
 ];
 
@@ -150,6 +159,18 @@ pub fn probe_names() -> Vec<&'static str> {
         }
     }
     names
+}
+
+/// What `--probes.disable` accepts: a probe (all its rows), or the program of one row of a probe
+/// that has alternatives (to force the next one, e.g. the kprobe where fexit misbehaves).
+pub fn disable_values() -> Vec<&'static str> {
+    let mut values = probe_names();
+    for spec in PROBES {
+        if PROBES.iter().filter(|s| s.probe == spec.probe).count() > 1 {
+            values.push(spec.program);
+        }
+    }
+    values
 }
 
 /// State of one probe after start-up.
@@ -206,12 +227,10 @@ impl Probes {
 
     pub fn load(opts: &ProbeOptions) -> Self {
         raise_memlock_limit();
-        let (sock, task, mut fd) = match btf::Btf::from_sys() {
-            Ok(b) => (btf::sock_offsets(&b), btf::task_offsets(&b), btf::fd_offsets(&b)),
-            Err(e) => {
-                warn!("{e:#}; probes that read sockets are off");
-                (SockOffsets::UNKNOWN, TaskOffsets::UNKNOWN, FdOffsets::UNKNOWN)
-            }
+        let own_btf = btf::Btf::from_sys().map_err(|e| warn!("{e:#}; probes that read sockets are off")).ok();
+        let (sock, task, mut fd) = match &own_btf {
+            Some(b) => (btf::sock_offsets(b), btf::task_offsets(b), btf::fd_offsets(b)),
+            None => (SockOffsets::UNKNOWN, TaskOffsets::UNKNOWN, FdOffsets::UNKNOWN),
         };
         let (tp, tracefs_dir) = tracepoint_offsets(&opts.tracefs);
         if let Some(dir) = &tracefs_dir {
@@ -246,13 +265,31 @@ impl Probes {
         };
         let kernel_btf = aya::Btf::from_sys_fs().ok();
         let mut states: BTreeMap<&'static str, ProbeState> = BTreeMap::new();
-        for spec in PROBES {
+        for (i, spec) in PROBES.iter().enumerate() {
             if matches!(states.get(spec.probe), Some(ProbeState::Up { .. })) {
                 continue;
             }
             if opts.disabled.iter().any(|d| d == spec.probe) {
                 info!("probe {} disabled by --probes.disable; {}", spec.probe, spec.fallback);
                 states.insert(spec.probe, ProbeState::Down { reason: "disabled by --probes.disable".into() });
+                continue;
+            }
+            // A failed alternative costs nothing while a later row may still attach: say so at
+            // info; only the probe's last row failing loses a feature.
+            let last_row = !PROBES[i + 1..].iter().any(|s| s.probe == spec.probe);
+            let level = if last_row { log::Level::Warn } else { log::Level::Info };
+            if opts.disabled.iter().any(|d| d == spec.program) {
+                log::log!(
+                    level,
+                    "probe {}: program {} disabled by --probes.disable; falling back to: {}",
+                    spec.probe,
+                    spec.program,
+                    spec.fallback
+                );
+                states.insert(
+                    spec.probe,
+                    ProbeState::Down { reason: format!("{} disabled by --probes.disable", spec.program) },
+                );
                 continue;
             }
             let env = AttachEnv {
@@ -263,22 +300,31 @@ impl Probes {
                 tracefs: tracefs_dir.as_deref(),
                 cgroup_root: opts.cgroup_root.as_deref(),
             };
-            let result = attach(&mut ebpf, spec, &env);
+            let result = attach::precheck(spec, own_btf.as_ref()).and_then(|()| attach::attach(&mut ebpf, spec, &env));
             let state = match result {
                 Ok(()) => {
-                    info!("probe {} attached via {} ({})", spec.probe, spec.program, hook_name(spec.hook));
+                    info!("probe {} attached via {} ({})", spec.probe, spec.program, attach::hook_name(spec.hook));
                     ProbeState::Up { program: spec.program }
                 }
                 Err(e) => {
-                    warn!(
-                        "probe {} could not attach {} ({}): {e:#}; needs kernel >= {}; falling back to: {}",
+                    let (reason, verifier_log) = attach::summarize(&e);
+                    let log_hint = match &verifier_log {
+                        Some(_) => " (verifier log at debug level: RUST_LOG=connmon::kernel=debug)",
+                        None => "",
+                    };
+                    log::log!(
+                        level,
+                        "probe {} could not attach {} ({}, kernel >= {}): {reason}{log_hint}; falling back to: {}",
                         spec.probe,
                         spec.program,
-                        hook_name(spec.hook),
+                        attach::hook_name(spec.hook),
                         spec.min_kernel,
                         spec.fallback
                     );
-                    ProbeState::Down { reason: format!("{e:#}") }
+                    if let Some(log) = verifier_log {
+                        debug!("verifier log of {}:\n{log}", spec.program);
+                    }
+                    ProbeState::Down { reason }
                 }
             };
             states.insert(spec.probe, state);
@@ -365,115 +411,6 @@ pub fn add_queue_stats(sum: &mut QueueStats, v: &QueueStats) {
     }
 }
 
-/// What attaching needs besides the program.
-struct AttachEnv<'a> {
-    sock: &'a SockOffsets,
-    fd: &'a FdOffsets,
-    tp: &'a TracepointOffsets,
-    kernel_btf: Option<&'a aya::Btf>,
-    tracefs: Option<&'a Path>,
-    cgroup_root: Option<&'a Path>,
-}
-
-fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, env: &AttachEnv<'_>) -> anyhow::Result<()> {
-    let (sock, tp) = (env.sock, env.tp);
-    if sock.state == OFFSET_UNKNOWN || sock.family == OFFSET_UNKNOWN {
-        return Err(anyhow!("struct sock offsets unknown (no usable kernel BTF)"));
-    }
-    let program = ebpf
-        .program_mut(spec.program)
-        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", spec.program))?;
-    match spec.hook {
-        Hook::BtfTracepoint(name) => {
-            let btf = env.kernel_btf.ok_or_else(|| anyhow!("no kernel BTF at /sys/kernel/btf/vmlinux"))?;
-            if name == "inet_sock_set_state" {
-                // This variant reads the tuple from the socket rather than from a trace record.
-                let tuple =
-                    [sock.protocol, sock.dport, sock.daddr, sock.v6_daddr, sock.num, sock.rcv_saddr, sock.v6_rcv_saddr];
-                if tuple.contains(&OFFSET_UNKNOWN) {
-                    return Err(anyhow!("struct sock address, port or sk_protocol offsets unknown (sk_protocol is a bitfield before Linux 5.6)"));
-                }
-            }
-            let prog: &mut BtfTracePoint = program.try_into()?;
-            prog.load(name, btf).context("load")?;
-            prog.attach().context("attach")?;
-        }
-        Hook::Tracepoint { group, name } => {
-            let dir = env.tracefs.ok_or_else(|| anyhow!("tracefs unavailable"))?;
-            // The record offsets were resolved from this tracepoint's format file; without them the
-            // program would read garbage, so refuse to attach.
-            let needed = match (group, name) {
-                ("sock", "sk_data_ready") => tp.data_ready_skaddr,
-                ("tcp", "tcp_retransmit_synack") => tp.synack_skaddr,
-                ("sock", "inet_sock_set_state") => state_offsets_complete(&tp.state),
-                ("tcp", "tcp_retransmit_skb") => tp.retrans_skaddr.max(tp.retrans_state),
-                ("tcp", "tcp_receive_reset") => tp.rx_reset_skaddr,
-                ("tcp", "tcp_send_reset") => tp.tx_reset_skaddr,
-                ("syscalls", "sys_enter_listen") => {
-                    let f = env.fd;
-                    [
-                        f.task_files,
-                        f.files_fdt,
-                        f.fdt_fd,
-                        f.fdt_max_fds,
-                        f.file_inode,
-                        f.inode_ino,
-                        f.listen_fd,
-                        f.listen_backlog,
-                    ]
-                    .into_iter()
-                    .max()
-                    .unwrap_or(OFFSET_UNKNOWN)
-                }
-                _ => 0,
-            };
-            if needed == OFFSET_UNKNOWN {
-                tracefs::read_format(dir, group, name)?;
-                return Err(anyhow!("tracepoint {group}:{name} lacks a field the program reads"));
-            }
-            let prog: &mut TracePoint = program.try_into()?;
-            prog.load().context("load")?;
-            prog.attach(group, name).context("attach")?;
-        }
-        Hook::Tracepoints { group, names } => {
-            let dir = env.tracefs.ok_or_else(|| anyhow!("tracefs unavailable"))?;
-            let f = env.fd;
-            let path = [f.task_files, f.files_fdt, f.fdt_fd, f.fdt_max_fds, f.file_private, f.socket_sk, f.accept_ret];
-            if path.contains(&OFFSET_UNKNOWN) {
-                tracefs::read_format(dir, group, names[0])?;
-                return Err(anyhow!("a file-table or socket offset, or the record's `ret`, is unknown on this kernel"));
-            }
-            let prog: &mut TracePoint = program.try_into()?;
-            prog.load().context("load")?;
-            for name in names {
-                prog.attach(group, name).with_context(|| format!("attach {group}:{name}"))?;
-            }
-        }
-        Hook::CgroupSkbEgress => {
-            let root = env.cgroup_root.ok_or_else(|| anyhow!("no cgroup2 filesystem mounted"))?;
-            let dir = std::fs::File::open(root).with_context(|| format!("open {}", root.display()))?;
-            let prog: &mut CgroupSkb = program.try_into()?;
-            prog.load().context("load")?;
-            // aya attaches through a bpf_link where the kernel has them (5.7+); cgroup links take
-            // no flags and always coexist with other tools' programs (systemd IP accounting, CNI
-            // plugins), so "Single" here does not claim the root cgroup.
-            prog.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).context("attach")?;
-        }
-    }
-    Ok(())
-}
-
-fn hook_name(hook: Hook) -> String {
-    match hook {
-        Hook::BtfTracepoint(name) => format!("tp_btf/{name}"),
-        Hook::Tracepoint { group, name } => format!("tracepoint/{group}/{name}"),
-        Hook::Tracepoints { group, names } => {
-            names.iter().map(|n| format!("tracepoint/{group}/{n}")).collect::<Vec<_>>().join(" + ")
-        }
-        Hook::CgroupSkbEgress => "cgroup_skb/egress".to_string(),
-    }
-}
-
 /// Record offsets of the tracepoints the programs read, from their format files. Missing pieces
 /// stay OFFSET_UNKNOWN and the matching probe reports why at attach time.
 fn tracepoint_offsets(dir: &Path) -> (TracepointOffsets, Option<std::path::PathBuf>) {
@@ -533,19 +470,6 @@ fn syscall_offsets(dir: &Path, fd: &mut FdOffsets) {
     }
     fd.listen_fd = field("sys_enter_listen", "fd");
     fd.listen_backlog = field("sys_enter_listen", "backlog");
-}
-
-/// OFFSET_UNKNOWN if any field the state program reads is missing, else 0.
-fn state_offsets_complete(s: &StateTpOffsets) -> u32 {
-    let all = [
-        s.skaddr, s.oldstate, s.newstate, s.sport, s.dport, s.family, s.protocol, s.saddr, s.daddr, s.saddr_v6,
-        s.daddr_v6,
-    ];
-    if all.contains(&OFFSET_UNKNOWN) {
-        OFFSET_UNKNOWN
-    } else {
-        0
-    }
 }
 
 /// Pure: the value of `key:` in an fdinfo text.
