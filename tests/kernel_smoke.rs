@@ -125,6 +125,7 @@ fn kernel_smoke() {
     let startup = agent.stderr();
     let lines = startup.lines().count();
     report.set("startup_log_lines", json!(lines));
+    report.set("startup_log", json!(startup.lines().collect::<Vec<_>>()));
     // One line per failed attach, and a start-up that fits a screen: the verifier's log of a
     // rejected program (hundreds of lines) goes to debug level only.
     assert!(lines <= 40, "agent start-up logged {lines} lines, want a screenful (<= 40):\n{startup}");
@@ -229,7 +230,7 @@ fn redis_pool(agent: &Agent, report: &mut Report, protocol_probe: bool) {
     let client = ClientProc::spawn(ClientSpec::new("smk", dst, Proto::Redis, Mode::Hold { count: 6 }));
     let pool = PoolRef::of(&client, dst);
     let s = agent.wait_metrics(deadline(30), "the pool's 6 connections", |s| match pool.get(s, POOL_CONNECTIONS) {
-        Some(n) if n == 6.0 => Ok(s.to_vec()),
+        Some(6.0) => Ok(s.to_vec()),
         other => Err(format!("{other:?}")),
     });
     let listed = redis.clients_named(&client.name);
@@ -270,7 +271,7 @@ fn storm(agent: &Agent, report: &mut Report, key: &str, peak_probe: bool) {
     let listener_storm = if peak_probe {
         agent.wait_metrics(deadline(30), &format!("{RETRY_STORM}{{target=\"listener\"}} == 1 for {addr}"), |s| {
             match sample(s, RETRY_STORM, &labels) {
-                Some(v) if v == 1.0 => Ok(true),
+                Some(1.0) => Ok(true),
                 other => Err(format!("{other:?}")),
             }
         })

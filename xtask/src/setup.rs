@@ -44,14 +44,14 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
     // The --web.config.file tests: certificates from the openssl CLI, bcrypt hashes from htpasswd
     // (apache2-utils), curl as the TLS client. curl is also in the README's examples.
     PackageGroup { needed_by: "test", packages: &["openssl", "apache2-utils", "curl"] },
-    // `cargo xtask image` and tests/container.rs: buildah builds the image offline, podman runs
-    // it with runc (crun cannot use hybrid cgroups); musl-gcc compiles ring's C and assembly for
-    // the static musl binary; binutils' strip takes its symbols out of the image.
-    PackageGroup { needed_by: "image", packages: &["buildah", "podman", "runc", "musl-tools", "binutils"] },
     // `cargo xtask matrix` (part of `cargo xtask test`): Debian kernels booted under qemu with
     // virtme-ng, which needs kmod (depmod for the guest's 9p and virtio modules) and busybox (its
     // initramfs).
     PackageGroup { needed_by: "test", packages: &["qemu-system-x86", "kmod", "busybox-static"] },
+    // `cargo xtask image` and tests/container.rs: buildah builds the image offline, podman runs
+    // it with runc (crun cannot use hybrid cgroups); musl-gcc compiles ring's C and assembly for
+    // the static musl binary; binutils' strip takes its symbols out of the image.
+    PackageGroup { needed_by: "image", packages: &["buildah", "podman", "runc", "musl-tools", "binutils"] },
     // For people poking at a running agent by hand (the README's examples use them).
     PackageGroup { needed_by: "run", packages: &["jq"] },
 ];

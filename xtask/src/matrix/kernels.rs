@@ -196,10 +196,10 @@ mod tests {
 
     #[test]
     fn newest_package_by_numbers() {
-        let mut v = vec!["linux-image-6.12.118+deb12-amd64-unsigned", "linux-image-6.12.107+deb12-amd64-unsigned"];
+        let mut v = ["linux-image-6.12.118+deb12-amd64-unsigned", "linux-image-6.12.107+deb12-amd64-unsigned"];
         v.sort_by_key(|n| version_key(n));
         assert_eq!(v[1], "linux-image-6.12.118+deb12-amd64-unsigned");
-        let mut v = vec!["linux-image-5.10.0-32-amd64-unsigned", "linux-image-5.10.0-9-amd64-unsigned"];
+        let mut v = ["linux-image-5.10.0-32-amd64-unsigned", "linux-image-5.10.0-9-amd64-unsigned"];
         v.sort_by_key(|n| version_key(n));
         assert_eq!(v[1], "linux-image-5.10.0-32-amd64-unsigned");
     }

@@ -105,7 +105,7 @@ pub fn show(label: &str, out: &Path, took: Duration, timed_out: bool, expected: 
         );
         if !k["via"].as_str().unwrap_or("").starts_with("queued_child_kprobe ") {
             problems.push(format!("with fexit off, listen_peak is not up via queued_child_kprobe: {k}"));
-        } else if kp["source"] != Value::from("ebpf") || ks["listener"] != Value::Bool(true) {
+        } else if kp["source"] != "ebpf" || ks["listener"] != Value::Bool(true) {
             problems.push("the kprobe row did not count the burst or flag the listener storm".into());
         }
     }
