@@ -61,3 +61,24 @@ fn globals_exist_with_the_size_of_their_type() {
     // and has exactly the size of the value written into it.
     obj.patch_map_data(values).expect("every global exists with the size of its type");
 }
+
+/// The probe table users read (docs/requirements.md) is this table: same rows, same order, same
+/// programs and minimum kernels.
+#[test]
+fn documented_probe_table_matches() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/requirements.md");
+    let doc = std::fs::read_to_string(path).expect("read docs/requirements.md");
+    let table = &doc[doc.find("| Probe | Program |").expect("probe table in docs/requirements.md")..];
+    let rows: Vec<(String, String, String)> = table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells[1].trim_matches('`').into(), cells[2].trim_matches('`').into(), cells[4].into())
+        })
+        .collect();
+    let code: Vec<(String, String, String)> =
+        PROBES.iter().map(|p| (p.probe.into(), p.program.into(), p.min_kernel.into())).collect();
+    assert_eq!(rows, code, "docs/requirements.md's probe table differs from PROBES");
+}
