@@ -71,6 +71,11 @@ impl Report {
         Report { out, v, started: Instant::now() }
     }
 
+    /// A report that is only printed (for the tests the matrix does not run).
+    fn printed() -> Report {
+        Report { out: None, v: BTreeMap::new(), started: Instant::now() }
+    }
+
     fn set(&mut self, key: &str, value: Value) {
         eprintln!("smoke: {key} = {value}");
         self.v.insert(key.into(), value);
@@ -158,6 +163,36 @@ fn kernel_smoke() {
         storm(&agent, &mut report, "kprobe_storm", true);
     }
     report.set("passed", json!(true));
+}
+
+/// With the `sk_data_ready` rows turned off, the rows behind them on this kernel (fexit, then
+/// kprobe): each row tried logs exactly one line, the probe ends up where those lines say, and
+/// the peak's source follows. On the development kernel neither hook exists, so this is where
+/// their failure path is tested; the matrix tests their success.
+#[test]
+fn listen_peak_rows_behind_sk_data_ready() {
+    let agent = Agent::start(&["--probes.disable", "sk_data_ready_btf", "--probes.disable", "sk_data_ready_tp"]);
+    let up = sample(&agent.samples(), PROBE_UP, &[("probe", "listen_peak")]) == Some(1.0);
+    let log = agent.stderr();
+    let rows: Vec<&str> = log.lines().filter(|l| l.contains("probe listen_peak")).collect();
+    eprintln!("listen_peak rows:\n{}", rows.join("\n"));
+    let one = |program: &str| rows.iter().filter(|l| l.contains(&format!(" {program} "))).count();
+    assert_eq!((one("sk_data_ready_btf"), one("sk_data_ready_tp")), (1, 1), "one line per disabled row");
+    let tried = ["queued_child_fexit", "queued_child_kprobe"];
+    let attached = rows.iter().find_map(|l| l.split_once("probe listen_peak attached via ").map(|(_, r)| r));
+    match attached {
+        Some(via) => assert!(up && tried.iter().any(|p| via.starts_with(p)), "attached via {via}, up={up}"),
+        None => {
+            assert!(!up, "listen_peak is up, yet no line says through which program:\n{log}");
+            for p in tried {
+                assert_eq!(one(p), 1, "{p}: want one line saying why it could not attach:\n{}", rows.join("\n"));
+            }
+            let last = rows.last().copied().unwrap_or("");
+            assert!(last.contains("WARN") && last.contains("source=\"sampled\""), "the last row's line: {last}");
+        }
+    }
+    assert!(rows.iter().all(|l| l.contains("falling back to: ") || l.contains(" attached via ")), "{rows:#?}");
+    peak_burst(&agent, &mut Report::printed(), "peak", up);
 }
 
 /// 5 connections into a backlog-4 listener, accepted again before the next scrape: only a probe

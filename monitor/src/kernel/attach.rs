@@ -197,9 +197,15 @@ fn state_offsets_complete(s: &StateTpOffsets) -> u32 {
     }
 }
 
+/// The perf event source kprobes attach through; absent when the kernel has no kprobes.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
 /// Why a row cannot work on this kernel, found without loading it: a helper the program calls
 /// that the kernel lacks, or a hooked function missing or with other argument types.
 pub(super) fn precheck(spec: &ProbeSpec, btf: Option<&btf::Btf>) -> anyhow::Result<()> {
+    if matches!(spec.hook, Hook::KProbe(_)) && !Path::new(KPROBE_PMU).exists() {
+        return Err(anyhow!("the kernel has no kprobes (no {KPROBE_PMU}: built without CONFIG_KPROBES)"));
+    }
     let Some(btf) = btf else { return Ok(()) };
     if let Some(helper) = spec.helper {
         if !btf::has_helper(btf, helper) {
@@ -218,6 +224,10 @@ pub(super) fn summarize(e: &anyhow::Error) -> (String, Option<String>) {
     for cause in e.chain() {
         if let Some(ProgramError::LoadError { io_error, verifier_log }) = cause.downcast_ref::<ProgramError>() {
             let log = verifier_log.to_string();
+            if log.trim().is_empty() {
+                // Refused before the verifier ran (EPERM: no BPF trampolines, or lockdown).
+                return (format!("BPF_PROG_LOAD failed: {io_error}"), None);
+            }
             let why = verifier_reason(&log);
             let line = match why {
                 Some(why) => format!("the verifier rejected it ({io_error}): {why}"),
@@ -263,6 +273,13 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         assert!(line.ends_with("unknown func #158"), "{line}");
         assert_eq!(full.as_deref(), Some(log.as_str()));
+        let refused = ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+            verifier_log: aya_obj::VerifierLog::new(String::new()),
+        };
+        let (line, full) = summarize(&anyhow::Error::from(refused));
+        assert!(line.starts_with("BPF_PROG_LOAD failed: Operation not permitted"), "{line}");
+        assert_eq!(full, None);
         let (line, full) = summarize(&anyhow!("tracefs unavailable"));
         assert_eq!((line.as_str(), full), ("tracefs unavailable", None));
     }
