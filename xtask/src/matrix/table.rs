@@ -28,7 +28,8 @@ pub fn show(label: &str, out: &Path, took: Duration, timed_out: bool, expected: 
 
     let verdict = if problems.is_empty() { "ok" } else { "FAILED" };
     println!();
-    println!("== {label}: {verdict}, boot + suite {:.0} s", took.as_secs_f64());
+    let what = if label.ends_with("(this host)") { "suite" } else { "boot + suite" };
+    println!("== {label}: {verdict}, {what} {:.0} s", took.as_secs_f64());
     println!("   {:<20} {:<6} {:<62} expected", "probe", "state", "program (hook)");
     let probes = &report["probes"];
     for (probe, want) in &expected.programs {
