@@ -104,7 +104,7 @@ pub fn show(label: &str, out: &Path, took: Duration, timed_out: bool, expected: 
             f(&kp["depth"]),
             f(&ks["listener"])
         );
-        if !k["via"].as_str().unwrap_or("").starts_with("queued_child_kprobe ") {
+        if k["up"] != Value::Bool(true) || !k["via"].as_str().unwrap_or("").starts_with("queued_child_kprobe ") {
             problems.push(format!("with fexit off, listen_peak is not up via queued_child_kprobe: {k}"));
         } else if kp["source"] != "ebpf" || ks["listener"] != Value::Bool(true) {
             problems.push("the kprobe row did not count the burst or flag the listener storm".into());
@@ -137,4 +137,65 @@ fn guest_tail(out: &Path) -> String {
     text.push_str(&std::fs::read_to_string(out.join("vng.log")).unwrap_or_default());
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A results directory as the suite leaves it on 6.1: every probe up, fexit for listen_peak,
+    /// the kprobe pass done.
+    fn results(dir: &Path, exit: &str, edit: impl FnOnce(&mut Value)) {
+        let expected = Expected::of("6.1");
+        let probes: serde_json::Map<String, Value> = expected
+            .programs
+            .iter()
+            .map(|(p, prog)| {
+                (p.to_string(), serde_json::json!({"up": true, "via": format!("{prog} (hook)"), "failed": []}))
+            })
+            .collect();
+        let mut v = serde_json::json!({
+            "probes": probes,
+            "storm": {"pool": true, "listener": true},
+            "kprobe": {"up": true, "via": "queued_child_kprobe (kprobe/inet_csk_complete_hashdance)"},
+            "kprobe_peak": {"source": "ebpf", "depth": 5.0},
+            "kprobe_storm": {"listener": true},
+        });
+        edit(&mut v);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("smoke.json"), v.to_string()).unwrap();
+        std::fs::write(dir.join("exit"), exit).unwrap();
+        std::fs::write(
+            dir.join("test.log"),
+            "thread 'kernel_smoke' panicked at tests/kernel_smoke.rs:1:1:\nconnmon vs redis CLIENT LIST (6)\n",
+        )
+        .unwrap();
+    }
+
+    fn verdict(name: &str, exit: &str, edit: impl FnOnce(&mut Value)) -> Result<(), String> {
+        let dir = std::env::temp_dir().join(format!("xtask-matrix-{}-{name}", std::process::id()));
+        results(&dir, exit, edit);
+        let r = show("6.1.0-57-amd64 (Debian 12 6.1)", &dir, Duration::from_secs(1), false, &Expected::of("6.1"));
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    #[test]
+    fn regressions_fail_and_a_clean_run_passes() {
+        assert_eq!(verdict("clean", "0\n", |_| {}), Ok(()));
+        let down = verdict("down", "0\n", |v| v["probes"]["listen_peak"]["up"] = Value::Bool(false)).unwrap_err();
+        assert!(down.contains("probe listen_peak down"), "{down}");
+        let moved = verdict("moved", "0\n", |v| {
+            v["probes"]["pools"]["via"] = Value::from("inet_sock_set_state (tracepoint/sock/inet_sock_set_state)")
+        })
+        .unwrap_err();
+        assert!(moved.contains("pools up via inet_sock_set_state, the table says inet_sock_set_state_btf"), "{moved}");
+        let failed = verdict("failed", "101\n", |_| {}).unwrap_err();
+        assert!(failed.contains("exit 101") && failed.contains("CLIENT LIST"), "{failed}");
+        let kprobe = verdict("kprobe", "0\n", |v| v["kprobe"]["up"] = Value::Bool(false)).unwrap_err();
+        let kprobe_storm = verdict("kstorm", "0\n", |v| v["kprobe_storm"]["listener"] = Value::Bool(false));
+        assert!(kprobe.contains("queued_child_kprobe") && kprobe_storm.is_err(), "{kprobe}");
+        let storm = verdict("storm", "0\n", |v| v["storm"]["listener"] = Value::Bool(false)).unwrap_err();
+        assert!(storm.contains("listener storm not flagged"), "{storm}");
+    }
 }
