@@ -150,7 +150,7 @@ fn leaking_pool_fires_and_reaches_alertmanager() {
 
     let url = format!("http://{}", agent.addr());
     let rows = parse_json_lines(&connmon_ok(&["alerts", "--agent", &url, "--json"]));
-    let mine = agent_matching(&rows, POOL_GROWTH, &labels);
+    let mine = cli_matching(&rows, POOL_GROWTH, &labels);
     assert_eq!(mine.len(), 1, "connmon alerts --json rows for {name}: {rows:#?}");
     assert_eq!(mine[0]["state"], "firing", "{}", mine[0]);
     assert_eq!(mine[0]["annotations"]["ceiling"], "500", "{}", mine[0]);
@@ -284,7 +284,7 @@ fn growth_then_plateau_fires_then_resolves() {
     let url = format!("http://{}", agent.addr());
     let rows = parse_json_lines(&connmon_ok(&["alerts", "--agent", &url, "--json"]));
     assert!(
-        agent_matching(&rows, POOL_GROWTH, &labels).is_empty(),
+        cli_matching(&rows, POOL_GROWTH, &labels).is_empty(),
         "connmon alerts --json after resolution: {rows:#?}"
     );
 

@@ -244,7 +244,7 @@ fn storms_cli_reports_the_storm() {
         r.outcomes
     );
     let rows = parse_json_lines(&stdout);
-    let mine = format!(" comm={} cgroup={}", c.name, c.cgroup());
+    let cgroup = c.cgroup();
     let show = |rows: &[serde_json::Value]| rows.iter().take(10).map(|r| r.to_string()).collect::<Vec<_>>().join("\n");
     assert!(!rows.is_empty(), "connmon storms printed no rows; stderr:\n{stderr}");
     let first = &rows[0];
@@ -264,14 +264,14 @@ fn storms_cli_reports_the_storm() {
     );
     let at = rows
         .iter()
-        .position(|r| r["what"].as_str().is_some_and(|w| w.ends_with(&mine)))
-        .unwrap_or_else(|| panic!("no row for the tight-loop client (what ending {mine:?}); rows:\n{}", show(&rows)));
+        .position(|r| r["comm"].as_str() == Some(c.name.as_str()) && r["cgroup"].as_str() == Some(cgroup))
+        .unwrap_or_else(|| panic!("no row for the tight-loop client (comm {}, cgroup {cgroup}); rows:\n{}", c.name, show(&rows)));
     let row = &rows[at];
     // Ours is the first row, a pool in a storm. The command watches the whole host, though: a
     // process elsewhere storming at the same time (another test binary, say) may rank before it;
     // then that row is a storm too, and ours must be among the leading storm rows.
     if at != 0 {
-        let others: Vec<&str> = rows[..at].iter().map(|r| json_str(r, "what")).collect();
+        let others: Vec<&str> = rows[..at].iter().map(|r| json_str(r, "comm")).collect();
         eprintln!("storms CLI: our row is #{at}; storms elsewhere on the host rank before it: {others:?}");
     }
     assert!(

@@ -48,6 +48,8 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
     // virtme-ng, which needs kmod (depmod for the guest's 9p and virtio modules) and busybox (its
     // initramfs).
     PackageGroup { needed_by: "test", packages: &["qemu-system-x86", "kmod", "busybox-static"] },
+    // tests/top.rs: `connmon top` in a real terminal (send-keys, capture-pane).
+    PackageGroup { needed_by: "test", packages: &["tmux"] },
     // `cargo xtask image` and tests/container.rs: buildah builds the image offline, podman runs
     // it with runc (crun cannot use hybrid cgroups); musl-gcc compiles ring's C and assembly for
     // the static musl binary; binutils' strip takes its symbols out of the image.

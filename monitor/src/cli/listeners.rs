@@ -47,7 +47,7 @@ pub fn run(args: &ListenersArgs) -> anyhow::Result<()> {
             &scan::scan(args.netns.as_deref(), scan::Depth::Full),
             &mut cgroups::CgroupNames::default(),
         );
-        return super::print_rows(&snap.listeners, args.json, super::table::print_listeners);
+        return print(&snap.listeners, args.json);
     }
     if args.observe < Duration::from_secs(2) {
         anyhow::bail!(
@@ -72,5 +72,21 @@ pub fn run(args: &ListenersArgs) -> anyhow::Result<()> {
     if let Some(filter) = &args.netns {
         seen.retain(|l| l.netns_name.as_deref() == Some(filter) || l.netns.to_string() == *filter);
     }
-    super::print_rows(&seen, args.json, super::table::print_listeners)
+    print(&seen, args.json)
+}
+
+/// JSON Lines with each listener's recognisable `name`, or the table with that name as PROCESS.
+fn print(rows: &[listeners::Listener], json: bool) -> anyhow::Result<()> {
+    let mut namer = super::names::Namer::default();
+    let mut name = |l: &listeners::Listener| {
+        l.comm.as_deref().map(|c| namer.name(c, l.cgroup.as_deref().unwrap_or(""), l.pid)).unwrap_or_default()
+    };
+    if json {
+        return super::print_json(rows.iter().map(|l| super::with_name(l, name(l))));
+    }
+    let named: Vec<listeners::Listener> = rows
+        .iter()
+        .map(|l| listeners::Listener { comm: l.comm.as_ref().map(|_| name(l)), ..l.clone() })
+        .collect();
+    super::print_rows(&named, false, super::table::print_listeners)
 }

@@ -7,11 +7,14 @@ use clap::{Parser, Subcommand};
 use crate::config::flags::RunArgs;
 
 mod alerts;
+pub mod client;
 mod destinations;
 mod listeners;
+pub mod names;
 mod pools;
 mod storms;
 pub mod table;
+pub mod top;
 
 #[derive(Debug, Parser)]
 #[command(name = "connmon", version, about = "TCP connection and listen-backlog monitor (eBPF)")]
@@ -35,6 +38,9 @@ pub enum Command {
     Storms(storms::StormsArgs),
     /// Show the alerts a running agent has pending or firing.
     Alerts(alerts::AlertsArgs),
+    /// Live view of listeners, pools and destinations, worst first, with alerts and storms
+    /// (attaches the probes like `pools --watch`, or reads a running agent with --agent).
+    Top(Box<top::TopArgs>),
 }
 
 /// Runs one parsed command line.
@@ -48,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Destinations(args) => destinations::run(&args),
         Command::Storms(args) => storms::run(&args),
         Command::Alerts(args) => alerts::run(&args),
+        Command::Top(args) => top::run(&args),
     }
 }
 
@@ -68,6 +75,26 @@ fn print_rows<T: serde::Serialize>(
     }
     out.flush()?;
     Ok(())
+}
+
+/// JSON Lines: one object per row (the shape is documented in docs/json.md).
+fn print_json(rows: impl Iterator<Item = serde_json::Value>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        serde_json::to_writer(&mut out, &r)?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `row` serialized, with the recognisable `name` of its process added (see names.rs).
+fn with_name(row: &impl serde::Serialize, name: String) -> serde_json::Value {
+    let mut v = serde_json::to_value(row).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("name".into(), name.into());
+    }
+    v
 }
 
 /// Whether the error is a closed stdout (`connmon listeners | head`), which is success.

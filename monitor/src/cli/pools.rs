@@ -38,7 +38,15 @@ pub struct PoolsArgs {
 }
 
 pub fn run(args: &PoolsArgs) -> anyhow::Result<()> {
-    show(args, |pools, _live| super::print_rows(pools, args.json, super::table::print_pools))
+    let mut namer = super::names::Namer::default();
+    show(args, |pools, _live| {
+        if args.json {
+            return super::print_json(pools.iter().map(|p| super::with_name(p, namer.name(&p.comm, &p.cgroup, None))));
+        }
+        let named: Vec<Pool> =
+            pools.iter().map(|p| Pool { comm: namer.name(&p.comm, &p.cgroup, None), ..p.clone() }).collect();
+        super::print_rows(&named, false, super::table::print_pools)
+    })
 }
 
 /// Hands `rows` the pools of one scan (`live` false), or with `--watch` the pools the probes

@@ -47,6 +47,17 @@ pub fn run(args: &StormsArgs) -> anyhow::Result<()> {
         std::thread::sleep(deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
         listeners = c.tick();
     }
-    let rows = storms::report(&mut c.pools, &c.storms, &listeners);
+    let mut rows = storms::report(&mut c.pools, &c.storms, &listeners);
+    let mut namer = super::names::Namer::default();
+    for r in &mut rows {
+        let s = |k: &str| r.labels.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let (comm, cgroup) = (s("comm"), s("cgroup"));
+        let pid = r.labels.get("pid").and_then(|v| v.as_u64()).map(|p| p as u32);
+        let name = namer.name(&comm, &cgroup, pid);
+        if name != comm {
+            r.what.push_str(&format!(" name={name}"));
+        }
+        r.labels.insert("name".into(), name.into());
+    }
     super::print_rows(&rows, args.json, super::table::print_storms)
 }

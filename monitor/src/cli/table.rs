@@ -56,7 +56,7 @@ pub fn print_listeners(out: &mut impl Write, listeners: &[Listener]) -> io::Resu
         "ABANDONED",
         "FLAGS",
         "PID",
-        "COMM",
+        "PROCESS",
     ];
     let secs = |v: Option<f64>| match v {
         Some(w) if w.is_infinite() => "inf".to_string(),
@@ -97,7 +97,7 @@ pub fn print_listeners(out: &mut impl Write, listeners: &[Listener]) -> io::Resu
 }
 
 pub fn print_pools(out: &mut impl Write, pools: &[Pool]) -> io::Result<()> {
-    let headers = ["SERVICE", "DESTINATION", "COMM", "CGROUP", "ACTIVE", "PEAK", "OPENS", "CLOSES", "FAILS"];
+    let headers = ["SERVICE", "DESTINATION", "PROCESS", "CGROUP", "ACTIVE", "PEAK", "OPENS", "CLOSES", "FAILS"];
     let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = pools
         .iter()

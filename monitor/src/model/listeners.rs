@@ -46,10 +46,8 @@ pub struct Listener {
     /// "ipv4", "ipv6" or "unix".
     pub family: &'static str,
     /// Unix listeners: the socket path, or `@name` for an abstract one.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Unix listeners: "stream" or "seqpacket".
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
     pub depth: u32,
     pub backlog: u32,

@@ -420,14 +420,19 @@ impl PoolTracker {
         (pools, extras)
     }
 
-    /// "service=… dst=… comm=… cgroup=…" for log lines.
-    pub fn describe(&mut self, key: &PoolKey) -> String {
-        let p = pool_of(
+    /// The pool `key` names, without figures (its labels).
+    pub fn pool_for(&mut self, key: &PoolKey) -> Pool {
+        pool_of(
             key,
             &self.services,
             &mut self.cgroups,
             self.protocols.get(&(addr_of(key.family, &key.daddr), key.dport)).copied(),
-        );
+        )
+    }
+
+    /// "service=… dst=… comm=… cgroup=…" for log lines.
+    pub fn describe(&mut self, key: &PoolKey) -> String {
+        let p = self.pool_for(key);
         format!(
             "service={} dst_addr={} dst_port={} comm={} cgroup={}",
             p.service, p.dst_addr, p.dst_port, p.comm, p.cgroup

@@ -350,11 +350,24 @@ impl StormTracker {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportRow {
     pub target: &'static str,
-    /// key=value description of the pool or listener.
+    /// key=value description of the pool or listener, for the table.
+    #[serde(skip)]
     pub what: String,
+    /// The pool's or listener's labels as fields, named and typed as in `connmon pools --json`
+    /// and `connmon listeners --json` (a listener adds path, cgroup and pid).
+    #[serde(flatten)]
+    pub labels: serde_json::Map<String, serde_json::Value>,
     #[serde(flatten)]
     pub signals: Signals,
 }
+
+/// The fields of `row` (serialized) named in `keys`, null where absent.
+fn fields_of(row: &impl Serialize, keys: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    let v = serde_json::to_value(row).unwrap_or_default();
+    keys.iter().map(|k| (k.to_string(), v.get(*k).cloned().unwrap_or_default())).collect()
+}
+
+const LISTENER_FIELDS: [&str; 8] = ["netns", "family", "addr", "port", "path", "comm", "cgroup", "pid"];
 
 /// Every pool and listener the detectors know, storms first, then by score.
 pub fn report(
@@ -366,12 +379,17 @@ pub fn report(
         .pools
         .by_key
         .iter()
-        .map(|(k, d)| ReportRow { target: "pool", what: pools.describe(k), signals: d.signals.clone() })
+        .map(|(k, d)| {
+            let p = pools.pool_for(k);
+            let labels = fields_of(&p, &crate::model::pools::POOL_LABELS);
+            ReportRow { target: "pool", what: pools.describe(k), labels, signals: d.signals.clone() }
+        })
         .collect();
     for l in listeners {
         if let Some(d) = storms.listeners.by_key.get(&l.id) {
             let what = crate::model::listeners::describe(l);
-            rows.push(ReportRow { target: "listener", what, signals: d.signals.clone() });
+            let labels = fields_of(l, &LISTENER_FIELDS);
+            rows.push(ReportRow { target: "listener", what, labels, signals: d.signals.clone() });
         }
     }
     rows.sort_by(|a, b| {

@@ -36,6 +36,15 @@ pub fn agent_matching(list: &[Value], alertname: &str, labels: &[(&str, &str)]) 
         .collect()
 }
 
+/// The rows of `connmon alerts --json` (labels are top-level fields there) named `alertname` with
+/// every one of `labels`.
+pub fn cli_matching(list: &[Value], alertname: &str, labels: &[(&str, &str)]) -> Vec<Value> {
+    list.iter()
+        .filter(|a| a["alertname"].as_str() == Some(alertname) && labels.iter().all(|(k, v)| a[*k].as_str() == Some(*v)))
+        .cloned()
+        .collect()
+}
+
 /// Waits until the agent lists exactly one alert `alertname{labels}` in state "firing".
 pub fn wait_agent_firing(agent: &Agent, within: Instant, alertname: &str, labels: &[(&str, &str)]) -> Value {
     poll_until(within, &format!("agent /api/v1/alerts to list {alertname}{labels:?} firing"), || {
