@@ -283,10 +283,7 @@ fn growth_then_plateau_fires_then_resolves() {
     assert!(sample(&s, ALERTS_FIRED, &[("alertname", POOL_GROWTH)]).unwrap_or(0.0) >= 1.0, "{ALERTS_FIRED}");
     let url = format!("http://{}", agent.addr());
     let rows = parse_json_lines(&connmon_ok(&["alerts", "--agent", &url, "--json"]));
-    assert!(
-        cli_matching(&rows, POOL_GROWTH, &labels).is_empty(),
-        "connmon alerts --json after resolution: {rows:#?}"
-    );
+    assert!(cli_matching(&rows, POOL_GROWTH, &labels).is_empty(), "connmon alerts --json after resolution: {rows:#?}");
 
     // Alertmanager 0.25: the pushed endsAt (in the past) drops the alert from /api/v2/alerts at once
     // (without it the alert would stay until resolve_timeout, 5m), counts it as received resolved,

@@ -265,7 +265,9 @@ fn storms_cli_reports_the_storm() {
     let at = rows
         .iter()
         .position(|r| r["comm"].as_str() == Some(c.name.as_str()) && r["cgroup"].as_str() == Some(cgroup))
-        .unwrap_or_else(|| panic!("no row for the tight-loop client (comm {}, cgroup {cgroup}); rows:\n{}", c.name, show(&rows)));
+        .unwrap_or_else(|| {
+            panic!("no row for the tight-loop client (comm {}, cgroup {cgroup}); rows:\n{}", c.name, show(&rows))
+        });
     let row = &rows[at];
     // Ours is the first row, a pool in a storm. The command watches the whole host, though: a
     // process elsewhere storming at the same time (another test binary, say) may rank before it;

@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use connmon_test_support as common;
 use common::{tls::Pki, *};
+use connmon_test_support as common;
 
 const WORKER: &str = r#"
 import socket, sys
@@ -165,7 +165,11 @@ fn top_shows_what_ss_and_redis_show_and_keys_change_the_screen() {
     let cells = term.wait(60, "the overflowing listener on screen", |s| row(s, &[&local, ns.name()]));
     eprintln!("top: first frame with our listener after {} ms", started.elapsed().as_millis());
     assert_eq!(cells[0], local);
-    assert_eq!((cell_u64(&cells, 3), cell_u64(&cells, 4)), (ss.recv_q, ss.send_q), "DEPTH and BACKLOG vs ss: {cells:?}");
+    assert_eq!(
+        (cell_u64(&cells, 3), cell_u64(&cells, 4)),
+        (ss.recv_q, ss.send_q),
+        "DEPTH and BACKLOG vs ss: {cells:?}"
+    );
     let fill = format!("{:.0}%", ss.recv_q as f64 / ss.send_q as f64 * 100.0);
     assert_eq!(cells[5], fill, "FILL is Recv-Q / Send-Q (a full queue holds backlog + 1): {cells:?}");
     // Worst first: it is saturated (an alert pending after one evaluation), so only rows with an
@@ -175,7 +179,10 @@ fn top_shows_what_ss_and_redis_show_and_keys_change_the_screen() {
     });
     let header = screen.lines().position(|l| l.starts_with("LOCAL")).expect(&screen);
     for l in screen.lines().skip(header + 1).take_while(|l| !l.contains(&local)) {
-        assert!(l.contains("firing") || l.contains("pending") || l.contains("STORM"), "a calm row ranks first:\n{screen}");
+        assert!(
+            l.contains("firing") || l.contains("pending") || l.contains("STORM"),
+            "a calm row ranks first:\n{screen}"
+        );
     }
 
     // Filter by the destination: our listener disappears from the listeners tab.

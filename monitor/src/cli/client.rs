@@ -85,14 +85,18 @@ impl AgentClient {
                     (None, Some(f)) => read(dir, &f, "basic_auth.password_file")?.trim_end_matches(['\r', '\n']).into(),
                     (None, None) => String::new(),
                     (Some(_), Some(_)) => {
-                        anyhow::bail!("--http.config.file {}: give basic_auth.password or password_file, not both", path.display())
+                        anyhow::bail!(
+                            "--http.config.file {}: give basic_auth.password or password_file, not both",
+                            path.display()
+                        )
                     }
                 };
                 let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", b.username));
                 authorization = Some(format!("Basic {token}"));
             }
             if let Some(t) = raw.tls_config {
-                builder = builder.tls_config(tls(dir, &t).map_err(|e| anyhow!("--http.config.file {}: {e:#}", path.display()))?);
+                builder = builder
+                    .tls_config(tls(dir, &t).map_err(|e| anyhow!("--http.config.file {}: {e:#}", path.display()))?);
             }
         }
         Ok(Self { base, agent: ureq::Agent::new_with_config(builder.build()), authorization })
@@ -125,7 +129,8 @@ impl AgentClient {
     /// GET `path` parsed as JSON.
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let text = self.get_text(path)?;
-        serde_json::from_str(&text).map_err(|e| anyhow!("{}{path} answered something that is not its JSON: {e}", self.base))
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}{path} answered something that is not its JSON: {e}", self.base))
     }
 }
 

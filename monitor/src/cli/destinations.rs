@@ -28,6 +28,11 @@ pub fn run(args: &PoolsArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|d| {
                     let mut v = serde_json::to_value(d).unwrap_or_default();
+                    if !d.probed {
+                        // A scan has no kernel counters: unknown, not zero.
+                        v["evidence"] = serde_json::Value::Null;
+                        v["pending"] = serde_json::Value::Null;
+                    }
                     v["workloads"] = d
                         .workloads
                         .iter()

@@ -78,15 +78,12 @@ pub fn run(args: &ListenersArgs) -> anyhow::Result<()> {
 /// JSON Lines with each listener's recognisable `name`, or the table with that name as PROCESS.
 fn print(rows: &[listeners::Listener], json: bool) -> anyhow::Result<()> {
     let mut namer = super::names::Namer::default();
-    let mut name = |l: &listeners::Listener| {
-        l.comm.as_deref().map(|c| namer.name(c, l.cgroup.as_deref().unwrap_or(""), l.pid)).unwrap_or_default()
-    };
+    let mut name =
+        |l: &listeners::Listener| l.comm.as_deref().map(|c| namer.name(c, l.cgroup.as_deref().unwrap_or(""), l.pid));
     if json {
         return super::print_json(rows.iter().map(|l| super::with_name(l, name(l))));
     }
-    let named: Vec<listeners::Listener> = rows
-        .iter()
-        .map(|l| listeners::Listener { comm: l.comm.as_ref().map(|_| name(l)), ..l.clone() })
-        .collect();
+    let named: Vec<listeners::Listener> =
+        rows.iter().map(|l| listeners::Listener { comm: name(l), ..l.clone() }).collect();
     super::print_rows(&named, false, super::table::print_listeners)
 }

@@ -88,8 +88,9 @@ fn print_json(rows: impl Iterator<Item = serde_json::Value>) -> anyhow::Result<(
     Ok(())
 }
 
-/// `row` serialized, with the recognisable `name` of its process added (see names.rs).
-fn with_name(row: &impl serde::Serialize, name: String) -> serde_json::Value {
+/// `row` serialized, with the recognisable `name` of its process added (see names.rs; null
+/// when the process is unknown).
+fn with_name(row: &impl serde::Serialize, name: Option<String>) -> serde_json::Value {
     let mut v = serde_json::to_value(row).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("name".into(), name.into());

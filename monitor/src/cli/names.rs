@@ -74,7 +74,9 @@ pub fn cgroup_name(cgroup: &str) -> Option<String> {
 
 fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .map(|b| {
+            b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -120,7 +122,9 @@ fn resolve(comm: &str, cgroup: &str, pid: Option<u32>) -> String {
     let pids: Vec<u32> = match pid {
         Some(p) => vec![p],
         None if !cgroup.is_empty() => crate::kernel::cgroupfs::cgroup2_root()
-            .and_then(|root| std::fs::read_to_string(root.join(cgroup.trim_start_matches('/')).join("cgroup.procs")).ok())
+            .and_then(|root| {
+                std::fs::read_to_string(root.join(cgroup.trim_start_matches('/')).join("cgroup.procs")).ok()
+            })
             .unwrap_or_default()
             .lines()
             .take(MAX_PIDS_READ)
@@ -190,7 +194,8 @@ mod tests {
         let script = dir.join("worker.py");
         std::fs::write(&script, "import time\ntime.sleep(30)\n").unwrap();
         // The interpreter itself, not a wrapper (pyenv's shim is a bash script named python3).
-        let Ok(exe) = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output() else {
+        let Ok(exe) = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output()
+        else {
             panic!("python3 is needed for this test (cargo xtask setup installs it)");
         };
         let exe = String::from_utf8_lossy(&exe.stdout).trim().to_string();

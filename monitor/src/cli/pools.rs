@@ -41,7 +41,11 @@ pub fn run(args: &PoolsArgs) -> anyhow::Result<()> {
     let mut namer = super::names::Namer::default();
     show(args, |pools, _live| {
         if args.json {
-            return super::print_json(pools.iter().map(|p| super::with_name(p, namer.name(&p.comm, &p.cgroup, None))));
+            return super::print_json(
+                pools
+                    .iter()
+                    .map(|p| super::with_name(p, (!p.comm.is_empty()).then(|| namer.name(&p.comm, &p.cgroup, None)))),
+            );
         }
         let named: Vec<Pool> =
             pools.iter().map(|p| Pool { comm: namer.name(&p.comm, &p.cgroup, None), ..p.clone() }).collect();

@@ -53,9 +53,9 @@ pub fn run(args: &StormsArgs) -> anyhow::Result<()> {
         let s = |k: &str| r.labels.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
         let (comm, cgroup) = (s("comm"), s("cgroup"));
         let pid = r.labels.get("pid").and_then(|v| v.as_u64()).map(|p| p as u32);
-        let name = namer.name(&comm, &cgroup, pid);
-        if name != comm {
-            r.what.push_str(&format!(" name={name}"));
+        let name = (!comm.is_empty()).then(|| namer.name(&comm, &cgroup, pid));
+        if name.as_ref().is_some_and(|n| *n != comm) {
+            r.what.push_str(&format!(" name={}", name.as_deref().unwrap_or_default()));
         }
         r.labels.insert("name".into(), name.into());
     }

@@ -61,9 +61,15 @@ pub struct Evidence {
     pub attempts: u64,
     /// By REJECTION_KINDS: reset young, server closed young, refused, timed out (the kernel's
     /// SYN retries or the client's own connect timeout), unreachable (and other failures).
+    /// Serialized as an object keyed by those names.
+    #[serde(serialize_with = "by_kind")]
     pub rejections: [u64; 5],
     /// Resets received on connections that were not young (not a rejection; a failure).
     pub resets: u64,
+}
+
+fn by_kind<S: serde::Serializer>(r: &[u64; 5], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(REJECTION_KINDS.iter().zip(r))
 }
 
 impl Evidence {

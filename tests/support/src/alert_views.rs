@@ -40,7 +40,9 @@ pub fn agent_matching(list: &[Value], alertname: &str, labels: &[(&str, &str)]) 
 /// every one of `labels`.
 pub fn cli_matching(list: &[Value], alertname: &str, labels: &[(&str, &str)]) -> Vec<Value> {
     list.iter()
-        .filter(|a| a["alertname"].as_str() == Some(alertname) && labels.iter().all(|(k, v)| a[*k].as_str() == Some(*v)))
+        .filter(|a| {
+            a["alertname"].as_str() == Some(alertname) && labels.iter().all(|(k, v)| a[*k].as_str() == Some(*v))
+        })
         .cloned()
         .collect()
 }

@@ -146,7 +146,9 @@ pub fn rows(e: &Exposition, namer: &mut Namer) -> BTreeMap<Tab, Vec<Row>> {
     let none = |_: &Labels| false;
     let target = |t: &'static str| move |l: &Labels| l.get("target").map(String::as_str) != Some(t);
     let overall = |t: &'static str| {
-        move |l: &Labels| l.get("target").map(String::as_str) != Some(t) || l.get("component").map(String::as_str) != Some("overall")
+        move |l: &Labels| {
+            l.get("target").map(String::as_str) != Some(t) || l.get("component").map(String::as_str) != Some("overall")
+        }
     };
 
     let depth = sum_by(e, "connmon_listen_queue_depth", LISTENER, none);

@@ -58,7 +58,8 @@ pub enum Sort {
 }
 
 impl Sort {
-    pub const ALL: [Sort; 7] = [Sort::Worst, Sort::Fill, Sort::Wait, Sort::Growth, Sort::Rejections, Sort::Storm, Sort::Name];
+    pub const ALL: [Sort; 7] =
+        [Sort::Worst, Sort::Fill, Sort::Wait, Sort::Growth, Sort::Rejections, Sort::Storm, Sort::Name];
 
     pub fn name(self) -> &'static str {
         match self {

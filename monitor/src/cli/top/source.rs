@@ -44,42 +44,41 @@ pub fn local(
         anyhow::bail!("connmon top needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON, or read an agent with --agent URL");
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("top-probes".into())
-        .spawn(move || {
-            let storm = StormTracker::new(Default::default());
-            let notes: Vec<String> = probes::probe_names()
-                .iter()
-                .filter(|p| !loaded.is_up(p) && !probe_args.disabled_probes.iter().any(|d| d == *p))
-                .map(|p| format!("probe {p} is not running: its figures are missing"))
-                .collect();
-            let cfg = AlertsConfig::default();
-            let mut o = Observer::new(pools::PoolTracker::new(services, Duration::MAX), storm);
-            o.queues = crate::model::queue_wait::QueueTracker::new(cfg.accept_queue_slow_failure.client_timeout.0);
-            o.destinations = destinations::Tracker::new(
-                cfg.destination_saturated.clone(),
-                cfg.dependency_failing.clone(),
-                cfg.near_ceiling.clone(),
-            );
-            o.alerts = Some(Alerting { engine: Engine::new(cfg, BTreeMap::new()), notifier: None, generator_url: String::new() });
-            o.attach(loaded);
-            let mut namer = Namer::default();
-            let mut next = Instant::now();
-            loop {
-                // Tick once a second (the storm detectors' pace), refresh every interval.
-                let refresh_at = next;
-                while Instant::now() < refresh_at {
-                    o.tick();
-                    std::thread::sleep(refresh_at.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
-                }
-                next = Instant::now() + interval;
-                o.evaluate_alerts(None);
-                let frame = local_frame(&mut o, &mut namer, &notes);
-                if !send(&tx, Ok(frame)) {
-                    return;
-                }
+    std::thread::Builder::new().name("top-probes".into()).spawn(move || {
+        let storm = StormTracker::new(Default::default());
+        let notes: Vec<String> = probes::probe_names()
+            .iter()
+            .filter(|p| !loaded.is_up(p) && !probe_args.disabled_probes.iter().any(|d| d == *p))
+            .map(|p| format!("probe {p} is not running: its figures are missing"))
+            .collect();
+        let cfg = AlertsConfig::default();
+        let mut o = Observer::new(pools::PoolTracker::new(services, Duration::MAX), storm);
+        o.queues = crate::model::queue_wait::QueueTracker::new(cfg.accept_queue_slow_failure.client_timeout.0);
+        o.destinations = destinations::Tracker::new(
+            cfg.destination_saturated.clone(),
+            cfg.dependency_failing.clone(),
+            cfg.near_ceiling.clone(),
+        );
+        o.alerts =
+            Some(Alerting { engine: Engine::new(cfg, BTreeMap::new()), notifier: None, generator_url: String::new() });
+        o.attach(loaded);
+        let mut namer = Namer::default();
+        let mut next = Instant::now();
+        loop {
+            // Tick once a second (the storm detectors' pace), refresh every interval.
+            let refresh_at = next;
+            while Instant::now() < refresh_at {
+                o.tick();
+                std::thread::sleep(refresh_at.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
             }
-        })?;
+            next = Instant::now() + interval;
+            o.evaluate_alerts(None);
+            let frame = local_frame(&mut o, &mut namer, &notes);
+            if !send(&tx, Ok(frame)) {
+                return;
+            }
+        }
+    })?;
     Ok(rx)
 }
 
@@ -216,9 +215,10 @@ pub fn agent(client: AgentClient, interval: Duration) -> Receiver<Update> {
                     // The first read failing ends top with the error; later ones keep the last
                     // rows on screen with a note until the agent answers again.
                     (Err(e), None) => Err(format!("{e:#}")),
-                    (Err(e), Some(prev)) => {
-                        Ok(Frame { notes: vec![format!("agent unreachable, showing the last rows read: {e:#}")], ..prev.clone() })
-                    }
+                    (Err(e), Some(prev)) => Ok(Frame {
+                        notes: vec![format!("agent unreachable, showing the last rows read: {e:#}")],
+                        ..prev.clone()
+                    }),
                 };
                 let fatal = update.is_err();
                 if !send(&tx, update) || fatal {

@@ -88,7 +88,8 @@ fn style_of(s: &Shown) -> Style {
 }
 
 fn status(m: &Model) -> String {
-    let mut s = format!("connmon top · {} · {} · every {}s · sort: {}", m.source, m.updated, m.interval_secs, m.sort.name());
+    let mut s =
+        format!("connmon top · {} · {} · every {}s · sort: {}", m.source, m.updated, m.interval_secs, m.sort.name());
     if !m.filter.is_empty() {
         s.push_str(&format!(" · filter: {}", m.filter));
     }
@@ -128,10 +129,7 @@ pub fn render(m: &Model, f: &mut Frame) {
         })
         .collect();
     let table = Table::new(
-        shown
-            .iter()
-            .zip(&rows)
-            .map(|(s, r)| TRow::new(r.iter().map(|c| Cell::from(c.clone()))).style(style_of(s))),
+        shown.iter().zip(&rows).map(|(s, r)| TRow::new(r.iter().map(|c| Cell::from(c.clone()))).style(style_of(s))),
         widths,
     )
     .header(TRow::new(heads.iter().map(|h| Cell::from(*h))).style(Style::default().add_modifier(Modifier::REVERSED)))
@@ -148,7 +146,9 @@ pub fn render(m: &Model, f: &mut Frame) {
             ])
         })
         .collect();
-    lines.extend(m.frame.notes.iter().take(3).map(|n| Line::from(Span::styled(n.clone(), Style::default().fg(Color::Yellow)))));
+    lines.extend(
+        m.frame.notes.iter().take(3).map(|n| Line::from(Span::styled(n.clone(), Style::default().fg(Color::Yellow)))),
+    );
     let storms: usize = m.frame.rows.values().flatten().filter(|r| r.in_storm).count();
     let title = format!(" Alerts: {} · storms: {storms} · history: {} rows ", alerts.len(), m.tracked());
     f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(title)), pane);
@@ -200,7 +200,13 @@ pub fn plain(m: &Model, out: &mut impl Write) -> io::Result<()> {
     let alerts: Vec<_> = m.frame.alerts.iter().filter(|a| a.state != AlertState::Resolved).collect();
     writeln!(out, "\nAlerts ({})", alerts.len())?;
     for a in alerts {
-        writeln!(out, "{} {} {}", a.state.as_str(), a.alertname, a.annotations.get("summary").cloned().unwrap_or_default())?;
+        writeln!(
+            out,
+            "{} {} {}",
+            a.state.as_str(),
+            a.alertname,
+            a.annotations.get("summary").cloned().unwrap_or_default()
+        )?;
     }
     for n in &m.frame.notes {
         writeln!(out, "note: {n}")?;
@@ -221,7 +227,9 @@ mod tests {
         t.draw(|f| render(m, f)).unwrap();
         let buf = t.backend().buffer().clone();
         (0..buf.area.height)
-            .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>().trim_end().to_string())
+            .map(|y| {
+                (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>().trim_end().to_string()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -244,7 +252,11 @@ mod tests {
         let mut m = Model::new("probes on this host".into(), 1.0);
         for i in 0..5 {
             let rows = vec![listener("0.0.0.0:8080", 2.0 * i as f64, 10.0), listener("127.0.0.1:9000", 1.0, 100.0)];
-            m.update(Data { rows: [(Tab::Listeners, rows)].into(), ..Default::default() }, i as f64, format!("12:00:0{i}"));
+            m.update(
+                Data { rows: [(Tab::Listeners, rows)].into(), ..Default::default() },
+                i as f64,
+                format!("12:00:0{i}"),
+            );
         }
         let s = screen(&m);
         let a = s.find("0.0.0.0:8080").expect(&s);
