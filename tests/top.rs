@@ -177,6 +177,7 @@ fn top_shows_what_ss_and_redis_show_and_keys_change_the_screen() {
     let screen = term.wait(30, "AcceptQueueSaturated on our listener", |s| {
         row(s, &[&local, "AcceptQueueSaturated"]).map(|_| s.to_string())
     });
+    eprintln!("top: listeners tab:\n{screen}");
     let header = screen.lines().position(|l| l.starts_with("LOCAL")).expect(&screen);
     for l in screen.lines().skip(header + 1).take_while(|l| !l.contains(&local)) {
         assert!(
@@ -212,7 +213,7 @@ fn top_shows_what_ss_and_redis_show_and_keys_change_the_screen() {
     let cells = term.wait(20, "8 connections after resuming", |s| {
         row(s, &[&dst, "worker.py"]).filter(|c| c[4] == redis_named(&redis).to_string())
     });
-    eprintln!("top: pool row after resuming: {cells:?}");
+    eprintln!("top: pool row after resuming: {cells:?}\n{}", term.screen());
     // Destinations tab: the destination sums the worker's pool.
     term.keys(&["3"]);
     let cells = term.wait(20, "the destination row", |s| row(s, &[&dst, "worker.py=8"]));
