@@ -17,13 +17,14 @@ use serde::Deserialize;
 /// Where the agent is and how to authenticate to it.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// The agent's address (http:// or https://).
+    /// The agent's address, http:// or https:// (connmon alerts: default http://127.0.0.1:9977;
+    /// connmon top: without it, top attaches the probes itself).
     #[arg(long, value_name = "URL")]
     pub agent: Option<String>,
     /// Client TLS and basic auth for --agent, in Prometheus' http_config format (the file of
     /// promtool's --http.config.file): basic_auth {username, password | password_file} and
     /// tls_config {ca_file, cert_file, key_file, insecure_skip_verify}.
-    #[arg(long = "http.config.file", value_name = "FILE", requires = "agent")]
+    #[arg(long = "http.config.file", value_name = "FILE")]
     pub http_config: Option<PathBuf>,
 }
 
@@ -75,9 +76,8 @@ impl AgentClient {
             let raw: RawConfig = if text.trim().is_empty() {
                 RawConfig::default()
             } else {
-                serde_saphyr::from_str(&text).map_err(|e| {
-                    anyhow!("--http.config.file {}: {} (keys: basic_auth, tls_config)", path.display(), first_line(&e))
-                })?
+                serde_saphyr::from_str(&text)
+                    .map_err(|e| anyhow!("--http.config.file {}: {}", path.display(), first_line(&e)))?
             };
             if let Some(b) = raw.basic_auth {
                 let password = match (b.password, b.password_file) {
@@ -135,7 +135,8 @@ impl AgentClient {
 }
 
 fn first_line(e: &impl std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_string()
+    let s = e.to_string();
+    s.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string()
 }
 
 fn read(dir: &Path, file: &str, key: &str) -> anyhow::Result<String> {

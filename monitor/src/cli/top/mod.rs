@@ -53,6 +53,9 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
             let name = format!("agent {}", client.base());
             (source::agent(client, args.interval), name)
         }
+        None if args.agent.http_config.is_some() => {
+            anyhow::bail!("--http.config.file is for reading an agent: give --agent URL too, or drop it to attach the probes here")
+        }
         None => {
             let services = Services::with_overrides(&args.pool.services)?;
             (source::local(services, args.probes.clone(), args.interval)?, "probes on this host".to_string())
