@@ -150,7 +150,12 @@ pub fn render(m: &Model, f: &mut Frame) {
         m.frame.notes.iter().take(3).map(|n| Line::from(Span::styled(n.clone(), Style::default().fg(Color::Yellow)))),
     );
     let storms: usize = m.frame.rows.values().flatten().filter(|r| r.in_storm).count();
-    let title = format!(" Alerts: {} · storms: {storms} · history: {} rows ", alerts.len(), m.tracked());
+    let mut title = format!(" Alerts: {} · storms: {storms} · history: {} rows", alerts.len(), m.tracked());
+    if m.forgotten > 0 {
+        // The bound on rows tracked was hit: say so, with how many histories were dropped.
+        title.push_str(&format!(" (limit {}, {} forgotten)", super::model::MAX_TRACKED, m.forgotten));
+    }
+    title.push(' ');
     f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(title)), pane);
     let footer = match &m.editing {
         Some(text) => format!("filter (workload or destination): {text}_   Enter apply · Esc cancel"),
