@@ -4,6 +4,7 @@
 //! chosen so a bad listen address or web config file fails before anything is loaded, probes
 //! load while the process has one thread (so capabilities can be dropped for all), and
 //! `/healthz` answers while the connections open at start-up are still being counted.
+pub mod bounds;
 mod observer;
 
 use std::{
@@ -23,9 +24,13 @@ use crate::{
     config::{self, flags::RunArgs},
     export::{self, pools::PoolsSection},
     kernel::probes::Probes,
-    model::{destinations, pools::PoolTracker, services::Services, storms::StormTracker},
+    model::{destinations, peak_window::PeakWindows, pools::PoolTracker, services::Services, storms::StormTracker},
     scan,
-    web::{self, auth, tls},
+    web::{
+        self, auth,
+        limits::{Limited, Limits},
+        tls,
+    },
 };
 
 pub struct Agent {
@@ -84,7 +89,7 @@ impl web::Endpoints for Agent {
             alerts: &active,
             alerts_fired: &fired,
         };
-        export::render(&g.snap, &section, &ctx)
+        web::stats::splice(export::render(&g.snap, &section, &ctx), &bounds::render(&c))
     }
 
     /// Pending and firing alerts, for /api/v1/alerts.
@@ -93,7 +98,22 @@ impl web::Endpoints for Agent {
     }
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Threads for scans and other blocking work. Collections are single-flight and serialised with
+/// the periodic tick and alert evaluation behind one lock, so more would only wait on it.
+pub const BLOCKING_THREADS: usize = 4;
+
+/// Runs the agent on a single-threaded runtime (HTTP and timers) with a blocking pool of
+/// `BLOCKING_THREADS` (scans): its thread count does not grow with the number of scrapes.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name("connmon-worker")
+        .build()?
+        .block_on(serve(args))
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let file = match &args.config_file {
         Some(path) => config::load(path)?,
         None => config::Config::default(),
@@ -134,6 +154,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let alert_interval = alert_cfg.interval.0;
     let mut observer = Observer::new(PoolTracker::new(services, args.pool_idle_expiry), StormTracker::new(storm));
     observer.full_scans = scan::FullScans::new(args.scan_budget);
+    observer.windows = PeakWindows::new(args.peak_window);
     observer.queues = crate::model::queue_wait::QueueTracker::new(alert_cfg.accept_queue_slow_failure.client_timeout.0);
     observer.destinations = destinations::Tracker::new(
         alert_cfg.destination_saturated.clone(),
@@ -209,12 +230,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    let app = web::router(agent, web_config.clone().map(auth::Guard::new));
+    let limits = Limits::new(args.max_connections, args.max_requests);
+    let app = web::router(
+        web::Web::new(agent, Arc::clone(&limits), BLOCKING_THREADS),
+        web_config.clone().map(auth::Guard::new),
+    );
     match web_config {
         Some(source) if tls => {
-            axum::serve(tls::TlsListener::new(listener, source)?, app).with_graceful_shutdown(shutdown_signal()).await?
+            let tls = tls::TlsListener::new(listener, source)?;
+            axum::serve(Limited::new(tls, limits), app).with_graceful_shutdown(shutdown_signal()).await?
         }
-        _ => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?,
+        _ => axum::serve(Limited::new(listener, limits), app).with_graceful_shutdown(shutdown_signal()).await?,
     }
     info!("shutting down");
     Ok(())

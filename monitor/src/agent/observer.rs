@@ -13,6 +13,7 @@ use crate::{
     model::{
         destinations::{self, Destination},
         listeners::{self, PeakTracker},
+        peak_window::PeakWindows,
         pools::{self, PoolTracker},
         queue_wait::{QueueTracker, Sources as QueueSources},
         storms::{Signals, StormTracker},
@@ -30,6 +31,10 @@ pub struct Observer {
     pub alerts: Option<Alerting>,
     pub full_scans: scan::FullScans,
     pub destinations: destinations::Tracker,
+    /// The peak gauges' period (see model/peak_window.rs).
+    pub windows: PeakWindows,
+    /// How full the kernel hash maps are.
+    pub census: crate::kernel::census::Census,
     started: Instant,
 }
 
@@ -66,6 +71,8 @@ impl Observer {
             alerts: None,
             full_scans: scan::FullScans::new(1.0),
             destinations: destinations::Tracker::new(Default::default(), Default::default(), Default::default()),
+            windows: PeakWindows::new(DEFAULT_PEAK_WINDOW),
+            census: Default::default(),
             started: Instant::now(),
         }
     }
@@ -84,13 +91,18 @@ impl Observer {
         self.probes = probes;
     }
 
-    /// The periodic tick: folds a listener scan into the peaks (without starting a new scrape
-    /// period) and feeds the retry-storm detectors. Returns the listeners it saw.
+    /// The periodic tick: folds a listener scan into the peak windows and feeds the retry-storm
+    /// detectors. Returns the listeners it saw.
     pub fn tick(&mut self) -> Vec<listeners::Listener> {
-        let Observer { probes, peaks, queues, pools, storms, .. } = self;
+        let Observer { probes, peaks, queues, pools, storms, windows, census, .. } = self;
+        if let Some(ebpf) = probes.ebpf_mut() {
+            census.refresh(ebpf);
+        }
         let mut snap = listeners::build(&scan::scan(None, scan::Depth::Listeners), pools.cgroups());
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
+        windows.advance(Instant::now());
+        listener_peaks(peaks, windows, &mut snap.listeners);
         queues.observe(&mut snap.listeners, &kernel, queue_sources(probes));
         let pools_up = probes.is_up(probes::POOLS);
         if let Some(ebpf) = probes.ebpf_mut().filter(|_| pools_up) {
@@ -102,11 +114,11 @@ impl Observer {
         snap.listeners
     }
 
-    /// A full scan with connections, kernel peaks folded in (a new peak period starts only when
-    /// `scrape`), pools, destinations and storm signals. Destinations record a sample for the
-    /// alert rules only when not `scrape`, so how often Prometheus scrapes does not matter.
+    /// A full scan with connections, kernel peaks folded into the peak windows, pools,
+    /// destinations and storm signals. Destinations record a sample for the alert rules only
+    /// when not `scrape`, so how often Prometheus scrapes does not matter.
     pub fn gather(&mut self, scrape: bool) -> Gathered {
-        let Observer { probes, peaks, queues, pools, storms, full_scans, destinations, started, .. } = self;
+        let Observer { probes, peaks, queues, pools, storms, full_scans, destinations, started, windows, .. } = self;
         let t0 = Instant::now();
         let scan_started_ns = monotonic_ns();
         let (scan, fresh) = full_scans.scan();
@@ -114,9 +126,8 @@ impl Observer {
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
         queues.observe(&mut snap.listeners, &kernel, queue_sources(probes));
-        if scrape {
-            peaks.report(&mut snap.listeners);
-        }
+        windows.advance(Instant::now());
+        listener_peaks(peaks, windows, &mut snap.listeners);
         let pools_up = probes.is_up(probes::POOLS);
         let (pool_list, extras) = match probes.ebpf_mut() {
             Some(ebpf) if pools_up => {
@@ -124,7 +135,7 @@ impl Observer {
                 if fresh {
                     pools.reconcile(ebpf, &scan, scan_started_ns);
                 }
-                let (p, mut e) = pools.collect(ebpf, scrape);
+                let (p, mut e) = pools.collect(ebpf, true);
                 e.recursion_misses = probes.recursion_misses();
                 (p, Some(e))
             }
@@ -133,7 +144,14 @@ impl Observer {
                 (pools::from_scan(&scan, &services, pools.cgroups()), None)
             }
         };
-        let destinations = destinations.update(started.elapsed().as_secs_f64(), &pool_list, !scrape, scrape);
+        let mut pool_list = pool_list;
+        for p in &mut pool_list {
+            p.peak = windows.pools.observe(&p.label_values(), p.peak);
+        }
+        let mut destinations = destinations.update(started.elapsed().as_secs_f64(), &pool_list, !scrape, true);
+        for d in &mut destinations {
+            d.peak = windows.destinations.observe(&d.key, d.peak);
+        }
         Gathered {
             snap,
             destinations,
@@ -199,6 +217,19 @@ impl Observer {
                 .collect();
             n.update(firing, resolved);
         }
+    }
+}
+
+/// The peak gauges' window unless `--peaks.window` says otherwise: Prometheus' default scrape
+/// interval, so every scraper at that interval or faster sees every peak.
+pub const DEFAULT_PEAK_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Ends the listeners' current peak period (highest since the previous collection) and puts the
+/// highest within the window into each listener's `peak_depth`.
+fn listener_peaks(peaks: &mut PeakTracker, windows: &mut PeakWindows, listeners: &mut [listeners::Listener]) {
+    peaks.report(listeners);
+    for l in listeners.iter_mut() {
+        l.peak_depth = windows.listeners.observe(&l.id, i64::from(l.peak_depth)).try_into().unwrap_or(u32::MAX);
     }
 }
 

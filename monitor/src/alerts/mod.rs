@@ -184,16 +184,25 @@ impl Engine {
         }
     }
 
-    fn record(&mut self, kind: &'static str, labels: &Labels, now: f64, v: f64) -> Vec<(f64, f64)> {
-        let keep = self
-            .cfg
+    /// Seconds of samples the trend rules look back over.
+    fn keep(&self) -> f64 {
+        self.cfg
             .pool_growth
             .window
             .0
             .max(self.cfg.inflight_growth.window.0)
             .max(self.cfg.listen_overflow.window.0)
             .max(self.cfg.accept_queue_slow_failure.window.0)
-            .as_secs_f64();
+            .as_secs_f64()
+    }
+
+    /// Series of samples held (one per pool and listener seen within the rules' window).
+    pub fn series_len(&self) -> usize {
+        self.series.len()
+    }
+
+    fn record(&mut self, kind: &'static str, labels: &Labels, now: f64, v: f64) -> Vec<(f64, f64)> {
+        let keep = self.keep();
         let s = self.series.entry((kind, labels.clone())).or_default();
         s.push_back((now, v));
         while s.front().is_some_and(|(t, _)| now - t > keep) {
@@ -429,6 +438,10 @@ impl Engine {
             }
         }
         self.instances.retain(|_, i| i.pending_since.is_some() || i.firing_since.is_some());
+        // Series of pools and listeners gone for longer than the window: without this, every
+        // short-lived cgroup or port would keep its (emptied) series for the agent's lifetime.
+        let keep = self.keep();
+        self.series.retain(|_, s| s.back().is_some_and(|(t, _)| now - t <= keep));
         changes
     }
 

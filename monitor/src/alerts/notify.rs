@@ -4,7 +4,10 @@
 //! succeeds, and a failing Alertmanager is retried with exponential backoff and full jitter.
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -46,8 +49,25 @@ struct State {
     changed: bool,
 }
 
+/// Resolved alerts kept for delivery while Alertmanager is unreachable at most; beyond it the
+/// oldest-keyed is dropped (and counted). Firing alerts are not queued: each push carries the
+/// current set, so a long outage costs nothing but the resolved notices.
+pub const MAX_RESOLVED: usize = 1000;
+
+/// What the sender did, for the agent's metrics.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Pushes that reached every Alertmanager.
+    pub delivered: AtomicU64,
+    /// Pushes that failed for at least one Alertmanager (each is retried).
+    pub failed: AtomicU64,
+    /// Resolved notices dropped because `MAX_RESOLVED` were waiting.
+    pub dropped: AtomicU64,
+}
+
 pub struct Notifier {
     shared: Arc<(Mutex<State>, Condvar)>,
+    pub counts: Arc<Counts>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -56,13 +76,20 @@ impl Notifier {
     /// Starts the sender thread for `urls` (Alertmanager base URLs).
     pub fn start(urls: Vec<String>, resend: Duration) -> Self {
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
-        let worker = Arc::clone(&shared);
-        let spawned =
-            std::thread::Builder::new().name("connmon-alertmanager".into()).spawn(move || run(&urls, resend, &worker));
+        let counts = Arc::new(Counts::default());
+        let (worker, c) = (Arc::clone(&shared), Arc::clone(&counts));
+        let spawned = std::thread::Builder::new()
+            .name("connmon-alertmanager".into())
+            .spawn(move || run(&urls, resend, &worker, &c));
         if let Err(e) = spawned {
             warn!("cannot start the Alertmanager sender: {e}; alerts will not be pushed");
         }
-        Self { shared }
+        Self { shared, counts }
+    }
+
+    /// Resolved notices waiting for delivery.
+    pub fn queued(&self) -> usize {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner()).resolved.len()
     }
 
     /// Hands over the alerts firing now and those that just resolved. Never blocks on the network.
@@ -75,13 +102,18 @@ impl Notifier {
         s.changed |= identity(&s.firing) != identity(&firing) || !resolved.is_empty();
         s.firing = firing;
         for r in resolved {
-            s.resolved.insert(format!("{:?}", r.labels), r);
+            let key = format!("{:?}", r.labels);
+            if s.resolved.len() >= MAX_RESOLVED && !s.resolved.contains_key(&key) {
+                s.resolved.pop_first();
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            s.resolved.insert(key, r);
         }
         cvar.notify_one();
     }
 }
 
-fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar)) {
+fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar), counts: &Counts) {
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build(),
     );
@@ -108,6 +140,7 @@ fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar)) {
         let delivered = urls.iter().filter(|u| post(&agent, u, &batch)).count();
         last_sent = Instant::now();
         if delivered == urls.len() {
+            counts.delivered.fetch_add(1, Ordering::Relaxed);
             if failures > 0 {
                 info!("alertmanager: delivering again after {failures} failed attempts");
             }
@@ -122,6 +155,7 @@ fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar)) {
             continue;
         }
         failures += 1;
+        counts.failed.fetch_add(1, Ordering::Relaxed);
         // Full jitter: a random wait up to the exponential bound, so restarted agents do not
         // all retry in step against a recovering Alertmanager.
         let bound = Duration::from_secs(1u64 << failures.min(6)).min(MAX_BACKOFF);

@@ -46,9 +46,7 @@ pub enum Command {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(crate::agent::run(*args))
-        }
+        Command::Run(args) => crate::agent::run(*args),
         Command::Listeners(args) => listeners::run(&args),
         Command::Pools(args) => pools::run(&args),
         Command::Destinations(args) => destinations::run(&args),

@@ -64,6 +64,15 @@ pub struct RunArgs {
     /// web.config_file.
     #[arg(long = "web.config.file", value_name = "PATH", env = "CONNMON_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// Most HTTP connections served at once; further connections wait in the kernel's accept
+    /// queue until one closes (connmon_web_connection_limit_hits_total counts them).
+    #[arg(long = "web.max-connections", default_value_t = 256, value_parser = parse_cap)]
+    pub max_connections: usize,
+    /// Most HTTP requests served at once; a request that finds none free for 8 s gets a 503
+    /// (connmon_web_request_limit_hits_total, connmon_web_requests_rejected_total). Scrapes that
+    /// arrive during a collection share it, so this bounds waiting requests, not scans.
+    #[arg(long = "web.max-requests", default_value_t = 64, value_parser = parse_cap)]
+    pub max_requests: usize,
     #[command(flatten)]
     pub probes: ProbeArgs,
     /// How often the agent scans listeners and updates the retry-storm detectors between scrapes.
@@ -82,6 +91,11 @@ pub struct RunArgs {
     /// "other" and counted in connmon_pool_series_folded.
     #[arg(long = "pools.max-series", default_value_t = 1000)]
     pub max_pool_series: usize,
+    /// Period of the peak gauges (connmon_listen_queue_peak_depth, connmon_pool_connections_peak,
+    /// connmon_destination_connections_peak): each shows the highest value in this window, the
+    /// same for every scraper. Make it at least the longest scrape interval.
+    #[arg(long = "peaks.window", default_value = "1m", value_parser = parse_duration)]
+    pub peak_window: Duration,
     /// Pools with no open connection and no activity for this long stop being exported.
     #[arg(long = "pools.idle-expiry", default_value = "15m", value_parser = parse_duration)]
     pub pool_idle_expiry: Duration,
@@ -126,4 +140,12 @@ pub struct KubeArgs {
     /// kubeconfig file to reach the API with (for use outside a cluster); turns `auto` on.
     #[arg(long = "kubernetes.kubeconfig", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// A cap on connections or requests: 1 to 65535.
+fn parse_cap(text: &str) -> Result<usize, String> {
+    match text.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(usize::from(n)),
+        _ => Err(format!("{text:?} is not a cap: write a whole number from 1 to 65535")),
+    }
 }

@@ -31,7 +31,7 @@ pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeSet<(
         DEST_CONNECTIONS,
         "Open connections from this host to the destination, summed over its client pools",
     );
-    let peak = gauge_family(reg, DEST_PEAK, "Highest summed open-connection count to the destination seen since the previous scrape (at the agent's collections; at least its busiest pool's own peak)");
+    let peak = gauge_family(reg, DEST_PEAK, "Highest summed open-connection count to the destination in the last --peaks.window (default 1m) (at the agent's collections; at least its busiest pool's own peak)");
     let ceiling = gauge_family(reg, DEST_CEILING, "Connections this host held to the destination when its server last began rejecting new ones: the ceiling learned from the server (absent until rejections are seen)");
     let shown = dests.iter().filter(|d| exported.contains(&(d.key.dst_addr.to_string(), d.key.dst_port.to_string())));
     let (pending, rejections) = if probed {

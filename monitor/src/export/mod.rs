@@ -176,7 +176,7 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
     );
     let max = gauge_family(&mut reg, LISTEN_QUEUE_MAX, "Configured accept-queue backlog of the listener (ss Send-Q)");
     let fill = float_family(&mut reg, LISTEN_QUEUE_FILL, "Accept-queue depth divided by backlog");
-    let peak = gauge_family(&mut reg, LISTEN_QUEUE_PEAK, "Highest accept-queue depth since the previous scrape; source says whether an eBPF probe saw every queued connection or scans sampled it");
+    let peak = gauge_family(&mut reg, LISTEN_QUEUE_PEAK, "Highest accept-queue depth in the last --peaks.window (default 1m, the same for every scraper); source says whether an eBPF probe saw every queued connection or scans sampled it");
     let drops = counter_family(&mut reg, LISTEN_DROPS, "Packets the listener dropped (sk_drops: accept-queue overflows and other listen drops), as ss -m shows in skmem dN");
     let synq = gauge_family(
         &mut reg,

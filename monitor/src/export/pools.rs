@@ -107,7 +107,11 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         POOL_CONNECTIONS,
         "Open connections of the pool (client workload and destination), from the handshake until the socket closes",
     );
-    let peak = gauge_family(reg, POOL_PEAK, "Highest open-connection count of the pool since the previous scrape");
+    let peak = gauge_family(
+        reg,
+        POOL_PEAK,
+        "Highest open-connection count of the pool in the last --peaks.window (default 1m)",
+    );
     let folded_g =
         gauge_family(reg, POOL_FOLDED, "Pools folded into the pool labelled other because the series cap was reached");
     let info = gauge_family(reg, POOL_SERVICE_INFO, "How each destination's service class was decided: protocol seen on the wire, well-known or configured port, or none");

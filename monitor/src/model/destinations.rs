@@ -122,7 +122,7 @@ pub struct Destination {
     pub key: DestKey,
     /// Open connections summed over the client pools.
     pub connections: i64,
-    /// Highest sum seen since the previous scrape (at least the busiest pool's own peak).
+    /// Highest sum seen in the peak window (at least the busiest pool's own peak).
     pub peak: i64,
     pub pending: i64,
     /// Whether the pools probe supplied counters (without it there is no rejection evidence).

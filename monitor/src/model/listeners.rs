@@ -2,7 +2,8 @@
 //! sockets (accept-queue depth, backlog, drops), their half-open requests (SYN queue), the owning
 //! process, the namespace's TcpExt counters, and what the kernel probes saw between scans (peak
 //! depth, SYN-ACK retransmits). `PeakTracker` turns instantaneous depths and probe peaks into "the
-//! highest depth since the previous scrape", whichever of the two is available.
+//! highest depth since the previous collection", whichever of the two is available;
+//! model/peak_window.rs widens that to the peak gauges' window.
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -327,8 +328,8 @@ impl PeakSource {
     }
 }
 
-/// Keeps "highest accept-queue depth since the previous scrape" per listener. Fed with each scan's
-/// instantaneous depths and, when the `listen_peak` probe is up, the kernel's per-event peaks, so
+/// Keeps "highest accept-queue depth since the previous collection" per listener. Fed with each
+/// scan's instantaneous depths and, when the `listen_peak` probe is up, the kernel's per-event peaks, so
 /// a burst that was queued and drained between two scrapes still shows.
 #[derive(Debug)]
 pub struct PeakTracker {

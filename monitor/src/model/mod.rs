@@ -4,6 +4,7 @@
 //! that the exporter, the alert rules and the CLI all show.
 pub mod destinations;
 pub mod listeners;
+pub mod peak_window;
 pub mod pools;
 pub mod queue_wait;
 pub mod services;

@@ -1,14 +1,22 @@
 //! The HTTP side of the agent: `/metrics` with content negotiation, `/healthz` (shallow: the
 //! process serves), `/readyz` (probes attached and first scan done), and a landing page. With
-//! `--web.config.file`, every path goes through `auth::guard` and, with TLS, `tls` serves.
+//! `--web.config.file`, every path goes through `auth::guard` and, with TLS, `tls` serves. Scrapes
+//! share collections (`flight`), and connections and requests are capped (`limits`).
 pub mod auth;
 pub mod config;
+pub mod flight;
+pub mod limits;
+pub mod stats;
 pub mod tls;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::{anyhow, Context as _};
 use axum::{
+    body::Bytes,
     extract::State,
     http::{header, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
@@ -16,6 +24,7 @@ use axum::{
     Router,
 };
 
+use self::flight::SingleFlight;
 use crate::{alerts::AlertView, export};
 
 /// What the endpoints serve, implemented by the agent. Each method may block (it scans), so the
@@ -29,19 +38,59 @@ pub trait Endpoints: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
 }
 
-/// The endpoints; with a `guard` (a web config), each of them behind its auth and headers.
-pub fn router<E: Endpoints>(agent: Arc<E>, guard: Option<Arc<auth::Guard>>) -> Router {
+/// One collection rendered, shared by every scrape that joined it. Bytes clone without copying,
+/// so 100 scrapes of one collection hold one body, not 100.
+pub struct Rendered {
+    openmetrics: Bytes,
+    /// The classic text format, made by the first scrape that asks for it.
+    classic: OnceLock<Bytes>,
+}
+
+/// What the handlers share: the agent, the collection in flight and the caps.
+pub struct Web<E> {
+    agent: Arc<E>,
+    flight: SingleFlight<Rendered>,
+    limits: Arc<limits::Limits>,
+    /// The blocking pool's size, as the runtime was built.
+    blocking_threads: usize,
+}
+
+impl<E: Endpoints> Web<E> {
+    pub fn new(agent: Arc<E>, limits: Arc<limits::Limits>, blocking_threads: usize) -> Arc<Self> {
+        Arc::new(Self { agent, flight: SingleFlight::default(), limits, blocking_threads })
+    }
+
+    /// A fresh collection, or the one running now, with the serving metrics added.
+    async fn collect(self: &Arc<Self>) -> Option<Arc<Rendered>> {
+        let web = Arc::clone(self);
+        self.flight
+            .run(move || {
+                let body = web.agent.collect();
+                let serving =
+                    stats::Serving { limits: &web.limits, flight: &web.flight, blocking_threads: web.blocking_threads };
+                let body = stats::splice(body, &stats::render(&serving));
+                Rendered { openmetrics: Bytes::from(body), classic: OnceLock::new() }
+            })
+            .await
+    }
+}
+
+/// The endpoints; with a `guard` (a web config), each of them behind its auth and headers. Every
+/// request takes one of `--web.max-requests` slots first.
+pub fn router<E: Endpoints>(web: Arc<Web<E>>, guard: Option<Arc<auth::Guard>>) -> Router {
+    let limits = Arc::clone(&web.limits);
     let router = Router::new()
         .route("/", get(landing))
         .route("/metrics", get(metrics::<E>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<E>))
         .route("/api/v1/alerts", get(alerts::<E>))
-        .with_state(agent);
-    match guard {
+        .with_state(web);
+    let router = match guard {
         Some(g) => router.layer(axum::middleware::from_fn_with_state(g, auth::guard)),
         None => router,
-    }
+    };
+    router.layer(axum::middleware::from_fn_with_state(limits, limits::limit_requests))
 }
 
 /// Accepts `HOST:PORT`, `[V6]:PORT` and `:PORT` (all interfaces), as exporters do.
@@ -79,35 +128,38 @@ async fn landing() -> Html<&'static str> {
           <p><a href=\"/metrics\">Metrics</a> · <a href=\"/healthz\">Health</a> · <a href=\"/readyz\">Ready</a></p></body></html>\n")
 }
 
-async fn alerts<E: Endpoints>(State(agent): State<Arc<E>>) -> Response {
+async fn alerts<E: Endpoints>(State(web): State<Arc<Web<E>>>) -> Response {
+    let agent = Arc::clone(&web.agent);
     match tokio::task::spawn_blocking(move || agent.alerts()).await {
         Ok(list) => axum::Json(list).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
-async fn readyz<E: Endpoints>(State(agent): State<Arc<E>>) -> (StatusCode, &'static str) {
-    if agent.is_ready() {
+async fn readyz<E: Endpoints>(State(web): State<Arc<Web<E>>>) -> (StatusCode, &'static str) {
+    if web.agent.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting: probes not attached or first scan not done\n")
     }
 }
 
-async fn metrics<E: Endpoints>(State(agent): State<Arc<E>>, headers: HeaderMap) -> Response {
+async fn metrics<E: Endpoints>(State(web): State<Arc<Web<E>>>, headers: HeaderMap) -> Response {
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    let body = match tokio::task::spawn_blocking(move || agent.collect()).await {
-        Ok(body) => body,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("collection failed: {e}\n")).into_response(),
+    let Some(r) = web.collect().await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "collection failed (the agent log says why)\n").into_response();
     };
     if openmetrics {
-        ([(header::CONTENT_TYPE, export::OPENMETRICS_CONTENT_TYPE)], body).into_response()
+        ([(header::CONTENT_TYPE, export::OPENMETRICS_CONTENT_TYPE)], r.openmetrics.clone()).into_response()
     } else {
-        ([(header::CONTENT_TYPE, export::CLASSIC_CONTENT_TYPE)], export::to_classic(&body)).into_response()
+        let classic = r
+            .classic
+            .get_or_init(|| Bytes::from(export::to_classic(std::str::from_utf8(&r.openmetrics).unwrap_or_default())));
+        ([(header::CONTENT_TYPE, export::CLASSIC_CONTENT_TYPE)], classic.clone()).into_response()
     }
 }
 

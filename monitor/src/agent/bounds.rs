@@ -1,0 +1,81 @@
+//! Metrics on the agent's own bounds, beyond the HTTP server's (web/stats.rs) and the series caps
+//! (export/): how full each kernel hash map is, the Alertmanager sender's queue and drops, and the
+//! sizes of the in-memory histories the alert rules and peak gauges keep. docs/reliability.md
+//! lists every bound with the metric that says when it is hit.
+use std::sync::atomic::Ordering;
+
+use prometheus_client::{encoding::text::encode, registry::Registry};
+
+use super::Observer;
+use crate::{
+    alerts::notify,
+    export::{counter_family, gauge_family, Labels},
+};
+
+pub const MAP_ENTRIES: &str = "connmon_map_entries";
+pub const MAP_MAX_ENTRIES: &str = "connmon_map_max_entries";
+pub const AM_PUSHES: &str = "connmon_alertmanager_pushes_total";
+pub const AM_QUEUED: &str = "connmon_alertmanager_resolved_queued";
+pub const AM_QUEUE_LIMIT: &str = "connmon_alertmanager_resolved_queue_limit";
+pub const AM_DROPPED: &str = "connmon_alertmanager_resolved_dropped_total";
+pub const ALERT_SERIES: &str = "connmon_alert_rule_series";
+pub const PEAK_SERIES: &str = "connmon_peak_window_series";
+
+/// Every metric this module exports.
+pub const METRICS: &[&str] =
+    &[MAP_ENTRIES, MAP_MAX_ENTRIES, AM_PUSHES, AM_QUEUED, AM_QUEUE_LIMIT, AM_DROPPED, ALERT_SERIES, PEAK_SERIES];
+
+fn one(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+/// The bounds' metrics as OpenMetrics text, without the final `# EOF`.
+pub fn render(o: &Observer) -> String {
+    let mut reg = Registry::default();
+    if !o.census.maps.is_empty() {
+        let entries = gauge_family(&mut reg, MAP_ENTRIES, "Entries in the kernel program's hash map at the last count (every 30 s); at connmon_map_max_entries an LRU map evicts and a plain one refuses (connmon_events_lost_total says what was lost)");
+        let max = gauge_family(&mut reg, MAP_MAX_ENTRIES, "Capacity of the kernel program's hash map");
+        for (map, f) in &o.census.maps {
+            entries.get_or_create(&one("map", map)).set(i64::from(f.entries));
+            max.get_or_create(&one("map", map)).set(i64::from(f.max_entries));
+        }
+    }
+    if let Some(n) = o.alerts.as_ref().and_then(|a| a.notifier.as_ref()) {
+        let pushes = counter_family(
+            &mut reg,
+            AM_PUSHES,
+            "Pushes to Alertmanager by result: delivered to every URL, or failed for one (retried with backoff)",
+        );
+        pushes.get_or_create(&one("result", "delivered")).inc_by(n.counts.delivered.load(Ordering::Relaxed));
+        pushes.get_or_create(&one("result", "failed")).inc_by(n.counts.failed.load(Ordering::Relaxed));
+        gauge_family(&mut reg, AM_QUEUED, "Resolved alerts waiting to be delivered to Alertmanager")
+            .get_or_create(&vec![])
+            .set(n.queued() as i64);
+        gauge_family(
+            &mut reg,
+            AM_QUEUE_LIMIT,
+            "Most resolved alerts kept for delivery while Alertmanager is unreachable",
+        )
+        .get_or_create(&vec![])
+        .set(notify::MAX_RESOLVED as i64);
+        counter_family(&mut reg, AM_DROPPED, "Resolved alerts dropped undelivered because the queue was full")
+            .get_or_create(&vec![])
+            .inc_by(n.counts.dropped.load(Ordering::Relaxed));
+    }
+    if let Some(a) = &o.alerts {
+        gauge_family(&mut reg, ALERT_SERIES, "Sample histories the alert rules keep (one per pool, listener and destination seen within the rules' longest window)")
+            .get_or_create(&vec![])
+            .set(a.engine.series_len() as i64);
+    }
+    gauge_family(
+        &mut reg,
+        PEAK_SERIES,
+        "Per-series maxima the peak gauges keep over --peaks.window, summed over its buckets",
+    )
+    .get_or_create(&vec![])
+    .set(o.windows.len() as i64);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out.strip_suffix("# EOF\n").map(str::to_string).unwrap_or(out)
+}
