@@ -1,6 +1,6 @@
-//! Chaos around alerting (issue 14): a real Alertmanager (prometheus-alertmanager) going down and
-//! coming back while an alert fires and then resolves (both eventually delivered, the queue bounded,
-//! no drops), and the agent's wall clock stepped an hour forward and back while an alert is
+//! Chaos around alerting (issue 14): a real Alertmanager (prometheus-alertmanager) killed and
+//! restarted three times while an alert fires, then hung (SIGSTOP) while it resolves (both
+//! eventually delivered, the queue bounded, no drops), and the agent's wall clock stepped an hour forward and back while an alert is
 //! pending (its `for` must be timed on the monotonic clock). The clock is stepped for the agent
 //! only, with libfaketime (Debian package `faketime`): `date -s` would step the whole shared host,
 //! and a time namespace (`unshare --time`) offsets only the monotonic and boot clocks, not the
@@ -90,9 +90,11 @@ fn alertmanager_flapping_while_an_alert_fires_and_resolves() {
     }
     let am = am.unwrap();
 
-    // Resolve it while Alertmanager is down: the resolved notice waits in the agent's queue and is
-    // delivered once it is back.
-    drop(am);
+    // Resolve it while Alertmanager hangs (SIGSTOP: connections queue, nothing answers, the
+    // agent's pushes time out): the resolved notice waits in the agent's bounded queue. A hung
+    // instance keeps its notification log, so after SIGCONT it notifies the webhook of the
+    // resolution; a freshly started one never sends a resolved-only notice.
+    signal(am.pid(), libc::SIGSTOP);
     drop(clients);
     drop(listener);
     poll_until(deadline(30), "the agent to resolve the alert", || {
@@ -104,13 +106,14 @@ fn alertmanager_flapping_while_an_alert_fires_and_resolves() {
     });
     let queued = sample(&agent.samples(), "connmon_alertmanager_resolved_queued", &[]);
     assert!(queued.is_some_and(|q| q >= 1.0), "the resolved notice is not queued: {queued:?}");
-    let am = Alertmanager::start_on(port);
+    std::thread::sleep(Duration::from_secs(12));
+    signal(am.pid(), libc::SIGCONT);
     let resolved = poll_until(deadline(90), "Alertmanager's webhook to get the resolved notice", || {
         let hits: Vec<_> =
             am.webhook.alerts_matching(QUEUE_SATURATED, &l).into_iter().filter(|a| a["status"] == "resolved").collect();
         hits.first().cloned().ok_or("not yet")
     });
-    eprintln!("resolved notice delivered after the outage: endsAt {}", resolved["endsAt"]);
+    eprintln!("resolved notice delivered after the hang: endsAt {}", resolved["endsAt"]);
     let s = agent.wait_metrics(deadline(10), "the resolved queue to drain", |s| {
         match sample(s, "connmon_alertmanager_resolved_queued", &[]) {
             Some(0.0) => Ok(s.to_vec()),
@@ -124,6 +127,11 @@ fn alertmanager_flapping_while_an_alert_fires_and_resolves() {
     assert!(failed >= 3.0 && delivered >= 4.0, "pushes delivered {delivered}, failed {failed}");
     assert_eq!(dropped, Some(0.0), "a resolved notice was dropped below the queue's bound");
     assert_eq!(sample(&s, "connmon_alertmanager_resolved_queue_limit", &[]), Some(1000.0));
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill -{sig} {pid}");
 }
 
 /// The agent's view of its wall clock: the `since` of a pending alert is "now" on that clock.

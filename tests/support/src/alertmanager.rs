@@ -208,6 +208,11 @@ impl Alertmanager {
         self.addr
     }
 
+    /// The process id (for SIGSTOP/SIGCONT: an Alertmanager that hangs but keeps its state).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The base URL to give `connmon run --alertmanager.url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
