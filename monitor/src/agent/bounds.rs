@@ -9,7 +9,9 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 use super::Observer;
 use crate::{
     alerts::notify,
+    attribution::cgroups,
     export::{counter_family, gauge_family, Labels},
+    model::pools,
 };
 
 pub const MAP_ENTRIES: &str = "connmon_map_entries";
@@ -20,10 +22,24 @@ pub const AM_QUEUE_LIMIT: &str = "connmon_alertmanager_resolved_queue_limit";
 pub const AM_DROPPED: &str = "connmon_alertmanager_resolved_dropped_total";
 pub const ALERT_SERIES: &str = "connmon_alert_rule_series";
 pub const PEAK_SERIES: &str = "connmon_peak_window_series";
+pub const CACHE_ENTRIES: &str = "connmon_cache_entries";
+pub const CACHE_LIMIT: &str = "connmon_cache_limit";
+pub const CACHE_RESETS: &str = "connmon_cache_resets_total";
 
 /// Every metric this module exports.
-pub const METRICS: &[&str] =
-    &[MAP_ENTRIES, MAP_MAX_ENTRIES, AM_PUSHES, AM_QUEUED, AM_QUEUE_LIMIT, AM_DROPPED, ALERT_SERIES, PEAK_SERIES];
+pub const METRICS: &[&str] = &[
+    MAP_ENTRIES,
+    MAP_MAX_ENTRIES,
+    AM_PUSHES,
+    AM_QUEUED,
+    AM_QUEUE_LIMIT,
+    AM_DROPPED,
+    ALERT_SERIES,
+    PEAK_SERIES,
+    CACHE_ENTRIES,
+    CACHE_LIMIT,
+    CACHE_RESETS,
+];
 
 fn one(k: &str, v: &str) -> Labels {
     vec![(k.to_string(), v.to_string())]
@@ -73,7 +89,23 @@ pub fn render(o: &Observer) -> String {
         "Per-series maxima the peak gauges keep over --peaks.window, summed over its buckets",
     )
     .get_or_create(&vec![])
-    .set(o.windows.len() as i64);
+    .set(o.windows.entries() as i64);
+    let (protocols, cgroups) = o.pools.cache_sizes();
+    let entries = gauge_family(&mut reg, CACHE_ENTRIES, "Entries in the agent's in-memory cache");
+    let limit = gauge_family(
+        &mut reg,
+        CACHE_LIMIT,
+        "Most entries the agent's cache holds; at the limit it is emptied and rebuilt (connmon_cache_resets_total)",
+    );
+    let resets = counter_family(&mut reg, CACHE_RESETS, "Times the agent's cache was emptied at its limit");
+    for (cache, n, max, reset) in [
+        ("pool_protocols", protocols, pools::MAX_PROTOCOL_DESTINATIONS, &pools::PROTOCOL_RESETS),
+        ("cgroup_paths", cgroups, cgroups::MAX_REMEMBERED, &cgroups::RESETS),
+    ] {
+        entries.get_or_create(&one("cache", cache)).set(n as i64);
+        limit.get_or_create(&one("cache", cache)).set(max as i64);
+        resets.get_or_create(&one("cache", cache)).inc_by(reset.load(Ordering::Relaxed));
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);

@@ -237,8 +237,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     );
     match web_config {
         Some(source) if tls => {
-            let tls = tls::TlsListener::new(listener, source)?;
-            axum::serve(Limited::new(tls, limits), app).with_graceful_shutdown(shutdown_signal()).await?
+            let tls = tls::TlsListener::new(listener, source, limits)?;
+            axum::serve(tls, app).with_graceful_shutdown(shutdown_signal()).await?
         }
         _ => axum::serve(Limited::new(listener, limits), app).with_graceful_shutdown(shutdown_signal()).await?,
     }

@@ -6,14 +6,19 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use crate::kernel::cgroupfs::cgroup2_root;
 
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
-/// Most cgroup names remembered, removed ones included.
-const MAX_REMEMBERED: usize = 200_000;
+/// Most cgroup names (and unknown ids tried) remembered, removed ones included; at the bound the
+/// memory is emptied and rebuilt from the next walk (counted in `RESETS`).
+pub const MAX_REMEMBERED: usize = 200_000;
+
+/// Times the names or the tried ids were emptied at `MAX_REMEMBERED`.
+pub static RESETS: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug)]
 pub struct CgroupNames {
@@ -40,6 +45,7 @@ impl CgroupNames {
         let first_time = self.tried.insert(id);
         if self.tried.len() > MAX_REMEMBERED {
             self.tried.clear();
+            RESETS.fetch_add(1, Ordering::Relaxed);
         }
         let stale = first_time || self.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         if stale {
@@ -48,12 +54,18 @@ impl CgroupNames {
                 // moment, and its series should keep the name it had (ids are never reused).
                 if self.by_id.len() > MAX_REMEMBERED {
                     self.by_id.clear();
+                    RESETS.fetch_add(1, Ordering::Relaxed);
                 }
                 self.by_id.extend(walk(root));
             }
             self.refreshed = Some(Instant::now());
         }
         self.by_id.get(&id).cloned()
+    }
+
+    /// Names remembered now.
+    pub fn remembered(&self) -> usize {
+        self.by_id.len()
     }
 
     /// The id of a cgroup path as /proc/<pid>/cgroup shows it ("0::/path").

@@ -35,9 +35,9 @@ impl PeakWindows {
         self.destinations.advance(now);
     }
 
-    /// Series held in all three.
-    pub fn len(&self) -> usize {
-        self.listeners.len() + self.pools.len() + self.destinations.len()
+    /// Series held in all three (each once per bucket it appears in).
+    pub fn entries(&self) -> usize {
+        self.listeners.entries() + self.pools.entries() + self.destinations.entries()
     }
 }
 
@@ -93,16 +93,8 @@ impl<K: Hash + Eq + Clone> PeakWindow<K> {
     }
 
     /// Series held, over all buckets (each series counts once per bucket it appears in).
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.buckets.iter().map(|(_, b)| b.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn window(&self) -> Duration {
-        self.window
     }
 }
 

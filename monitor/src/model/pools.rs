@@ -238,8 +238,11 @@ pub struct PoolTracker {
 /// failure event was missed.
 const STALE_CONNECT_NS: u64 = 300_000_000_000;
 
-/// Most destinations whose protocol is remembered.
-const MAX_PROTOCOL_DESTINATIONS: usize = 65536;
+/// Most destinations whose protocol is remembered; at the bound the memory is emptied (counted in
+/// `PROTOCOL_RESETS`) and relearned from the kernel's table.
+pub const MAX_PROTOCOL_DESTINATIONS: usize = 65536;
+
+pub static PROTOCOL_RESETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl PoolTracker {
     pub fn new(services: Services, idle_expiry: Duration) -> Self {
@@ -258,6 +261,11 @@ impl PoolTracker {
 
     pub fn services(&self) -> &Services {
         &self.services
+    }
+
+    /// Destinations whose protocol is remembered, and cgroup names remembered.
+    pub fn cache_sizes(&self) -> (usize, usize) {
+        (self.protocols.len(), self.cgroups.remembered())
     }
 
     pub fn cgroups(&mut self) -> &mut CgroupNames {
@@ -450,6 +458,7 @@ impl PoolTracker {
             };
             if self.protocols.len() >= MAX_PROTOCOL_DESTINATIONS {
                 self.protocols.clear();
+                PROTOCOL_RESETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             self.protocols.insert((addr_of(key.family, &key.daddr), key.dport), name);
         }

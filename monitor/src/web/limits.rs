@@ -1,5 +1,6 @@
 //! The HTTP server's bounds: open connections (a semaphore taken before each accept, so excess
-//! connections wait in the kernel's accept queue instead of in the agent), requests being served
+//! connections wait in the kernel's accept queue instead of in the agent; with TLS it is taken
+//! before the handshake, so connections in handshake count too), requests being served
 //! at once (a semaphore in a middleware; a request that waits longer than `REQUEST_WAIT` gets a
 //! 503), and the counters saying how often each bound was reached, exported with every scrape.
 use std::{
@@ -62,6 +63,19 @@ impl Limits {
     pub fn requests_in_flight(&self) -> usize {
         self.max_requests - self.requests.available_permits()
     }
+
+    /// A connection slot, waiting (and counting the wait) when all are taken.
+    pub async fn connection_slot(&self) -> OwnedSemaphorePermit {
+        if let Ok(p) = Arc::clone(&self.connections).try_acquire_owned() {
+            return p;
+        }
+        self.connection_waits.fetch_add(1, Ordering::Relaxed);
+        match Arc::clone(&self.connections).acquire_owned().await {
+            Ok(p) => p,
+            // The semaphore is never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 /// Takes a request slot (waiting up to `REQUEST_WAIT`) for the rest of the request.
@@ -106,19 +120,9 @@ impl<L: axum::serve::Listener> axum::serve::Listener for Limited<L> {
     type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let permit = match Arc::clone(&self.limits.connections).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                self.limits.connection_waits.fetch_add(1, Ordering::Relaxed);
-                match Arc::clone(&self.limits.connections).acquire_owned().await {
-                    Ok(p) => p,
-                    // The semaphore is never closed.
-                    Err(_) => std::future::pending().await,
-                }
-            }
-        };
+        let slot = self.limits.connection_slot().await;
         let (io, addr) = self.inner.accept().await;
-        (Counted { io, _slot: permit }, addr)
+        (Counted::new(io, slot), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -130,6 +134,12 @@ impl<L: axum::serve::Listener> axum::serve::Listener for Limited<L> {
 pub struct Counted<I> {
     io: I,
     _slot: OwnedSemaphorePermit,
+}
+
+impl<I> Counted<I> {
+    pub fn new(io: I, slot: OwnedSemaphorePermit) -> Self {
+        Self { io, _slot: slot }
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {

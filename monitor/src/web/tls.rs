@@ -31,7 +31,10 @@ use rustls::{
 use tokio::{net::TcpStream, sync::mpsc};
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
-use crate::web::config::{self, ClientAuth, Curve, Pem, TlsSettings, TlsVersion, WebConfig};
+use crate::web::{
+    config::{self, ClientAuth, Curve, Pem, TlsSettings, TlsVersion, WebConfig},
+    limits::{Counted, Limits},
+};
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -391,16 +394,18 @@ impl ClientCertVerifier for AllowedSans {
 
 /// TLS connections for `axum::serve`: a task accepts TCP connections and runs each handshake in a
 /// task of its own with the configuration current at accept time; finished ones queue here.
+/// Each connection holds one of `limits`' connection slots from before its TCP accept, so
+/// connections in handshake count against --web.max-connections too.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(Counted<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    pub fn new(tcp: tokio::net::TcpListener, source: Arc<WebConfigSource>) -> io::Result<Self> {
+    pub fn new(tcp: tokio::net::TcpListener, source: Arc<WebConfigSource>, limits: Arc<Limits>) -> io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(accept_loop(tcp, source, tx));
+        tokio::spawn(accept_loop(tcp, source, tx, limits));
         Ok(Self { rx, local })
     }
 }
@@ -408,9 +413,11 @@ impl TlsListener {
 async fn accept_loop(
     tcp: tokio::net::TcpListener,
     source: Arc<WebConfigSource>,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    tx: mpsc::Sender<(Counted<TlsStream<TcpStream>>, SocketAddr)>,
+    limits: Arc<Limits>,
 ) {
     while !tx.is_closed() {
+        let slot = limits.connection_slot().await;
         let (stream, peer) = match tcp.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -425,7 +432,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    let _ = tx.send((tls, peer)).await;
+                    let _ = tx.send((Counted::new(tls, slot), peer)).await;
                 }
                 Ok(Err(e)) => debug!("TLS handshake with {peer} failed: {e}"),
                 Err(_) => debug!("TLS handshake with {peer} timed out after {HANDSHAKE_TIMEOUT:?}"),
@@ -435,7 +442,7 @@ async fn accept_loop(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Counted<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
