@@ -204,3 +204,59 @@ fn a_peak_leaves_after_its_window() {
     assert!(gone >= Duration::from_secs(5), "the peak left after {gone:?}, before its 6 s window");
     eprintln!("peak of the burst visible for {gone:?} after the drain (window 6 s, bucket 1 s)");
 }
+
+/// `n` connections to the agent that each send half a request head and then nothing.
+fn half_sent(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write as _;
+    (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: connmon\r\n").expect("half a request");
+            s
+        })
+        .collect()
+}
+
+/// 300 connections holding half-sent requests (default caps) do not delay a scrape.
+#[test]
+fn half_sent_requests_do_not_delay_a_scrape() {
+    let agent = Agent::start(&[]);
+    let _slow = half_sent(agent.addr(), 300);
+    let t = Instant::now();
+    let r = http_get(agent.addr(), "/metrics", &[]).expect("scrape");
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() < Duration::from_secs(3), "a scrape took {:?} beside 300 half-sent requests", t.elapsed());
+    let s = parse_metrics(&r.body);
+    assert_eq!(sample(&s, "connmon_web_connections_limit", &[]), Some(512.0));
+    assert!(sample(&s, "connmon_web_connections", &[]).is_some_and(|n| n >= 300.0), "open connections not counted");
+}
+
+/// With every connection slot held by a half-sent request, a scrape waits in the kernel's accept
+/// queue until the agent closes them (10 s header read timeout), then is served; the wait is
+/// counted.
+#[test]
+fn a_full_connection_cap_waits_and_is_counted() {
+    use std::io::Read as _;
+    let agent = Agent::start(&["--web.max-connections", "8"]);
+    let mut slow = half_sent(agent.addr(), 8);
+    let t = Instant::now();
+    let r = http_get(agent.addr(), "/metrics", &[]).expect("scrape behind a full cap");
+    let waited = t.elapsed();
+    assert_eq!(r.status, 200);
+    let s = parse_metrics(&r.body);
+    let hits = sample(&s, "connmon_web_connection_limit_hits_total", &[]);
+    eprintln!("a scrape behind 8 half-sent requests (cap 8) was served after {waited:?}; limit hits {hits:?}");
+    assert!(hits.is_some_and(|h| h >= 1.0), "the full cap was not counted: {hits:?}");
+    assert!(waited >= Duration::from_secs(5) && waited <= Duration::from_secs(15), "served after {waited:?}");
+    // The half-sent connections were closed by the agent (EOF, or a 408 and then EOF).
+    for c in &mut slow {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        assert!(
+            buf.is_empty() || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+}

@@ -238,9 +238,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     match web_config {
         Some(source) if tls => {
             let tls = tls::TlsListener::new(listener, source, limits)?;
-            axum::serve(tls, app).with_graceful_shutdown(shutdown_signal()).await?
+            web::serve::serve(tls, app, shutdown_signal()).await
         }
-        _ => axum::serve(Limited::new(listener, limits), app).with_graceful_shutdown(shutdown_signal()).await?,
+        _ => web::serve::serve(Limited::new(listener, limits), app, shutdown_signal()).await,
     }
     info!("shutting down");
     Ok(())

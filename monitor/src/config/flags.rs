@@ -65,8 +65,9 @@ pub struct RunArgs {
     #[arg(long = "web.config.file", value_name = "PATH", env = "CONNMON_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
     /// Most HTTP connections served at once; further connections wait in the kernel's accept
-    /// queue until one closes (connmon_web_connection_limit_hits_total counts them).
-    #[arg(long = "web.max-connections", default_value_t = 256, value_parser = parse_cap)]
+    /// queue until one closes (connmon_web_connection_limit_hits_total counts them). A connection
+    /// that sends no complete request head for 10 s, or idles that long, is closed.
+    #[arg(long = "web.max-connections", default_value_t = 512, value_parser = parse_cap)]
     pub max_connections: usize,
     /// Most HTTP requests served at once; a request that finds none free for 8 s gets a 503
     /// (connmon_web_request_limit_hits_total, connmon_web_requests_rejected_total). Scrapes that

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod flight;
 pub mod limits;
+pub mod serve;
 pub mod stats;
 pub mod tls;
 
