@@ -205,7 +205,7 @@ fn prometheus_scrapes_the_agent() {
     wait_one(&prom, "backlog 2", &format!("connmon_listen_queue_max{sel}"), |v| v == 2.0);
     wait_one(&prom, "fill ratio 3/2", &format!("connmon_listen_queue_fill_ratio{sel}"), |v| (v - 1.5).abs() < 1e-9);
     wait_one(&prom, "drops > 0", &format!("connmon_listen_drops_total{sel}"), |v| v > 0.0);
-    // The peak covers the time since the previous scrape; the queue has been full all along.
+    // The peak covers the last --peaks.window (1m); the queue has been full all along.
     wait_one(&prom, "peak depth >= depth", &format!("connmon_listen_queue_peak_depth{sel}"), |v| v >= 3.0);
 
     // The agent itself, and the scrape.
