@@ -134,12 +134,14 @@ fn signal(pid: u32, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill -{sig} {pid}");
 }
 
-/// The agent's view of its wall clock: the `since` of a pending alert is "now" on that clock.
+/// How far the agent's wall clock is from ours, from the `Date` header of its answer (whole
+/// seconds), while the alert is still pending.
 fn agent_wall_offset(agent: &Agent, l: &[(&str, &str)]) -> Result<f64, String> {
-    let list = agent_alerts(agent)?;
-    let a = agent_matching(&list, QUEUE_SATURATED, l);
-    match a.first() {
-        Some(a) if a["state"] == "pending" => Ok(epoch(a["since"].as_str().unwrap_or("")) - now_epoch()),
+    let r = agent.request("/api/v1/alerts", &[]);
+    let date = r.header("date").ok_or("no Date header")?.to_string();
+    let list: Vec<serde_json::Value> = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+    match agent_matching(&list, QUEUE_SATURATED, l).first() {
+        Some(a) if a["state"] == "pending" => Ok(epoch(&date) - now_epoch()),
         Some(a) => Err(format!("state {}", a["state"])),
         None => Err(summarize(&list)),
     }
@@ -178,6 +180,7 @@ fn wall_clock_steps_do_not_move_a_pending_alert() {
     let off0 = poll_until(deadline(15), "the alert pending", || agent_wall_offset(&agent, &l));
     let pending = Instant::now();
     assert!(off0.abs() < 5.0, "the agent's clock is {off0} s off before any step");
+    let since0 = agent_matching(&agent_alerts(&agent).unwrap(), QUEUE_SATURATED, &l)[0]["since"].clone();
 
     // An hour forward: a wall-clock `for` would fire at once.
     step(&offset, "+3600");
@@ -187,12 +190,15 @@ fn wall_clock_steps_do_not_move_a_pending_alert() {
     });
     std::thread::sleep(Duration::from_secs(6));
     let list = agent_alerts(&agent).unwrap();
+    let a = &agent_matching(&list, QUEUE_SATURATED, &l)[0];
     assert_eq!(
-        agent_matching(&list, QUEUE_SATURATED, &l)[0]["state"],
+        a["state"],
         "pending",
         "fired {:?} after pending began, with the clock stepped +1h: `for` runs on the wall clock",
         pending.elapsed()
     );
+    // A pending alert's `since` is when it became pending, not "now" on the stepped clock.
+    assert_eq!(a["since"], since0, "pending since moved with the clock step");
     // And two hours back (an hour behind real time): a wall-clock `for` would never be reached.
     step(&offset, "-3600");
     let off2 = poll_until(deadline(5), "the agent's clock an hour behind", || match agent_wall_offset(&agent, &l)? {

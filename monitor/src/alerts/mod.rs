@@ -120,7 +120,10 @@ pub struct AlertView {
 struct Instance {
     labels: Labels,
     annotations: Labels,
+    /// When the condition began to hold, on the engine's monotonic clock (what `for` is timed on).
     pending_since: Option<f64>,
+    /// The same moment on the wall clock, only to show it (`since` of a pending alert).
+    pending_at: Option<SystemTime>,
     clear_since: Option<f64>,
     firing_since: Option<SystemTime>,
 }
@@ -419,6 +422,7 @@ impl Engine {
                 labels,
                 annotations: ann.clone(),
                 pending_since: None,
+                pending_at: None,
                 clear_since: None,
                 firing_since: None,
             });
@@ -470,7 +474,7 @@ impl Engine {
 }
 
 fn view(alert: Alert, i: &Instance, ended: Option<SystemTime>) -> AlertView {
-    let since = i.firing_since.unwrap_or_else(SystemTime::now);
+    let since = i.firing_since.or(i.pending_at).unwrap_or_else(SystemTime::now);
     AlertView {
         alertname: alert.name().to_string(),
         state: if ended.is_some() {
@@ -503,6 +507,9 @@ fn advance(
         if i.firing_since.is_some() {
             return None;
         }
+        if i.pending_since.is_none() {
+            i.pending_at = Some(SystemTime::now());
+        }
         let since = *i.pending_since.get_or_insert(now);
         if now - since >= t.for_duration.0.as_secs_f64() {
             i.firing_since = Some(SystemTime::now());
@@ -512,6 +519,7 @@ fn advance(
         return None;
     }
     i.pending_since = None;
+    i.pending_at = None;
     i.firing_since?;
     let since = *i.clear_since.get_or_insert(now);
     if now - since >= t.clear_for.0.as_secs_f64() {
