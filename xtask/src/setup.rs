@@ -50,6 +50,9 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
     PackageGroup { needed_by: "test", packages: &["qemu-system-x86", "kmod", "busybox-static"] },
     // tests/top.rs: `connmon top` in a real terminal (send-keys, capture-pane).
     PackageGroup { needed_by: "test", packages: &["tmux"] },
+    // tests/chaos_alerts.rs: libfaketime steps the wall clock for the agent alone (`date -s` would
+    // step the whole host).
+    PackageGroup { needed_by: "test", packages: &["faketime"] },
     // `cargo xtask image` and tests/container.rs: buildah builds the image offline, podman runs
     // it with runc (crun cannot use hybrid cgroups); musl-gcc compiles ring's C and assembly for
     // the static musl binary; binutils' strip takes its symbols out of the image.
