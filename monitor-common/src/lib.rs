@@ -333,8 +333,12 @@ pub struct PoolStats {
     /// Short-lived connections the server hung up first. Soft evidence: a server rejecting
     /// clients looks like this, and so does a server that closes after each response.
     pub died_server_closed: u64,
+    /// Not a counter (never summed): non-zero once this CPU found the pool's protocol settled
+    /// (recognised, or given up on), so its later handshakes on this CPU skip the PROTO_SEEN
+    /// lookup. Kept here because the handshake looks these counters up anyway.
+    pub proto_settled: u64,
 }
-const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2 + 6));
+const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2 + 6 + 1));
 
 /// What the kernel remembers of one client socket between its transitions.
 #[repr(C)]

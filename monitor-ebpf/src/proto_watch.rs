@@ -8,20 +8,29 @@ use crate::{
     maps::{PENDING, PENDING_N, PROTO_SEEN},
 };
 
-/// Registers a flow of `pool` unless the pool is already classed or has given up (see
-/// `monitor_common::proto::worth_watching`). Returns whether the flow was registered, so the
-/// close knows whether to unregister it.
-pub(crate) fn watch(flow: &FlowKey, pool: &PoolKey) -> bool {
+/// What `watch` did with a flow.
+pub(crate) enum Watch {
+    /// Registered: the close must unregister it.
+    Registered,
+    /// Not registered, and no later flow of the pool will be: its protocol is known, or it has
+    /// given up (see `monitor_common::proto::worth_watching`).
+    Settled,
+    /// Not registered this time (the watch list refused it).
+    NotNow,
+}
+
+/// Registers a flow of `pool` unless the pool is already classed or has given up.
+pub(crate) fn watch(flow: &FlowKey, pool: &PoolKey) -> Watch {
     // SAFETY: entry pointer from the map, read at once.
     let seen = PROTO_SEEN.get_ptr(pool).map(|seen| unsafe { *seen });
     if !proto::worth_watching(seen) {
-        return false;
+        return Watch::Settled;
     }
     if PENDING.insert(flow, pool, 0).is_ok() {
         counters::add(&PENDING_N, 1);
-        return true;
+        return Watch::Registered;
     }
-    false
+    Watch::NotNow
 }
 
 /// Called by the pools probe when a client connection closes; a flow still pending sent nothing.

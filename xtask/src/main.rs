@@ -6,8 +6,9 @@
 //! - `run [-- ARGS]`: setup, release build, then `connmon run ARGS`.
 //! - `image [--binary-only]`: setup, the static release binary, then the OCI image built with
 //!   buildah (`target/connmon-image.oci.tar`).
-//! - `bench pools [--rounds N] [--secs S]`: the agent's overhead under connection churn, next to
-//!   no probe and a bpftrace one-liner (needs root and bpftrace).
+//! - `bench [kernel|pools]`: kernel ns per connection from bpf_stats next to two bpftrace
+//!   programs (`kernel`), the agent's overhead under connection churn (`pools`); both when no
+//!   target is named (needs root, bpftrace and bpftool).
 //! - `matrix [--kernels 5.10,6.1,6.12] [--no-host] [--sequential]`: the kernel smoke suite on
 //!   Debian's 5.10, 6.1 and 6.12 under qemu (virtme-ng) and on the host kernel, one feature table
 //!   per kernel; fails on a regression. `test` runs it after the test suite.
@@ -84,8 +85,9 @@ struct MatrixArgs {
 
 #[derive(Args)]
 struct BenchArgs {
+    /// What to measure; none runs every target in turn.
     #[command(subcommand)]
-    target: bench::Target,
+    target: Option<bench::Target>,
 }
 
 #[derive(Args)]

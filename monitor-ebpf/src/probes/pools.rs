@@ -27,6 +27,9 @@ use crate::{
 };
 
 const IPPROTO_TCP: u16 = 6;
+/// Map update flag: fail with EEXIST instead of replacing an entry.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i64 = 17;
 
 /// The pools probe as a BTF raw tracepoint: the kernel passes the socket and both states
 /// directly, without filling a trace record, and a transition the probe does not act on costs no
@@ -115,23 +118,33 @@ fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     };
     // SAFETY: as above.
     let now = unsafe { bpf_ktime_get_ns() };
-    // An entry already here belongs to an earlier socket at the same address whose close the
-    // kernel skipped (a tracing program cannot nest inside another on the same CPU): count that
-    // close now, or its pool would stay one too high for good.
-    if let Some(old) = SOCKS.get_ptr(&sk) {
-        // SAFETY: entry pointer from the map, copied out at once.
-        let old = unsafe { *old };
-        if old.established_ns != 0 {
-            with_stats(&old.pool, |s| s.closes += 1);
-            live_add(&old.pool, -1);
-        }
-        lost(LOST_MISSED_CLOSE);
-    }
     let info =
         SockInfo { pool, connect_ns: now, established_ns: 0, saddr: [0; 16], sport: 0, flags: 0, _reserved: [0; 2] };
-    if SOCKS.insert(&sk, &info, 0).is_err() {
-        lost(LOST_SOCK_TABLE_FULL);
-        return Ok(());
+    // One map operation in the usual case: the insert itself says whether the address is taken.
+    match SOCKS.insert(&sk, &info, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(e) if i64::from(e) == -EEXIST => {
+            // An entry already here belongs to an earlier socket at the same address whose close
+            // the kernel skipped (a tracing program cannot nest inside another on the same CPU):
+            // count that close now, or its pool would stay one too high for good.
+            if let Some(old) = SOCKS.get_ptr(&sk) {
+                // SAFETY: entry pointer from the map, copied out at once.
+                let old = unsafe { *old };
+                if old.established_ns != 0 {
+                    with_stats(&old.pool, |s| s.closes += 1);
+                    live_add(&old.pool, -1);
+                }
+            }
+            lost(LOST_MISSED_CLOSE);
+            if SOCKS.insert(&sk, &info, 0).is_err() {
+                lost(LOST_SOCK_TABLE_FULL);
+                return Ok(());
+            }
+        }
+        Err(_) => {
+            lost(LOST_SOCK_TABLE_FULL);
+            return Ok(());
+        }
     }
     with_stats(&pool, |s| s.attempts += 1);
     Ok(())
@@ -153,16 +166,24 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
         info.sport = f.sport().unwrap_or(0);
         info.saddr = f.saddr(info.pool.family).unwrap_or([0; 16]);
         let us = (now - info.connect_ns) / 1000;
+        let mut settled = false;
         with_stats(&info.pool, |s| {
             s.opens += 1;
             s.connect_us[hist::bucket(us)] += 1;
             s.connect_us_sum += us;
+            settled = s.proto_settled != 0;
         });
         live_add(&info.pool, 1);
         retry_events::succeeded(&info.pool);
         let p = &info.pool;
-        if proto_watch::watch(&addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p) {
-            info.flags |= SOCK_PROTO_PENDING;
+        if !settled {
+            match proto_watch::watch(&addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p) {
+                proto_watch::Watch::Registered => info.flags |= SOCK_PROTO_PENDING,
+                // Remembered in this CPU's counters, which this handshake just looked up anyway:
+                // the pool's later handshakes on this CPU skip the PROTO_SEEN lookup.
+                proto_watch::Watch::Settled => with_stats(p, |s| s.proto_settled = 1),
+                proto_watch::Watch::NotNow => {}
+            }
         }
     } else if new == TCP_CLOSE {
         let pool = info.pool;

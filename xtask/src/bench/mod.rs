@@ -1,10 +1,13 @@
-//! `cargo xtask bench <target>`: overhead measurements of the release agent. Each target is a
-//! module (`pools`); this one holds what they share: prerequisites, the release build, the log
-//! directory and a free port, with the rest in submodules: [`probe`] (starting and stopping the
-//! agent and bpftrace), [`proc_stats`] (/proc accounting of CPU and RSS), [`scrape`] (a tiny HTTP
+//! `cargo xtask bench [<target>]`: overhead measurements of the release agent. Each target is a
+//! module (`kernel`, `pools`); with no target, every one runs in turn. This one holds what they
+//! share: prerequisites, the release build, the log directory and a free port, with the rest in
+//! submodules: [`probe`] (starting and stopping the agent and bpftrace), [`bpf_stats`] (the
+//! kernel's run time of each eBPF program), [`proc_stats`] (/proc accounting of CPU and RSS), [`scrape`] (a tiny HTTP
 //! client and the 1/s scraper), [`load`] (the load generator `connload`, src/bin/connload.rs) and
 //! [`stats`] (small statistics and formatting).
 
+mod bpf_stats;
+mod kernel;
 mod load;
 mod pools;
 mod probe;
@@ -23,16 +26,37 @@ use crate::util::{is_root, run_inherit, target_dir, which, workspace_root};
 
 #[derive(Subcommand)]
 pub enum Target {
+    /// Kernel ns per connection from bpf_stats: connmon, an empty bpftrace program and the
+    /// bpftrace one-liner on `sock:inet_sock_set_state`, interleaved, under RST-close and echo
+    /// churn at a fixed rate. About two minutes.
+    Kernel(kernel::KernelArgs),
     /// Connection-pool tracking under loopback connection churn: throughput with no probe, with
     /// the agent (scraped every second) and with a bpftrace one-liner on the same tracepoint,
     /// then the agent's CPU at a fixed connection rate.
     Pools(pools::PoolsArgs),
 }
 
-pub fn run(target: Target) -> Result<()> {
+/// With no target, every target with its defaults, kernel cost first.
+pub fn run(target: Option<Target>) -> Result<()> {
     match target {
-        Target::Pools(args) => pools::run(&args),
+        Some(Target::Kernel(args)) => kernel::run(&args),
+        Some(Target::Pools(args)) => pools::run(&args),
+        None => {
+            kernel::run(&defaults())?;
+            pools::run(&defaults())
+        }
     }
+}
+
+/// A target's arguments as if none were given on the command line (clap's defaults, so they are
+/// written once, in the `#[arg]` attributes).
+fn defaults<T: clap::Args>() -> T {
+    #[derive(clap::Parser)]
+    struct NoArgs<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    <NoArgs<T> as clap::Parser>::parse_from(["bench"]).args
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -69,11 +93,16 @@ fn build_release() -> Result<Binaries> {
     {
         run_inherit(Command::new("cargo").args(args).current_dir(workspace_root()))?;
     }
+    built_release().context("the build succeeded")
+}
+
+/// The release agent and connload as the last `cargo build --release` left them.
+fn built_release() -> Result<Binaries> {
     let release = target_dir().join("release");
     let bins = Binaries { connmon: release.join("connmon"), connload: release.join("connload") };
     for bin in [&bins.connmon, &bins.connload] {
         if !bin.is_file() {
-            bail!("the build succeeded but {} is missing", bin.display());
+            bail!("{} is missing: run `cargo build --release -p connmon -p xtask`", bin.display());
         }
     }
     Ok(bins)

@@ -57,14 +57,14 @@ pub struct PoolsArgs {
     rate_secs: f64,
 }
 
-fn positive_secs(s: &str) -> Result<f64, String> {
+pub(super) fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() && v <= 3600.0 => Ok(v),
         _ => Err(format!("{s:?} is not a number in (0, 3600]")),
     }
 }
 
-fn positive_rate(s: &str) -> Result<f64, String> {
+pub(super) fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("{s:?} is not a positive number")),

@@ -65,8 +65,13 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     acceptors: usize,
     /// Send one byte and wait for the server's echo before reading EOF.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rst")]
     echo: bool,
+    /// Connect/close churn ending in a reset: the client closes right after connect() with
+    /// SO_LINGER {1, 0}, so its socket goes ESTABLISHED → CLOSE and the server's child is reset
+    /// (the shortest lifecycle a probe can see; no TIME_WAIT anywhere).
+    #[arg(long)]
+    rst: bool,
     /// Port to listen on at 127.0.0.1 (0 = any free port). Reusing one port across runs keeps
     /// the server-side TIME_WAIT population bounded (see above); SO_REUSEADDR (std's default
     /// for listeners) lets a new run bind it while the last one's TIME_WAITs remain.
@@ -98,9 +103,13 @@ fn accept_loop(listener: &TcpListener, echo: bool, accepted: &AtomicU64) {
     }
 }
 
-/// One connection: connect, optional one-byte exchange, read until the server's FIN, close.
-fn one_connection(addr: SocketAddr, echo: bool) -> io::Result<()> {
+/// One connection: connect, optional one-byte exchange, read until the server's FIN, close
+/// (with `rst`: connect, then close at once with a reset).
+fn one_connection(addr: SocketAddr, echo: bool, rst: bool) -> io::Result<()> {
     let mut sock = TcpStream::connect(addr)?;
+    if rst {
+        return reset_close(sock);
+    }
     if echo {
         sock.write_all(b"x")?;
     }
@@ -115,6 +124,26 @@ fn one_connection(addr: SocketAddr, echo: bool) -> io::Result<()> {
     }
 }
 
+/// Closes `sock` with SO_LINGER {1, 0}: the kernel sends an RST and frees the socket at once.
+fn reset_close(sock: TcpStream) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live value of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(sock);
+    Ok(())
+}
+
 #[derive(Default)]
 struct ClientTally {
     connections: u64,
@@ -126,6 +155,7 @@ struct ClientTally {
 struct Shared {
     addr: SocketAddr,
     echo: bool,
+    rst: bool,
     start: Instant,
     end: Instant,
     /// Nanoseconds between scheduled connections (paced mode only).
@@ -169,7 +199,7 @@ fn client_loop(shared: &Shared) -> ClientTally {
                 }
             }
         }
-        match one_connection(shared.addr, shared.echo) {
+        match one_connection(shared.addr, shared.echo, shared.rst) {
             Ok(()) => tally.connections += 1,
             Err(e) => {
                 tally.errors += 1;
@@ -243,6 +273,7 @@ fn main() {
     let shared = Arc::new(Shared {
         addr,
         echo: args.echo,
+        rst: args.rst,
         start,
         end: start + Duration::from_secs_f64(args.secs),
         period_ns: (args.rate > 0.0).then(|| 1e9 / args.rate),
@@ -273,12 +304,13 @@ fn main() {
 
     println!(
         "{{\"mode\":\"{}\",\"secs\":{},\"target_rate\":{},\"clients\":{clients},\"acceptors\":{acceptors},\
-         \"echo\":{},\"connections\":{},\"accepted\":{},\"errors\":{},\"elapsed_s\":{elapsed:.4},\
+         \"echo\":{},\"rst\":{},\"connections\":{},\"accepted\":{},\"errors\":{},\"elapsed_s\":{elapsed:.4},\
          \"rate\":{:.1},\"late_max_ms\":{:.3},\"late_over_1ms\":{},\"first_error\":{first_error}}}",
         if args.rate > 0.0 { "paced" } else { "saturate" },
         args.secs,
         args.rate,
         args.echo,
+        args.rst,
         total.connections,
         accepted.load(Relaxed),
         total.errors,
