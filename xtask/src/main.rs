@@ -238,7 +238,10 @@ mod tests {
     #[test]
     fn bench_targets_and_flags() {
         assert!(matches!(parse(&["bench", "pools", "--rounds", "4", "--secs", "2.5"]), Cmd::Bench(_)));
-        assert!(Cli::try_parse_from(["cargo xtask", "bench"]).is_err());
+        // No target: every target with its defaults.
+        assert!(matches!(parse(&["bench"]), Cmd::Bench(BenchArgs { target: None })));
+        assert!(matches!(parse(&["bench", "kernel", "--rounds", "5", "--no-build"]), Cmd::Bench(_)));
+        assert!(Cli::try_parse_from(["cargo xtask", "bench", "kernel", "--rate", "0"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "bench", "nothing"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "bench", "pools", "--rounds", "0"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "bench", "pools", "--secs", "0"]).is_err());
