@@ -34,7 +34,9 @@ const DEBIAN_PACKAGES: &[PackageGroup] = &[
     },
     // Integration tests, kernel side: network namespaces and the ss/nstat oracles (iproute2),
     // bpftrace as an independent tracer, setcap to run the agent with capabilities only.
-    PackageGroup { needed_by: "test", packages: &["iproute2", "bpftrace", "libcap2-bin"] },
+    // bpftool: tests/chaos.rs checks nothing stays attached after kill -9; `cargo xtask bench kernel`
+    // reads run_time_ns/run_cnt with it.
+    PackageGroup { needed_by: "test", packages: &["iproute2", "bpftrace", "libcap2-bin", "bpftool"] },
     // Integration tests, real servers whose connections and accept queues the agent watches,
     // and Prometheus tooling (promtool, alertmanager) to check the metrics and alert rules.
     PackageGroup {

@@ -76,7 +76,7 @@ pub(super) type Snapshot = BTreeMap<u64, ProgStats>;
 
 pub(super) fn preflight() -> Result<()> {
     if which("bpftool").is_none() {
-        bail!("bpftool is not on PATH (the bench reads eBPF run times with it): `apt-get install -y bpftool`");
+        bail!("bpftool is not on PATH (the bench reads eBPF run times with it): run `cargo xtask setup` (or `apt-get install -y bpftool`)");
     }
     Ok(())
 }
