@@ -38,6 +38,8 @@ pub struct Agent {
     ready: AtomicBool,
     max_listener_series: usize,
     max_pool_series: usize,
+    /// Which listeners and pools a scrape shows in detail (remembers them across scrapes).
+    series: Mutex<export::budget::Selector>,
     /// Names from the Kubernetes API, when it is used.
     cluster: Option<Cluster>,
 }
@@ -89,7 +91,8 @@ impl web::Endpoints for Agent {
             alerts: &active,
             alerts_fired: &fired,
         };
-        web::stats::splice(export::render(&g.snap, &section, &ctx), &bounds::render(&c))
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        web::stats::splice(export::render(&g.snap, &section, &ctx, &mut series), &bounds::render(&c))
     }
 
     /// Pending and firing alerts, for /api/v1/alerts.
@@ -171,6 +174,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
+        series: Mutex::new(export::budget::Selector::new(export::budget::Settings {
+            budget: args.series_budget.unwrap_or(file.series.budget),
+            hold: args.series_hold.unwrap_or(file.series.hold.0),
+        })),
         cluster: match kube {
             Decision::Off(why) => {
                 info!("kubernetes: {why}; naming workloads by cgroup ids and comm");

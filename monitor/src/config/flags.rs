@@ -97,6 +97,16 @@ pub struct RunArgs {
     /// same for every scraper. Make it at least the longest scrape interval.
     #[arg(long = "peaks.window", default_value = "1m", value_parser = parse_duration)]
     pub peak_window: Duration,
+    /// Series the exposition aims to stay within: listeners and pools that matter now (failing,
+    /// queueing, storming, growing, alerting) get full detail, the busiest of the rest a summary
+    /// (the gauges and counters the rules read), the quietest are left out; see
+    /// connmon_series_left_out. 0 turns it off. Default 10000 (the config file's series.budget).
+    #[arg(long = "series.budget")]
+    pub series_budget: Option<usize>,
+    /// How long a listener or pool keeps full detail after it last mattered. Default 15m (the
+    /// config file's series.hold).
+    #[arg(long = "series.hold", value_parser = parse_duration)]
+    pub series_hold: Option<Duration>,
     /// Pools with no open connection and no activity for this long stop being exported.
     #[arg(long = "pools.idle-expiry", default_value = "15m", value_parser = parse_duration)]
     pub pool_idle_expiry: Duration,

@@ -24,6 +24,24 @@ pub struct Config {
     pub storm: storm::StormOverrides,
     pub alerts: AlertsConfig,
     pub web: WebSection,
+    pub series: SeriesSection,
+}
+
+/// The series budget of the exposition (see monitor/src/export/budget.rs); `--series.budget`
+/// and `--series.hold` win over it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeriesSection {
+    /// Series an exposition aims to stay within; 0 turns the budget off (everything in detail).
+    pub budget: usize,
+    /// How long a listener or pool keeps full detail after it last mattered.
+    pub hold: Dur,
+}
+
+impl Default for SeriesSection {
+    fn default() -> Self {
+        SeriesSection { budget: crate::export::budget::DEFAULT_BUDGET, hold: Dur(crate::export::budget::DEFAULT_HOLD) }
+    }
 }
 
 /// The HTTP endpoints.
@@ -392,8 +410,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn series_budget_section() {
+        let c = parse("[series]\nbudget = 5000\nhold = \"5m\"\n", "x.toml").unwrap();
+        assert_eq!((c.series.budget, c.series.hold), (5000, secs(300)));
+        let e = parse("[series]\nbudget = -1\n", "bad.toml").unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("budget"), "{e}");
+    }
+
+    #[test]
     fn empty_config_is_all_defaults() {
         let c = parse("", "x.toml").unwrap();
+        assert_eq!(c.series.budget, 10_000);
         assert_eq!(c.alerts.pool_growth.window, secs(600));
         assert!(c.alerts.retry_storm.enabled);
         assert!(c.ceilings.is_empty());

@@ -2,11 +2,11 @@
 //! connections, their peak, connects in flight), the server's rejection evidence, and the ceiling
 //! learned when rejections began. Only destinations of exported (not folded) pools get series, so
 //! `--pools.max-series` bounds these too.
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use prometheus_client::registry::Registry;
 
-use super::{counter_family, gauge_family, Labels};
+use super::{budget::Level, counter_family, gauge_family, Labels};
 use crate::model::destinations::{Destination, REJECTION_KINDS};
 
 pub const DEST_CONNECTIONS: &str = "connmon_destination_connections";
@@ -23,9 +23,10 @@ fn dest_labels(d: &Destination) -> Labels {
     ]
 }
 
-/// `exported`: (dst_addr, dst_port) of the pools exported. `probed`: the pools probe is up, so
-/// there are counters (and connects in flight) to export.
-pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeSet<(String, String)>, probed: bool) {
+/// `exported`: (dst_addr, dst_port) of the pools exported, at the highest level of their pools: a
+/// summary has open connections, the rejections seen and the ceiling. `probed`: the pools probe
+/// is up, so there are counters (and connects in flight) to export.
+pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeMap<(String, String), Level>, probed: bool) {
     let conns = gauge_family(
         reg,
         DEST_CONNECTIONS,
@@ -33,7 +34,9 @@ pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeSet<(
     );
     let peak = gauge_family(reg, DEST_PEAK, "Highest summed open-connection count to the destination in the last --peaks.window (default 1m) (at the agent's collections; at least its busiest pool's own peak)");
     let ceiling = gauge_family(reg, DEST_CEILING, "Connections this host held to the destination when its server last began rejecting new ones: the ceiling learned from the server (absent until rejections are seen)");
-    let shown = dests.iter().filter(|d| exported.contains(&(d.key.dst_addr.to_string(), d.key.dst_port.to_string())));
+    let shown = dests
+        .iter()
+        .filter_map(|d| Some((d, *exported.get(&(d.key.dst_addr.to_string(), d.key.dst_port.to_string()))?)));
     let (pending, rejections) = if probed {
         (
             Some(gauge_family(reg, DEST_PENDING, "Connects to the destination in flight now (SYN_SENT), summed over its client pools")),
@@ -42,18 +45,24 @@ pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeSet<(
     } else {
         (None, None)
     };
-    for d in shown {
+    for (d, level) in shown {
+        let detail = level == Level::Detail;
         let l = dest_labels(d);
         conns.get_or_create(&l).set(d.connections);
-        peak.get_or_create(&l).set(d.peak);
         if let Some(c) = d.ceiling_observed {
             ceiling.get_or_create(&l).set(c);
         }
-        if let Some(p) = &pending {
-            p.get_or_create(&l).set(d.pending);
+        if detail {
+            peak.get_or_create(&l).set(d.peak);
+            if let Some(p) = &pending {
+                p.get_or_create(&l).set(d.pending);
+            }
         }
         if let Some(r) = &rejections {
             for (how, n) in REJECTION_KINDS.iter().zip(d.evidence.rejections) {
+                if !detail && n == 0 {
+                    continue;
+                }
                 let mut with = l.clone();
                 with.push(("how".into(), how.to_string()));
                 r.get_or_create(&with).inc_by(n);

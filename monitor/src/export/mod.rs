@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    metrics::{info::Info, MetricType},
     registry::Registry,
 };
+
+use self::series::Fam;
 
 use crate::{
     alerts::{Alert, AlertState},
@@ -17,10 +19,13 @@ use crate::{
     scan::netstat::TCP_EXT_COUNTERS,
 };
 
+pub mod budget;
 pub mod cluster;
 pub mod destinations;
+mod levels;
 pub mod pools;
 pub mod queues;
+mod series;
 pub mod storms;
 
 /// Every metric name connmon exports (counters with their `_total`), for tests and tooling that
@@ -88,6 +93,8 @@ pub const METRICS: &[&str] = &[
     queues::LISTEN_BACKLOG_REQUESTED,
     queues::LISTEN_BACKLOG_CLAMPED,
     queues::NETNS_SYSCTL,
+    budget::SERIES_BUDGET,
+    budget::SERIES_LEFT_OUT,
 ];
 
 pub const LISTEN_QUEUE_DEPTH: &str = "connmon_listen_queue_depth";
@@ -130,31 +137,16 @@ pub struct Context<'a> {
     pub cluster: Option<&'a crate::attribution::cluster::View>,
 }
 
-/// Prometheus-client appends `_total` to counters itself.
-fn base(name: &str) -> &str {
-    name.strip_suffix("_total").unwrap_or(name)
+pub(crate) fn gauge_family(reg: &mut Registry, name: &'static str, help: &'static str) -> Fam {
+    Fam::register(reg, name, help, MetricType::Gauge)
 }
 
-pub(crate) fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
-    let f = Family::<Labels, Gauge>::default();
-    reg.register(base(name), help, f.clone());
-    f
+pub(crate) fn float_family(reg: &mut Registry, name: &'static str, help: &'static str) -> Fam {
+    Fam::register(reg, name, help, MetricType::Gauge)
 }
 
-pub(crate) fn float_family(
-    reg: &mut Registry,
-    name: &str,
-    help: &str,
-) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
-    let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    reg.register(base(name), help, f.clone());
-    f
-}
-
-pub(crate) fn counter_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
-    let f = Family::<Labels, Counter>::default();
-    reg.register(base(name), help, f.clone());
-    f
+pub(crate) fn counter_family(reg: &mut Registry, name: &'static str, help: &'static str) -> Fam {
+    Fam::register(reg, name, help, MetricType::Counter)
 }
 
 pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -166,8 +158,28 @@ pub(crate) fn listener_labels(l: &Listener) -> Labels {
     LISTENER_LABELS.iter().map(|k| k.to_string()).zip(l.label_values()).collect()
 }
 
-/// Renders the snapshot as OpenMetrics text (ending in `# EOF`).
-pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_>) -> String {
+/// Renders the snapshot as OpenMetrics text (ending in `# EOF`), within the series budget that
+/// `selector` keeps (see budget.rs).
+pub fn render(
+    snap: &Snapshot,
+    pools: &pools::PoolsSection<'_>,
+    ctx: &Context<'_>,
+    selector: &mut budget::Selector,
+) -> String {
+    let accepts = levels::accepts_per_listener(&snap.listeners, pools);
+    let rows = pools::merge_rows(pools.pools);
+    let plan = levels::plan(selector, &snap.listeners, &accepts, &rows, pools, ctx, snap.namespaces.len());
+    let shown: Vec<(&Listener, budget::Level)> =
+        snap.listeners.iter().zip(&plan.listeners).filter_map(|(l, level)| Some((l, (*level)?))).collect();
+    let shown_accepts: Vec<(&Listener, &[(&'static str, u64)])> = snap
+        .listeners
+        .iter()
+        .zip(&plan.listeners)
+        .zip(&accepts)
+        .filter(|((_, level), a)| level.is_some() && !a.is_empty())
+        .map(|((l, _), a)| (l, a.as_slice()))
+        .collect();
+    let (rows, folded) = pools::fold(rows, &plan.pools);
     let mut reg = Registry::default();
     let depth = gauge_family(
         &mut reg,
@@ -191,7 +203,7 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
     let dropped = gauge_family(
         &mut reg,
         LISTEN_SERIES_DROPPED,
-        "Listeners left out of this exposition because the series cap was reached",
+        "Listeners left out of this exposition because the series cap or budget was reached",
     );
     let ext = counter_family(&mut reg, NETNS_TCP_EXT, "TcpExt counter of the network namespace (as nstat shows)");
     let ns_info = gauge_family(
@@ -217,13 +229,15 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
     );
 
-    let exported = snap.listeners.len().min(ctx.max_listener_series);
-    for l in &snap.listeners[..exported] {
+    for (l, level) in &shown {
         let id = listener_labels(l);
         depth.get_or_create(&id).set(i64::from(l.depth));
         max.get_or_create(&id).set(i64::from(l.backlog));
-        fill.get_or_create(&id).set(l.fill);
         drops.get_or_create(&id).inc_by(l.drops);
+        if *level == budget::Level::Summary {
+            continue;
+        }
+        fill.get_or_create(&id).set(l.fill);
         synq.get_or_create(&id).set(i64::from(l.syn_queue));
         if let Some(n) = l.synack_retransmits {
             synack.get_or_create(&id).inc_by(n);
@@ -232,8 +246,8 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         with_source.push(("source".to_string(), l.peak_source.as_str().to_string()));
         peak.get_or_create(&with_source).set(i64::from(l.peak_depth));
     }
-    dropped.get_or_create(&vec![]).set((snap.listeners.len() - exported) as i64);
-    queues::register(&mut reg, &snap.listeners[..exported], &snap.namespaces);
+    dropped.get_or_create(&vec![]).set((snap.listeners.len() - shown.len()) as i64);
+    queues::register(&mut reg, &shown, &snap.namespaces);
     for ns in &snap.namespaces {
         let netns = ns.inode.to_string();
         ns_info.get_or_create(&labels(&[("netns", &netns), ("name", ns.name.as_deref().unwrap_or(""))])).set(1);
@@ -256,13 +270,12 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
     for (map, n) in crate::kernel::maps::read_errors() {
         map_errors.get_or_create(&labels(&[("map", map)])).inc_by(n);
     }
-    let destinations = pools::register(&mut reg, pools, &snap.listeners[..exported]);
-    let cgroups: std::collections::BTreeSet<&str> = snap.listeners[..exported]
+    let destinations = pools::register(&mut reg, pools, &rows, folded, &shown, &shown_accepts);
+    let cgroups: std::collections::BTreeSet<&str> = shown
         .iter()
-        .filter_map(|l| l.cgroup.as_deref())
-        .chain(pools.pools.iter().map(|p| p.cgroup.as_str()))
-        .filter(|c| !c.is_empty())
-        .take(pools.max_series + ctx.max_listener_series)
+        .filter_map(|(l, _)| l.cgroup.as_deref())
+        .chain(rows.iter().map(|(v, _, _)| v[4].as_str()))
+        .filter(|c| !c.is_empty() && *c != "other")
         .collect();
     cluster::register(&mut reg, &cgroups, &destinations, ctx.cluster);
     let active = gauge_family(
@@ -274,6 +287,16 @@ pub fn render(snap: &Snapshot, pools: &pools::PoolsSection<'_>, ctx: &Context<'_
         let mut l: Labels = vec![("alertname".into(), a.alertname.clone())];
         l.extend(a.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         active.get_or_create(&l).set(1);
+    }
+    let budget_g = gauge_family(
+        &mut reg,
+        budget::SERIES_BUDGET,
+        "Series this exposition aims to stay within (--series.budget; 0: no budget, everything in detail)",
+    );
+    budget_g.get_or_create(&vec![]).set(plan.budget as i64);
+    let left_out = gauge_family(&mut reg, budget::SERIES_LEFT_OUT, "Listeners and pools the series budget or caps left out of this exposition: level=detail counts those shown as a summary only (no histograms, breakdowns or queue figures), level=all those not shown at all (listeners dropped, pools folded into other)");
+    for (kind, level, n) in &plan.left_out {
+        left_out.get_or_create(&labels(&[("kind", kind), ("level", level)])).set(*n as i64);
     }
     let fired = counter_family(&mut reg, ALERTS_FIRED, "Times each built-in alert started firing");
     for alert in Alert::ALL {
@@ -329,6 +352,10 @@ pub fn to_classic(openmetrics: &str) -> String {
 }
 
 #[cfg(test)]
+#[path = "budget_tests.rs"]
+mod budget_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -371,7 +398,7 @@ mod tests {
             listener_signals: &none_l,
             max_series: 10,
         };
-        let text = render(&Snapshot::default(), &section, &ctx);
+        let text = render(&Snapshot::default(), &section, &ctx, &mut budget::Selector::default());
         assert!(text.contains("connmon_probe_up{probe=\"listen_peak\"} 1"), "{text}");
         assert!(text.contains("connmon_probe_up{probe=\"synack_retransmit\"} 0"), "{text}");
         assert!(text.contains("connmon_build_info{version="), "{text}");
@@ -387,6 +414,7 @@ mod tests {
             include_str!("storms.rs"),
             include_str!("queues.rs"),
             include_str!("destinations.rs"),
+            include_str!("budget.rs"),
         ];
         let mut declared = Vec::new();
         for src in sources {

@@ -14,10 +14,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{counter_family, gauge_family, labels, Labels};
+use super::{budget::Level, counter_family, gauge_family, labels, Labels};
 use crate::{
-    model::listeners::{self, Listener, ListenerId},
-    model::pools::{add_stats, KernelExtras, Pool, CLIENT_CLASSES, FAILURE_REASONS, LOST_REASON_NAMES, POOL_LABELS},
+    model::listeners::{Listener, ListenerId},
+    model::pools::{add_stats, KernelExtras, Pool, FAILURE_REASONS, LOST_REASON_NAMES, POOL_LABELS},
     model::storms::Signals,
 };
 
@@ -53,18 +53,18 @@ pub struct PoolsSection<'a> {
 
 /// One exported pool: the label values and the merged figures behind them.
 #[derive(Debug, Clone, Default)]
-struct Row {
-    active: i64,
+pub(crate) struct Row {
+    pub(crate) active: i64,
     peak: i64,
-    pending: i64,
-    stats: Option<PoolStats>,
-    keys: Vec<PoolKey>,
+    pub(crate) pending: i64,
+    pub(crate) stats: Option<PoolStats>,
+    pub(crate) keys: Vec<PoolKey>,
 }
 
 const OTHER: &str = "other";
 
-/// Merges pools that share labels, keeps the `max` busiest, folds the rest into one `other` row.
-fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
+/// Merges pools that share labels, busiest (most open connections) first.
+pub(crate) fn merge_rows(pools: &[Pool]) -> Vec<([String; 5], Row)> {
     let mut merged: BTreeMap<[String; 5], Row> = BTreeMap::new();
     for p in pools {
         let r = merged.entry(p.label_values()).or_default();
@@ -74,19 +74,29 @@ fn rows(pools: &[Pool], max: usize) -> (Vec<([String; 5], Row)>, usize) {
     }
     let mut all: Vec<([String; 5], Row)> = merged.into_iter().collect();
     all.sort_by(|a, b| b.1.active.cmp(&a.1.active).then_with(|| a.0.cmp(&b.0)));
-    if all.len() <= max {
-        return (all, 0);
-    }
-    let rest = all.split_off(max);
-    let folded = rest.len();
+    all
+}
+
+/// Keeps the rows the plan gives a level, folds the rest into one `other` row (in detail).
+pub(crate) fn fold(all: Vec<([String; 5], Row)>, levels: &[Option<Level>]) -> (Vec<([String; 5], Row, Level)>, usize) {
+    let mut kept = Vec::with_capacity(all.len());
     let mut other = Row::default();
-    for (_, r) in &rest {
-        merge(&mut other, r.active, r.peak, r.stats.as_ref());
-        other.pending += r.pending;
-        other.keys.extend(&r.keys);
+    let mut folded = 0;
+    for ((values, r), level) in all.into_iter().zip(levels.iter().chain(std::iter::repeat(&None))) {
+        match level {
+            Some(level) => kept.push((values, r, *level)),
+            None => {
+                folded += 1;
+                merge(&mut other, r.active, r.peak, r.stats.as_ref());
+                other.pending += r.pending;
+                other.keys.extend(&r.keys);
+            }
+        }
     }
-    all.push(([OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into()], other));
-    (all, folded)
+    if folded > 0 {
+        kept.push(([OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into(), OTHER.into()], other, Level::Detail));
+    }
+    (kept, folded)
 }
 
 fn merge(r: &mut Row, active: i64, peak: i64, stats: Option<&PoolStats>) {
@@ -97,11 +107,18 @@ fn merge(r: &mut Row, active: i64, peak: i64, stats: Option<&PoolStats>) {
     }
 }
 
-/// Registers the pool and server-side series; returns the destination addresses of the pools
-/// exported (not folded), for the series that describe destinations.
-pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Listener]) -> BTreeSet<IpAddr> {
-    let (rows, folded) = rows(section.pools, section.max_series);
-    let destinations: BTreeSet<IpAddr> = rows.iter().filter_map(|(v, _)| v[1].parse().ok()).collect();
+/// Registers the pool and server-side series of the rows the plan kept, at their levels (see
+/// budget.rs for what a summary holds); returns the destination addresses of the pools exported
+/// (not folded), for the series that describe destinations.
+pub(crate) fn register(
+    reg: &mut Registry,
+    section: &PoolsSection<'_>,
+    rows: &[([String; 5], Row, Level)],
+    folded: usize,
+    listeners: &[(&Listener, Level)],
+    accepts: &[(&Listener, &[(&'static str, u64)])],
+) -> BTreeSet<IpAddr> {
+    let destinations: BTreeSet<IpAddr> = rows.iter().filter_map(|(v, _, _)| v[1].parse().ok()).collect();
     let conns = gauge_family(
         reg,
         POOL_CONNECTIONS,
@@ -112,19 +129,32 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         POOL_PEAK,
         "Highest open-connection count of the pool in the last --peaks.window (default 1m)",
     );
-    let folded_g =
-        gauge_family(reg, POOL_FOLDED, "Pools folded into the pool labelled other because the series cap was reached");
+    let folded_g = gauge_family(
+        reg,
+        POOL_FOLDED,
+        "Pools folded into the pool labelled other because the series cap or budget was reached",
+    );
     let info = gauge_family(reg, POOL_SERVICE_INFO, "How each destination's service class was decided: protocol seen on the wire, well-known or configured port, or none");
-    for (values, r) in &rows {
+    for (values, r, level) in rows {
         let l = pool_label_set(values);
         conns.get_or_create(&l).set(r.active);
-        peak.get_or_create(&l).set(r.peak);
+        if *level == Level::Detail {
+            peak.get_or_create(&l).set(r.peak);
+        }
     }
-    // One series per destination of an exported (not folded) pool, so the cap bounds these too.
-    let exported: BTreeSet<(String, String)> = rows.iter().map(|(v, _)| (v[1].clone(), v[2].clone())).collect();
+    // One series per destination of an exported (not folded) pool, so the cap bounds these too;
+    // a destination's level is the highest of its exported pools'.
+    let mut exported: BTreeMap<(String, String), Level> = BTreeMap::new();
+    for (v, _, level) in rows {
+        let e = exported.entry((v[1].clone(), v[2].clone())).or_insert(*level);
+        *e = (*e).max(*level);
+    }
+    let mut seen = BTreeSet::new();
     for p in section.pools {
         let (addr, port) = (p.dst_addr.to_string(), p.dst_port.to_string());
-        if exported.contains(&(addr.clone(), port.clone())) {
+        if exported.get(&(addr.clone(), port.clone())) == Some(&Level::Detail)
+            && seen.insert((addr.clone(), port.clone(), p.service.clone()))
+        {
             info.get_or_create(&labels(&[
                 ("dst_addr", &addr),
                 ("dst_port", &port),
@@ -139,7 +169,7 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     // Accepted connections still open, per listener (from scans, so available without probes).
     let established =
         gauge_family(reg, LISTEN_ESTABLISHED, "Connections accepted from the listener that are still open");
-    for l in listeners {
+    for (l, _) in listeners {
         established.get_or_create(&super::listener_labels(l)).set(i64::from(l.established));
     }
 
@@ -172,17 +202,34 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
     let died_young = counter_family(reg, POOL_DIED_YOUNG, "Short-lived connections of the pool that the server ended: how=reset (rejected) or how=server_closed (the server hung up first: a rejection, or a server that closes after each response)");
     let mut storm_rows = Vec::new();
     let mut hists = Histograms::default();
-    for (values, r) in &rows {
+    for (values, r, level) in rows {
         let Some(s) = &r.stats else { continue };
+        let detail = *level == Level::Detail;
         let l = pool_label_set(values);
         attempts.get_or_create(&l).inc_by(s.attempts);
         opens.get_or_create(&l).inc_by(s.opens);
-        closes.get_or_create(&l).inc_by(s.closes);
+        // A summary keeps the breakdowns that have counted something: the rules sum them.
         for (reason, n) in FAILURE_REASONS.iter().zip(s.failures) {
-            let mut with = l.clone();
-            with.push(("reason".into(), reason.to_string()));
-            failures.get_or_create(&with).inc_by(n);
+            if detail || n > 0 {
+                let mut with = l.clone();
+                with.push(("reason".into(), reason.to_string()));
+                failures.get_or_create(&with).inc_by(n);
+            }
         }
+        for (how, n) in [("reset", s.died_reset), ("server_closed", s.died_server_closed)] {
+            if detail || n > 0 {
+                let mut with = l.clone();
+                with.push(("how".into(), how.into()));
+                died_young.get_or_create(&with).inc_by(n);
+            }
+        }
+        if let Some(sig) = super::storms::strongest(&r.keys, section.signals) {
+            storm_rows.push((l.clone(), sig, *level));
+        }
+        if !detail {
+            continue;
+        }
+        closes.get_or_create(&l).inc_by(s.closes);
         syn_retrans.get_or_create(&l).inc_by(s.syn_retransmits);
         for (direction, n) in [("received", s.resets_received), ("sent", s.resets_sent)] {
             let mut with = l.clone();
@@ -191,42 +238,24 @@ pub fn register(reg: &mut Registry, section: &PoolsSection<'_>, listeners: &[Lis
         }
         short_lived.get_or_create(&l).inc_by(s.short_lived);
         pending.get_or_create(&l).set(r.pending);
-        for (how, n) in [("reset", s.died_reset), ("server_closed", s.died_server_closed)] {
-            let mut with = l.clone();
-            with.push(("how".into(), how.into()));
-            died_young.get_or_create(&with).inc_by(n);
-        }
-        if let Some(sig) = super::storms::strongest(&r.keys, section.signals) {
-            storm_rows.push((l.clone(), sig));
-        }
         hists.connect.push((l.clone(), histogram(&s.connect_us, s.connect_us_sum, 1e-6)));
         hists.lifetime.push((l, histogram(&s.lifetime_ms, s.lifetime_ms_sum, 1e-3)));
     }
     reg.register_collector(Box::new(hists));
     super::storms::register(reg, &storm_rows, listeners, section.listener_signals);
 
-    let accepts = counter_family(
+    let accepts_f = counter_family(
         reg,
         LISTEN_ACCEPTS,
         "Connections that completed the handshake on the listener, by client address class",
     );
-    for (key, n) in &extras.accepts {
-        let addr = listeners::key_addr(&monitor_common::ListenerKey {
-            cookie: 0,
-            netns: key.netns,
-            port: key.port,
-            family: key.family,
-            addr: key.addr,
-        });
-        // Accepts land on the child socket, so attribute them to the listener that owns the port.
-        let Some(i) = listeners::owning_listener(listeners, u64::from(key.netns), addr, key.port) else {
-            continue;
-        };
-        let l = &listeners[i];
-        let mut with = super::listener_labels(l);
-        let class = CLIENT_CLASSES.get(key.client_class as usize).copied().unwrap_or("public");
-        with.push(("client_class".into(), class.into()));
-        accepts.get_or_create(&with).inc_by(*n);
+    for (l, classes) in accepts {
+        let id = super::listener_labels(l);
+        for (class, n) in classes.iter() {
+            let mut with = id.clone();
+            with.push(("client_class".into(), class.to_string()));
+            accepts_f.get_or_create(&with).inc_by(*n);
+        }
     }
     let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full, retry_ring_full (retry timing event dropped), unseen_handshake (a close whose handshake was missed), missed_close (a close the probe missed, found by reconciling with sock_diag), queue_untracked (a TCP connection accepted whose enqueue the accept-queue probe did not see: no wait measured), recursion (runs the kernel skipped because another tracing program was running on the CPU)");
     // Missed closes are found in two places: by the kernel when a socket's memory is reused, and
@@ -307,11 +336,13 @@ mod tests {
     use crate::model::pools::tests_support::pool;
 
     #[test]
-    fn cap_keeps_the_busiest_and_folds_the_rest() {
+    fn rows_left_out_fold_into_other() {
         let pools = vec![pool("a", 1), pool("b", 9), pool("c", 5), pool("a", 2)];
-        let (rows, folded) = rows(&pools, 1);
+        let all = merge_rows(&pools);
+        let (rows, folded) = fold(all, &[Some(Level::Summary)]);
         assert_eq!(folded, 2);
         assert_eq!(rows[0].0[3], "b");
+        assert_eq!(rows[0].2, Level::Summary);
         assert_eq!(rows[1].0, ["other", "other", "other", "other", "other"].map(String::from));
         // "a" (two namespaces, 1 + 2) and "c" (5) are folded together.
         assert_eq!(rows[1].1.active, 8);

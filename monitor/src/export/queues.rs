@@ -8,6 +8,7 @@ use prometheus_client::{
 };
 
 use super::{
+    budget::Level,
     counter_family, float_family, gauge_family, labels, listener_labels,
     pools::{histogram, Hist, HistRef},
     Labels,
@@ -28,8 +29,9 @@ pub const LISTEN_BACKLOG_REQUESTED: &str = "connmon_listen_backlog_requested";
 pub const LISTEN_BACKLOG_CLAMPED: &str = "connmon_listen_backlog_clamped";
 pub const NETNS_SYSCTL: &str = "connmon_netns_sysctl";
 
-/// Registers the queue series of the exported listeners and the namespaces' sysctls.
-pub fn register(reg: &mut Registry, listeners: &[Listener], namespaces: &[NetnsStats]) {
+/// Registers the queue series of the exported listeners and the namespaces' sysctls. A summary
+/// keeps only the abandoned counts that have counted something (a rule sums them).
+pub fn register(reg: &mut Registry, listeners: &[(&Listener, Level)], namespaces: &[NetnsStats]) {
     let wait = float_family(reg, LISTEN_QUEUE_WAIT, "How long a connection waits in the accept queue. method=\"littles_law\": mean depth / accept rate over the last 10 s (+Inf: connections queued, none accepted); method=\"accept\": mean of the waits measured from enqueue to accept() for connections accepted in the last 10 s");
     let rate = float_family(
         reg,
@@ -52,9 +54,22 @@ pub fn register(reg: &mut Registry, listeners: &[Listener], namespaces: &[NetnsS
     );
     let sysctl = gauge_family(reg, NETNS_SYSCTL, "Listen-related sysctls of the network namespace: net.core.somaxconn, net.ipv4.tcp_max_syn_backlog, net.ipv4.tcp_abort_on_overflow, net.ipv4.tcp_syncookies");
     let mut hist = QueueHistograms::default();
-    for l in listeners {
+    for (l, level) in listeners {
         let id = listener_labels(l);
         let q = &l.queue;
+        let s = &q.stats;
+        if *level == Level::Summary {
+            if q.abandoned.is_some() && !l.is_unix() {
+                for (how, n) in [("fin", s.abandoned_fin), ("rst", s.abandoned_rst)] {
+                    if n > 0 {
+                        let mut with = id.clone();
+                        with.push(("how".into(), how.into()));
+                        abandoned.get_or_create(&with).inc_by(n);
+                    }
+                }
+            }
+            continue;
+        }
         for (method, v) in [(METHOD_LITTLE, q.wait_seconds), (METHOD_ACCEPT, q.wait_measured_seconds)] {
             if let Some(v) = v {
                 let mut with = id.clone();
@@ -69,7 +84,6 @@ pub fn register(reg: &mut Registry, listeners: &[Listener], namespaces: &[NetnsS
             drain.get_or_create(&id).set(d);
             slow.get_or_create(&id).set(i64::from(q.slow_drain));
         }
-        let s = &q.stats;
         // Unix listeners have no TCP states to watch: no abandonment counted for them.
         if q.abandoned.is_some() && !l.is_unix() {
             for (how, n) in [("fin", s.abandoned_fin), ("rst", s.abandoned_rst)] {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use monitor_common::PoolKey;
 use prometheus_client::registry::Registry;
 
-use super::{float_family, gauge_family, listener_labels, Labels};
+use super::{budget::Level, float_family, gauge_family, listener_labels, Labels};
 use crate::{
     model::listeners::{Listener, ListenerId},
     model::storms::Signals,
@@ -19,11 +19,12 @@ pub const POOL_ATTEMPT_RATE: &str = "connmon_pool_connect_attempt_rate";
 pub const POOL_BAD_RATIO: &str = "connmon_pool_bad_attempt_ratio";
 
 /// Storm series for exported pools (`labels` are each pool row's labels with the signals of the
-/// strongest-scoring pool folded into it) and for listeners.
+/// strongest-scoring pool folded into it) and for listeners. A summary has the storm flag only,
+/// and only while the storm lasts.
 pub fn register(
     reg: &mut Registry,
-    pools: &[(Labels, Signals)],
-    listeners: &[Listener],
+    pools: &[(Labels, Signals, Level)],
+    listeners: &[(&Listener, Level)],
     listener_signals: &HashMap<ListenerId, Signals>,
 ) {
     let storm = gauge_family(reg, RETRY_STORM, "1 while the pool or listener is in a retry storm (attempt rate high against its baseline, most attempts failing or dying young, no effective backoff), 0 once it has been calm for the hold-down period");
@@ -32,10 +33,16 @@ pub fn register(
     let jitter = float_family(reg, POOL_JITTER, "Variation of a pool's retry gaps around their trend (coefficient of variation): 0 = perfectly regular, no jitter");
     let rate = float_family(reg, POOL_ATTEMPT_RATE, "Connect attempts per second of the pool over the detector window");
     let bad = float_family(reg, POOL_BAD_RATIO, "Share of the pool's attempts over the detector window that went bad: failed, reset young, or (once the pool has a baseline) hung up on young by the server");
-    let emit = |target: &str, labels: &Labels, s: &Signals| {
+    let emit = |target: &str, labels: &Labels, s: &Signals, level: Level| {
+        if level == Level::Summary && !s.in_storm {
+            return;
+        }
         let mut with = labels.clone();
         with.push(("target".into(), target.into()));
         storm.get_or_create(&with).set(i64::from(s.in_storm));
+        if level == Level::Summary {
+            return;
+        }
         for (component, v) in [
             ("rate", s.score.rate),
             ("failures", s.score.failures),
@@ -47,8 +54,11 @@ pub fn register(
             score.get_or_create(&c).set(v);
         }
     };
-    for (labels, s) in pools {
-        emit("pool", labels, s);
+    for (labels, s, level) in pools {
+        emit("pool", labels, s, *level);
+        if *level == Level::Summary {
+            continue;
+        }
         rate.get_or_create(labels).set(s.attempt_rate);
         bad.get_or_create(labels).set(s.bad_ratio);
         if let Some(e) = s.estimate {
@@ -56,9 +66,9 @@ pub fn register(
             jitter.get_or_create(labels).set(e.jitter);
         }
     }
-    for l in listeners {
+    for (l, level) in listeners {
         if let Some(s) = listener_signals.get(&l.id) {
-            emit("listener", &listener_labels(l), s);
+            emit("listener", &listener_labels(l), s, *level);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask bench [<target>]`: overhead measurements of the release agent. Each target is a
-//! module (`kernel`, `pools`); with no target, every one runs in turn. This one holds what they
+//! module (`kernel`, `pools`, `scale`); with no target, every one runs in turn. This one holds what they
 //! share: prerequisites, the release build, the log directory and a free port, with the rest in
 //! submodules: [`probe`] (starting and stopping the agent and bpftrace), [`bpf_stats`] (the
 //! kernel's run time of each eBPF program), [`proc_stats`] (/proc accounting of CPU and RSS), [`scrape`] (a tiny HTTP
@@ -12,6 +12,7 @@ mod load;
 mod pools;
 mod probe;
 mod proc_stats;
+mod scale;
 mod scrape;
 mod stats;
 
@@ -34,6 +35,9 @@ pub enum Target {
     /// the agent (scraped every second) and with a bpftrace one-liner on the same tracepoint,
     /// then the agent's CPU at a fixed connection rate.
     Pools(pools::PoolsArgs),
+    /// The agent on a big host, default settings: 1,500 listeners and 1,500 client pools (series,
+    /// bytes and time per scrape, RSS, CPU), then 64k established sockets (RSS, scrape time).
+    Scale(scale::ScaleArgs),
 }
 
 /// With no target, every target with its defaults, kernel cost first.
@@ -41,9 +45,11 @@ pub fn run(target: Option<Target>) -> Result<()> {
     match target {
         Some(Target::Kernel(args)) => kernel::run(&args),
         Some(Target::Pools(args)) => pools::run(&args),
+        Some(Target::Scale(args)) => scale::run(&args),
         None => {
             kernel::run(&defaults())?;
-            pools::run(&defaults())
+            pools::run(&defaults())?;
+            scale::run(&defaults())
         }
     }
 }
@@ -83,14 +89,16 @@ fn preflight() -> Result<()> {
 struct Binaries {
     connmon: PathBuf,
     connload: PathBuf,
+    connfleet: PathBuf,
 }
 
-/// `cargo build --release` of the agent and of connload.
+/// `cargo build --release` of the agent and of the load generators (connload, connfleet).
 fn build_release() -> Result<Binaries> {
     println!("building the release agent and connload");
-    for args in
-        [&["build", "--release", "-p", "connmon"][..], &["build", "--release", "-p", "xtask", "--bin", "connload"][..]]
-    {
+    for args in [
+        &["build", "--release", "-p", "connmon"][..],
+        &["build", "--release", "-p", "xtask", "--bin", "connload", "--bin", "connfleet"][..],
+    ] {
         run_inherit(Command::new("cargo").args(args).current_dir(workspace_root()))?;
     }
     built_release().context("the build succeeded")
@@ -99,8 +107,12 @@ fn build_release() -> Result<Binaries> {
 /// The release agent and connload as the last `cargo build --release` left them.
 fn built_release() -> Result<Binaries> {
     let release = target_dir().join("release");
-    let bins = Binaries { connmon: release.join("connmon"), connload: release.join("connload") };
-    for bin in [&bins.connmon, &bins.connload] {
+    let bins = Binaries {
+        connmon: release.join("connmon"),
+        connload: release.join("connload"),
+        connfleet: release.join("connfleet"),
+    };
+    for bin in [&bins.connmon, &bins.connload, &bins.connfleet] {
         if !bin.is_file() {
             bail!("{} is missing: run `cargo build --release -p connmon -p xtask`", bin.display());
         }

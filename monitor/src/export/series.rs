@@ -1,0 +1,127 @@
+//! Metric families for one exposition: rows of (labels, value) in the order they were set,
+//! encoded by prometheus-client's text encoder through its `Collector` interface.
+//!
+//! prometheus-client's own `Family` is made for long-lived metrics updated in place: every series
+//! is a hash-map entry behind a lock with an `Arc`'d atomic of its own, and is found again by
+//! hashing its labels. An exposition built afresh per scrape needs none of that, and at tens of
+//! thousands of series those allocations and hashes were most of a scrape's time; a row is one
+//! push. Rows are written in insertion order (the families' was hash order), and a label set
+//! given twice gives two rows, so callers set each series once.
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+
+use super::Labels;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value {
+    Int(i64),
+    Float(f64),
+    Count(u64),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    rows: Vec<(Labels, Value)>,
+}
+
+/// One metric family of an exposition: a gauge (integer or float) or a counter.
+#[derive(Debug, Clone)]
+pub(crate) struct Fam(Arc<Mutex<Inner>>);
+
+/// A series about to be set (the shape of prometheus-client's `Family::get_or_create`, so
+/// exporters read the same either way).
+pub(crate) struct Slot<'a> {
+    fam: &'a Fam,
+    labels: &'a Labels,
+}
+
+impl Fam {
+    pub(crate) fn register(reg: &mut Registry, name: &'static str, help: &'static str, kind: MetricType) -> Fam {
+        let fam = Fam(Arc::new(Mutex::new(Inner { name, help, kind, rows: Vec::new() })));
+        reg.register_collector(Box::new(fam.clone()));
+        fam
+    }
+
+    pub(crate) fn get_or_create<'a>(&'a self, labels: &'a Labels) -> Slot<'a> {
+        Slot { fam: self, labels }
+    }
+
+    fn push(&self, labels: &Labels, v: Value) {
+        // Only this scrape's thread touches the family: the lock is never contended.
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).rows.push((labels.clone(), v));
+    }
+}
+
+impl Slot<'_> {
+    pub(crate) fn set(self, v: impl Into<Value>) {
+        self.fam.push(self.labels, v.into());
+    }
+
+    pub(crate) fn inc_by(self, n: u64) {
+        self.fam.push(self.labels, Value::Count(n));
+    }
+}
+
+impl Collector for Fam {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Prometheus-client appends `_total` to counters itself.
+        let name = inner.name.strip_suffix("_total").unwrap_or(inner.name);
+        let mut family = encoder.encode_descriptor(name, inner.help, None, inner.kind)?;
+        for (labels, v) in &inner.rows {
+            let mut m = family.encode_family(labels)?;
+            match v {
+                Value::Int(i) => m.encode_gauge(i)?,
+                Value::Float(f) => m.encode_gauge(f)?,
+                Value::Count(n) => m.encode_counter::<NoLabelSet, _, u64>(n, None)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    #[test]
+    fn families_encode_as_prometheus_client_does() {
+        let mut reg = Registry::default();
+        let g = Fam::register(&mut reg, "connmon_g", "A gauge.", MetricType::Gauge);
+        let c = Fam::register(&mut reg, "connmon_c_total", "A counter.", MetricType::Counter);
+        let l: Labels = vec![("a".into(), "x".into())];
+        g.get_or_create(&l).set(3i64);
+        g.get_or_create(&vec![]).set(0.5f64);
+        c.get_or_create(&l).inc_by(7);
+        let mut out = String::new();
+        encode(&mut out, &reg).unwrap();
+        assert_eq!(
+            out,
+            "# HELP connmon_g A gauge.\n# TYPE connmon_g gauge\nconnmon_g{a=\"x\"} 3\nconnmon_g{} 0.5\n\
+             # HELP connmon_c A counter.\n# TYPE connmon_c counter\nconnmon_c_total{a=\"x\"} 7\n# EOF\n"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! `cargo xtask bench scale`: the agent's own cost on a big host, with default settings.
+//!
+//! - fleet: 1,500 listeners and 1,500 client pools (plus a few pools whose connects are all
+//!   refused) in one process on loopback (connfleet, src/bin/connfleet.rs), churning a little so
+//!   counters and histograms move. Measured: series per scrape, bytes per scrape, scrape time
+//!   (a fresh connection each, as Prometheus does), and the agent's RSS and CPU.
+//! - sockets: 64k established sockets (32k connections, both ends on this host) over a few pools;
+//!   measured: RSS and scrape time.
+//!
+//! Each part starts its load, then a fresh agent, waits `--warmup` seconds (pools need a scrape
+//! or two before their rates and storm signals exist) and scrapes `--scrapes` times, 2 s apart.
+//! The last exposition of each part is kept in the log directory for inspection. Targets (from
+//! issue 17) are printed beside the figures, never asserted: the command fails only when
+//! something does not run.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use super::probe::start_agent;
+use super::proc_stats::{clk_tck, cpu_ticks, load_average, status_kib};
+use super::scrape::http_get;
+use super::stats::{mib, summary, thousands};
+use super::{build_release, free_port, log_dir, preflight};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    Fleet,
+    Sockets,
+}
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// Parts to run (default: both).
+    #[arg(long = "part", value_enum)]
+    parts: Vec<Part>,
+    /// Seconds between the agent's readiness and the first measured scrape.
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    /// Measured scrapes per part, 2 s apart.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    scrapes: u32,
+    /// Extra argument for `connmon run` (repeat for several), e.g. --agent-arg=--series.budget=0.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+    /// Measure this agent binary instead of the release build (e.g. an older build, for a
+    /// before/after comparison).
+    #[arg(long, value_name = "PATH")]
+    connmon: Option<std::path::PathBuf>,
+}
+
+/// What one part measured.
+struct Figures {
+    series: usize,
+    bytes: usize,
+    scrape_ms: Vec<f64>,
+    rss_kib: Option<u64>,
+    hwm_kib: Option<u64>,
+    cpu_share: f64,
+    left_out: Vec<String>,
+}
+
+/// The load generator, killed when dropped.
+struct Fleet(Child);
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_fleet(connfleet: &Path, args: &[&str]) -> Result<(Fleet, String)> {
+    let mut child = Command::new(connfleet)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", connfleet.display()))?;
+    let stdout = child.stdout.take().context("connfleet stdout")?;
+    let fleet = Fleet(child);
+    let mut first = String::new();
+    // connfleet gives up on its own after 30 s of opening connections.
+    BufReader::new(stdout).read_line(&mut first)?;
+    if !first.contains("\"ready\":true") {
+        bail!("connfleet did not get ready: {}", first.trim());
+    }
+    Ok((fleet, first.trim().to_string()))
+}
+
+/// Sample lines of an exposition (series), and the `connmon_series_left_out` samples.
+fn count_series(body: &str) -> (usize, Vec<String>) {
+    let samples = body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+    let left = body.lines().filter(|l| l.starts_with("connmon_series_left_out")).map(str::to_string).collect();
+    (samples, left)
+}
+
+fn measure(connmon: &Path, logs: &Path, part: Part, args: &ScaleArgs) -> Result<Figures> {
+    let web = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let extra: Vec<&str> = args.agent_args.iter().map(String::as_str).collect();
+    let name = format!("{part:?}").to_lowercase();
+    let agent = start_agent(connmon, web, logs.join(format!("{name}-connmon.log")), &extra)?;
+    let pid = agent.pid();
+    thread::sleep(Duration::from_secs(args.warmup));
+    let tck = clk_tck();
+    let cpu0 = cpu_ticks(pid);
+    let t0 = Instant::now();
+    let mut scrape_ms = Vec::new();
+    let mut last = String::new();
+    for k in 0..args.scrapes {
+        let due = t0 + Duration::from_secs(2 * u64::from(k));
+        thread::sleep(due.saturating_duration_since(Instant::now()));
+        let t = Instant::now();
+        let (status, body) = http_get(web, "/metrics", Duration::from_secs(30))?;
+        scrape_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        last = body;
+    }
+    let cpu1 = cpu_ticks(pid);
+    let wall = t0.elapsed().as_secs_f64();
+    let rss_kib = status_kib(pid, "VmRSS");
+    let hwm_kib = status_kib(pid, "VmHWM");
+    let _ = std::fs::write(logs.join(format!("{name}-metrics.txt")), &last);
+    agent.stop()?;
+    let (series, left_out) = count_series(&last);
+    let cpu_share = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / tck / wall,
+        _ => f64::NAN,
+    };
+    Ok(Figures { series, bytes: last.len(), scrape_ms, rss_kib, hwm_kib, cpu_share, left_out })
+}
+
+fn report(part: Part, load: &str, f: &Figures) {
+    let (med, min, max) = summary(&f.scrape_ms).unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+    let kib = |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.1} MiB", mib(k)));
+    println!("{part:?}: {load}");
+    println!("  series per scrape   {:>12}", thousands(f.series as f64));
+    println!("  bytes per scrape    {:>12}  ({:.2} MB)", thousands(f.bytes as f64), f.bytes as f64 / 1e6);
+    println!("  scrape time         {med:>9.1} ms median (min {min:.1}, max {max:.1}; {} scrapes)", f.scrape_ms.len());
+    println!("  agent RSS           {:>12}  (peak {})", kib(f.rss_kib), kib(f.hwm_kib));
+    println!("  agent CPU           {:>11.2}%  of one core while scraped every 2 s", f.cpu_share * 100.0);
+    for l in &f.left_out {
+        println!("  {l}");
+    }
+    match part {
+        Part::Fleet => println!("  targets: ≤ 15,000 series, ≤ 2 MB, scrape ≤ 50 ms, RSS ≤ 64 MiB"),
+        Part::Sockets => println!("  targets: RSS ≤ 48 MiB at 64k sockets, scrape ≤ 25 ms"),
+    }
+}
+
+pub fn run(args: &ScaleArgs) -> Result<()> {
+    preflight()?;
+    let bins = build_release()?;
+    let logs = log_dir("scale")?;
+    let parts = if args.parts.is_empty() { vec![Part::Fleet, Part::Sockets] } else { args.parts.clone() };
+    println!(
+        "bench scale: {} part(s), {} s warm-up and {} scrapes each; load average {}; logs in {}",
+        parts.len(),
+        args.warmup,
+        args.scrapes,
+        load_average(),
+        logs.display()
+    );
+    for part in parts {
+        let load_args: &[&str] = match part {
+            Part::Fleet => {
+                &["--listeners", "1500", "--pools", "1500", "--failing", "20", "--conns", "1", "--churn", "200"]
+            }
+            // 4 listeners so 8,000 client ports each stay well inside the ephemeral range.
+            Part::Sockets => &["--listeners", "4", "--pools", "4", "--conns", "8000", "--churn", "0"],
+        };
+        let (fleet, ready) = start_fleet(&bins.connfleet, load_args)?;
+        let figures = measure(args.connmon.as_deref().unwrap_or(&bins.connmon), &logs, part, args)?;
+        drop(fleet);
+        report(part, &ready, &figures);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_samples_not_comments() {
+        let body = "# HELP a A.\n# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 2\n\
+                    connmon_series_left_out{what=\"histograms\"} 3\n# EOF\n";
+        let (n, left) = count_series(body);
+        assert_eq!(n, 3);
+        assert_eq!(left, vec!["connmon_series_left_out{what=\"histograms\"} 3".to_string()]);
+    }
+}
