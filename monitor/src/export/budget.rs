@@ -9,10 +9,11 @@
 //!   connections and the rejections seen), plus the storm flag while a storm lasts.
 //!
 //! Entities that matter now come first and get detail: those failing (failures, resets, drops or
-//! abandoned connections counted since the last scrape), queueing (a non-empty accept or SYN
-//! queue, a peak, a wait), storming, growing (open or established connections up by a tenth and
-//! at least 2 since the entity's baseline), pending connects, or named by a pending or firing
-//! agent alert. An entity stays notable for `hold` after the last time it was, so the series the
+//! abandoned connections counted since the last scrape), queueing (a peak above a tenth of the
+//! backlog, a wait of 100 ms or more, a queue that drains slower than clients wait; or a
+//! non-empty accept or SYN queue at two scrapes in a row), storming, growing (open or established
+//! connections up by a tenth and at least 2 since the entity's baseline), with connects in flight
+//! at two scrapes in a row, or named by a pending or firing agent alert. An entity stays notable for `hold` after the last time it was, so the series the
 //! rules take rates and trends over stay continuous through their windows. Then the rest, busiest
 //! first, listeners and pools in turn, get a summary while the budget lasts; the budget left after
 //! that upgrades them to detail in the same order. So a host that fits the budget shows everything
@@ -74,6 +75,8 @@ struct Memory {
     baseline: i64,
     baseline_at: Instant,
     notable_until: Option<Instant>,
+    /// The weak signs (see [`Candidate::hint`]) were there at the last scrape.
+    hinted: bool,
     seen: u64,
 }
 
@@ -83,8 +86,11 @@ pub(crate) struct Candidate {
     pub trouble: u64,
     /// Open or established connections.
     pub connections: i64,
-    /// Notable on its own figures right now (a queue, pending connects, a storm...).
+    /// Notable on its own figures right now (a queue filling, a measurable wait, a storm...).
     pub busy_now: bool,
+    /// Signs that busy hosts show in passing (a connection in the queue or in flight at the
+    /// instant of the scan): notable only when seen at two scrapes in a row.
+    pub hint: bool,
     /// Named by an active agent alert.
     pub alerted: bool,
     /// Ordering among the quiet: higher first.
@@ -140,6 +146,7 @@ impl Selector {
             baseline: c.connections,
             baseline_at: now,
             notable_until: None,
+            hinted: false,
             seen: scrape,
         });
         // A baseline older than the hold is renewed, so slow steady states do not count as growth.
@@ -149,9 +156,11 @@ impl Selector {
         }
         let growing = c.connections >= m.baseline + 2 && c.connections * 10 >= m.baseline * 11;
         let troubled = c.trouble > m.trouble;
+        let lasting = c.hint && m.hinted;
         m.trouble = c.trouble;
+        m.hinted = c.hint;
         m.seen = scrape;
-        if troubled || growing || c.busy_now || c.alerted {
+        if troubled || growing || lasting || c.busy_now || c.alerted {
             m.notable_until = Some(now + hold);
         }
         m.notable_until.is_some_and(|t| now < t)
@@ -343,7 +352,16 @@ mod tests {
     use super::*;
 
     fn c(connections: i64, trouble: u64, busy: bool, weight: i64) -> Candidate {
-        Candidate { trouble, connections, busy_now: busy, alerted: false, weight, summary_cost: 10, detail_cost: 40 }
+        Candidate {
+            trouble,
+            connections,
+            busy_now: busy,
+            hint: false,
+            alerted: false,
+            weight,
+            summary_cost: 10,
+            detail_cost: 40,
+        }
     }
 
     fn lid(port: u16) -> ListenerId {

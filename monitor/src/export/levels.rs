@@ -101,12 +101,14 @@ pub(crate) fn plan(
             let c = Candidate {
                 trouble: l.drops + l.synack_retransmits.unwrap_or(0) + q.stats.abandoned_fin + q.stats.abandoned_rst,
                 connections: i64::from(l.established),
-                busy_now: l.depth > 0
-                    || l.peak_depth > 0
-                    || l.syn_queue > 0
-                    || q.wait_seconds.is_some_and(|w| w > 0.0)
+                // A connection passing through the queue is not queueing: a peak of a tenth of the
+                // backlog, or a wait a client notices, is.
+                busy_now: u64::from(l.peak_depth) * 10 > u64::from(l.backlog).max(10)
+                    || q.wait_seconds.is_some_and(|w| w >= 0.1)
+                    || q.wait_measured_seconds.is_some_and(|w| w >= 0.1)
                     || q.slow_drain
                     || sig.is_some_and(|s| s.in_storm || s.score.overall > 0.5),
+                hint: l.depth > 0 || l.syn_queue > 0,
                 alerted: alert_names(ctx.alerts, &identity, "port"),
                 weight: i64::from(l.established) + acc.iter().map(|(_, n)| *n as i64).sum::<i64>(),
                 summary_cost,
@@ -146,7 +148,8 @@ pub(crate) fn plan(
             let c = Candidate {
                 trouble: s.failures.iter().sum::<u64>() + s.died_reset + s.died_server_closed + s.resets_received,
                 connections: r.active,
-                busy_now: r.pending > 0 || sig.as_ref().is_some_and(|s| s.in_storm || s.score.overall > 0.5),
+                busy_now: sig.as_ref().is_some_and(|s| s.in_storm || s.score.overall > 0.5),
+                hint: r.pending > 0,
                 alerted: alert_names(ctx.alerts, &identity, "dst_port"),
                 weight: r.active,
                 summary_cost,

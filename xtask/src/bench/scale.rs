@@ -6,6 +6,8 @@
 //!   (a fresh connection each, as Prometheus does), and the agent's RSS and CPU.
 //! - sockets: 64k established sockets (32k connections, both ends on this host) over a few pools;
 //!   measured: RSS and scrape time.
+//! - churn: 10,000 connections/s (connload, paced) for 20 s, the agent scraped every second as in
+//!   `bench pools`; measured: the agent's CPU as a share of one core.
 //!
 //! Each part starts its load, then a fresh agent, waits `--warmup` seconds (pools need a scrape
 //! or two before their rates and storm signals exist) and scrapes `--scrapes` times, 2 s apart.
@@ -23,9 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use super::load::run_connload;
 use super::probe::start_agent;
 use super::proc_stats::{clk_tck, cpu_ticks, load_average, status_kib};
-use super::scrape::http_get;
+use super::scrape::{http_get, Scraper};
 use super::stats::{mib, summary, thousands};
 use super::{build_release, free_port, log_dir, preflight};
 
@@ -33,11 +36,12 @@ use super::{build_release, free_port, log_dir, preflight};
 pub enum Part {
     Fleet,
     Sockets,
+    Churn,
 }
 
 #[derive(Args, Debug)]
 pub struct ScaleArgs {
-    /// Parts to run (default: both).
+    /// Parts to run (default: all three).
     #[arg(long = "part", value_enum)]
     parts: Vec<Part>,
     /// Seconds between the agent's readiness and the first measured scrape.
@@ -154,14 +158,44 @@ fn report(part: Part, load: &str, f: &Figures) {
     match part {
         Part::Fleet => println!("  targets: ≤ 15,000 series, ≤ 2 MB, scrape ≤ 50 ms, RSS ≤ 64 MiB"),
         Part::Sockets => println!("  targets: RSS ≤ 48 MiB at 64k sockets, scrape ≤ 25 ms"),
+        Part::Churn => {}
     }
+}
+
+/// The agent's CPU while connload churns 10,000 connections/s for 20 s, scraped every second.
+fn churn(connmon: &Path, connload: &Path, logs: &Path, args: &ScaleArgs) -> Result<()> {
+    let web = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let extra: Vec<&str> = args.agent_args.iter().map(String::as_str).collect();
+    let agent = start_agent(connmon, web, logs.join("churn-connmon.log"), &extra)?;
+    let pid = agent.pid();
+    thread::sleep(Duration::from_secs(2));
+    let cpu0 = cpu_ticks(pid);
+    let t0 = Instant::now();
+    let scraper = Scraper::start(web);
+    let load_args: Vec<String> =
+        ["--secs", "20", "--rate", "10000", "--port", &free_port()?.to_string()].map(String::from).to_vec();
+    let load = run_connload(connload, &load_args, &logs.join("connload.jsonl"))?;
+    let scrapes = scraper.finish();
+    let (cpu1, wall) = (cpu_ticks(pid), t0.elapsed().as_secs_f64());
+    let hwm = status_kib(pid, "VmHWM");
+    agent.stop()?;
+    let share = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / clk_tck() / wall,
+        _ => f64::NAN,
+    };
+    println!("Churn: {} conn/s paced for 20 s ({} errors)", thousands(load.rate), load.errors);
+    println!("  agent CPU           {:>11.2}%  of one core, scraped every second", share * 100.0);
+    println!("  scrapes             {:>12}  ok (max {:.1} ms, {} failed)", scrapes.ok, scrapes.max_ms, scrapes.failed);
+    println!("  agent peak RSS      {:>12}", hwm.map_or("?".into(), |k| format!("{:.1} MiB", mib(k))));
+    println!("  target: under 0.5% of a core");
+    Ok(())
 }
 
 pub fn run(args: &ScaleArgs) -> Result<()> {
     preflight()?;
     let bins = build_release()?;
     let logs = log_dir("scale")?;
-    let parts = if args.parts.is_empty() { vec![Part::Fleet, Part::Sockets] } else { args.parts.clone() };
+    let parts = if args.parts.is_empty() { vec![Part::Fleet, Part::Sockets, Part::Churn] } else { args.parts.clone() };
     println!(
         "bench scale: {} part(s), {} s warm-up and {} scrapes each; load average {}; logs in {}",
         parts.len(),
@@ -171,15 +205,21 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         logs.display()
     );
     for part in parts {
+        let connmon = args.connmon.as_deref().unwrap_or(&bins.connmon);
+        if part == Part::Churn {
+            churn(connmon, &bins.connload, &logs, args)?;
+            continue;
+        }
         let load_args: &[&str] = match part {
             Part::Fleet => {
                 &["--listeners", "1500", "--pools", "1500", "--failing", "20", "--conns", "1", "--churn", "200"]
             }
             // 4 listeners so 8,000 client ports each stay well inside the ephemeral range.
             Part::Sockets => &["--listeners", "4", "--pools", "4", "--conns", "8000", "--churn", "0"],
+            Part::Churn => unreachable!("handled above"),
         };
         let (fleet, ready) = start_fleet(&bins.connfleet, load_args)?;
-        let figures = measure(args.connmon.as_deref().unwrap_or(&bins.connmon), &logs, part, args)?;
+        let figures = measure(connmon, &logs, part, args)?;
         drop(fleet);
         report(part, &ready, &figures);
     }
