@@ -100,7 +100,7 @@ pub struct RunArgs {
     /// Series the exposition aims to stay within: listeners and pools that matter now (failing,
     /// queueing, storming, growing, alerting) get full detail, the busiest of the rest a summary
     /// (the gauges and counters the rules read), the quietest are left out; see
-    /// connmon_series_left_out. 0 turns it off. Default 10000 (the config file's series.budget).
+    /// connmon_series_left_out. 0 turns it off. Default 12000 (the config file's series.budget).
     #[arg(long = "series.budget")]
     pub series_budget: Option<usize>,
     /// How long a listener or pool keeps full detail after it last mattered. Default 15m (the

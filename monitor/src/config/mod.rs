@@ -420,7 +420,7 @@ mod tests {
     #[test]
     fn empty_config_is_all_defaults() {
         let c = parse("", "x.toml").unwrap();
-        assert_eq!(c.series.budget, 10_000);
+        assert_eq!(c.series.budget, 12_000);
         assert_eq!(c.alerts.pool_growth.window, secs(600));
         assert!(c.alerts.retry_storm.enabled);
         assert!(c.ceilings.is_empty());

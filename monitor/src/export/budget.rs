@@ -14,11 +14,13 @@
 //! non-empty accept or SYN queue at two scrapes in a row), storming, growing (open or established
 //! connections up by a tenth and at least 2 since the entity's baseline), with connects in flight
 //! at two scrapes in a row, or named by a pending or firing agent alert. An entity stays notable for `hold` after the last time it was, so the series the
-//! rules take rates and trends over stay continuous through their windows. Then the rest, busiest
-//! first, listeners and pools in turn, get a summary while the budget lasts; the budget left after
-//! that upgrades them to detail in the same order. So a host that fits the budget shows everything
-//! in detail, and a crowded one shows the quiet tail as summaries, then leaves the quietest out
-//! (listeners dropped, pools folded into `other`), each counted in `connmon_series_left_out`.
+//! rules take rates and trends over stay continuous through their windows. Everyone gets a
+//! summary first, notable first (by rank: alerted, failing, queueing, growing, held) and then the
+//! busiest, listeners and pools in turn, while the budget lasts less a reserve of up to half of it;
+//! the reserve gives the notable their detail, and what is left upgrades the rest in the same
+//! order. So a host that fits the budget shows everything in detail, and a crowded one shows the
+//! quiet tail as summaries, then leaves the quietest out (listeners dropped, pools folded into
+//! `other`), each counted in `connmon_series_left_out`.
 //!
 //! Costs are counted per entity as the exporters below emit them (an upper bound where a series is
 //! conditional), so the exposition stays within the budget, the agent's own series included.
@@ -60,7 +62,7 @@ impl Default for Settings {
     }
 }
 
-pub const DEFAULT_BUDGET: usize = 10_000;
+pub const DEFAULT_BUDGET: usize = 12_000;
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(15 * 60);
 
 /// A histogram as exposed: one series per bucket, `_sum` and `_count`.
@@ -138,7 +140,7 @@ impl Selector {
         now: Instant,
         scrape: u64,
         hold: Duration,
-    ) -> bool {
+    ) -> Option<u8> {
         // First seen, every count so far is news: counters start with the agent (pools) or are
         // rare enough (drops) that an entity with any is worth its detail for a while.
         let m = map.entry(key.clone()).or_insert_with(|| Memory {
@@ -160,10 +162,15 @@ impl Selector {
         m.trouble = c.trouble;
         m.hinted = c.hint;
         m.seen = scrape;
-        if troubled || growing || lasting || c.busy_now || c.alerted {
+        // Rank among the notable: alerted, failing, queueing, growing, held from before.
+        let rank = [c.alerted, troubled, c.busy_now || lasting, growing].iter().position(|b| *b);
+        if rank.is_some() {
             m.notable_until = Some(now + hold);
         }
-        m.notable_until.is_some_and(|t| now < t)
+        match rank {
+            Some(r) => Some(r as u8),
+            None => m.notable_until.is_some_and(|t| now < t).then_some(4),
+        }
     }
 
     /// Decides the levels. `fixed` is the series the exposition has besides listeners and pools.
@@ -183,9 +190,9 @@ impl Selector {
             left_out: Vec::new(),
             budget: self.settings.budget,
         };
-        let notable_l: Vec<bool> =
+        let notable_l: Vec<Option<u8>> =
             listeners.iter().map(|(k, c)| Self::notable(&mut self.listeners, k, c, now, scrape, hold)).collect();
-        let notable_p: Vec<bool> =
+        let notable_p: Vec<Option<u8>> =
             pools.iter().map(|(k, c)| Self::notable(&mut self.pools, k, c, now, scrape, hold)).collect();
         // Entities not seen this scrape are gone: their memory goes too (bounds the maps by what
         // the scans hold).
@@ -199,64 +206,79 @@ impl Selector {
         }
         let mut left = self.settings.budget.saturating_sub(fixed);
         // When not everything fits as summaries, pools will fold: keep room for `other`.
-        let cost = |c: &Candidate, notable: bool| if notable { c.detail_cost } else { c.summary_cost };
+        let cost = |c: &Candidate, notable: Option<u8>| if notable.is_some() { c.detail_cost } else { c.summary_cost };
         let demand: usize = listeners.iter().zip(&notable_l).map(|((_, c), n)| cost(c, *n)).sum::<usize>()
             + pools.iter().zip(&notable_p).map(|((_, c), n)| cost(c, *n)).sum::<usize>();
         if demand > left && !pools.is_empty() {
             left = left.saturating_sub(other_cost);
         }
 
-        // Order: notable first (listeners, then pools, each in their own order), then the quiet
-        // in turn by weight.
+        // Order: the notable by rank, then the quiet by weight; listeners and pools in turn, so
+        // neither kind can crowd the other out.
         #[derive(Clone, Copy)]
         enum Who {
             L(usize),
             P(usize),
         }
-        let mut quiet_l: Vec<usize> = (0..listeners.len()).filter(|&i| !notable_l[i]).collect();
-        let mut quiet_p: Vec<usize> = (0..pools.len()).filter(|&i| !notable_p[i]).collect();
-        quiet_l.sort_by_key(|&i| std::cmp::Reverse(listeners[i].1.weight));
-        quiet_p.sort_by_key(|&i| std::cmp::Reverse(pools[i].1.weight));
-        let mut order: Vec<Who> = (0..listeners.len()).filter(|&i| notable_l[i]).map(Who::L).collect();
-        order.extend((0..pools.len()).filter(|&i| notable_p[i]).map(Who::P));
-        let notable_count = order.len();
-        let (mut a, mut b) = (quiet_l.iter(), quiet_p.iter());
-        loop {
-            let (x, y) = (a.next(), b.next());
-            if x.is_none() && y.is_none() {
-                break;
+        let l_cands: Vec<&Candidate> = listeners.iter().map(|(_, c)| c).collect();
+        let p_cands: Vec<&Candidate> = pools.iter().map(|(_, c)| c).collect();
+        let (hot_l, quiet_l) = ranked_refs(&notable_l, &l_cands);
+        let (hot_p, quiet_p) = ranked_refs(&notable_p, &p_cands);
+        let mut order: Vec<Who> = Vec::new();
+        for (ls, ps) in [(&hot_l, &hot_p), (&quiet_l, &quiet_p)] {
+            let (mut a, mut b) = (ls.iter(), ps.iter());
+            loop {
+                let (x, y) = (a.next(), b.next());
+                if x.is_none() && y.is_none() {
+                    break;
+                }
+                order.extend(x.map(|&i| Who::L(i)));
+                order.extend(y.map(|&i| Who::P(i)));
             }
-            order.extend(x.map(|&i| Who::L(i)));
-            order.extend(y.map(|&i| Who::P(i)));
         }
+        let notable_count = hot_l.len() + hot_p.len();
         let cand = |w: Who| match w {
             Who::L(i) => &listeners[i].1,
             Who::P(i) => &pools[i].1,
+        };
+        let level_of = |plan: &Plan, w: Who| match w {
+            Who::L(i) => plan.listeners[i],
+            Who::P(i) => plan.pools[i],
         };
         let set = |plan: &mut Plan, w: Who, level: Level| match w {
             Who::L(i) => plan.listeners[i] = Some(level),
             Who::P(i) => plan.pools[i] = Some(level),
         };
-        // Pass 1: notable in detail (else summary), the rest as summaries.
-        for (n, &w) in order.iter().enumerate() {
+        let extra = |c: &Candidate| c.detail_cost.saturating_sub(c.summary_cost);
+        // Up to half the room is kept for the notable's detail; summaries (breadth) get the rest.
+        let reserve = (left / 2).min(order[..notable_count].iter().map(|&w| extra(cand(w))).sum());
+        // Pass 1: summaries in order. Pass 2: the notable's detail. Pass 3: what is left gives
+        // summaries to those still out, then detail to the quiet, in the same order.
+        for &w in &order {
             let c = cand(w);
-            if n < notable_count && c.detail_cost <= left {
-                left -= c.detail_cost;
-                set(&mut plan, w, Level::Detail);
-            } else if c.summary_cost <= left {
+            if c.summary_cost + reserve <= left {
                 left -= c.summary_cost;
                 set(&mut plan, w, Level::Summary);
             }
         }
-        // Pass 2: what is left upgrades summaries to detail, in the same order.
+        for &w in &order[..notable_count] {
+            let c = cand(w);
+            if level_of(&plan, w) == Some(Level::Summary) && extra(c) <= left {
+                left -= extra(c);
+                set(&mut plan, w, Level::Detail);
+            }
+        }
         for &w in &order {
             let c = cand(w);
-            let level = match w {
-                Who::L(i) => plan.listeners[i],
-                Who::P(i) => plan.pools[i],
-            };
-            if level == Some(Level::Summary) && c.detail_cost - c.summary_cost.min(c.detail_cost) <= left {
-                left -= c.detail_cost - c.summary_cost.min(c.detail_cost);
+            if level_of(&plan, w).is_none() && c.summary_cost <= left {
+                left -= c.summary_cost;
+                set(&mut plan, w, Level::Summary);
+            }
+        }
+        for &w in &order {
+            let c = cand(w);
+            if level_of(&plan, w) == Some(Level::Summary) && extra(c) <= left {
+                left -= extra(c);
                 set(&mut plan, w, Level::Detail);
             }
         }
@@ -268,6 +290,15 @@ impl Selector {
         }
         plan
     }
+}
+
+/// Indices of the notable (by rank, then weight) and of the quiet (by weight), heaviest first.
+fn ranked_refs(notable: &[Option<u8>], cands: &[&Candidate]) -> (Vec<usize>, Vec<usize>) {
+    let mut hot: Vec<usize> = (0..cands.len()).filter(|&i| notable[i].is_some()).collect();
+    let mut quiet: Vec<usize> = (0..cands.len()).filter(|&i| notable[i].is_none()).collect();
+    hot.sort_by_key(|&i| (notable[i], std::cmp::Reverse(cands[i].weight)));
+    quiet.sort_by_key(|&i| std::cmp::Reverse(cands[i].weight));
+    (hot, quiet)
 }
 
 /// Whether an active alert names this entity: every one of its labels among `identity` keys
@@ -399,9 +430,9 @@ mod tests {
         let summaries = plan.listeners.iter().chain(&plan.pools).filter(|l| **l == Some(Level::Summary)).count();
         assert_eq!(summaries, 3, "{plan:?}");
         // Quiet listeners and pools share the room in turn, busiest first: listeners 1 and 2
-        // (weights 9, 8) and pool 4 (weight 4) are in, listener 4 (weight 6) and pool 0 are not.
+        // (weights 9, 8) and pool 4 (weight 4) are in, listener 3 (weight 7) and pool 2 are not.
         assert!(plan.listeners[1].is_some() && plan.listeners[2].is_some() && plan.pools[4].is_some(), "{plan:?}");
-        assert!(plan.listeners[4].is_none() && plan.pools[0].is_none(), "{plan:?}");
+        assert!(plan.listeners[3].is_none() && plan.pools[2].is_none(), "{plan:?}");
         let all: usize = plan.left_out.iter().filter(|(_, l, _)| *l == "all").map(|(_, _, n)| n).sum();
         assert_eq!(all, 5, "{:?}", plan.left_out);
     }

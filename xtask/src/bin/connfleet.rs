@@ -48,10 +48,20 @@ struct Args {
     secs: f64,
 }
 
-/// File descriptors this layout needs, with room to spare.
+/// File descriptors this layout needs, with room to spare, up to the hard limit.
 fn raise_fd_limit(want: u64) {
-    let lim = libc::rlimit { rlim_cur: want, rlim_max: want };
-    // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct; failure only leaves the old limit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if want > lim.rlim_max {
+        eprintln!(
+            "connfleet: needs {want} file descriptors, the hard limit is {}: run fewer per process",
+            lim.rlim_max
+        );
+        std::process::exit(2);
+    }
+    lim.rlim_cur = want;
+    // SAFETY: as above.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         eprintln!("connfleet: cannot raise RLIMIT_NOFILE to {want}: {}", io::Error::last_os_error());
     }
