@@ -102,10 +102,10 @@ pub(crate) fn plan(
                 trouble: l.drops + l.synack_retransmits.unwrap_or(0) + q.stats.abandoned_fin + q.stats.abandoned_rst,
                 connections: i64::from(l.established),
                 // A connection passing through the queue is not queueing: a peak of a tenth of the
-                // backlog, or a wait a client notices, is.
+                // backlog, or a wait a client notices, is. The measured wait comes first: Little's
+                // law over a few accepts in 10 s makes one late accept look like a long queue.
                 busy_now: u64::from(l.peak_depth) * 10 > u64::from(l.backlog).max(10)
-                    || q.wait_seconds.is_some_and(|w| w >= 0.1)
-                    || q.wait_measured_seconds.is_some_and(|w| w >= 0.1)
+                    || q.wait_measured_seconds.or(q.wait_seconds).is_some_and(|w| w >= 0.1)
                     || q.slow_drain
                     || sig.is_some_and(|s| s.in_storm || s.score.overall > 0.5),
                 hint: l.depth > 0 || l.syn_queue > 0,
