@@ -213,8 +213,9 @@ impl Selector {
             left = left.saturating_sub(other_cost);
         }
 
-        // Order: the notable by rank, then the quiet by weight; listeners and pools in turn, so
-        // neither kind can crowd the other out.
+        // Order: within each kind the notable by rank, then the quiet by weight; the two kinds in
+        // turn, so neither can crowd the other out. (Notable first across both kinds let a host
+        // whose 1,200 listeners all counted resets fold every one of its 1,500 pools into `other`.)
         #[derive(Clone, Copy)]
         enum Who {
             L(usize),
@@ -224,19 +225,20 @@ impl Selector {
         let p_cands: Vec<&Candidate> = pools.iter().map(|(_, c)| c).collect();
         let (hot_l, quiet_l) = ranked_refs(&notable_l, &l_cands);
         let (hot_p, quiet_p) = ranked_refs(&notable_p, &p_cands);
-        let mut order: Vec<Who> = Vec::new();
-        for (ls, ps) in [(&hot_l, &hot_p), (&quiet_l, &quiet_p)] {
-            let (mut a, mut b) = (ls.iter(), ps.iter());
+        let in_turn = |ls: Vec<usize>, ps: Vec<usize>| -> Vec<Who> {
+            let (mut a, mut b) = (ls.into_iter(), ps.into_iter());
+            let mut order = Vec::new();
             loop {
                 let (x, y) = (a.next(), b.next());
                 if x.is_none() && y.is_none() {
-                    break;
+                    return order;
                 }
-                order.extend(x.map(|&i| Who::L(i)));
-                order.extend(y.map(|&i| Who::P(i)));
+                order.extend(x.map(Who::L));
+                order.extend(y.map(Who::P));
             }
-        }
-        let notable_count = hot_l.len() + hot_p.len();
+        };
+        let hot = in_turn(hot_l.clone(), hot_p.clone());
+        let order = in_turn([hot_l, quiet_l].concat(), [hot_p, quiet_p].concat());
         let cand = |w: Who| match w {
             Who::L(i) => &listeners[i].1,
             Who::P(i) => &pools[i].1,
@@ -251,7 +253,7 @@ impl Selector {
         };
         let extra = |c: &Candidate| c.detail_cost.saturating_sub(c.summary_cost);
         // Up to half the room is kept for the notable's detail; summaries (breadth) get the rest.
-        let reserve = (left / 2).min(order[..notable_count].iter().map(|&w| extra(cand(w))).sum());
+        let reserve = (left / 2).min(hot.iter().map(|&w| extra(cand(w))).sum());
         // Pass 1: summaries in order. Pass 2: the notable's detail. Pass 3: what is left gives
         // summaries to those still out, then detail to the quiet, in the same order.
         for &w in &order {
@@ -261,7 +263,7 @@ impl Selector {
                 set(&mut plan, w, Level::Summary);
             }
         }
-        for &w in &order[..notable_count] {
+        for &w in &hot {
             let c = cand(w);
             if level_of(&plan, w) == Some(Level::Summary) && extra(c) <= left {
                 left -= extra(c);
@@ -435,6 +437,21 @@ mod tests {
         assert!(plan.listeners[3].is_none() && plan.pools[2].is_none(), "{plan:?}");
         let all: usize = plan.left_out.iter().filter(|(_, l, _)| *l == "all").map(|(_, _, n)| n).sum();
         assert_eq!(all, 5, "{:?}", plan.left_out);
+    }
+
+    #[test]
+    fn notable_listeners_do_not_fold_every_pool() {
+        // The fleet host: every listener counts resets at every scrape, the pools are quiet.
+        let mut s = Selector::new(Settings { budget: 12_000, hold: DEFAULT_HOLD });
+        let listeners =
+            |t: u64| -> Vec<(ListenerId, Candidate)> { (0..1200).map(|i| (lid(i), c(1, t, false, 1))).collect() };
+        let pools: Vec<_> = (0..1500).map(|i| (pid(i), c(1, 0, false, 1))).collect();
+        s.plan(&listeners(0), &pools, 100, 40);
+        let plan = s.plan(&listeners(1), &pools, 100, 40);
+        let shown_l = plan.listeners.iter().filter(|l| l.is_some()).count();
+        let shown_p = plan.pools.iter().filter(|l| l.is_some()).count();
+        assert!(shown_p + 1 >= shown_l.min(1500), "listeners {shown_l}, pools {shown_p}: {:?}", plan.left_out);
+        assert!(plan.listeners.iter().any(|l| *l == Some(Level::Detail)), "the notable keep their detail");
     }
 
     #[test]
