@@ -27,6 +27,12 @@ pub struct Config {
     pub series: SeriesSection,
 }
 
+/// Series an exposition aims to stay within by default (export::budget reads it from here, so
+/// config does not depend on export).
+pub const DEFAULT_SERIES_BUDGET: usize = 12_000;
+/// How long an entity stays notable by default.
+pub const DEFAULT_SERIES_HOLD: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// The series budget of the exposition (see monitor/src/export/budget.rs); `--series.budget`
 /// and `--series.hold` win over it.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -40,7 +46,7 @@ pub struct SeriesSection {
 
 impl Default for SeriesSection {
     fn default() -> Self {
-        SeriesSection { budget: crate::export::budget::DEFAULT_BUDGET, hold: Dur(crate::export::budget::DEFAULT_HOLD) }
+        SeriesSection { budget: DEFAULT_SERIES_BUDGET, hold: Dur(DEFAULT_SERIES_HOLD) }
     }
 }
 

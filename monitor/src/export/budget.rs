@@ -62,8 +62,8 @@ impl Default for Settings {
     }
 }
 
-pub const DEFAULT_BUDGET: usize = 12_000;
-pub const DEFAULT_HOLD: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_BUDGET: usize = crate::config::DEFAULT_SERIES_BUDGET;
+pub const DEFAULT_HOLD: Duration = crate::config::DEFAULT_SERIES_HOLD;
 
 /// A histogram as exposed: one series per bucket, `_sum` and `_count`.
 pub(crate) const HIST_SERIES: usize = HIST_BUCKETS + 2;
@@ -451,7 +451,7 @@ mod tests {
         let shown_l = plan.listeners.iter().filter(|l| l.is_some()).count();
         let shown_p = plan.pools.iter().filter(|l| l.is_some()).count();
         assert!(shown_p + 1 >= shown_l.min(1500), "listeners {shown_l}, pools {shown_p}: {:?}", plan.left_out);
-        assert!(plan.listeners.iter().any(|l| *l == Some(Level::Detail)), "the notable keep their detail");
+        assert!(plan.listeners.contains(&Some(Level::Detail)), "the notable keep their detail");
     }
 
     #[test]
