@@ -20,6 +20,12 @@ pub fn run() -> Result<()> {
             c.args(["fmt", "--all", "--check"]);
             c
         }),
+        ("fmt (fuzz targets)", {
+            // fuzz/ is a workspace of its own (cargo-fuzz's layout), outside `--all`.
+            let mut c = Command::new("cargo");
+            c.args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--all", "--check"]);
+            c
+        }),
         ("clippy (user space)", {
             let mut c = Command::new("cargo");
             c.args(["clippy", "--workspace", "--exclude", "monitor-ebpf", "--all-targets", "--", "-D", "warnings"]);

@@ -12,11 +12,14 @@
 //! - `matrix [--kernels 5.10,6.1,6.12] [--no-host] [--sequential]`: the kernel smoke suite on
 //!   Debian's 5.10, 6.1 and 6.12 under qemu (virtme-ng) and on the host kernel, one feature table
 //!   per kernel; fails on a regression. `test` runs it after the test suite.
+//! - `fuzz [--seconds N] [TARGET...]`: build the cargo-fuzz targets in fuzz/ and run each for N
+//!   seconds (default 10) after replaying its corpus. `test` runs it after the test suite.
 //! - `lint`: `cargo fmt --check` on every crate, clippy `-D warnings` on the user-space crates and
 //!   on the eBPF crate (pinned nightly, bpfel-unknown-none), no import cycles in any crate.
 
 mod bench;
 mod cycles;
+mod fuzz;
 mod image;
 mod lint;
 mod matrix;
@@ -57,6 +60,9 @@ enum Cmd {
     /// run the kernel smoke suite in each and on the host: one feature table per kernel,
     /// non-zero exit on a regression (needs root).
     Matrix(MatrixArgs),
+    /// Build the fuzz targets (fuzz/, cargo-fuzz on the pinned nightly) and run each for a fixed
+    /// time after replaying its corpus; fails on any panic, hang or memory blow-up.
+    Fuzz(FuzzArgs),
     /// Run setup, build the static release agent and its image (FROM scratch, buildah, offline),
     /// written as an OCI archive at target/connmon-image.oci.tar.
     Image(ImageArgs),
@@ -81,6 +87,15 @@ struct MatrixArgs {
     /// Boot the guests one after another (default: all at once).
     #[arg(long)]
     sequential: bool,
+}
+
+#[derive(Args)]
+struct FuzzArgs {
+    /// Seconds of fuzzing per target (0: only replay the corpus).
+    #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+    seconds: u64,
+    /// Targets to run (default: all of fuzz/fuzz_targets/).
+    targets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -144,6 +159,7 @@ fn run(command: Cmd) -> Result<()> {
             setup::run(false, true)?;
             matrix::run(&matrix::Options { kernels: args.kernels, no_host: args.no_host, sequential: args.sequential })
         }
+        Cmd::Fuzz(args) => fuzz::run(args.seconds, &args.targets),
         Cmd::Image(args) => {
             setup::run(false, false)?;
             if args.binary_only {
@@ -182,8 +198,12 @@ fn test(cargo_args: &[String]) -> Result<()> {
     // The kernel matrix runs even when a test failed, so one run shows both; its smoke suite on
     // the host kernel is the kernel_smoke test the suite above already ran.
     let matrix = matrix::run(&matrix::Options { kernels: Vec::new(), no_host: true, sequential: false });
+    // Every fuzz target's corpus replayed (the crashers found so far), then a short fixed run of
+    // each: about two minutes once built (docs/fuzzing.md).
+    let fuzz = fuzz::run(fuzz::DEFAULT_SECONDS, &[]);
     tests?;
-    matrix
+    matrix?;
+    fuzz
 }
 
 fn run_agent(agent_args: &[String]) -> Result<()> {
@@ -232,6 +252,10 @@ mod tests {
         assert!(matches!(parse(&["setup", "--check"]), Cmd::Setup(SetupArgs { check: true, no_tracefs: false })));
         assert!(Cli::try_parse_from(["cargo xtask", "test", "--release"]).is_err());
         assert!(matches!(parse(&["lint"]), Cmd::Lint));
+        let Cmd::Fuzz(f) = parse(&["fuzz", "--seconds", "3", "btf"]) else { panic!("not fuzz") };
+        assert_eq!((f.seconds, f.targets), (3, vec!["btf".to_string()]));
+        let Cmd::Fuzz(f) = parse(&["fuzz"]) else { panic!("not fuzz") };
+        assert_eq!((f.seconds, f.targets.len()), (fuzz::DEFAULT_SECONDS, 0));
         assert!(Cli::try_parse_from(["cargo xtask", "lint", "--fix"]).is_err());
     }
 

@@ -79,6 +79,7 @@ pub fn run(check: bool, with_tracefs: bool) -> Result<()> {
     musl_target(mode, &mut missing)?;
     lint_components(mode, &mut missing)?;
     bpf_linker(mode, &mut missing)?;
+    crate::fuzz::ensure_cargo_fuzz(mode == Mode::Check, &mut missing)?;
     python_packages(mode, &mut missing)?;
     if with_tracefs {
         tracefs(mode, &mut missing)?;

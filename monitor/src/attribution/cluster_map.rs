@@ -40,8 +40,9 @@ pub struct Peer {
     pub name: String,
 }
 
-/// The lookups a scrape makes, built from the cached objects.
-#[derive(Debug, Default)]
+/// The lookups a scrape makes, built from the cached objects. Comparable, so the fuzz target can
+/// check that slimming objects never changes what they map to.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Names {
     /// Pod UID → (namespace, name).
     pods: HashMap<String, (String, String)>,

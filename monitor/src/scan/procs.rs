@@ -26,9 +26,9 @@ fn socket_of(target: &FDTarget) -> Option<u64> {
     }
 }
 
-/// An fd link's text as the socket inode it names, the way procfs reads the link.
-#[cfg(test)]
-fn socket_inode(link: &[u8]) -> Option<u64> {
+/// Pure: an fd link's text as the socket inode it names, the way procfs reads the link (public
+/// for the fuzz targets in fuzz/).
+pub fn socket_inode(link: &[u8]) -> Option<u64> {
     socket_of(&std::str::from_utf8(link).ok()?.parse::<FDTarget>().ok()?)
 }
 
