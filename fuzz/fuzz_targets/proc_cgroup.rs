@@ -12,8 +12,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(!path.is_empty());
     assert_eq!(path.trim_end(), path);
     assert!(text.contains(path.as_str()), "{path:?} is not in the file");
-    // The first "0::PATH" line with a path is v2's.
-    let v2 = text.lines().find_map(|l| l.strip_prefix("0::").map(str::trim_end).filter(|p| !p.is_empty()));
+    // The first "0::PATH" line with a path is v2's (hierarchy numbers as Rust parses them: "+0").
+    let v2 = text.lines().find_map(|l| {
+        let (hierarchy, rest) = l.split_once(':')?;
+        let path = rest.strip_prefix(':')?.trim_end();
+        (hierarchy.parse::<u32>() == Ok(0) && !path.is_empty()).then_some(path)
+    });
     if let Some(v2) = v2 {
         assert_eq!(path, v2, "v2 line present but another path chosen");
     }

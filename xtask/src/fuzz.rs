@@ -4,7 +4,8 @@
 //! `fuzz/corpus/<target>/` (seeds, minimized finds and former crashers), so a regression fails
 //! here even with `--seconds 0`. New inputs go to `<target dir>/fuzz/new/<target>/`, never into the
 //! repository; a crash leaves its input in `<target dir>/fuzz/artifacts/<target>/` and fails the
-//! command with the line that replays it. This module also owns installing cargo-fuzz (setup).
+//! command with the line that replays it. `fuzz/dicts/<target>.dict`, where present, gives
+//! libFuzzer the format's keywords. This module also owns installing cargo-fuzz (setup).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -116,6 +117,10 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
         let log_path = out.join(format!("{target}.log"));
         let log = std::fs::File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
         let mut cmd = Command::new(bin_dir.join(target));
+        let dict = workspace_root().join("fuzz").join("dicts").join(format!("{target}.dict"));
+        if dict.exists() {
+            cmd.arg(format!("-dict={}", dict.display()));
+        }
         cmd.arg(&new)
             .arg(&corpus)
             .arg(format!("-max_total_time={seconds}"))

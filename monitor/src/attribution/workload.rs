@@ -65,8 +65,15 @@ fn pod_uid(part: &str) -> Option<String> {
     let own_word = at == 0 || part[..at].ends_with('-');
     let rest = &part[at + 3..];
     let uid = rest.strip_suffix(".slice").unwrap_or(rest).replace('_', "-");
-    let ok = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    (own_word && ok).then_some(uid)
+    (own_word && is_uuid(&uid)).then_some(uid)
+}
+
+/// 8-4-4-4-12 hex digits: what kubelet's pod UIDs are.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| if [8, 13, 18, 23].contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 fn qos(part: &str) -> Option<&'static str> {
@@ -144,6 +151,15 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(parse(&path), want, "{path}");
         }
+    }
+
+    /// Found by fuzz/ (cgroup_path): 36 hex digits and dashes in the wrong places were a pod UID.
+    #[test]
+    fn pod_uids_have_the_uuid_shape() {
+        assert_eq!(parse("/kubepods.slice/kubepods-pod3f6c1a2e_8b4d_4c1e_9f-a_2b5d6e8f9a0b.slice").pod_uid, "");
+        assert_eq!(parse("/kubepods/pod------------------------------------").pod_uid, "");
+        let ok = parse("/kubepods/pod3f6c1a2e-8b4d-4c1e-9f7a-2b5d6e8f9a0b");
+        assert_eq!(ok.pod_uid, "3f6c1a2e-8b4d-4c1e-9f7a-2b5d6e8f9a0b");
     }
 
     #[test]

@@ -120,7 +120,12 @@ fn split_decl(decl: &str) -> Option<(String, String)> {
         None => (decl, ""),
     };
     let base = base.trim_end();
-    let start = base.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+    // The name starts after the last character that cannot be in one, which may be multi-byte.
+    let start = base
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let name = &base[start..];
     let ty = base[..start].trim_end();
     if name.is_empty() || ty.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {

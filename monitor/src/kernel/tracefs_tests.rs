@@ -216,6 +216,17 @@ fn read_format_from_a_directory_tree() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Found by fuzz/ (tracefs_format): a declaration ending in a multi-byte character sliced inside
+/// it and panicked.
+#[test]
+fn non_ascii_declarations_do_not_panic() {
+    let crasher = "namread: 85\nfield:\u{18f}\n\tfiam;\n\tbiame$\u{18f}\n\tfiameID: 02\n\u{18f}";
+    let e = parse_format(crasher).unwrap_err().to_string();
+    assert!(e.contains("line 2") && !e.contains('\n'), "{e}");
+    let f = parse_format("name: x\n\tfield:\u{18f}nm;\toffset:0;\tsize:4;\tsigned:0;\n").unwrap();
+    assert_eq!((f.fields[0].name.as_str(), f.fields[0].ty.as_str()), ("nm", "\u{18f}"));
+}
+
 #[test]
 fn running_kernel_tracepoints() {
     // As root this may mount tracefs at the default place, exactly as the agent would; elsewhere

@@ -111,7 +111,8 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
                         .and_then(|b| DoneMessage::parse(&b))
                         .map_err(|e| anyhow!("sock_diag reply is malformed: bad NLMSG_DONE: {e}"))?;
                     if done.code < 0 {
-                        bail!("sock_diag dump failed: {}", errno_name(-done.code));
+                        // saturating: -i32::MIN overflows (a panic in debug builds).
+                        bail!("sock_diag dump failed: {}", errno_name(done.code.saturating_neg()));
                     }
                 }
                 return Ok(true);
@@ -122,7 +123,7 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
                     .map_err(|e| anyhow!("sock_diag reply is malformed: bad NLMSG_ERROR: {e}"))?;
                 // No code is an ACK, which a dump does not end on.
                 if let Some(code) = err.code {
-                    bail!("sock_diag request failed: {}", errno_name(-code.get()));
+                    bail!("sock_diag request failed: {}", errno_name(code.get().saturating_neg()));
                 }
             }
             SOCK_DIAG_BY_FAMILY => out.push(parse_socket(payload)?),

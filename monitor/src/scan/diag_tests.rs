@@ -205,6 +205,21 @@ fn truncated_and_malformed_input_errs_without_panicking() {
 // ---------- live tests (root) ----------
 
 /// A listener with exactly `backlog`: listen(2) again on std's socket just resets the backlog.
+/// Found by fuzz/ (sock_diag_inet): DONE or ERROR carrying i32::MIN, whose negation overflowed
+/// (a panic in debug builds, a nonsense errno in release ones).
+#[test]
+fn done_and_error_with_the_most_negative_code_are_errors() {
+    for (ty, len) in [(NLMSG_DONE, 4), (NLMSG_ERROR, 20)] {
+        let mut payload = i32::MIN.to_ne_bytes().to_vec();
+        payload.resize(len, 0);
+        let e = parse_messages(&nlmsg(ty, &payload), &mut Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("failed") && !e.contains('\n'), "{e}");
+    }
+    // The fuzzer's input, byte for byte.
+    let crasher = [20, 0, 0, 0, 3, 0, 2, 0x3d, 0, 0xfb, 1, 1, 0x8c, 0x8c, 0x8c, 0, 0, 0, 0, 0x80, 0];
+    assert!(parse_messages(&crasher, &mut Vec::new()).is_err());
+}
+
 fn listen(addr: &str, backlog: i32) -> (TcpListener, u16) {
     let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     assert_eq!(unsafe { libc::listen(l.as_raw_fd(), backlog) }, 0);

@@ -61,14 +61,16 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<UnixListenerSock>) -> Result<boo
             bail!("unix sock_diag reply is malformed: netlink message claims {len} bytes");
         }
         match msg.payload {
+            // saturating_neg: -i32::MIN overflows (a panic in debug builds); so does the
+            // `abs()` inside netlink-packet-core's ErrorMessage::to_io, hence not used.
             NetlinkPayload::Done(d) if d.code < 0 => {
-                bail!("unix sock_diag dump failed: {}", std::io::Error::from_raw_os_error(-d.code))
+                bail!("unix sock_diag dump failed: {}", std::io::Error::from_raw_os_error(d.code.saturating_neg()))
             }
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(e) if e.code.is_some() => {
                 bail!(
                     "unix sock_diag request failed: {} (the kernel needs CONFIG_UNIX_DIAG; try `modprobe unix_diag`)",
-                    e.to_io()
+                    std::io::Error::from_raw_os_error(e.raw_code().saturating_neg())
                 )
             }
             NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
@@ -197,6 +199,21 @@ mod tests {
             let e = parse_messages(bad, &mut Vec::new()).unwrap_err().to_string();
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    /// Found by fuzz/ (sock_diag_unix): DONE with i32::MIN, whose negation overflowed.
+    #[test]
+    fn done_with_the_most_negative_code_is_an_error() {
+        let crasher = [20, 0, 0, 0, 3, 0, 2, 0, 3, 0, 0, 0, 0, 0x3d, 0xfb, 0, 0, 0, 0, 0x80];
+        let e = parse_messages(&crasher, &mut Vec::new()).unwrap_err().to_string();
+        assert!(e.starts_with("unix sock_diag dump failed") && !e.contains('\n'), "{e}");
+        let mut nack = vec![];
+        nack.extend_from_slice(&36u32.to_ne_bytes());
+        nack.extend_from_slice(&2u16.to_ne_bytes());
+        nack.extend_from_slice(&[0; 10]);
+        nack.extend_from_slice(&i32::MIN.to_ne_bytes());
+        nack.extend_from_slice(&[0; 16]);
+        assert!(parse_messages(&nack, &mut Vec::new()).is_err());
     }
 
     #[test]
