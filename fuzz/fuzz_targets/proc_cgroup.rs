@@ -12,11 +12,13 @@ fuzz_target!(|data: &[u8]| {
     assert!(!path.is_empty());
     assert_eq!(path.trim_end(), path);
     assert!(text.contains(path.as_str()), "{path:?} is not in the file");
-    // The first "0::PATH" line with a path is v2's (hierarchy numbers as Rust parses them: "+0").
+    // The first "0::PATH" line with a path is v2's, as procfs reads lines: hierarchy numbers as
+    // Rust parses them ("+0"), controllers split on commas with empty names dropped (",,").
     let v2 = text.lines().find_map(|l| {
-        let (hierarchy, rest) = l.split_once(':')?;
-        let path = rest.strip_prefix(':')?.trim_end();
-        (hierarchy.parse::<u32>() == Ok(0) && !path.is_empty()).then_some(path)
+        let mut fields = l.splitn(3, ':');
+        let (hierarchy, controllers, path) = (fields.next()?, fields.next()?, fields.next()?.trim_end());
+        let v2 = hierarchy.parse::<u32>() == Ok(0) && controllers.split(',').all(str::is_empty);
+        (v2 && !path.is_empty()).then_some(path)
     });
     if let Some(v2) = v2 {
         assert_eq!(path, v2, "v2 line present but another path chosen");

@@ -24,6 +24,11 @@ const TYPE_HEADER_LEN: usize = 12;
 /// Bound on typedef/modifier chains and anonymous-member nesting: real kernels need a handful, and a
 /// bound keeps a malformed or cyclic blob from looping forever.
 const MAX_DEPTH: usize = 32;
+/// Bound on the members one [`Btf::member_offset`] visits, anonymous members' included. The
+/// deepest path in a real kernel visits a few hundred; corrupt BTF whose anonymous members fan
+/// out to the same types again and again would otherwise take exponential time (a hang at
+/// start-up, found by fuzzing).
+const MAX_MEMBER_VISITS: usize = 100_000;
 
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
@@ -292,15 +297,20 @@ impl Btf {
 
     /// Finds `name` among the members of composite `t`, looking inside anonymous struct/union
     /// members the way C name lookup does. Returns the member and its bit offset within `t`.
-    fn find_member(&self, t: &Type, name: &str, depth: usize) -> Option<(Member, u64)> {
+    /// `budget` counts down the members visited (see [`MAX_MEMBER_VISITS`]).
+    fn find_member(&self, t: &Type, name: &str, depth: usize, budget: &mut usize) -> Option<(Member, u64)> {
         if depth > MAX_DEPTH {
             return None;
         }
         for m in self.members(t) {
+            if *budget == 0 {
+                return None;
+            }
+            *budget -= 1;
             if m.name_off == 0 || self.name(m.name_off).is_empty() {
                 if let Some((_, inner)) = self.resolve(m.type_id) {
                     if inner.is_composite() {
-                        if let Some((found, off)) = self.find_member(inner, name, depth + 1) {
+                        if let Some((found, off)) = self.find_member(inner, name, depth + 1, budget) {
                             return Some((found, m.bit_offset + off));
                         }
                     }
@@ -314,7 +324,7 @@ impl Btf {
     }
 
     /// Bit offset of `path` inside composite type `id`, or an error naming what went wrong.
-    fn path_bits(&self, strukt: &str, id: u32, path: &str) -> Result<u64> {
+    fn path_bits(&self, strukt: &str, id: u32, path: &str, budget: &mut usize) -> Result<u64> {
         let mut cur = id;
         let mut bits = 0u64;
         let mut walked = String::new();
@@ -324,7 +334,12 @@ impl Btf {
                     "{strukt}.{walked} is not a struct or union in kernel BTF, so it has no member {comp} (path {strukt}.{path})"
                 );
             };
-            let Some((m, off)) = self.find_member(t, comp, 0) else {
+            let Some((m, off)) = self.find_member(t, comp, 0, budget) else {
+                if *budget == 0 {
+                    bail!(
+                        "struct {strukt} in kernel BTF has more than {MAX_MEMBER_VISITS} nested anonymous members to search for {path}: the BTF data is corrupt"
+                    );
+                }
                 let within = if walked.is_empty() { String::new() } else { format!(" (in {strukt}.{walked})") };
                 bail!("struct {strukt} has no member {path} in kernel BTF: no {comp}{within}");
             };
@@ -353,6 +368,8 @@ impl Btf {
         // one that actually has the path wins.
         let ids = self.names().get(strukt).map(Vec::as_slice).unwrap_or(&[]);
         let mut first_err = None;
+        // One budget for every candidate: many same-named structs must not multiply it.
+        let mut budget = MAX_MEMBER_VISITS;
         for &id in ids {
             let Some((rid, t)) = self.resolve(id) else {
                 continue;
@@ -360,7 +377,7 @@ impl Btf {
             if !t.is_composite() || (t.vlen() == 0 && t.size_or_type == 0) {
                 continue;
             }
-            match self.path_bits(strukt, rid, path) {
+            match self.path_bits(strukt, rid, path, &mut budget) {
                 Ok(bits) if bits % 8 == 0 => {
                     return u32::try_from(bits / 8).map_err(|_| {
                         anyhow!("{strukt}.{path} has an impossible offset of {bits} bits: the BTF data is corrupt")
