@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use connmon::alerts::AlertView;
-use connmon::web::{auth::Guard, router, tls::WebConfigSource, Endpoints};
+use connmon::web::{auth::Guard, limits::Limits, router, tls::WebConfigSource, Endpoints, Web};
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -59,7 +59,9 @@ fuzz_target!(|data: &[u8]| {
     let w = world();
     let out = w.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(256 * 1024);
-        let app = router(Arc::new(Agent), Some(Guard::new(Arc::clone(&w.source))));
+        // The agent's default caps are far above one connection's requests: no 503 is expected.
+        let web = Web::new(Arc::new(Agent), Limits::new(64, 64), 2);
+        let app = router(web, Some(Guard::new(Arc::clone(&w.source))));
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(server), TowerToHyperService::new(app));
         let talk = async {
