@@ -1,14 +1,16 @@
 //! Project tasks: `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
 //!
-//! - `setup [--check]`: install (or, with `--check`, only verify) everything the build and the
-//!   test suite need on a Debian 12 machine.
-//! - `test [-- ARGS]`: setup, then the whole test suite as root.
-//! - `run [-- ARGS]`: setup, release build, then `connmon run ARGS`.
-//! - `image [--binary-only]`: setup, the static release binary, then the OCI image built with
-//!   buildah (`target/connmon-image.oci.tar`).
-//! - `bench [kernel|pools]`: kernel ns per connection from bpf_stats next to two bpftrace
-//!   programs (`kernel`), the agent's overhead under connection churn (`pools`); both when no
-//!   target is named (needs root, bpftrace and bpftool).
+//! - `setup [--for PURPOSE] [--check]`: install (or, with `--check`, only verify) what a purpose
+//!   needs on a Debian 12 machine (everything without `--for`).
+//! - `test [-- ARGS]`: setup for the tests, then the whole test suite as root.
+//! - `run [-- ARGS]`: setup for building and running only, release build, then `connmon run ARGS`.
+//! - `demo`: an outage replayed on this machine until the agent's alert fires (needs root).
+//! - `dist`: the static release binary (`target/dist/connmon`) and the release tarball.
+//! - `image [--binary-only]`: setup, the dist binary, then the OCI image built with buildah from
+//!   the Dockerfile (`target/connmon-image.oci.tar`).
+//! - `bench [kernel|pools|scale]`: kernel ns per connection from bpf_stats next to two bpftrace
+//!   programs (`kernel`), the agent's overhead under connection churn (`pools`), the agent at scale
+//!   (`scale`); all when no target is named (needs root, bpftrace and bpftool).
 //! - `matrix [--kernels 5.10,6.1,6.12] [--no-host] [--sequential]`: the kernel smoke suite on
 //!   Debian's 5.10, 6.1 and 6.12 under qemu (virtme-ng) and on the host kernel, one feature table
 //!   per kernel; fails on a regression. `test` runs it after the test suite.
@@ -19,10 +21,13 @@
 
 mod bench;
 mod cycles;
+mod demo;
+mod dist;
 mod fuzz;
 mod image;
 mod lint;
 mod matrix;
+mod needs;
 mod setup;
 mod toolchain;
 mod util;
@@ -44,12 +49,16 @@ struct Cli {
 // A new task (e.g. `bench`) is one more variant here, its `Args` struct and one arm in `run`.
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing need (Debian packages, the pinned eBPF nightly with
-    /// rust-src and clippy, bpf-linker, tracefs); quick and idempotent when nothing is missing.
+    /// Install what building, running, testing and packaging need (Debian packages, the pinned
+    /// eBPF nightly with rust-src and clippy, bpf-linker, tracefs, the tests' servers and Python
+    /// clients), or with --for only what one purpose needs; quick and idempotent when nothing is
+    /// missing.
     Setup(SetupArgs),
-    /// Run setup, then the test suite (needs root: it loads eBPF programs and creates netns).
+    /// Install what the tests need, then run the test suite (needs root: it loads eBPF programs
+    /// and creates netns).
     Test(TestArgs),
-    /// Run setup, build the agent in release mode and run it (`connmon run ARGS`).
+    /// Install only what building and running need, build the agent in release mode and run it
+    /// (`connmon run ARGS`).
     Run(RunArgs),
     /// Measure the agent's overhead (release build; needs root and bpftrace).
     Bench(BenchArgs),
@@ -66,12 +75,17 @@ enum Cmd {
     /// Run setup, build the static release agent and its image (FROM scratch, buildah, offline),
     /// written as an OCI archive at target/connmon-image.oci.tar.
     Image(ImageArgs),
+    /// Replay the pre-fork incident on this machine until the agent (default settings) fires
+    /// AcceptQueueSlowFailure; print what to look at; stop everything (needs root and python3).
+    Demo,
+    /// The release artifact: target/dist/connmon (static, musl, eBPF object embedded) and
+    /// target/dist/connmon-VERSION-x86_64-unknown-linux-musl.tar.gz (binary, deploy/, README, docs/).
+    Dist,
 }
 
 #[derive(Args)]
 struct ImageArgs {
-    /// Only build the static binary (target/x86_64-unknown-linux-musl/release/connmon), as the
-    /// Dockerfile's builder stage does.
+    /// Only build the static binary the image holds (target/dist/connmon, as `dist` does).
     #[arg(long = "binary-only")]
     binary_only: bool,
 }
@@ -110,6 +124,9 @@ struct SetupArgs {
     /// Only report; exit non-zero if something is missing.
     #[arg(long)]
     check: bool,
+    /// Only what this purpose needs (repeatable); without it, everything.
+    #[arg(long = "for", value_enum)]
+    purposes: Vec<needs::Purpose>,
     /// Leave tracefs alone: for image builds, which cannot mount it (the agent mounts it itself
     /// at start-up when it runs with CAP_SYS_ADMIN).
     #[arg(long = "no-tracefs")]
@@ -150,37 +167,54 @@ fn run(command: Cmd) -> Result<()> {
     util::prepend_cargo_bin_to_path();
 
     match command {
-        Cmd::Setup(args) => setup::run(args.check, !args.no_tracefs),
+        Cmd::Setup(args) => {
+            let purposes = if args.purposes.is_empty() { needs::EVERYTHING } else { &args.purposes[..] };
+            setup::run(purposes, args.check, !args.no_tracefs)
+        }
         Cmd::Test(args) => test(&args.cargo_args),
         Cmd::Run(args) => run_agent(&args.agent_args),
         Cmd::Bench(args) => bench::run(args.target),
         Cmd::Lint => lint::run(),
         Cmd::Matrix(args) => {
-            setup::run(false, true)?;
+            // The guests need qemu, kmod, busybox and virtme-ng, which the tests' setup installs.
+            setup::run(needs::FOR_TEST, false, true)?;
             matrix::run(&matrix::Options { kernels: args.kernels, no_host: args.no_host, sequential: args.sequential })
         }
         Cmd::Fuzz(args) => fuzz::run(args.seconds, &args.targets),
         Cmd::Image(args) => {
-            setup::run(false, false)?;
+            setup::run(needs::FOR_IMAGE, false, false)?;
             if args.binary_only {
-                image::release_binary().map(|bin| println!("{}", bin.display()))
+                dist::binary().map(|bin| println!("{}", bin.display()))
             } else {
                 image::build().map(drop)
             }
+        }
+        Cmd::Dist => {
+            setup::run(needs::FOR_DIST, false, false)?;
+            dist::build().map(drop)
+        }
+        Cmd::Demo => {
+            demo::preflight()?;
+            setup::run(needs::FOR_DEMO, false, true)?;
+            demo::run(&build_release()?)
         }
     }
 }
 
 /// Where tests/container.rs finds the image archive (it defaults to the same path).
 const CONTAINER_IMAGE_ENV: &str = "CONNMON_IMAGE_ARCHIVE";
+/// Where tests/dist.rs finds the release tarball (it defaults to `<target>/dist/`).
+const DIST_TARBALL_ENV: &str = "CONNMON_DIST_TARBALL";
 
 fn test(cargo_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the test suite loads eBPF programs and creates network namespaces: run it as root");
     }
-    setup::run(false, true)?;
-    // tests/container.rs runs the image under the DaemonSet's settings: build it first (a release
-    // build of its own; cargo makes it incremental on later runs).
+    setup::run(needs::FOR_TEST, false, true)?;
+    // tests/dist.rs checks the release tarball and tests/container.rs runs the image under the
+    // DaemonSet's settings: build both first (one static release build for the two; cargo makes
+    // it incremental on later runs).
+    let tarball = dist::build()?;
     let archive = image::build()?;
 
     // monitor-ebpf only builds for bpfel-unknown-none (monitor's build script builds it), so it is
@@ -189,6 +223,7 @@ fn test(cargo_args: &[String]) -> Result<()> {
     cmd.args(["test", "--workspace", "--exclude", "monitor-ebpf", "--no-fail-fast"])
         .args(cargo_args)
         .env(CONTAINER_IMAGE_ENV, &archive)
+        .env(DIST_TARBALL_ENV, &tarball)
         .current_dir(workspace_root());
     let tests = util::run_inherit(&mut cmd);
     if !cargo_args.is_empty() {
@@ -214,19 +249,28 @@ fn run_agent(agent_args: &[String]) -> Result<()> {
              namespaces and processes); trying anyway"
         );
     }
-    setup::run(false, true)?;
-
-    let mut build = Command::new("cargo");
-    build.args(["build", "--release", "-p", "connmon"]).current_dir(workspace_root());
-    util::run_inherit(&mut build)?;
-
-    let agent = util::target_dir().join("release").join("connmon");
+    setup::run(needs::FOR_RUN, false, true)?;
+    let agent = build_release()?;
     let mut cmd = Command::new(&agent);
     cmd.arg("run").args(agent_args);
     use std::os::unix::process::CommandExt;
     // exec only returns on failure.
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot execute {}", agent.display()))
+}
+
+/// `cargo build --release -p connmon`, its output in a log (shown only when it fails); returns
+/// the binary.
+fn build_release() -> Result<std::path::PathBuf> {
+    let log = util::log_path("build-release");
+    let _ = std::fs::remove_file(&log);
+    let mut build = Command::new("cargo");
+    build.args(["build", "--release", "-p", "connmon"]).current_dir(workspace_root());
+    let hint = "the log above says what failed; `cargo build --release -p connmon` shows it in full";
+    util::step(&format!("building connmon (release; log {})", log.display()), || {
+        util::run_logged(&mut build, &log, hint)
+    })?;
+    Ok(util::target_dir().join("release").join("connmon"))
 }
 
 #[cfg(test)]
@@ -249,7 +293,10 @@ mod tests {
     fn run_and_setup_flags() {
         let Cmd::Run(r) = parse(&["run", "--", "--listen", "0.0.0.0:9000"]) else { panic!("not run") };
         assert_eq!(r.agent_args, ["--listen", "0.0.0.0:9000"]);
-        assert!(matches!(parse(&["setup", "--check"]), Cmd::Setup(SetupArgs { check: true, no_tracefs: false })));
+        assert!(matches!(parse(&["setup", "--check"]), Cmd::Setup(SetupArgs { check: true, no_tracefs: false, .. })));
+        let Cmd::Setup(s) = parse(&["setup", "--for", "run", "--for", "static"]) else { panic!("not setup") };
+        assert_eq!(s.purposes, [needs::Purpose::Run, needs::Purpose::Static]);
+        assert!(Cli::try_parse_from(["cargo xtask", "setup", "--for", "everything"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "test", "--release"]).is_err());
         assert!(matches!(parse(&["lint"]), Cmd::Lint));
         let Cmd::Fuzz(f) = parse(&["fuzz", "--seconds", "3", "btf"]) else { panic!("not fuzz") };

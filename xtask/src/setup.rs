@@ -1,8 +1,13 @@
-//! `cargo xtask setup [--check]`: make a Debian 12 machine able to build and test connmon.
+//! `cargo xtask setup [--for PURPOSE] [--check]`: make a Debian 12 machine able to build, run,
+//! test or package connmon. Each command asks only for what its purpose needs ([`Purpose`]):
+//! `run` gets the build toolchain and tracefs, not the test servers; `test` gets those too;
+//! `setup` without `--for` installs everything (CI runs it).
 //!
-//! Each step prints one line: `ok <what>`, `installing <what>` or (with `--check`) `missing <what>`.
-//! When nothing is missing the whole run only queries (dpkg-query, rustup, bpf-linker --version,
-//! python3 -m kubernetes_validate --version) and takes under a second.
+//! Each step prints one line: `ok <what>`, `installing <what> ... ok (12 s)` or (with `--check`)
+//! `missing <what>`. apt-get, rustup, cargo install and pip write into a log under
+//! `<target>/xtask-logs/`; only a failing step shows its log's tail and a hint. When nothing is
+//! missing the whole run only queries (dpkg-query, rustup, bpf-linker --version, python3 -m
+//! kubernetes_validate --version) and takes under a second.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -10,8 +15,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::needs::{packages_for, Purpose, DEBIAN_PACKAGES, EVERYTHING};
 use crate::toolchain;
-use crate::util::{is_root, run_inherit, stdout_of, which};
+use crate::util::{is_root, log_path, run_logged, stdout_of, step, which};
 
 /// LLVM major that bpf-linker must be built against: the one of the pinned nightly that builds the
 /// eBPF crate (monitor-ebpf/rust-toolchain.toml; rustc 1.97 nightly uses LLVM 22; bpf-linker's
@@ -19,82 +25,50 @@ use crate::util::{is_root, run_inherit, stdout_of, which};
 const LLVM_MAJOR: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-struct PackageGroup {
-    needed_by: &'static str,
-    packages: &'static [&'static str],
-}
-
-/// Debian 12 (bookworm) packages; llvm-22 comes from bookworm-security.
-const DEBIAN_PACKAGES: &[PackageGroup] = &[
-    // Building bpf-linker with `--features llvm-22` (LLVM_PREFIX=/usr/lib/llvm-22): it links
-    // libLLVM 22 and Polly, and LLVM's compression libraries.
-    PackageGroup {
-        needed_by: "build",
-        packages: &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "pkg-config"],
-    },
-    // Integration tests, kernel side: network namespaces and the ss/nstat oracles (iproute2),
-    // bpftrace as an independent tracer, setcap to run the agent with capabilities only.
-    // bpftool: tests/chaos.rs checks nothing stays attached after kill -9; `cargo xtask bench kernel`
-    // reads run_time_ns/run_cnt with it.
-    PackageGroup { needed_by: "test", packages: &["iproute2", "bpftrace", "libcap2-bin", "bpftool"] },
-    // Integration tests, real servers whose connections and accept queues the agent watches,
-    // and Prometheus tooling (promtool, alertmanager) to check the metrics and alert rules.
-    PackageGroup {
-        needed_by: "test",
-        packages: &["redis-server", "postgresql", "prometheus", "prometheus-alertmanager"],
-    },
-    // The --web.config.file tests: certificates from the openssl CLI, bcrypt hashes from htpasswd
-    // (apache2-utils), curl as the TLS client. curl is also in the README's examples.
-    PackageGroup { needed_by: "test", packages: &["openssl", "apache2-utils", "curl"] },
-    // `cargo xtask matrix` (part of `cargo xtask test`): Debian kernels booted under qemu with
-    // virtme-ng, which needs kmod (depmod for the guest's 9p and virtio modules) and busybox (its
-    // initramfs).
-    PackageGroup { needed_by: "test", packages: &["qemu-system-x86", "kmod", "busybox-static"] },
-    // tests/top.rs: `connmon top` in a real terminal (send-keys, capture-pane).
-    PackageGroup { needed_by: "test", packages: &["tmux"] },
-    // tests/chaos_alerts.rs: libfaketime steps the wall clock for the agent alone (`date -s` would
-    // step the whole host).
-    PackageGroup { needed_by: "test", packages: &["faketime"] },
-    // `cargo xtask image` and tests/container.rs: buildah builds the image offline, podman runs
-    // it with runc (crun cannot use hybrid cgroups); musl-gcc compiles ring's C and assembly for
-    // the static musl binary; binutils' strip takes its symbols out of the image.
-    PackageGroup { needed_by: "image", packages: &["buildah", "podman", "runc", "musl-tools", "binutils"] },
-    // For people poking at a running agent by hand (the README's examples use them).
-    PackageGroup { needed_by: "run", packages: &["jq"] },
-];
-
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Check,
     Install,
 }
 
-/// Run every step; in check mode, error at the end if anything is missing. `with_tracefs`: also
-/// mount (or check) tracefs, which image builds cannot do.
-pub fn run(check: bool, with_tracefs: bool) -> Result<()> {
+/// Run every step `purposes` need; in check mode, error at the end if anything is missing.
+/// `with_tracefs`: also mount (or check) tracefs when running is a purpose (image builds cannot).
+pub fn run(purposes: &[Purpose], check: bool, with_tracefs: bool) -> Result<()> {
     let mode = if check { Mode::Check } else { Mode::Install };
+    let expanded: Vec<Purpose> =
+        EVERYTHING.iter().copied().filter(|p| purposes.iter().any(|q| q.with_implied().contains(p))).collect();
+    let purposes = &expanded[..];
+    let needs = |p: Purpose| purposes.contains(&p);
     let mut missing = Vec::new();
-    debian_packages(mode, &mut missing)?;
-    rust_nightly(mode, &mut missing)?;
-    musl_target(mode, &mut missing)?;
-    lint_components(mode, &mut missing)?;
-    bpf_linker(mode, &mut missing)?;
-    crate::fuzz::ensure_cargo_fuzz(mode == Mode::Check, &mut missing)?;
-    python_packages(mode, &mut missing)?;
-    if with_tracefs {
-        tracefs(mode, &mut missing)?;
-    } else {
-        println!("skipped tracefs (--no-tracefs)");
+    debian_packages(purposes, mode, &mut missing)?;
+    if needs(Purpose::Build) {
+        rust_nightly(mode, &mut missing)?;
+    }
+    if needs(Purpose::Static) {
+        musl_target(mode, &mut missing)?;
+    }
+    if needs(Purpose::Lint) {
+        lint_components(mode, &mut missing)?;
+    }
+    if needs(Purpose::Build) {
+        bpf_linker(mode, &mut missing)?;
+    }
+    if needs(Purpose::Test) {
+        crate::fuzz::ensure_cargo_fuzz(mode == Mode::Check, &mut missing)?;
+        python_packages(mode, &mut missing)?;
+    }
+    if needs(Purpose::Run) {
+        if with_tracefs {
+            tracefs(mode, &mut missing)?;
+        } else {
+            println!("skipped tracefs (--no-tracefs)");
+        }
     }
     if !missing.is_empty() {
         let root_hint = if is_root() { "" } else { " as root" };
         bail!("missing: {}; run `cargo xtask setup`{root_hint}", missing.join(", "));
     }
     Ok(())
-}
-
-fn all_packages() -> Vec<&'static str> {
-    DEBIAN_PACKAGES.iter().flat_map(|g| g.packages.iter().copied()).collect()
 }
 
 /// Packages of `wanted` that are not "install ok installed" (one dpkg-query for all of them).
@@ -117,13 +91,34 @@ fn missing_packages(wanted: &[&'static str]) -> Result<Vec<&'static str>> {
     Ok(wanted.iter().copied().filter(|p| !installed.contains(*p)).collect())
 }
 
-fn debian_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
-    let wanted = all_packages();
+/// Runs apt-get quietly into the setup log (update first, once per setup run).
+fn apt_get_install(packages: &[&str]) -> Result<()> {
+    let log = log_path("setup-apt");
+    let hint = "apt-get could not install them: check the machine's apt sources and network \
+                (`apt-get install PACKAGE` by hand shows the whole error)";
+    run_logged(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"), &log, hint)?;
+    run_logged(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &log,
+        hint,
+    )
+}
+
+fn debian_packages(purposes: &[Purpose], mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let wanted = packages_for(purposes);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut groups: Vec<&str> =
+        DEBIAN_PACKAGES.iter().filter(|g| purposes.contains(&g.needed_by)).map(|g| g.needed_by.name()).collect();
+    groups.dedup();
+    let groups = groups.join(", ");
     let absent = missing_packages(&wanted)?;
     if absent.is_empty() {
-        let mut groups: Vec<&str> = DEBIAN_PACKAGES.iter().map(|g| g.needed_by).collect();
-        groups.dedup();
-        println!("ok Debian packages ({} for {})", wanted.len(), groups.join(" and "));
+        println!("ok Debian packages ({} for {groups})", wanted.len());
         return Ok(());
     }
     let list = absent.join(" ");
@@ -135,20 +130,17 @@ fn debian_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     if !is_root() {
         bail!("missing Debian packages: {list}; run `cargo xtask setup` as root");
     }
-    println!("installing Debian packages: {list}");
-    run_inherit(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run_inherit(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&absent)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    step(&format!("installing Debian packages for {groups}: {list}"), || apt_get_install(&absent))?;
     let still = missing_packages(&wanted)?;
     if !still.is_empty() {
         bail!("apt-get install succeeded but these are still not installed: {}", still.join(" "));
     }
     Ok(())
 }
+
+/// What to do when rustup fails.
+const RUSTUP_HINT: &str = "rustup downloads from static.rust-lang.org: check the network (or a proxy in \
+                           HTTPS_PROXY), then run the same command again";
 
 /// The eBPF crate is built with `rustup run <pinned nightly> cargo build -Z build-std=core`: the
 /// dated nightly of monitor-ebpf/rust-toolchain.toml with its components (rust-src; clippy for
@@ -163,13 +155,14 @@ fn rust_nightly(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         missing.push(t.channel.clone());
         return Ok(());
     } else {
-        println!("installing {what} (rustup, minimal profile)");
         let mut cmd = Command::new("rustup");
         cmd.args(["toolchain", "install", &t.channel, "--profile", "minimal"]);
         if !t.components.is_empty() {
             cmd.args(["--component", &t.components.join(",")]);
         }
-        run_inherit(&mut cmd)?;
+        step(&format!("installing {what} (rustup, minimal profile)"), || {
+            run_logged(&mut cmd, &log_path("setup-rustup"), RUSTUP_HINT)
+        })?;
     }
 
     let lacking = t.missing_components();
@@ -179,8 +172,13 @@ fn rust_nightly(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         println!("missing {} for {}", lacking.join(", "), t.channel);
         missing.extend(lacking.iter().map(|c| format!("{} {c}", t.channel)));
     } else {
-        println!("installing {} for {}", lacking.join(", "), t.channel);
-        run_inherit(Command::new("rustup").args(["component", "add", "--toolchain", &t.channel]).args(&lacking))?;
+        step(&format!("installing {} for {}", lacking.join(", "), t.channel), || {
+            run_logged(
+                Command::new("rustup").args(["component", "add", "--toolchain", &t.channel]).args(&lacking),
+                &log_path("setup-rustup"),
+                RUSTUP_HINT,
+            )
+        })?;
     }
 
     // bpf-linker reads the bitcode this rustc writes: its LLVM must not be older.
@@ -200,7 +198,7 @@ fn rust_nightly(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
 /// The static release binary (`cargo xtask image`) is built for the musl target of the toolchain
 /// that builds the workspace.
 fn musl_target(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
-    let target = crate::image::MUSL_TARGET;
+    let target = crate::dist::MUSL_TARGET;
     // From the workspace root, whose toolchain builds the agent (monitor-ebpf pins its own).
     let root = crate::util::workspace_root();
     let installed = stdout_of(Command::new("rustup").args(["target", "list", "--installed"]).current_dir(&root))
@@ -211,8 +209,13 @@ fn musl_target(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         println!("missing Rust target {target}");
         missing.push(format!("Rust target {target}"));
     } else {
-        println!("installing Rust target {target}");
-        run_inherit(Command::new("rustup").args(["target", "add", target]).current_dir(&root))?;
+        step(&format!("installing Rust target {target}"), || {
+            run_logged(
+                Command::new("rustup").args(["target", "add", target]).current_dir(&root),
+                &log_path("setup-rustup"),
+                RUSTUP_HINT,
+            )
+        })?;
     }
     Ok(())
 }
@@ -235,8 +238,13 @@ fn lint_components(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         println!("missing {}", absent.join(" and "));
         missing.push(absent.join(" and "));
     } else {
-        println!("installing {} (rustup component add)", absent.join(" and "));
-        run_inherit(Command::new("rustup").args(["component", "add"]).args(&absent).current_dir(&root))?;
+        step(&format!("installing {} (rustup component add)", absent.join(" and ")), || {
+            run_logged(
+                Command::new("rustup").args(["component", "add"]).args(&absent).current_dir(&root),
+                &log_path("setup-rustup"),
+                RUSTUP_HINT,
+            )
+        })?;
     }
     Ok(())
 }
@@ -310,7 +318,6 @@ fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         missing.push("bpf-linker".into());
         return Ok(());
     }
-    println!("installing bpf-linker for LLVM {LLVM_MAJOR} (cargo install: this takes about 4 minutes)");
     let mut cmd = Command::new("cargo");
     cmd.args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
         .arg(format!("llvm-{LLVM_MAJOR}"))
@@ -320,7 +327,13 @@ fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     if replace {
         cmd.arg("--force");
     }
-    run_inherit(&mut cmd)?;
+    let hint = format!(
+        "bpf-linker builds against LLVM {LLVM_MAJOR} in {LLVM_PREFIX} (Debian's llvm-{LLVM_MAJOR}-dev and \
+         libpolly-{LLVM_MAJOR}-dev, from bookworm-security): check that they are installed"
+    );
+    step(&format!("installing bpf-linker for LLVM {LLVM_MAJOR} (cargo install, about 4 minutes)"), || {
+        run_logged(&mut cmd, &log_path("setup-bpf-linker"), &hint)
+    })?;
     match linker_status() {
         Linker::Ok { .. } => Ok(()),
         Linker::Missing => {
@@ -400,30 +413,24 @@ fn python_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     }
     let names: Vec<&str> = absent.iter().map(|p| p.name).collect();
     let has_pip = stdout_of(Command::new("python3").args(["-m", "pip", "--version"])).is_some();
-    if has_pip {
-        println!("installing {} (python3 -m pip install)", names.join(", "));
-    } else {
+    if !has_pip {
         if !is_root() {
             bail!("python3 has no pip to install {} with; run `cargo xtask setup` as root (it installs Debian's python3-pip)", names.join(", "));
         }
-        println!("installing {} (python3 -m pip install, after Debian's python3-pip)", names.join(", "));
-        run_inherit(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
-        run_inherit(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "python3-pip"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        step("installing Debian's python3-pip (python3 has no pip)", || apt_get_install(&["python3-pip"]))?;
     }
-    run_inherit(
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet"])
-            .args(absent.iter().map(|p| p.requirement))
-            // Debian's own python3 refuses `pip install` outside a virtualenv (PEP 668); as root
-            // the packages go to /usr/local, apart from Debian's. Older pips ignore this.
-            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
-            .env("PIP_ROOT_USER_ACTION", "ignore")
-            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
-    )?;
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet"])
+        .args(absent.iter().map(|p| p.requirement))
+        // Debian's own python3 refuses `pip install` outside a virtualenv (PEP 668); as root
+        // the packages go to /usr/local, apart from Debian's. Older pips ignore this.
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+    let hint = "pip downloads from PyPI: check the network (or PIP_INDEX_URL for a mirror)";
+    step(&format!("installing {} (python3 -m pip install)", names.join(", ")), || {
+        run_logged(&mut pip, &log_path("setup-pip"), hint)
+    })?;
     for p in absent {
         match py_version(p) {
             Some(version) => println!("ok {} {version}", p.name),
@@ -461,8 +468,13 @@ fn tracefs(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         missing.push("tracefs".into());
         return Ok(());
     }
-    println!("installing tracefs at {TRACING} (mount -t tracefs nodev {TRACING})");
-    run_inherit(Command::new("mount").args(["-t", "tracefs", "nodev", TRACING]))
+    step(&format!("mounting tracefs at {TRACING}"), || {
+        run_logged(
+            Command::new("mount").args(["-t", "tracefs", "nodev", TRACING]),
+            &log_path("setup-tracefs"),
+            "the kernel needs CONFIG_TRACING; without tracefs the agent runs with its tp_btf probes only",
+        )
+    })
 }
 
 #[cfg(test)]
@@ -474,12 +486,5 @@ mod tests {
         assert_eq!(llvm_major_in("bpf-linker 0.13.0"), None);
         assert_eq!(llvm_major_in("bpf-linker 0.14.0\nLLVM version 22.1.8"), Some(22));
         assert_eq!(llvm_major_in("bpf-linker 0.9.0 (LLVM 21)"), Some(21));
-    }
-
-    #[test]
-    fn package_table_has_no_duplicates() {
-        let all = all_packages();
-        let unique: HashSet<_> = all.iter().collect();
-        assert_eq!(all.len(), unique.len());
     }
 }
