@@ -8,7 +8,7 @@ use monitor_common::{ListenerCounters, TCP_LISTEN};
 
 use crate::{
     access::{load, read, read_ctx},
-    listen_table::{listener_key, raise_peak},
+    listen_table::{listener_key, raise_peak, record_queued},
     maps::{check_program_name, off, LISTEN_COUNTERS},
 };
 
@@ -52,22 +52,8 @@ fn try_data_ready<const BTF: bool>(sk: *const u8) -> Result<(), i64> {
     if state != TCP_LISTEN {
         return Ok(());
     }
-    let depth: u32 = load::<u32, BTF>(sk, off!(SOCK_OFFSETS.ack_backlog))?;
-    let backlog: u32 = load::<u32, BTF>(sk, off!(SOCK_OFFSETS.max_ack_backlog))?;
-    // icsk_accept_queue lies in inet_connection_sock, past struct sock: the verifier checks a
-    // direct load against struct sock only, so this one goes through bpf_probe_read_kernel.
-    let syn_queue: u32 = read(sk, off!(SOCK_OFFSETS.syn_qlen)).unwrap_or(0);
-    let key = listener_key::<BTF>(sk)?;
-    raise_peak(&key, depth, backlog, syn_queue);
-    match LISTEN_COUNTERS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        Some(c) => unsafe { (*c).queued += 1 },
-        None => {
-            let c = ListenerCounters { queued: 1, synack_retransmits: 0 };
-            LISTEN_COUNTERS.insert(&key, &c, 0).map_err(|e| e as i64)?;
-        }
-    }
-    Ok(())
+    // The listener has already queued the child when sk_data_ready runs: nothing pending.
+    record_queued::<BTF>(sk, 0)
 }
 
 fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
