@@ -310,7 +310,8 @@ impl Collector for Histograms {
             }
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for (l, h) in series {
-                let m = family.encode_family(l)?;
+                let escaped = super::series::Escaped(l);
+                let m = family.encode_family(&escaped)?;
                 HistRef(h).encode(m)?;
             }
         }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, NoLabelSet},
+    encoding::{DescriptorEncoder, EncodeLabelSet, LabelSetEncoder, NoLabelSet},
     metrics::MetricType,
     registry::Registry,
 };
@@ -90,12 +90,44 @@ impl Collector for Fam {
         let name = inner.name.strip_suffix("_total").unwrap_or(inner.name);
         let mut family = encoder.encode_descriptor(name, inner.help, None, inner.kind)?;
         for (labels, v) in &inner.rows {
-            let mut m = family.encode_family(labels)?;
+            let escaped = Escaped(labels);
+            let mut m = family.encode_family(&escaped)?;
             match v {
                 Value::Int(i) => m.encode_gauge(i)?,
                 Value::Float(f) => m.encode_gauge(f)?,
                 Value::Count(n) => m.encode_counter::<NoLabelSet, _, u64>(n, None)?,
             }
+        }
+        Ok(())
+    }
+}
+
+/// A label set whose values are escaped as the text format requires (`\\`, `\"`, `\n`).
+/// prometheus-client 0.23 writes label values raw, so a cgroup or systemd unit with a backslash
+/// (`dev-disk-by\x2duuid-….swap`) or a quote would make the whole scrape unparsable.
+pub(crate) struct Escaped<'a>(pub(crate) &'a Labels);
+
+impl EncodeLabelSet for Escaped<'_> {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        for (k, v) in self.0 {
+            let mut label = encoder.encode_label();
+            let mut key = label.encode_label_key()?;
+            key.write_str(k)?;
+            let mut value = key.encode_label_value()?;
+            if v.contains(['\\', '"', '\n']) {
+                for c in v.chars() {
+                    match c {
+                        '\\' => value.write_str("\\\\")?,
+                        '"' => value.write_str("\\\"")?,
+                        '\n' => value.write_str("\\n")?,
+                        c => value.write_char(c)?,
+                    }
+                }
+            } else {
+                value.write_str(v)?;
+            }
+            value.finish()?;
         }
         Ok(())
     }
@@ -122,6 +154,23 @@ mod tests {
             out,
             "# HELP connmon_g A gauge.\n# TYPE connmon_g gauge\nconnmon_g{a=\"x\"} 3\nconnmon_g{} 0.5\n\
              # HELP connmon_c A counter.\n# TYPE connmon_c counter\nconnmon_c_total{a=\"x\"} 7\n# EOF\n"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut reg = Registry::default();
+        let g = Fam::register(&mut reg, "connmon_g", "A gauge.", MetricType::Gauge);
+        let l: Labels = vec![
+            ("cgroup".into(), "/system.slice/dev-disk-by\\x2duuid.swap".into()),
+            ("comm".into(), "a\"b\nc".into()),
+        ];
+        g.get_or_create(&l).set(1i64);
+        let mut out = String::new();
+        encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains(r#"connmon_g{cgroup="/system.slice/dev-disk-by\\x2duuid.swap",comm="a\"b\nc"} 1"#),
+            "{out}"
         );
     }
 }
