@@ -59,6 +59,21 @@ pub(crate) fn netns_of(sk: *const u8) -> u32 {
     }
 }
 
+/// The socket's bound local address (skc_rcv_saddr, or the IPv6 one), read through
+/// bpf_probe_read_kernel for a `sk` the verifier does not know as BTF; IPv4 fills the first four
+/// bytes. `fields::Sock::saddr` is the direct-load twin for BTF pointers.
+#[inline(always)]
+pub(crate) fn local_addr(sk: *const u8, family: u16) -> Result<[u8; 16], i64> {
+    let mut addr = [0u8; 16];
+    if family == monitor_common::AF_INET {
+        let v4: [u8; 4] = read(sk, off!(SOCK_OFFSETS.rcv_saddr))?;
+        addr[..4].copy_from_slice(&v4);
+    } else {
+        addr = read(sk, off!(SOCK_OFFSETS.v6_rcv_saddr))?;
+    }
+    Ok(addr)
+}
+
 /// Name of the calling process (its thread-group leader), else of the calling thread.
 pub(crate) fn process_comm() -> [u8; 16] {
     // SAFETY: bpf_get_current_task is valid in tracepoint programs; reads go through probe_read.

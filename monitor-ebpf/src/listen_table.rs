@@ -2,10 +2,10 @@
 //! and the queued-connection counters (LISTEN_COUNTERS), keyed by the listener. The
 //! `sk_data_ready` programs (`probes::listeners`) and the queued-child programs of older kernels
 //! (`probes::queued_child`) both record here, so the agent reads one table whatever hook ran.
-use monitor_common::{ListenerCounters, ListenerKey, ListenerPeak, AF_INET};
+use monitor_common::{ListenerCounters, ListenerKey, ListenerPeak};
 
 use crate::{
-    access::{load, netns_of, read},
+    access::{load, local_addr, netns_of, read},
     fields::{Fields as _, Sock},
     maps::{off, LISTEN_COUNTERS, LISTEN_PEAKS},
 };
@@ -58,13 +58,7 @@ pub(crate) fn listener_key<const BTF: bool>(sk: *const u8) -> Result<ListenerKey
     }
     let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
     let port: u16 = read(sk, off!(SOCK_OFFSETS.num))?;
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        let v4: [u8; 4] = read(sk, off!(SOCK_OFFSETS.rcv_saddr))?;
-        addr[..4].copy_from_slice(&v4);
-    } else {
-        addr = read(sk, off!(SOCK_OFFSETS.v6_rcv_saddr))?;
-    }
+    let addr = local_addr(sk, family)?;
     let netns = netns_of(sk);
     let cookie: u64 = read(sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
     Ok(ListenerKey { cookie, netns, port, family, addr })

@@ -4,10 +4,10 @@
 //! accept probe (`probes::accept_queue`) takes children out. A child still queued has no owner
 //! (`sk_socket` NULL).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use monitor_common::{QueueKey, QueueStats, QueuedChild, AF_INET, OFFSET_UNKNOWN, TCP_ESTABLISHED};
+use monitor_common::{QueueKey, QueueStats, QueuedChild, OFFSET_UNKNOWN, TCP_ESTABLISHED};
 
 use crate::{
-    access::{netns_of, read},
+    access::{local_addr, netns_of, read},
     fields::Fields,
     maps::{off, QUEUED_CHILDREN, QUEUE_STATS},
 };
@@ -55,13 +55,7 @@ pub(crate) fn reset_received(sk: *const u8) -> Result<(), i64> {
         return Ok(());
     }
     let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        let v4: [u8; 4] = read(sk, off!(SOCK_OFFSETS.rcv_saddr))?;
-        addr[..4].copy_from_slice(&v4);
-    } else {
-        addr = read(sk, off!(SOCK_OFFSETS.v6_rcv_saddr))?;
-    }
+    let addr = local_addr(sk, family)?;
     let key = QueueKey { netns: netns_of(sk), port: read(sk, off!(SOCK_OFFSETS.num))?, family, addr };
     with_stats(&key, |s| s.abandoned_rst += 1);
     Ok(())
