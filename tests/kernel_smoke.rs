@@ -208,11 +208,7 @@ fn peak_burst(agent: &Agent, report: &mut Report, key: &str, peak_probe: bool) {
     agent.wait_metrics(deadline(30), "the burst listener's depth series", |s| {
         sample(s, LISTEN_QUEUE_DEPTH, &labels).ok_or("absent".to_string())
     });
-    let clients: Vec<OwnedFd> = ns.run(|| (0..5).map(|_| connect_nonblocking(a)).collect());
-    wait_recv_q(&ns, a, 5);
-    assert_eq!(accept_all(&listener), 5, "accepted connections");
-    wait_recv_q(&ns, a, 0);
-    drop(clients);
+    queue_burst(&ns, &listener, a, 5);
     let s = agent.samples();
     let peaks = samples_matching(&s, LISTEN_QUEUE_PEAK, &labels);
     assert_eq!(peaks.len(), 1, "one peak series for {a}: {peaks:#?}");

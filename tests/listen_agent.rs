@@ -145,11 +145,7 @@ fn peak_depth_reaches_backlog_after_drain() {
         sample(s, LISTEN_QUEUE_DEPTH, &labels).ok_or("absent".to_string())
     });
 
-    let clients: Vec<OwnedFd> = ns.run(|| (0..5).map(|_| connect_nonblocking(a)).collect());
-    wait_recv_q(&ns, a, 5);
-    assert_eq!(accept_all(&listener), 5, "accepted connections");
-    wait_recv_q(&ns, a, 0);
-    drop(clients);
+    queue_burst(&ns, &listener, a, 5);
 
     // The burst came and went between two scrapes: only the eBPF peak saw it. Backlog 4 admits
     // 5 connections (the kernel's accept queue holds backlog + 1).

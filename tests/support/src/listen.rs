@@ -34,6 +34,17 @@ pub fn wait_recv_q(ns: &Netns, addr: SocketAddr, n: u64) {
     });
 }
 
+/// In `ns`: `n` clients connect to `addr`, `ss` shows them queued on `listener`, all are accepted,
+/// `ss` shows the queue empty again, and the clients close: a burst that comes and goes between
+/// two scrapes, so only an eBPF peak can see it.
+pub fn queue_burst(ns: &Netns, listener: &OwnedFd, addr: SocketAddr, n: usize) {
+    let clients: Vec<OwnedFd> = ns.run(|| (0..n).map(|_| connect_nonblocking(addr)).collect());
+    wait_recv_q(ns, addr, n as u64);
+    assert_eq!(accept_all(listener), n, "accepted connections");
+    wait_recv_q(ns, addr, 0);
+    drop(clients);
+}
+
 pub fn assert_between(what: &str, low: u64, value: f64, high: u64) {
     assert!(
         low as f64 <= value && value <= high as f64,
