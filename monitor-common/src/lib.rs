@@ -210,11 +210,12 @@ pub const RETRY_RECOVERED: u32 = 1;
 /// between the agent's 1 s drains, with each pool sending at most 100 a second.
 pub const RETRY_RING_BYTES: u32 = 1024 * 1024;
 
-/// Identity of a listening socket as the kernel side sees it. `cookie` is the socket cookie
-/// (`idiag_cookie`), 0 while the kernel has not assigned one yet (the agent's sock_diag scan assigns
-/// it); the agent then matches on (netns, family, addr, port).
+/// Identity of a listening socket as the agent matches it. `cookie` is the socket cookie
+/// (`idiag_cookie`); 0 when the kernel side keyed the listener by socket address because it had
+/// no cookie yet (see [`LISTENER_BY_ADDRESS`]), and the agent then matches on (netns, family,
+/// addr, port).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ListenerKey {
     pub cookie: u64,
     pub netns: u32,
@@ -225,7 +226,7 @@ pub struct ListenerKey {
 }
 const _: () = assert!(size_of::<ListenerKey>() == 32);
 
-/// Per-CPU high-water marks for one listener since the agent last read and cleared them.
+/// High-water marks for one listener (per CPU in the kernel, max over CPUs in the agent).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenerPeak {
@@ -255,7 +256,7 @@ impl ListenerPeak {
     }
 }
 
-/// Per-CPU running counters for one listener; never cleared (Prometheus counters).
+/// Running counters for one listener, summed over CPUs; never cleared (Prometheus counters).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenerCounters {
@@ -265,6 +266,43 @@ pub struct ListenerCounters {
     pub synack_retransmits: u64,
 }
 const _: () = assert!(size_of::<ListenerCounters>() == 16);
+
+/// One CPU's figures for one listening socket in LISTENERS, keyed by socket cookie (or by socket
+/// address, see [`LISTENER_BY_ADDRESS`]). Counters only grow. The peaks belong to the period
+/// `epoch` names: the agent starts a new period by raising LISTEN_EPOCH instead of deleting
+/// entries, and the kernel side restarts a CPU's peaks when it finds them from an older period,
+/// so one map operation per event serves both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// LISTEN_EPOCH when `peak` was last written on this CPU.
+    pub epoch: u64,
+    pub counters: ListenerCounters,
+    pub peak: ListenerPeak,
+    /// Set (family non-zero) only for entries keyed by socket address: the listener's name.
+    pub name: ListenerKey,
+}
+const _: () = assert!(size_of::<ListenerStats>() == 72);
+
+impl ListenerStats {
+    /// Folds one event's marks in, restarting them if they are from an older period.
+    #[inline(always)]
+    pub fn raise(&mut self, epoch: u64, depth: u32, backlog: u32, syn_queue: u32) {
+        if self.epoch != epoch {
+            self.epoch = epoch;
+            self.peak = ListenerPeak { depth, backlog, syn_queue, _reserved: 0 };
+        } else {
+            self.peak.raise(depth, backlog, syn_queue);
+        }
+    }
+}
+
+/// A LISTENERS key with this bit set is a socket's kernel address, not its cookie: the kernel side
+/// had no cookie for it (hooks without the `bpf_get_socket_cookie` helper, before the agent's
+/// first scan of the listener) and wrote the listener's name into the value. Cookies come from a
+/// counter and never reach this bit; kernel addresses (upper half of the address space on x86-64
+/// and arm64) always have it.
+pub const LISTENER_BY_ADDRESS: u64 = 1 << 63;
 
 /// A connection pool as the kernel aggregates it: the workload that called connect() (cgroup and
 /// command name, captured in process context at the SYN_SENT transition) and the destination as
@@ -540,6 +578,7 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerPeak {}
     unsafe impl aya::Pod for super::ListenerCounters {}
+    unsafe impl aya::Pod for super::ListenerStats {}
     unsafe impl aya::Pod for super::PoolKey {}
     unsafe impl aya::Pod for super::PoolStats {}
     unsafe impl aya::Pod for super::SockInfo {}
@@ -564,5 +603,15 @@ mod tests {
         assert_eq!((p.depth, p.backlog, p.syn_queue), (5, 128, 7));
         p.raise(9, 4096, 0);
         assert_eq!((p.depth, p.backlog, p.syn_queue), (9, 4096, 7));
+    }
+
+    #[test]
+    fn listener_peaks_restart_in_a_new_epoch() {
+        let mut s = ListenerStats::default();
+        s.raise(0, 5, 128, 2);
+        s.raise(0, 3, 128, 1);
+        assert_eq!((s.peak.depth, s.peak.syn_queue), (5, 2));
+        s.raise(1, 3, 128, 1);
+        assert_eq!((s.epoch, s.peak.depth, s.peak.syn_queue), (1, 3, 1));
     }
 }

@@ -7,10 +7,11 @@
 
 /// Map names (the `static`'s identifier on the kernel side).
 pub mod maps {
-    /// Per-CPU accept-queue and SYN-queue high-water marks per listener.
-    pub const LISTEN_PEAKS: &str = "LISTEN_PEAKS";
-    /// Per-CPU queued-connection and SYN-ACK retransmit counters per listener.
-    pub const LISTEN_COUNTERS: &str = "LISTEN_COUNTERS";
+    /// Per-CPU queued-connection and SYN-ACK retransmit counters and queue high-water marks per
+    /// listening socket, by socket cookie.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// The listener peaks' period, raised by the agent each time it reads them.
+    pub const LISTEN_EPOCH: &str = "LISTEN_EPOCH";
     /// Client sockets from connect() to close.
     pub const SOCKS: &str = "SOCKS";
     /// Connections open when the agent started, by socket cookie.
@@ -52,8 +53,8 @@ pub mod maps {
 
     /// Every map, in one list (for tests and per-map metrics).
     pub const ALL: &[&str] = &[
-        LISTEN_PEAKS,
-        LISTEN_COUNTERS,
+        LISTENERS,
+        LISTEN_EPOCH,
         SOCKS,
         SEEDED,
         SEEDED_LEFT,

@@ -4,9 +4,9 @@
 //! them declares its own.
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use monitor_common::{
-    AcceptKey, FdOffsets, FlowKey, ListenerCounters, ListenerKey, ListenerPeak, PoolKey, PoolStats, QueueKey,
-    QueueStats, QueuedChild, SockInfo, SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS,
-    MAX_LISTENERS, MAX_PENDING_FLOWS, MAX_POOLS, MAX_QUEUED_CHILDREN, MAX_SOCKS, RETRY_RING_BYTES,
+    AcceptKey, FdOffsets, FlowKey, ListenerStats, PoolKey, PoolStats, QueueKey, QueueStats, QueuedChild, SockInfo,
+    SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS, MAX_LISTENERS, MAX_PENDING_FLOWS,
+    MAX_POOLS, MAX_QUEUED_CHILDREN, MAX_SOCKS, RETRY_RING_BYTES,
 };
 
 /// A map whose identifier must equal `monitor_common::names::maps::<identifier>`.
@@ -70,12 +70,13 @@ declare_global! { FD_OFFSETS: FdOffsets = FdOffsets::UNKNOWN; }
 
 // Listeners.
 declare_map! {
-    /// Read-and-cleared by the agent at each scrape, so a value is the peak since the previous one.
-    LISTEN_PEAKS: LruPerCpuHashMap<ListenerKey, ListenerPeak> = LruPerCpuHashMap::with_max_entries(MAX_LISTENERS, 0);
+    /// One entry per listening socket, by socket cookie: 8-byte keys and one map operation per
+    /// queued connection. LRU, so listeners that closed age out.
+    LISTENERS: LruPerCpuHashMap<u64, ListenerStats> = LruPerCpuHashMap::with_max_entries(MAX_LISTENERS, 0);
 }
 declare_map! {
-    LISTEN_COUNTERS: LruPerCpuHashMap<ListenerKey, ListenerCounters> =
-        LruPerCpuHashMap::with_max_entries(MAX_LISTENERS, 0);
+    /// The agent's current peak period (`ListenerStats::epoch`).
+    LISTEN_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 }
 
 // Pools.

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use monitor_common::TCP_LISTEN;
 
 use crate::{
-    access::read,
+    access::{direct, read},
     listen_table::record_queued,
     maps::{check_program_name, off},
 };
@@ -43,7 +43,10 @@ fn try_fexit(ctx: &FExitContext) -> Result<(), i64> {
         return Ok(());
     }
     let sk: *const u8 = ctx.arg(0);
-    record_queued::<true>(sk, 0)
+    // No bpf_get_socket_cookie here: fexit has it only from 5.12, and this row exists for older
+    // kernels. A listener not yet scanned (cookie 0) is keyed by address instead.
+    let cookie = direct::<u64>(sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
+    record_queued::<true>(sk, 0, cookie)
 }
 
 fn try_kprobe(ctx: &ProbeContext) -> Result<(), i64> {
@@ -58,5 +61,6 @@ fn try_kprobe(ctx: &ProbeContext) -> Result<(), i64> {
     if state != TCP_LISTEN {
         return Ok(());
     }
-    record_queued::<false>(sk, 1)
+    let cookie = read::<u64>(sk, off!(SOCK_OFFSETS.cookie)).unwrap_or(0);
+    record_queued::<false>(sk, 1, cookie)
 }

@@ -15,8 +15,8 @@ use aya::{
 use log::{debug, info, warn};
 use monitor_common::{
     names::{globals, maps, programs},
-    FdOffsets, ListenerCounters, ListenerKey, ListenerPeak, QueueKey, QueueStats, SockOffsets, StateTpOffsets,
-    TaskOffsets, TracepointOffsets, OFFSET_UNKNOWN,
+    FdOffsets, ListenerCounters, ListenerKey, ListenerPeak, ListenerStats, QueueKey, QueueStats, SockOffsets,
+    StateTpOffsets, TaskOffsets, TracepointOffsets, LISTENER_BY_ADDRESS, OFFSET_UNKNOWN,
 };
 
 pub use crate::kernel::attach::{hook_name, Hook, KernelFn, ProbeSpec};
@@ -201,12 +201,14 @@ pub struct ProbeOptions {
 pub struct Probes {
     ebpf: Option<Ebpf>,
     pub states: BTreeMap<&'static str, ProbeState>,
+    /// The listener peak period the kernel side is writing (LISTEN_EPOCH).
+    listen_epoch: u64,
 }
 
 /// Per-listener figures the kernel side gathered.
 #[derive(Debug, Default)]
 pub struct KernelListenerStats {
-    /// Peaks since the last `take_peaks`, max over CPUs.
+    /// Peaks since the last `take_listener_stats`, max over CPUs.
     pub peaks: HashMap<ListenerKey, ListenerPeak>,
     /// Running counters, summed over CPUs.
     pub counters: HashMap<ListenerKey, ListenerCounters>,
@@ -222,7 +224,7 @@ impl Probes {
     /// No probes at all: for one-shot commands and as the state when loading is impossible.
     pub fn none(reason: &str) -> Self {
         let states = probe_names().into_iter().map(|p| (p, ProbeState::Down { reason: reason.to_string() })).collect();
-        Self { ebpf: None, states }
+        Self { ebpf: None, states, listen_epoch: 0 }
     }
 
     pub fn load(opts: &ProbeOptions) -> Self {
@@ -329,7 +331,7 @@ impl Probes {
             };
             states.insert(spec.probe, state);
         }
-        Self { ebpf: Some(ebpf), states }
+        Self { ebpf: Some(ebpf), states, listen_epoch: 0 }
     }
 
     /// The loaded object, for modules that read their own maps.
@@ -352,36 +354,29 @@ impl Probes {
         matches!(self.states.get(probe), Some(ProbeState::Up { .. }))
     }
 
-    /// Reads the listener maps; peaks are cleared as they are read so the next call sees only what
-    /// happened since (a listener queued on between read and delete loses that one sample).
+    /// Reads the listener maps. Peaks are per period: each call starts a new one (LISTEN_EPOCH)
+    /// and reports the peaks of the period it closes, so the next call sees only what happened
+    /// since (an event whose program read the old epoch before the switch but wrote after this
+    /// read loses that one sample).
     pub fn take_listener_stats(&mut self) -> KernelListenerStats {
         let mut out = KernelListenerStats::default();
         let Some(ebpf) = self.ebpf.as_mut() else { return out };
-        if let Ok(mut peaks) =
-            map_access::open_mut::<PerCpuHashMap<&mut MapData, ListenerKey, ListenerPeak>>(ebpf, maps::LISTEN_PEAKS)
-        {
-            let keys: Vec<ListenerKey> = peaks.keys().filter_map(|k| map_access::ok(maps::LISTEN_PEAKS, k)).collect();
-            for key in keys {
-                if let Some(values) = map_access::ok(maps::LISTEN_PEAKS, peaks.get(&key, 0)) {
-                    let mut peak = ListenerPeak::default();
-                    for v in values.iter() {
-                        peak.raise(v.depth, v.backlog, v.syn_queue);
-                    }
-                    out.peaks.insert(key, peak);
-                }
-                let _ = peaks.remove(&key);
+        let closing = self.listen_epoch;
+        if let Ok(mut epoch) = map_access::open_mut::<aya::maps::Array<&mut MapData, u64>>(ebpf, maps::LISTEN_EPOCH) {
+            match epoch.set(0, closing + 1, 0) {
+                Ok(()) => self.listen_epoch = closing + 1,
+                Err(e) => map_access::record(maps::LISTEN_EPOCH, &e),
             }
         }
-        if let Ok(counters) =
-            map_access::open::<PerCpuHashMap<&MapData, ListenerKey, ListenerCounters>>(ebpf, maps::LISTEN_COUNTERS)
-        {
-            for (key, values) in counters.iter().filter_map(|r| map_access::ok(maps::LISTEN_COUNTERS, r)) {
-                let mut sum = ListenerCounters::default();
-                for v in values.iter() {
-                    sum.queued += v.queued;
-                    sum.synack_retransmits += v.synack_retransmits;
+        if let Ok(listeners) = map_access::open::<PerCpuHashMap<&MapData, u64, ListenerStats>>(ebpf, maps::LISTENERS) {
+            for (key, values) in listeners.iter().filter_map(|r| map_access::ok(maps::LISTENERS, r)) {
+                let (id, counters, peak) = fold_listener(key, values.iter(), closing);
+                let c = out.counters.entry(id).or_default();
+                c.queued += counters.queued;
+                c.synack_retransmits += counters.synack_retransmits;
+                if let Some(p) = peak {
+                    out.peaks.entry(id).or_default().raise(p.depth, p.backlog, p.syn_queue);
                 }
-                out.counters.insert(key, sum);
             }
         }
         if let Ok(stats) = map_access::open::<PerCpuHashMap<&MapData, QueueKey, QueueStats>>(ebpf, maps::QUEUE_STATS) {
@@ -398,6 +393,30 @@ impl Probes {
         }
         out
     }
+}
+
+/// Pure: one LISTENERS entry's per-CPU values folded into the listener it names (by cookie, or
+/// by the name written into an entry keyed by address), its counters summed, and its peaks of
+/// period `closing` (or the one just started) at their max; None when no CPU recorded any.
+fn fold_listener<'a>(
+    key: u64,
+    values: impl Iterator<Item = &'a ListenerStats>,
+    closing: u64,
+) -> (ListenerKey, ListenerCounters, Option<ListenerPeak>) {
+    let mut id = ListenerKey { cookie: key, ..ListenerKey::default() };
+    let mut counters = ListenerCounters::default();
+    let mut peak: Option<ListenerPeak> = None;
+    for v in values {
+        if key & LISTENER_BY_ADDRESS != 0 && v.name.family != 0 {
+            id = ListenerKey { cookie: 0, ..v.name };
+        }
+        counters.queued += v.counters.queued;
+        counters.synack_retransmits += v.counters.synack_retransmits;
+        if v.epoch >= closing {
+            peak.get_or_insert_default().raise(v.peak.depth, v.peak.backlog, v.peak.syn_queue);
+        }
+    }
+    (id, counters, peak)
 }
 
 pub fn add_queue_stats(sum: &mut QueueStats, v: &QueueStats) {
@@ -490,3 +509,42 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 #[path = "object_tests.rs"]
 mod object_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu(epoch: u64, queued: u64, depth: u32) -> ListenerStats {
+        ListenerStats {
+            epoch,
+            counters: ListenerCounters { queued, synack_retransmits: 1 },
+            peak: ListenerPeak { depth, backlog: 8, syn_queue: 0, _reserved: 0 },
+            name: ListenerKey::default(),
+        }
+    }
+
+    #[test]
+    fn listener_entries_fold_counters_always_and_peaks_of_the_closing_period_only() {
+        // CPU 0 wrote in the closing period 4, CPU 1 last in period 3 (already reported), CPU 2
+        // after the switch to period 5.
+        let (id, c, p) = fold_listener(77, [cpu(4, 10, 6), cpu(3, 5, 9), cpu(5, 1, 2)].iter(), 4);
+        assert_eq!((id.cookie, c.queued, c.synack_retransmits), (77, 16, 3));
+        assert_eq!(p.map(|p| p.depth), Some(6));
+        let (_, _, none) = fold_listener(77, [cpu(3, 5, 9)].iter(), 4);
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn an_entry_keyed_by_address_names_its_listener() {
+        let name = ListenerKey {
+            cookie: 0,
+            netns: 9,
+            port: 8080,
+            family: 2,
+            addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let named = ListenerStats { name, ..cpu(0, 1, 1) };
+        let (id, _, _) = fold_listener(0xffff_8880_1234_5678, [cpu(0, 0, 0), named].iter(), 0);
+        assert_eq!(id, name);
+    }
+}
