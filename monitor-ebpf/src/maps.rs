@@ -153,8 +153,9 @@ declare_map! {
 
 // Accept queues.
 declare_map! {
-    /// TCP children from enqueue (SYN_RECV -> ESTABLISHED) to accept(), by socket address; LRU,
-    /// so children never accepted (their listener closed) age out.
+    /// TCP children from enqueue (SYN_RECV -> ESTABLISHED) to accept(), by socket address. Entries
+    /// are reused, not deleted (see `queue_table`): it holds the socket addresses children had
+    /// recently; LRU, so addresses no longer used age out.
     QUEUED_CHILDREN: LruHashMap<u64, QueuedChild> = LruHashMap::with_max_entries(MAX_QUEUED_CHILDREN, 0);
 }
 declare_map! {

@@ -3,6 +3,12 @@
 //! hung up while still queued; the received-reset probe counts those reset while queued; the
 //! accept probe (`probes::accept_queue`) takes children out. A child still queued has no owner
 //! (`sk_socket` NULL).
+//!
+//! QUEUED_CHILDREN is keyed by socket address, and the kernel hands a freed socket's memory to
+//! the next one, so under churn most children land on an entry an earlier socket left: the entry
+//! is rewritten in place and accept() marks it taken (`enqueued_ns` 0) instead of deleting it.
+//! An LRU insert and delete each take the map's bucket lock and move a node through the LRU's
+//! shared lists; two lookups take no lock.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use monitor_common::{QueueKey, QueueStats, QueuedChild, OFFSET_UNKNOWN, TCP_ESTABLISHED};
 
@@ -26,8 +32,14 @@ pub(crate) fn child_queued(sk: u64, key: &QueueKey) {
         return;
     }
     // SAFETY: plain helper call.
-    let child = QueuedChild { enqueued_ns: unsafe { bpf_ktime_get_ns() }, key: *key };
-    let _ = QUEUED_CHILDREN.insert(&sk, &child, 0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(c) = QUEUED_CHILDREN.get_ptr_mut(&sk) {
+        // SAFETY: entry pointer from the map. The socket that left it is gone (its memory is
+        // this child's), so nothing else reads or writes this entry now.
+        unsafe { *c = QueuedChild { enqueued_ns: now, key: *key } };
+        return;
+    }
+    let _ = QUEUED_CHILDREN.insert(&sk, &QueuedChild { enqueued_ns: now, key: *key }, 0);
 }
 
 /// Called from the state probe on ESTABLISHED -> CLOSE_WAIT: a child nobody owns yet whose

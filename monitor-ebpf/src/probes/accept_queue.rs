@@ -38,7 +38,12 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let file = fd_file(ret as u32)?;
     let socket: *const u8 = read(file, off!(FD_OFFSETS.file_private))?;
     let sk: *const u8 = read(socket, off!(FD_OFFSETS.socket_sk))?;
-    let Some(child) = QUEUED_CHILDREN.get_ptr(&(sk as u64)) else {
+    // An entry with enqueued_ns 0 was taken by an earlier accept() of a socket at this address
+    // (see queue_table): this child's enqueue was not seen.
+    let entry = QUEUED_CHILDREN.get_ptr_mut(&(sk as u64));
+    // SAFETY: entry pointer from the map, copied out at once.
+    let child = entry.map(|c| unsafe { *c }).filter(|c| c.enqueued_ns != 0);
+    let (Some(entry), Some(child)) = (entry, child) else {
         // Unix sockets are accepted through the same calls; only TCP children should be known.
         let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
         if family == AF_INET || family == AF_INET6 {
@@ -46,9 +51,8 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
         }
         return Ok(());
     };
-    // SAFETY: entry pointer from the map, copied out at once.
-    let child = unsafe { *child };
-    let _ = QUEUED_CHILDREN.remove(&(sk as u64));
+    // SAFETY: as above; this socket is owned now, so no enqueue writes its entry concurrently.
+    unsafe { (*entry).enqueued_ns = 0 };
     // SAFETY: plain helper call.
     let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(child.enqueued_ns);
     let state: u8 = read(sk, off!(SOCK_OFFSETS.state)).unwrap_or(0);
