@@ -13,8 +13,8 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use monitor_common::{QueueKey, QueueStats, QueuedChild, OFFSET_UNKNOWN, TCP_ESTABLISHED};
 
 use crate::{
-    access::{local_addr, netns_of, read},
-    fields::Fields,
+    access::{load, local_addr, netns_of, read},
+    fields::{Fields, Sock},
     maps::{off, QUEUED_CHILDREN, QUEUE_STATS},
 };
 
@@ -61,14 +61,31 @@ pub(crate) fn peer_closed<F: Fields>(f: &F) -> Result<(), i64> {
 /// could no longer be named there. A reset that ends a listener's queue when it closes comes
 /// through tcp_disconnect instead, and is not counted.
 pub(crate) fn reset_received(sk: *const u8) -> Result<(), i64> {
-    let state: u8 = read(sk, off!(SOCK_OFFSETS.state))?;
-    let owner: u64 = read(sk, off!(FD_OFFSETS.sock_socket))?;
-    if state != TCP_ESTABLISHED || owner != 0 {
+    reset_received_at::<false>(sk)
+}
+
+/// `reset_received` for either kind of socket pointer: `BTF` when the hook passed a BTF-typed
+/// `struct sock *` (tp_btf), so fields load directly, as in `access::load`.
+#[inline(always)]
+pub(crate) fn reset_received_at<const BTF: bool>(sk: *const u8) -> Result<(), i64> {
+    // The owner first: most sockets reset here were accepted already, and one load rules them out.
+    let owner: u64 = load::<u64, BTF>(sk, off!(FD_OFFSETS.sock_socket))?;
+    if owner != 0 {
         return Ok(());
     }
-    let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
-    let addr = local_addr(sk, family)?;
-    let key = QueueKey { netns: netns_of(sk), port: read(sk, off!(SOCK_OFFSETS.num))?, family, addr };
+    let state: u8 = load::<u8, BTF>(sk, off!(SOCK_OFFSETS.state))?;
+    if state != TCP_ESTABLISHED {
+        return Ok(());
+    }
+    let key = if BTF {
+        let f = Sock(sk);
+        let family = f.family()?;
+        QueueKey { netns: f.netns(), port: f.sport()?, family, addr: f.saddr(family)? }
+    } else {
+        let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
+        let addr = local_addr(sk, family)?;
+        QueueKey { netns: netns_of(sk), port: read(sk, off!(SOCK_OFFSETS.num))?, family, addr }
+    };
     with_stats(&key, |s| s.abandoned_rst += 1);
     Ok(())
 }
