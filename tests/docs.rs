@@ -102,7 +102,7 @@ fn front_page_sections_come_in_the_newcomers_order() {
     let sections: Vec<String> =
         headings(&readme).into_iter().filter(|(l, _)| *l == HeadingLevel::H2).map(|(_, t)| t).collect();
     let wanted =
-        ["What it catches", "Quick start", "Two-minute demo", "connmon top", "Runbook", "CLI", "Documentation"];
+        ["What it catches", "Cost", "Quick start", "Two-minute demo", "connmon top", "Runbook", "CLI", "Documentation"];
     let at: Vec<usize> = wanted
         .iter()
         .map(|w| {
@@ -117,6 +117,56 @@ fn front_page_sections_come_in_the_newcomers_order() {
     }
     let ci = read(".ci/run");
     assert!(ci.contains("cargo xtask test"), ".ci/run no longer runs the README's test command");
+}
+
+/// The text of `## NAME` in `markdown`, up to the next `## ` heading.
+fn section<'a>(markdown: &'a str, name: &str) -> &'a str {
+    let start = markdown.find(&format!("\n## {name}\n")).unwrap_or_else(|| panic!("no `## {name}`")) + 1;
+    let body = &markdown[start..];
+    let end = body[3..].find("\n## ").map_or(body.len(), |i| i + 4);
+    &body[..end]
+}
+
+/// Issue 17: the front page's cost section leads with one table putting connmon's kernel time per
+/// connection beside the two bpftrace programs, with the agent's CPU, RSS at 64k sockets and
+/// scrape time, and names the command that reproduces it. Its figures are docs/benchmarks.md's
+/// ("Cost at a glance"), so a refreshed benchmark cannot leave stale numbers on the front page.
+#[test]
+fn cost_section_leads_with_the_benchmark_table() {
+    let readme = read("README.md");
+    let cost = section(&readme, "Cost");
+    let first = cost.lines().skip(1).find(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(first.starts_with('|'), "`## Cost` must open with its table, not {first:?}");
+    let table: Vec<&str> =
+        cost.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).collect();
+    let header = table[0].to_lowercase();
+    for column in ["kernel ns per connection", "cpu", "rss at 64k", "scrape time"] {
+        assert!(header.contains(column), "the cost table has no `{column}` column: {header}");
+    }
+    let rows = &table[2..];
+    for row in ["empty bpftrace program", "bpftrace one-liner", "connmon"] {
+        assert!(rows.iter().any(|r| r.contains(row)), "the cost table has no row for `{row}`");
+    }
+    for needle in ["`cargo xtask bench kernel", "docs/benchmarks.md"] {
+        assert!(cost.contains(needle), "`## Cost` does not name {needle}");
+    }
+    let benchmarks = read("docs/benchmarks.md");
+    let glance = section(&benchmarks, "Cost at a glance");
+    let mut figures = 0;
+    for row in rows {
+        for cell in row.split('|').skip(2) {
+            let words = cell.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ','));
+            for figure in words.map(|w| w.trim_matches(|c| c == '.' || c == ',')).filter(|w| !w.is_empty()) {
+                assert!(
+                    glance.contains(figure),
+                    "README's cost table says {figure} ({}), which docs/benchmarks.md's Cost at a glance does not",
+                    cell.trim()
+                );
+                figures += 1;
+            }
+        }
+    }
+    assert!(figures >= 8, "only {figures} figures in the cost table");
 }
 
 #[test]

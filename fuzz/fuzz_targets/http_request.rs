@@ -5,6 +5,7 @@
 //! and every response the router answers (200, 401, 404, 405) carries the configured header.
 #![no_main]
 
+use std::os::fd::AsRawFd as _;
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
@@ -43,12 +44,20 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("connmon-fuzz-web-{}.yml", std::process::id()));
         let yaml = format!(
             "basic_auth_users:\n  {USER}: {HASH}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n"
         );
+        // The agent reads its web config from a path (and re-reads it when it changes). The file
+        // is unlinked at once and read through /proc/self/fd, so nothing is left behind however
+        // the fuzzer ends (a crash or a libFuzzer timeout runs no cleanup).
+        let path = std::env::temp_dir().join(format!("connmon-fuzz-web-{}.yml", std::process::id()));
         std::fs::write(&path, yaml).expect("write the web config");
+        let file = std::fs::File::open(&path).expect("open the web config");
+        std::fs::remove_file(&path).expect("unlink the web config");
+        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let source = Arc::new(WebConfigSource::open(&path).expect("the web config loads"));
+        // The descriptor must outlive the source, which lives as long as the process.
+        std::mem::forget(file);
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
         World { runtime, source, credentials }

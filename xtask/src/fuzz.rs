@@ -1,6 +1,6 @@
-//! `cargo xtask fuzz [--seconds N] [TARGET...]`: builds the cargo-fuzz targets in `fuzz/` (one per
-//! parser of outside bytes; libFuzzer, on the pinned nightly of monitor-ebpf/rust-toolchain.toml)
-//! and runs each for a fixed time. Every run first replays the target's corpus in
+//! `cargo xtask fuzz [--seconds N] [--jobs N] [--build-only] [TARGET...]`: builds the cargo-fuzz
+//! targets in `fuzz/` (one per parser of outside bytes; libFuzzer, on the pinned nightly of
+//! monitor-ebpf/rust-toolchain.toml) and runs each for a fixed time, one per CPU at once. Every run first replays the target's corpus in
 //! `fuzz/corpus/<target>/` (seeds, minimized finds and former crashers), so a regression fails
 //! here even with `--seconds 0`. New inputs go to `<target dir>/fuzz/new/<target>/`, never into the
 //! repository; a crash leaves its input in `<target dir>/fuzz/artifacts/<target>/` and fails the
@@ -8,7 +8,7 @@
 //! libFuzzer the format's keywords. This module also owns installing cargo-fuzz (setup).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -17,7 +17,8 @@ use crate::util::{display, run_inherit, stdout_of, target_dir, workspace_root};
 
 /// The cargo-fuzz release setup installs (`cargo install --locked`).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-/// Per target in CI: 12 targets stay around two minutes after the build.
+/// Per target in CI: 12 targets, two at a time on a 2-CPU machine, take about a minute after the
+/// build.
 pub const DEFAULT_SECONDS: u64 = 10;
 /// libFuzzer limits: an input taking longer than this is a hang; more memory is a leak or a
 /// quadratic blow-up. Both are findings, like a panic.
@@ -91,7 +92,23 @@ fn parse_stats(log: &str) -> Stats {
     s
 }
 
-pub fn run(seconds: u64, only: &[String]) -> Result<()> {
+/// How the targets run: for `seconds` each (after the corpus replay), `jobs` of them at once.
+pub struct RunOptions {
+    pub seconds: u64,
+    pub jobs: usize,
+    /// Build only; run nothing.
+    pub build_only: bool,
+}
+
+/// One target's libFuzzer process.
+struct Running {
+    target: String,
+    child: Child,
+    log: PathBuf,
+    artifacts: PathBuf,
+}
+
+pub fn run(opts: &RunOptions, only: &[String]) -> Result<()> {
     let all = targets()?;
     if let Some(unknown) = only.iter().find(|t| !all.contains(t)) {
         bail!("no fuzz target {unknown:?}; the targets are: {}", all.join(", "));
@@ -105,48 +122,37 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
     let channel = toolchain::ebpf_toolchain()?.channel;
     let out = target_dir().join("fuzz");
     build(&channel, &out)?;
+    if opts.build_only {
+        return Ok(());
+    }
 
     let bin_dir = out.join("x86_64-unknown-linux-gnu").join("release");
     let mut failed = Vec::new();
     let mut rows = Vec::new();
-    for target in chosen {
-        let corpus = workspace_root().join("fuzz").join("corpus").join(target);
-        let new = fresh_dir(&out.join("new").join(target))?;
-        let artifacts = out.join("artifacts").join(target);
-        std::fs::create_dir_all(&artifacts).with_context(|| format!("create {}", artifacts.display()))?;
-        let log_path = out.join(format!("{target}.log"));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
-        let mut cmd = Command::new(bin_dir.join(target));
-        let dict = workspace_root().join("fuzz").join("dicts").join(format!("{target}.dict"));
-        if dict.exists() {
-            cmd.arg(format!("-dict={}", dict.display()));
+    // Each libFuzzer process is one thread: `jobs` of them side by side (one per CPU by default)
+    // each still get a CPU of their own for their `seconds`.
+    for batch in chosen.chunks(opts.jobs.max(1)) {
+        let mut running = Vec::new();
+        for target in batch {
+            running.push(start(target, &bin_dir, &out, opts.seconds)?);
         }
-        cmd.arg(&new)
-            .arg(&corpus)
-            .arg(format!("-max_total_time={seconds}"))
-            .arg(format!("-timeout={TIMEOUT_SECS}"))
-            .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
-            .arg(format!("-max_len={MAX_LEN}"))
-            .arg("-print_final_stats=1")
-            .arg(format!("-artifact_prefix={}/", artifacts.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        println!("=== fuzz: {target} for {seconds} s (log: {})", log_path.display());
-        let status = cmd.status().with_context(|| format!("cannot run `{}`", display(&cmd)))?;
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let stats = parse_stats(&text);
-        if !status.success() {
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-            eprintln!(
-                "fuzz target {target} failed ({status}); the input is in {}; replay it with `{} FILE`",
-                artifacts.display(),
-                bin_dir.join(target).display()
-            );
-            failed.push(target.as_str());
+        for r in running {
+            let Running { target, mut child, log, artifacts } = r;
+            let status = child.wait().with_context(|| format!("waiting for fuzz target {target}"))?;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let stats = parse_stats(&text);
+            if !status.success() {
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                eprintln!(
+                    "fuzz target {target} failed ({status}); the input is in {}; replay it with `{} FILE`",
+                    artifacts.display(),
+                    bin_dir.join(&target).display()
+                );
+                failed.push(target.clone());
+            }
+            rows.push((target, status.success(), stats));
         }
-        rows.push((target.as_str(), status.success(), stats));
     }
     println!("{:<16} {:>6} {:>10} {:>6} {:>7} {:>7}", "target", "result", "execs", "cov", "ft", "corpus");
     for (target, ok, s) in &rows {
@@ -160,9 +166,45 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Starts one target: its corpus replayed, then `seconds` of fuzzing; output into its log.
+fn start(target: &str, bin_dir: &Path, out: &Path, seconds: u64) -> Result<Running> {
+    let corpus = workspace_root().join("fuzz").join("corpus").join(target);
+    let new = fresh_dir(&out.join("new").join(target))?;
+    let artifacts = out.join("artifacts").join(target);
+    std::fs::create_dir_all(&artifacts).with_context(|| format!("create {}", artifacts.display()))?;
+    let log_path = out.join(format!("{target}.log"));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+    let mut cmd = Command::new(bin_dir.join(target));
+    let dict = workspace_root().join("fuzz").join("dicts").join(format!("{target}.dict"));
+    if dict.exists() {
+        cmd.arg(format!("-dict={}", dict.display()));
+    }
+    cmd.arg(&new)
+        .arg(&corpus)
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-timeout={TIMEOUT_SECS}"))
+        .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+        .arg(format!("-max_len={MAX_LEN}"))
+        .arg("-print_final_stats=1")
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    println!("=== fuzz: {target} for {seconds} s (log: {})", log_path.display());
+    let child = cmd.spawn().with_context(|| format!("cannot run `{}`", display(&cmd)))?;
+    Ok(Running { target: target.to_string(), child, log: log_path, artifacts })
+}
+
+/// One libFuzzer process per CPU.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// `cargo fuzz build` for every target: no sanitizer (the parsers are safe Rust; a panic,
 /// overflow, hang or blow-up is what is looked for, and uninstrumented memory runs twice as fast),
-/// 16 codegen units (a 2-core CI machine builds the agent's whole dependency tree here).
+/// 16 codegen units (a 2-core CI machine builds the agent's whole dependency tree here). Without
+/// `-O`, cargo-fuzz keeps debug assertions and overflow checks in the optimized build: they are
+/// oracles, so `-O` (which drops them) is not used to save build time.
 fn build(channel: &str, out: &Path) -> Result<()> {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", channel, "cargo", "fuzz", "build", "--sanitizer", "none", "--codegen-units", "16"])

@@ -2,7 +2,9 @@
 //!
 //! - `setup [--for PURPOSE] [--check]`: install (or, with `--check`, only verify) what a purpose
 //!   needs on a Debian 12 machine (everything without `--for`).
-//! - `test [-- ARGS]`: setup for the tests, then the whole test suite as root.
+//! - `test [-- ARGS]`: setup for the tests, then the whole test suite as root, the release
+//!   tarball, the image, the kernel matrix and the fuzz targets (`suite`); with ARGS, only
+//!   `cargo test ARGS` (after the tarball and the image).
 //! - `run [-- ARGS]`: setup for building and running only, release build, then `connmon run ARGS`.
 //! - `demo`: an outage replayed on this machine until the agent's alert fires (needs root).
 //! - `dist`: the static release binary (`target/dist/connmon`) and the release tarball.
@@ -14,8 +16,9 @@
 //! - `matrix [--kernels 5.10,6.1,6.12] [--no-host] [--sequential]`: the kernel smoke suite on
 //!   Debian's 5.10, 6.1 and 6.12 under qemu (virtme-ng) and on the host kernel, one feature table
 //!   per kernel; fails on a regression. `test` runs it after the test suite.
-//! - `fuzz [--seconds N] [TARGET...]`: build the cargo-fuzz targets in fuzz/ and run each for N
-//!   seconds (default 10) after replaying its corpus. `test` runs it after the test suite.
+//! - `fuzz [--seconds N] [--jobs N] [--build-only] [TARGET...]`: build the cargo-fuzz targets in
+//!   fuzz/ and run each for N seconds (default 10) after replaying its corpus, one per CPU at a
+//!   time. `test` runs it after the test suite.
 //! - `lint`: `cargo fmt --check` on every crate, clippy `-D warnings` on the user-space crates and
 //!   on the eBPF crate (pinned nightly, bpfel-unknown-none), no import cycles in any crate.
 
@@ -29,6 +32,7 @@ mod lint;
 mod matrix;
 mod needs;
 mod setup;
+mod suite;
 mod toolchain;
 mod util;
 
@@ -108,6 +112,12 @@ struct FuzzArgs {
     /// Seconds of fuzzing per target (0: only replay the corpus).
     #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
     seconds: u64,
+    /// Targets fuzzed at the same time (default: one per CPU).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..256))]
+    jobs: Option<usize>,
+    /// Only build the targets.
+    #[arg(long = "build-only")]
+    build_only: bool,
     /// Targets to run (default: all of fuzz/fuzz_targets/).
     targets: Vec<String>,
 }
@@ -148,6 +158,14 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so a print to a closed pipe (`cargo xtask … | head`) panics. Let the
+    // signal end the process quietly, as it does `ls` or `grep`. xtask writes to no pipe or
+    // socket besides its output that could raise it: sockets go through std's TcpStream
+    // (MSG_NOSIGNAL), and its children get their own default disposition.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,7 +198,10 @@ fn run(command: Cmd) -> Result<()> {
             setup::run(needs::FOR_TEST, false, true)?;
             matrix::run(&matrix::Options { kernels: args.kernels, no_host: args.no_host, sequential: args.sequential })
         }
-        Cmd::Fuzz(args) => fuzz::run(args.seconds, &args.targets),
+        Cmd::Fuzz(args) => {
+            let jobs = args.jobs.unwrap_or_else(fuzz::default_jobs);
+            fuzz::run(&fuzz::RunOptions { seconds: args.seconds, jobs, build_only: args.build_only }, &args.targets)
+        }
         Cmd::Image(args) => {
             setup::run(needs::FOR_IMAGE, false, false)?;
             if args.binary_only {
@@ -201,44 +222,17 @@ fn run(command: Cmd) -> Result<()> {
     }
 }
 
-/// Where tests/container.rs finds the image archive (it defaults to the same path).
-const CONTAINER_IMAGE_ENV: &str = "CONNMON_IMAGE_ARCHIVE";
-/// Where tests/dist.rs finds the release tarball (it defaults to `<target>/dist/`).
-const DIST_TARBALL_ENV: &str = "CONNMON_DIST_TARBALL";
-
 fn test(cargo_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the test suite loads eBPF programs and creates network namespaces: run it as root");
     }
     setup::run(needs::FOR_TEST, false, true)?;
-    // tests/dist.rs checks the release tarball and tests/container.rs runs the image under the
-    // DaemonSet's settings: build both first (one static release build for the two; cargo makes
-    // it incremental on later runs).
-    let tarball = dist::build()?;
-    let archive = image::build()?;
-
-    // monitor-ebpf only builds for bpfel-unknown-none (monitor's build script builds it), so it is
-    // left out here, as it is from the workspace's default-members.
-    let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--workspace", "--exclude", "monitor-ebpf", "--no-fail-fast"])
-        .args(cargo_args)
-        .env(CONTAINER_IMAGE_ENV, &archive)
-        .env(DIST_TARBALL_ENV, &tarball)
-        .current_dir(workspace_root());
-    let tests = util::run_inherit(&mut cmd);
-    if !cargo_args.is_empty() {
-        // A chosen subset of the tests: no matrix.
-        return tests;
+    if cargo_args.is_empty() {
+        suite::run()
+    } else {
+        // A chosen subset of the tests: no matrix, no fuzzing.
+        suite::subset(cargo_args)
     }
-    // The kernel matrix runs even when a test failed, so one run shows both; its smoke suite on
-    // the host kernel is the kernel_smoke test the suite above already ran.
-    let matrix = matrix::run(&matrix::Options { kernels: Vec::new(), no_host: true, sequential: false });
-    // Every fuzz target's corpus replayed (the crashers found so far), then a short fixed run of
-    // each: about two minutes once built (docs/fuzzing.md).
-    let fuzz = fuzz::run(fuzz::DEFAULT_SECONDS, &[]);
-    tests?;
-    matrix?;
-    fuzz
 }
 
 fn run_agent(agent_args: &[String]) -> Result<()> {
@@ -302,7 +296,10 @@ mod tests {
         let Cmd::Fuzz(f) = parse(&["fuzz", "--seconds", "3", "btf"]) else { panic!("not fuzz") };
         assert_eq!((f.seconds, f.targets), (3, vec!["btf".to_string()]));
         let Cmd::Fuzz(f) = parse(&["fuzz"]) else { panic!("not fuzz") };
-        assert_eq!((f.seconds, f.targets.len()), (fuzz::DEFAULT_SECONDS, 0));
+        assert_eq!((f.seconds, f.targets.len(), f.jobs, f.build_only), (fuzz::DEFAULT_SECONDS, 0, None, false));
+        let Cmd::Fuzz(f) = parse(&["fuzz", "--jobs", "2", "--build-only"]) else { panic!("not fuzz") };
+        assert_eq!((f.jobs, f.build_only), (Some(2), true));
+        assert!(Cli::try_parse_from(["cargo xtask", "fuzz", "--jobs", "0"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "lint", "--fix"]).is_err());
     }
 

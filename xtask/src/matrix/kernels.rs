@@ -4,14 +4,15 @@
 //! `dpkg-deb -x`. The repositories' addresses come from the machine's own apt configuration. An
 //! extracted kernel stays cached under `target/kernels/<package>`: a second run downloads nothing.
 //! Guests load 9p and virtio as modules, so the image's `lib/modules/VERSION` is copied to the
-//! host's `/lib/modules` (where virtme-ng looks) and indexed with `depmod`.
+//! host's `/lib/modules` (where virtme-ng looks) and indexed with `depmod`. What apt-get and
+//! dpkg-deb print goes to `<target>/xtask-logs/matrix-kernels.log`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{run_inherit, stdout_of};
+use crate::util::{log_path, run_logged, stdout_of};
 
 /// One kernel series of the matrix.
 pub struct Series {
@@ -43,17 +44,35 @@ pub struct Kernel {
 
 const SUITES: &[&str] = &["bullseye", "bookworm", "bookworm-updates", "bookworm-security"];
 
-/// The kernel of `series`, from the cache or downloaded into it.
-pub fn fetch(series: &Series, cache: &Path) -> Result<Kernel> {
-    if let Some(k) = cached(series, cache)? {
-        return Ok(k);
+/// The kernel of each series, from the cache or downloaded into it (one `apt-get update` for all
+/// that are missing).
+pub fn fetch_all(series: &[&Series], cache: &Path) -> Result<Vec<Kernel>> {
+    let mut apt: Option<Apt> = None;
+    let mut kernels = Vec::new();
+    for s in series {
+        let kernel = match cached(s, cache)? {
+            Some(k) => k,
+            None => {
+                if apt.is_none() {
+                    apt = Some(Apt::new(cache)?);
+                }
+                download(s, cache, apt.as_ref().expect("just set"))
+                    .with_context(|| format!("fetching the {} kernel", s.name))?
+            }
+        };
+        kernels.push(kernel);
     }
-    let apt = Apt::new(cache)?;
+    Ok(kernels)
+}
+
+fn download(series: &Series, cache: &Path, apt: &Apt) -> Result<Kernel> {
     let package = apt.newest(series)?;
     println!("matrix: downloading {package}");
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
-    run_inherit(apt.command("apt-get").args(["download", "-q", &package]).current_dir(&debs))?;
+    let log = log_path("matrix-kernels");
+    let hint = "apt-get could not download the kernel image: is the machine's Debian mirror reachable?";
+    run_logged(apt.command("apt-get").args(["download", "-q", &package]).current_dir(&debs), &log, hint)?;
     let deb = std::fs::read_dir(&debs)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{package}_"))))
@@ -61,7 +80,7 @@ pub fn fetch(series: &Series, cache: &Path) -> Result<Kernel> {
     let dir = cache.join(&package);
     let partial = cache.join(format!("{package}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
-    run_inherit(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    run_logged(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial), &log, "dpkg-deb could not unpack it")?;
     std::fs::rename(&partial, &dir)?;
     std::fs::remove_file(&deb)?;
     cached(series, cache)?.with_context(|| format!("{} holds no boot/vmlinuz-*", dir.display()))
@@ -99,8 +118,9 @@ pub fn install_modules(kernel: &Kernel, cache: &Path) -> Result<()> {
     let src = cache.join(&kernel.package).join("lib/modules").join(&kernel.release);
     std::fs::create_dir_all("/lib/modules")?;
     println!("matrix: installing modules of {} into {}", kernel.release, target.display());
-    run_inherit(Command::new("cp").arg("-a").arg(&src).arg("/lib/modules/"))?;
-    run_inherit(Command::new("depmod").arg(&kernel.release))
+    let log = log_path("matrix-kernels");
+    run_logged(Command::new("cp").arg("-a").arg(&src).arg("/lib/modules/"), &log, "cannot copy the modules")?;
+    run_logged(Command::new("depmod").arg(&kernel.release), &log, "depmod failed (Debian's kmod)")
 }
 
 /// apt-get and apt-cache on a private state, cache and sources list.
@@ -125,7 +145,8 @@ impl Apt {
         std::fs::write(dir.join("sources.list"), list)?;
         let apt = Apt { dir };
         println!("matrix: apt-get update (private lists in {})", apt.dir.display());
-        run_inherit(apt.command("apt-get").args(["update", "-q"]))?;
+        let hint = "apt-get update failed on the private lists: is the machine's Debian mirror reachable?";
+        run_logged(apt.command("apt-get").args(["update", "-q"]), &log_path("matrix-kernels"), hint)?;
         Ok(apt)
     }
 

@@ -52,40 +52,63 @@ struct Run {
     timed_out: bool,
 }
 
-pub fn run(opts: &Options) -> Result<()> {
+/// The guests' kernels, fetched and their modules installed ([`prepare`]).
+pub struct Guests {
+    kernels: Vec<(&'static Series, kernels::Kernel)>,
+    /// How long fetching them took.
+    fetched: Duration,
+}
+
+/// The kernels of the chosen series (all when `names` is empty), downloaded into the cache when
+/// missing, their modules installed: everything a guest needs but the suite's binary. Network
+/// and disk only, so `cargo xtask test` does it while the tests build.
+pub fn prepare(names: &[String]) -> Result<Guests> {
     if !is_root() {
         bail!("the matrix installs kernel modules, boots guests and loads eBPF: run it as root");
     }
     let t0 = Instant::now();
-    let series: Vec<&'static Series> = if opts.kernels.is_empty() {
+    let series: Vec<&'static Series> = if names.is_empty() {
         SERIES.iter().collect()
     } else {
-        let picked: Vec<&Series> = SERIES.iter().filter(|s| opts.kernels.iter().any(|k| k == s.name)).collect();
-        if picked.len() != opts.kernels.len() {
+        let picked: Vec<&Series> = SERIES.iter().filter(|s| names.iter().any(|k| k == s.name)).collect();
+        if picked.len() != names.len() {
             let known: Vec<&str> = SERIES.iter().map(|s| s.name).collect();
-            bail!("unknown kernel in --kernels {:?}; known: {}", opts.kernels, known.join(", "));
+            bail!("unknown kernel in --kernels {names:?}; known: {}", known.join(", "));
         }
         picked
     };
     let cache = target_dir().join("kernels");
     std::fs::create_dir_all(&cache)?;
+    let fetched = kernels::fetch_all(&series, &cache)?;
     let mut guests = Vec::new();
-    for s in &series {
-        let k = kernels::fetch(s, &cache).with_context(|| format!("fetching the {} kernel", s.name))?;
+    for (s, k) in series.into_iter().zip(fetched) {
         kernels::install_modules(&k, &cache)?;
-        guests.push((*s, k));
+        guests.push((s, k));
     }
-    let fetched = t0.elapsed();
-    let suite = build_suite()?;
-    let built = t0.elapsed() - fetched;
-    println!("matrix: kernels ready in {:.0} s, suite built in {:.0} s", fetched.as_secs_f64(), built.as_secs_f64());
+    Ok(Guests { kernels: guests, fetched: t0.elapsed() })
+}
 
-    let results = cache.join("results");
+pub fn run(opts: &Options) -> Result<()> {
+    let guests = prepare(&opts.kernels)?;
+    let t0 = Instant::now();
+    let suite = build_suite()?;
+    println!(
+        "matrix: kernels ready in {:.0} s, suite built in {:.0} s",
+        guests.fetched.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    run_suite(guests, &suite, opts)
+}
+
+/// Boots every guest (and, unless `no_host`, runs on the host) with the kernel_smoke binary
+/// `suite`, then shows and checks each kernel's table.
+pub fn run_suite(guests: Guests, suite: &Path, opts: &Options) -> Result<()> {
+    let results = target_dir().join("kernels").join("results");
     let mut runs = Vec::new();
     let t_runs = Instant::now();
-    for (s, k) in &guests {
+    for (s, k) in &guests.kernels {
         let out = fresh_dir(&results.join(&k.release))?;
-        let child = boot(&k.vmlinuz, &suite, &out)?;
+        let child = boot(&k.vmlinuz, suite, &out)?;
         let label = format!("{} ({} {})", k.release, s.distro, s.name);
         runs.push(Run { label, series: s.name, out, child, started: Instant::now(), elapsed: None, timed_out: false });
         if opts.sequential {
@@ -94,7 +117,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     if !opts.no_host {
         let out = fresh_dir(&results.join("host"))?;
-        let child = host_run(&suite, &out)?;
+        let child = host_run(suite, &out)?;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let label = format!("{} (this host)", release.trim());
         runs.push(Run { label, series: "host", out, child, started: Instant::now(), elapsed: None, timed_out: false });
@@ -111,12 +134,11 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     println!(
-        "matrix: {} kernels in {:.0} s (runs {:.0} s {}, kernels and build {:.0} s)",
+        "matrix: {} kernels in {:.0} s ({}; fetching the kernels took {:.0} s before)",
         runs.len(),
-        t0.elapsed().as_secs_f64(),
         wall.as_secs_f64(),
         if opts.sequential { "one after another" } else { "side by side" },
-        (fetched + built).as_secs_f64()
+        guests.fetched.as_secs_f64()
     );
     if !failed.is_empty() {
         bail!("kernel matrix regressions:\n  {}", failed.join("\n  "));
@@ -130,13 +152,16 @@ fn fresh_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// Builds the suite (and the agent it starts) and returns the suite's binary.
+/// Builds the suite (and the agent it starts) and returns the suite's binary. Selected from the
+/// whole workspace as `cargo xtask test` builds it: `-p connmon` alone unifies features
+/// differently and rebuilds connmon and the test support crate.
 fn build_suite() -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.args([
         "test",
-        "-p",
-        "connmon",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
         "--test",
         "kernel_smoke",
         "--no-run",
