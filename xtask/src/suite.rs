@@ -281,7 +281,11 @@ impl TestLock {
             .with_context(|| format!("cannot open the test lock {} (${LOCK_ENV})", path.display()))?;
         // SAFETY: flock(2) on a descriptor this File owns; it stays open while the lock is held.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            println!("=== test: waiting for the test lock {} (another checkout's tests)", path.display());
+            println!(
+                "=== test: waiting for the test lock {} (another checkout's tests; if this run is itself under \
+                 `flock` on that file, unset {LOCK_ENV})",
+                path.display()
+            );
             // SAFETY: as above; blocks until the other holder closes its descriptor.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 return Err(std::io::Error::last_os_error()).with_context(|| format!("flock {}", path.display()));
