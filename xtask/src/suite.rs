@@ -108,8 +108,9 @@ pub fn run() -> Result<()> {
     let result = run_inherit(&mut first);
     steps.record("test binaries (all but dist, container)", started, &result);
     note("tests", result);
-
     drop(lock);
+    let mut held = started.elapsed();
+
     let started = Instant::now();
     let artifacts =
         background.artifacts.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("the background builds stopped")));
@@ -129,6 +130,7 @@ pub fn run() -> Result<()> {
     steps.record("tests/dist.rs and tests/container.rs", started, &result);
     note("tests (dist, container)", result);
     drop(lock);
+    held += started.elapsed();
     let started = Instant::now();
     let result = run_inherit(cargo_test().args(["--no-fail-fast", "--doc"]));
     steps.record("doc tests", started, &result);
@@ -160,8 +162,9 @@ pub fn run() -> Result<()> {
     for (name, took, ok) in &steps.0 {
         println!("{:>12}  {}{name}", elapsed(*took), if *ok { "" } else { "FAILED: " });
     }
-    if !waited.is_zero() {
-        println!("(and {} waiting for {})", elapsed(waited), std::env::var(LOCK_ENV).unwrap_or_default());
+    if let Some(lock) = std::env::var_os(LOCK_ENV).filter(|l| !l.is_empty()) {
+        let lock = lock.to_string_lossy();
+        println!("{:>12}  holding {lock}, after {} waiting for it", elapsed(held), elapsed(waited));
     }
     for (what, took) in background.took.lock().map(|t| t.clone()).unwrap_or_default() {
         println!("{:>12}  in the background: {what}", elapsed(took));
