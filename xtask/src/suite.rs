@@ -18,8 +18,9 @@
 //!
 //! Every step runs even when an earlier one failed (one run shows everything); the command fails
 //! at the end if any did, after a table of how long each step took. With `CONNMON_TEST_LOCK=FILE`
-//! (shared development machines), steps 4 and 5 hold an exclusive `flock` on FILE, so tests that
-//! load eBPF programs never overlap another checkout's, and the builds never hold it.
+//! (shared development machines), steps 4 and 5 hold an exclusive `flock` on FILE (let go between
+//! them only to wait for step 3's artifacts), so tests that load eBPF programs never overlap
+//! another checkout's, and no wait for a build holds it.
 
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
@@ -97,7 +98,7 @@ pub fn run() -> Result<()> {
     let background = Background::start();
 
     let started = Instant::now();
-    let lock = TestLock::acquire()?;
+    let lock = Some(TestLock::acquire()?);
     let waited = started.elapsed();
     let started = Instant::now();
     let mut first = cargo_test();
@@ -108,15 +109,26 @@ pub fn run() -> Result<()> {
     let result = run_inherit(&mut first);
     steps.record("test binaries (all but dist, container)", started, &result);
     note("tests", result);
-    drop(lock);
     let mut held = started.elapsed();
 
+    // The tarball and the image are usually ready by now: then the lock is kept for their two
+    // tests. Otherwise it is let go while they build (another checkout's tests may run meanwhile).
     let started = Instant::now();
-    let artifacts =
-        background.artifacts.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("the background builds stopped")));
+    let (artifacts, lock) = match background.artifacts.try_recv() {
+        Ok(ready) => (ready, lock),
+        Err(_) => {
+            drop(lock);
+            let ready =
+                background.artifacts.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("the background builds stopped")));
+            (ready, None)
+        }
+    };
     steps.record("wait for the tarball and the image", started, &artifacts);
     let started = Instant::now();
-    let lock = TestLock::acquire()?;
+    let lock = match lock {
+        Some(held) => Some(held),
+        None => Some(TestLock::acquire()?),
+    };
     let waited = waited + started.elapsed();
     let started = Instant::now();
     let result = artifacts.and_then(|()| {
