@@ -393,7 +393,10 @@ pub struct SockInfo {
     pub sport: u16,
     /// SOCK_* flags.
     pub flags: u16,
-    pub _reserved: [u16; 2],
+    /// The pool's index in the per-pool arrays (POOL_STATS, POOL_LIVE, POOL_PEAK), resolved from
+    /// POOL_IDS once at connect(); `pool` stays for the tables keyed by pool (retry events,
+    /// protocol recognition) and for the agent.
+    pub pool_id: u32,
 }
 const _: () = assert!(size_of::<SockInfo>() == 88);
 
@@ -411,7 +414,8 @@ pub const LOST_SOCK_UNTRACKED: u32 = 1;
 pub const LOST_POOL_TABLE_FULL: u32 = 2;
 pub const LOST_REASONS: u32 = 7;
 
-/// Default sizes of the socket and pool tables (the agent can override them at load).
+/// Default sizes of the socket and pool tables (the agent can override the socket table at load).
+/// MAX_POOLS bounds the pool ids: POOL_IDS, the free-id queue and the per-pool arrays.
 pub const MAX_SOCKS: u32 = 65536;
 pub const MAX_POOLS: u32 = 4096;
 

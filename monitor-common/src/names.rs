@@ -18,16 +18,18 @@ pub mod maps {
     pub const SEEDED: &str = "SEEDED";
     /// Upper bound on what SEEDED still holds.
     pub const SEEDED_LEFT: &str = "SEEDED_LEFT";
-    /// Per-CPU counters per pool.
+    /// Pool key -> pool id (the index into the per-pool arrays below).
+    pub const POOL_IDS: &str = "POOL_IDS";
+    /// Pool ids free for the kernel to take (filled by the agent at load and as it forgets pools).
+    pub const FREE_POOL_IDS: &str = "FREE_POOL_IDS";
+    /// Per-CPU counters per pool id.
     pub const POOL_STATS: &str = "POOL_STATS";
-    /// Opened minus closed per pool.
+    /// Opened minus closed per pool id.
     pub const POOL_LIVE: &str = "POOL_LIVE";
-    /// Highest POOL_LIVE since the agent last reset it.
+    /// Highest POOL_LIVE since the agent last reset it, per pool id.
     pub const POOL_PEAK: &str = "POOL_PEAK";
     /// Handshakes completed on local listeners, by client address class.
     pub const ACCEPTS: &str = "ACCEPTS";
-    /// Scratch slot for building a first PoolStats off the stack.
-    pub const SCRATCH_STATS: &str = "SCRATCH_STATS";
     /// Events the kernel side could not account, by LOST_* reason.
     pub const LOST: &str = "LOST";
     /// Flows waiting for their first payload bytes.
@@ -58,11 +60,12 @@ pub mod maps {
         SOCKS,
         SEEDED,
         SEEDED_LEFT,
+        POOL_IDS,
+        FREE_POOL_IDS,
         POOL_STATS,
         POOL_LIVE,
         POOL_PEAK,
         ACCEPTS,
-        SCRATCH_STATS,
         LOST,
         PENDING,
         PENDING_N,

@@ -2,7 +2,7 @@
 //! through a macro that checks at compile time that its identifier (the name the agent looks up)
 //! equals its constant in `monitor_common::names`. Program modules and helpers use these; none of
 //! them declares its own.
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, Queue, RingBuf};
 use monitor_common::{
     AcceptKey, FdOffsets, FlowKey, ListenerStats, PoolKey, PoolStats, QueueKey, QueueStats, QueuedChild, SockInfo,
     SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS, MAX_LISTENERS, MAX_PENDING_FLOWS,
@@ -97,21 +97,28 @@ declare_map! {
     SEEDED_LEFT: Array<i64> = Array::with_max_entries(1, 0);
 }
 declare_map! {
-    POOL_STATS: PerCpuHashMap<PoolKey, PoolStats> = PerCpuHashMap::with_max_entries(MAX_POOLS, 0);
+    /// Pool key -> pool id, the index into the per-pool arrays. Not LRU, for the same reason as
+    /// SOCKS: the agent removes idle pools; a full table is counted in LOST (pool_table_full).
+    POOL_IDS: HashMap<PoolKey, u32> = HashMap::with_max_entries(MAX_POOLS, 0);
+}
+declare_map! {
+    /// Ids no pool holds: all of 0..MAX_POOLS at load (the agent pushes them before attaching),
+    /// then the ids of forgotten pools, zeroed, a collect cycle after they were forgotten.
+    FREE_POOL_IDS: Queue<u32> = Queue::with_max_entries(MAX_POOLS, 0);
+}
+declare_map! {
+    POOL_STATS: PerCpuArray<PoolStats> = PerCpuArray::with_max_entries(MAX_POOLS, 0);
 }
 declare_map! {
     /// Connections opened minus closed while probed (the agent adds those open at start-up).
-    POOL_LIVE: HashMap<PoolKey, i64> = HashMap::with_max_entries(MAX_POOLS, 0);
+    POOL_LIVE: Array<i64> = Array::with_max_entries(MAX_POOLS, 0);
 }
 declare_map! {
     /// Highest POOL_LIVE value since the agent last reset it.
-    POOL_PEAK: HashMap<PoolKey, i64> = HashMap::with_max_entries(MAX_POOLS, 0);
+    POOL_PEAK: Array<i64> = Array::with_max_entries(MAX_POOLS, 0);
 }
 declare_map! {
     ACCEPTS: LruPerCpuHashMap<AcceptKey, u64> = LruPerCpuHashMap::with_max_entries(MAX_LISTENERS, 0);
-}
-declare_map! {
-    SCRATCH_STATS: PerCpuArray<PoolStats> = PerCpuArray::with_max_entries(1, 0);
 }
 declare_map! {
     LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASONS, 0);

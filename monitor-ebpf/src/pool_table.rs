@@ -1,55 +1,61 @@
-//! Updates of the per-pool tables that more than one program makes: the per-CPU counters
-//! (POOL_STATS), the live count and its peak (POOL_LIVE, POOL_PEAK), the socket table lookup, and
-//! the LOST counters. Live counts sit in a shared map with atomic adds so the peak is a true peak
-//! across CPUs; only the kernel writes them (the agent keeps the start-up offset itself), and pool
-//! maps are not LRU, so a quiet long-lived pool is never evicted by churning ones: the agent
-//! removes idle pools.
+//! Updates of the per-pool tables that more than one program makes: the pool id a connect()
+//! resolves once (POOL_IDS, ids taken from FREE_POOL_IDS), the per-CPU counters (POOL_STATS), the
+//! live count and its peak (POOL_LIVE, POOL_PEAK), the socket table lookup, and the LOST
+//! counters. The per-pool tables are arrays indexed by pool id, so every update after the connect
+//! costs an inlined array access instead of a hash lookup on a 48-byte key. Live counts take
+//! atomic adds so the peak is a true peak across CPUs; only the kernel writes them (the agent
+//! keeps the start-up offset itself). Ids are never evicted, so a quiet long-lived pool keeps its
+//! counts: the agent forgets idle pools and hands their ids back, zeroed, a collect cycle later.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use monitor_common::{PoolKey, PoolStats, SockInfo, LOST_POOL_TABLE_FULL};
 
-use crate::maps::{LOST, POOL_LIVE, POOL_PEAK, POOL_STATS, SCRATCH_STATS, SOCKS};
+use crate::maps::{FREE_POOL_IDS, LOST, POOL_IDS, POOL_LIVE, POOL_PEAK, POOL_STATS, SOCKS};
 
-/// Applies `f` to this CPU's counters of `pool`, creating them on first use.
-pub(crate) fn with_stats(pool: &PoolKey, f: impl FnOnce(&mut PoolStats)) {
-    if let Some(s) = POOL_STATS.get_ptr_mut(pool) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        f(unsafe { &mut *s });
-        return;
+/// Map update flag: fail with EEXIST instead of replacing an entry.
+const BPF_NOEXIST: u64 = 1;
+
+/// The id of `pool`, taking a free one for a pool not seen yet; None (counted in LOST) when every
+/// id is taken.
+pub(crate) fn pool_id(pool: &PoolKey) -> Option<u32> {
+    if let Some(id) = POOL_IDS.get_ptr(pool) {
+        // SAFETY: entry pointer from the map, read at once.
+        return Some(unsafe { *id });
     }
-    // PoolStats is too large for the 512-byte BPF stack: build the first value in a scratch slot.
-    let Some(s) = SCRATCH_STATS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch slot, used only within this call.
-    let s = unsafe {
-        core::ptr::write_bytes(s, 0, 1);
-        &mut *s
-    };
-    f(s);
-    if POOL_STATS.insert(pool, s, 0).is_err() {
+    let Ok(Some(id)) = FREE_POOL_IDS.pop() else {
         lost(LOST_POOL_TABLE_FULL);
+        return None;
+    };
+    if POOL_IDS.insert(pool, &id, BPF_NOEXIST).is_ok() {
+        return Some(id);
+    }
+    // Another CPU gave the pool an id first (or the table is full): hand this one back.
+    let _ = FREE_POOL_IDS.push(id, 0);
+    match POOL_IDS.get_ptr(pool) {
+        // SAFETY: as above.
+        Some(id) => Some(unsafe { *id }),
+        None => {
+            lost(LOST_POOL_TABLE_FULL);
+            None
+        }
     }
 }
 
-/// Adds `delta` to the pool's live count and raises its peak.
-pub(crate) fn live_add(pool: &PoolKey, delta: i64) {
-    // One lookup in the usual case; a new pool inserts 0 and looks again, because the add must
-    // be atomic on the entry other CPUs see.
-    let live = match POOL_LIVE.get_ptr_mut(pool) {
-        Some(live) => live,
-        None => {
-            let _ = POOL_LIVE.insert(pool, &0, 1 /* BPF_NOEXIST */);
-            let Some(live) = POOL_LIVE.get_ptr_mut(pool) else {
-                lost(LOST_POOL_TABLE_FULL);
-                return;
-            };
-            live
-        }
-    };
+/// Applies `f` to this CPU's counters of pool `id`.
+#[inline(always)]
+pub(crate) fn with_stats(id: u32, f: impl FnOnce(&mut PoolStats)) {
+    if let Some(s) = POOL_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU array slot, only this CPU writes it while the program runs.
+        f(unsafe { &mut *s });
+    }
+}
+
+/// Adds `delta` to pool `id`'s live count and raises its peak.
+pub(crate) fn live_add(id: u32, delta: i64) {
+    let Some(live) = POOL_LIVE.get_ptr_mut(id) else { return };
     // core's atomics have no read-modify-write for bpf (no CAS), so use the intrinsic, which
-    // lowers to the BPF atomic add instruction.
-    // SAFETY: the value lives as long as the entry, and the agent deletes only idle entries.
+    // lowers to the BPF atomic add instruction (no fetch: kernels before 5.12 lack it).
+    // SAFETY: an array slot lives as long as the map.
     let now = unsafe {
         atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(live, delta);
         core::ptr::read_volatile(live)
@@ -58,15 +64,12 @@ pub(crate) fn live_add(pool: &PoolKey, delta: i64) {
         return;
     }
     // A plain store: two CPUs racing may each miss the other's +1 in the peak, never more.
-    match POOL_PEAK.get_ptr_mut(pool) {
+    if let Some(peak) = POOL_PEAK.get_ptr_mut(id) {
         // SAFETY: as above.
-        Some(peak) => unsafe {
+        unsafe {
             if now > *peak {
                 *peak = now;
             }
-        },
-        None => {
-            let _ = POOL_PEAK.insert(pool, &now, 0);
         }
     }
 }

@@ -1,9 +1,9 @@
 //! Connection pools from `inet_sock_set_state` (tp_btf, else the classic tracepoint). A client
 //! socket is attributed at connect() (CLOSE -> SYN_SENT, the only transition that runs in the
-//! caller's process context), remembered in SOCKS until it closes, and every transition updates
-//! its pool's per-CPU counters (`pool_table`). Sockets that existed before the agent started are
-//! found through SEEDED, keyed by socket cookie. Which transitions matter is
-//! `monitor_common::tcp::transition`.
+//! caller's process context), its pool resolved to a pool id once there, remembered in SOCKS
+//! until it closes, and every transition updates its pool's counters by id (`pool_table`).
+//! Sockets that existed before the agent started are found through SEEDED, keyed by socket
+//! cookie. Which transitions matter is `monitor_common::tcp::transition`.
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
@@ -22,7 +22,7 @@ use crate::{
     counters,
     fields::{Fields, Record, Sock},
     maps::{check_program_name, off, ACCEPTS, SEEDED, SEEDED_LEFT, SOCKS},
-    pool_table::{live_add, lost, with_stats},
+    pool_table::{live_add, lost, pool_id, with_stats},
     proto_watch, queue_table, retry_events,
 };
 
@@ -30,6 +30,8 @@ const IPPROTO_TCP: u16 = 6;
 /// Map update flag: fail with EEXIST instead of replacing an entry.
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i64 = 17;
+/// SockInfo::pool_id of a socket whose pool got no id: outside every per-pool array.
+const NO_POOL: u32 = u32::MAX;
 
 /// The pools probe as a BTF raw tracepoint: the kernel passes the socket and both states
 /// directly, without filling a trace record, and a transition the probe does not act on costs no
@@ -118,8 +120,10 @@ fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     };
     // SAFETY: as above.
     let now = unsafe { bpf_ktime_get_ns() };
-    let info =
-        SockInfo { pool, connect_ns: now, established_ns: 0, saddr: [0; 16], sport: 0, flags: 0, _reserved: [0; 2] };
+    // Without an id (every id taken, counted in LOST) the socket is still followed, so its later
+    // transitions find it; their counter updates miss the arrays and do nothing.
+    let pool_id = pool_id(&pool).unwrap_or(NO_POOL);
+    let info = SockInfo { pool, connect_ns: now, established_ns: 0, saddr: [0; 16], sport: 0, flags: 0, pool_id };
     // One map operation in the usual case: the insert itself says whether the address is taken.
     match SOCKS.insert(&sk, &info, BPF_NOEXIST) {
         Ok(()) => {}
@@ -131,8 +135,8 @@ fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
                 // SAFETY: entry pointer from the map, copied out at once.
                 let old = unsafe { *old };
                 if old.established_ns != 0 {
-                    with_stats(&old.pool, |s| s.closes += 1);
-                    live_add(&old.pool, -1);
+                    with_stats(old.pool_id, |s| s.closes += 1);
+                    live_add(old.pool_id, -1);
                 }
             }
             lost(LOST_MISSED_CLOSE);
@@ -146,7 +150,7 @@ fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
             return Ok(());
         }
     }
-    with_stats(&pool, |s| s.attempts += 1);
+    with_stats(pool_id, |s| s.attempts += 1);
     Ok(())
 }
 
@@ -167,13 +171,13 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
         info.saddr = f.saddr(info.pool.family).unwrap_or([0; 16]);
         let us = (now - info.connect_ns) / 1000;
         let mut settled = false;
-        with_stats(&info.pool, |s| {
+        with_stats(info.pool_id, |s| {
             s.opens += 1;
             s.connect_us[hist::bucket(us)] += 1;
             s.connect_us_sum += us;
             settled = s.proto_settled != 0;
         });
-        live_add(&info.pool, 1);
+        live_add(info.pool_id, 1);
         retry_events::succeeded(&info.pool);
         let p = &info.pool;
         if !settled {
@@ -181,14 +185,14 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
                 proto_watch::Watch::Registered => info.flags |= SOCK_PROTO_PENDING,
                 // Remembered in this CPU's counters, which this handshake just looked up anyway:
                 // the pool's later handshakes on this CPU skip the PROTO_SEEN lookup.
-                proto_watch::Watch::Settled => with_stats(p, |s| s.proto_settled = 1),
+                proto_watch::Watch::Settled => with_stats(info.pool_id, |s| s.proto_settled = 1),
                 proto_watch::Watch::NotNow => {}
             }
         }
     } else if new == TCP_CLOSE {
         let pool = info.pool;
         let reason = errno::connect_failure(f.err().unwrap_or(-1));
-        with_stats(&pool, |s| s.failures[reason] += 1);
+        with_stats(info.pool_id, |s| s.failures[reason] += 1);
         retry_events::failed_at(&pool, info.connect_ns, reason);
         let _ = SOCKS.remove(&sk);
     }
@@ -219,7 +223,7 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
         } else if hung_up {
             retry_events::failed_at(&info.pool, info.connect_ns, FAIL_DIED_SERVER_CLOSED);
         }
-        with_stats(&info.pool, |s| {
+        with_stats(info.pool_id, |s| {
             s.closes += 1;
             s.lifetime_ms[hist::bucket(ms)] += 1;
             s.lifetime_ms_sum += ms;
@@ -227,7 +231,7 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
             s.died_reset += u64::from(reset);
             s.died_server_closed += u64::from(hung_up);
         });
-        live_add(&info.pool, -1);
+        live_add(info.pool_id, -1);
         // Only flows registered as pending need the (locking) delete from the LRU table.
         if info.flags & SOCK_PROTO_PENDING != 0 {
             let p = &info.pool;
@@ -248,8 +252,11 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     if let Some(pool) = SEEDED.get_ptr(&cookie) {
         // SAFETY: entry pointer from the map, copied out at once.
         let pool = unsafe { *pool };
-        with_stats(&pool, |s| s.closes += 1);
-        live_add(&pool, -1);
+        // Rare (only connections open at start-up): resolving the id here costs a hash lookup.
+        if let Some(id) = pool_id(&pool) {
+            with_stats(id, |s| s.closes += 1);
+            live_add(id, -1);
+        }
         if SEEDED.remove(&cookie).is_ok() {
             counters::add(&SEEDED_LEFT, -1);
         }

@@ -39,7 +39,7 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.retrans_skaddr))?;
     if let Some(info) = socket(sk) {
-        with_stats(&info.pool, |s| s.syn_retransmits += 1);
+        with_stats(info.pool_id, |s| s.syn_retransmits += 1);
     }
     Ok(())
 }
@@ -50,7 +50,7 @@ fn try_reset(ctx: &TracePointContext, skaddr_off: u32, received: bool) -> Result
         return Ok(());
     }
     if let Some(info) = socket(sk) {
-        with_stats(&info.pool, |s| {
+        with_stats(info.pool_id, |s| {
             if received {
                 s.resets_received += 1;
             } else {

@@ -102,17 +102,17 @@ mod tests {
     use super::*;
     use monitor_common::names::maps;
 
-    // The agent never reads SCRATCH_STATS, so no other test touches its counter.
+    // The agent never reads LAST_FAILED, so no other test touches its counter.
     #[test]
     fn failures_are_counted_and_a_missing_key_is_not() {
-        let before = ERRORS[index(maps::SCRATCH_STATS).unwrap()].load(Relaxed);
-        record(maps::SCRATCH_STATS, &"boom");
-        assert_eq!(ok::<u32>(maps::SCRATCH_STATS, Err(MapError::KeyNotFound)), None);
-        assert_eq!(ok(maps::SCRATCH_STATS, Ok(7u32)), Some(7));
+        let before = ERRORS[index(maps::LAST_FAILED).unwrap()].load(Relaxed);
+        record(maps::LAST_FAILED, &"boom");
+        assert_eq!(ok::<u32>(maps::LAST_FAILED, Err(MapError::KeyNotFound)), None);
+        assert_eq!(ok(maps::LAST_FAILED, Ok(7u32)), Some(7));
         let err = MapError::InvalidName { name: "x".into() };
-        assert_eq!(ok::<u32>(maps::SCRATCH_STATS, Err(err)), None);
-        let errors: Vec<_> = read_errors().into_iter().filter(|(m, _)| *m == maps::SCRATCH_STATS).collect();
-        assert_eq!(errors, [(maps::SCRATCH_STATS, before + 2)]);
-        assert!(WARNED[index(maps::SCRATCH_STATS).unwrap()].load(Relaxed));
+        assert_eq!(ok::<u32>(maps::LAST_FAILED, Err(err)), None);
+        let errors: Vec<_> = read_errors().into_iter().filter(|(m, _)| *m == maps::LAST_FAILED).collect();
+        assert_eq!(errors, [(maps::LAST_FAILED, before + 2)]);
+        assert!(WARNED[index(maps::LAST_FAILED).unwrap()].load(Relaxed));
     }
 }

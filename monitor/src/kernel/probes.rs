@@ -265,6 +265,7 @@ impl Probes {
                 return Self::none(&reason);
             }
         };
+        fill_free_pool_ids(&mut ebpf);
         let kernel_btf = aya::Btf::from_sys_fs().ok();
         let mut states: BTreeMap<&'static str, ProbeState> = BTreeMap::new();
         for (i, spec) in PROBES.iter().enumerate() {
@@ -509,6 +510,22 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 #[path = "object_tests.rs"]
 mod object_tests;
+
+/// Hands the pools probe every pool id before any program attaches: the kernel side takes a free
+/// id for each new pool and has no other source (fetch-and-add needs kernel 5.12). A failure
+/// leaves pools without ids, which the kernel counts in `connmon_events_lost_total{reason=
+/// "pool_table_full"}`.
+fn fill_free_pool_ids(ebpf: &mut aya::Ebpf) {
+    let queue = ebpf.map_mut(maps::FREE_POOL_IDS).map(aya::maps::Queue::<_, u32>::try_from);
+    let result = match queue {
+        Some(Ok(mut q)) => (0..monitor_common::MAX_POOLS).try_for_each(|id| q.push(id, 0)).map_err(|e| e.to_string()),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("map missing from the eBPF object".into()),
+    };
+    if let Err(e) = result {
+        warn!("filling {}: {e}; new pools are not counted", maps::FREE_POOL_IDS);
+    }
+}
 
 #[cfg(test)]
 mod tests {

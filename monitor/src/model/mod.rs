@@ -5,6 +5,7 @@
 pub mod destinations;
 pub mod listeners;
 pub mod peak_window;
+pub mod pool_ids;
 pub mod pools;
 pub mod queue_wait;
 pub mod services;

@@ -14,9 +14,7 @@ use aya::{
     Ebpf,
 };
 use monitor_common::{
-    names::maps::{
-        ACCEPTS, LOST, POOL_LIVE, POOL_PEAK, POOL_STATS, PROTO_SEEN, RETRY_EVENTS, SEEDED, SEEDED_LEFT, SOCKS,
-    },
+    names::maps::{ACCEPTS, LOST, POOL_LIVE, POOL_PEAK, PROTO_SEEN, RETRY_EVENTS, SEEDED, SEEDED_LEFT, SOCKS},
     AcceptKey, PoolKey, PoolStats, RetryEvent, SockInfo, AF_INET, FAIL_REASONS, LOST_REASONS, PROTO_POSTGRES,
     PROTO_REDIS, TCP_LISTEN,
 };
@@ -25,6 +23,7 @@ use serde::Serialize;
 use crate::{
     attribution::cgroups::CgroupNames,
     kernel::maps::{ok, open as map, open_mut as map_mut},
+    model::pool_ids::{self, Recycler},
     model::services::{self, Services},
     scan::diag::DiagSocket,
     scan::{self, Scan},
@@ -232,6 +231,8 @@ pub struct PoolTracker {
     missed_total: u64,
     /// Socket-table entries absent from the previous scan: removed if absent again.
     suspects: HashSet<u64>,
+    /// Ids of forgotten pools on their way back to the kernel.
+    recycler: Recycler,
 }
 
 /// A connect() that has not finished its handshake for this long is abandoned in the table: its
@@ -256,6 +257,7 @@ impl PoolTracker {
             missed: HashMap::new(),
             missed_total: 0,
             suspects: HashSet::new(),
+            recycler: Recycler::default(),
         }
     }
 
@@ -358,19 +360,16 @@ impl PoolTracker {
     /// `reset_peaks` the peak is reset to the live count, so the next read sees the next period's.
     pub fn collect(&mut self, ebpf: &mut Ebpf, reset_peaks: bool) -> (Vec<Pool>, KernelExtras) {
         let mut extras = KernelExtras { missed_closes: self.missed_total, ..Default::default() };
-        let stats = read_stats(ebpf);
-        let live: HashMap<PoolKey, i64> = map::<BpfHashMap<&MapData, PoolKey, i64>>(ebpf, POOL_LIVE)
-            .map(|m| m.iter().filter_map(|r| ok(POOL_LIVE, r)).collect())
-            .unwrap_or_default();
-        let mut peaks: HashMap<PoolKey, i64> = HashMap::new();
-        if let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, i64>>(ebpf, POOL_PEAK) {
-            peaks = m.iter().filter_map(|r| ok(POOL_PEAK, r)).collect();
-            for (key, _) in peaks.iter().filter(|_| reset_peaks) {
-                let _ = m.insert(key, live.get(key).copied().unwrap_or(0), 0);
-            }
+        let (pending, in_use) = pending_connects(ebpf);
+        self.recycler.release(ebpf, &in_use);
+        let ids = pool_ids::ids(ebpf);
+        let stats = pool_ids::stats(ebpf, &ids);
+        let live = pool_ids::values(ebpf, POOL_LIVE, &ids);
+        let peaks = pool_ids::values(ebpf, POOL_PEAK, &ids);
+        if reset_peaks {
+            pool_ids::reset_peaks(ebpf, &ids, &live);
         }
         self.learn_protocols(ebpf);
-        let pending = pending_connects(ebpf);
         let mut keys: HashSet<PoolKey> = stats.keys().copied().collect();
         keys.extend(live.keys().copied());
         keys.extend(self.seeded.keys().copied());
@@ -388,7 +387,8 @@ impl PoolTracker {
             if entry.0 != signature {
                 *entry = (signature, now);
             }
-            if active == 0 && now.duration_since(entry.1) >= self.idle_expiry {
+            // A pool with a connect in flight keeps its id: that socket's handshake writes to it.
+            if active == 0 && now.duration_since(entry.1) >= self.idle_expiry && !pending.contains_key(&key) {
                 idle.push(key);
                 continue;
             }
@@ -413,7 +413,7 @@ impl PoolTracker {
                 )
             });
         }
-        self.forget(ebpf, &idle);
+        self.forget(ebpf, &idle, &ids);
         if let Ok(lost) = map::<PerCpuArray<&MapData, u64>>(ebpf, LOST) {
             for (i, slot) in extras.lost.iter_mut().enumerate() {
                 if let Some(v) = ok(LOST, lost.get(&(i as u32), 0)) {
@@ -464,21 +464,14 @@ impl PoolTracker {
         }
     }
 
-    /// Drops idle pools from the kernel tables so they do not fill up. A connect racing the
-    /// removal loses that one attempt from the counters, never the live count (that pool's live
-    /// entry is 0 and is recreated by the next open).
-    fn forget(&mut self, ebpf: &mut Ebpf, keys: &[PoolKey]) {
+    /// Drops idle pools from the kernel tables so they do not fill up: the pool's id leaves
+    /// POOL_IDS and is recycled later (`pool_ids::Recycler`). A connect racing the removal keeps
+    /// the old id, which is then given back to its pool or kept out of use while it is open.
+    fn forget(&mut self, ebpf: &mut Ebpf, keys: &[PoolKey], ids: &HashMap<PoolKey, u32>) {
         if keys.is_empty() {
             return;
         }
-        if let Ok(mut m) = map_mut::<PerCpuHashMap<&mut MapData, PoolKey, PoolStats>>(ebpf, POOL_STATS) {
-            keys.iter().for_each(|k| drop(m.remove(k)));
-        }
-        for name in [POOL_LIVE, POOL_PEAK] {
-            if let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, i64>>(ebpf, name) {
-                keys.iter().for_each(|k| drop(m.remove(k)));
-            }
-        }
+        self.recycler.forget(ebpf, keys, ids);
         for k in keys {
             self.seeded.remove(k);
             self.missed.remove(k);
@@ -490,54 +483,27 @@ impl PoolTracker {
 /// Connects in flight per pool: socket-table entries whose handshake has not completed. A failed
 /// connect leaves the table at once, so a blackholed server shows here from its first SYN; an
 /// entry whose failure event was missed is removed by reconciliation after STALE_CONNECT_NS.
-fn pending_connects(ebpf: &Ebpf) -> HashMap<PoolKey, i64> {
+/// Also every pool id the table refers to, with its pool (ids still being written).
+fn pending_connects(ebpf: &Ebpf) -> (HashMap<PoolKey, i64>, HashMap<u32, PoolKey>) {
     let mut out: HashMap<PoolKey, i64> = HashMap::new();
-    if let Ok(socks) = map::<BpfHashMap<&MapData, u64, SockInfo>>(ebpf, "SOCKS") {
-        for (_, info) in socks.iter().filter_map(Result::ok).filter(|(_, i)| i.established_ns == 0) {
-            *out.entry(info.pool).or_default() += 1;
+    let mut in_use = HashMap::new();
+    if let Ok(socks) = map::<BpfHashMap<&MapData, u64, SockInfo>>(ebpf, SOCKS) {
+        for (_, info) in socks.iter().filter_map(|r| ok(SOCKS, r)) {
+            in_use.insert(info.pool_id, info.pool);
+            if info.established_ns == 0 {
+                *out.entry(info.pool).or_default() += 1;
+            }
         }
     }
-    out
+    (out, in_use)
 }
 
+/// Every pool's counters, summed over CPUs.
 pub fn read_stats(ebpf: &Ebpf) -> HashMap<PoolKey, PoolStats> {
-    let Ok(m) = map::<PerCpuHashMap<&MapData, PoolKey, PoolStats>>(ebpf, POOL_STATS) else {
-        return HashMap::new();
-    };
-    m.iter()
-        .filter_map(|r| ok(POOL_STATS, r))
-        .map(|(key, per_cpu)| {
-            let mut sum = PoolStats::default();
-            for v in per_cpu.iter() {
-                add_stats(&mut sum, v);
-            }
-            (key, sum)
-        })
-        .collect()
+    pool_ids::stats(ebpf, &pool_ids::ids(ebpf))
 }
 
-pub fn add_stats(sum: &mut PoolStats, v: &PoolStats) {
-    sum.attempts += v.attempts;
-    sum.opens += v.opens;
-    sum.closes += v.closes;
-    for (a, b) in sum.failures.iter_mut().zip(v.failures) {
-        *a += b;
-    }
-    for (a, b) in sum.connect_us.iter_mut().zip(v.connect_us) {
-        *a += b;
-    }
-    for (a, b) in sum.lifetime_ms.iter_mut().zip(v.lifetime_ms) {
-        *a += b;
-    }
-    sum.connect_us_sum += v.connect_us_sum;
-    sum.lifetime_ms_sum += v.lifetime_ms_sum;
-    sum.syn_retransmits += v.syn_retransmits;
-    sum.resets_received += v.resets_received;
-    sum.resets_sent += v.resets_sent;
-    sum.short_lived += v.short_lived;
-    sum.died_reset += v.died_reset;
-    sum.died_server_closed += v.died_server_closed;
-}
+pub use pool_ids::add_stats;
 
 /// Retry events the kernel queued since the last call.
 pub fn drain_retry_events(ebpf: &mut Ebpf) -> Vec<RetryEvent> {

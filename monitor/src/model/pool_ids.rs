@@ -1,0 +1,170 @@
+//! The agent's side of the kernel's pool ids: the kernel resolves a pool key to a small id once
+//! per connect() (POOL_IDS) and keeps the pool's counters, live count and peak in arrays indexed
+//! by it. This module reads those arrays by key, and recycles the ids of pools the tracker
+//! forgets: the key leaves POOL_IDS at once, the id waits in quarantine for at least
+//! `QUARANTINE` and until no socket-table entry refers to it (a program that looked the id up
+//! just before the removal may still write to it), then its slots are zeroed and it goes back to
+//! FREE_POOL_IDS.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Queue},
+    Ebpf,
+};
+use monitor_common::{
+    names::maps::{FREE_POOL_IDS, POOL_IDS, POOL_LIVE, POOL_PEAK, POOL_STATS},
+    PoolKey, PoolStats,
+};
+
+use crate::kernel::maps::{ok, open as map, open_mut as map_mut};
+
+/// Least time a forgotten pool's id waits before it is zeroed and handed out again.
+pub const QUARANTINE: Duration = Duration::from_secs(1);
+
+/// Pool ids by key, as the kernel assigned them.
+pub fn ids(ebpf: &Ebpf) -> HashMap<PoolKey, u32> {
+    map::<BpfHashMap<&MapData, PoolKey, u32>>(ebpf, POOL_IDS)
+        .map(|m| m.iter().filter_map(|r| ok(POOL_IDS, r)).collect())
+        .unwrap_or_default()
+}
+
+/// Every pool's counters, summed over CPUs.
+pub fn stats(ebpf: &Ebpf, ids: &HashMap<PoolKey, u32>) -> HashMap<PoolKey, PoolStats> {
+    let Ok(m) = map::<PerCpuArray<&MapData, PoolStats>>(ebpf, POOL_STATS) else {
+        return HashMap::new();
+    };
+    ids.iter()
+        .filter_map(|(key, id)| {
+            let per_cpu = ok(POOL_STATS, m.get(id, 0))?;
+            let mut sum = PoolStats::default();
+            for v in per_cpu.iter() {
+                add_stats(&mut sum, v);
+            }
+            Some((*key, sum))
+        })
+        .collect()
+}
+
+/// Every pool's slot of one of the i64 arrays (POOL_LIVE, POOL_PEAK).
+pub fn values(ebpf: &Ebpf, name: &'static str, ids: &HashMap<PoolKey, u32>) -> HashMap<PoolKey, i64> {
+    let Ok(m) = map::<Array<&MapData, i64>>(ebpf, name) else {
+        return HashMap::new();
+    };
+    ids.iter().filter_map(|(key, id)| Some((*key, ok(name, m.get(id, 0))?))).collect()
+}
+
+/// Sets each pool's peak to its live count, so the next read sees the next period's peak.
+pub fn reset_peaks(ebpf: &mut Ebpf, ids: &HashMap<PoolKey, u32>, live: &HashMap<PoolKey, i64>) {
+    let Ok(mut m) = map_mut::<Array<&mut MapData, i64>>(ebpf, POOL_PEAK) else { return };
+    for (key, id) in ids {
+        if let Err(e) = m.set(*id, live.get(key).copied().unwrap_or(0), 0) {
+            crate::kernel::maps::record(POOL_PEAK, &e);
+        }
+    }
+}
+
+pub fn add_stats(sum: &mut PoolStats, v: &PoolStats) {
+    sum.attempts += v.attempts;
+    sum.opens += v.opens;
+    sum.closes += v.closes;
+    for (a, b) in sum.failures.iter_mut().zip(v.failures) {
+        *a += b;
+    }
+    for (a, b) in sum.connect_us.iter_mut().zip(v.connect_us) {
+        *a += b;
+    }
+    for (a, b) in sum.lifetime_ms.iter_mut().zip(v.lifetime_ms) {
+        *a += b;
+    }
+    sum.connect_us_sum += v.connect_us_sum;
+    sum.lifetime_ms_sum += v.lifetime_ms_sum;
+    sum.syn_retransmits += v.syn_retransmits;
+    sum.resets_received += v.resets_received;
+    sum.resets_sent += v.resets_sent;
+    sum.short_lived += v.short_lived;
+    sum.died_reset += v.died_reset;
+    sum.died_server_closed += v.died_server_closed;
+}
+
+/// Ids of forgotten pools on their way back to the free queue.
+#[derive(Debug, Default)]
+pub struct Recycler {
+    /// Id, the key it had, and when it was forgotten.
+    quarantine: Vec<(u32, PoolKey, Instant)>,
+}
+
+impl Recycler {
+    /// Ids waiting (a gauge's worth: they are neither free nor in use).
+    pub fn waiting(&self) -> usize {
+        self.quarantine.len()
+    }
+
+    /// Removes `keys` from POOL_IDS; their ids wait in quarantine.
+    pub fn forget(&mut self, ebpf: &mut Ebpf, keys: &[PoolKey], ids: &HashMap<PoolKey, u32>) {
+        let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, u32>>(ebpf, POOL_IDS) else { return };
+        let now = Instant::now();
+        for key in keys {
+            if let Some(id) = ids.get(key) {
+                if m.remove(key).is_ok() {
+                    self.quarantine.push((*id, *key, now));
+                }
+            }
+        }
+    }
+
+    /// Hands back the ids whose quarantine is over. `in_use` is every id the socket table refers
+    /// to, with its socket's pool: such an id is still being written. If its pool has no id
+    /// again, the id is given back to it (the pool's counters continue); otherwise it waits until
+    /// those sockets are gone.
+    pub fn release(&mut self, ebpf: &mut Ebpf, in_use: &HashMap<u32, PoolKey>) {
+        let now = Instant::now();
+        let (due, wait): (Vec<_>, Vec<_>) =
+            self.quarantine.drain(..).partition(|(_, _, at)| now.duration_since(*at) >= QUARANTINE);
+        self.quarantine = wait;
+        let mut free = Vec::new();
+        if let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, u32>>(ebpf, POOL_IDS) {
+            for (id, key, at) in due {
+                match in_use.get(&id) {
+                    None => free.push(id),
+                    Some(pool) if m.insert(pool, id, 1 /* BPF_NOEXIST */).is_ok() => {}
+                    Some(_) => self.quarantine.push((id, key, at)),
+                }
+            }
+        }
+        if free.is_empty() {
+            return;
+        }
+        zero(ebpf, &free);
+        let Ok(mut q) = map_mut::<Queue<&mut MapData, u32>>(ebpf, FREE_POOL_IDS) else { return };
+        for id in free {
+            if let Err(e) = q.push(id, 0) {
+                crate::kernel::maps::record(FREE_POOL_IDS, &e);
+            }
+        }
+    }
+}
+
+/// Clears the slots of `ids` in every per-pool array, so a pool given one of them starts at zero.
+fn zero(ebpf: &mut Ebpf, ids: &[u32]) {
+    if let Ok(mut m) = map_mut::<PerCpuArray<&mut MapData, PoolStats>>(ebpf, POOL_STATS) {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n);
+        for id in ids {
+            let Ok(zeros) = PerCpuValues::try_from(vec![PoolStats::default(); cpus]) else { continue };
+            if let Err(e) = m.set(*id, zeros, 0) {
+                crate::kernel::maps::record(POOL_STATS, &e);
+            }
+        }
+    }
+    for name in [POOL_LIVE, POOL_PEAK] {
+        if let Ok(mut m) = map_mut::<Array<&mut MapData, i64>>(ebpf, name) {
+            for id in ids {
+                if let Err(e) = m.set(*id, 0, 0) {
+                    crate::kernel::maps::record(name, &e);
+                }
+            }
+        }
+    }
+}
