@@ -120,17 +120,12 @@ impl Recycler {
     /// again, the id is given back to it (the pool's counters continue); otherwise it waits until
     /// those sockets are gone.
     pub fn release(&mut self, ebpf: &mut Ebpf, in_use: &HashMap<u32, PoolKey>) {
-        let now = Instant::now();
-        let (due, wait): (Vec<_>, Vec<_>) =
-            self.quarantine.drain(..).partition(|(_, _, at)| now.duration_since(*at) >= QUARANTINE);
-        self.quarantine = wait;
-        let mut free = Vec::new();
+        let (free, adopt) = self.due(Instant::now(), in_use);
         if let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, u32>>(ebpf, POOL_IDS) {
-            for (id, key, at) in due {
-                match in_use.get(&id) {
-                    None => free.push(id),
-                    Some(pool) if m.insert(pool, id, 1 /* BPF_NOEXIST */).is_ok() => {}
-                    Some(_) => self.quarantine.push((id, key, at)),
+            for (id, pool) in adopt {
+                // Fails when the pool has another id by now: then this one waits for its sockets.
+                if m.insert(pool, id, 1 /* BPF_NOEXIST */).is_err() {
+                    self.quarantine.push((id, pool, Instant::now()));
                 }
             }
         }
@@ -144,6 +139,23 @@ impl Recycler {
                 crate::kernel::maps::record(FREE_POOL_IDS, &e);
             }
         }
+    }
+
+    /// Takes the ids whose quarantine is over out of it: those no socket refers to (to free),
+    /// and those a socket still refers to, with that socket's pool (to give back to it).
+    fn due(&mut self, now: Instant, in_use: &HashMap<u32, PoolKey>) -> (Vec<u32>, Vec<(u32, PoolKey)>) {
+        let (due, wait): (Vec<_>, Vec<_>) =
+            self.quarantine.drain(..).partition(|(_, _, at)| now.duration_since(*at) >= QUARANTINE);
+        self.quarantine = wait;
+        let mut free = Vec::new();
+        let mut adopt = Vec::new();
+        for (id, _, _) in due {
+            match in_use.get(&id) {
+                None => free.push(id),
+                Some(pool) => adopt.push((id, *pool)),
+            }
+        }
+        (free, adopt)
     }
 }
 
@@ -166,5 +178,36 @@ fn zero(ebpf: &mut Ebpf, ids: &[u32]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> PoolKey {
+        PoolKey {
+            cgroup_id: 1,
+            netns: 2,
+            dport: port,
+            family: 2,
+            daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            comm: [0; 16],
+        }
+    }
+
+    #[test]
+    fn an_id_is_freed_only_after_its_quarantine_and_while_no_socket_holds_it() {
+        let t0 = Instant::now();
+        let mut r = Recycler { quarantine: vec![(7, key(1), t0), (8, key(2), t0), (9, key(3), t0 + QUARANTINE)] };
+        // Too early for all of them.
+        assert_eq!(r.due(t0, &HashMap::new()), (vec![], vec![]));
+        assert_eq!(r.waiting(), 3);
+        // 7 is free; a socket of pool 2 still writes to 8, so 8 goes back to that pool; 9 waits on.
+        let in_use = HashMap::from([(8, key(2))]);
+        assert_eq!(r.due(t0 + QUARANTINE, &in_use), (vec![7], vec![(8, key(2))]));
+        assert_eq!(r.waiting(), 1);
+        assert_eq!(r.due(t0 + 2 * QUARANTINE, &HashMap::new()), (vec![9], vec![]));
+        assert_eq!(r.waiting(), 0);
     }
 }
