@@ -80,7 +80,7 @@ pub enum Depth {
 /// Scans the namespaces matching `filter` (all when None).
 pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
     let connected = depth == Depth::Full;
-    let mut nss = netns::discover();
+    let mut nss = netns::discover_reusing();
     if let Some(f) = filter {
         nss.retain(|ns| matches_filter(ns, f));
     }

@@ -128,3 +128,38 @@ fn missing_cap_sys_admin_is_explained() {
     let inode = find(&scratch.0).inode;
     assert_eq!(err, format!("entering network namespace {inode} needs CAP_SYS_ADMIN: run as root or grant it"));
 }
+
+#[test]
+fn links_name_the_inode_stat_reports() {
+    assert_eq!(parse_link(b"net:[4026531840]"), Some(4026531840));
+    assert_eq!(parse_link(b"mnt:[4026531840]"), None);
+    assert_eq!(parse_link(b"net:[x]"), None);
+    let own = Path::new("/proc/self/ns/net");
+    assert_eq!(link_inode(own), ns_inode(own));
+}
+
+/// A namespace known only through a process (`unshare -n`) is found within PID_WALK_REUSE by the
+/// scans' discovery, and is gone from it as soon as its process is.
+#[test]
+fn reused_walk_finds_new_namespaces_and_drops_gone_ones_at_once() {
+    let mut child = Command::new("unshare").args(["-n", "sleep", "30"]).spawn().expect("spawn unshare -n sleep");
+    let host = thread_netns_inode();
+    let link = PathBuf::from(format!("/proc/{}/ns/net", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let inode = loop {
+        match link_inode(&link) {
+            Some(i) if i != host => break i,
+            _ => assert!(std::time::Instant::now() < deadline, "unshare -n did not switch namespaces"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let deadline = std::time::Instant::now() + PID_WALK_REUSE + std::time::Duration::from_secs(2);
+    while !discover_reusing().iter().any(|n| n.inode == inode) {
+        assert!(std::time::Instant::now() < deadline, "namespace {inode} not found within {PID_WALK_REUSE:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!discover_reusing().iter().any(|n| n.inode == inode), "a gone namespace was still listed");
+    assert!(!discover().iter().any(|n| n.inode == inode));
+}
