@@ -50,23 +50,8 @@ impl Agent {
         self.observer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn tick(&self) {
-        self.lock().tick();
-    }
-
-    fn evaluate_alerts(&self) {
-        let view = self.cluster.as_ref().map(Cluster::view);
-        self.lock().evaluate_alerts(view.as_ref().map(|v| &*v.names));
-    }
-}
-
-impl web::Endpoints for Agent {
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
-    fn collect(&self) -> String {
+    /// `collect` under the observer's lock; what it built is freed when it returns.
+    fn collect_locked(&self) -> String {
         let mut c = self.lock();
         let g = c.gather(true);
         let section = PoolsSection {
@@ -93,6 +78,46 @@ impl web::Endpoints for Agent {
         };
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         web::stats::splice(export::render(&g.snap, &section, &ctx, &mut series), &bounds::render(&c))
+    }
+
+    fn tick(&self) {
+        self.lock().tick();
+    }
+
+    fn evaluate_alerts(&self) {
+        let view = self.cluster.as_ref().map(Cluster::view);
+        self.lock().evaluate_alerts(view.as_ref().map(|v| &*v.names));
+        release_freed_memory();
+    }
+}
+
+/// Hands the pages that a collection or an alert evaluation freed back to the kernel. Both build
+/// and drop tens of thousands of short-lived strings on a big host, between longer-lived entries
+/// (sample histories, caches), so glibc's arena kept freed pages it could not trim from its top:
+/// on the fleet host (1,500 listeners and pools) 55 MB of arena held 22 MB in use, and
+/// `malloc_trim(0)` took the agent from 72 to 59 MiB RSS. Not after the 1 s tick, whose
+/// allocations are small: its CPU matters more at 10k connections/s.
+#[cfg(target_env = "gnu")]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_freed_memory() {}
+
+impl web::Endpoints for Agent {
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
+    fn collect(&self) -> String {
+        let text = self.collect_locked();
+        release_freed_memory();
+        text
     }
 
     /// Pending and firing alerts, for /api/v1/alerts.

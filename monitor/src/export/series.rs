@@ -42,7 +42,32 @@ struct Inner {
     name: &'static str,
     help: &'static str,
     kind: MetricType,
-    rows: Vec<(Labels, Value)>,
+    rows: Vec<(Arc<Labels>, Value)>,
+}
+
+/// The label sets pushed last on this thread, shared by the rows that repeat them. Exporters set
+/// several families for one entity in a row (a listener's depth, backlog, drops, ...), and a copy
+/// of its labels (about ten strings) per row was most of the rows' allocations at 12k series. A
+/// few sets are kept because a loop interleaves an entity's plain labels with extended ones (a
+/// failure reason). Bounded: at most `RECENT` label sets per thread, replaced as others come.
+const RECENT: usize = 4;
+
+thread_local! {
+    static LAST: std::cell::RefCell<[Option<Arc<Labels>>; RECENT]> = const { std::cell::RefCell::new([None, None, None, None]) };
+}
+
+/// `labels`, shared with an equal set pushed recently on this thread when there is one.
+fn shared(labels: &Labels) -> Arc<Labels> {
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(hit) = last.iter().flatten().find(|l| ***l == *labels) {
+            return Arc::clone(hit);
+        }
+        let fresh = Arc::new(labels.clone());
+        last.rotate_right(1);
+        last[0] = Some(Arc::clone(&fresh));
+        fresh
+    })
 }
 
 /// One metric family of an exposition: a gauge (integer or float) or a counter.
@@ -69,7 +94,8 @@ impl Fam {
 
     fn push(&self, labels: &Labels, v: Value) {
         // Only this scrape's thread touches the family: the lock is never contended.
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).rows.push((labels.clone(), v));
+        let labels = shared(labels);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).rows.push((labels, v));
     }
 }
 
@@ -90,7 +116,7 @@ impl Collector for Fam {
         let name = inner.name.strip_suffix("_total").unwrap_or(inner.name);
         let mut family = encoder.encode_descriptor(name, inner.help, None, inner.kind)?;
         for (labels, v) in &inner.rows {
-            let escaped = Escaped(labels);
+            let escaped = Escaped(labels.as_ref());
             let mut m = family.encode_family(&escaped)?;
             match v {
                 Value::Int(i) => m.encode_gauge(i)?,
