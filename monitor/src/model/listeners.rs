@@ -158,8 +158,9 @@ pub fn build(scan: &Scan, cgroups: &mut crate::attribution::cgroups::CgroupNames
     let mut snap = Snapshot { netns_errors: scan.failed, ..Default::default() };
     for ns in &scan.namespaces {
         let mut ls = listeners_of(ns.inode, ns.name.clone(), &ns.listening);
+        let index = ListenerIndex::new(&ls);
         for c in &ns.connected {
-            if let Some(i) = owning_listener(&ls, ns.inode, c.src, c.sport) {
+            if let Some(i) = index.owner(ns.inode, c.src, c.sport) {
                 ls[i].established += 1;
             }
         }
@@ -226,8 +227,9 @@ fn listeners_of(netns: u64, netns_name: Option<String>, socks: &[DiagSocket]) ->
             queue: QueueFigures::default(),
         })
         .collect();
+    let index = ListenerIndex::new(&out);
     for req in socks.iter().filter(|s| s.state == TCP_SYN_RECV) {
-        if let Some(i) = owning_listener(&out, netns, req.src, req.sport) {
+        if let Some(i) = index.owner(netns, req.src, req.sport) {
             out[i].syn_queue += 1;
         }
     }
@@ -298,6 +300,8 @@ pub fn key_addr(key: &ListenerKey) -> IpAddr {
 
 /// Finds the listener a kernel key refers to: by socket cookie when the kernel had one, else by
 /// namespace, address and port (the first scan assigns cookies, so this is the rare case).
+/// Linear; [`ListenerIndex::find`] answers the same through its maps.
+#[cfg(test)]
 fn find_listener(listeners: &[Listener], key: &ListenerKey) -> Option<usize> {
     if key.cookie != 0 {
         if let Some(i) = listeners.iter().position(|l| l.id.cookie == key.cookie) {
@@ -308,6 +312,51 @@ fn find_listener(listeners: &[Listener], key: &ListenerKey) -> Option<usize> {
     listeners
         .iter()
         .position(|l| !l.is_unix() && l.netns == u64::from(key.netns) && l.port == key.port && l.addr == addr)
+}
+
+/// Positions of a listener list's TCP listeners by (namespace, port), and of every listener by
+/// cookie, so that matching each connection, SYN_RECV request and kernel key to its listener is a
+/// hash lookup instead of a scan of the list (on a host with thousands of listeners, the scans
+/// were a tenth of the agent's CPU). Answers exactly as [`owning_listener`] and the linear
+/// search by key did: the candidates of a (namespace, port) keep the list's order, and the same
+/// rule picks among them.
+pub struct ListenerIndex {
+    by_port: HashMap<(u64, u16), Vec<(IpAddr, usize)>>,
+    by_cookie: HashMap<u64, usize>,
+}
+
+impl ListenerIndex {
+    pub fn new(listeners: &[Listener]) -> Self {
+        let mut by_port: HashMap<(u64, u16), Vec<(IpAddr, usize)>> = HashMap::new();
+        let mut by_cookie = HashMap::with_capacity(listeners.len());
+        for (i, l) in listeners.iter().enumerate() {
+            if !l.is_unix() {
+                by_port.entry((l.netns, l.port)).or_default().push((l.addr, i));
+            }
+            // The first listener with a cookie wins, as the linear search's `position` did.
+            by_cookie.entry(l.id.cookie).or_insert(i);
+        }
+        Self { by_port, by_cookie }
+    }
+
+    /// [`owning_listener`] for the indexed list.
+    pub fn owner(&self, netns: u64, addr: IpAddr, port: u16) -> Option<usize> {
+        let candidates = self.by_port.get(&(netns, port))?;
+        owner_among(candidates.iter().map(|&(a, _)| Some((a, port))), addr, port).map(|j| candidates[j].1)
+    }
+
+    /// The listener a kernel key refers to: by socket cookie when the kernel had one, else by
+    /// namespace, address and port (the first scan assigns cookies, so this is the rare case).
+    pub fn find(&self, key: &ListenerKey) -> Option<usize> {
+        if key.cookie != 0 {
+            if let Some(&i) = self.by_cookie.get(&key.cookie) {
+                return Some(i);
+            }
+        }
+        let addr = key_addr(key);
+        let candidates = self.by_port.get(&(u64::from(key.netns), key.port))?;
+        candidates.iter().find(|(a, _)| *a == addr).map(|&(_, i)| i)
+    }
 }
 
 /// Where a listener's peak depth came from: the kernel's per-enqueue probe, or scans only.
@@ -345,12 +394,13 @@ impl PeakTracker {
     /// Folds one scan (and what the probes saw since the last one) into the running maxima and
     /// fills in the per-listener kernel counters.
     pub fn observe(&mut self, listeners: &mut [Listener], kernel: &KernelListenerStats, counters_up: bool) {
+        let index = ListenerIndex::new(listeners);
         if self.source == PeakSource::Ebpf {
             for l in listeners.iter_mut() {
                 l.queued = Some(0);
             }
             for (key, c) in &kernel.counters {
-                if let Some(i) = find_listener(listeners, key) {
+                if let Some(i) = index.find(key) {
                     *listeners[i].queued.get_or_insert(0) += c.queued;
                 }
             }
@@ -360,7 +410,7 @@ impl PeakTracker {
             *e = (*e).max(l.depth);
         }
         for (key, peak) in &kernel.peaks {
-            if let Some(i) = find_listener(listeners, key) {
+            if let Some(i) = index.find(key) {
                 let e = self.acc.entry(listeners[i].id).or_insert(0);
                 *e = (*e).max(peak.depth);
             }
@@ -370,7 +420,7 @@ impl PeakTracker {
                 l.synack_retransmits = Some(0);
             }
             for (key, c) in &kernel.counters {
-                if let Some(i) = find_listener(listeners, key) {
+                if let Some(i) = index.find(key) {
                     *listeners[i].synack_retransmits.get_or_insert(0) += c.synack_retransmits;
                 }
             }
@@ -419,70 +469,5 @@ pub mod tests_support {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sock(state: u8, addr: &str, port: u16, rq: u32, wq: u32) -> DiagSocket {
-        let src: IpAddr = addr.parse().unwrap();
-        DiagSocket {
-            family: if src.is_ipv4() { 2 } else { 10 },
-            state,
-            src,
-            sport: port,
-            dst: if src.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() },
-            dport: 0,
-            inode: 1,
-            cookie: u64::from(port),
-            uid: 0,
-            rqueue: rq,
-            wqueue: wq,
-            sk_drops: Some(3),
-            cgroup_id: None,
-        }
-    }
-
-    #[test]
-    fn syn_requests_go_to_the_most_specific_listener() {
-        let socks = vec![
-            sock(TCP_LISTEN, "0.0.0.0", 80, 1, 4),
-            sock(TCP_LISTEN, "10.0.0.1", 80, 0, 4),
-            sock(TCP_LISTEN, "::", 443, 0, 8),
-            sock(TCP_SYN_RECV, "10.0.0.1", 80, 0, 0),
-            sock(TCP_SYN_RECV, "10.0.0.2", 80, 0, 0),
-            sock(TCP_SYN_RECV, "10.0.0.2", 80, 0, 0),
-            sock(TCP_SYN_RECV, "10.0.0.2", 443, 0, 0),
-            sock(TCP_SYN_RECV, "10.0.0.2", 8080, 0, 0),
-        ];
-        let ls = listeners_of(7, None, &socks);
-        let q: Vec<(u16, String, u32)> = ls.iter().map(|l| (l.port, l.addr.to_string(), l.syn_queue)).collect();
-        assert_eq!(q, vec![(80, "0.0.0.0".into(), 2), (80, "10.0.0.1".into(), 1), (443, "::".into(), 1)]);
-        assert_eq!(ls[0].fill, 0.25);
-        assert_eq!(ls[0].drops, 3);
-    }
-
-    #[test]
-    fn peak_survives_a_drained_burst_and_resets_after_report() {
-        let mut ls = listeners_of(7, None, &[sock(TCP_LISTEN, "127.0.0.1", 80, 0, 4)]);
-        let mut kernel = KernelListenerStats::default();
-        let key = ListenerKey { cookie: 80, netns: 7, port: 80, family: 2, addr: [0; 16] };
-        kernel.peaks.insert(key, monitor_common::ListenerPeak { depth: 5, backlog: 4, syn_queue: 0, _reserved: 0 });
-        let mut t = PeakTracker::new(true);
-        t.observe(&mut ls, &kernel, true);
-        t.report(&mut ls);
-        assert_eq!((ls[0].peak_depth, ls[0].peak_source), (5, PeakSource::Ebpf));
-        t.observe(&mut ls, &KernelListenerStats::default(), true);
-        t.report(&mut ls);
-        assert_eq!(ls[0].peak_depth, 0);
-    }
-
-    #[test]
-    fn kernel_keys_without_cookie_match_by_address() {
-        let ls = listeners_of(7, None, &[sock(TCP_LISTEN, "::1", 9000, 0, 4)]);
-        let mut addr = [0u8; 16];
-        addr[15] = 1;
-        let key = ListenerKey { cookie: 0, netns: 7, port: 9000, family: 10, addr };
-        assert_eq!(find_listener(&ls, &key), Some(0));
-        let other = ListenerKey { netns: 8, ..key };
-        assert_eq!(find_listener(&ls, &other), None);
-    }
-}
+#[path = "listeners_tests.rs"]
+mod tests;
