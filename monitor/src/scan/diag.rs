@@ -1,9 +1,10 @@
 //! TCP socket inventory through the kernel's sock_diag netlink interface (inet_diag).
-//! This module owns the dump: it builds `SOCK_DIAG_BY_FAMILY` requests, turns the `inet_diag_msg`
-//! replies (with their `INET_DIAG_SKMEMINFO` and `INET_DIAG_CGROUP_ID` attributes) into
-//! [`DiagSocket`]s, and runs the dump over a `NETLINK_SOCK_DIAG` socket. The wire format is
-//! rust-netlink's: `netlink-packet-sock-diag` for the request and the reply header, `netlink-packet-core`
-//! for netlink framing, attributes, DONE and ERROR, `netlink-sys` for the socket. Building and
+//! This module owns the dump: it builds the `TCPDIAG_GETSOCK` request (both address families in
+//! one walk of the kernel's socket tables), turns the `inet_diag_msg` replies (with their
+//! `INET_DIAG_SKMEMINFO` and `INET_DIAG_CGROUP_ID` attributes) into [`DiagSocket`]s, and runs the
+//! dump over a `NETLINK_SOCK_DIAG` socket. The wire format is rust-netlink's where it has one:
+//! `netlink-packet-sock-diag` for the reply header, `netlink-packet-core` for netlink framing,
+//! attributes, DONE and ERROR, `netlink-sys` for the socket. Building and
 //! parsing are pure functions fed with bytes so they can be unit-tested without a kernel;
 //! [`dump_tcp`] is the only code that talks to one, and it reports the namespace of the calling
 //! thread because netlink sockets belong to their creator's.
@@ -14,12 +15,12 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{anyhow, bail, Result};
 use netlink_packet_core::{
-    DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NlasIterator,
-    Parseable, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST,
+    DoneBuffer, DoneMessage, ErrorBuffer, ErrorMessage, NetlinkBuffer, NlasIterator, Parseable, NLMSG_DONE,
+    NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
-    inet::{nlas::MemInfo, ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
-    SockDiagMessage, INET_DIAG_SKMEMINFO, SOCK_DIAG_BY_FAMILY,
+    inet::{nlas::MemInfo, InetResponseHeader},
+    INET_DIAG_SKMEMINFO, SOCK_DIAG_BY_FAMILY,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
@@ -67,24 +68,34 @@ const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Pure: one netlink request (nlmsghdr + inet_diag_req_v2) for a TCP dump of `family` in `states`,
-/// asking for INET_DIAG_SKMEMINFO when `meminfo`.
-pub fn build_request(family: u8, states: u32, meminfo: bool, seq: u32) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = seq;
-    let request = InetRequest {
-        family,
-        protocol: libc::IPPROTO_TCP as u8,
-        extensions: if meminfo { ExtensionFlags::SKMEMINFO } else { ExtensionFlags::empty() },
-        states: StateFlags::from_bits_retain(states),
-        // A dump matches on family and states only; the socket id stays zeroed.
-        socket_id: SocketId::new_v4(),
-    };
-    let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
+/// The legacy request type (`struct inet_diag_req`). The kernel answers its dump with
+/// `sdiag_family = AF_UNSPEC` (inet_diag_dump_compat in net/ipv4/inet_diag.c): both families in
+/// one walk of the socket hashes, where a `SOCK_DIAG_BY_FAMILY` dump per family walks them twice.
+/// It carries what the agent asks for: the states mask and the extension bits (SKMEMINFO is bit
+/// 6 of the one-byte `idiag_ext`); the cookie, uid, inode and INET_DIAG_CGROUP_ID come with every
+/// socket, and request attributes (bytecode) may follow it as they follow `inet_diag_req_v2`.
+/// Replies carry the request's type.
+const TCPDIAG_GETSOCK: u16 = 18;
+/// `struct inet_diag_req`: family, src_len, dst_len, ext, a 48-byte `inet_diag_sockid`, states, dbs.
+const INET_DIAG_REQ_LEN: usize = 60;
+
+/// Pure: one netlink request (nlmsghdr + inet_diag_req) for a TCP dump of both families in
+/// `states`, asking for INET_DIAG_SKMEMINFO when `meminfo`. netlink-packet-sock-diag builds only
+/// the v2 request, so this one is laid out by hand.
+pub fn build_request(states: u32, meminfo: bool, seq: u32) -> Vec<u8> {
+    let len = 16 + INET_DIAG_REQ_LEN;
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+                                                // idiag_family is ignored by a dump; src_len and dst_len 0; the socket id stays zeroed.
+    let ext = if meminfo { 1u8 << (INET_DIAG_SKMEMINFO - 1) } else { 0 };
+    buf.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, ext]);
+    buf.extend_from_slice(&[0u8; 48]);
+    buf.extend_from_slice(&states.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // idiag_dbs: unused by the kernel
     buf
 }
 
@@ -126,7 +137,7 @@ pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
                     bail!("sock_diag request failed: {}", errno_name(code.get().saturating_neg()));
                 }
             }
-            SOCK_DIAG_BY_FAMILY => out.push(parse_socket(payload)?),
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => out.push(parse_socket(payload)?),
             // NLMSG_NOOP and unknown control messages carry nothing we use; skipping keeps us
             // forward-compatible.
             _ => {}
@@ -231,25 +242,22 @@ pub(crate) fn recv_chunk(sock: &Socket, buf: &mut [u8]) -> Result<usize> {
 }
 
 /// Fetch: dumps TCP sockets of both families in the given states, in the network namespace of the
-/// *calling thread* (netlink sockets bind to the creator's netns). One socket, two requests
-/// (v4 then v6), reads until DONE each.
+/// *calling thread* (netlink sockets bind to the creator's netns). One request, read until DONE.
 pub fn dump_tcp(states: u32, meminfo: bool) -> Result<Vec<DiagSocket>> {
     let sock = open_sock_diag()?;
     let mut buf = vec![0u8; RECV_BUF_LEN];
     let mut out = Vec::new();
-    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        send_request(&sock, &build_request(family, states, meminfo, seq))?;
-        let mut reads = 0usize;
-        loop {
-            let n = recv_chunk(&sock, &mut buf)?;
-            reads += 1;
-            let chunk = buf.get(..n).unwrap_or_default();
-            if parse_messages(chunk, &mut out)? {
-                break;
-            }
+    send_request(&sock, &build_request(states, meminfo, 1))?;
+    let mut reads = 0usize;
+    loop {
+        let n = recv_chunk(&sock, &mut buf)?;
+        reads += 1;
+        let chunk = buf.get(..n).unwrap_or_default();
+        if parse_messages(chunk, &mut out)? {
+            break;
         }
-        log::trace!("sock_diag family {family}: {reads} reads, {} sockets so far", out.len());
     }
+    log::trace!("sock_diag: {reads} reads, {} sockets", out.len());
     Ok(out)
 }
 

@@ -97,19 +97,43 @@ fn state_mask_sets_bits() {
 
 #[test]
 fn build_request_layout() {
-    let r = build_request(libc::AF_INET6 as u8, state_mask(&[TCP_LISTEN]), true, 9);
-    assert_eq!(r.len(), 72);
-    assert_eq!(ne_u32(&r, 0), Some(72), "nlmsg_len");
-    assert_eq!(ne_u16(&r, 4), Some(20), "SOCK_DIAG_BY_FAMILY");
+    let r = build_request(state_mask(&[TCP_LISTEN]), true, 9);
+    assert_eq!(r.len(), 76);
+    assert_eq!(ne_u32(&r, 0), Some(76), "nlmsg_len");
+    assert_eq!(ne_u16(&r, 4), Some(18), "TCPDIAG_GETSOCK");
     assert_eq!(ne_u16(&r, 6), Some(0x301), "NLM_F_REQUEST|NLM_F_DUMP");
     assert_eq!(ne_u32(&r, 8), Some(9), "seq");
-    assert_eq!(r[16], libc::AF_INET6 as u8);
-    assert_eq!(r[17], libc::IPPROTO_TCP as u8);
-    assert_eq!(r[18], 1 << 6, "idiag_ext asks for SKMEMINFO (attribute 7)");
-    assert_eq!(ne_u32(&r, 20), Some(1 << 10), "idiag_states");
-    assert!(r[24..].iter().all(|&b| b == 0), "sockid zeroed");
-    let r = build_request(libc::AF_INET as u8, 0xfff, false, 1);
-    assert_eq!((r[16], r[18], ne_u32(&r, 20)), (libc::AF_INET as u8, 0, Some(0xfff)));
+    assert_eq!(r[16], libc::AF_UNSPEC as u8, "both families");
+    assert_eq!(r[19], 1 << 6, "idiag_ext asks for SKMEMINFO (attribute 7)");
+    assert!(r[20..68].iter().all(|&b| b == 0), "sockid zeroed");
+    assert_eq!(ne_u32(&r, 68), Some(1 << 10), "idiag_states");
+    assert_eq!(ne_u32(&r, 72), Some(0), "idiag_dbs");
+    let r = build_request(0xfff, false, 1);
+    assert_eq!((r[19], ne_u32(&r, 68)), (0, Some(0xfff)));
+}
+
+/// The legacy dump answers with its own message type (18), both families in one reply stream.
+#[test]
+fn legacy_replies_of_both_families_parse() {
+    let v6 = DiagSocket {
+        family: libc::AF_INET6 as u16,
+        src: "::ffff:10.0.0.1".parse().unwrap(),
+        dst: "fd00::2".parse().unwrap(),
+        dport: 40000,
+        state: TCP_ESTABLISHED,
+        sk_drops: None,
+        ..v4_listener()
+    };
+    let retype = |mut m: Vec<u8>| {
+        m[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+        m
+    };
+    let mut buf = retype(encode(&v4_listener()));
+    buf.extend(retype(encode(&v6)));
+    buf.extend(nlmsg(NLMSG_DONE, &0i32.to_ne_bytes()));
+    let mut out = Vec::new();
+    assert!(parse_messages(&buf, &mut out).unwrap(), "DONE seen");
+    assert_eq!(out, vec![v4_listener(), v6]);
 }
 
 #[test]
@@ -327,6 +351,39 @@ fn sockets_carry_their_cgroup_id() {
     let socks = dump_tcp(state_mask(&[TCP_LISTEN]), false).unwrap();
     let s = socks.iter().find(|s| s.sport == port).expect("listener in dump");
     assert_eq!(s.cgroup_id, Some(want), "cgroup id of a socket created in {rel}");
+}
+
+/// One dump lists the established sockets of both families: the same set `ss` prints.
+#[test]
+fn one_dump_lists_both_families_like_ss() {
+    let ns = ScratchNetns::new("fam");
+    ns.ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    let target = crate::scan::netns::discover().into_iter().find(|n| n.name.as_deref() == Some(ns.0.as_str()));
+    let target = target.expect("scratch netns discovered");
+    let (socks, _held) = crate::scan::netns::run_in(&target, || {
+        let (l4, p4) = listen("127.0.0.1:0", 16);
+        let (l6, p6) = listen("[::1]:0", 16);
+        let c4 = std::net::TcpStream::connect(("127.0.0.1", p4)).expect("connect v4");
+        let c6 = std::net::TcpStream::connect(("::1", p6)).expect("connect v6");
+        (dump_tcp(state_mask(&[TCP_ESTABLISHED]), false).unwrap(), (l4, l6, c4, c6))
+    })
+    .unwrap();
+    let end = |a: IpAddr, p: u16| if a.is_ipv4() { format!("{a}:{p}") } else { format!("[{a}]:{p}") };
+    let mut ours: Vec<String> =
+        socks.iter().map(|s| format!("{} {}", end(s.src, s.sport), end(s.dst, s.dport))).collect();
+    let by_ss = ss(&["ip", "netns", "exec", &ns.0, "ss", "-tnH", "state", "established"]);
+    let mut theirs: Vec<String> = by_ss
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(format!("{} {}", f.get(f.len().checked_sub(2)?)?, f.last()?))
+        })
+        .collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "ss:\n{by_ss}");
+    let v6 = socks.iter().filter(|s| s.family == libc::AF_INET6 as u16).count();
+    assert_eq!((socks.len(), v6), (4, 2), "both ends of one v4 and one v6 connection");
 }
 
 #[test]
