@@ -1,7 +1,14 @@
 //! Pushes alerts to Alertmanager (API v2). A thread of its own holds the latest state, so rule
 //! evaluation never waits on the network: firing alerts are sent again every `resend` (Alertmanager
 //! forgets alerts that are not), resolved ones are kept until a push carrying their `endsAt`
-//! succeeds, and a failing Alertmanager is retried with exponential backoff and full jitter.
+//! succeeds and then sent again with every push for `RESOLVED_RETENTION`, and a failing
+//! Alertmanager is retried with exponential backoff and full jitter.
+//!
+//! Why resolved notices are sent again after delivery (as Prometheus does for 15 minutes): an
+//! Alertmanager that hung holds requests the agent gave up on, and may process a stale one, still
+//! carrying the alert as firing, after the newer push that resolved it. It orders by arrival, so
+//! the stale push wins and the alert stays active until its 5-minute timeout, unresolved in every
+//! receiver. The next resend of the resolved notice puts it right.
 use std::{
     collections::BTreeMap,
     sync::{
@@ -45,8 +52,50 @@ pub fn to_am(v: &AlertView, generator_url: &str) -> AmAlert {
 #[derive(Default)]
 struct State {
     firing: Vec<AmAlert>,
-    resolved: BTreeMap<String, AmAlert>,
+    resolved: BTreeMap<String, Resolved>,
     changed: bool,
+}
+
+/// A resolved notice and when a push carrying it first succeeded.
+struct Resolved {
+    alert: AmAlert,
+    delivered: Option<Instant>,
+}
+
+/// How long a delivered resolved notice is still sent with every push (Prometheus's figure).
+pub const RESOLVED_RETENTION: Duration = Duration::from_secs(15 * 60);
+
+impl State {
+    /// Resolved notices not yet delivered.
+    fn undelivered(&self) -> usize {
+        self.resolved.values().filter(|r| r.delivered.is_none()).count()
+    }
+
+    /// Forgets delivered notices older than the retention, and those whose alert fires again.
+    fn expire(&mut self, now: Instant) {
+        let firing: std::collections::HashSet<String> = self.firing.iter().map(|a| key(&a.labels)).collect();
+        self.resolved.retain(|k, r| {
+            !firing.contains(k) && r.delivered.is_none_or(|at| now.duration_since(at) < RESOLVED_RETENTION)
+        });
+    }
+
+    /// Makes room for one more notice: a delivered one goes first, else the oldest-keyed
+    /// undelivered one (counted as dropped). Returns whether an undelivered one was dropped.
+    fn make_room(&mut self) -> bool {
+        if self.resolved.len() < MAX_RESOLVED {
+            return false;
+        }
+        if let Some(k) = self.resolved.iter().find(|(_, r)| r.delivered.is_some()).map(|(k, _)| k.clone()) {
+            self.resolved.remove(&k);
+            return false;
+        }
+        self.resolved.pop_first();
+        true
+    }
+}
+
+fn key(labels: &Labels) -> String {
+    format!("{labels:?}")
 }
 
 /// Resolved alerts kept for delivery while Alertmanager is unreachable at most; beyond it the
@@ -87,9 +136,9 @@ impl Notifier {
         Self { shared, counts }
     }
 
-    /// Resolved notices waiting for delivery.
+    /// Resolved notices waiting for delivery (not those delivered and still being resent).
     pub fn queued(&self) -> usize {
-        self.shared.0.lock().unwrap_or_else(|p| p.into_inner()).resolved.len()
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner()).undelivered()
     }
 
     /// Hands over the alerts firing now and those that just resolved. Never blocks on the network.
@@ -101,13 +150,13 @@ impl Notifier {
         let identity = |v: &[AmAlert]| v.iter().map(|a| (a.labels.clone(), a.starts_at.clone())).collect::<Vec<_>>();
         s.changed |= identity(&s.firing) != identity(&firing) || !resolved.is_empty();
         s.firing = firing;
+        s.expire(Instant::now());
         for r in resolved {
-            let key = format!("{:?}", r.labels);
-            if s.resolved.len() >= MAX_RESOLVED && !s.resolved.contains_key(&key) {
-                s.resolved.pop_first();
+            let k = key(&r.labels);
+            if !s.resolved.contains_key(&k) && s.make_room() {
                 self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            s.resolved.insert(key, r);
+            s.resolved.insert(k, Resolved { alert: r, delivered: None });
         }
         cvar.notify_one();
     }
@@ -125,7 +174,8 @@ fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar), coun
             let (lock, cvar) = shared;
             let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                let due = last_sent.elapsed() >= resend && !s.firing.is_empty();
+                s.expire(Instant::now());
+                let due = last_sent.elapsed() >= resend && !(s.firing.is_empty() && s.resolved.is_empty());
                 if s.changed || due {
                     break;
                 }
@@ -134,7 +184,7 @@ fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar), coun
             }
             s.changed = false;
             let mut batch = s.firing.clone();
-            batch.extend(s.resolved.values().cloned());
+            batch.extend(s.resolved.values().map(|r| r.alert.clone()));
             batch
         };
         let delivered = urls.iter().filter(|u| post(&agent, u, &batch)).count();
@@ -147,9 +197,10 @@ fn run(urls: &[String], resend: Duration, shared: &(Mutex<State>, Condvar), coun
             failures = 0;
             let (lock, _) = shared;
             let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
-            for a in &batch {
-                if a.ends_at.is_some() {
-                    s.resolved.remove(&format!("{:?}", a.labels));
+            let now = Instant::now();
+            for a in batch.iter().filter(|a| a.ends_at.is_some()) {
+                if let Some(r) = s.resolved.get_mut(&key(&a.labels)) {
+                    r.delivered.get_or_insert(now);
                 }
             }
             continue;
@@ -215,6 +266,60 @@ mod tests {
         assert_eq!(json["startsAt"], "2026-01-01T00:00:00.000Z");
         assert_eq!(json["endsAt"], "2026-01-01T00:05:00.000Z");
         assert_eq!(json["generatorURL"], "http://h:9977/");
+    }
+
+    fn alert(name: &str, ended: bool) -> AmAlert {
+        let mut labels = Labels::new();
+        labels.insert("alertname".into(), name.into());
+        AmAlert {
+            labels,
+            annotations: Labels::new(),
+            starts_at: "2026-01-01T00:00:00.000Z".into(),
+            ends_at: ended.then(|| "2026-01-01T00:05:00.000Z".into()),
+            generator_url: String::new(),
+        }
+    }
+
+    #[test]
+    fn delivered_resolved_notices_are_resent_until_the_retention_ends() {
+        let t0 = Instant::now();
+        let mut s = State::default();
+        let a = alert("A", true);
+        s.resolved.insert(key(&a.labels), Resolved { alert: a.clone(), delivered: None });
+        assert_eq!(s.undelivered(), 1);
+        s.resolved.get_mut(&key(&a.labels)).unwrap().delivered = Some(t0);
+        assert_eq!(s.undelivered(), 0, "delivered: no longer waiting");
+        s.expire(t0 + RESOLVED_RETENTION - Duration::from_secs(1));
+        assert_eq!(s.resolved.len(), 1, "still resent within the retention");
+        s.expire(t0 + RESOLVED_RETENTION);
+        assert!(s.resolved.is_empty(), "forgotten after the retention");
+    }
+
+    #[test]
+    fn a_resolved_notice_is_forgotten_when_its_alert_fires_again() {
+        let mut s = State::default();
+        let a = alert("A", true);
+        s.resolved.insert(key(&a.labels), Resolved { alert: a, delivered: Some(Instant::now()) });
+        s.firing = vec![alert("A", false)];
+        s.expire(Instant::now());
+        assert!(s.resolved.is_empty(), "a push must not carry the alert both firing and resolved");
+    }
+
+    #[test]
+    fn room_is_made_from_delivered_notices_before_undelivered_ones_are_dropped() {
+        let mut s = State::default();
+        for i in 0..MAX_RESOLVED {
+            let a = alert(&format!("A{i:04}"), true);
+            let delivered = (i == MAX_RESOLVED - 1).then(Instant::now);
+            s.resolved.insert(key(&a.labels), Resolved { alert: a, delivered });
+        }
+        assert!(!s.make_room(), "a delivered notice makes room without a drop");
+        assert_eq!(s.resolved.len(), MAX_RESOLVED - 1);
+        let a = alert("B", true);
+        s.resolved.insert(key(&a.labels), Resolved { alert: a, delivered: None });
+        assert!(s.make_room(), "all undelivered: the oldest-keyed is dropped");
+        assert_eq!(s.resolved.len(), MAX_RESOLVED - 1);
+        assert!(!s.resolved.contains_key(&key(&alert("A0000", true).labels)));
     }
 
     #[test]
