@@ -121,7 +121,13 @@ fn alertmanager_flapping_while_an_alert_fires_and_resolves() {
     let resolved = poll_until(deadline(90), "Alertmanager's webhook to get the resolved notice", || {
         let hits: Vec<_> =
             am.webhook.alerts_matching(QUEUE_SATURATED, &l).into_iter().filter(|a| a["status"] == "resolved").collect();
-        hits.first().cloned().ok_or("not yet")
+        // What Alertmanager itself holds (an alert is listed while its endsAt is in the future),
+        // and how many resolved alerts it has received: the observation a failure reports.
+        hits.first().cloned().ok_or_else(|| {
+            let held = am.find(QUEUE_SATURATED, &l).map(|v| v.iter().map(|a| a["endsAt"].clone()).collect::<Vec<_>>());
+            let received = am.metric("alertmanager_alerts_received_total", &[("status", "resolved")]);
+            format!("not yet; Alertmanager holds it with endsAt {held:?}; resolved alerts received: {received}")
+        })
     });
     eprintln!("resolved notice delivered after the hang: endsAt {}", resolved["endsAt"]);
     let s = agent.wait_metrics(deadline(10), "the resolved queue to drain", |s| {
