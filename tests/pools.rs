@@ -287,7 +287,15 @@ fn failures_by_reason() {
                 && f.opens.unwrap_or(0.0) == 0.0
                 && f.active.unwrap_or(0.0) == 0.0;
             if !ok {
-                return Err(format!("{p}: want {reason}={n} (and attempts {n}, nothing else): {f}"));
+                // Events the kernel side could not account, by reason (recursion: runs the kernel
+                // skipped), so a failure says whether the probe missed transitions or miscounted.
+                let lost: Vec<(String, f64)> = ["recursion", "unseen_handshake", "missed_close", "socket_untracked"]
+                    .iter()
+                    .map(|r| (r.to_string(), sample(s, "connmon_events_lost_total", &[("reason", r)]).unwrap_or(0.0)))
+                    .collect();
+                return Err(format!(
+                    "{p}: want {reason}={n} (and attempts {n}, nothing else): {f}; lost events {lost:?}"
+                ));
             }
         }
         Ok(s.to_vec())
