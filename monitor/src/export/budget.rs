@@ -254,36 +254,32 @@ impl Selector {
         let extra = |c: &Candidate| c.detail_cost.saturating_sub(c.summary_cost);
         // Up to half the room is kept for the notable's detail; summaries (breadth) get the rest.
         let reserve = (left / 2).min(hot.iter().map(|&w| extra(cand(w))).sum());
-        // Pass 1: summaries in order. Pass 2: the notable's detail. Pass 3: what is left gives
-        // summaries to those still out, then detail to the quiet, in the same order.
-        for &w in &order {
-            let c = cand(w);
-            if c.summary_cost + reserve <= left {
-                left -= c.summary_cost;
-                set(&mut plan, w, Level::Summary);
+        // Summaries to those still out, in order, while `reserve` stays free; detail to those of
+        // `ws` with a summary. Pass 1: summaries, keeping the reserve. Pass 2: the notable's detail.
+        // Passes 3 and 4: what is left gives summaries to those still out, then detail to the
+        // quiet, in the same order.
+        let summaries = |plan: &mut Plan, left: &mut usize, reserve: usize| {
+            for &w in &order {
+                let c = cand(w);
+                if level_of(plan, w).is_none() && c.summary_cost + reserve <= *left {
+                    *left -= c.summary_cost;
+                    set(plan, w, Level::Summary);
+                }
             }
-        }
-        for &w in &hot {
-            let c = cand(w);
-            if level_of(&plan, w) == Some(Level::Summary) && extra(c) <= left {
-                left -= extra(c);
-                set(&mut plan, w, Level::Detail);
+        };
+        let details = |plan: &mut Plan, left: &mut usize, ws: &[Who]| {
+            for &w in ws {
+                let c = cand(w);
+                if level_of(plan, w) == Some(Level::Summary) && extra(c) <= *left {
+                    *left -= extra(c);
+                    set(plan, w, Level::Detail);
+                }
             }
-        }
-        for &w in &order {
-            let c = cand(w);
-            if level_of(&plan, w).is_none() && c.summary_cost <= left {
-                left -= c.summary_cost;
-                set(&mut plan, w, Level::Summary);
-            }
-        }
-        for &w in &order {
-            let c = cand(w);
-            if level_of(&plan, w) == Some(Level::Summary) && extra(c) <= left {
-                left -= extra(c);
-                set(&mut plan, w, Level::Detail);
-            }
-        }
+        };
+        summaries(&mut plan, &mut left, reserve);
+        details(&mut plan, &mut left, &hot);
+        summaries(&mut plan, &mut left, 0);
+        details(&mut plan, &mut left, &order);
         for (kind, levels) in [("listener", &plan.listeners), ("pool", &plan.pools)] {
             let summary = levels.iter().filter(|l| **l == Some(Level::Summary)).count();
             let none = levels.iter().filter(|l| l.is_none()).count();
