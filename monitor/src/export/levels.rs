@@ -23,16 +23,11 @@ use crate::{
 pub(crate) type Accepts = Vec<Vec<(&'static str, u64)>>;
 
 /// Attributes each accept key to the listener that owns its port (accepts land on the child
-/// socket), as `listeners::owning_listener` decides, through a (netns, port) index.
+/// socket), as `listeners::ListenerIndex::owner` decides (exact address, then the wildcards).
 pub(crate) fn accepts_per_listener(listeners: &[Listener], section: &PoolsSection<'_>) -> Accepts {
     let mut out: Accepts = vec![Vec::new(); listeners.len()];
     let Some(extras) = section.extras else { return out };
-    let mut by_port: HashMap<(u64, u16), Vec<usize>> = HashMap::new();
-    for (i, l) in listeners.iter().enumerate() {
-        if !l.is_unix() {
-            by_port.entry((l.netns, l.port)).or_default().push(i);
-        }
-    }
+    let index = listeners::ListenerIndex::new(listeners);
     for (key, n) in &extras.accepts {
         let addr = listeners::key_addr(&monitor_common::ListenerKey {
             cookie: 0,
@@ -41,14 +36,9 @@ pub(crate) fn accepts_per_listener(listeners: &[Listener], section: &PoolsSectio
             family: key.family,
             addr: key.addr,
         });
-        let Some(idx) = by_port.get(&(u64::from(key.netns), key.port)) else { continue };
-        let Some(j) =
-            listeners::owner_among(idx.iter().map(|&i| Some((listeners[i].addr, listeners[i].port))), addr, key.port)
-        else {
-            continue;
-        };
+        let Some(i) = index.owner(u64::from(key.netns), addr, key.port) else { continue };
         let class = CLIENT_CLASSES.get(key.client_class as usize).copied().unwrap_or("public");
-        let slot = &mut out[idx[j]];
+        let slot = &mut out[i];
         match slot.iter_mut().find(|(c, _)| *c == class) {
             Some((_, m)) => *m += n,
             None => slot.push((class, *n)),

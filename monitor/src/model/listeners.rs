@@ -270,7 +270,9 @@ fn unix_listener(netns: u64, netns_name: Option<String>, u: &crate::scan::unix_d
 
 /// The TCP listener in namespace `netns` that a connection to `addr:port` belongs to: an exact
 /// address match first, then a wildcard of the same family, then a dual-stack IPv6 wildcard.
-pub fn owning_listener(listeners: &[Listener], netns: u64, addr: IpAddr, port: u16) -> Option<usize> {
+/// Linear: the reference [`ListenerIndex::owner`] is tested against.
+#[cfg(test)]
+fn owning_listener(listeners: &[Listener], netns: u64, addr: IpAddr, port: u16) -> Option<usize> {
     owner_among(listeners.iter().map(|l| (l.netns == netns && !l.is_unix()).then_some((l.addr, l.port))), addr, port)
 }
 

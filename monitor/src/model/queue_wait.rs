@@ -159,9 +159,10 @@ fn figures(h: &VecDeque<Sample>, backlog: u32) -> Figures {
 /// The kernel's per-(netns, address, port) queue counters summed per listener index.
 fn fold_queue_stats(listeners: &[Listener], queues: &HashMap<QueueKey, QueueStats>) -> HashMap<usize, QueueStats> {
     let mut out: HashMap<usize, QueueStats> = HashMap::new();
+    let index = listeners::ListenerIndex::new(listeners);
     for (key, stats) in queues {
         let addr = queue_key_addr(key);
-        if let Some(i) = listeners::owning_listener(listeners, u64::from(key.netns), addr, key.port) {
+        if let Some(i) = index.owner(u64::from(key.netns), addr, key.port) {
             add_queue_stats(out.entry(i).or_default(), stats);
         }
     }
