@@ -8,6 +8,7 @@ use connmon_test_support as common;
 
 use std::{
     collections::BTreeSet,
+    io::{Read, Write},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -101,13 +102,22 @@ fn kill_9_mid_scrape_leaves_nothing_and_a_restart_reseeds_exactly() {
     let ours_attached: Vec<u64> = progs.iter().copied().filter(|p| attached.contains(p)).collect();
     assert!(!ours_attached.is_empty(), "bpftool lists none of the agent's programs {progs:?} as attached");
 
-    // Scrapes in flight when the agent dies: wait until the agent has them open, then SIGKILL.
+    // Requests in flight when the agent dies. A whole scrape of this host takes a few ms, so
+    // eight of them may all be answered before a poll sees one open (CI saw 0 of 8); four
+    // connections that have sent half a request head stay open on the agent until its 10 s
+    // header timeout, whatever the machine's speed, and the eight scrapes race the kill.
     let addr = agent.addr();
+    let half: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: connmon\r\n").expect("half a request head");
+            s
+        })
+        .collect();
     let scrapes: Vec<_> = (0..8).map(|_| thread::spawn(move || http_get(addr, "/metrics", &[]))).collect();
-    poll_until(deadline(10), "scrape connections open on the agent", || {
+    poll_until(deadline(10), "the half-sent requests open on the agent", || {
         let n = open_fds(pid);
-        // The agent's fds at rest plus some of the 8 scrape connections.
-        if n > 0 && ss_established_to(addr.port()) >= 4 {
+        if n > 0 && ss_established_to(addr.port()) >= half.len() {
             Ok(())
         } else {
             Err(format!("{n} fds, {} established to the agent", ss_established_to(addr.port())))
@@ -120,6 +130,15 @@ fn kill_9_mid_scrape_leaves_nothing_and_a_restart_reseeds_exactly() {
         // Each scrape either completed before the kill or failed: none hangs, none is half a body.
         if let Ok(r) = s.join().expect("scrape thread") {
             assert!(r.status == 200 && r.body.contains(POOL_CONNECTIONS), "a partial answer was taken as whole");
+        }
+    }
+    for mut s in half {
+        // The kernel closes a dead process's sockets: each half request ends, with no byte of answer.
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        let mut buf = Vec::new();
+        match s.read_to_end(&mut buf) {
+            Ok(_) => assert!(buf.is_empty(), "a half-sent request got {} bytes from a killed agent", buf.len()),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "a half-sent request after the kill: {e}"),
         }
     }
 
