@@ -138,7 +138,9 @@ fn kill_9_mid_scrape_leaves_nothing_and_a_restart_reseeds_exactly() {
         let mut buf = Vec::new();
         match s.read_to_end(&mut buf) {
             Ok(_) => assert!(buf.is_empty(), "a half-sent request got {} bytes from a killed agent", buf.len()),
-            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "a half-sent request after the kill: {e}"),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "a half-sent request after the kill: {e}")
+            }
         }
     }
 
