@@ -1,7 +1,8 @@
 //! Connection pools from `inet_sock_set_state` (tp_btf, else the classic tracepoint). A client
 //! socket is attributed at connect() (CLOSE -> SYN_SENT, the only transition that runs in the
-//! caller's process context), its pool resolved to a pool id once there, remembered in SOCKS
-//! until it closes, and every transition updates its pool's counters by id (`pool_table`).
+//! caller's process context), its pool resolved to a pool id once there, remembered until it
+//! closes (in the socket's own storage under tp_btf, in SOCKS under the classic tracepoint:
+//! `pool_table::SockTable`), and every transition updates its pool's counters by id.
 //! Sockets that existed before the agent started are found through SEEDED, keyed by socket
 //! cookie. Which transitions matter is `monitor_common::tcp::transition`.
 use aya_ebpf::{
@@ -21,15 +22,12 @@ use crate::{
     access::read_ctx,
     counters,
     fields::{Fields, Record, Sock},
-    maps::{check_program_name, off, ACCEPTS, SEEDED, SEEDED_LEFT, SOCKS},
-    pool_table::{live_add, lost, pool_id, with_stats},
+    maps::{check_program_name, off, ACCEPTS, SEEDED, SEEDED_LEFT},
+    pool_table::{live_add, lost, pool_id, with_stats, Hash, SockTable, Store},
     proto_watch, queue_table, retry_events,
 };
 
 const IPPROTO_TCP: u16 = 6;
-/// Map update flag: fail with EEXIST instead of replacing an entry.
-const BPF_NOEXIST: u64 = 1;
-const EEXIST: i64 = 17;
 /// SockInfo::pool_id of a socket whose pool got no id: outside every per-pool array.
 const NO_POOL: u32 = u32::MAX;
 
@@ -57,7 +55,7 @@ fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let new: u64 = ctx.arg(2);
     match transition(old as u8, new as u8) {
         Transition::Ignored => Ok(()),
-        t => on_change(t, sk, new as u8, &Sock(sk as *const u8)),
+        t => on_change(&Store, t, sk, new as u8, &Sock(sk as *const u8)),
     }
 }
 
@@ -69,18 +67,18 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.state.skaddr))?;
-    on_change(t, sk, new as u8, &Record { ctx, sk: sk as *const u8 })
+    on_change(&Hash, t, sk, new as u8, &Record { ctx, sk: sk as *const u8 })
 }
 
 /// A transition the probe acts on.
 #[inline(always)]
-fn on_change<F: Fields>(t: Transition, sk: u64, new: u8, f: &F) -> Result<(), i64> {
+fn on_change<F: Fields, T: SockTable>(t: &T, tr: Transition, sk: u64, new: u8, f: &F) -> Result<(), i64> {
     // Only sockets that start here need the protocol checked (SCTP, for one, reports through
-    // the same hook); every later transition finds its socket in SOCKS, which holds TCP only.
-    match t {
+    // the same hook); every later transition finds its socket in the table, which holds TCP only.
+    match tr {
         Transition::Connect => {
             if f.protocol()? == IPPROTO_TCP {
-                on_connect(f, sk)
+                on_connect(t, f, sk)
             } else {
                 Ok(())
             }
@@ -92,22 +90,22 @@ fn on_change<F: Fields>(t: Transition, sk: u64, new: u8, f: &F) -> Result<(), i6
                 Ok(())
             }
         }
-        Transition::HandshakeEnd => on_handshake_end(f, sk, new),
+        Transition::HandshakeEnd => on_handshake_end(t, f, sk, new),
         Transition::PeerClosed => {
             // A passive child still queued whose client hung up; one load for every other socket.
             let _ = queue_table::peer_closed(f);
-            if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+            if let Some(info) = t.get(sk) {
                 // SAFETY: entry pointer from the map; this socket's transitions are serialised.
                 unsafe { (*info).flags |= SOCK_PEER_CLOSED };
             }
             Ok(())
         }
-        Transition::Close => on_close(f, sk),
+        Transition::Close => on_close(t, f, sk),
         Transition::Ignored => Ok(()),
     }
 }
 
-fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
+fn on_connect<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64) -> Result<(), i64> {
     let family = f.family()?;
     let pool = PoolKey {
         // SAFETY: plain helper calls valid in tracepoint programs.
@@ -124,28 +122,20 @@ fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     // transitions find it; their counter updates miss the arrays and do nothing.
     let pool_id = pool_id(&pool).unwrap_or(NO_POOL);
     let info = SockInfo { pool, connect_ns: now, established_ns: 0, saddr: [0; 16], sport: 0, flags: 0, pool_id };
-    // One map operation in the usual case: the insert itself says whether the address is taken.
-    match SOCKS.insert(&sk, &info, BPF_NOEXIST) {
-        Ok(()) => {}
-        Err(e) if i64::from(e) == -EEXIST => {
-            // An entry already here belongs to an earlier socket at the same address whose close
-            // the kernel skipped (a tracing program cannot nest inside another on the same CPU):
-            // count that close now, or its pool would stay one too high for good.
-            if let Some(old) = SOCKS.get_ptr(&sk) {
-                // SAFETY: entry pointer from the map, copied out at once.
-                let old = unsafe { *old };
-                if old.established_ns != 0 {
-                    with_stats(old.pool_id, |s| s.closes += 1);
-                    live_add(old.pool_id, -1);
-                }
+    match t.start(sk, &info) {
+        Ok(None) => {}
+        Ok(Some(old)) => {
+            // An open record here belongs to an earlier connection (at the same address, or of
+            // this very socket) whose close the kernel skipped (a tracing program cannot nest
+            // inside another on the same CPU): count that close now, or its pool would stay one
+            // too high for good.
+            if old.established_ns != 0 {
+                with_stats(old.pool_id, |s| s.closes += 1);
+                live_add(old.pool_id, -1);
             }
             lost(LOST_MISSED_CLOSE);
-            if SOCKS.insert(&sk, &info, 0).is_err() {
-                lost(LOST_SOCK_TABLE_FULL);
-                return Ok(());
-            }
         }
-        Err(_) => {
+        Err(()) => {
             lost(LOST_SOCK_TABLE_FULL);
             return Ok(());
         }
@@ -154,8 +144,8 @@ fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     Ok(())
 }
 
-fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
-    let Some(info) = SOCKS.get_ptr_mut(&sk) else {
+fn on_handshake_end<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64, new: u8) -> Result<(), i64> {
+    let Some(info_ptr) = t.get(sk) else {
         if new == TCP_ESTABLISHED {
             lost(LOST_SOCK_UNTRACKED);
         }
@@ -163,7 +153,7 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
     };
     // SAFETY: entry pointer from the map; only this socket's transitions (serialised by the
     // socket lock) touch it.
-    let info = unsafe { &mut *info };
+    let info = unsafe { &mut *info_ptr };
     let now = unsafe { bpf_ktime_get_ns() };
     if new == TCP_ESTABLISHED {
         info.established_ns = now;
@@ -194,20 +184,20 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
         let reason = errno::connect_failure(f.err().unwrap_or(-1));
         with_stats(info.pool_id, |s| s.failures[reason] += 1);
         retry_events::failed_at(&pool, info.connect_ns, reason);
-        let _ = SOCKS.remove(&sk);
+        t.finish(sk, info_ptr);
     }
     Ok(())
 }
 
-fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
-    if let Some(info) = SOCKS.get_ptr(&sk) {
+fn on_close<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64) -> Result<(), i64> {
+    if let Some(info_ptr) = t.get(sk) {
         // SAFETY: as in on_handshake_end.
-        let info = unsafe { *info };
+        let info = unsafe { *info_ptr };
         if info.established_ns == 0 {
             // Its handshake event was missed (the kernel skips a tracing program that would nest
             // inside another on the same CPU): it was never counted live, so do not uncount it.
             lost(LOST_UNSEEN_HANDSHAKE);
-            let _ = SOCKS.remove(&sk);
+            t.finish(sk, info_ptr);
             return Ok(());
         }
         let now = unsafe { bpf_ktime_get_ns() };
@@ -237,7 +227,7 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
             let p = &info.pool;
             proto_watch::unwatch(&addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
         }
-        let _ = SOCKS.remove(&sk);
+        t.finish(sk, info_ptr);
         return Ok(());
     }
     // Not connected while we watched: maybe a connection seeded at start-up. Once every seeded
