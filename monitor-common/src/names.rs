@@ -14,9 +14,6 @@ pub mod maps {
     pub const LISTEN_EPOCH: &str = "LISTEN_EPOCH";
     /// Client sockets from connect() to close.
     pub const SOCKS: &str = "SOCKS";
-    /// The same per-socket record in socket-local storage (BPF_MAP_TYPE_SK_STORAGE), used by the
-    /// tp_btf programs instead of SOCKS.
-    pub const SOCK_STORE: &str = "SOCK_STORE";
     /// Connections open when the agent started, by socket cookie.
     pub const SEEDED: &str = "SEEDED";
     /// Upper bound on what SEEDED still holds.
@@ -61,7 +58,6 @@ pub mod maps {
         LISTENERS,
         LISTEN_EPOCH,
         SOCKS,
-        SOCK_STORE,
         SEEDED,
         SEEDED_LEFT,
         POOL_IDS,
@@ -94,8 +90,8 @@ pub mod programs {
     pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
     pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
     pub const TCP_SEND_RESET: &str = "tcp_send_reset";
-    /// tp_btf twins of the three above: they find the socket in SOCK_STORE, so they go with
-    /// `inet_sock_set_state_btf`.
+    /// tp_btf twins of the three above: the socket pointer comes as an argument, without the
+    /// trace record the classic tracepoint fills on every run.
     pub const TCP_RETRANSMIT_SKB_BTF: &str = "tcp_retransmit_skb_btf";
     pub const TCP_RECEIVE_RESET_BTF: &str = "tcp_receive_reset_btf";
     pub const TCP_SEND_RESET_BTF: &str = "tcp_send_reset_btf";

@@ -2,7 +2,6 @@
 //! through a macro that checks at compile time that its identifier (the name the agent looks up)
 //! equals its constant in `monitor_common::names`. Program modules and helpers use these; none of
 //! them declares its own.
-use aya_ebpf::btf_maps::SkStorage;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, Queue, RingBuf};
 use monitor_common::{
     AcceptKey, FdOffsets, FlowKey, ListenerStats, PoolKey, PoolStats, QueueKey, QueueStats, QueuedChild, SockInfo,
@@ -15,21 +14,6 @@ macro_rules! declare_map {
     ($(#[$meta:meta])* $name:ident: $ty:ty = $init:expr;) => {
         $(#[$meta])*
         #[aya_ebpf::macros::map]
-        pub(crate) static $name: $ty = $init;
-        const _: () = assert!(
-            monitor_common::names::same(stringify!($name), monitor_common::names::maps::$name),
-            "map identifier differs from its name in monitor_common::names::maps"
-        );
-    };
-}
-
-/// A BTF-defined map (in `.maps`, typed for the loader through BTF); same name check as
-/// `declare_map`. Socket-local storage can only be declared this way: the kernel needs the
-/// value's BTF type.
-macro_rules! declare_btf_map {
-    ($(#[$meta:meta])* $name:ident: $ty:ty = $init:expr;) => {
-        $(#[$meta])*
-        #[aya_ebpf::macros::btf_map]
         pub(crate) static $name: $ty = $init;
         const _: () = assert!(
             monitor_common::names::same(stringify!($name), monitor_common::names::maps::$name),
@@ -101,14 +85,6 @@ declare_map! {
     /// and leave its pool's count too high forever; a full table instead refuses new sockets, which
     /// are then not counted at all, and says so in LOST.
     SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(MAX_SOCKS, 0);
-}
-declare_btf_map! {
-    /// The tp_btf programs' socket table: the same record as SOCKS, in the socket itself. A
-    /// lookup reads the socket's own storage list (no hash, no bucket lock), and the kernel frees
-    /// the record with the socket, so a close the kernel skipped leaves nothing behind in a
-    /// table (the agent reconciles the count through sock_diag instead). Needs kernel 5.11 for
-    /// tracing programs.
-    SOCK_STORE: SkStorage<SockInfo> = SkStorage::new();
 }
 declare_map! {
     /// Connections open when the agent started, by socket cookie; filled by the agent from

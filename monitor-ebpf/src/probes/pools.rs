@@ -1,8 +1,7 @@
 //! Connection pools from `inet_sock_set_state` (tp_btf, else the classic tracepoint). A client
 //! socket is attributed at connect() (CLOSE -> SYN_SENT, the only transition that runs in the
-//! caller's process context), its pool resolved to a pool id once there, remembered until it
-//! closes (in the socket's own storage under tp_btf, in SOCKS under the classic tracepoint:
-//! `pool_table::SockTable`), and every transition updates its pool's counters by id.
+//! caller's process context), its pool resolved to a pool id once there, remembered in SOCKS
+//! until it closes, and every transition updates its pool's counters by id (`pool_table`).
 //! Sockets that existed before the agent started are found through SEEDED, keyed by socket
 //! cookie. Which transitions matter is `monitor_common::tcp::transition`.
 use aya_ebpf::{
@@ -12,22 +11,24 @@ use aya_ebpf::{
 };
 use monitor_common::{
     addr, errno, hist,
-    tcp::{transition, Transition},
+    tcp::{self, transition, Transition},
     AcceptKey, PoolKey, QueueKey, SockInfo, FAIL_DIED_RESET, FAIL_DIED_SERVER_CLOSED, LOST_MISSED_CLOSE,
-    LOST_SOCK_TABLE_FULL, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE, SOCK_PEER_CLOSED, SOCK_PROTO_PENDING, TCP_CLOSE,
-    TCP_ESTABLISHED,
+    LOST_SOCK_TABLE_FULL, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE, SOCK_PROTO_PENDING, TCP_CLOSE, TCP_ESTABLISHED,
 };
 
 use crate::{
     access::read_ctx,
     counters,
     fields::{Fields, Record, Sock},
-    maps::{check_program_name, off, ACCEPTS, SEEDED, SEEDED_LEFT},
-    pool_table::{live_add, lost, pool_id, with_stats, Hash, SockTable, Store},
+    maps::{check_program_name, off, ACCEPTS, SEEDED, SEEDED_LEFT, SOCKS},
+    pool_table::{live_add, lost, pool_id, with_stats},
     proto_watch, queue_table, retry_events,
 };
 
 const IPPROTO_TCP: u16 = 6;
+/// Map update flag: fail with EEXIST instead of replacing an entry.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i64 = 17;
 /// SockInfo::pool_id of a socket whose pool got no id: outside every per-pool array.
 const NO_POOL: u32 = u32::MAX;
 
@@ -55,7 +56,7 @@ fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let new: u64 = ctx.arg(2);
     match transition(old as u8, new as u8) {
         Transition::Ignored => Ok(()),
-        t => on_change(&Store, t, sk, new as u8, &Sock(sk as *const u8)),
+        t => on_change(t, sk, old as u8, new as u8, &Sock(sk as *const u8)),
     }
 }
 
@@ -67,18 +68,18 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.state.skaddr))?;
-    on_change(&Hash, t, sk, new as u8, &Record { ctx, sk: sk as *const u8 })
+    on_change(t, sk, old as u8, new as u8, &Record { ctx, sk: sk as *const u8 })
 }
 
 /// A transition the probe acts on.
 #[inline(always)]
-fn on_change<F: Fields, T: SockTable>(t: &T, tr: Transition, sk: u64, new: u8, f: &F) -> Result<(), i64> {
+fn on_change<F: Fields>(t: Transition, sk: u64, old: u8, new: u8, f: &F) -> Result<(), i64> {
     // Only sockets that start here need the protocol checked (SCTP, for one, reports through
-    // the same hook); every later transition finds its socket in the table, which holds TCP only.
-    match tr {
+    // the same hook); every later transition finds its socket in SOCKS, which holds TCP only.
+    match t {
         Transition::Connect => {
             if f.protocol()? == IPPROTO_TCP {
-                on_connect(t, f, sk)
+                on_connect(f, sk)
             } else {
                 Ok(())
             }
@@ -90,22 +91,16 @@ fn on_change<F: Fields, T: SockTable>(t: &T, tr: Transition, sk: u64, new: u8, f
                 Ok(())
             }
         }
-        Transition::HandshakeEnd => on_handshake_end(t, f, sk, new),
-        Transition::PeerClosed => {
-            // A passive child still queued whose client hung up; one load for every other socket.
-            let _ = queue_table::peer_closed(f);
-            if let Some(info) = t.get(sk) {
-                // SAFETY: entry pointer from the map; this socket's transitions are serialised.
-                unsafe { (*info).flags |= SOCK_PEER_CLOSED };
-            }
-            Ok(())
-        }
-        Transition::Close => on_close(t, f, sk),
+        Transition::HandshakeEnd => on_handshake_end(f, sk, new),
+        // A passive child still queued whose client hung up; one load for every other socket.
+        // No socket-table lookup: a client's close tells who hung up first from its old state.
+        Transition::PeerClosed => queue_table::peer_closed(f),
+        Transition::Close => on_close(f, sk, old),
         Transition::Ignored => Ok(()),
     }
 }
 
-fn on_connect<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64) -> Result<(), i64> {
+fn on_connect<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
     let family = f.family()?;
     let pool = PoolKey {
         // SAFETY: plain helper calls valid in tracepoint programs.
@@ -122,20 +117,28 @@ fn on_connect<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64) -> Result<(), i64>
     // transitions find it; their counter updates miss the arrays and do nothing.
     let pool_id = pool_id(&pool).unwrap_or(NO_POOL);
     let info = SockInfo { pool, connect_ns: now, established_ns: 0, saddr: [0; 16], sport: 0, flags: 0, pool_id };
-    match t.start(sk, &info) {
-        Ok(None) => {}
-        Ok(Some(old)) => {
-            // An open record here belongs to an earlier connection (at the same address, or of
-            // this very socket) whose close the kernel skipped (a tracing program cannot nest
-            // inside another on the same CPU): count that close now, or its pool would stay one
-            // too high for good.
-            if old.established_ns != 0 {
-                with_stats(old.pool_id, |s| s.closes += 1);
-                live_add(old.pool_id, -1);
+    // One map operation in the usual case: the insert itself says whether the address is taken.
+    match SOCKS.insert(&sk, &info, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(e) if i64::from(e) == -EEXIST => {
+            // An entry already here belongs to an earlier socket at the same address whose close
+            // the kernel skipped (a tracing program cannot nest inside another on the same CPU):
+            // count that close now, or its pool would stay one too high for good.
+            if let Some(old) = SOCKS.get_ptr(&sk) {
+                // SAFETY: entry pointer from the map, copied out at once.
+                let old = unsafe { *old };
+                if old.established_ns != 0 {
+                    with_stats(old.pool_id, |s| s.closes += 1);
+                    live_add(old.pool_id, -1);
+                }
             }
             lost(LOST_MISSED_CLOSE);
+            if SOCKS.insert(&sk, &info, 0).is_err() {
+                lost(LOST_SOCK_TABLE_FULL);
+                return Ok(());
+            }
         }
-        Err(()) => {
+        Err(_) => {
             lost(LOST_SOCK_TABLE_FULL);
             return Ok(());
         }
@@ -144,8 +147,8 @@ fn on_connect<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64) -> Result<(), i64>
     Ok(())
 }
 
-fn on_handshake_end<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64, new: u8) -> Result<(), i64> {
-    let Some(info_ptr) = t.get(sk) else {
+fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
+    let Some(info) = SOCKS.get_ptr_mut(&sk) else {
         if new == TCP_ESTABLISHED {
             lost(LOST_SOCK_UNTRACKED);
         }
@@ -153,7 +156,7 @@ fn on_handshake_end<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64, new: u8) -> 
     };
     // SAFETY: entry pointer from the map; only this socket's transitions (serialised by the
     // socket lock) touch it.
-    let info = unsafe { &mut *info_ptr };
+    let info = unsafe { &mut *info };
     let now = unsafe { bpf_ktime_get_ns() };
     if new == TCP_ESTABLISHED {
         info.established_ns = now;
@@ -184,20 +187,20 @@ fn on_handshake_end<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64, new: u8) -> 
         let reason = errno::connect_failure(f.err().unwrap_or(-1));
         with_stats(info.pool_id, |s| s.failures[reason] += 1);
         retry_events::failed_at(&pool, info.connect_ns, reason);
-        t.finish(sk, info_ptr);
+        let _ = SOCKS.remove(&sk);
     }
     Ok(())
 }
 
-fn on_close<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64) -> Result<(), i64> {
-    if let Some(info_ptr) = t.get(sk) {
+fn on_close<F: Fields>(f: &F, sk: u64, old: u8) -> Result<(), i64> {
+    if let Some(info) = SOCKS.get_ptr(&sk) {
         // SAFETY: as in on_handshake_end.
-        let info = unsafe { *info_ptr };
+        let info = unsafe { *info };
         if info.established_ns == 0 {
             // Its handshake event was missed (the kernel skips a tracing program that would nest
             // inside another on the same CPU): it was never counted live, so do not uncount it.
             lost(LOST_UNSEEN_HANDSHAKE);
-            t.finish(sk, info_ptr);
+            let _ = SOCKS.remove(&sk);
             return Ok(());
         }
         let now = unsafe { bpf_ktime_get_ns() };
@@ -207,7 +210,7 @@ fn on_close<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64) -> Result<(), i64> {
         // Died young: short-lived and ended by the server, by a reset or by hanging up first.
         // Healthy per-request churn usually closes from the client side.
         let reset = short && f.err().is_ok_and(errno::ended_by_reset);
-        let hung_up = short && !reset && info.flags & SOCK_PEER_CLOSED != 0;
+        let hung_up = short && !reset && tcp::peer_closed_first(old);
         if reset {
             retry_events::failed_at(&info.pool, info.connect_ns, FAIL_DIED_RESET);
         } else if hung_up {
@@ -227,7 +230,7 @@ fn on_close<F: Fields, T: SockTable>(t: &T, f: &F, sk: u64) -> Result<(), i64> {
             let p = &info.pool;
             proto_watch::unwatch(&addr::flow(p.family, &info.saddr, info.sport, &p.daddr, p.dport), p);
         }
-        t.finish(sk, info_ptr);
+        let _ = SOCKS.remove(&sk);
         return Ok(());
     }
     // Not connected while we watched: maybe a connection seeded at start-up. Once every seeded

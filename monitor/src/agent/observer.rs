@@ -80,9 +80,8 @@ impl Observer {
     /// Takes loaded probes and counts the connections already open (pools probe only).
     pub fn attach(&mut self, mut probes: Probes) {
         if probes.is_up(probes::POOLS) {
-            let store = probes.socket_store();
             if let Some(ebpf) = probes.ebpf_mut() {
-                match self.pools.seed(ebpf, store) {
+                match self.pools.seed(ebpf) {
                     Ok(n) => info!("pools: {n} connections open at start-up counted"),
                     Err(e) => warn!("pools: counting connections open at start-up failed: {e:#}"),
                 }
@@ -130,15 +129,14 @@ impl Observer {
         windows.advance(Instant::now());
         listener_peaks(peaks, windows, &mut snap.listeners);
         let pools_up = probes.is_up(probes::POOLS);
-        let misses = probes.recursion_misses();
         let (pool_list, extras) = match probes.ebpf_mut() {
             Some(ebpf) if pools_up => {
                 // Reused connections are older than sockets opened since: no reconciling.
                 if fresh {
-                    pools.reconcile(ebpf, &scan, scan_started_ns, misses);
+                    pools.reconcile(ebpf, &scan, scan_started_ns);
                 }
                 let (p, mut e) = pools.collect(ebpf, true);
-                e.recursion_misses = misses;
+                e.recursion_misses = probes.recursion_misses();
                 (p, Some(e))
             }
             _ => {

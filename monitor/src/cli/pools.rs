@@ -64,14 +64,13 @@ pub(super) fn show(args: &PoolsArgs, mut rows: impl FnMut(&[Pool], bool) -> anyh
     let mut loaded = probes::Probes::load(&args.probes.options(Duration::from_secs(1)));
     privs::drop_after_attach();
     let up = loaded.is_up(probes::POOLS);
-    let store = loaded.socket_store();
     let Some(ebpf) = loaded.ebpf_mut().filter(|_| up) else {
         anyhow::bail!(
             "--watch needs the pools probe (tracepoint sock:inet_sock_set_state): run as root or grant CAP_BPF and CAP_PERFMON"
         );
     };
     let mut tracker = pools::PoolTracker::new(services, Duration::MAX);
-    tracker.seed(ebpf, store)?;
+    tracker.seed(ebpf)?;
     loop {
         let (pools, _) = tracker.collect(ebpf, true);
         if !args.json {

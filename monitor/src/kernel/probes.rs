@@ -88,9 +88,8 @@ pub const PROBES: &[ProbeSpec] = &[
         probe: POOLS,
         program: programs::INET_SOCK_SET_STATE_BTF,
         hook: Hook::BtfTracepoint("inet_sock_set_state"),
-        // Socket-local storage from a tracing program (bpf_sk_storage_get) needs 5.11 as well.
         min_kernel: "5.11",
-        fallback: "tracepoint sock:inet_sock_set_state (socket table in a hash map)",
+        fallback: "tracepoint sock:inet_sock_set_state",
         helper: Some("get_current_task_btf"),
     },
     ProbeSpec {
@@ -105,7 +104,7 @@ pub const PROBES: &[ProbeSpec] = &[
         probe: CONNECT_RETRANSMIT,
         program: programs::TCP_RETRANSMIT_SKB_BTF,
         hook: Hook::BtfTracepoint("tcp_retransmit_skb"),
-        min_kernel: "5.11",
+        min_kernel: "5.5",
         fallback: "tracepoint tcp:tcp_retransmit_skb",
         helper: None,
     },
@@ -121,7 +120,7 @@ pub const PROBES: &[ProbeSpec] = &[
         probe: RESETS_RECEIVED,
         program: programs::TCP_RECEIVE_RESET_BTF,
         hook: Hook::BtfTracepoint("tcp_receive_reset"),
-        min_kernel: "5.11",
+        min_kernel: "5.5",
         fallback: "tracepoint tcp:tcp_receive_reset",
         helper: None,
     },
@@ -137,7 +136,7 @@ pub const PROBES: &[ProbeSpec] = &[
         probe: RESETS_SENT,
         program: programs::TCP_SEND_RESET_BTF,
         hook: Hook::BtfTracepoint("tcp_send_reset"),
-        min_kernel: "5.11",
+        min_kernel: "5.5",
         fallback: "tracepoint tcp:tcp_send_reset",
         helper: None,
     },
@@ -174,18 +173,6 @@ pub const PROBES: &[ProbeSpec] = &[
         helper: None,
     },
 ];
-
-/// Programs that find client sockets in socket-local storage, which only the pools probe's tp_btf
-/// row fills: they attach only with it (their classic twins read SOCKS).
-const USE_SOCK_STORE: &[&str] =
-    &[programs::TCP_RETRANSMIT_SKB_BTF, programs::TCP_RECEIVE_RESET_BTF, programs::TCP_SEND_RESET_BTF];
-
-/// Pure: why `spec` must not attach given the probes attached so far, if it must not.
-fn unpaired(spec: &ProbeSpec, states: &BTreeMap<&'static str, ProbeState>) -> Option<&'static str> {
-    let store =
-        matches!(states.get(POOLS), Some(ProbeState::Up { program }) if *program == programs::INET_SOCK_SET_STATE_BTF);
-    (USE_SOCK_STORE.contains(&spec.program) && !store).then_some("the pools probe is not on its tp_btf row")
-}
 
 /// Names of every probe in the table, each once, in table order.
 pub fn probe_names() -> Vec<&'static str> {
@@ -332,10 +319,6 @@ impl Probes {
                 );
                 continue;
             }
-            if let Some(reason) = unpaired(spec, &states) {
-                info!("probe {}: {} skipped ({reason}); falling back to: {}", spec.probe, spec.program, spec.fallback);
-                continue;
-            }
             let env = AttachEnv {
                 sock: &sock,
                 tp: &tp,
@@ -390,11 +373,6 @@ impl Probes {
             .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok())
             .filter_map(|text| fdinfo_value(&text, "recursion_misses"))
             .sum()
-    }
-
-    /// The pools probe keeps its sockets in socket-local storage (its tp_btf row), not SOCKS.
-    pub fn socket_store(&self) -> bool {
-        matches!(self.states.get(POOLS), Some(ProbeState::Up { program }) if *program == programs::INET_SOCK_SET_STATE_BTF)
     }
 
     pub fn is_up(&self, probe: &str) -> bool {

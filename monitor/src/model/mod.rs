@@ -9,6 +9,5 @@ pub mod pool_ids;
 pub mod pools;
 pub mod queue_wait;
 pub mod services;
-pub mod sock_store;
 pub mod stats;
 pub mod storms;

@@ -102,11 +102,6 @@ impl Recycler {
         self.quarantine.len()
     }
 
-    /// Ids in quarantine, with the key each had.
-    pub fn quarantined(&self) -> impl Iterator<Item = (u32, PoolKey)> + '_ {
-        self.quarantine.iter().map(|(id, key, _)| (*id, *key))
-    }
-
     /// Removes `keys` from POOL_IDS; their ids wait in quarantine.
     pub fn forget(&mut self, ebpf: &mut Ebpf, keys: &[PoolKey], ids: &HashMap<PoolKey, u32>) {
         let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, u32>>(ebpf, POOL_IDS) else { return };

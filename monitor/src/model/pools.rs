@@ -25,7 +25,6 @@ use crate::{
     kernel::maps::{ok, open as map, open_mut as map_mut},
     model::pool_ids::{self, Recycler},
     model::services::{self, Services},
-    model::sock_store,
     scan::diag::DiagSocket,
     scan::{self, Scan},
 };
@@ -234,13 +233,6 @@ pub struct PoolTracker {
     suspects: HashSet<u64>,
     /// Ids of forgotten pools on their way back to the kernel.
     recycler: Recycler,
-    /// SOCK_STORE, when the probe keeps its sockets there (its tp_btf row) instead of SOCKS.
-    store: Option<aya::maps::MapFd>,
-    /// Socket-local storage only: handshake ends the kernel skipped, per pool (subtracted from
-    /// the counters' connects in flight).
-    lost_handshakes: HashMap<PoolKey, i64>,
-    /// Socket-local storage only: the kernel's recursion misses already reconciled.
-    misses_seen: u64,
 }
 
 /// A connect() that has not finished its handshake for this long is abandoned in the table: its
@@ -266,9 +258,6 @@ impl PoolTracker {
             missed_total: 0,
             suspects: HashSet::new(),
             recycler: Recycler::default(),
-            store: None,
-            lost_handshakes: HashMap::new(),
-            misses_seen: 0,
         }
     }
 
@@ -288,14 +277,10 @@ impl PoolTracker {
     /// Counts the connections that were open before the probe attached. Run once, right after
     /// attaching: sockets the probe already tracks are skipped, and a second scan catches those
     /// that closed before their seed entry existed (exactly one side removes each entry, so each
-    /// close is counted once). `store`: the probe keeps its sockets in socket-local storage,
-    /// whose records a sock_diag dump reads.
-    pub fn seed(&mut self, ebpf: &mut Ebpf, store: bool) -> anyhow::Result<usize> {
-        self.store = if store { Some(sock_store::open(ebpf)?) } else { None };
+    /// close is counted once).
+    pub fn seed(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<usize> {
         let first = scan::scan(None, scan::Depth::Full);
-        let tracked: HashSet<(u32, [u8; 16], u16)> = if let Some(fd) = &self.store {
-            sock_store::tracked(&sock_store::records(fd)?)
-        } else {
+        let tracked: HashSet<(u32, [u8; 16], u16)> = {
             let socks: BpfHashMap<&MapData, u64, SockInfo> = map(ebpf, SOCKS)?;
             socks
                 .iter()
@@ -335,34 +320,7 @@ impl PoolTracker {
     /// whose socket is missing from two consecutive scans (and that was established before the
     /// scan began) is removed here; whichever side removes an entry first counts its close, so a
     /// close is never counted twice.
-    ///
-    /// With socket-local storage there is no table to walk, and a skipped close leaves no entry
-    /// behind: only when the kernel's `recursion_misses` grew past `misses`, the records are read
-    /// through sock_diag and compared, pool by pool, with the counts (`sock_store`).
-    pub fn reconcile(&mut self, ebpf: &mut Ebpf, scan: &Scan, scan_started_ns: u64, misses: u64) {
-        if let Some(fd) = &self.store {
-            if misses <= self.misses_seen {
-                return;
-            }
-            match sock_store::reconcile_now(ebpf, fd, &self.seeded, &self.lost_handshakes) {
-                Ok((found, all_steady)) => {
-                    for (pool, n) in found.missed_closes {
-                        *self.seeded.entry(pool).or_default() -= n;
-                        *self.missed.entry(pool).or_default() += n as u64;
-                        self.missed_total += n as u64;
-                    }
-                    for (pool, n) in found.missed_handshakes {
-                        *self.lost_handshakes.entry(pool).or_default() += n;
-                    }
-                    // Pools whose counters moved meanwhile are looked at again next time.
-                    if all_steady {
-                        self.misses_seen = misses;
-                    }
-                }
-                Err(e) => log::debug!("reconciling socket-local storage: {e:#}"),
-            }
-            return;
-        }
+    pub fn reconcile(&mut self, ebpf: &mut Ebpf, scan: &Scan, scan_started_ns: u64) {
         let live: HashSet<(u32, [u8; 16], u16)> = scan
             .namespaces
             .iter()
@@ -402,10 +360,7 @@ impl PoolTracker {
     /// `reset_peaks` the peak is reset to the live count, so the next read sees the next period's.
     pub fn collect(&mut self, ebpf: &mut Ebpf, reset_peaks: bool) -> (Vec<Pool>, KernelExtras) {
         let mut extras = KernelExtras { missed_closes: self.missed_total, ..Default::default() };
-        let (pending, in_use) = match self.store {
-            Some(_) => self.pending_by_counters(ebpf),
-            None => pending_connects(ebpf),
-        };
+        let (pending, in_use) = pending_connects(ebpf);
         self.recycler.release(ebpf, &in_use);
         let ids = pool_ids::ids(ebpf);
         let stats = pool_ids::stats(ebpf, &ids);
@@ -471,30 +426,6 @@ impl PoolTracker {
         }
         sort(&mut pools);
         (pools, extras)
-    }
-
-    /// `pending_connects` from the counters (socket-local storage cannot be walked): connects
-    /// in flight per pool, and the quarantined ids still written to (a connect in flight, or an
-    /// open connection, counted under them).
-    fn pending_by_counters(&self, ebpf: &Ebpf) -> (HashMap<PoolKey, i64>, HashMap<u32, PoolKey>) {
-        let lost = |k: &PoolKey| self.lost_handshakes.get(k).copied().unwrap_or(0);
-        let ids = pool_ids::ids(ebpf);
-        let pending = pool_ids::stats(ebpf, &ids)
-            .iter()
-            .map(|(k, s)| (*k, sock_store::pending(s, lost(k))))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let quarantined: HashMap<PoolKey, u32> = self.recycler.quarantined().map(|(id, k)| (k, id)).collect();
-        let stats = pool_ids::stats(ebpf, &quarantined);
-        let live = pool_ids::values(ebpf, POOL_LIVE, &quarantined);
-        let in_use = quarantined
-            .iter()
-            .filter(|(k, _)| {
-                stats.get(k).is_some_and(|s| sock_store::pending(s, lost(k)) > 0) || live.get(k).is_some_and(|n| *n > 0)
-            })
-            .map(|(k, id)| (*id, *k))
-            .collect();
-        (pending, in_use)
     }
 
     /// The pool `key` names, without figures (its labels).

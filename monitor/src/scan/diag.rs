@@ -99,55 +99,6 @@ pub fn build_request(states: u32, meminfo: bool, seq: u32) -> Vec<u8> {
     buf
 }
 
-/// Socket-local storage in a dump (Linux 5.2; linux/inet_diag.h and linux/sock_diag.h): the
-/// request names maps by fd, and each socket that has a record in one of them carries it.
-const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
-const SK_DIAG_BPF_STORAGE_REQ_MAP_FD: u16 = 1;
-const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
-const SK_DIAG_BPF_STORAGE: u16 = 1;
-const SK_DIAG_BPF_STORAGE_MAP_VALUE: u16 = 3;
-const NLA_F_NESTED: u16 = 1 << 15;
-
-/// Pure: `build_request` asking, with INET_DIAG_REQ_SK_BPF_STORAGES, for each socket's record in
-/// the socket-local storage map open as `map_fd` in this process.
-pub fn build_storage_request(states: u32, seq: u32, map_fd: u32) -> Vec<u8> {
-    let mut buf = build_request(states, false, seq);
-    // A nested attribute holding one 4-byte attribute: 4 + (4 + 4) bytes, already aligned.
-    buf.extend_from_slice(&12u16.to_ne_bytes());
-    buf.extend_from_slice(&(INET_DIAG_REQ_SK_BPF_STORAGES | NLA_F_NESTED).to_ne_bytes());
-    buf.extend_from_slice(&8u16.to_ne_bytes());
-    buf.extend_from_slice(&SK_DIAG_BPF_STORAGE_REQ_MAP_FD.to_ne_bytes());
-    buf.extend_from_slice(&map_fd.to_ne_bytes());
-    let len = buf.len() as u32;
-    buf[..4].copy_from_slice(&len.to_ne_bytes());
-    buf
-}
-
-/// Pure: the storage record a socket message (inet_diag_msg and its attributes) carries, if any.
-/// Only one map is ever asked for, so the first value is its record.
-pub fn storage_value(p: &[u8]) -> Result<Option<Vec<u8>>> {
-    let malformed = |e| anyhow!("sock_diag reply is malformed: storage attribute: {e}");
-    for nla in NlasIterator::new(p.get(INET_DIAG_MSG_LEN..).unwrap_or_default()) {
-        let nla = nla.map_err(malformed)?;
-        if nla.kind() != INET_DIAG_SK_BPF_STORAGES {
-            continue;
-        }
-        for stg in NlasIterator::new(nla.value()) {
-            let stg = stg.map_err(malformed)?;
-            if stg.kind() != SK_DIAG_BPF_STORAGE {
-                continue;
-            }
-            for field in NlasIterator::new(stg.value()) {
-                let field = field.map_err(malformed)?;
-                if field.kind() == SK_DIAG_BPF_STORAGE_MAP_VALUE {
-                    return Ok(Some(field.value().to_vec()));
-                }
-            }
-        }
-    }
-    Ok(None)
-}
-
 fn errno_name(errno: i32) -> String {
     format!("{} ({})", crate::errno::name(errno).unwrap_or("errno"), io::Error::from_raw_os_error(errno))
 }
@@ -155,14 +106,6 @@ fn errno_name(errno: i32) -> String {
 /// Pure: parse one recv() buffer of netlink messages; appends sockets; returns Ok(true) when
 /// NLMSG_DONE was seen; NLMSG_ERROR with errno -> Err naming the errno.
 pub fn parse_messages(buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool> {
-    parse_each(buf, |p| {
-        out.push(parse_socket(p)?);
-        Ok(())
-    })
-}
-
-/// `parse_messages` handing each socket message's payload to `on_socket`.
-fn parse_each(buf: &[u8], mut on_socket: impl FnMut(&[u8]) -> Result<()>) -> Result<bool> {
     let mut off = 0usize;
     while off < buf.len() {
         let rest = buf.get(off..).unwrap_or_default();
@@ -194,7 +137,7 @@ fn parse_each(buf: &[u8], mut on_socket: impl FnMut(&[u8]) -> Result<()>) -> Res
                     bail!("sock_diag request failed: {}", errno_name(code.get().saturating_neg()));
                 }
             }
-            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => on_socket(payload)?,
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => out.push(parse_socket(payload)?),
             // NLMSG_NOOP and unknown control messages carry nothing we use; skipping keeps us
             // forward-compatible.
             _ => {}
@@ -315,27 +258,6 @@ pub fn dump_tcp(states: u32, meminfo: bool) -> Result<Vec<DiagSocket>> {
         }
     }
     log::trace!("sock_diag: {reads} reads, {} sockets", out.len());
-    Ok(out)
-}
-
-/// Fetch: `dump_tcp` (no meminfo) with each socket's record in the socket-local storage map open
-/// as `map_fd`, in the calling thread's network namespace.
-pub fn dump_tcp_storage(states: u32, map_fd: u32) -> Result<Vec<(DiagSocket, Option<Vec<u8>>)>> {
-    let sock = open_sock_diag()?;
-    let mut buf = vec![0u8; RECV_BUF_LEN];
-    let mut out = Vec::new();
-    send_request(&sock, &build_storage_request(states, 1, map_fd))?;
-    loop {
-        let n = recv_chunk(&sock, &mut buf)?;
-        let chunk = buf.get(..n).unwrap_or_default();
-        let done = parse_each(chunk, |p| {
-            out.push((parse_socket(p)?, storage_value(p)?));
-            Ok(())
-        })?;
-        if done {
-            break;
-        }
-    }
     Ok(out)
 }
 
