@@ -400,11 +400,10 @@ pub struct SockInfo {
 }
 const _: () = assert!(size_of::<SockInfo>() == 88);
 
-/// The peer closed first (ESTABLISHED -> CLOSE_WAIT), or at the same time as the client
-/// (FIN_WAIT1 -> CLOSING: its FIN was sent before it saw the client's): the server hung up.
-pub const SOCK_PEER_CLOSED: u16 = 1;
 /// The flow was registered with the protocol recogniser and may still be pending there.
 pub const SOCK_PROTO_PENDING: u16 = 2;
+// Bit 1 once marked a peer that hung up first; a close's old state tells that now
+// (`tcp::peer_closed_first`).
 
 /// Events the kernel side could not account, by reason (index into the LOST array).
 pub const LOST_SOCK_TABLE_FULL: u32 = 0;

@@ -90,6 +90,11 @@ pub mod programs {
     pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
     pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
     pub const TCP_SEND_RESET: &str = "tcp_send_reset";
+    /// tp_btf twins of the three above: the socket pointer comes as an argument, without the
+    /// trace record the classic tracepoint fills on every run.
+    pub const TCP_RETRANSMIT_SKB_BTF: &str = "tcp_retransmit_skb_btf";
+    pub const TCP_RECEIVE_RESET_BTF: &str = "tcp_receive_reset_btf";
+    pub const TCP_SEND_RESET_BTF: &str = "tcp_send_reset_btf";
     pub const CLASSIFY_EGRESS: &str = "classify_egress";
     pub const ACCEPT_EXIT: &str = "accept_exit";
     pub const LISTEN_ENTER: &str = "listen_enter";
@@ -107,6 +112,9 @@ pub mod programs {
         TCP_RETRANSMIT_SKB,
         TCP_RECEIVE_RESET,
         TCP_SEND_RESET,
+        TCP_RETRANSMIT_SKB_BTF,
+        TCP_RECEIVE_RESET_BTF,
+        TCP_SEND_RESET_BTF,
         CLASSIFY_EGRESS,
         ACCEPT_EXIT,
         LISTEN_ENTER,

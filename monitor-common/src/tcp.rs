@@ -1,7 +1,10 @@
 //! Which TCP state transitions the pools probe acts on, and as what. Half of a connection's
 //! transitions (FIN_WAIT1, FIN_WAIT2, LAST_ACK, ...) are not among them: the probe leaves on
 //! those before reading anything, so this check sits first on the hot path.
-use crate::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_SYN_RECV, TCP_SYN_SENT};
+use crate::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT};
+
+/// LAST_ACK: the last state of an end whose peer closed first.
+const TCP_LAST_ACK: u8 = 9;
 
 /// What a transition means to the pools probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,10 +15,9 @@ pub enum Transition {
     Accept,
     /// SYN_SENT -> anything: the client's handshake ended (ESTABLISHED, or CLOSE on failure).
     HandshakeEnd,
-    /// ESTABLISHED -> CLOSE_WAIT: the peer hung up first; or FIN_WAIT1 -> CLOSING, a simultaneous
-    /// close: the peer's FIN left before it saw ours, so it hung up too. A client that closes as
-    /// soon as it has read the server's refusal (libpq after "too many clients") often closes
-    /// before the server's FIN is in.
+    /// ESTABLISHED -> CLOSE_WAIT: the peer hung up first. Only a child still in an accept queue
+    /// needs this transition (its client gave up); a client socket's close tells the same from
+    /// its old state (`peer_closed_first`), so no record is touched here.
     PeerClosed,
     /// Anything else -> CLOSE.
     Close,
@@ -31,13 +33,24 @@ pub fn transition(old: u8, new: u8) -> Transition {
         Transition::Accept
     } else if old == TCP_SYN_SENT {
         Transition::HandshakeEnd
-    } else if (old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT) || (old == TCP_FIN_WAIT1 && new == TCP_CLOSING) {
+    } else if old == TCP_ESTABLISHED && new == TCP_CLOSE_WAIT {
         Transition::PeerClosed
     } else if new == TCP_CLOSE {
         Transition::Close
     } else {
         Transition::Ignored
     }
+}
+
+/// At the transition to CLOSE, whether the peer hung up before this end did, from the state
+/// left (`old`): CLOSE_WAIT and LAST_ACK come only after the peer's FIN (ESTABLISHED ->
+/// CLOSE_WAIT), CLOSING only after a simultaneous close (FIN_WAIT1 -> CLOSING: the peer's FIN
+/// left before it saw ours, so it hung up too). A client that closes as soon as it has read the
+/// server's refusal (libpq after "too many clients") often closes before the server's FIN is in.
+/// A client that closed first leaves from FIN_WAIT1, FIN_WAIT2 or ESTABLISHED (an abort).
+#[inline(always)]
+pub fn peer_closed_first(old: u8) -> bool {
+    old == TCP_CLOSE_WAIT || old == TCP_LAST_ACK || old == TCP_CLOSING
 }
 
 #[cfg(test)]
@@ -66,9 +79,24 @@ mod tests {
         assert_eq!(transition(FIN_WAIT1, FIN_WAIT2), Ignored);
         assert_eq!(transition(FIN_WAIT2, TIME_WAIT), Ignored);
         assert_eq!(transition(TCP_ESTABLISHED, TCP_CLOSE), Close);
-        // Both closing at once: the server hung up too.
-        assert_eq!(transition(FIN_WAIT1, TCP_CLOSING), PeerClosed);
+        // Both closing at once: nothing to do until the close.
+        assert_eq!(transition(FIN_WAIT1, TCP_CLOSING), Ignored);
         assert_eq!(transition(TCP_CLOSING, TIME_WAIT), Ignored);
+        assert_eq!(transition(TCP_CLOSING, TCP_CLOSE), Close);
+    }
+
+    #[test]
+    fn who_hung_up_first_shows_in_the_state_a_close_leaves() {
+        // The peer first: CLOSE_WAIT -> LAST_ACK -> CLOSE, or an abort from CLOSE_WAIT.
+        assert!(peer_closed_first(LAST_ACK));
+        assert!(peer_closed_first(TCP_CLOSE_WAIT));
+        // Both at once.
+        assert!(peer_closed_first(TCP_CLOSING));
+        // This end first (the full socket closes on entering TIME_WAIT from FIN_WAIT2), or an
+        // abort or reset while established or closing.
+        for old in [FIN_WAIT2, FIN_WAIT1, TCP_ESTABLISHED, TCP_SYN_SENT, TCP_LISTEN] {
+            assert!(!peer_closed_first(old), "{old}");
+        }
     }
 
     #[test]

@@ -11,10 +11,9 @@ use aya_ebpf::{
 };
 use monitor_common::{
     addr, errno, hist,
-    tcp::{transition, Transition},
+    tcp::{self, transition, Transition},
     AcceptKey, PoolKey, QueueKey, SockInfo, FAIL_DIED_RESET, FAIL_DIED_SERVER_CLOSED, LOST_MISSED_CLOSE,
-    LOST_SOCK_TABLE_FULL, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE, SOCK_PEER_CLOSED, SOCK_PROTO_PENDING, TCP_CLOSE,
-    TCP_ESTABLISHED,
+    LOST_SOCK_TABLE_FULL, LOST_SOCK_UNTRACKED, LOST_UNSEEN_HANDSHAKE, SOCK_PROTO_PENDING, TCP_CLOSE, TCP_ESTABLISHED,
 };
 
 use crate::{
@@ -57,7 +56,7 @@ fn try_set_state_btf(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let new: u64 = ctx.arg(2);
     match transition(old as u8, new as u8) {
         Transition::Ignored => Ok(()),
-        t => on_change(t, sk, new as u8, &Sock(sk as *const u8)),
+        t => on_change(t, sk, old as u8, new as u8, &Sock(sk as *const u8)),
     }
 }
 
@@ -69,12 +68,12 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.state.skaddr))?;
-    on_change(t, sk, new as u8, &Record { ctx, sk: sk as *const u8 })
+    on_change(t, sk, old as u8, new as u8, &Record { ctx, sk: sk as *const u8 })
 }
 
 /// A transition the probe acts on.
 #[inline(always)]
-fn on_change<F: Fields>(t: Transition, sk: u64, new: u8, f: &F) -> Result<(), i64> {
+fn on_change<F: Fields>(t: Transition, sk: u64, old: u8, new: u8, f: &F) -> Result<(), i64> {
     // Only sockets that start here need the protocol checked (SCTP, for one, reports through
     // the same hook); every later transition finds its socket in SOCKS, which holds TCP only.
     match t {
@@ -93,16 +92,10 @@ fn on_change<F: Fields>(t: Transition, sk: u64, new: u8, f: &F) -> Result<(), i6
             }
         }
         Transition::HandshakeEnd => on_handshake_end(f, sk, new),
-        Transition::PeerClosed => {
-            // A passive child still queued whose client hung up; one load for every other socket.
-            let _ = queue_table::peer_closed(f);
-            if let Some(info) = SOCKS.get_ptr_mut(&sk) {
-                // SAFETY: entry pointer from the map; this socket's transitions are serialised.
-                unsafe { (*info).flags |= SOCK_PEER_CLOSED };
-            }
-            Ok(())
-        }
-        Transition::Close => on_close(f, sk),
+        // A passive child still queued whose client hung up; one load for every other socket.
+        // No socket-table lookup: a client's close tells who hung up first from its old state.
+        Transition::PeerClosed => queue_table::peer_closed(f),
+        Transition::Close => on_close(f, sk, old),
         Transition::Ignored => Ok(()),
     }
 }
@@ -199,7 +192,7 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
     Ok(())
 }
 
-fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
+fn on_close<F: Fields>(f: &F, sk: u64, old: u8) -> Result<(), i64> {
     if let Some(info) = SOCKS.get_ptr(&sk) {
         // SAFETY: as in on_handshake_end.
         let info = unsafe { *info };
@@ -217,7 +210,7 @@ fn on_close<F: Fields>(f: &F, sk: u64) -> Result<(), i64> {
         // Died young: short-lived and ended by the server, by a reset or by hanging up first.
         // Healthy per-request churn usually closes from the client side.
         let reset = short && f.err().is_ok_and(errno::ended_by_reset);
-        let hung_up = short && !reset && info.flags & SOCK_PEER_CLOSED != 0;
+        let hung_up = short && !reset && tcp::peer_closed_first(old);
         if reset {
             retry_events::failed_at(&info.pool, info.connect_ns, FAIL_DIED_RESET);
         } else if hung_up {

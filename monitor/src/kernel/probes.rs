@@ -102,6 +102,14 @@ pub const PROBES: &[ProbeSpec] = &[
     },
     ProbeSpec {
         probe: CONNECT_RETRANSMIT,
+        program: programs::TCP_RETRANSMIT_SKB_BTF,
+        hook: Hook::BtfTracepoint("tcp_retransmit_skb"),
+        min_kernel: "5.5",
+        fallback: "tracepoint tcp:tcp_retransmit_skb",
+        helper: None,
+    },
+    ProbeSpec {
+        probe: CONNECT_RETRANSMIT,
         program: programs::TCP_RETRANSMIT_SKB,
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_retransmit_skb" },
         min_kernel: "4.15",
@@ -110,10 +118,26 @@ pub const PROBES: &[ProbeSpec] = &[
     },
     ProbeSpec {
         probe: RESETS_RECEIVED,
+        program: programs::TCP_RECEIVE_RESET_BTF,
+        hook: Hook::BtfTracepoint("tcp_receive_reset"),
+        min_kernel: "5.5",
+        fallback: "tracepoint tcp:tcp_receive_reset",
+        helper: None,
+    },
+    ProbeSpec {
+        probe: RESETS_RECEIVED,
         program: programs::TCP_RECEIVE_RESET,
         hook: Hook::Tracepoint { group: "tcp", name: "tcp_receive_reset" },
         min_kernel: "4.15",
         fallback: "no received-reset counts per pool",
+        helper: None,
+    },
+    ProbeSpec {
+        probe: RESETS_SENT,
+        program: programs::TCP_SEND_RESET_BTF,
+        hook: Hook::BtfTracepoint("tcp_send_reset"),
+        min_kernel: "5.5",
+        fallback: "tracepoint tcp:tcp_send_reset",
         helper: None,
     },
     ProbeSpec {
