@@ -10,7 +10,7 @@ use aya_ebpf::{
 use monitor_common::{hist, AF_INET, AF_INET6, LOST_QUEUE_UNTRACKED, TCP_CLOSE, TCP_CLOSE_WAIT};
 
 use crate::{
-    access::{read, read_ctx},
+    access::{read, read_ctx, read_ctx_u64},
     maps::{check_program_name, off, LISTEN_REQUESTS, QUEUED_CHILDREN},
     pool_table::lost,
     queue_table::with_stats,
@@ -31,7 +31,7 @@ pub fn listen_enter(ctx: TracePointContext) -> u32 {
 check_program_name!(listen_enter, LISTEN_ENTER);
 
 fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let ret: i64 = read_ctx(ctx, off!(FD_OFFSETS.accept_ret))?;
+    let ret = read_ctx_u64(ctx, off!(FD_OFFSETS.accept_ret))? as i64;
     if ret < 0 {
         return Ok(());
     }

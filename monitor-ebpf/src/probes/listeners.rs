@@ -8,7 +8,7 @@ use aya_ebpf::{
 use monitor_common::TCP_LISTEN;
 
 use crate::{
-    access::{direct, load, read_ctx},
+    access::{direct, load, read_ctx_u64},
     listen_table::{record_queued, record_synack_retransmit},
     maps::{check_program_name, off},
 };
@@ -53,7 +53,7 @@ fn try_data_ready_btf(ctx: &BtfTracePointContext) -> Result<(), i64> {
 }
 
 fn try_data_ready_tp(ctx: &TracePointContext) -> Result<(), i64> {
-    let sk: *const u8 = read_ctx(ctx, off!(TP_OFFSETS.data_ready_skaddr))?;
+    let sk = read_ctx_u64(ctx, off!(TP_OFFSETS.data_ready_skaddr))? as *const u8;
     if !listening::<false>(sk)? {
         return Ok(());
     }
@@ -69,6 +69,6 @@ fn listening<const BTF: bool>(sk: *const u8) -> Result<bool, i64> {
 }
 
 fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
-    let sk: *const u8 = read_ctx(ctx, off!(TP_OFFSETS.synack_skaddr))?;
+    let sk = read_ctx_u64(ctx, off!(TP_OFFSETS.synack_skaddr))? as *const u8;
     record_synack_retransmit(sk)
 }
