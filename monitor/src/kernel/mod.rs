@@ -8,6 +8,7 @@
 //! module reads.
 pub mod attach;
 pub mod btf;
+pub mod batch;
 pub mod census;
 pub mod cgroupfs;
 pub mod maps;
