@@ -61,13 +61,7 @@ pub struct Raw {
 /// Every entry of the map behind `fd` (or the first `limit`), `key_size` and `value_size` bytes
 /// each (`value_size` covers every CPU's copy for per-CPU maps). Err when the kernel refuses or a
 /// call fails; the entries read before a failure are lost, so callers read again another way.
-pub fn read_raw(
-    fd: impl AsFd,
-    op: Op,
-    key_size: usize,
-    value_size: usize,
-    limit: Option<usize>,
-) -> io::Result<Raw> {
+pub fn read_raw(fd: impl AsFd, op: Op, key_size: usize, value_size: usize, limit: Option<usize>) -> io::Result<Raw> {
     let cmd = match op {
         Op::Lookup => BPF_MAP_LOOKUP_BATCH,
         Op::LookupAndDelete => BPF_MAP_LOOKUP_AND_DELETE_BATCH,

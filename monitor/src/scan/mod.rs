@@ -186,7 +186,10 @@ pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
             cache.insert(ino, (found.remove(&ino), now));
         }
     }
-    wanted.into_iter().filter_map(|i| cache.get(&i).and_then(|(o, _)| o.as_ref()).map(|(o, _)| (i, o.clone()))).collect()
+    wanted
+        .into_iter()
+        .filter_map(|i| cache.get(&i).and_then(|(o, _)| o.as_ref()).map(|(o, _)| (i, o.clone())))
+        .collect()
 }
 
 /// Full scans held to a CPU budget. Dumping connections walks the kernel's established hash,
