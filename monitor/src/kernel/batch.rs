@@ -26,6 +26,8 @@ const ENOTSUPP: i32 = 524;
 /// Bytes of values one call may return: bounds the buffer on hosts with many CPUs (per-CPU maps
 /// return a value per possible CPU for each key).
 const CHUNK_BYTES: usize = 1 << 20;
+/// Entries asked for by the first call of a read.
+const FIRST_CHUNK: usize = 128;
 
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -67,7 +69,10 @@ pub fn read_raw(fd: impl AsFd, op: Op, key_size: usize, value_size: usize, limit
         Op::LookupAndDelete => BPF_MAP_LOOKUP_AND_DELETE_BATCH,
     };
     let limit = limit.unwrap_or(usize::MAX);
-    let mut chunk = (CHUNK_BYTES / value_size.max(1)).clamp(16, 4096).min(limit.max(1));
+    // Start small and double: most maps hold far fewer entries than they may, and a buffer sized
+    // for the most (half a megabyte for the socket table) costs page faults on every read.
+    let most = (CHUNK_BYTES / value_size.max(1)).clamp(16, 4096);
+    let mut chunk = FIRST_CHUNK.min(most).min(limit.max(1));
     // Hash maps keep a bucket index in the token, arrays the last key.
     let token_size = key_size.max(8);
     let (mut token_in, mut token_out) = (vec![0u8; token_size], vec![0u8; token_size]);
@@ -75,30 +80,38 @@ pub fn read_raw(fd: impl AsFd, op: Op, key_size: usize, value_size: usize, limit
     let mut first = true;
     loop {
         let want = chunk.min(limit - out.count);
-        out.keys.resize((out.count + want) * key_size, 0);
-        out.values.resize((out.count + want) * value_size, 0);
+        // Spare capacity, not zeroed: the kernel writes the entries it returns, and only those
+        // become part of the vectors.
+        out.keys.reserve(want * key_size);
+        out.values.reserve(want * value_size);
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
             out_batch: token_out.as_mut_ptr() as u64,
-            keys: out.keys[out.count * key_size..].as_mut_ptr() as u64,
-            values: out.values[out.count * value_size..].as_mut_ptr() as u64,
+            keys: out.keys.spare_capacity_mut().as_mut_ptr() as u64,
+            values: out.values.spare_capacity_mut().as_mut_ptr() as u64,
             count: want as u32,
             map_fd: fd.as_fd().as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: attr points at buffers sized for `count` keys and values and two tokens of at
+        // SAFETY: attr points at spare capacity for `want` keys and values and two tokens of at
         // least the key size, all alive for the call; the kernel writes only within them.
         let r = unsafe {
             libc::syscall(libc::SYS_bpf, cmd, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as libc::c_uint)
         };
         let err = (r < 0).then(io::Error::last_os_error);
-        let got = attr.count as usize;
-        match err.as_ref().and_then(io::Error::raw_os_error) {
-            None => {}
-            Some(libc::ENOENT) => {
-                out.count += got;
-                break;
+        let got = (attr.count as usize).min(want);
+        let errno = err.as_ref().and_then(io::Error::raw_os_error);
+        if matches!(errno, None | Some(libc::ENOENT)) {
+            // SAFETY: the kernel wrote `got` keys and values into the spare capacity.
+            unsafe {
+                out.keys.set_len((out.count + got) * key_size);
+                out.values.set_len((out.count + got) * value_size);
             }
+            out.count += got;
+        }
+        match errno {
+            None => {}
+            Some(libc::ENOENT) => break,
             // A hash bucket holds more entries than `want`: ask for more at once.
             Some(libc::ENOSPC) if got == 0 && want < 1 << 20 && want < limit - out.count => {
                 chunk = want * 2;
@@ -106,15 +119,13 @@ pub fn read_raw(fd: impl AsFd, op: Op, key_size: usize, value_size: usize, limit
             }
             Some(_) => return Err(err.unwrap_or_else(|| io::Error::other("bpf()"))),
         }
-        out.count += got;
         first = false;
         std::mem::swap(&mut token_in, &mut token_out);
         if out.count >= limit {
             break;
         }
+        chunk = (chunk * 2).min(most.max(chunk));
     }
-    out.keys.truncate(out.count * key_size);
-    out.values.truncate(out.count * value_size);
     Ok(out)
 }
 
