@@ -149,12 +149,18 @@ fn warn_once(inode: u64, e: &anyhow::Error) {
 /// no longer holds it is /proc walked again. Walking again instead cost the 64k-socket host a
 /// walk of every fd on the host every 30 s (a quarter of a second of CPU, inside a scrape).
 const OWNER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long "no owner found" is trusted. Finding out again walks every fd on the host (the
+/// answer is only known once every process has been looked at), and a socket whose owner is not
+/// visible (another PID namespace, the kernel) stays so: on the 64k-socket host one such
+/// listener cost a 0.7 s walk inside a scrape every 30 s.
+const NO_OWNER_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 const OWNER_CACHE_MAX: usize = 200_000;
 
 /// Owners of the given socket inodes (0 = none, skipped). Walking every process's fds costs in
 /// proportion to all fds on the host, so answers (also "no owner found") are cached by inode for
-/// OWNER_TTL and only unknown inodes trigger a walk: the 1 s tick sees the same listeners again.
-/// An owner older than OWNER_TTL that still holds its socket is kept for another OWNER_TTL.
+/// OWNER_TTL (NO_OWNER_TTL) and only unknown inodes trigger a walk: the 1 s tick sees the same
+/// listeners again. An owner older than OWNER_TTL that still holds its socket is kept for another
+/// OWNER_TTL.
 pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
     type Cache = HashMap<u64, (Option<(Owner, i32)>, std::time::Instant)>;
     static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
@@ -166,7 +172,8 @@ pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
     let cache = guard.get_or_insert_with(HashMap::new);
     let now = std::time::Instant::now();
     cache.retain(|ino, (owner, at)| {
-        if now.duration_since(*at) < OWNER_TTL {
+        let ttl = if owner.is_some() { OWNER_TTL } else { NO_OWNER_TTL };
+        if now.duration_since(*at) < ttl {
             return true;
         }
         // Inodes no longer asked for are dropped rather than checked.
