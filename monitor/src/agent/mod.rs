@@ -9,13 +9,13 @@ mod observer;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::Instant,
 };
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 pub use self::observer::{Alerting, Gathered, Observer};
 use crate::{
@@ -38,6 +38,9 @@ pub struct Agent {
     /// The alert rules: evaluated outside the observer's lock (lock order: observer, then this).
     alerting: Mutex<Option<Alerting>>,
     ready: AtomicBool,
+    /// What took the observer's lock last (a `HOLDERS` index): while a scrape waits for the
+    /// lock, what holds it, for the debug line that explains a slow scrape.
+    holder: AtomicU8,
     max_listener_series: usize,
     max_pool_series: usize,
     /// Which listeners and pools a scrape shows in detail (remembers them across scrapes).
@@ -46,10 +49,23 @@ pub struct Agent {
     cluster: Option<Cluster>,
 }
 
+/// What can hold the observer's lock.
+const HOLDERS: [&str; 4] = ["start-up", "scrape", "tick", "alert evaluation"];
+const SCRAPE: u8 = 1;
+const TICK: u8 = 2;
+const EVALUATION: u8 = 3;
+
 impl Agent {
     fn lock(&self) -> MutexGuard<'_, Observer> {
         // A panic inside a collection must not wedge every later scrape.
         self.observer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The observer's lock for `who`.
+    fn lock_for(&self, who: u8) -> MutexGuard<'_, Observer> {
+        let guard = self.lock();
+        self.holder.store(who, Ordering::Relaxed);
+        guard
     }
 
     fn alerting(&self) -> MutexGuard<'_, Option<Alerting>> {
@@ -61,15 +77,20 @@ impl Agent {
     /// that lock, are not held up by the encoding, nor a scrape by theirs for as long. What it
     /// built is freed when it returns.
     fn collect_locked(&self) -> String {
-        let (g, probes, active, fired, bounds) = {
-            let mut c = self.lock();
+        let (g, probes, active, fired, bounds, (asked, held_by, waited, gathered)) = {
+            let asked = Instant::now();
+            let held_by = HOLDERS[usize::from(self.holder.load(Ordering::Relaxed)).min(HOLDERS.len() - 1)];
+            let mut c = self.lock_for(SCRAPE);
+            let waited = asked.elapsed();
             let g = c.gather(true);
+            let gathered = asked.elapsed() - waited;
             let alerting = self.alerting();
             let (active, fired) = match &*alerting {
                 Some(a) => (a.engine.active(), a.engine.fired_total.clone()),
                 None => (Vec::new(), Default::default()),
             };
-            (g, c.probes.states.clone(), active, fired, bounds::render(&c, alerting.as_ref()))
+            let timing = (asked, held_by, waited, gathered);
+            (g, c.probes.states.clone(), active, fired, bounds::render(&c, alerting.as_ref()), timing)
         };
         let section = PoolsSection {
             destinations: &g.destinations,
@@ -90,11 +111,18 @@ impl Agent {
             alerts_fired: &fired,
         };
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        web::stats::splice(export::render(&g.snap, &section, &ctx, &mut series), &bounds)
+        let text = web::stats::splice(export::render(&g.snap, &section, &ctx, &mut series), &bounds);
+        debug!(
+            "scrape: {} ms waiting for the observer's lock (last taken by the {held_by}), {} ms gathering, {} ms rendering",
+            waited.as_millis(),
+            gathered.as_millis(),
+            (asked.elapsed() - waited - gathered).as_millis()
+        );
+        text
     }
 
     fn tick(&self) {
-        self.lock().tick();
+        self.lock_for(TICK).tick();
     }
 
     /// A fresh gather under the observer's lock, the rules evaluated on it after the lock is
@@ -103,7 +131,7 @@ impl Agent {
         if self.alerting().is_none() {
             return;
         }
-        let g = self.lock().gather(false);
+        let g = self.lock_for(EVALUATION).gather(false);
         let view = self.cluster.as_ref().map(Cluster::view);
         if let Some(a) = self.alerting().as_mut() {
             a.evaluate(&g, view.as_ref().map(|v| &*v.names));
@@ -237,6 +265,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         observer: Mutex::new(observer),
         alerting: Mutex::new(Some(alerting)),
         ready: AtomicBool::new(false),
+        holder: AtomicU8::new(0),
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
         series: Mutex::new(export::budget::Selector::new(export::budget::Settings {
