@@ -162,9 +162,13 @@ fn release_freed_memory() {}
 /// on the blocking pool's threads and, now that rendering and rule evaluation happen outside the
 /// observer's lock, sometimes at once: glibc then gives each thread an arena of its own, and
 /// each keeps its own freed pages and fragments. The threads mostly take turns, so sharing one
-/// arena costs little waiting.
+/// arena costs little waiting. `MALLOC_ARENA_MAX` in the environment (glibc's own tunable) still
+/// decides when it is set.
 #[cfg(target_env = "gnu")]
 fn one_malloc_arena() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     // SAFETY: mallopt only changes the allocator's tuning; called before other threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
