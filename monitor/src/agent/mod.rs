@@ -158,26 +158,6 @@ fn release_freed_memory() {
 #[cfg(not(target_env = "gnu"))]
 fn release_freed_memory() {}
 
-/// One malloc arena for the whole agent (glibc only). Scrapes, the tick and alert evaluation run
-/// on the blocking pool's threads and, now that rendering and rule evaluation happen outside the
-/// observer's lock, sometimes at once: glibc then gives each thread an arena of its own, and
-/// each keeps its own freed pages and fragments. The threads mostly take turns, so sharing one
-/// arena costs little waiting. `MALLOC_ARENA_MAX` in the environment (glibc's own tunable) still
-/// decides when it is set.
-#[cfg(target_env = "gnu")]
-fn one_malloc_arena() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    // SAFETY: mallopt only changes the allocator's tuning; called before other threads start.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn one_malloc_arena() {}
-
 impl web::Endpoints for Agent {
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
@@ -203,7 +183,6 @@ pub const BLOCKING_THREADS: usize = 4;
 /// Runs the agent on a single-threaded runtime (HTTP and timers) with a blocking pool of
 /// `BLOCKING_THREADS` (scans): its thread count does not grow with the number of scrapes.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    one_malloc_arena();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
