@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
-use super::Observer;
+use super::{Alerting, Observer};
 use crate::{
     alerts::notify,
     attribution::cgroups,
@@ -46,7 +46,7 @@ fn one(k: &str, v: &str) -> Labels {
 }
 
 /// The bounds' metrics as OpenMetrics text, without the final `# EOF`.
-pub fn render(o: &Observer) -> String {
+pub fn render(o: &Observer, alerting: Option<&Alerting>) -> String {
     let mut reg = Registry::default();
     if !o.census.maps.is_empty() {
         let entries = gauge_family(&mut reg, MAP_ENTRIES, "Entries in the kernel program's hash map at the last count (every 30 s); at connmon_map_max_entries an LRU map evicts and a plain one refuses (connmon_events_lost_total says what was lost)");
@@ -56,7 +56,7 @@ pub fn render(o: &Observer) -> String {
             max.get_or_create(&one("map", map)).set(i64::from(f.max_entries));
         }
     }
-    if let Some(n) = o.alerts.as_ref().and_then(|a| a.notifier.as_ref()) {
+    if let Some(n) = alerting.and_then(|a| a.notifier.as_ref()) {
         let pushes = counter_family(
             &mut reg,
             AM_PUSHES,
@@ -78,7 +78,7 @@ pub fn render(o: &Observer) -> String {
             .get_or_create(&vec![])
             .inc_by(n.counts.dropped.load(Ordering::Relaxed));
     }
-    if let Some(a) = &o.alerts {
+    if let Some(a) = alerting {
         gauge_family(&mut reg, ALERT_SERIES, "Sample histories the alert rules keep (one per pool, listener and destination seen within the rules' longest window)")
             .get_or_create(&vec![])
             .set(a.engine.series_len() as i64);

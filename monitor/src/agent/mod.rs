@@ -9,13 +9,13 @@ mod observer;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::Instant,
 };
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 pub use self::observer::{Alerting, Gathered, Observer};
 use crate::{
@@ -35,7 +35,12 @@ use crate::{
 
 pub struct Agent {
     observer: Mutex<Observer>,
+    /// The alert rules: evaluated outside the observer's lock (lock order: observer, then this).
+    alerting: Mutex<Option<Alerting>>,
     ready: AtomicBool,
+    /// What took the observer's lock last (a `HOLDERS` index): while a scrape waits for the
+    /// lock, what holds it, for the debug line that explains a slow scrape.
+    holder: AtomicU8,
     max_listener_series: usize,
     max_pool_series: usize,
     /// Which listeners and pools a scrape shows in detail (remembers them across scrapes).
@@ -44,16 +49,49 @@ pub struct Agent {
     cluster: Option<Cluster>,
 }
 
+/// What can hold the observer's lock.
+const HOLDERS: [&str; 4] = ["start-up", "scrape", "tick", "alert evaluation"];
+const SCRAPE: u8 = 1;
+const TICK: u8 = 2;
+const EVALUATION: u8 = 3;
+
 impl Agent {
     fn lock(&self) -> MutexGuard<'_, Observer> {
         // A panic inside a collection must not wedge every later scrape.
         self.observer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `collect` under the observer's lock; what it built is freed when it returns.
+    /// The observer's lock for `who`.
+    fn lock_for(&self, who: u8) -> MutexGuard<'_, Observer> {
+        let guard = self.lock();
+        self.holder.store(who, Ordering::Relaxed);
+        guard
+    }
+
+    fn alerting(&self) -> MutexGuard<'_, Option<Alerting>> {
+        self.alerting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `collect`: the gather under the observer's lock, the rendering after it is released (it
+    /// reads only what the gather returned), so the 1 s tick and alert evaluation, which wait on
+    /// that lock, are not held up by the encoding, nor a scrape by theirs for as long. What it
+    /// built is freed when it returns.
     fn collect_locked(&self) -> String {
-        let mut c = self.lock();
-        let g = c.gather(true);
+        let (g, probes, active, fired, bounds, (asked, held_by, waited, gathered)) = {
+            let asked = Instant::now();
+            let held_by = HOLDERS[usize::from(self.holder.load(Ordering::Relaxed)).min(HOLDERS.len() - 1)];
+            let mut c = self.lock_for(SCRAPE);
+            let waited = asked.elapsed();
+            let g = c.gather(true);
+            let gathered = asked.elapsed() - waited;
+            let alerting = self.alerting();
+            let (active, fired) = match &*alerting {
+                Some(a) => (a.engine.active(), a.engine.fired_total.clone()),
+                None => (Vec::new(), Default::default()),
+            };
+            let timing = (asked, held_by, waited, gathered);
+            (g, c.probes.states.clone(), active, fired, bounds::render(&c, alerting.as_ref()), timing)
+        };
         let section = PoolsSection {
             destinations: &g.destinations,
             pools: &g.pools,
@@ -62,14 +100,10 @@ impl Agent {
             listener_signals: &g.listener_signals,
             max_series: self.max_pool_series,
         };
-        let (active, fired) = match &c.alerts {
-            Some(a) => (a.engine.active(), a.engine.fired_total.clone()),
-            None => (Vec::new(), Default::default()),
-        };
         let view = self.cluster.as_ref().map(Cluster::view);
         let ctx = export::Context {
             cluster: view.as_ref(),
-            probes: &c.probes.states,
+            probes: &probes,
             scan_seconds: g.seconds,
             connections_age: g.connections_age,
             max_listener_series: self.max_listener_series,
@@ -77,16 +111,32 @@ impl Agent {
             alerts_fired: &fired,
         };
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        web::stats::splice(export::render(&g.snap, &section, &ctx, &mut series), &bounds::render(&c))
+        let text = web::stats::splice(export::render(&g.snap, &section, &ctx, &mut series), &bounds);
+        debug!(
+            "scrape: {} ms waiting for the observer's lock (last taken by the {held_by}), {} ms gathering, {} ms rendering",
+            waited.as_millis(),
+            gathered.as_millis(),
+            (asked.elapsed() - waited - gathered).as_millis()
+        );
+        text
     }
 
     fn tick(&self) {
-        self.lock().tick();
+        self.lock_for(TICK).tick();
     }
 
+    /// A fresh gather under the observer's lock, the rules evaluated on it after the lock is
+    /// released: a scrape or tick waits for the gather only.
     fn evaluate_alerts(&self) {
+        if self.alerting().is_none() {
+            return;
+        }
+        let g = self.lock_for(EVALUATION).gather(false);
         let view = self.cluster.as_ref().map(Cluster::view);
-        self.lock().evaluate_alerts(view.as_ref().map(|v| &*v.names));
+        if let Some(a) = self.alerting().as_mut() {
+            a.evaluate(&g, view.as_ref().map(|v| &*v.names));
+        }
+        drop(g);
         release_freed_memory();
     }
 }
@@ -122,7 +172,7 @@ impl web::Endpoints for Agent {
 
     /// Pending and firing alerts, for /api/v1/alerts.
     fn alerts(&self) -> Vec<alerts::AlertView> {
-        self.lock().alerts.as_ref().map(|a| a.engine.active()).unwrap_or_default()
+        self.alerting().as_ref().map(|a| a.engine.active()).unwrap_or_default()
     }
 }
 
@@ -189,14 +239,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         alert_cfg.dependency_failing.clone(),
         alert_cfg.near_ceiling.clone(),
     );
-    observer.alerts = Some(Alerting {
+    let alerting = Alerting {
         engine: Engine::new(alert_cfg, ceilings),
         notifier,
         generator_url: format!("{scheme}://{}/", hostname_or(local)),
-    });
+    };
     let agent = Arc::new(Agent {
         observer: Mutex::new(observer),
+        alerting: Mutex::new(Some(alerting)),
         ready: AtomicBool::new(false),
+        holder: AtomicU8::new(0),
         max_listener_series: args.max_listener_series,
         max_pool_series: args.max_pool_series,
         series: Mutex::new(export::budget::Selector::new(export::budget::Settings {

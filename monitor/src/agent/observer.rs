@@ -28,7 +28,6 @@ pub struct Observer {
     pub queues: QueueTracker,
     pub pools: PoolTracker,
     pub storms: StormTracker,
-    pub alerts: Option<Alerting>,
     pub full_scans: scan::FullScans,
     pub destinations: destinations::Tracker,
     /// The peak gauges' period (see model/peak_window.rs).
@@ -38,7 +37,8 @@ pub struct Observer {
     started: Instant,
 }
 
-/// The built-in alert rules and where their results go.
+/// The built-in alert rules and where their results go. Kept apart from the [`Observer`] (behind
+/// a lock of its own in the agent), so evaluating the rules does not hold up scans and scrapes.
 pub struct Alerting {
     pub engine: Engine,
     pub notifier: Option<Notifier>,
@@ -68,7 +68,6 @@ impl Observer {
             queues: QueueTracker::default(),
             pools,
             storms,
-            alerts: None,
             full_scans: scan::FullScans::new(1.0),
             destinations: destinations::Tracker::new(Default::default(), Default::default(), Default::default()),
             windows: PeakWindows::new(DEFAULT_PEAK_WINDOW),
@@ -163,15 +162,13 @@ impl Observer {
             connections_age: full_scans.age(),
         }
     }
+}
 
-    /// Evaluates the alert rules on a fresh scan; logs and pushes what changed. `names` are the
-    /// Kubernetes API's, when it is used.
-    pub fn evaluate_alerts(&mut self, names: Option<&Names>) {
-        if self.alerts.is_none() {
-            return;
-        }
-        let g = self.gather(false);
-        let Some(a) = self.alerts.as_mut() else { return };
+impl Alerting {
+    /// Evaluates the alert rules on `g`, a fresh gather (not a scrape's); logs and pushes what
+    /// changed. `names` are the Kubernetes API's, when it is used.
+    pub fn evaluate(&mut self, g: &Gathered, names: Option<&Names>) {
+        let a = self;
         let peer_names: HashMap<std::net::IpAddr, String> = names
             .map(|n| {
                 g.destinations

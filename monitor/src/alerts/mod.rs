@@ -135,10 +135,15 @@ pub enum Change {
     Resolved(AlertView),
 }
 
+/// A target's sample histories, by what is sampled (pool size, drops, depth, ...).
+type Histories = HashMap<&'static str, VecDeque<(f64, f64)>>;
+
 pub struct Engine {
     cfg: AlertsConfig,
     ceilings: BTreeMap<String, f64>,
-    series: HashMap<(&'static str, Labels), VecDeque<(f64, f64)>>,
+    /// Sample histories by target, then by what is sampled: looked up by the target's labels
+    /// without cloning them (a clone per sample was most of an evaluation's allocations).
+    series: HashMap<Labels, Histories>,
     instances: BTreeMap<(Alert, Labels), Instance>,
     pub fired_total: BTreeMap<Alert, u64>,
     started: Instant,
@@ -201,12 +206,15 @@ impl Engine {
 
     /// Series of samples held (one per pool and listener seen within the rules' window).
     pub fn series_len(&self) -> usize {
-        self.series.len()
+        self.series.values().map(HashMap::len).sum()
     }
 
     fn record(&mut self, kind: &'static str, labels: &Labels, now: f64, v: f64) -> Vec<(f64, f64)> {
         let keep = self.keep();
-        let s = self.series.entry((kind, labels.clone())).or_default();
+        if !self.series.contains_key(labels) {
+            self.series.insert(labels.clone(), HashMap::new());
+        }
+        let s = self.series.get_mut(labels).map(|k| k.entry(kind).or_default()).expect("inserted above");
         s.push_back((now, v));
         while s.front().is_some_and(|(t, _)| now - t > keep) {
             s.pop_front();
@@ -222,6 +230,11 @@ impl Engine {
     /// Evaluates every rule once at `now` (see `now()`); returns what fired and what resolved.
     pub fn evaluate(&mut self, now: f64, inputs: &Inputs<'_>) -> Vec<Change> {
         let mut judged: Vec<(Alert, Labels, bool, Labels)> = Vec::new();
+        // A false condition matters only to an alert with instances (`step` skips the rest), so
+        // its labels and annotations are built only then: on a host with thousands of listeners
+        // and pools, nearly every condition is false.
+        let live: Vec<Alert> = self.instances.keys().map(|(a, _)| *a).collect();
+        let needed = |alert: Alert, cond: bool| cond || live.contains(&alert);
         let mut pools: BTreeMap<Labels, (f64, String)> = BTreeMap::new();
         for p in inputs.pools {
             let e = pools.entry(pool_labels(p)).or_insert((0.0, p.service.clone()));
@@ -230,14 +243,18 @@ impl Engine {
         for (l, (active, service)) in &pools {
             let samples = self.record("pool", l, now, *active);
             if self.cfg.pool_growth.enabled {
-                let (cond, ann) = self.pool_growth(&samples, now, service);
-                judged.push((Alert::PoolGrowth, l.clone(), cond, ann));
+                let (cond, ann) = self.pool_growth(&samples, now, service, live.contains(&Alert::PoolGrowth));
+                if needed(Alert::PoolGrowth, cond) {
+                    judged.push((Alert::PoolGrowth, l.clone(), cond, ann));
+                }
             }
         }
         for l in inputs.listeners {
             let ll = listener_labels(l);
             let fill = if l.backlog > 0 { f64::from(l.depth) / f64::from(l.backlog) } else { 0.0 };
-            if self.cfg.accept_queue_saturated.enabled {
+            if self.cfg.accept_queue_saturated.enabled
+                && needed(Alert::QueueSaturated, l.backlog > 0 && fill >= self.cfg.accept_queue_saturated.fill.0)
+            {
                 let cond = l.backlog > 0 && fill >= self.cfg.accept_queue_saturated.fill.0;
                 let ann = labels(&[
                     ("summary", format!("accept queue of {} at {:.0}% of its backlog", local(l), fill * 100.0)),
@@ -250,11 +267,18 @@ impl Engine {
                 let abandoned = self.record("abandoned", &ll, now, l.queue.abandoned.unwrap_or(0) as f64);
                 let (cond, ann) =
                     slow_failure::judge(l, &local(l), &abandoned, now, &self.cfg.accept_queue_slow_failure);
-                judged.push((Alert::SlowFailure, ll.clone(), cond, ann));
+                if needed(Alert::SlowFailure, cond) {
+                    judged.push((Alert::SlowFailure, ll.clone(), cond, ann));
+                }
             }
             let drops = self.record("drops", &ll, now, l.drops as f64);
-            if self.cfg.listen_overflow.enabled {
-                let (cond, n) = increased(&drops, now, self.cfg.listen_overflow.window.0.as_secs_f64());
+            let overflow = self
+                .cfg
+                .listen_overflow
+                .enabled
+                .then(|| increased(&drops, now, self.cfg.listen_overflow.window.0.as_secs_f64()))
+                .filter(|(cond, _)| needed(Alert::ListenOverflow, *cond));
+            if let Some((cond, n)) = overflow {
                 let ann = labels(&[
                     (
                         "summary",
@@ -273,9 +297,12 @@ impl Engine {
             if let (Some(q), true) = (l.queued, self.cfg.inflight_growth.enabled) {
                 let queued = self.record("queued", &ll, now, q as f64);
                 let (cond, ann) = self.inflight(&established, &depth, &queued, now);
-                judged.push((Alert::InflightGrowth, ll.clone(), cond, ann));
+                if needed(Alert::InflightGrowth, cond) {
+                    judged.push((Alert::InflightGrowth, ll.clone(), cond, ann));
+                }
             }
-            if let (Some(s), true) = (inputs.listener_signals.get(&l.id), self.cfg.retry_storm.enabled) {
+            let signals = inputs.listener_signals.get(&l.id).filter(|s| needed(Alert::RetryStorm, s.in_storm));
+            if let (Some(s), true) = (signals, self.cfg.retry_storm.enabled) {
                 let mut with = ll.clone();
                 with.insert("target".into(), "listener".into());
                 judged.push((Alert::RetryStorm, with, s.in_storm, storm_annotations(s)));
@@ -306,21 +333,28 @@ impl Engine {
             let configured = self.ceilings.get(&d.key.service).copied();
             if self.cfg.destination_saturated.enabled {
                 let (cond, ann) = destinations::saturated(d, &self.cfg.destination_saturated, configured);
-                judged.push((Alert::DestinationSaturated, dl.clone(), cond, ann));
+                if needed(Alert::DestinationSaturated, cond) {
+                    judged.push((Alert::DestinationSaturated, dl.clone(), cond, ann));
+                }
             }
             if self.cfg.dependency_failing.enabled {
                 let name = inputs.peer_names.get(&d.key.dst_addr).cloned();
                 let (cond, ann) = destinations::dependency_failing(d, &self.cfg.dependency_failing, name);
-                judged.push((Alert::DependencyFailing, dl.clone(), cond, ann));
+                if needed(Alert::DependencyFailing, cond) {
+                    judged.push((Alert::DependencyFailing, dl.clone(), cond, ann));
+                }
             }
             if let (Some(ceiling), true) = (configured, self.cfg.near_ceiling.enabled) {
                 let (cond, ann) = destinations::near_ceiling(d, &self.cfg.near_ceiling, ceiling);
-                judged.push((Alert::NearCeiling, dl, cond, ann));
+                if needed(Alert::NearCeiling, cond) {
+                    judged.push((Alert::NearCeiling, dl, cond, ann));
+                }
             }
         }
         if self.cfg.retry_storm.enabled {
             for p in inputs.pools {
-                if let Some(s) = p.key.as_ref().and_then(|k| inputs.pool_signals.get(k)) {
+                let signals = p.key.as_ref().and_then(|k| inputs.pool_signals.get(k));
+                if let Some(s) = signals.filter(|s| needed(Alert::RetryStorm, s.in_storm)) {
                     let mut with = pool_labels(p);
                     with.insert("target".into(), "pool".into());
                     judged.push((Alert::RetryStorm, with, s.in_storm, storm_annotations(s)));
@@ -332,7 +366,8 @@ impl Engine {
 
     /// ConnectionPoolGrowthUnbounded: robust slope above the floor over the window, still growing
     /// over the most recent span (no plateau), and higher than at the window's start.
-    fn pool_growth(&self, samples: &[(f64, f64)], now: f64, service: &str) -> (bool, Labels) {
+    /// Annotations only when the condition holds or `annotate` (the alert has instances).
+    fn pool_growth(&self, samples: &[(f64, f64)], now: f64, service: &str, annotate: bool) -> (bool, Labels) {
         let rule = &self.cfg.pool_growth;
         let window = rule.window.0.as_secs_f64();
         let span = samples.first().map_or(0.0, |f| now - f.0);
@@ -345,6 +380,9 @@ impl Engine {
         let current = samples.last().map_or(0.0, |s| s.1);
         let grew = in_window.first().is_some_and(|f| current > f.1);
         let cond = span >= 0.8 * window && slope >= floor && recent_slope >= floor / 2.0 && grew;
+        if !cond && !annotate {
+            return (cond, Labels::new());
+        }
         let mut ann = labels(&[
             (
                 "summary",
@@ -453,7 +491,10 @@ impl Engine {
         // Series of pools and listeners gone for longer than the window: without this, every
         // short-lived cgroup or port would keep its (emptied) series for the agent's lifetime.
         let keep = self.keep();
-        self.series.retain(|_, s| s.back().is_some_and(|(t, _)| now - t <= keep));
+        self.series.retain(|_, kinds| {
+            kinds.retain(|_, s| s.back().is_some_and(|(t, _)| now - t <= keep));
+            !kinds.is_empty()
+        });
         changes
     }
 

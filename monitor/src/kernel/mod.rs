@@ -7,6 +7,7 @@
 //! knows about pools or listeners as the user sees them; `model/` builds those from what this
 //! module reads.
 pub mod attach;
+pub mod batch;
 pub mod btf;
 pub mod census;
 pub mod cgroupfs;

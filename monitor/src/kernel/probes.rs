@@ -394,7 +394,7 @@ impl Probes {
             }
         }
         if let Ok(listeners) = map_access::open::<PerCpuHashMap<&MapData, u64, ListenerStats>>(ebpf, maps::LISTENERS) {
-            for (key, values) in listeners.iter().filter_map(|r| map_access::ok(maps::LISTENERS, r)) {
+            for (key, values) in super::batch::per_cpu_hash(maps::LISTENERS, &listeners).iter() {
                 let (id, counters, peak) = fold_listener(key, values.iter(), closing);
                 let c = out.counters.entry(id).or_default();
                 c.queued += counters.queued;
@@ -405,7 +405,7 @@ impl Probes {
             }
         }
         if let Ok(stats) = map_access::open::<PerCpuHashMap<&MapData, QueueKey, QueueStats>>(ebpf, maps::QUEUE_STATS) {
-            for (key, values) in stats.iter().filter_map(|r| map_access::ok(maps::QUEUE_STATS, r)) {
+            for (key, values) in super::batch::per_cpu_hash(maps::QUEUE_STATS, &stats).iter() {
                 let mut sum = QueueStats::default();
                 for v in values.iter() {
                     add_queue_stats(&mut sum, v);
@@ -414,7 +414,7 @@ impl Probes {
             }
         }
         if let Ok(requests) = map_access::open::<aya::maps::HashMap<&MapData, u64, i64>>(ebpf, maps::LISTEN_REQUESTS) {
-            out.requested = requests.iter().filter_map(|r| map_access::ok(maps::LISTEN_REQUESTS, r)).collect();
+            out.requested = super::batch::hash(maps::LISTEN_REQUESTS, &requests).into_iter().collect();
         }
         out
     }

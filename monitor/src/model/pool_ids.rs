@@ -19,7 +19,10 @@ use monitor_common::{
     PoolKey, PoolStats,
 };
 
-use crate::kernel::maps::{ok, open as map, open_mut as map_mut};
+use crate::kernel::{
+    batch,
+    maps::{open as map, open_mut as map_mut},
+};
 
 /// Least time a forgotten pool's id waits before it is zeroed and handed out again.
 pub const QUARANTINE: Duration = Duration::from_secs(1);
@@ -27,8 +30,14 @@ pub const QUARANTINE: Duration = Duration::from_secs(1);
 /// Pool ids by key, as the kernel assigned them.
 pub fn ids(ebpf: &Ebpf) -> HashMap<PoolKey, u32> {
     map::<BpfHashMap<&MapData, PoolKey, u32>>(ebpf, POOL_IDS)
-        .map(|m| m.iter().filter_map(|r| ok(POOL_IDS, r)).collect())
+        .map(|m| batch::hash(POOL_IDS, &m).into_iter().collect())
         .unwrap_or_default()
+}
+
+/// One more than the highest id in `ids`: the prefix of the per-pool arrays worth reading in one
+/// batch (ids are handed out from 0 up, so the prefix is about as long as the pools are many).
+fn prefix(ids: &HashMap<PoolKey, u32>) -> u32 {
+    ids.values().max().map_or(0, |m| m + 1)
 }
 
 /// Every pool's counters, summed over CPUs.
@@ -36,9 +45,11 @@ pub fn stats(ebpf: &Ebpf, ids: &HashMap<PoolKey, u32>) -> HashMap<PoolKey, PoolS
     let Ok(m) = map::<PerCpuArray<&MapData, PoolStats>>(ebpf, POOL_STATS) else {
         return HashMap::new();
     };
+    let all = batch::per_cpu_array_prefix(POOL_STATS, &m, prefix(ids));
+    let by_id: HashMap<u32, &[PoolStats]> = all.iter().collect();
     ids.iter()
         .filter_map(|(key, id)| {
-            let per_cpu = ok(POOL_STATS, m.get(id, 0))?;
+            let per_cpu = by_id.get(id)?;
             let mut sum = PoolStats::default();
             for v in per_cpu.iter() {
                 add_stats(&mut sum, v);
@@ -53,7 +64,8 @@ pub fn values(ebpf: &Ebpf, name: &'static str, ids: &HashMap<PoolKey, u32>) -> H
     let Ok(m) = map::<Array<&MapData, i64>>(ebpf, name) else {
         return HashMap::new();
     };
-    ids.iter().filter_map(|(key, id)| Some((*key, ok(name, m.get(id, 0))?))).collect()
+    let all = batch::array_prefix(name, &m, prefix(ids));
+    ids.iter().filter_map(|(key, id)| Some((*key, *all.get(*id as usize)?))).collect()
 }
 
 /// Sets each pool's peak to its live count, so the next read sees the next period's peak.

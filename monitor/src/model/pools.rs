@@ -22,7 +22,10 @@ use serde::Serialize;
 
 use crate::{
     attribution::cgroups::CgroupNames,
-    kernel::maps::{ok, open as map, open_mut as map_mut},
+    kernel::{
+        batch,
+        maps::{ok, open as map, open_mut as map_mut},
+    },
     model::pool_ids::{self, Recycler},
     model::services::{self, Services},
     scan::diag::DiagSocket,
@@ -422,7 +425,7 @@ impl PoolTracker {
             }
         }
         if let Ok(acc) = map::<PerCpuHashMap<&MapData, AcceptKey, u64>>(ebpf, ACCEPTS) {
-            extras.accepts = acc.iter().filter_map(|r| ok(ACCEPTS, r)).map(|(k, v)| (k, v.iter().sum())).collect();
+            extras.accepts = batch::per_cpu_hash(ACCEPTS, &acc).iter().map(|(k, v)| (k, v.iter().sum())).collect();
         }
         sort(&mut pools);
         (pools, extras)
@@ -450,7 +453,7 @@ impl PoolTracker {
     /// Moves what the protocol probe recognised into the per-destination memory.
     fn learn_protocols(&mut self, ebpf: &Ebpf) {
         let Ok(seen) = map::<BpfHashMap<&MapData, PoolKey, u32>>(ebpf, PROTO_SEEN) else { return };
-        for (key, proto) in seen.iter().filter_map(|r| ok(PROTO_SEEN, r)) {
+        for (key, proto) in batch::hash(PROTO_SEEN, &seen) {
             let name = match proto {
                 PROTO_REDIS => services::REDIS,
                 PROTO_POSTGRES => services::POSTGRES,
@@ -488,7 +491,7 @@ fn pending_connects(ebpf: &Ebpf) -> (HashMap<PoolKey, i64>, HashMap<u32, PoolKey
     let mut out: HashMap<PoolKey, i64> = HashMap::new();
     let mut in_use = HashMap::new();
     if let Ok(socks) = map::<BpfHashMap<&MapData, u64, SockInfo>>(ebpf, SOCKS) {
-        for (_, info) in socks.iter().filter_map(|r| ok(SOCKS, r)) {
+        for (_, info) in batch::hash(SOCKS, &socks) {
             in_use.insert(info.pool_id, info.pool);
             if info.established_ns == 0 {
                 *out.entry(info.pool).or_default() += 1;

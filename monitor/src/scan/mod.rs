@@ -143,16 +143,26 @@ fn warn_once(inode: u64, e: &anyhow::Error) {
     }
 }
 
-/// How long an owner found by walking /proc is trusted. A socket inode keeps its owner for its
-/// life but for fd passing and exits of pre-fork masters, which this bounds.
+/// How long an owner found by walking /proc is trusted before it is checked again. A socket
+/// inode keeps its owner for its life but for fd passing and exits of pre-fork masters, which
+/// this bounds. The check is one readlink of the fd the socket was found at; only when the owner
+/// no longer holds it is /proc walked again. Walking again instead cost the 64k-socket host a
+/// walk of every fd on the host every 30 s (a quarter of a second of CPU, inside a scrape).
 const OWNER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long "no owner found" is trusted. Finding out again walks every fd on the host (the
+/// answer is only known once every process has been looked at), and a socket whose owner is not
+/// visible (another PID namespace, the kernel) stays so: on the 64k-socket host one such
+/// listener cost a 0.7 s walk inside a scrape every 30 s.
+const NO_OWNER_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 const OWNER_CACHE_MAX: usize = 200_000;
 
 /// Owners of the given socket inodes (0 = none, skipped). Walking every process's fds costs in
 /// proportion to all fds on the host, so answers (also "no owner found") are cached by inode for
-/// OWNER_TTL and only unknown inodes trigger a walk: the 1 s tick sees the same listeners again.
+/// OWNER_TTL (NO_OWNER_TTL) and only unknown inodes trigger a walk: the 1 s tick sees the same
+/// listeners again. An owner older than OWNER_TTL that still holds its socket is kept for another
+/// OWNER_TTL.
 pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
-    type Cache = HashMap<u64, (Option<Owner>, std::time::Instant)>;
+    type Cache = HashMap<u64, (Option<(Owner, i32)>, std::time::Instant)>;
     static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
     let wanted: HashSet<u64> = inodes.into_iter().filter(|&i| i != 0).collect();
     if wanted.is_empty() {
@@ -160,19 +170,33 @@ pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
     }
     let mut guard = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let cache = guard.get_or_insert_with(HashMap::new);
-    cache.retain(|_, (_, at)| at.elapsed() < OWNER_TTL);
+    let now = std::time::Instant::now();
+    cache.retain(|ino, (owner, at)| {
+        let ttl = if owner.is_some() { OWNER_TTL } else { NO_OWNER_TTL };
+        if now.duration_since(*at) < ttl {
+            return true;
+        }
+        // Inodes no longer asked for are dropped rather than checked.
+        let held = wanted.contains(ino) && owner.as_ref().is_some_and(|(o, fd)| procs::still_holds(o.pid, *fd, *ino));
+        if held {
+            *at = now;
+        }
+        held
+    });
     if cache.len() > OWNER_CACHE_MAX {
         cache.clear();
     }
     let missing: HashSet<u64> = wanted.iter().copied().filter(|i| !cache.contains_key(i)).collect();
     if !missing.is_empty() {
-        let mut found = procs::socket_owners(&missing);
-        let now = std::time::Instant::now();
+        let mut found = procs::socket_owners_with_fds(&missing);
         for ino in missing {
             cache.insert(ino, (found.remove(&ino), now));
         }
     }
-    wanted.into_iter().filter_map(|i| cache.get(&i).and_then(|(o, _)| o.clone()).map(|o| (i, o))).collect()
+    wanted
+        .into_iter()
+        .filter_map(|i| cache.get(&i).and_then(|(o, _)| o.as_ref()).map(|(o, _)| (i, o.clone())))
+        .collect()
 }
 
 /// Full scans held to a CPU budget. Dumping connections walks the kernel's established hash,

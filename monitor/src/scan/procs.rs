@@ -50,7 +50,13 @@ pub fn pids() -> Vec<u32> {
 /// found. Lowest pid wins for shared sockets (e.g. pre-fork servers). Vanishing processes/fds are
 /// skipped silently. comm from /proc/<pid>/stat, cgroup from /proc/<pid>/cgroup.
 pub fn socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
-    let mut found: HashMap<u64, Owner> = HashMap::new();
+    socket_owners_with_fds(wanted).into_iter().map(|(ino, (owner, _))| (ino, owner)).collect()
+}
+
+/// [`socket_owners`] with the fd number each socket was found at in its owner, so a later
+/// [`still_holds`] can check the answer with one readlink instead of another walk.
+pub fn socket_owners_with_fds(wanted: &HashSet<u64>) -> HashMap<u64, (Owner, i32)> {
+    let mut found: HashMap<u64, (Owner, i32)> = HashMap::new();
     if wanted.is_empty() {
         return found;
     }
@@ -61,10 +67,10 @@ pub fn socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
         let Ok(fds) = process.fd() else {
             continue;
         };
-        let mut hits: Vec<u64> = fds
+        let hits: Vec<(u64, i32)> = fds
             .flatten()
-            .filter_map(|fd| socket_of(&fd.target))
-            .filter(|ino| wanted.contains(ino) && !found.contains_key(ino))
+            .filter_map(|fd| Some((socket_of(&fd.target)?, fd.fd)))
+            .filter(|(ino, _)| wanted.contains(ino) && !found.contains_key(ino))
             .collect();
         if hits.is_empty() {
             continue;
@@ -76,15 +82,20 @@ pub fn socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
         };
         let cgroup = process.cgroups().ok().and_then(|c| pick_cgroup(&c.0));
         let owner = Owner { pid, comm: stat.comm, cgroup };
-        hits.dedup();
-        for ino in hits {
-            found.entry(ino).or_insert_with(|| owner.clone());
+        for (ino, fd) in hits {
+            found.entry(ino).or_insert_with(|| (owner.clone(), fd));
         }
         if found.len() >= wanted.len() {
             break;
         }
     }
     found
+}
+
+/// Whether `pid` still holds socket `inode` at descriptor `fd`: one readlink.
+pub fn still_holds(pid: u32, fd: i32, inode: u64) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .is_ok_and(|t| t.as_os_str().as_encoded_bytes() == format!("socket:[{inode}]").as_bytes())
 }
 
 /// Pure: the cgroup v2 path ("0::/path") if present, else the first v1 hierarchy's path (prefer

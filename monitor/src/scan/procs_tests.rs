@@ -71,6 +71,20 @@ fn finds_own_listener() {
 }
 
 #[test]
+fn an_owner_is_checked_at_the_fd_it_was_found_at() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let socks = diag::dump_tcp(diag::state_mask(&[monitor_common::TCP_LISTEN]), false).unwrap();
+    let inode = socks.iter().find(|s| s.sport == port).expect("listener in sock_diag dump").inode;
+    let (owner, fd) = socket_owners_with_fds(&[inode].into_iter().collect()).remove(&inode).expect("owner found");
+    assert_eq!(fd, std::os::fd::AsRawFd::as_raw_fd(&l));
+    assert!(still_holds(owner.pid, fd, inode));
+    assert!(!still_holds(owner.pid, fd, inode + 1), "another inode at that fd");
+    drop(l);
+    assert!(!still_holds(owner.pid, fd, inode), "closed");
+}
+
+#[test]
 fn lowest_pid_wins_for_shared_sockets() {
     // A child started after us inherits the listener: same socket, two holders.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

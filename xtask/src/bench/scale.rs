@@ -30,7 +30,7 @@ use super::probe::start_agent;
 use super::proc_stats::{clk_tck, cpu_ticks, load_average, status_kib};
 use super::scrape::{http_get, Scraper};
 use super::stats::{mib, summary, thousands};
-use super::{build_release, free_port, log_dir, preflight};
+use super::{build_release, built_release, free_port, log_dir, preflight};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Part {
@@ -57,6 +57,10 @@ pub struct ScaleArgs {
     /// before/after comparison).
     #[arg(long, value_name = "PATH")]
     connmon: Option<std::path::PathBuf>,
+    /// Use the release binaries the last build left instead of building them first (build
+    /// outside the test lock, then measure under it).
+    #[arg(long)]
+    no_build: bool,
 }
 
 /// What one part measured.
@@ -193,7 +197,7 @@ fn churn(connmon: &Path, connload: &Path, logs: &Path, args: &ScaleArgs) -> Resu
 
 pub fn run(args: &ScaleArgs) -> Result<()> {
     preflight()?;
-    let bins = build_release()?;
+    let bins = if args.no_build { built_release()? } else { build_release()? };
     let logs = log_dir("scale")?;
     let parts = if args.parts.is_empty() { vec![Part::Fleet, Part::Sockets, Part::Churn] } else { args.parts.clone() };
     println!(

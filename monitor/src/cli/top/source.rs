@@ -59,8 +59,8 @@ pub fn local(
             cfg.dependency_failing.clone(),
             cfg.near_ceiling.clone(),
         );
-        o.alerts =
-            Some(Alerting { engine: Engine::new(cfg, BTreeMap::new()), notifier: None, generator_url: String::new() });
+        let mut alerting =
+            Alerting { engine: Engine::new(cfg, BTreeMap::new()), notifier: None, generator_url: String::new() };
         o.attach(loaded);
         let mut namer = Namer::default();
         let mut next = Instant::now();
@@ -72,8 +72,8 @@ pub fn local(
                 std::thread::sleep(refresh_at.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
             }
             next = Instant::now() + interval;
-            o.evaluate_alerts(None);
-            let frame = local_frame(&mut o, &mut namer, &notes);
+            alerting.evaluate(&o.gather(false), None);
+            let frame = local_frame(&mut o, &alerting, &mut namer, &notes);
             if !send(&tx, Ok(frame)) {
                 return;
             }
@@ -87,9 +87,9 @@ fn send(tx: &SyncSender<Update>, u: Update) -> bool {
     !matches!(tx.try_send(u), Err(TrySendError::Disconnected(_)))
 }
 
-fn local_frame(o: &mut Observer, namer: &mut Namer, notes: &[String]) -> Frame {
+fn local_frame(o: &mut Observer, alerting: &Alerting, namer: &mut Namer, notes: &[String]) -> Frame {
     let g = o.gather(true);
-    let alerts: Vec<AlertView> = o.alerts.as_ref().map(|a| a.engine.active()).unwrap_or_default();
+    let alerts: Vec<AlertView> = alerting.engine.active();
     let lrows = g.snap.listeners.iter().map(|l| listener_row(l, namer, g.listener_signals.get(&l.id))).collect();
     let prows = g
         .pools
