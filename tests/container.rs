@@ -378,15 +378,19 @@ fn without_the_tracefs_mount_and_no_mount_tracepoint_probes_are_off() {
     degraded(spec, "tracepoint probes are off", |s| {
         let up = probes_up(s);
         let state = |p: &str| up.iter().find(|(n, _)| n == p).map(|(_, v)| *v);
-        // tp_btf (listen_peak, pools) and cgroup_skb (protocol) need no tracefs.
+        // tp_btf (listen_peak, pools, connect_retransmit and the resets) and cgroup_skb
+        // (protocol) need no tracefs; the classic tracepoints (synack_retransmit and the
+        // syscalls) do.
         let want = [
             ("listen_peak", 1.0),
             ("pools", 1.0),
             ("protocol", 1.0),
+            ("connect_retransmit", 1.0),
+            ("resets_received", 1.0),
+            ("resets_sent", 1.0),
             ("synack_retransmit", 0.0),
-            ("connect_retransmit", 0.0),
-            ("resets_received", 0.0),
-            ("resets_sent", 0.0),
+            ("accept_wait", 0.0),
+            ("listen_backlog", 0.0),
         ];
         want.iter().all(|(p, v)| state(p) == Some(*v)).then_some(()).ok_or(format!("{up:?}"))
     });
