@@ -217,7 +217,14 @@ fn top_shows_what_ss_and_redis_show_and_keys_change_the_screen() {
     // Destinations tab: the destination sums the worker's pool.
     term.keys(&["3"]);
     let cells = term.wait(20, "the destination row", |s| row(s, &[&dst, "worker.py=8"]));
-    assert_eq!(cell_u64(&cells, 3), 8, "CONNS: {cells:?}");
+    // The destination sums its workloads' pools: the worker's 8, plus the test's own redis-cli
+    // (CLIENT LIST) when a refresh caught it connected (CI saw `worker.py=8,redis-cli=1`, 9).
+    let parts: u64 = cells[2]
+        .split(',')
+        .map(|p| p.rsplit_once('=').and_then(|(_, n)| n.parse::<u64>().ok()).expect("workload=N"))
+        .sum();
+    assert_eq!(cell_u64(&cells, 3), parts, "CONNS is not the sum of the workloads shown: {cells:?}");
+    assert!(parts >= 8, "the destination row lacks the worker's 8: {cells:?}");
     term.keys(&["?"]);
     term.wait(10, "help", |s| s.contains(" Help ").then_some(()));
     term.keys(&["q"]);
