@@ -188,7 +188,7 @@ pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
     }
     let missing: HashSet<u64> = wanted.iter().copied().filter(|i| !cache.contains_key(i)).collect();
     if !missing.is_empty() {
-        let mut found = procs::socket_owners_with_fds(&missing);
+        let mut found = procs::socket_owners(&missing);
         for ino in missing {
             cache.insert(ino, (found.remove(&ino), now));
         }

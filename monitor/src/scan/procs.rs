@@ -48,14 +48,10 @@ pub fn pids() -> Vec<u32> {
 
 /// Scans /proc/<pid>/fd/* for "socket:[N]" links whose N is in `wanted`; stops early when all are
 /// found. Lowest pid wins for shared sockets (e.g. pre-fork servers). Vanishing processes/fds are
-/// skipped silently. comm from /proc/<pid>/stat, cgroup from /proc/<pid>/cgroup.
-pub fn socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
-    socket_owners_with_fds(wanted).into_iter().map(|(ino, (owner, _))| (ino, owner)).collect()
-}
-
-/// [`socket_owners`] with the fd number each socket was found at in its owner, so a later
-/// [`still_holds`] can check the answer with one readlink instead of another walk.
-pub fn socket_owners_with_fds(wanted: &HashSet<u64>) -> HashMap<u64, (Owner, i32)> {
+/// skipped silently. comm from /proc/<pid>/stat, cgroup from /proc/<pid>/cgroup. With each owner,
+/// the fd number it holds the socket at, so a later [`still_holds`] can check the answer with one
+/// readlink instead of another walk.
+pub fn socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, (Owner, i32)> {
     let mut found: HashMap<u64, (Owner, i32)> = HashMap::new();
     if wanted.is_empty() {
         return found;
