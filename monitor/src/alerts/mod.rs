@@ -252,10 +252,9 @@ impl Engine {
         for l in inputs.listeners {
             let ll = listener_labels(l);
             let fill = if l.backlog > 0 { f64::from(l.depth) / f64::from(l.backlog) } else { 0.0 };
-            if self.cfg.accept_queue_saturated.enabled
-                && needed(Alert::QueueSaturated, l.backlog > 0 && fill >= self.cfg.accept_queue_saturated.fill.0)
-            {
-                let cond = l.backlog > 0 && fill >= self.cfg.accept_queue_saturated.fill.0;
+            let saturated = l.backlog > 0 && fill >= self.cfg.accept_queue_saturated.fill.0;
+            if self.cfg.accept_queue_saturated.enabled && needed(Alert::QueueSaturated, saturated) {
+                let cond = saturated;
                 let ann = labels(&[
                     ("summary", format!("accept queue of {} at {:.0}% of its backlog", local(l), fill * 100.0)),
                     ("depth", l.depth.to_string()),
