@@ -1,10 +1,7 @@
 //! Which TCP state transitions the pools probe acts on, and as what. Half of a connection's
 //! transitions (FIN_WAIT1, FIN_WAIT2, LAST_ACK, ...) are not among them: the probe leaves on
 //! those before reading anything, so this check sits first on the hot path.
-use crate::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT};
-
-/// LAST_ACK: the last state of an end whose peer closed first.
-const TCP_LAST_ACK: u8 = 9;
+use crate::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT};
 
 /// What a transition means to the pools probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +58,6 @@ mod tests {
     const FIN_WAIT1: u8 = 4;
     const FIN_WAIT2: u8 = 5;
     const TIME_WAIT: u8 = 6;
-    const LAST_ACK: u8 = 9;
 
     #[test]
     fn a_client_connection_lifecycle() {
@@ -70,8 +66,8 @@ mod tests {
         assert_eq!(transition(TCP_CLOSE, TCP_SYN_SENT), Connect);
         assert_eq!(transition(TCP_SYN_SENT, TCP_ESTABLISHED), HandshakeEnd);
         assert_eq!(transition(TCP_ESTABLISHED, TCP_CLOSE_WAIT), PeerClosed);
-        assert_eq!(transition(TCP_CLOSE_WAIT, LAST_ACK), Ignored);
-        assert_eq!(transition(LAST_ACK, TCP_CLOSE), Close);
+        assert_eq!(transition(TCP_CLOSE_WAIT, TCP_LAST_ACK), Ignored);
+        assert_eq!(transition(TCP_LAST_ACK, TCP_CLOSE), Close);
         // A refused or timed-out connect ends the handshake, not a connection.
         assert_eq!(transition(TCP_SYN_SENT, TCP_CLOSE), HandshakeEnd);
         // The client closing first.
@@ -87,8 +83,8 @@ mod tests {
 
     #[test]
     fn who_hung_up_first_shows_in_the_state_a_close_leaves() {
-        // The peer first: CLOSE_WAIT -> LAST_ACK -> CLOSE, or an abort from CLOSE_WAIT.
-        assert!(peer_closed_first(LAST_ACK));
+        // The peer first: CLOSE_WAIT -> TCP_LAST_ACK -> CLOSE, or an abort from CLOSE_WAIT.
+        assert!(peer_closed_first(TCP_LAST_ACK));
         assert!(peer_closed_first(TCP_CLOSE_WAIT));
         // Both at once.
         assert!(peer_closed_first(TCP_CLOSING));

@@ -28,9 +28,7 @@ pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     // The state straight from the BTF-typed socket: data retransmits leave before any lookup.
     if direct::<u8>(sk as *const u8, off!(SOCK_OFFSETS.state)) == Ok(TCP_SYN_SENT) {
-        if let Some(info) = socket(sk) {
-            with_stats(info.pool_id, |s| s.syn_retransmits += 1);
-        }
+        on_syn_retransmit(sk);
     }
     0
 }
@@ -69,11 +67,16 @@ fn try_retransmit(ctx: &TracePointContext) -> Result<(), i64> {
     if state as u8 != TCP_SYN_SENT {
         return Ok(());
     }
-    let sk: u64 = read_ctx(ctx, off!(TP_OFFSETS.retrans_skaddr))?;
+    on_syn_retransmit(read_ctx(ctx, off!(TP_OFFSETS.retrans_skaddr))?);
+    Ok(())
+}
+
+/// A connect's SYN sent again: counted for its pool, if connmon follows the socket.
+#[inline(always)]
+fn on_syn_retransmit(sk: u64) {
     if let Some(info) = socket(sk) {
         with_stats(info.pool_id, |s| s.syn_retransmits += 1);
     }
-    Ok(())
 }
 
 #[inline(always)]
