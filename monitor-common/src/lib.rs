@@ -472,8 +472,9 @@ pub const LOST_UNSEEN_HANDSHAKE: u32 = 4;
 /// close is counted then (without a lifetime).
 pub const LOST_MISSED_CLOSE: u32 = 5;
 
-/// A TCP connection accepted whose enqueue the accept-queue probe never saw (queued before it
-/// attached, or evicted from QUEUED_CHILDREN by a longer queue than the map holds): no wait measured.
+/// A TCP connection accepted with no enqueue time: the kernel's stamp was 0, or, on the
+/// QUEUED_CHILDREN fallback, its enqueue was not seen (queued before the probe attached, or
+/// evicted by a longer queue than the map holds). No wait measured.
 pub const LOST_QUEUE_UNTRACKED: u32 = 6;
 
 /// Offsets (from BTF) for following a file descriptor of the calling process to its socket:
@@ -504,8 +505,17 @@ pub struct FdOffsets {
     pub accept_ret: u32,
     pub listen_fd: u32,
     pub listen_backlog: u32,
+    /// `tcp_sock.rcvq_space.time` (u64, µs on CLOCK_MONOTONIC, `tcp_clock_us`): the kernel's own
+    /// stamp of when a passive child joined its accept queue. `tcp_init_buffer_space` sets it
+    /// (after a `tcp_mstamp_refresh`) when the handshake completes, or when a TCP Fast Open child
+    /// is created and queued; only `tcp_rcv_space_adjust`, which runs as the owner reads data,
+    /// moves it later. Unknown: the accept probe falls back to QUEUED_CHILDREN.
+    pub child_stamp: u32,
+    /// `inet_sock.inet_sport` (be16): a child's local port, which stays when a reset releases
+    /// `skc_num` (0 after `inet_put_port`).
+    pub inet_sport: u32,
 }
-const _: () = assert!(size_of::<FdOffsets>() == 48);
+const _: () = assert!(size_of::<FdOffsets>() == 56);
 
 impl FdOffsets {
     pub const UNKNOWN: Self = Self {
@@ -521,6 +531,8 @@ impl FdOffsets {
         accept_ret: OFFSET_UNKNOWN,
         listen_fd: OFFSET_UNKNOWN,
         listen_backlog: OFFSET_UNKNOWN,
+        child_stamp: OFFSET_UNKNOWN,
+        inet_sport: OFFSET_UNKNOWN,
     };
 }
 

@@ -33,6 +33,8 @@ pub(crate) trait Fields {
     /// No process owns the socket (`sk_socket` NULL): a child still in its accept queue, or an
     /// orphan. False when the offset is unknown.
     fn unowned(&self) -> bool;
+    /// `sk_max_ack_backlog`: a listener's backlog, which its children inherit (0 elsewhere).
+    fn max_ack_backlog(&self) -> Result<u32, i64>;
 }
 
 /// The socket itself, as tp_btf passes it: a pointer the verifier knows to be a `struct sock`,
@@ -109,6 +111,10 @@ impl Fields for Sock {
     fn unowned(&self) -> bool {
         direct::<u64>(self.0, off!(FD_OFFSETS.sock_socket)) == Ok(0)
     }
+    #[inline(always)]
+    fn max_ack_backlog(&self) -> Result<u32, i64> {
+        direct(self.0, off!(SOCK_OFFSETS.max_ack_backlog))
+    }
 }
 
 /// An IPv6 address as four 32-bit loads (in6_addr is 4-byte aligned).
@@ -182,6 +188,10 @@ impl Fields for Record<'_> {
     #[inline(always)]
     fn unowned(&self) -> bool {
         read::<u64>(self.sk, off!(FD_OFFSETS.sock_socket)) == Ok(0)
+    }
+    #[inline(always)]
+    fn max_ack_backlog(&self) -> Result<u32, i64> {
+        read(self.sk, off!(SOCK_OFFSETS.max_ack_backlog))
     }
 }
 

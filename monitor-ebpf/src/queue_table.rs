@@ -1,14 +1,16 @@
-//! Accept-queue tables shared by the programs that feed them: the state probe remembers each
-//! TCP child when it joins a listener's queue (QUEUED_CHILDREN) and counts children whose client
-//! hung up while still queued; the received-reset probe counts those reset while queued; the
-//! accept probe (`probes::accept_queue`) takes children out. A child still queued has no owner
-//! (`sk_socket` NULL).
+//! Accept-queue tables shared by the programs that feed them: the state probe counts children
+//! whose client hung up while still queued; the received-reset probe counts those reset while
+//! queued; the accept probe (`probes::accept_queue`) measures each child's wait. A child still
+//! queued has no owner (`sk_socket` NULL).
 //!
-//! QUEUED_CHILDREN is keyed by socket address, and the kernel hands a freed socket's memory to
-//! the next one, so under churn most children land on an entry an earlier socket left: the entry
-//! is rewritten in place and accept() marks it taken (`enqueued_ns` 0) instead of deleting it.
-//! An LRU insert and delete each take the map's bucket lock and move a node through the LRU's
-//! shared lists; two lookups take no lock.
+//! The wait starts at a stamp the kernel keeps in the child itself (`tcp_sock.rcvq_space.time`,
+//! see `FdOffsets::child_stamp`), so nothing is written at enqueue. On a kernel whose BTF lacks
+//! it, the state probe remembers each TCP child when it joins a listener's queue
+//! (QUEUED_CHILDREN) instead. That map is keyed by socket address, and the kernel hands a freed
+//! socket's memory to the next one, so under churn most children land on an entry an earlier
+//! socket left: the entry is rewritten in place and accept() marks it taken (`enqueued_ns` 0)
+//! instead of deleting it. An LRU insert and delete each take the map's bucket lock and move a
+//! node through the LRU's shared lists; two lookups take no lock.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use monitor_common::{QueueKey, QueueStats, QueuedChild, OFFSET_UNKNOWN, TCP_ESTABLISHED};
 
@@ -18,11 +20,22 @@ use crate::{
     maps::{off, QUEUED_CHILDREN, QUEUE_STATS},
 };
 
-/// Whether the accept side is attached: without it nothing would ever remove a child, so the
-/// map is left alone. The loader leaves `accept_ret` unknown when the probe is off.
+/// Whether children are remembered in QUEUED_CHILDREN: only where the kernel's own stamp is
+/// unknown, and only while the accept side is attached (without it nothing would ever remove a
+/// child). The loader leaves `accept_ret` unknown when the probe is off.
 #[inline(always)]
 pub(crate) fn tracking() -> bool {
-    off!(FD_OFFSETS.accept_ret) != OFFSET_UNKNOWN
+    off!(FD_OFFSETS.accept_ret) != OFFSET_UNKNOWN && off!(FD_OFFSETS.child_stamp) == OFFSET_UNKNOWN
+}
+
+/// A socket that cannot be a client the pools probe tracks: a passive child. A child is a copy of
+/// its listener, `sk_max_ack_backlog` included (the backlog, non-zero unless `listen(fd, 0)`);
+/// a socket that never listened has 0 there. One load, on every kernel with the field (all
+/// since 2.6). A socket that listened and later connect()ed as a client also reads non-zero:
+/// its close goes unseen here and the agent's reconcile counts it as a missed close.
+#[inline(always)]
+pub(crate) fn passive_child<F: Fields>(f: &F) -> bool {
+    f.max_ack_backlog().is_ok_and(|b| b != 0)
 }
 
 /// Called from the state probe when a passive child finished its handshake (it is now queued).

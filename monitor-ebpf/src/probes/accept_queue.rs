@@ -1,20 +1,25 @@
 //! Accept-queue programs: `accept()`/`accept4()` returning a descriptor, followed through the
 //! calling process's file table (`current->files->fdt->fd[ret]->private_data->sk`) to the child
-//! socket `queue_table` remembered at enqueue: its wait is the time since; and `listen()`, whose
-//! descriptor is followed to its socket inode to record the backlog asked for.
+//! socket, whose wait is the time since the kernel stamped its handshake's end (or since
+//! `queue_table` remembered it, where that stamp is unknown); and `listen()`, whose descriptor is
+//! followed to its socket inode to record the backlog asked for.
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use monitor_common::{hist, AF_INET, AF_INET6, LOST_QUEUE_UNTRACKED, TCP_CLOSE, TCP_CLOSE_WAIT};
+use monitor_common::{
+    hist, QueueKey, AF_INET, AF_INET6, LOST_QUEUE_UNTRACKED, OFFSET_UNKNOWN, TCP_CLOSE, TCP_CLOSE_WAIT,
+};
 
 use crate::{
-    access::{read, read_ctx, read_ctx_u64},
+    access::{local_addr, netns_of, read, read_ctx, read_ctx_u64},
     maps::{check_program_name, off, LISTEN_REQUESTS, QUEUED_CHILDREN},
     pool_table::lost,
     queue_table::with_stats,
 };
+
+const IPPROTO_TCP: u16 = 6;
 
 #[tracepoint]
 pub fn accept_exit(ctx: TracePointContext) -> u32 {
@@ -38,6 +43,35 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let file = fd_file(ret as u32)?;
     let socket: *const u8 = read(file, off!(FD_OFFSETS.file_private))?;
     let sk: *const u8 = read(socket, off!(FD_OFFSETS.socket_sk))?;
+    let stamp_off = off!(FD_OFFSETS.child_stamp);
+    if stamp_off == OFFSET_UNKNOWN {
+        return from_queued_children(sk);
+    }
+    // Unix sockets are accepted through the same calls.
+    let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+    // An MPTCP connection is accepted as its MPTCP socket, which is no tcp_sock: no stamp to read.
+    let protocol: u16 = read(sk, off!(SOCK_OFFSETS.protocol))?;
+    let stamp_us: u64 = if protocol == IPPROTO_TCP { read(sk, stamp_off)? } else { 0 };
+    if stamp_us == 0 {
+        lost(LOST_QUEUE_UNTRACKED);
+        return Ok(());
+    }
+    // The child's local end names its listener. The port comes from inet_sport: a child reset
+    // while queued has released skc_num already.
+    let port: u16 = read(sk, off!(FD_OFFSETS.inet_sport))?;
+    let key = QueueKey { netns: netns_of(sk), port: u16::from_be(port), family, addr: local_addr(sk, family)? };
+    // SAFETY: plain helper call. tcp_clock_us is CLOCK_MONOTONIC in µs, as bpf_ktime_get_ns in ns.
+    let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(stamp_us.wrapping_mul(1000));
+    count_accept(sk, &key, wait);
+    Ok(())
+}
+
+/// The wait from QUEUED_CHILDREN, for kernels whose BTF lacks the child's own stamp.
+#[inline(always)]
+fn from_queued_children(sk: *const u8) -> Result<(), i64> {
     // An entry with enqueued_ns 0 was taken by an earlier accept() of a socket at this address
     // (see queue_table): this child's enqueue was not seen.
     let entry = QUEUED_CHILDREN.get_ptr_mut(&(sk as u64));
@@ -55,15 +89,20 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     unsafe { (*entry).enqueued_ns = 0 };
     // SAFETY: plain helper call.
     let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(child.enqueued_ns);
+    count_accept(sk, &child.key, wait);
+    Ok(())
+}
+
+#[inline(always)]
+fn count_accept(sk: *const u8, key: &QueueKey, wait: u64) {
     let state: u8 = read(sk, off!(SOCK_OFFSETS.state)).unwrap_or(0);
     let closed = state == TCP_CLOSE_WAIT || state == TCP_CLOSE;
-    with_stats(&child.key, |s| {
+    with_stats(key, |s| {
         s.accepted += 1;
         s.wait_ns_sum += wait;
         s.wait_us[hist::bucket(wait / 1000)] += 1;
         s.accepted_closed += u64::from(closed);
     });
-    Ok(())
 }
 
 fn try_listen_enter(ctx: &TracePointContext) -> Result<(), i64> {

@@ -193,7 +193,7 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
 }
 
 fn on_close<F: Fields>(f: &F, sk: u64, old: u8) -> Result<(), i64> {
-    if let Some(info) = SOCKS.get_ptr(&sk) {
+    if let Some(info) = (!queue_table::passive_child(f)).then(|| SOCKS.get_ptr(&sk)).flatten() {
         // SAFETY: as in on_handshake_end.
         let info = unsafe { *info };
         if info.established_ns == 0 {

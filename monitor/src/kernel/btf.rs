@@ -442,6 +442,9 @@ pub fn fd_offsets(btf: &Btf) -> monitor_common::FdOffsets {
         inode_ino: resolve_field(btf, "i_ino", "inode", &["i_ino"]),
         socket_sk: resolve_field(btf, "sk", "socket", &["sk"]),
         sock_socket: resolve_field(btf, "sk_socket", "sock", &["sk_socket"]),
+        // tcp_sock and inet_sock begin with struct sock, so both are offsets from sk too.
+        child_stamp: resolve_field(btf, "child_stamp", "tcp_sock", &["rcvq_space.time"]),
+        inet_sport: resolve_field(btf, "inet_sport", "inet_sock", &["inet_sport"]),
         ..monitor_common::FdOffsets::UNKNOWN
     }
 }

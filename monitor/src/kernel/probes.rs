@@ -16,7 +16,7 @@ use log::{debug, info, warn};
 use monitor_common::{
     names::{globals, maps, programs},
     FdOffsets, ListenerCounters, ListenerKey, ListenerPeak, ListenerStats, QueueKey, QueueStats, SockOffsets,
-    StateTpOffsets, TaskOffsets, TracepointOffsets, LISTENER_BY_ADDRESS, OFFSET_UNKNOWN,
+    StateTpOffsets, TaskOffsets, TracepointOffsets, LISTENER_BY_ADDRESS, MAX_QUEUED_CHILDREN, OFFSET_UNKNOWN,
 };
 
 pub use crate::kernel::attach::{hook_name, Hook, KernelFn, ProbeSpec};
@@ -266,6 +266,13 @@ impl Probes {
         if opts.disabled.iter().any(|d| d == ACCEPT_WAIT) {
             fd.accept_ret = OFFSET_UNKNOWN;
         }
+        // The accept probe reads the child's own enqueue stamp only once it has told a TCP child
+        // from an MPTCP one (not a tcp_sock) by protocol, and named its listener by port.
+        if sock.protocol == OFFSET_UNKNOWN || fd.inet_sport == OFFSET_UNKNOWN {
+            fd.child_stamp = OFFSET_UNKNOWN;
+        }
+        // QUEUED_CHILDREN is the fallback for kernels without that stamp: one entry otherwise.
+        let queued_children = if fd.child_stamp == OFFSET_UNKNOWN { MAX_QUEUED_CHILDREN } else { 1 };
         let mut ebpf = match EbpfLoader::new()
             .override_global(globals::SOCK_OFFSETS, &sock, true)
             .override_global(globals::TP_OFFSETS, &tp, true)
@@ -280,6 +287,7 @@ impl Probes {
             )
             .map_max_entries(maps::SOCKS, opts.max_sockets)
             .map_max_entries(maps::SEEDED, opts.max_sockets)
+            .map_max_entries(maps::QUEUED_CHILDREN, queued_children)
             .load(EBPF_OBJECT)
         {
             Ok(ebpf) => ebpf,
