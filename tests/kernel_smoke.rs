@@ -10,7 +10,8 @@
 //!   that start-up stays a screenful (one line per failed attach, no verifier log at info);
 //! - a burst of 5 connections into a backlog-4 listener, queued and accepted between two
 //!   scrapes: with `listen_peak` up the eBPF peak must see 4..=5 (the program that counts them
-//!   differs per kernel: sk_data_ready, fexit or kprobe); without it the peak is sampled;
+//!   differs per kernel: sk_data_ready, fexit or kprobe); without it the peak is sampled; with
+//!   `accept_wait` up, 5 waits measured, each within the burst;
 //! - an overflowing listener: depth against `ss` Recv-Q, drops against `ss` skmem d;
 //! - a redis-py-like pool (real redis-server, clients speaking RESP): pool size against redis
 //!   `CLIENT LIST`, and the service recognised from the bytes on the wire on a port that says
@@ -23,6 +24,7 @@
 //! `CONNMON_SMOKE_OUT`), the host kernel must have every probe up.
 
 use connmon::export::pools::{POOL_CONNECTIONS, POOL_SERVICE_INFO};
+use connmon::export::queues::LISTEN_QUEUE_WAIT_HIST;
 use connmon::export::storms::RETRY_STORM;
 use connmon::export::{LISTEN_DROPS, LISTEN_QUEUE_DEPTH, LISTEN_QUEUE_PEAK, PROBE_UP};
 use connmon_test_support as common;
@@ -139,7 +141,7 @@ fn kernel_smoke() {
         assert!(down.is_empty(), "probes down on the host kernel: {down:?}; agent log:\n{startup}");
     }
 
-    peak_burst(&agent, &mut report, "peak", up("listen_peak"));
+    peak_burst(&agent, &mut report, "peak", up("listen_peak"), up("accept_wait"));
     overflow_vs_ss(&agent, &mut report);
     redis_pool(&agent, &mut report, up("protocol"));
     storm(&agent, &mut report, "storm", up("listen_peak"));
@@ -159,7 +161,7 @@ fn kernel_smoke() {
             "with queued_child_fexit disabled, listen_peak is {peak}; agent log:\n{}",
             agent.stderr()
         );
-        peak_burst(&agent, &mut report, "kprobe_peak", true);
+        peak_burst(&agent, &mut report, "kprobe_peak", true, false);
         storm(&agent, &mut report, "kprobe_storm", true);
     }
     report.set("passed", json!(true));
@@ -192,12 +194,13 @@ fn listen_peak_rows_behind_sk_data_ready() {
         }
     }
     assert!(rows.iter().all(|l| l.contains("falling back to: ") || l.contains(" attached via ")), "{rows:#?}");
-    peak_burst(&agent, &mut Report::printed(), "peak", up);
+    peak_burst(&agent, &mut Report::printed(), "peak", up, false);
 }
 
 /// 5 connections into a backlog-4 listener, accepted again before the next scrape: only a probe
-/// that sees each child queued can report the peak.
-fn peak_burst(agent: &Agent, report: &mut Report, key: &str, peak_probe: bool) {
+/// that sees each child queued can report the peak. With `wait_probe`, the 5 waits `accept_exit`
+/// measured (from the kernel's own stamp of each child) must each lie within the burst.
+fn peak_burst(agent: &Agent, report: &mut Report, key: &str, peak_probe: bool, wait_probe: bool) {
     let ns = Netns::new();
     let port = unique_port();
     let a = addr(&format!("127.0.0.1:{port}"));
@@ -208,7 +211,9 @@ fn peak_burst(agent: &Agent, report: &mut Report, key: &str, peak_probe: bool) {
     agent.wait_metrics(deadline(30), "the burst listener's depth series", |s| {
         sample(s, LISTEN_QUEUE_DEPTH, &labels).ok_or("absent".to_string())
     });
+    let started = Instant::now();
     queue_burst(&ns, &listener, a, 5);
+    let burst = started.elapsed().as_secs_f64();
     let s = agent.samples();
     let peaks = samples_matching(&s, LISTEN_QUEUE_PEAK, &labels);
     assert_eq!(peaks.len(), 1, "one peak series for {a}: {peaks:#?}");
@@ -220,6 +225,18 @@ fn peak_burst(agent: &Agent, report: &mut Report, key: &str, peak_probe: bool) {
         assert!((4.0..=5.0).contains(&peak), "eBPF peak {peak}, want 4..=5 (ss saw 5 queued)");
     } else {
         assert_eq!(source, "sampled", "listen_peak is down, yet the peak is {source:?}");
+    }
+    if wait_probe {
+        let count = format!("{LISTEN_QUEUE_WAIT_HIST}_count");
+        let sum = format!("{LISTEN_QUEUE_WAIT_HIST}_sum");
+        let waits = agent.wait_metrics(deadline(15), "5 accept waits measured", |s| {
+            match (sample(s, &count, &labels), sample(s, &sum, &labels)) {
+                (Some(n), Some(total)) if n == 5.0 => Ok(total),
+                got => Err(format!("{got:?}")),
+            }
+        });
+        report.set(&format!("{key}_accept_wait"), json!({"measured": 5, "sum_seconds": waits, "burst_seconds": burst}));
+        assert!(waits > 0.0 && waits <= 5.0 * burst, "5 waits summing {waits} s in a burst of {burst} s");
     }
 }
 

@@ -13,7 +13,7 @@ use monitor_common::{
 };
 
 use crate::{
-    access::{local_addr, netns_of, read, read_ctx, read_ctx_u64},
+    access::{read, read_ctx, read_ctx_u64},
     maps::{check_program_name, off, LISTEN_REQUESTS, QUEUED_CHILDREN},
     pool_table::lost,
     queue_table::with_stats,
@@ -47,8 +47,9 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if stamp_off == OFFSET_UNKNOWN {
         return from_queued_children(sk);
     }
+    let head = Head::read(sk)?;
     // Unix sockets are accepted through the same calls.
-    let family: u16 = read(sk, off!(SOCK_OFFSETS.family))?;
+    let family: u16 = head.field(sk, off!(SOCK_OFFSETS.family))?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
@@ -62,11 +63,45 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     // The child's local end names its listener. The port comes from inet_sport: a child reset
     // while queued has released skc_num already.
     let port: u16 = read(sk, off!(FD_OFFSETS.inet_sport))?;
-    let key = QueueKey { netns: netns_of(sk), port: u16::from_be(port), family, addr: local_addr(sk, family)? };
+    let netns = match head.field::<*const u8>(sk, off!(SOCK_OFFSETS.net)) {
+        Ok(net) if !net.is_null() => read::<u32>(net, off!(SOCK_OFFSETS.net_inum)).unwrap_or(0),
+        _ => 0,
+    };
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&head.field::<[u8; 4]>(sk, off!(SOCK_OFFSETS.rcv_saddr))?);
+    } else {
+        addr = head.field(sk, off!(SOCK_OFFSETS.v6_rcv_saddr))?;
+    }
+    let key = QueueKey { netns, port: u16::from_be(port), family, addr };
     // SAFETY: plain helper call. tcp_clock_us is CLOCK_MONOTONIC in µs, as bpf_ktime_get_ns in ns.
     let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(stamp_us.wrapping_mul(1000));
-    count_accept(sk, &key, wait);
+    let state: u8 = head.field(sk, off!(SOCK_OFFSETS.state)).unwrap_or(0);
+    count_accept(state, &key, wait);
     Ok(())
+}
+
+/// The head of `struct sock_common` in one bpf_probe_read_kernel instead of one call per field:
+/// family, state, the bound addresses and the netns pointer lie in its first 88 bytes (the
+/// IPv6 bound address ends there on x86-64 kernels with IPv6); a field the loader found
+/// elsewhere is read on its own.
+struct Head([u64; HEAD_BYTES / 8]);
+const HEAD_BYTES: usize = 88;
+
+impl Head {
+    #[inline(always)]
+    fn read(sk: *const u8) -> Result<Self, i64> {
+        read(sk, 0).map(Head)
+    }
+    #[inline(always)]
+    fn field<T: Copy>(&self, sk: *const u8, off: u32) -> Result<T, i64> {
+        if off as usize + core::mem::size_of::<T>() <= HEAD_BYTES {
+            // SAFETY: in bounds (checked above); unaligned, as the offset may be.
+            Ok(unsafe { core::ptr::read_unaligned((self.0.as_ptr() as *const u8).add(off as usize) as *const T) })
+        } else {
+            read(sk, off)
+        }
+    }
 }
 
 /// The wait from QUEUED_CHILDREN, for kernels whose BTF lacks the child's own stamp.
@@ -89,13 +124,13 @@ fn from_queued_children(sk: *const u8) -> Result<(), i64> {
     unsafe { (*entry).enqueued_ns = 0 };
     // SAFETY: plain helper call.
     let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(child.enqueued_ns);
-    count_accept(sk, &child.key, wait);
+    let state: u8 = read(sk, off!(SOCK_OFFSETS.state)).unwrap_or(0);
+    count_accept(state, &child.key, wait);
     Ok(())
 }
 
 #[inline(always)]
-fn count_accept(sk: *const u8, key: &QueueKey, wait: u64) {
-    let state: u8 = read(sk, off!(SOCK_OFFSETS.state)).unwrap_or(0);
+fn count_accept(state: u8, key: &QueueKey, wait: u64) {
     let closed = state == TCP_CLOSE_WAIT || state == TCP_CLOSE;
     with_stats(key, |s| {
         s.accepted += 1;
@@ -123,11 +158,17 @@ fn fd_file(fd: u32) -> Result<*const u8, i64> {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let files: *const u8 = read(task, off!(FD_OFFSETS.task_files))?;
     let fdt: *const u8 = read(files, off!(FD_OFFSETS.files_fdt))?;
-    let max: u32 = read(fdt, off!(FD_OFFSETS.fdt_max_fds))?;
+    let (max_off, fd_off) = (off!(FD_OFFSETS.fdt_max_fds), off!(FD_OFFSETS.fdt_fd));
+    // `struct fdtable` opens with max_fds and then fd on every kernel so far: one read for both.
+    let (max, fds) = if fd_off == max_off.wrapping_add(8) {
+        let pair: [u64; 2] = read(fdt, max_off)?;
+        (pair[0] as u32, pair[1] as *const u8)
+    } else {
+        (read::<u32>(fdt, max_off)?, read::<*const u8>(fdt, fd_off)?)
+    };
     if fd >= max {
         return Err(-1);
     }
-    let fds: *const u8 = read(fdt, off!(FD_OFFSETS.fdt_fd))?;
     // SAFETY: pointer arithmetic only; the read below checks the address.
     let slot = unsafe { fds.add(fd as usize * 8) };
     let file: *const u8 = read(slot, 0)?;

@@ -78,6 +78,13 @@ pub fn show(label: &str, out: &Path, took: Duration, timed_out: bool, expected: 
         f(&peak["depth"]),
         f(&peak["ss_queued"])
     );
+    let wait = &report["peak_accept_wait"];
+    println!(
+        "   accept wait          {} measured, {} s in all, in a burst of {} s",
+        f(&wait["measured"]),
+        f(&wait["sum_seconds"]).chars().take(8).collect::<String>(),
+        f(&wait["burst_seconds"]).chars().take(5).collect::<String>()
+    );
     println!(
         "   storm                pool flagged {} (after {} s), listener flagged {}",
         f(&storm["pool"]),
