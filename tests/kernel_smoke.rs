@@ -230,9 +230,10 @@ fn peak_burst(agent: &Agent, report: &mut Report, key: &str, peak_probe: bool, w
         let count = format!("{LISTEN_QUEUE_WAIT_HIST}_count");
         let sum = format!("{LISTEN_QUEUE_WAIT_HIST}_sum");
         let waits = agent.wait_metrics(deadline(15), "5 accept waits measured", |s| {
-            match (sample(s, &count, &labels), sample(s, &sum, &labels)) {
-                (Some(n), Some(total)) if n == 5.0 => Ok(total),
-                got => Err(format!("{got:?}")),
+            let (n, total) = (sample(s, &count, &labels), sample(s, &sum, &labels));
+            match total {
+                Some(total) if n == Some(5.0) => Ok(total),
+                _ => Err(format!("count {n:?}, sum {total:?}")),
             }
         });
         report.set(&format!("{key}_accept_wait"), json!({"measured": 5, "sum_seconds": waits, "burst_seconds": burst}));

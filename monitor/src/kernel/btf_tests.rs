@@ -325,7 +325,10 @@ fn running_kernel_sock_offsets() {
     // The accept probe's stamp and port lie in tcp_sock and inet_sock, past struct sock.
     let f = super::fd_offsets(&btf);
     assert!(f.inet_sport != OFFSET_UNKNOWN && f.inet_sport > o.protocol, "{f:?}");
-    assert!(f.child_stamp != OFFSET_UNKNOWN && f.child_stamp > f.inet_sport && f.child_stamp % 8 == 0, "{f:?}");
+    assert!(
+        f.child_stamp != OFFSET_UNKNOWN && f.child_stamp > f.inet_sport && f.child_stamp.is_multiple_of(8),
+        "{f:?}"
+    );
 }
 
 #[test]
