@@ -320,6 +320,21 @@ pub struct PoolKey {
 }
 const _: () = assert!(size_of::<PoolKey>() == 48);
 
+/// One CPU's memory of the last pool key a connect() resolved to an id (POOL_ID_CACHE), so a
+/// pool that connects again on this CPU skips the POOL_IDS hash lookup on its 48-byte key.
+/// Valid only while `epoch` equals POOL_EPOCH, which the agent raises after it takes keys out
+/// of POOL_IDS: an id it is about to recycle is never served from here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolIdCache {
+    pub key: PoolKey,
+    pub epoch: u64,
+    pub id: u32,
+    /// Non-zero once `key` and `id` were written (the zeroed entry matches no pool).
+    pub filled: u32,
+}
+const _: () = assert!(size_of::<PoolIdCache>() == 64);
+
 /// Failure reasons of a connect, from `sk_err` when the SYN_SENT socket closed.
 pub const FAIL_REFUSED: usize = 0;
 pub const FAIL_TIMEOUT: usize = 1;
@@ -376,8 +391,13 @@ pub struct PoolStats {
     /// (recognised, or given up on), so its later handshakes on this CPU skip the PROTO_SEEN
     /// lookup. Kept here because the handshake looks these counters up anyway.
     pub proto_settled: u64,
+    /// Not a counter (never summed): the start of the pool's last reported retry event as this
+    /// CPU last read or wrote it in LAST_FAILED. That value only grows (short of an LRU
+    /// eviction), so this copy is never newer: when it already says "too soon" (`retry::due`),
+    /// so would the table, and the close of a connection that died young skips the lookup.
+    pub retry_last_ns: u64,
 }
-const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2 + 6 + 1));
+const _: () = assert!(size_of::<PoolStats>() == 8 * (3 + FAIL_REASONS + 2 * HIST_BUCKETS + 2 + 6 + 2));
 
 /// What the kernel remembers of one client socket between its transitions.
 #[repr(C)]

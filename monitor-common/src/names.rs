@@ -22,6 +22,11 @@ pub mod maps {
     pub const POOL_IDS: &str = "POOL_IDS";
     /// Pool ids free for the kernel to take (filled by the agent at load and as it forgets pools).
     pub const FREE_POOL_IDS: &str = "FREE_POOL_IDS";
+    /// Per CPU, the last pool key a connect resolved and its id (`PoolIdCache`).
+    pub const POOL_ID_CACHE: &str = "POOL_ID_CACHE";
+    /// Raised by the agent each time it takes keys out of POOL_IDS: cached ids of an older
+    /// epoch are not used.
+    pub const POOL_EPOCH: &str = "POOL_EPOCH";
     /// Per-CPU counters per pool id.
     pub const POOL_STATS: &str = "POOL_STATS";
     /// Opened minus closed per pool id.
@@ -62,6 +67,8 @@ pub mod maps {
         SEEDED_LEFT,
         POOL_IDS,
         FREE_POOL_IDS,
+        POOL_ID_CACHE,
+        POOL_EPOCH,
         POOL_STATS,
         POOL_LIVE,
         POOL_PEAK,

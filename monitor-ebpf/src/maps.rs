@@ -4,8 +4,8 @@
 //! them declares its own.
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, Queue, RingBuf};
 use monitor_common::{
-    AcceptKey, FdOffsets, FlowKey, ListenerStats, PoolKey, PoolStats, QueueKey, QueueStats, QueuedChild, SockInfo,
-    SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS, MAX_LISTENERS, MAX_PENDING_FLOWS,
+    AcceptKey, FdOffsets, FlowKey, ListenerStats, PoolIdCache, PoolKey, PoolStats, QueueKey, QueueStats, QueuedChild,
+    SockInfo, SockOffsets, StormConfig, TaskOffsets, TracepointOffsets, LOST_REASONS, MAX_LISTENERS, MAX_PENDING_FLOWS,
     MAX_POOLS, MAX_QUEUED_CHILDREN, MAX_SOCKS, RETRY_RING_BYTES,
 };
 
@@ -105,6 +105,15 @@ declare_map! {
     /// Ids no pool holds: all of 0..MAX_POOLS at load (the agent pushes them before attaching),
     /// then the ids of forgotten pools, zeroed, a collect cycle after they were forgotten.
     FREE_POOL_IDS: Queue<u32> = Queue::with_max_entries(MAX_POOLS, 0);
+}
+declare_map! {
+    /// Per CPU, the last pool a connect() resolved (`pool_table::pool_id`).
+    POOL_ID_CACHE: PerCpuArray<PoolIdCache> = PerCpuArray::with_max_entries(1, 0);
+}
+declare_map! {
+    /// Raised by the agent after it takes keys out of POOL_IDS; cached ids of an older epoch are
+    /// looked up again.
+    POOL_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 }
 declare_map! {
     POOL_STATS: PerCpuArray<PoolStats> = PerCpuArray::with_max_entries(MAX_POOLS, 0);

@@ -6,18 +6,52 @@
 //! atomic adds so the peak is a true peak across CPUs; only the kernel writes them (the agent
 //! keeps the start-up offset itself). Ids are never evicted, so a quiet long-lived pool keeps its
 //! counts: the agent forgets idle pools and hands their ids back, zeroed, a collect cycle later.
+//! Each CPU remembers the last pool key it resolved (POOL_ID_CACHE): a pool connecting again on
+//! that CPU compares six words instead of hashing its key, while the agent's POOL_EPOCH says no
+//! key left POOL_IDS since.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use monitor_common::{PoolKey, PoolStats, SockInfo, LOST_POOL_TABLE_FULL};
+use monitor_common::{PoolIdCache, PoolKey, PoolStats, SockInfo, LOST_POOL_TABLE_FULL};
 
-use crate::maps::{FREE_POOL_IDS, LOST, POOL_IDS, POOL_LIVE, POOL_PEAK, POOL_STATS, SOCKS};
+use crate::maps::{FREE_POOL_IDS, LOST, POOL_EPOCH, POOL_IDS, POOL_ID_CACHE, POOL_LIVE, POOL_PEAK, POOL_STATS, SOCKS};
 
 /// Map update flag: fail with EEXIST instead of replacing an entry.
 const BPF_NOEXIST: u64 = 1;
 
-/// The id of `pool`, taking a free one for a pool not seen yet; None (counted in LOST) when every
-/// id is taken.
+/// The id of `pool` at connect(), from this CPU's cache when it resolved the same pool last and
+/// no key left POOL_IDS since; else `lookup_pool_id`, remembered.
 pub(crate) fn pool_id(pool: &PoolKey) -> Option<u32> {
+    // The epoch is read before the lookup: a removal the agent makes after this read raises the
+    // epoch, so what is cached below is looked up again on the next connect. An id read just
+    // before a removal is the race `lookup_pool_id` already has; the agent's quarantine covers it.
+    // SAFETY: array slot, read once.
+    let epoch = POOL_EPOCH.get_ptr(0).map_or(0, |e| unsafe { core::ptr::read_volatile(e) });
+    let Some(cache) = POOL_ID_CACHE.get_ptr_mut(0) else {
+        return lookup_pool_id(pool);
+    };
+    // SAFETY: per-CPU slot. Only connect() calls this, in process context with preemption off
+    // (tracepoints run so), and an interrupt on this CPU never runs a connect: no second writer.
+    let cache = unsafe { &mut *cache };
+    if cache.filled != 0 && cache.epoch == epoch && same_pool(&cache.key, pool) {
+        return Some(cache.id);
+    }
+    let id = lookup_pool_id(pool)?;
+    *cache = PoolIdCache { key: *pool, epoch, id, filled: 1 };
+    Some(id)
+}
+
+/// `a == b` as six word compares (the derived `==` may compile to a `memcmp` call, which BPF
+/// has not got).
+#[inline(always)]
+fn same_pool(a: &PoolKey, b: &PoolKey) -> bool {
+    // SAFETY: PoolKey is repr(C), 48 bytes, 8-aligned, without padding.
+    let (a, b) = unsafe { (&*(a as *const PoolKey as *const [u64; 6]), &*(b as *const PoolKey as *const [u64; 6])) };
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]) == 0
+}
+
+/// The id of `pool` from POOL_IDS, taking a free one for a pool not seen yet; None (counted in
+/// LOST) when every id is taken.
+pub(crate) fn lookup_pool_id(pool: &PoolKey) -> Option<u32> {
     if let Some(id) = POOL_IDS.get_ptr(pool) {
         // SAFETY: entry pointer from the map, read at once.
         return Some(unsafe { *id });

@@ -21,7 +21,7 @@ use crate::{
     counters,
     fields::{Fields, Record, Sock},
     maps::{check_program_name, off, ACCEPTS, SEEDED, SEEDED_LEFT, SOCKS},
-    pool_table::{live_add, lost, pool_id, with_stats},
+    pool_table::{live_add, lookup_pool_id, lost, pool_id, with_stats},
     proto_watch, queue_table, retry_events,
 };
 
@@ -186,7 +186,7 @@ fn on_handshake_end<F: Fields>(f: &F, sk: u64, new: u8) -> Result<(), i64> {
         let pool = info.pool;
         let reason = errno::connect_failure(f.err().unwrap_or(-1));
         with_stats(info.pool_id, |s| s.failures[reason] += 1);
-        retry_events::failed_at(&pool, info.connect_ns, reason);
+        retry_events::failed_at(&pool, info.pool_id, info.connect_ns, reason);
         let _ = SOCKS.remove(&sk);
     }
     Ok(())
@@ -212,9 +212,9 @@ fn on_close<F: Fields>(f: &F, sk: u64, old: u8) -> Result<(), i64> {
         let reset = short && f.err().is_ok_and(errno::ended_by_reset);
         let hung_up = short && !reset && tcp::peer_closed_first(old);
         if reset {
-            retry_events::failed_at(&info.pool, info.connect_ns, FAIL_DIED_RESET);
+            retry_events::failed_at(&info.pool, info.pool_id, info.connect_ns, FAIL_DIED_RESET);
         } else if hung_up {
-            retry_events::failed_at(&info.pool, info.connect_ns, FAIL_DIED_SERVER_CLOSED);
+            retry_events::failed_at(&info.pool, info.pool_id, info.connect_ns, FAIL_DIED_SERVER_CLOSED);
         }
         with_stats(info.pool_id, |s| {
             s.closes += 1;
@@ -246,7 +246,7 @@ fn on_close<F: Fields>(f: &F, sk: u64, old: u8) -> Result<(), i64> {
         // SAFETY: entry pointer from the map, copied out at once.
         let pool = unsafe { *pool };
         // Rare (only connections open at start-up): resolving the id here costs a hash lookup.
-        if let Some(id) = pool_id(&pool) {
+        if let Some(id) = lookup_pool_id(&pool) {
             with_stats(id, |s| s.closes += 1);
             live_add(id, -1);
         }

@@ -4,7 +4,8 @@
 //! forgets: the key leaves POOL_IDS at once, the id waits in quarantine for at least
 //! `QUARANTINE` and until no socket-table entry refers to it (a program that looked the id up
 //! just before the removal may still write to it), then its slots are zeroed and it goes back to
-//! FREE_POOL_IDS.
+//! FREE_POOL_IDS. Each removal raises POOL_EPOCH, which retires every CPU's cached key -> id
+//! (POOL_ID_CACHE), so a cached id is never older than a lookup racing the removal.
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -15,7 +16,7 @@ use aya::{
     Ebpf,
 };
 use monitor_common::{
-    names::maps::{FREE_POOL_IDS, POOL_IDS, POOL_LIVE, POOL_PEAK, POOL_STATS},
+    names::maps::{FREE_POOL_IDS, POOL_EPOCH, POOL_IDS, POOL_LIVE, POOL_PEAK, POOL_STATS},
     PoolKey, PoolStats,
 };
 
@@ -106,6 +107,8 @@ pub fn add_stats(sum: &mut PoolStats, v: &PoolStats) {
 pub struct Recycler {
     /// Id, the key it had, and when it was forgotten.
     quarantine: Vec<(u32, PoolKey, Instant)>,
+    /// The last POOL_EPOCH written.
+    epoch: u64,
 }
 
 impl Recycler {
@@ -118,10 +121,24 @@ impl Recycler {
     pub fn forget(&mut self, ebpf: &mut Ebpf, keys: &[PoolKey], ids: &HashMap<PoolKey, u32>) {
         let Ok(mut m) = map_mut::<BpfHashMap<&mut MapData, PoolKey, u32>>(ebpf, POOL_IDS) else { return };
         let now = Instant::now();
+        let mut removed = false;
         for key in keys {
             if let Some(id) = ids.get(key) {
                 if m.remove(key).is_ok() {
                     self.quarantine.push((*id, *key, now));
+                    removed = true;
+                }
+            }
+        }
+        drop(m);
+        // After the removals: a connect that reads the new epoch also misses the removed keys.
+        // Were the raise lost, a CPU could serve a removed pool its old id; a failure is counted
+        // in connmon_map_read_errors_total like any other map access.
+        if removed {
+            self.epoch += 1;
+            if let Ok(mut e) = map_mut::<Array<&mut MapData, u64>>(ebpf, POOL_EPOCH) {
+                if let Err(err) = e.set(0, self.epoch, 0) {
+                    crate::kernel::maps::record(POOL_EPOCH, &err);
                 }
             }
         }
@@ -211,7 +228,8 @@ mod tests {
     #[test]
     fn an_id_is_freed_only_after_its_quarantine_and_while_no_socket_holds_it() {
         let t0 = Instant::now();
-        let mut r = Recycler { quarantine: vec![(7, key(1), t0), (8, key(2), t0), (9, key(3), t0 + QUARANTINE)] };
+        let mut r =
+            Recycler { quarantine: vec![(7, key(1), t0), (8, key(2), t0), (9, key(3), t0 + QUARANTINE)], epoch: 0 };
         // Too early for all of them.
         assert_eq!(r.due(t0, &HashMap::new()), (vec![], vec![]));
         assert_eq!(r.waiting(), 3);
