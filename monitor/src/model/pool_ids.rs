@@ -130,7 +130,6 @@ impl Recycler {
                 }
             }
         }
-        drop(m);
         // After the removals: a connect that reads the new epoch also misses the removed keys.
         // Were the raise lost, a CPU could serve a removed pool its old id; a failure is counted
         // in connmon_map_read_errors_total like any other map access.
