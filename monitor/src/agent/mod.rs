@@ -6,18 +6,20 @@
 //! `/healthz` answers while the connections open at start-up are still being counted.
 pub mod bounds;
 mod observer;
+mod prepared;
 
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU8, Ordering},
         Arc, Mutex, MutexGuard,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use log::{debug, info, warn};
 
 pub use self::observer::{Alerting, Gathered, Observer};
+use self::prepared::{Prepared, ScrapeClock};
 use crate::{
     alerts::{self, notify::Notifier, Engine},
     attribution::cluster::{self, Cluster, Decision},
@@ -47,6 +49,14 @@ pub struct Agent {
     series: Mutex<export::budget::Selector>,
     /// Names from the Kubernetes API, when it is used.
     cluster: Option<Cluster>,
+    /// The periodic tick's interval: the most a prepared exposition may be behind.
+    tick_interval: Duration,
+    /// When scrapes came, so the tick knows when to prepare one (see prepared.rs).
+    scrapes: Mutex<ScrapeClock>,
+    /// The exposition the tick prepared last. Held while the tick prepares one, so a scrape that
+    /// comes meanwhile waits for it instead of collecting a second time (lock order: this, then
+    /// the observer's).
+    prepared: Mutex<Option<Prepared>>,
 }
 
 /// What can hold the observer's lock.
@@ -125,6 +135,20 @@ impl Agent {
         self.lock_for(TICK).tick();
     }
 
+    /// After a tick: collects and renders now when a scrape is expected before the next tick,
+    /// for that scrape to be served at once.
+    fn prepare_if_expected(&self) {
+        if !self.scrapes.lock().unwrap_or_else(|p| p.into_inner()).expects(Instant::now(), self.tick_interval) {
+            return;
+        }
+        let mut slot = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        let at = Instant::now();
+        *slot = None;
+        *slot = Some(Prepared { text: self.collect_locked(), at });
+        drop(slot);
+        release_freed_memory();
+    }
+
     /// A fresh gather under the observer's lock, the rules evaluated on it after the lock is
     /// released: a scrape or tick waits for the gather only.
     fn evaluate_alerts(&self) {
@@ -163,8 +187,24 @@ impl web::Endpoints for Agent {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
+    /// The exposition the tick prepared for this scrape when it is at most one tick old, else
+    /// a fresh one: scans, folds in what the probes saw, and renders OpenMetrics text. Blocking.
     fn collect(&self) -> String {
+        let asked = Instant::now();
+        self.scrapes.lock().unwrap_or_else(|p| p.into_inner()).arrived(asked);
+        {
+            let prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = prepared.as_ref() {
+                if let Some(text) = p.fresh(self.tick_interval) {
+                    debug!(
+                        "scrape: served the exposition prepared {} ms ago ({} ms waiting for it)",
+                        p.at.elapsed().as_millis(),
+                        asked.elapsed().as_millis()
+                    );
+                    return text.to_string();
+                }
+            }
+        }
         let text = self.collect_locked();
         release_freed_memory();
         text
@@ -263,6 +303,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             // Returns at once: the watches run on a thread of their own.
             Decision::On(settings) => Some(Cluster::start(settings)),
         },
+        tick_interval: args.scan_interval,
+        scrapes: Mutex::new(ScrapeClock::default()),
+        prepared: Mutex::new(None),
     });
     match &web_config {
         Some(w) => {
@@ -292,7 +335,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             tick.tick().await;
             if web::Endpoints::is_ready(&*sampler) {
                 let s = Arc::clone(&sampler);
-                if let Err(e) = tokio::task::spawn_blocking(move || s.tick()).await {
+                let tick = move || {
+                    s.tick();
+                    s.prepare_if_expected();
+                };
+                if let Err(e) = tokio::task::spawn_blocking(tick).await {
                     warn!("periodic scan failed: {e}");
                 }
             }

@@ -93,11 +93,13 @@ impl Observer {
     /// The periodic tick: folds a listener scan into the peak windows and feeds the retry-storm
     /// detectors. Returns the listeners it saw.
     pub fn tick(&mut self) -> Vec<listeners::Listener> {
-        let Observer { probes, peaks, queues, pools, storms, windows, census, .. } = self;
+        let Observer { probes, peaks, queues, pools, storms, windows, census, full_scans, .. } = self;
         if let Some(ebpf) = probes.ebpf_mut() {
             census.refresh(ebpf);
         }
-        let mut snap = listeners::build(&scan::scan(None, scan::Depth::Listeners), pools.cgroups());
+        // In the background: the next scrape or alert evaluation finds it done.
+        full_scans.start_if_due();
+        let mut snap = listeners::build(&scan::scan(None, scan::Depth::Queues), pools.cgroups());
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
         windows.advance(Instant::now());
@@ -105,6 +107,11 @@ impl Observer {
         queues.observe(&mut snap.listeners, &kernel, queue_sources(probes));
         let pools_up = probes.is_up(probes::POOLS);
         if let Some(ebpf) = probes.ebpf_mut().filter(|_| pools_up) {
+            // Each connection dump once, here rather than in a scrape: at 64k sockets the socket
+            // table's read is most of the work.
+            if let Some((dump, started_ns)) = full_scans.fresh_dump() {
+                pools.reconcile(ebpf, &dump, started_ns);
+            }
             storms.retry_events(&pools::drain_retry_events(ebpf));
             let stats = pools::read_stats(ebpf);
             storms.pools_tick(&stats, &mut |k| pools.describe(k));
@@ -119,8 +126,7 @@ impl Observer {
     pub fn gather(&mut self, scrape: bool) -> Gathered {
         let Observer { probes, peaks, queues, pools, storms, full_scans, destinations, started, windows, .. } = self;
         let t0 = Instant::now();
-        let scan_started_ns = monotonic_ns();
-        let (scan, fresh) = full_scans.scan();
+        let scan = full_scans.scan();
         let mut snap = listeners::build(&scan, pools.cgroups());
         let kernel = probes.take_listener_stats();
         peaks.observe(&mut snap.listeners, &kernel, probes.is_up(probes::SYNACK_RETRANSMIT));
@@ -130,10 +136,6 @@ impl Observer {
         let pools_up = probes.is_up(probes::POOLS);
         let (pool_list, extras) = match probes.ebpf_mut() {
             Some(ebpf) if pools_up => {
-                // Reused connections are older than sockets opened since: no reconciling.
-                if fresh {
-                    pools.reconcile(ebpf, &scan, scan_started_ns);
-                }
                 let (p, mut e) = pools.collect(ebpf, true);
                 e.recursion_misses = probes.recursion_misses();
                 (p, Some(e))
@@ -228,14 +230,6 @@ fn listener_peaks(peaks: &mut PeakTracker, windows: &mut PeakWindows, listeners:
     for l in listeners.iter_mut() {
         l.peak_depth = windows.listeners.observe(&l.id, i64::from(l.peak_depth)).try_into().unwrap_or(u32::MAX);
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime fills the struct it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 /// Which probes the queue figures can rely on.

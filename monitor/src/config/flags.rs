@@ -80,12 +80,14 @@ pub struct RunArgs {
     #[arg(long = "scan.interval", default_value = "1s", value_parser = parse_duration)]
     pub scan_interval: Duration,
     /// Share of one core that dumping connections (established counts, SYN queues, pool
-    /// reconciliation) may use; a scrape sooner than that allows reuses the last dump and says
-    /// how old it is in connmon_scan_connections_age_seconds. 1 dumps on every scrape. Half a
-    /// percent by default: at 10k connections/s the dumps (which walk every TIME_WAIT socket)
-    /// were 40% of the agent's CPU at 1%, while what they feed moves slowly (established counts,
-    /// SYN queues) or needs only some dump (reconciliation of missed closes).
-    #[arg(long = "scan.budget", default_value_t = 0.005, value_parser = parse_budget)]
+    /// reconciliation) may use. Dumps run in the background, one every `duration / budget`;
+    /// scrapes use the last one and say how old it is in connmon_scan_connections_age_seconds.
+    /// 1 dumps again as soon as the last dump is done. A tenth of a percent by default: at 10k
+    /// connections/s a dump (which walks every TIME_WAIT socket) takes about 15 ms, and at half
+    /// a percent the dumps were half of the agent's CPU, while what they feed moves slowly
+    /// (established counts, SYN queues) or needs only some dump (reconciliation of missed
+    /// closes).
+    #[arg(long = "scan.budget", default_value_t = 0.001, value_parser = parse_budget)]
     pub scan_budget: f64,
     /// Most listeners exported per scrape (fullest queues first); the rest are counted in
     /// connmon_listen_series_dropped.

@@ -32,7 +32,7 @@ pub struct NsScan {
     /// LISTEN sockets (with sk_drops) and SYN_RECV requests.
     pub listening: Vec<DiagSocket>,
     /// Connections in CONNECTED states; empty unless asked for.
-    pub connected: Vec<DiagSocket>,
+    pub connected: Connections,
     pub tcp_ext: BTreeMap<String, u64>,
     /// Listening unix stream and seqpacket sockets.
     pub unix: Vec<crate::scan::unix_diag::UnixListenerSock>,
@@ -71,15 +71,24 @@ pub fn matches_filter(ns: &Netns, filter: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Depth {
     /// LISTEN sockets only: the kernel walks just the listening hash, so this stays cheap with
-    /// hundreds of thousands of connections (the periodic tick).
+    /// hundreds of thousands of connections (scrapes, which take connections from the last dump).
     Listeners,
-    /// Listeners, their SYN queues and every connection (scrapes, alerts, one-shot commands).
+    /// `Listeners` without the namespaces' TcpExt counters and sysctls, which only scrapes and
+    /// alert evaluation use (the periodic tick: reading and parsing /proc/net/netstat every
+    /// second was a tenth of the agent's CPU at 10k connections/s).
+    Queues,
+    /// Listeners, their SYN queues and every connection (one-shot commands, seeding the pools).
     Full,
+    /// SYN_RECV requests (in `listening`) and connections only: no listeners, TcpExt counters,
+    /// unix listeners or sysctls (the background dump, which a listener scan completes).
+    Connections,
 }
 
 /// Scans the namespaces matching `filter` (all when None).
 pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
-    let connected = depth == Depth::Full;
+    let connected = matches!(depth, Depth::Full | Depth::Connections);
+    let listeners = depth != Depth::Connections;
+    let counters = matches!(depth, Depth::Full | Depth::Listeners);
     let mut nss = netns::discover_reusing();
     if let Some(f) = filter {
         nss.retain(|ns| matches_filter(ns, f));
@@ -91,7 +100,7 @@ pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
     let mut connected_states = diag::state_mask(CONNECTED);
     connected_states |= diag::state_mask(&[TCP_SYN_RECV]);
     let results = netns::run_in_each(&nss, |_| {
-        let mut listening = diag::dump_tcp(listening_states, true)?;
+        let mut listening = if listeners { diag::dump_tcp(listening_states, true)? } else { Vec::new() };
         let conns = if connected {
             let (requests, conns): (Vec<_>, Vec<_>) =
                 diag::dump_tcp(connected_states, false)?.into_iter().partition(|s| s.state == TCP_SYN_RECV);
@@ -100,13 +109,19 @@ pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
         } else {
             Vec::new()
         };
-        // netstat is per namespace; a failure here should not hide the sockets.
-        let ext = netstat::read_tcp_ext().unwrap_or_default();
-        // Nor should a kernel without unix_diag hide the TCP listeners.
+        if !listeners {
+            return anyhow::Ok((listening, conns, BTreeMap::new(), Vec::new(), BTreeMap::new()));
+        }
+        // A kernel without unix_diag should not hide the TCP listeners.
         let unix = crate::scan::unix_diag::dump_unix_listeners().unwrap_or_else(|e| {
             warn_unix_once(&e);
             Vec::new()
         });
+        if !counters {
+            return anyhow::Ok((listening, conns, BTreeMap::new(), unix, BTreeMap::new()));
+        }
+        // netstat is per namespace; a failure here should not hide the sockets.
+        let ext = netstat::read_tcp_ext().unwrap_or_default();
         anyhow::Ok((listening, conns, ext, unix, read_sysctls()))
     });
     let mut out = Scan::default();
@@ -120,6 +135,7 @@ pub fn scan(filter: Option<&str>, depth: Depth) -> Scan {
             }
         };
         let name = nss.iter().find(|n| n.inode == inode).and_then(|n| n.name.clone());
+        let connected = Connections::new(connected);
         out.namespaces.push(NsScan { inode, name, listening, connected, tcp_ext, unix, sysctls });
     }
     out
@@ -199,49 +215,156 @@ pub fn owners(inodes: impl IntoIterator<Item = u64>) -> HashMap<u64, Owner> {
         .collect()
 }
 
-/// Full scans held to a CPU budget. Dumping connections walks the kernel's established hash,
-/// TIME_WAIT entries included, once per address family in every namespace: at 10k connections/s
-/// that is tens of milliseconds. A scan asked for sooner than `last duration / budget` after the
-/// last full one dumps listeners afresh and reuses the last full scan's connections and SYN_RECV
-/// requests, so the dumps use at most `budget` of one core whoever asks how often.
+/// Full scans held to a CPU budget, with the connection dump off the caller's path. Dumping
+/// connections walks the kernel's established hash, TIME_WAIT entries included, once per address
+/// family in every namespace: at 10k connections/s that is tens of milliseconds, at 64k sockets
+/// a tenth of a second. A scan always dumps listeners afresh and takes connections and SYN_RECV
+/// requests from the last completed dump. When a dump is due (`last duration / budget` after
+/// the last one started), it is started on a thread of its own and the scan goes on with the
+/// previous one; the next scan after it completes gets it (and reconciles against it). So the
+/// dumps use at most `budget` of one core whoever asks how often, and neither a scrape nor the
+/// lock it holds waits for one, except for the very first, which has nothing to reuse.
 pub struct FullScans {
     budget: f64,
-    last: Option<LastFull>,
+    dumps: std::sync::Arc<std::sync::Mutex<Dumps>>,
+    /// Generation of the last dump a scan handed out as fresh.
+    handed: u64,
+}
+
+#[derive(Default)]
+struct Dumps {
+    last: Option<std::sync::Arc<LastFull>>,
+    /// A dump is running on its thread.
+    running: bool,
+    /// Dumps completed.
+    generation: u64,
 }
 
 struct LastFull {
     at: std::time::Instant,
+    /// CLOCK_MONOTONIC when the dump started (bpf_ktime_get_ns's clock), for reconciliation.
+    started_ns: u64,
     took: std::time::Duration,
     /// Per namespace inode: SYN_RECV requests and connections.
-    by_ns: HashMap<u64, (Vec<DiagSocket>, Vec<DiagSocket>)>,
+    by_ns: HashMap<u64, (Vec<DiagSocket>, Connections)>,
+}
+
+impl LastFull {
+    fn due(&self, budget: f64) -> bool {
+        self.at.elapsed().as_secs_f64() * budget >= self.took.as_secs_f64()
+    }
+}
+
+/// Connected sockets of one namespace, shared between the dump and every scan that reuses it
+/// (a copy per scrape was 64k sockets, 6 MB, on the 64k-socket host).
+#[derive(Debug, Clone, Default)]
+pub struct Connections(std::sync::Arc<Vec<DiagSocket>>);
+
+impl Connections {
+    pub fn new(socks: Vec<DiagSocket>) -> Self {
+        Self(std::sync::Arc::new(socks))
+    }
+}
+
+impl std::ops::Deref for Connections {
+    type Target = [DiagSocket];
+    fn deref(&self) -> &[DiagSocket] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Connections {
+    type Item = &'a DiagSocket;
+    type IntoIter = std::slice::Iter<'a, DiagSocket>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// Dumps connections and SYN_RECV requests in every namespace, timed.
+fn dump_connections() -> LastFull {
+    let at = std::time::Instant::now();
+    let started_ns = monotonic_ns();
+    let scan = scan(None, Depth::Connections);
+    let by_ns = scan
+        .namespaces
+        .into_iter()
+        .map(|ns| {
+            let requests = ns.listening.into_iter().filter(|s| s.state == TCP_SYN_RECV).collect();
+            (ns.inode, (requests, ns.connected))
+        })
+        .collect();
+    LastFull { at, started_ns, took: at.elapsed(), by_ns }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// Marks the dump finished even when it panicked, so the next one can start.
+struct Finish(std::sync::Arc<std::sync::Mutex<Dumps>>, Option<LastFull>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let mut d = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = self.1.take() {
+            d.last = Some(std::sync::Arc::new(last));
+            d.generation += 1;
+        }
+        d.running = false;
+    }
 }
 
 impl FullScans {
-    /// `budget`: share of one core the connection dumps may use; 1 or more means always fresh.
+    /// `budget`: share of one core the connection dumps may use; 1 or more means a dump is
+    /// started on every scan (each scan still gets the one before it, except the first).
     pub fn new(budget: f64) -> Self {
-        Self { budget: budget.max(1e-6), last: None }
+        Self { budget: budget.max(1e-6), dumps: Default::default(), handed: 0 }
     }
 
-    /// A scan with connections. The second value is true when they are fresh (dumped now), which
-    /// is when the pools can be reconciled against them.
-    pub fn scan(&mut self) -> (Scan, bool) {
-        let due = self.last.as_ref().is_none_or(|l| l.at.elapsed().as_secs_f64() * self.budget >= l.took.as_secs_f64());
-        if due {
-            let at = std::time::Instant::now();
-            let scan = scan(None, Depth::Full);
-            let by_ns = scan
-                .namespaces
-                .iter()
-                .map(|ns| {
-                    let requests = ns.listening.iter().filter(|s| s.state == TCP_SYN_RECV).cloned().collect();
-                    (ns.inode, (requests, ns.connected.clone()))
-                })
-                .collect();
-            self.last = Some(LastFull { at, took: at.elapsed(), by_ns });
-            return (scan, true);
+    fn dumps(&self) -> std::sync::MutexGuard<'_, Dumps> {
+        self.dumps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a dump on a thread of its own when one is due and none is running (also called by
+    /// the periodic tick, so a scrape finds a recent dump without starting one).
+    pub fn start_if_due(&self) {
+        let mut d = self.dumps();
+        if d.running || d.last.as_ref().is_some_and(|l| !l.due(self.budget)) {
+            return;
         }
+        d.running = true;
+        let shared = std::sync::Arc::clone(&self.dumps);
+        let spawned = std::thread::Builder::new().name("connmon-dump".into()).spawn(move || {
+            let mut finish = Finish(shared, None);
+            finish.1 = Some(dump_connections());
+        });
+        if let Err(e) = spawned {
+            d.running = false;
+            log::warn!("cannot start the connection dump's thread: {e}");
+        }
+    }
+
+    /// A scan with connections: listeners dumped now, connections and SYN_RECV requests from
+    /// the last completed dump.
+    pub fn scan(&mut self) -> Scan {
+        let mut last = self.dumps().last.clone();
+        if last.is_none() {
+            // Nothing to reuse yet: the first scan dumps for itself (a dump the tick started
+            // meanwhile replaces it when done).
+            let first = std::sync::Arc::new(dump_connections());
+            let mut d = self.dumps();
+            d.last = Some(std::sync::Arc::clone(&first));
+            d.generation += 1;
+            last = Some(first);
+        }
+        self.start_if_due();
         let mut scan = scan(None, Depth::Listeners);
-        if let Some(last) = &self.last {
+        if let Some(last) = &last {
             for ns in &mut scan.namespaces {
                 if let Some((requests, connected)) = last.by_ns.get(&ns.inode) {
                     ns.listening.extend(requests.iter().cloned());
@@ -249,12 +372,32 @@ impl FullScans {
                 }
             }
         }
-        (scan, false)
+        scan
     }
 
-    /// Seconds since the connections were last dumped.
+    /// The last dump's connections (a scan with nothing else) and when it started
+    /// (CLOCK_MONOTONIC ns), when it is new since the last call: what the pools are reconciled
+    /// against, once per dump.
+    pub fn fresh_dump(&mut self) -> Option<(Scan, u64)> {
+        let (last, generation) = {
+            let d = self.dumps();
+            (d.last.clone()?, d.generation)
+        };
+        if generation <= self.handed {
+            return None;
+        }
+        self.handed = generation;
+        let namespaces = last
+            .by_ns
+            .iter()
+            .map(|(inode, (_, connected))| NsScan { inode: *inode, connected: connected.clone(), ..Default::default() })
+            .collect();
+        Some((Scan { namespaces, failed: 0 }, last.started_ns))
+    }
+
+    /// Seconds since the connections handed out last were dumped.
     pub fn age(&self) -> f64 {
-        self.last.as_ref().map_or(0.0, |l| l.at.elapsed().as_secs_f64())
+        self.dumps().last.as_ref().map_or(0.0, |l| l.at.elapsed().as_secs_f64())
     }
 }
 
@@ -263,26 +406,41 @@ mod tests {
     use super::*;
 
     /// A tiny budget makes the second scan reuse the first one's connections, while listeners
-    /// are dumped afresh; a budget of 1 always dumps.
+    /// are dumped afresh, and starts no dump; a budget of 1 keeps dumping in the background, and
+    /// a later scan hands out a dump that has a connection opened after the first.
     #[test]
     fn full_scans_reuse_connections_within_budget() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let has_conn = |s: &Scan| s.namespaces.iter().any(|ns| ns.connected.iter().any(|c| c.dport == port));
+        let has_conn = |s: &Scan, port: u16| s.namespaces.iter().any(|ns| ns.connected.iter().any(|c| c.dport == port));
         let mut thrifty = FullScans::new(1e-6);
-        let (first, fresh) = thrifty.scan();
-        assert!(fresh && has_conn(&first), "the first scan dumps connections");
+        let first = thrifty.scan();
+        assert!(has_conn(&first, port), "the first scan dumps connections");
+        assert!(thrifty.fresh_dump().is_some_and(|(d, _)| has_conn(&d, port)), "its dump is fresh once");
+        assert!(thrifty.fresh_dump().is_none(), "and only once");
         let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let late_port = late.local_addr().unwrap().port();
-        let (second, fresh) = thrifty.scan();
-        assert!(!fresh, "within the budget the second scan reuses the dump");
-        assert!(has_conn(&second), "reused connections are carried over");
+        let second = thrifty.scan();
+        assert!(thrifty.fresh_dump().is_none(), "within the budget the second scan reuses the dump");
+        assert!(!thrifty.dumps().running, "no dump is due within the budget");
+        assert!(has_conn(&second, port), "reused connections are carried over");
         let listens = |s: &Scan, p: u16| {
             s.namespaces.iter().any(|ns| ns.listening.iter().any(|x| x.sport == p && x.state == TCP_LISTEN))
         };
         assert!(listens(&second, late_port), "listeners are dumped afresh");
+
         let mut always = FullScans::new(1.0);
-        assert!(always.scan().1 && always.scan().1, "budget 1 dumps every time");
+        assert!(has_conn(&always.scan(), port), "the first scan dumps connections");
+        let _late_conn = std::net::TcpStream::connect(("127.0.0.1", late_port)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let s = always.scan();
+            if always.fresh_dump().is_some_and(|(d, _)| has_conn(&d, late_port)) && has_conn(&s, late_port) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no background dump handed out the late connection");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -9,8 +9,10 @@
 //! - churn: 10,000 connections/s (connload, paced) for 20 s, the agent scraped every second as in
 //!   `bench pools`; measured: the agent's CPU as a share of one core.
 //!
-//! Each part starts its load, then a fresh agent, waits `--warmup` seconds (pools need a scrape
-//! or two before their rates and storm signals exist) and scrapes `--scrapes` times, 2 s apart.
+//! Each part starts its load, then a fresh agent, scrapes it every 2 s for `--warmup` seconds
+//! (pools need a scrape or two before their rates and storm signals exist, and Prometheus scrapes
+//! an agent from its start; the first scrape's time is reported apart), then measures `--scrapes`
+//! scrapes, 2 s apart.
 //! The last exposition of each part is kept in the log directory for inspection. Targets (from
 //! issue 17) are printed beside the figures, never asserted: the command fails only when
 //! something does not run.
@@ -44,7 +46,7 @@ pub struct ScaleArgs {
     /// Parts to run (default: all three).
     #[arg(long = "part", value_enum)]
     parts: Vec<Part>,
-    /// Seconds between the agent's readiness and the first measured scrape.
+    /// Seconds between the agent's readiness and the first measured scrape, scraped every 2 s.
     #[arg(long, default_value_t = 20)]
     warmup: u64,
     /// Measured scrapes per part, 2 s apart.
@@ -68,6 +70,8 @@ struct Figures {
     series: usize,
     bytes: usize,
     scrape_ms: Vec<f64>,
+    /// The warm-up's first scrape: nothing was prepared for it.
+    first_scrape_ms: Option<f64>,
     rss_kib: Option<u64>,
     hwm_kib: Option<u64>,
     cpu_share: f64,
@@ -116,10 +120,26 @@ fn measure(connmon: &Path, logs: &Path, part: Part, args: &ScaleArgs) -> Result<
     let name = format!("{part:?}").to_lowercase();
     let agent = start_agent(connmon, web, logs.join(format!("{name}-connmon.log")), &extra)?;
     let pid = agent.pid();
-    thread::sleep(Duration::from_secs(args.warmup));
+    // Scraped through the warm-up at the measuring cadence, as Prometheus scrapes an agent from
+    // its start: the agent prepares expositions for the scrapes it expects (agent/prepared.rs).
+    // The first scrape, which it could not expect, is reported apart.
+    let start = Instant::now();
+    let mut first_scrape_ms = None;
+    let mut k = 0u64;
+    let t0 = loop {
+        let due = start + Duration::from_secs(2 * k);
+        if due >= start + Duration::from_secs(args.warmup) {
+            break due;
+        }
+        thread::sleep(due.saturating_duration_since(Instant::now()));
+        let t = Instant::now();
+        http_get(web, "/metrics", Duration::from_secs(30))?;
+        first_scrape_ms.get_or_insert(t.elapsed().as_secs_f64() * 1e3);
+        k += 1;
+    };
+    thread::sleep(t0.saturating_duration_since(Instant::now()));
     let tck = clk_tck();
     let cpu0 = cpu_ticks(pid);
-    let t0 = Instant::now();
     let mut scrape_ms = Vec::new();
     let mut last = String::new();
     for k in 0..args.scrapes {
@@ -144,7 +164,7 @@ fn measure(connmon: &Path, logs: &Path, part: Part, args: &ScaleArgs) -> Result<
         (Some(a), Some(b)) => b.saturating_sub(a) as f64 / tck / wall,
         _ => f64::NAN,
     };
-    Ok(Figures { series, bytes: last.len(), scrape_ms, rss_kib, hwm_kib, cpu_share, left_out })
+    Ok(Figures { series, bytes: last.len(), scrape_ms, first_scrape_ms, rss_kib, hwm_kib, cpu_share, left_out })
 }
 
 fn report(part: Part, load: &str, f: &Figures) {
@@ -154,6 +174,9 @@ fn report(part: Part, load: &str, f: &Figures) {
     println!("  series per scrape   {:>12}", thousands(f.series as f64));
     println!("  bytes per scrape    {:>12}  ({:.2} MB)", thousands(f.bytes as f64), f.bytes as f64 / 1e6);
     println!("  scrape time         {med:>9.1} ms median (min {min:.1}, max {max:.1}; {} scrapes)", f.scrape_ms.len());
+    if let Some(first) = f.first_scrape_ms {
+        println!("  first scrape        {first:>9.1} ms  (after start-up, collected afresh: no scrape was expected)");
+    }
     println!("  agent RSS           {:>12}  (peak {})", kib(f.rss_kib), kib(f.hwm_kib));
     println!("  agent CPU           {:>11.2}%  of one core while scraped every 2 s", f.cpu_share * 100.0);
     for l in &f.left_out {
