@@ -68,7 +68,9 @@ impl Observer {
             queues: QueueTracker::default(),
             pools,
             storms,
-            full_scans: scan::FullScans::new(1.0),
+            // The flag's default; the agent sets --scan.budget. `connmon storms` only ticks, which
+            // would otherwise start a dump every second.
+            full_scans: scan::FullScans::new(0.001),
             destinations: destinations::Tracker::new(Default::default(), Default::default(), Default::default()),
             windows: PeakWindows::new(DEFAULT_PEAK_WINDOW),
             census: Default::default(),
