@@ -1,6 +1,6 @@
 //! The running agent: owns the loaded probes, the trackers and the alert rules, serialises
-//! collections (a scrape, the periodic tick and alert evaluation never scan at once), and tracks
-//! readiness. Start-up order is
+//! collections (a scrape, the periodic tick and alert evaluation never scan at once), prepares
+//! expositions for the scrapes it expects (prepared.rs), and tracks readiness. Start-up order is
 //! chosen so a bad listen address or web config file fails before anything is loaded, probes
 //! load while the process has one thread (so capabilities can be dropped for all), and
 //! `/healthz` answers while the connections open at start-up are still being counted.

@@ -1,6 +1,7 @@
 //! One pass over every network namespace: the sock_diag dumps (listening sockets with memory info,
 //! and connected sockets) and the namespace's TcpExt counters. Listeners, pools and the server-side
-//! view are all built from the same pass, so a scrape enters each namespace once.
+//! view are all built from the same pass, so a scrape enters each namespace once; the agent's
+//! connection dumps, the costly part, run in the background within a CPU budget (`FullScans`).
 pub mod diag;
 pub mod netns;
 pub mod netstat;
