@@ -229,6 +229,9 @@ fn half_sent_requests_do_not_delay_a_scrape() {
     let s = parse_metrics(&r.body);
     assert_eq!(sample(&s, "connmon_web_connections_limit", &[]), Some(512.0));
     assert!(sample(&s, "connmon_web_connections", &[]).is_some_and(|n| n >= 300.0), "open connections not counted");
+    // Nothing was prepared for this first scrape: the age is its own collection's time.
+    let age = sample(&s, "connmon_exposition_age_seconds", &[]);
+    assert!(age.is_some_and(|a| (0.0..3.0).contains(&a)), "exposition age {age:?}");
 }
 
 /// With every connection slot held by a half-sent request, a scrape waits in the kernel's accept

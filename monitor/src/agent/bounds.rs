@@ -25,6 +25,7 @@ pub const PEAK_SERIES: &str = "connmon_peak_window_series";
 pub const CACHE_ENTRIES: &str = "connmon_cache_entries";
 pub const CACHE_LIMIT: &str = "connmon_cache_limit";
 pub const CACHE_RESETS: &str = "connmon_cache_resets_total";
+pub const EXPOSITION_AGE: &str = "connmon_exposition_age_seconds";
 
 /// Every metric this module exports.
 pub const METRICS: &[&str] = &[
@@ -39,7 +40,19 @@ pub const METRICS: &[&str] = &[
     CACHE_ENTRIES,
     CACHE_LIMIT,
     CACHE_RESETS,
+    EXPOSITION_AGE,
 ];
+
+/// The exposition's age as OpenMetrics text (without `# EOF`): since its gather began, when it is
+/// served. A prepared exposition is up to one tick old (prepared.rs); a fresh one, its own
+/// collection's time.
+pub fn render_age(age: std::time::Duration) -> String {
+    format!(
+        "# HELP {EXPOSITION_AGE} Seconds since the collection behind this exposition began: up to --scan.interval when the tick prepared it for an expected scrape, the collection's own time otherwise.\n\
+         # TYPE {EXPOSITION_AGE} gauge\n{EXPOSITION_AGE} {}\n",
+        age.as_secs_f64()
+    )
+}
 
 fn one(k: &str, v: &str) -> Labels {
     vec![(k.to_string(), v.to_string())]
@@ -110,4 +123,16 @@ pub fn render(o: &Observer, alerting: Option<&Alerting>) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
     out.strip_suffix("# EOF\n").map(str::to_string).unwrap_or(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_age_is_one_gauge_in_seconds() {
+        let text = render_age(std::time::Duration::from_millis(250));
+        assert!(text.contains(&format!("\n# TYPE {EXPOSITION_AGE} gauge\n{EXPOSITION_AGE} 0.25\n")), "{text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
 }

@@ -196,18 +196,19 @@ impl web::Endpoints for Agent {
             let prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = prepared.as_ref() {
                 if let Some(text) = p.fresh(self.tick_interval) {
+                    let age = p.at.elapsed();
                     debug!(
                         "scrape: served the exposition prepared {} ms ago ({} ms waiting for it)",
-                        p.at.elapsed().as_millis(),
+                        age.as_millis(),
                         asked.elapsed().as_millis()
                     );
-                    return text.to_string();
+                    return web::stats::splice(text.to_string(), &bounds::render_age(age));
                 }
             }
         }
         let text = self.collect_locked();
         release_freed_memory();
-        text
+        web::stats::splice(text, &bounds::render_age(asked.elapsed()))
     }
 
     /// Pending and firing alerts, for /api/v1/alerts.
