@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{
-    budget::{self, alert_names, Candidate, DestinationsPaid, Plan, Selector},
+    budget::{self, AlertsByAnchor, Candidate, DestinationsPaid, Plan, Selector},
     pools::{PoolsSection, Row},
     Context,
 };
@@ -78,6 +78,8 @@ pub(crate) fn plan(
 ) -> Plan {
     let probed = section.extras.is_some();
     let l_cap = listeners.len().min(ctx.max_listener_series);
+    let by_port = AlertsByAnchor::new(ctx.alerts, "port");
+    let by_dst_port = AlertsByAnchor::new(ctx.alerts, "dst_port");
     let l_cands: Vec<_> = listeners[..l_cap]
         .iter()
         .zip(accepts)
@@ -99,7 +101,7 @@ pub(crate) fn plan(
                     || q.slow_drain
                     || sig.is_some_and(|s| s.in_storm || s.score.overall > 0.5),
                 hint: l.depth > 0 || l.syn_queue > 0,
-                alerted: alert_names(ctx.alerts, &identity, "port"),
+                alerted: by_port.name(&identity),
                 weight: i64::from(l.established) + acc.iter().map(|(_, n)| *n as i64).sum::<i64>(),
                 summary_cost,
                 detail_cost,
@@ -140,7 +142,7 @@ pub(crate) fn plan(
                 connections: r.active,
                 busy_now: sig.as_ref().is_some_and(|s| s.in_storm || s.score.overall > 0.5),
                 hint: r.pending > 0,
-                alerted: alert_names(ctx.alerts, &identity, "dst_port"),
+                alerted: by_dst_port.name(&identity),
                 weight: r.active,
                 summary_cost,
                 detail_cost,
