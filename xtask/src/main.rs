@@ -25,6 +25,7 @@
 mod bench;
 mod cycles;
 mod demo;
+mod disk;
 mod dist;
 mod fuzz;
 mod image;

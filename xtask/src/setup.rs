@@ -7,7 +7,8 @@
 //! `missing <what>`. apt-get, rustup, cargo install and pip write into a log under
 //! `<target>/xtask-logs/`; only a failing step shows its log's tail and a hint. When nothing is
 //! missing the whole run only queries (dpkg-query, rustup, bpf-linker --version, python3 -m
-//! kubernetes_validate --version) and takes under a second.
+//! kubernetes_validate --version) and takes under a second. First of all it checks that the
+//! target dir's disk can hold the builds ([`crate::disk`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -39,6 +40,7 @@ pub fn run(purposes: &[Purpose], check: bool, with_tracefs: bool) -> Result<()> 
         EVERYTHING.iter().copied().filter(|p| purposes.iter().any(|q| q.with_implied().contains(p))).collect();
     let purposes = &expanded[..];
     let needs = |p: Purpose| purposes.contains(&p);
+    crate::disk::check(purposes)?;
     let mut missing = Vec::new();
     debian_packages(purposes, mode, &mut missing)?;
     if needs(Purpose::Build) {
