@@ -356,6 +356,10 @@ pub fn to_classic(openmetrics: &str) -> String {
 mod budget_tests;
 
 #[cfg(test)]
+#[path = "render_tests.rs"]
+mod render_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
