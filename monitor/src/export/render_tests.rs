@@ -134,7 +134,8 @@ fn scrape(selector: &mut budget::Selector, snap: &Snapshot, round: u64) -> Strin
     let pools = pools(round);
     let dests = destinations();
     let mut extras = KernelExtras::default();
-    for (i, class) in [(0u16, 0u32), (0, 1), (3, 2), (12, 0)] {
+    // One class per listener: a listener's classes come in the accepts map's (random) order.
+    for (i, class) in [(0u16, 0u32), (6, 1), (3, 2), (12, 0)] {
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let k = AcceptKey { netns: 7, port: 20_000 + i, family: 2, addr, client_class: class, _reserved: 0 };
