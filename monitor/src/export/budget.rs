@@ -318,6 +318,11 @@ impl<'a> AlertsByAnchor<'a> {
         Self { anchor, by_value }
     }
 
+    /// Whether some alert has `value` as its anchor label: `name` can only be true then.
+    pub(crate) fn anchors(&self, value: &str) -> bool {
+        self.by_value.contains_key(value)
+    }
+
     /// `alert_names` over the alerts with `identity`'s anchor value.
     pub(crate) fn name(&self, identity: &[(&str, &str)]) -> bool {
         let Some((_, value)) = identity.iter().find(|(k, _)| *k == self.anchor) else { return false };

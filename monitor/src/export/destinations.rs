@@ -2,7 +2,7 @@
 //! connections, their peak, connects in flight), the server's rejection evidence, and the ceiling
 //! learned when rejections began. Only destinations of exported (not folded) pools get series, so
 //! `--pools.max-series` bounds these too.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use prometheus_client::registry::Registry;
 
@@ -47,7 +47,7 @@ pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeMap<(
     };
     for (d, level) in shown {
         let detail = level == Level::Detail;
-        let l = dest_labels(d);
+        let l = Arc::new(dest_labels(d));
         conns.get_or_create(&l).set(d.connections);
         if let Some(c) = d.ceiling_observed {
             ceiling.get_or_create(&l).set(c);
@@ -63,9 +63,9 @@ pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeMap<(
                 if !detail && n == 0 {
                     continue;
                 }
-                let mut with = l.clone();
+                let mut with = Labels::clone(&l);
                 with.push(("how".into(), how.to_string()));
-                r.get_or_create(&with).inc_by(n);
+                r.get_or_create(with).inc_by(n);
             }
         }
     }

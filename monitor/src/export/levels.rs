@@ -87,9 +87,13 @@ pub(crate) fn plan(
             let sig = section.listener_signals.get(&l.id);
             let q = &l.queue;
             let (summary_cost, detail_cost) = budget::listener_costs(l, acc.len(), sig);
-            let values = l.label_values();
-            let identity: Vec<(&str, &str)> =
-                listeners::LISTENER_LABELS.iter().copied().zip(values.iter().map(String::as_str)).collect();
+            // A listener's labels are built only when an alert names its port (most renders: none).
+            let alerted = by_port.anchors(&l.port_label()) && {
+                let values = l.label_values();
+                let identity: Vec<(&str, &str)> =
+                    listeners::LISTENER_LABELS.iter().copied().zip(values.iter().map(String::as_str)).collect();
+                by_port.name(&identity)
+            };
             let c = Candidate {
                 trouble: l.drops + l.synack_retransmits.unwrap_or(0) + q.stats.abandoned_fin + q.stats.abandoned_rst,
                 connections: i64::from(l.established),
@@ -101,7 +105,7 @@ pub(crate) fn plan(
                     || q.slow_drain
                     || sig.is_some_and(|s| s.in_storm || s.score.overall > 0.5),
                 hint: l.depth > 0 || l.syn_queue > 0,
-                alerted: by_port.name(&identity),
+                alerted,
                 weight: i64::from(l.established) + acc.iter().map(|(_, n)| *n as i64).sum::<i64>(),
                 summary_cost,
                 detail_cost,

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use monitor_common::{PoolKey, PoolStats, HIST_BUCKETS};
@@ -14,9 +15,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{budget::Level, counter_family, gauge_family, labels, Labels};
+use super::{budget::Level, counter_family, gauge_family, labels, Labels, Shown};
 use crate::{
-    model::listeners::{Listener, ListenerId},
+    model::listeners::ListenerId,
     model::pools::{add_stats, KernelExtras, Pool, FAILURE_REASONS, LOST_REASON_NAMES, POOL_LABELS},
     model::storms::Signals,
 };
@@ -115,8 +116,7 @@ pub(crate) fn register(
     section: &PoolsSection<'_>,
     rows: &[([String; 5], Row, Level)],
     folded: usize,
-    listeners: &[(&Listener, Level)],
-    accepts: &[(&Listener, &[(&'static str, u64)])],
+    listeners: &[Shown<'_>],
 ) -> BTreeSet<IpAddr> {
     let destinations: BTreeSet<IpAddr> = rows.iter().filter_map(|(v, _, _)| v[1].parse().ok()).collect();
     let conns = gauge_family(
@@ -135,11 +135,12 @@ pub(crate) fn register(
         "Pools folded into the pool labelled other because the series cap or budget was reached",
     );
     let info = gauge_family(reg, POOL_SERVICE_INFO, "How each destination's service class was decided: protocol seen on the wire, well-known or configured port, or none");
-    for (values, r, level) in rows {
-        let l = pool_label_set(values);
-        conns.get_or_create(&l).set(r.active);
+    // Each row's labels, built once for all its families.
+    let ids: Vec<Arc<Labels>> = rows.iter().map(|(values, _, _)| Arc::new(pool_label_set(values))).collect();
+    for ((_, r, level), l) in rows.iter().zip(&ids) {
+        conns.get_or_create(l).set(r.active);
         if *level == Level::Detail {
-            peak.get_or_create(&l).set(r.peak);
+            peak.get_or_create(l).set(r.peak);
         }
     }
     // One series per destination of an exported (not folded) pool, so the cap bounds these too;
@@ -169,8 +170,8 @@ pub(crate) fn register(
     // Accepted connections still open, per listener (from scans, so available without probes).
     let established =
         gauge_family(reg, LISTEN_ESTABLISHED, "Connections accepted from the listener that are still open");
-    for (l, _) in listeners {
-        established.get_or_create(&super::listener_labels(l)).set(i64::from(l.established));
+    for Shown { l, id, .. } in listeners {
+        established.get_or_create(id).set(i64::from(l.established));
     }
 
     super::destinations::register(reg, section.destinations, &exported, section.extras.is_some());
@@ -202,44 +203,43 @@ pub(crate) fn register(
     let died_young = counter_family(reg, POOL_DIED_YOUNG, "Short-lived connections of the pool that the server ended: how=reset (rejected) or how=server_closed (the server hung up first: a rejection, or a server that closes after each response)");
     let mut storm_rows = Vec::new();
     let mut hists = Histograms::default();
-    for (values, r, level) in rows {
+    for ((_, r, level), l) in rows.iter().zip(&ids) {
         let Some(s) = &r.stats else { continue };
         let detail = *level == Level::Detail;
-        let l = pool_label_set(values);
-        attempts.get_or_create(&l).inc_by(s.attempts);
-        opens.get_or_create(&l).inc_by(s.opens);
+        attempts.get_or_create(l).inc_by(s.attempts);
+        opens.get_or_create(l).inc_by(s.opens);
         // A summary keeps the breakdowns that have counted something: the rules sum them.
         for (reason, n) in FAILURE_REASONS.iter().zip(s.failures) {
             if detail || n > 0 {
-                let mut with = l.clone();
+                let mut with = Labels::clone(l);
                 with.push(("reason".into(), reason.to_string()));
-                failures.get_or_create(&with).inc_by(n);
+                failures.get_or_create(with).inc_by(n);
             }
         }
         for (how, n) in [("reset", s.died_reset), ("server_closed", s.died_server_closed)] {
             if detail || n > 0 {
-                let mut with = l.clone();
+                let mut with = Labels::clone(l);
                 with.push(("how".into(), how.into()));
-                died_young.get_or_create(&with).inc_by(n);
+                died_young.get_or_create(with).inc_by(n);
             }
         }
         if let Some(sig) = super::storms::strongest(&r.keys, section.signals) {
-            storm_rows.push((l.clone(), sig, *level));
+            storm_rows.push((Arc::clone(l), sig, *level));
         }
         if !detail {
             continue;
         }
-        closes.get_or_create(&l).inc_by(s.closes);
-        syn_retrans.get_or_create(&l).inc_by(s.syn_retransmits);
+        closes.get_or_create(l).inc_by(s.closes);
+        syn_retrans.get_or_create(l).inc_by(s.syn_retransmits);
         for (direction, n) in [("received", s.resets_received), ("sent", s.resets_sent)] {
-            let mut with = l.clone();
+            let mut with = Labels::clone(l);
             with.push(("direction".into(), direction.into()));
-            resets.get_or_create(&with).inc_by(n);
+            resets.get_or_create(with).inc_by(n);
         }
-        short_lived.get_or_create(&l).inc_by(s.short_lived);
-        pending.get_or_create(&l).set(r.pending);
-        hists.connect.push((l.clone(), histogram(&s.connect_us, s.connect_us_sum, 1e-6)));
-        hists.lifetime.push((l, histogram(&s.lifetime_ms, s.lifetime_ms_sum, 1e-3)));
+        short_lived.get_or_create(l).inc_by(s.short_lived);
+        pending.get_or_create(l).set(r.pending);
+        hists.connect.push((Arc::clone(l), histogram(&s.connect_us, s.connect_us_sum, 1e-6)));
+        hists.lifetime.push((Arc::clone(l), histogram(&s.lifetime_ms, s.lifetime_ms_sum, 1e-3)));
     }
     reg.register_collector(Box::new(hists));
     super::storms::register(reg, &storm_rows, listeners, section.listener_signals);
@@ -249,12 +249,11 @@ pub(crate) fn register(
         LISTEN_ACCEPTS,
         "Connections that completed the handshake on the listener, by client address class",
     );
-    for (l, classes) in accepts {
-        let id = super::listener_labels(l);
-        for (class, n) in classes.iter() {
-            let mut with = id.clone();
+    for Shown { id, accepts, .. } in listeners {
+        for (class, n) in accepts.iter() {
+            let mut with = Labels::clone(id);
             with.push(("client_class".into(), class.to_string()));
-            accepts_f.get_or_create(&with).inc_by(*n);
+            accepts_f.get_or_create(with).inc_by(*n);
         }
     }
     let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full, retry_ring_full (retry timing event dropped), unseen_handshake (a close whose handshake was missed), missed_close (a close the probe missed, found by reconciling with sock_diag), queue_untracked (a TCP connection accepted whose enqueue the accept-queue probe did not see: no wait measured), recursion (runs the kernel skipped because another tracing program was running on the CPU)");
@@ -295,8 +294,8 @@ pub(crate) fn histogram(counts: &[u64; HIST_BUCKETS], sum: u64, unit_seconds: f6
 
 #[derive(Debug, Default)]
 struct Histograms {
-    connect: Vec<(Labels, Hist)>,
-    lifetime: Vec<(Labels, Hist)>,
+    connect: Vec<(Arc<Labels>, Hist)>,
+    lifetime: Vec<(Arc<Labels>, Hist)>,
 }
 
 impl Collector for Histograms {

@@ -1,5 +1,7 @@
 //! Accept-queue series: how long connections wait (by method), how fast a full queue drains,
 //! who gave up while queued, requested against kept backlogs, and each namespace's listen sysctls.
+use std::sync::Arc;
+
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -9,12 +11,12 @@ use prometheus_client::{
 
 use super::{
     budget::Level,
-    counter_family, float_family, gauge_family, labels, listener_labels,
+    counter_family, float_family, gauge_family, labels,
     pools::{histogram, Hist, HistRef},
-    Labels,
+    Labels, Shown,
 };
 use crate::model::{
-    listeners::{Listener, NetnsStats},
+    listeners::NetnsStats,
     queue_wait::{METHOD_ACCEPT, METHOD_LITTLE},
 };
 
@@ -31,7 +33,7 @@ pub const NETNS_SYSCTL: &str = "connmon_netns_sysctl";
 
 /// Registers the queue series of the exported listeners and the namespaces' sysctls. A summary
 /// keeps only the abandoned counts that have counted something (a rule sums them).
-pub fn register(reg: &mut Registry, listeners: &[(&Listener, Level)], namespaces: &[NetnsStats]) {
+pub(crate) fn register(reg: &mut Registry, listeners: &[Shown<'_>], namespaces: &[NetnsStats]) {
     let wait = float_family(reg, LISTEN_QUEUE_WAIT, "How long a connection waits in the accept queue. method=\"littles_law\": mean depth / accept rate over the last 10 s (+Inf: connections queued, none accepted); method=\"accept\": mean of the waits measured from enqueue to accept() for connections accepted in the last 10 s");
     let rate = float_family(
         reg,
@@ -54,17 +56,16 @@ pub fn register(reg: &mut Registry, listeners: &[(&Listener, Level)], namespaces
     );
     let sysctl = gauge_family(reg, NETNS_SYSCTL, "Listen-related sysctls of the network namespace: net.core.somaxconn, net.ipv4.tcp_max_syn_backlog, net.ipv4.tcp_abort_on_overflow, net.ipv4.tcp_syncookies");
     let mut hist = QueueHistograms::default();
-    for (l, level) in listeners {
-        let id = listener_labels(l);
+    for Shown { l, level, id, .. } in listeners {
         let q = &l.queue;
         let s = &q.stats;
         if *level == Level::Summary {
             if q.abandoned.is_some() && !l.is_unix() {
                 for (how, n) in [("fin", s.abandoned_fin), ("rst", s.abandoned_rst)] {
                     if n > 0 {
-                        let mut with = id.clone();
+                        let mut with = Labels::clone(id);
                         with.push(("how".into(), how.into()));
-                        abandoned.get_or_create(&with).inc_by(n);
+                        abandoned.get_or_create(with).inc_by(n);
                     }
                 }
             }
@@ -72,33 +73,33 @@ pub fn register(reg: &mut Registry, listeners: &[(&Listener, Level)], namespaces
         }
         for (method, v) in [(METHOD_LITTLE, q.wait_seconds), (METHOD_ACCEPT, q.wait_measured_seconds)] {
             if let Some(v) = v {
-                let mut with = id.clone();
+                let mut with = Labels::clone(id);
                 with.push(("method".into(), method.into()));
-                wait.get_or_create(&with).set(v);
+                wait.get_or_create(with).set(v);
             }
         }
         if let Some(r) = q.accept_rate {
-            rate.get_or_create(&id).set(r);
+            rate.get_or_create(id).set(r);
         }
         if let Some(d) = q.drain_seconds {
-            drain.get_or_create(&id).set(d);
-            slow.get_or_create(&id).set(i64::from(q.slow_drain));
+            drain.get_or_create(id).set(d);
+            slow.get_or_create(id).set(i64::from(q.slow_drain));
         }
         // Unix listeners have no TCP states to watch: no abandonment counted for them.
         if q.abandoned.is_some() && !l.is_unix() {
             for (how, n) in [("fin", s.abandoned_fin), ("rst", s.abandoned_rst)] {
-                let mut with = id.clone();
+                let mut with = Labels::clone(id);
                 with.push(("how".into(), how.into()));
-                abandoned.get_or_create(&with).inc_by(n);
+                abandoned.get_or_create(with).inc_by(n);
             }
         }
         if q.accepted_closed.is_some() && !l.is_unix() {
-            closed.get_or_create(&id).inc_by(s.accepted_closed);
-            hist.0.push((id.clone(), histogram(&s.wait_us, s.wait_ns_sum / 1000, 1e-6)));
+            closed.get_or_create(id).inc_by(s.accepted_closed);
+            hist.0.push((Arc::clone(id), histogram(&s.wait_us, s.wait_ns_sum / 1000, 1e-6)));
         }
         if let Some(r) = q.requested_backlog {
-            requested.get_or_create(&id).set(r);
-            clamped.get_or_create(&id).set(i64::from(q.clamped));
+            requested.get_or_create(id).set(r);
+            clamped.get_or_create(id).set(i64::from(q.clamped));
         }
     }
     for ns in namespaces {
@@ -111,7 +112,7 @@ pub fn register(reg: &mut Registry, listeners: &[(&Listener, Level)], namespaces
 }
 
 #[derive(Debug, Default)]
-struct QueueHistograms(Vec<(Labels, Hist)>);
+struct QueueHistograms(Vec<(Arc<Labels>, Hist)>);
 
 impl Collector for QueueHistograms {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {

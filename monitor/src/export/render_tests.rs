@@ -189,7 +189,10 @@ fn the_exposition_is_byte_for_byte_what_it_was_before_the_label_caches() {
     }
     let want = std::fs::read_to_string(path).expect("the fixture (CONNMON_WRITE_FIXTURE=1 writes it)");
     // Every level in use, so the comparison covers them all.
-    assert!(got.contains("connmon_series_left_out{kind=\"pool\",level=\"all\"} ") && !got.contains("level=\"all\"} 0\n"), "{got}");
+    assert!(
+        got.contains("connmon_series_left_out{kind=\"pool\",level=\"all\"} ") && !got.contains("level=\"all\"} 0\n"),
+        "{got}"
+    );
     assert!(got.contains("level=\"detail\"} ") && got.contains("connmon_pool_series_folded{} "), "{got}");
     if got != want {
         let line = got.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(0);

@@ -58,16 +58,45 @@ thread_local! {
 
 /// `labels`, shared with an equal set pushed recently on this thread when there is one.
 fn shared(labels: &Labels) -> Arc<Labels> {
+    recent(labels).unwrap_or_else(|| remember(Arc::new(labels.clone())))
+}
+
+fn recent(labels: &Labels) -> Option<Arc<Labels>> {
+    LAST.with(|last| last.borrow().iter().flatten().find(|l| ***l == *labels).map(Arc::clone))
+}
+
+fn remember(fresh: Arc<Labels>) -> Arc<Labels> {
     LAST.with(|last| {
         let mut last = last.borrow_mut();
-        if let Some(hit) = last.iter().flatten().find(|l| ***l == *labels) {
-            return Arc::clone(hit);
-        }
-        let fresh = Arc::new(labels.clone());
         last.rotate_right(1);
         last[0] = Some(Arc::clone(&fresh));
-        fresh
-    })
+    });
+    fresh
+}
+
+/// What a series can be given its labels as: a borrowed set (copied, or shared with an equal set
+/// pushed recently), a set built for it (moved, not copied), or a set already shared, such as an
+/// exporter's per-render label cache (`LabelCache`): a reference count, no copy and no compare.
+pub(crate) trait RowLabels {
+    fn into_shared(self) -> Arc<Labels>;
+}
+
+impl RowLabels for &Labels {
+    fn into_shared(self) -> Arc<Labels> {
+        shared(self)
+    }
+}
+
+impl RowLabels for Labels {
+    fn into_shared(self) -> Arc<Labels> {
+        recent(&self).unwrap_or_else(|| remember(Arc::new(self)))
+    }
+}
+
+impl RowLabels for &Arc<Labels> {
+    fn into_shared(self) -> Arc<Labels> {
+        Arc::clone(self)
+    }
 }
 
 /// One metric family of an exposition: a gauge (integer or float) or a counter.
@@ -78,7 +107,7 @@ pub(crate) struct Fam(Arc<Mutex<Inner>>);
 /// exporters read the same either way).
 pub(crate) struct Slot<'a> {
     fam: &'a Fam,
-    labels: &'a Labels,
+    labels: Arc<Labels>,
 }
 
 impl Fam {
@@ -88,13 +117,12 @@ impl Fam {
         fam
     }
 
-    pub(crate) fn get_or_create<'a>(&'a self, labels: &'a Labels) -> Slot<'a> {
-        Slot { fam: self, labels }
+    pub(crate) fn get_or_create(&self, labels: impl RowLabels) -> Slot<'_> {
+        Slot { fam: self, labels: labels.into_shared() }
     }
 
-    fn push(&self, labels: &Labels, v: Value) {
+    fn push(&self, labels: Arc<Labels>, v: Value) {
         // Only this scrape's thread touches the family: the lock is never contended.
-        let labels = shared(labels);
         self.0.lock().unwrap_or_else(|p| p.into_inner()).rows.push((labels, v));
     }
 }

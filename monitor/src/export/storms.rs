@@ -1,15 +1,12 @@
 //! Retry-storm series: the storm flag and its score per pool and per listener, the retry
 //! backoff and jitter estimates, and the detector's windowed attempt rate and failure ratio.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use monitor_common::PoolKey;
 use prometheus_client::registry::Registry;
 
-use super::{budget::Level, float_family, gauge_family, listener_labels, Labels};
-use crate::{
-    model::listeners::{Listener, ListenerId},
-    model::storms::Signals,
-};
+use super::{budget::Level, float_family, gauge_family, Labels, Shown};
+use crate::{model::listeners::ListenerId, model::storms::Signals};
 
 pub const RETRY_STORM: &str = "connmon_retry_storm";
 pub const RETRY_STORM_SCORE: &str = "connmon_retry_storm_score";
@@ -21,10 +18,10 @@ pub const POOL_BAD_RATIO: &str = "connmon_pool_bad_attempt_ratio";
 /// Storm series for exported pools (`labels` are each pool row's labels with the signals of the
 /// strongest-scoring pool folded into it) and for listeners. A summary has the storm flag only,
 /// and only while the storm lasts.
-pub fn register(
+pub(crate) fn register(
     reg: &mut Registry,
-    pools: &[(Labels, Signals, Level)],
-    listeners: &[(&Listener, Level)],
+    pools: &[(Arc<Labels>, Signals, Level)],
+    listeners: &[Shown<'_>],
     listener_signals: &HashMap<ListenerId, Signals>,
 ) {
     let storm = gauge_family(reg, RETRY_STORM, "1 while the pool or listener is in a retry storm (attempt rate high against its baseline, most attempts failing or dying young, no effective backoff), 0 once it has been calm for the hold-down period");
@@ -39,8 +36,8 @@ pub fn register(
         }
         let mut with = labels.clone();
         with.push(("target".into(), target.into()));
-        storm.get_or_create(&with).set(i64::from(s.in_storm));
         if level == Level::Summary {
+            storm.get_or_create(with).set(i64::from(s.in_storm));
             return;
         }
         for (component, v) in [
@@ -51,8 +48,10 @@ pub fn register(
         ] {
             let mut c = with.clone();
             c.push(("component".into(), component.into()));
-            score.get_or_create(&c).set(v);
+            score.get_or_create(c).set(v);
         }
+        // Rows are written per family, so the flag's row may come after its scores are set.
+        storm.get_or_create(with).set(i64::from(s.in_storm));
     };
     for (labels, s, level) in pools {
         emit("pool", labels, s, *level);
@@ -66,9 +65,9 @@ pub fn register(
             jitter.get_or_create(labels).set(e.jitter);
         }
     }
-    for (l, level) in listeners {
+    for Shown { l, level, id, .. } in listeners {
         if let Some(s) = listener_signals.get(&l.id) {
-            emit("listener", &listener_labels(l), s, *level);
+            emit("listener", id, s, *level);
         }
     }
 }

@@ -89,7 +89,15 @@ impl Listener {
     pub fn local_labels(&self) -> (String, String) {
         match &self.path {
             Some(p) if self.is_unix() => (p.clone(), String::new()),
-            _ => (self.addr.to_string(), self.port.to_string()),
+            _ => (self.addr.to_string(), self.port_label()),
+        }
+    }
+
+    /// The `port` label alone (see `local_labels`).
+    pub fn port_label(&self) -> String {
+        match &self.path {
+            Some(_) if self.is_unix() => String::new(),
+            _ => self.port.to_string(),
         }
     }
 }
@@ -190,7 +198,9 @@ pub fn build(scan: &Scan, cgroups: &mut crate::attribution::cgroups::CgroupNames
             }
         }
     }
-    snap.listeners.sort_by(|a, b| b.fill.total_cmp(&a.fill).then(a.netns.cmp(&b.netns)).then(a.port.cmp(&b.port)));
+    super::order::sort_by_index(&mut snap.listeners, |a, b| {
+        b.fill.total_cmp(&a.fill).then(a.netns.cmp(&b.netns)).then(a.port.cmp(&b.port))
+    });
     snap
 }
 
@@ -323,14 +333,14 @@ fn find_listener(listeners: &[Listener], key: &ListenerKey) -> Option<usize> {
 /// search by key did: the candidates of a (namespace, port) keep the list's order, and the same
 /// rule picks among them.
 pub struct ListenerIndex {
-    by_port: HashMap<(u64, u16), Vec<(IpAddr, usize)>>,
-    by_cookie: HashMap<u64, usize>,
+    by_port: HashMap<(u64, u16), Vec<(IpAddr, usize)>, foldhash::fast::RandomState>,
+    by_cookie: HashMap<u64, usize, foldhash::fast::RandomState>,
 }
 
 impl ListenerIndex {
     pub fn new(listeners: &[Listener]) -> Self {
-        let mut by_port: HashMap<(u64, u16), Vec<(IpAddr, usize)>> = HashMap::new();
-        let mut by_cookie = HashMap::with_capacity(listeners.len());
+        let mut by_port: HashMap<_, Vec<_>, _> = HashMap::with_capacity_and_hasher(listeners.len(), Default::default());
+        let mut by_cookie = HashMap::with_capacity_and_hasher(listeners.len(), Default::default());
         for (i, l) in listeners.iter().enumerate() {
             if !l.is_unix() {
                 by_port.entry((l.netns, l.port)).or_default().push((l.addr, i));

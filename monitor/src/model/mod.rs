@@ -4,6 +4,7 @@
 //! that the exporter, the alert rules and the CLI all show.
 pub mod destinations;
 pub mod listeners;
+pub mod order;
 pub mod peak_window;
 pub mod pool_ids;
 pub mod pools;

@@ -49,7 +49,7 @@ const BUCKETS: u32 = 6;
 pub struct PeakWindow<K> {
     window: Duration,
     width: Duration,
-    buckets: VecDeque<(Instant, HashMap<K, i64>)>,
+    buckets: VecDeque<(Instant, HashMap<K, i64, foldhash::fast::RandomState>)>,
 }
 
 impl<K: Hash + Eq + Clone> PeakWindow<K> {
@@ -61,7 +61,7 @@ impl<K: Hash + Eq + Clone> PeakWindow<K> {
     /// the window. Call once per collection, before `observe`.
     pub fn advance(&mut self, now: Instant) {
         if self.buckets.back().is_none_or(|(start, _)| now.saturating_duration_since(*start) >= self.width) {
-            self.buckets.push_back((now, HashMap::new()));
+            self.buckets.push_back((now, HashMap::default()));
         }
         while self
             .buckets
@@ -82,8 +82,13 @@ impl<K: Hash + Eq + Clone> PeakWindow<K> {
         let last = self.buckets.len() - 1;
         for (i, (_, b)) in self.buckets.iter_mut().enumerate() {
             if i == last {
-                let e = b.entry(key.clone()).or_insert(value);
-                *e = (*e).max(value);
+                // The key is cloned only when new to the bucket (a pool's key is five strings).
+                match b.get_mut(key) {
+                    Some(e) => *e = (*e).max(value),
+                    None => {
+                        b.insert(key.clone(), value);
+                    }
+                }
             }
             if let Some(v) = b.get(key) {
                 best = best.max(*v);

@@ -6,10 +6,7 @@
 //! just before the removal may still write to it), then its slots are zeroed and it goes back to
 //! FREE_POOL_IDS. Each removal raises POOL_EPOCH, which retires every CPU's cached key -> id
 //! (POOL_ID_CACHE), so a cached id is never older than a lookup racing the removal.
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Queue},
@@ -24,6 +21,10 @@ use crate::kernel::{
     batch,
     maps::{open as map, open_mut as map_mut},
 };
+
+/// Maps keyed by pool key or id, read on every collection: hashed with foldhash (std's SipHash
+/// over the 48-byte keys was a tenth of the pool tables' read on a fleet host).
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Least time a forgotten pool's id waits before it is zeroed and handed out again.
 pub const QUARANTINE: Duration = Duration::from_secs(1);
@@ -44,7 +45,7 @@ fn prefix(ids: &HashMap<PoolKey, u32>) -> u32 {
 /// Every pool's counters, summed over CPUs.
 pub fn stats(ebpf: &Ebpf, ids: &HashMap<PoolKey, u32>) -> HashMap<PoolKey, PoolStats> {
     let Ok(m) = map::<PerCpuArray<&MapData, PoolStats>>(ebpf, POOL_STATS) else {
-        return HashMap::new();
+        return HashMap::default();
     };
     let all = batch::per_cpu_array_prefix(POOL_STATS, &m, prefix(ids));
     let by_id: HashMap<u32, &[PoolStats]> = all.iter().collect();
@@ -63,7 +64,7 @@ pub fn stats(ebpf: &Ebpf, ids: &HashMap<PoolKey, u32>) -> HashMap<PoolKey, PoolS
 /// Every pool's slot of one of the i64 arrays (POOL_LIVE, POOL_PEAK).
 pub fn values(ebpf: &Ebpf, name: &'static str, ids: &HashMap<PoolKey, u32>) -> HashMap<PoolKey, i64> {
     let Ok(m) = map::<Array<&MapData, i64>>(ebpf, name) else {
-        return HashMap::new();
+        return HashMap::default();
     };
     let all = batch::array_prefix(name, &m, prefix(ids));
     ids.iter().filter_map(|(key, id)| Some((*key, *all.get(*id as usize)?))).collect()
@@ -230,13 +231,13 @@ mod tests {
         let mut r =
             Recycler { quarantine: vec![(7, key(1), t0), (8, key(2), t0), (9, key(3), t0 + QUARANTINE)], epoch: 0 };
         // Too early for all of them.
-        assert_eq!(r.due(t0, &HashMap::new()), (vec![], vec![]));
+        assert_eq!(r.due(t0, &HashMap::default()), (vec![], vec![]));
         assert_eq!(r.waiting(), 3);
         // 7 is free; a socket of pool 2 still writes to 8, so 8 goes back to that pool; 9 waits on.
-        let in_use = HashMap::from([(8, key(2))]);
+        let in_use = HashMap::from_iter([(8, key(2))]);
         assert_eq!(r.due(t0 + QUARANTINE, &in_use), (vec![7], vec![(8, key(2))]));
         assert_eq!(r.waiting(), 1);
-        assert_eq!(r.due(t0 + 2 * QUARANTINE, &HashMap::new()), (vec![9], vec![]));
+        assert_eq!(r.due(t0 + 2 * QUARANTINE, &HashMap::default()), (vec![9], vec![]));
         assert_eq!(r.waiting(), 0);
     }
 }

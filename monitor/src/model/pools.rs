@@ -199,7 +199,9 @@ fn pool_of(key: &PoolKey, services: &Services, cgroups: &mut CgroupNames, protoc
 }
 
 fn sort(pools: &mut [Pool]) {
-    pools.sort_by(|a, b| b.active.cmp(&a.active).then(a.dst_port.cmp(&b.dst_port)).then(a.comm.cmp(&b.comm)));
+    super::order::sort_by_index(pools, |a, b| {
+        b.active.cmp(&a.active).then(a.dst_port.cmp(&b.dst_port)).then(a.comm.cmp(&b.comm))
+    });
 }
 
 /// Pools as one scan sees them: active connections only (no probe, so no counters).
@@ -379,7 +381,7 @@ impl PoolTracker {
             pool_ids::reset_peaks(ebpf, &ids, &live);
         }
         self.learn_protocols(ebpf);
-        let mut keys: HashSet<PoolKey> = stats.keys().copied().collect();
+        let mut keys: HashSet<PoolKey, foldhash::fast::RandomState> = stats.keys().copied().collect();
         keys.extend(live.keys().copied());
         keys.extend(self.seeded.keys().copied());
         let now = Instant::now();
@@ -476,7 +478,7 @@ impl PoolTracker {
     /// Drops idle pools from the kernel tables so they do not fill up: the pool's id leaves
     /// POOL_IDS and is recycled later (`pool_ids::Recycler`). A connect racing the removal keeps
     /// the old id, which is then given back to its pool or kept out of use while it is open.
-    fn forget(&mut self, ebpf: &mut Ebpf, keys: &[PoolKey], ids: &HashMap<PoolKey, u32>) {
+    fn forget(&mut self, ebpf: &mut Ebpf, keys: &[PoolKey], ids: &pool_ids::HashMap<PoolKey, u32>) {
         if keys.is_empty() {
             return;
         }
@@ -493,9 +495,9 @@ impl PoolTracker {
 /// connect leaves the table at once, so a blackholed server shows here from its first SYN; an
 /// entry whose failure event was missed is removed by reconciliation after STALE_CONNECT_NS.
 /// Also every pool id the table refers to, with its pool (ids still being written).
-fn pending_connects(ebpf: &Ebpf) -> (HashMap<PoolKey, i64>, HashMap<u32, PoolKey>) {
-    let mut out: HashMap<PoolKey, i64> = HashMap::new();
-    let mut in_use = HashMap::new();
+fn pending_connects(ebpf: &Ebpf) -> (pool_ids::HashMap<PoolKey, i64>, pool_ids::HashMap<u32, PoolKey>) {
+    let mut out = pool_ids::HashMap::default();
+    let mut in_use = pool_ids::HashMap::default();
     if let Ok(socks) = map::<BpfHashMap<&MapData, u64, SockInfo>>(ebpf, SOCKS) {
         for (_, info) in batch::hash(SOCKS, &socks) {
             in_use.insert(info.pool_id, info.pool);
@@ -508,7 +510,7 @@ fn pending_connects(ebpf: &Ebpf) -> (HashMap<PoolKey, i64>, HashMap<u32, PoolKey
 }
 
 /// Every pool's counters, summed over CPUs.
-pub fn read_stats(ebpf: &Ebpf) -> HashMap<PoolKey, PoolStats> {
+pub fn read_stats(ebpf: &Ebpf) -> pool_ids::HashMap<PoolKey, PoolStats> {
     pool_ids::stats(ebpf, &pool_ids::ids(ebpf))
 }
 

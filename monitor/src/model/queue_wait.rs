@@ -38,7 +38,7 @@ struct Sample {
 /// Keeps a window of samples per listener and fills in `Listener::queue`.
 #[derive(Debug)]
 pub struct QueueTracker {
-    history: HashMap<ListenerId, VecDeque<Sample>>,
+    history: HashMap<ListenerId, VecDeque<Sample>, foldhash::fast::RandomState>,
     started: Instant,
     /// Seconds clients wait before giving up (the slow-failure alert's `client_timeout`).
     client_timeout: f64,
@@ -63,7 +63,7 @@ pub struct Sources {
 
 impl QueueTracker {
     pub fn new(client_timeout: Duration) -> Self {
-        Self { history: HashMap::new(), started: Instant::now(), client_timeout: client_timeout.as_secs_f64() }
+        Self { history: HashMap::default(), started: Instant::now(), client_timeout: client_timeout.as_secs_f64() }
     }
 
     /// Folds the kernel's counters into `listeners` (whose `queued` the peak tracker has set)

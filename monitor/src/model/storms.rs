@@ -305,7 +305,11 @@ impl StormTracker {
     }
 
     /// One tick for every pool; `describe` names a pool for the start/end log lines.
-    pub fn pools_tick(&mut self, stats: &HashMap<PoolKey, PoolStats>, describe: &mut dyn FnMut(&PoolKey) -> String) {
+    pub fn pools_tick(
+        &mut self,
+        stats: &crate::model::pool_ids::HashMap<PoolKey, PoolStats>,
+        describe: &mut dyn FnMut(&PoolKey) -> String,
+    ) {
         let now = self.now();
         for (key, s) in stats {
             let r = Reading {
