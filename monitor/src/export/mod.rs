@@ -5,7 +5,6 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{info::Info, MetricType},
     registry::Registry,
 };
@@ -332,7 +331,7 @@ pub fn render(
     }
     let mut out = String::with_capacity(capacity(snap.listeners.len() + pools.pools.len(), plan.budget));
     // Writing into a String cannot fail.
-    let _ = encode(&mut out, &reg);
+    let _ = series::encode_exposition(&mut out, &reg);
     out
 }
 

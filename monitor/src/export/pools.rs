@@ -64,16 +64,21 @@ pub(crate) struct Row {
 
 const OTHER: &str = "other";
 
-/// Merges pools that share labels, busiest (most open connections) first.
+/// Merges pools that share labels, busiest (most open connections) first. Pools are matched on
+/// the fields their labels are made of (equal fields, equal labels), so each merged row's label
+/// strings are built once, from its first pool, instead of once per pool.
 pub(crate) fn merge_rows(pools: &[Pool]) -> Vec<([String; 5], Row)> {
-    let mut merged: BTreeMap<[String; 5], Row> = BTreeMap::new();
-    for p in pools {
-        let r = merged.entry(p.label_values()).or_default();
+    type Fields<'a> = (&'a str, IpAddr, u16, &'a str, &'a str);
+    let mut merged: HashMap<Fields<'_>, (usize, Row), foldhash::fast::RandomState> = HashMap::default();
+    for (i, p) in pools.iter().enumerate() {
+        let fields = (p.service.as_str(), p.dst_addr, p.dst_port, p.comm.as_str(), p.cgroup.as_str());
+        let (_, r) = merged.entry(fields).or_insert_with(|| (i, Row::default()));
         merge(r, p.active, p.peak, p.stats.as_ref());
         r.pending += p.pending;
         r.keys.extend(p.key);
     }
-    let mut all: Vec<([String; 5], Row)> = merged.into_iter().collect();
+    let mut all: Vec<([String; 5], Row)> = merged.into_values().map(|(i, r)| (pools[i].label_values(), r)).collect();
+    // A total order (labels are unique), so the map's order does not show.
     all.sort_by(|a, b| b.1.active.cmp(&a.1.active).then_with(|| a.0.cmp(&b.0)));
     all
 }
@@ -309,8 +314,9 @@ impl Collector for Histograms {
             }
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for (l, h) in series {
-                let escaped = super::series::Escaped(l);
-                let m = family.encode_family(&escaped)?;
+                let text = super::series::shared_text(l);
+                let set = super::series::LabelText::of(l, text.as_deref());
+                let m = family.encode_family(&set)?;
                 HistRef(h).encode(m)?;
             }
         }

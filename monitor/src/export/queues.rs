@@ -122,7 +122,8 @@ impl Collector for QueueHistograms {
         let help = "Waits in the accept queue measured per connection, from enqueue (handshake completed) to accept()";
         let mut family = encoder.encode_descriptor(LISTEN_QUEUE_WAIT_HIST, help, None, MetricType::Histogram)?;
         for (l, h) in &self.0 {
-            HistRef(h).encode(family.encode_family(&super::series::Escaped(l))?)?;
+            let text = super::series::shared_text(l);
+            HistRef(h).encode(family.encode_family(&super::series::LabelText::of(l, text.as_deref()))?)?;
         }
         Ok(())
     }

@@ -7,11 +7,17 @@
 //! thousands of series those allocations and hashes were most of a scrape's time; a row is one
 //! push. Rows are written in insertion order (the families' was hash order), and a label set
 //! given twice gives two rows, so callers set each series once.
-use std::sync::{Arc, Mutex};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    fmt::Write as _,
+    rc::Rc,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, LabelSetEncoder, NoLabelSet},
+    encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, LabelSetEncoder, NoLabelSet},
     metrics::MetricType,
     registry::Registry,
 };
@@ -144,8 +150,9 @@ impl Collector for Fam {
         let name = inner.name.strip_suffix("_total").unwrap_or(inner.name);
         let mut family = encoder.encode_descriptor(name, inner.help, None, inner.kind)?;
         for (labels, v) in &inner.rows {
-            let escaped = Escaped(labels.as_ref());
-            let mut m = family.encode_family(&escaped)?;
+            let text = shared_text(labels);
+            let set = LabelText::of(labels, text.as_deref());
+            let mut m = family.encode_family(&set)?;
             match v {
                 Value::Int(i) => m.encode_gauge(i)?,
                 Value::Float(f) => m.encode_gauge(f)?,
@@ -156,6 +163,97 @@ impl Collector for Fam {
     }
 }
 
+thread_local! {
+    /// While `encode_exposition` runs on this thread: the text of each label set that several rows
+    /// share (a listener's or pool's identity, in ten families or more), by the set's address.
+    /// The sets are alive in the registry being encoded, so an address names one set throughout;
+    /// the map is dropped when the encoding ends.
+    static SHARED_TEXT: RefCell<Option<HashMap<usize, Rc<str>, foldhash::fast::RandomState>>> =
+        const { RefCell::new(None) };
+}
+
+/// Encodes `reg` as OpenMetrics text into `out`, writing each label set shared by several rows
+/// once and copying its text into the rows after (escaping and writing label by label was a fifth
+/// of a fleet host's render). The text is the same as `prometheus_client::encoding::text::encode`'s.
+pub(crate) fn encode_exposition(out: &mut String, reg: &Registry) -> std::fmt::Result {
+    SHARED_TEXT.with(|t| *t.borrow_mut() = Some(HashMap::default()));
+    let result = encode(out, reg);
+    SHARED_TEXT.with(|t| *t.borrow_mut() = None);
+    result
+}
+
+/// `labels` as text (`k="v",k="v"`) when shared with other rows and an exposition is being encoded.
+pub(crate) fn shared_text(labels: &Arc<Labels>) -> Option<Rc<str>> {
+    if labels.is_empty() || Arc::strong_count(labels) < 2 {
+        return None;
+    }
+    SHARED_TEXT.with(|t| {
+        let mut t = t.borrow_mut();
+        let map = t.as_mut()?;
+        let text = map.entry(Arc::as_ptr(labels) as usize).or_insert_with(|| {
+            let mut text = String::new();
+            for (i, (k, v)) in labels.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                // Writing into a String cannot fail.
+                let _ = write!(text, "{sep}{k}=\"");
+                let _ = write_escaped(&mut text, v);
+                text.push('"');
+            }
+            Rc::from(text)
+        });
+        Some(Rc::clone(text))
+    })
+}
+
+/// A row's label set for the encoder: label by label, or the set's text written before
+/// (`shared_text`), given to prometheus-client as one label whose value holds the others: it
+/// writes `key="value"` around it, which gives back the text exactly.
+pub(crate) enum LabelText<'a> {
+    Escaped(&'a Labels),
+    Written { first_key: &'a str, rest: &'a str },
+}
+
+impl<'a> LabelText<'a> {
+    pub(crate) fn of(labels: &'a Labels, text: Option<&'a str>) -> Self {
+        match (text, labels.first()) {
+            (Some(text), Some((k, _))) => LabelText::Written { first_key: k, rest: &text[k.len() + 2..text.len() - 1] },
+            _ => LabelText::Escaped(labels),
+        }
+    }
+}
+
+impl EncodeLabelSet for LabelText<'_> {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            LabelText::Escaped(labels) => Escaped(labels).encode(encoder),
+            LabelText::Written { first_key, rest } => {
+                let mut label = encoder.encode_label();
+                let mut key = label.encode_label_key()?;
+                key.write_str(first_key)?;
+                let mut value = key.encode_label_value()?;
+                value.write_str(rest)?;
+                value.finish()
+            }
+        }
+    }
+}
+
+/// `v` escaped as the text format requires.
+fn write_escaped(out: &mut impl std::fmt::Write, v: &str) -> std::fmt::Result {
+    if !v.contains(['\\', '"', '\n']) {
+        return out.write_str(v);
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.write_str("\\\\")?,
+            '"' => out.write_str("\\\"")?,
+            '\n' => out.write_str("\\n")?,
+            c => out.write_char(c)?,
+        }
+    }
+    Ok(())
+}
+
 /// A label set whose values are escaped as the text format requires (`\\`, `\"`, `\n`).
 /// prometheus-client 0.23 writes label values raw, so a cgroup or systemd unit with a backslash
 /// (`dev-disk-by\x2duuid-….swap`) or a quote would make the whole scrape unparsable.
@@ -163,24 +261,12 @@ pub(crate) struct Escaped<'a>(pub(crate) &'a Labels);
 
 impl EncodeLabelSet for Escaped<'_> {
     fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        use std::fmt::Write as _;
         for (k, v) in self.0 {
             let mut label = encoder.encode_label();
             let mut key = label.encode_label_key()?;
             key.write_str(k)?;
             let mut value = key.encode_label_value()?;
-            if v.contains(['\\', '"', '\n']) {
-                for c in v.chars() {
-                    match c {
-                        '\\' => value.write_str("\\\\")?,
-                        '"' => value.write_str("\\\"")?,
-                        '\n' => value.write_str("\\n")?,
-                        c => value.write_char(c)?,
-                    }
-                }
-            } else {
-                value.write_str(v)?;
-            }
+            write_escaped(&mut value, v)?;
             value.finish()?;
         }
         Ok(())
@@ -209,6 +295,34 @@ mod tests {
             "# HELP connmon_g A gauge.\n# TYPE connmon_g gauge\nconnmon_g{a=\"x\"} 3\nconnmon_g{} 0.5\n\
              # HELP connmon_c A counter.\n# TYPE connmon_c counter\nconnmon_c_total{a=\"x\"} 7\n# EOF\n"
         );
+    }
+
+    #[test]
+    fn shared_label_sets_written_once_encode_as_label_by_label() {
+        let mut reg = Registry::default();
+        let g = Fam::register(&mut reg, "connmon_g", "A gauge.", MetricType::Gauge);
+        let c = Fam::register(&mut reg, "connmon_c_total", "A counter.", MetricType::Counter);
+        let l: Arc<Labels> = Arc::new(vec![
+            ("comm".into(), "a\"b\\c\nd".into()),
+            ("port".into(), "80".into()),
+            ("cgroup".into(), String::new()),
+        ]);
+        g.get_or_create(&l).set(1i64);
+        c.get_or_create(&l).inc_by(2);
+        g.get_or_create(&vec![]).set(0.5f64);
+        let mut plain = String::new();
+        encode(&mut plain, &reg).unwrap();
+        let mut shared = String::new();
+        encode_exposition(&mut shared, &reg).unwrap();
+        assert_eq!(shared, plain);
+        assert!(plain.contains(r#"connmon_g{comm="a\"b\\c\nd",port="80",cgroup=""} 1"#), "{plain}");
+        // The written text is what was used: shared (the registry's rows hold the set too) and
+        // only while an exposition is encoded.
+        assert!(shared_text(&l).is_none());
+        SHARED_TEXT.with(|t| *t.borrow_mut() = Some(HashMap::default()));
+        let text = shared_text(&l);
+        SHARED_TEXT.with(|t| *t.borrow_mut() = None);
+        assert_eq!(text.as_deref(), Some(r#"comm="a\"b\\c\nd",port="80",cgroup="""#));
     }
 
     #[test]
