@@ -63,9 +63,7 @@ pub fn register(reg: &mut Registry, dests: &[Destination], exported: &BTreeMap<(
                 if !detail && n == 0 {
                     continue;
                 }
-                let mut with = Labels::clone(&l);
-                with.push(("how".into(), how.to_string()));
-                r.get_or_create(with).inc_by(n);
+                r.with(&l, &[("how", how)]).inc_by(n);
             }
         }
     }

@@ -267,9 +267,7 @@ pub fn render(
         if let Some(n) = l.synack_retransmits {
             synack.get_or_create(id).inc_by(n);
         }
-        let mut with_source = Labels::clone(id);
-        with_source.push(("source".to_string(), l.peak_source.as_str().to_string()));
-        peak.get_or_create(with_source).set(i64::from(l.peak_depth));
+        peak.with(id, &[("source", l.peak_source.as_str())]).set(i64::from(l.peak_depth));
     }
     dropped.get_or_create(&vec![]).set((snap.listeners.len() - shown.len()) as i64);
     queues::register(&mut reg, &shown, &snap.namespaces);

@@ -216,16 +216,12 @@ pub(crate) fn register(
         // A summary keeps the breakdowns that have counted something: the rules sum them.
         for (reason, n) in FAILURE_REASONS.iter().zip(s.failures) {
             if detail || n > 0 {
-                let mut with = Labels::clone(l);
-                with.push(("reason".into(), reason.to_string()));
-                failures.get_or_create(with).inc_by(n);
+                failures.with(l, &[("reason", reason)]).inc_by(n);
             }
         }
         for (how, n) in [("reset", s.died_reset), ("server_closed", s.died_server_closed)] {
             if detail || n > 0 {
-                let mut with = Labels::clone(l);
-                with.push(("how".into(), how.into()));
-                died_young.get_or_create(with).inc_by(n);
+                died_young.with(l, &[("how", how)]).inc_by(n);
             }
         }
         if let Some(sig) = super::storms::strongest(&r.keys, section.signals) {
@@ -237,9 +233,7 @@ pub(crate) fn register(
         closes.get_or_create(l).inc_by(s.closes);
         syn_retrans.get_or_create(l).inc_by(s.syn_retransmits);
         for (direction, n) in [("received", s.resets_received), ("sent", s.resets_sent)] {
-            let mut with = Labels::clone(l);
-            with.push(("direction".into(), direction.into()));
-            resets.get_or_create(with).inc_by(n);
+            resets.with(l, &[("direction", direction)]).inc_by(n);
         }
         short_lived.get_or_create(l).inc_by(s.short_lived);
         pending.get_or_create(l).set(r.pending);
@@ -256,9 +250,7 @@ pub(crate) fn register(
     );
     for Shown { id, accepts, .. } in listeners {
         for (class, n) in accepts.iter() {
-            let mut with = Labels::clone(id);
-            with.push(("client_class".into(), class.to_string()));
-            accepts_f.get_or_create(with).inc_by(*n);
+            accepts_f.with(id, &[("client_class", class)]).inc_by(*n);
         }
     }
     let lost = counter_family(reg, EVENTS_LOST, "Kernel events connmon could not account, by reason: socket_table_full (connect not counted), socket_untracked (handshake of a socket connmon was not tracking), pool_table_full, retry_ring_full (retry timing event dropped), unseen_handshake (a close whose handshake was missed), missed_close (a close the probe missed, found by reconciling with sock_diag), queue_untracked (a TCP connection accepted whose enqueue the accept-queue probe did not see: no wait measured), recursion (runs the kernel skipped because another tracing program was running on the CPU)");

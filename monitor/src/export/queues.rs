@@ -63,9 +63,7 @@ pub(crate) fn register(reg: &mut Registry, listeners: &[Shown<'_>], namespaces: 
             if q.abandoned.is_some() && !l.is_unix() {
                 for (how, n) in [("fin", s.abandoned_fin), ("rst", s.abandoned_rst)] {
                     if n > 0 {
-                        let mut with = Labels::clone(id);
-                        with.push(("how".into(), how.into()));
-                        abandoned.get_or_create(with).inc_by(n);
+                        abandoned.with(id, &[("how", how)]).inc_by(n);
                     }
                 }
             }
@@ -73,9 +71,7 @@ pub(crate) fn register(reg: &mut Registry, listeners: &[Shown<'_>], namespaces: 
         }
         for (method, v) in [(METHOD_LITTLE, q.wait_seconds), (METHOD_ACCEPT, q.wait_measured_seconds)] {
             if let Some(v) = v {
-                let mut with = Labels::clone(id);
-                with.push(("method".into(), method.into()));
-                wait.get_or_create(with).set(v);
+                wait.with(id, &[("method", method)]).set(v);
             }
         }
         if let Some(r) = q.accept_rate {
@@ -88,9 +84,7 @@ pub(crate) fn register(reg: &mut Registry, listeners: &[Shown<'_>], namespaces: 
         // Unix listeners have no TCP states to watch: no abandonment counted for them.
         if q.abandoned.is_some() && !l.is_unix() {
             for (how, n) in [("fin", s.abandoned_fin), ("rst", s.abandoned_rst)] {
-                let mut with = Labels::clone(id);
-                with.push(("how".into(), how.into()));
-                abandoned.get_or_create(with).inc_by(n);
+                abandoned.with(id, &[("how", how)]).inc_by(n);
             }
         }
         if q.accepted_closed.is_some() && !l.is_unix() {

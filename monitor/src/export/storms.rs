@@ -30,14 +30,12 @@ pub(crate) fn register(
     let jitter = float_family(reg, POOL_JITTER, "Variation of a pool's retry gaps around their trend (coefficient of variation): 0 = perfectly regular, no jitter");
     let rate = float_family(reg, POOL_ATTEMPT_RATE, "Connect attempts per second of the pool over the detector window");
     let bad = float_family(reg, POOL_BAD_RATIO, "Share of the pool's attempts over the detector window that went bad: failed, reset young, or (once the pool has a baseline) hung up on young by the server");
-    let emit = |target: &str, labels: &Labels, s: &Signals, level: Level| {
+    let emit = |target: &'static str, labels: &Arc<Labels>, s: &Signals, level: Level| {
         if level == Level::Summary && !s.in_storm {
             return;
         }
-        let mut with = labels.clone();
-        with.push(("target".into(), target.into()));
+        storm.with(labels, &[("target", target)]).set(i64::from(s.in_storm));
         if level == Level::Summary {
-            storm.get_or_create(with).set(i64::from(s.in_storm));
             return;
         }
         for (component, v) in [
@@ -46,12 +44,8 @@ pub(crate) fn register(
             ("backoff", s.score.backoff),
             ("overall", s.score.overall),
         ] {
-            let mut c = with.clone();
-            c.push(("component".into(), component.into()));
-            score.get_or_create(c).set(v);
+            score.with(labels, &[("target", target), ("component", component)]).set(v);
         }
-        // Rows are written per family, so the flag's row may come after its scores are set.
-        storm.get_or_create(with).set(i64::from(s.in_storm));
     };
     for (labels, s, level) in pools {
         emit("pool", labels, s, *level);
