@@ -65,8 +65,8 @@ pub fn render(o: &Observer, alerting: Option<&Alerting>) -> String {
         let entries = gauge_family(&mut reg, MAP_ENTRIES, "Entries in the kernel program's hash map at the last count (every 30 s); at connmon_map_max_entries an LRU map evicts and a plain one refuses (connmon_events_lost_total says what was lost)");
         let max = gauge_family(&mut reg, MAP_MAX_ENTRIES, "Capacity of the kernel program's hash map");
         for (map, f) in &o.census.maps {
-            entries.get_or_create(&one("map", map)).set(i64::from(f.entries));
-            max.get_or_create(&one("map", map)).set(i64::from(f.max_entries));
+            entries.get_or_create(one("map", map)).set(i64::from(f.entries));
+            max.get_or_create(one("map", map)).set(i64::from(f.max_entries));
         }
     }
     if let Some(n) = alerting.and_then(|a| a.notifier.as_ref()) {
@@ -75,25 +75,25 @@ pub fn render(o: &Observer, alerting: Option<&Alerting>) -> String {
             AM_PUSHES,
             "Pushes to Alertmanager by result: delivered to every URL, or failed for one (retried with backoff)",
         );
-        pushes.get_or_create(&one("result", "delivered")).inc_by(n.counts.delivered.load(Ordering::Relaxed));
-        pushes.get_or_create(&one("result", "failed")).inc_by(n.counts.failed.load(Ordering::Relaxed));
+        pushes.get_or_create(one("result", "delivered")).inc_by(n.counts.delivered.load(Ordering::Relaxed));
+        pushes.get_or_create(one("result", "failed")).inc_by(n.counts.failed.load(Ordering::Relaxed));
         gauge_family(&mut reg, AM_QUEUED, "Resolved alerts waiting to be delivered to Alertmanager")
-            .get_or_create(&vec![])
+            .get_or_create(vec![])
             .set(n.queued() as i64);
         gauge_family(
             &mut reg,
             AM_QUEUE_LIMIT,
             "Most resolved alerts kept for delivery while Alertmanager is unreachable",
         )
-        .get_or_create(&vec![])
+        .get_or_create(vec![])
         .set(notify::MAX_RESOLVED as i64);
         counter_family(&mut reg, AM_DROPPED, "Resolved alerts dropped undelivered because the queue was full")
-            .get_or_create(&vec![])
+            .get_or_create(vec![])
             .inc_by(n.counts.dropped.load(Ordering::Relaxed));
     }
     if let Some(a) = alerting {
         gauge_family(&mut reg, ALERT_SERIES, "Sample histories the alert rules keep (one per pool, listener and destination seen within the rules' longest window)")
-            .get_or_create(&vec![])
+            .get_or_create(vec![])
             .set(a.engine.series_len() as i64);
     }
     gauge_family(
@@ -101,7 +101,7 @@ pub fn render(o: &Observer, alerting: Option<&Alerting>) -> String {
         PEAK_SERIES,
         "Per-series maxima the peak gauges keep over --peaks.window, summed over its buckets",
     )
-    .get_or_create(&vec![])
+    .get_or_create(vec![])
     .set(o.windows.entries() as i64);
     let (protocols, cgroups) = o.pools.cache_sizes();
     let entries = gauge_family(&mut reg, CACHE_ENTRIES, "Entries in the agent's in-memory cache");
@@ -115,9 +115,9 @@ pub fn render(o: &Observer, alerting: Option<&Alerting>) -> String {
         ("pool_protocols", protocols, pools::MAX_PROTOCOL_DESTINATIONS, &pools::PROTOCOL_RESETS),
         ("cgroup_paths", cgroups, cgroups::MAX_REMEMBERED, &cgroups::RESETS),
     ] {
-        entries.get_or_create(&one("cache", cache)).set(n as i64);
-        limit.get_or_create(&one("cache", cache)).set(max as i64);
-        resets.get_or_create(&one("cache", cache)).inc_by(reset.load(Ordering::Relaxed));
+        entries.get_or_create(one("cache", cache)).set(n as i64);
+        limit.get_or_create(one("cache", cache)).set(max as i64);
+        resets.get_or_create(one("cache", cache)).inc_by(reset.load(Ordering::Relaxed));
     }
     let mut out = String::new();
     // Writing into a String cannot fail.

@@ -28,7 +28,7 @@ pub fn register(reg: &mut Registry, cgroups: &BTreeSet<&str>, destinations: &BTr
         let n = view.map(|v| v.names.workload(&w)).unwrap_or_default();
         let WorkloadNames { namespace, pod, container } = &n;
         workload
-            .get_or_create(&labels(&[
+            .get_or_create(labels(&[
                 ("cgroup", c),
                 ("runtime", &w.runtime),
                 ("container_id", &w.container_id),
@@ -50,7 +50,7 @@ pub fn register(reg: &mut Registry, cgroups: &BTreeSet<&str>, destinations: &BTr
     for addr in destinations {
         if let Some(p) = view.names.peer(*addr) {
             peers
-                .get_or_create(&labels(&[
+                .get_or_create(labels(&[
                     ("dst_addr", &addr.to_string()),
                     ("kind", p.kind.as_str()),
                     ("namespace", &p.namespace),

@@ -269,29 +269,29 @@ pub fn render(
         }
         peak.with(id, &[("source", l.peak_source.as_str())]).set(i64::from(l.peak_depth));
     }
-    dropped.get_or_create(&vec![]).set((snap.listeners.len() - shown.len()) as i64);
+    dropped.get_or_create(vec![]).set((snap.listeners.len() - shown.len()) as i64);
     queues::register(&mut reg, &shown, &snap.namespaces);
     for ns in &snap.namespaces {
         let netns = ns.inode.to_string();
-        ns_info.get_or_create(&labels(&[("netns", &netns), ("name", ns.name.as_deref().unwrap_or(""))])).set(1);
+        ns_info.get_or_create(labels(&[("netns", &netns), ("name", ns.name.as_deref().unwrap_or(""))])).set(1);
         for counter in TCP_EXT_COUNTERS {
             if let Some(v) = ns.tcp_ext.get(*counter) {
-                ext.get_or_create(&labels(&[("netns", &netns), ("counter", counter)])).inc_by(*v);
+                ext.get_or_create(labels(&[("netns", &netns), ("counter", counter)])).inc_by(*v);
             }
         }
     }
-    scan.get_or_create(&vec![]).set(ctx.scan_seconds);
+    scan.get_or_create(vec![]).set(ctx.scan_seconds);
     float_family(&mut reg, SCAN_CONNECTIONS_AGE, "Seconds since connections and SYN_RECV requests were last dumped; scrapes sooner than --scan.budget allows reuse the last dump")
-        .get_or_create(&vec![])
+        .get_or_create(vec![])
         .set(ctx.connections_age);
-    ns_failed.get_or_create(&vec![]).set(snap.netns_errors as i64);
+    ns_failed.get_or_create(vec![]).set(snap.netns_errors as i64);
     for (probe, state) in ctx.probes {
         let up = i64::from(matches!(state, ProbeState::Up { .. }));
-        probe_up.get_or_create(&labels(&[("probe", probe)])).set(up);
+        probe_up.get_or_create(labels(&[("probe", probe)])).set(up);
     }
     let map_errors = counter_family(&mut reg, MAP_READ_ERRORS, "Failed reads of each eBPF map the agent reads (the first is logged); figures from a failing map are missing, not zero");
     for (map, n) in crate::kernel::maps::read_errors() {
-        map_errors.get_or_create(&labels(&[("map", map)])).inc_by(n);
+        map_errors.get_or_create(labels(&[("map", map)])).inc_by(n);
     }
     let destinations = pools::register(&mut reg, pools, &rows, folded, &shown);
     let cgroups: std::collections::BTreeSet<&str> = shown
@@ -316,15 +316,15 @@ pub fn render(
         budget::SERIES_BUDGET,
         "Series this exposition aims to stay within (--series.budget; 0: no budget, everything in detail)",
     );
-    budget_g.get_or_create(&vec![]).set(plan.budget as i64);
+    budget_g.get_or_create(vec![]).set(plan.budget as i64);
     let left_out = gauge_family(&mut reg, budget::SERIES_LEFT_OUT, "Listeners and pools the series budget or caps left out of this exposition: level=detail counts those shown as a summary only (no histograms, breakdowns or queue figures), level=all those not shown at all (listeners dropped, pools folded into other)");
     for (kind, level, n) in &plan.left_out {
-        left_out.get_or_create(&labels(&[("kind", kind), ("level", level)])).set(*n as i64);
+        left_out.get_or_create(labels(&[("kind", kind), ("level", level)])).set(*n as i64);
     }
     let fired = counter_family(&mut reg, ALERTS_FIRED, "Times each built-in alert started firing");
     for alert in Alert::ALL {
         fired
-            .get_or_create(&labels(&[("alertname", alert.name())]))
+            .get_or_create(labels(&[("alertname", alert.name())]))
             .inc_by(ctx.alerts_fired.get(&alert).copied().unwrap_or(0));
     }
     let mut out = String::with_capacity(capacity(snap.listeners.len() + pools.pools.len(), plan.budget));

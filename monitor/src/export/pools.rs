@@ -161,7 +161,7 @@ pub(crate) fn register(
         if exported.get(&(addr.clone(), port.clone())) == Some(&Level::Detail)
             && seen.insert((addr.clone(), port.clone(), p.service.clone()))
         {
-            info.get_or_create(&labels(&[
+            info.get_or_create(labels(&[
                 ("dst_addr", &addr),
                 ("dst_port", &port),
                 ("service", &p.service),
@@ -170,7 +170,7 @@ pub(crate) fn register(
             .set(1);
         }
     }
-    folded_g.get_or_create(&vec![]).set(folded as i64);
+    folded_g.get_or_create(vec![]).set(folded as i64);
 
     // Accepted connections still open, per listener (from scans, so available without probes).
     let established =
@@ -258,9 +258,9 @@ pub(crate) fn register(
     // by reconciling with sock_diag; both are one reason to users.
     for (reason, n) in LOST_REASON_NAMES.iter().zip(extras.lost) {
         let n = if *reason == "missed_close" { n + extras.missed_closes } else { n };
-        lost.get_or_create(&labels(&[("reason", reason)])).inc_by(n);
+        lost.get_or_create(labels(&[("reason", reason)])).inc_by(n);
     }
-    lost.get_or_create(&labels(&[("reason", "recursion")])).inc_by(extras.recursion_misses);
+    lost.get_or_create(labels(&[("reason", "recursion")])).inc_by(extras.recursion_misses);
     destinations
 }
 

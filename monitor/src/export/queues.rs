@@ -99,7 +99,7 @@ pub(crate) fn register(reg: &mut Registry, listeners: &[Shown<'_>], namespaces: 
     for ns in namespaces {
         let netns = ns.inode.to_string();
         for (name, v) in &ns.sysctls {
-            sysctl.get_or_create(&labels(&[("netns", &netns), ("name", name)])).set(*v);
+            sysctl.get_or_create(labels(&[("netns", &netns), ("name", name)])).set(*v);
         }
     }
     reg.register_collector(Box::new(hist));

@@ -322,7 +322,7 @@ mod tests {
         let c = Fam::register(&mut reg, "connmon_c_total", "A counter.", MetricType::Counter);
         let l: Labels = vec![("a".into(), "x".into())];
         g.get_or_create(&l).set(3i64);
-        g.get_or_create(&vec![]).set(0.5f64);
+        g.get_or_create(vec![]).set(0.5f64);
         c.get_or_create(&l).inc_by(7);
         let mut out = String::new();
         encode(&mut out, &reg).unwrap();
@@ -346,7 +346,7 @@ mod tests {
         g.get_or_create(&l).set(1i64);
         c.get_or_create(&l).inc_by(2);
         c.with(&l, &[("target", "pool"), ("how", "re\"set")]).inc_by(4);
-        g.get_or_create(&vec![]).set(0.5f64);
+        g.get_or_create(vec![]).set(0.5f64);
         let mut plain = String::new();
         encode(&mut plain, &reg).unwrap();
         let mut shared = String::new();

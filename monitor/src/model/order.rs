@@ -39,7 +39,7 @@ mod tests {
                 })
                 .collect();
             let mut want = records.clone();
-            want.sort_by(|a, b| b.0.cmp(&a.0));
+            want.sort_by_key(|r| std::cmp::Reverse(r.0));
             let mut got = records;
             sort_by_index(&mut got, |a, b| b.0.cmp(&a.0));
             assert_eq!(got, want, "len {len}");
