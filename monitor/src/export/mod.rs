@@ -329,7 +329,8 @@ pub fn render(
     }
     let mut out = String::with_capacity(capacity(snap.listeners.len() + pools.pools.len(), plan.budget));
     // Writing into a String cannot fail.
-    let _ = series::encode_exposition(&mut out, &reg);
+    // Shared sets: the listeners', pool rows' and destinations' identities.
+    let _ = series::encode_exposition(&mut out, &reg, shown.len() + 2 * rows.len());
     out
 }
 

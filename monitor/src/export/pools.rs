@@ -69,7 +69,8 @@ const OTHER: &str = "other";
 /// strings are built once, from its first pool, instead of once per pool.
 pub(crate) fn merge_rows(pools: &[Pool]) -> Vec<([String; 5], Row)> {
     type Fields<'a> = (&'a str, IpAddr, u16, &'a str, &'a str);
-    let mut merged: HashMap<Fields<'_>, (usize, Row), foldhash::fast::RandomState> = HashMap::default();
+    let mut merged: HashMap<Fields<'_>, (usize, Row), foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(pools.len(), Default::default());
     for (i, p) in pools.iter().enumerate() {
         let fields = (p.service.as_str(), p.dst_addr, p.dst_port, p.comm.as_str(), p.cgroup.as_str());
         let (_, r) = merged.entry(fields).or_insert_with(|| (i, Row::default()));
@@ -78,8 +79,9 @@ pub(crate) fn merge_rows(pools: &[Pool]) -> Vec<([String; 5], Row)> {
         r.keys.extend(p.key);
     }
     let mut all: Vec<([String; 5], Row)> = merged.into_values().map(|(i, r)| (pools[i].label_values(), r)).collect();
-    // A total order (labels are unique), so the map's order does not show.
-    all.sort_by(|a, b| b.1.active.cmp(&a.1.active).then_with(|| a.0.cmp(&b.0)));
+    // A total order (labels are unique), so the map's order does not show. By index: a row holds
+    // its pools' histograms inline.
+    crate::model::order::sort_by_index(&mut all, |a, b| b.1.active.cmp(&a.1.active).then_with(|| a.0.cmp(&b.0)));
     all
 }
 

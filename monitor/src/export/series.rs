@@ -205,9 +205,10 @@ thread_local! {
 
 /// Encodes `reg` as OpenMetrics text into `out`, writing each label set shared by several rows
 /// once and copying its text into the rows after (escaping and writing label by label was a fifth
-/// of a fleet host's render). The text is the same as `prometheus_client::encoding::text::encode`'s.
-pub(crate) fn encode_exposition(out: &mut String, reg: &Registry) -> std::fmt::Result {
-    SHARED_TEXT.with(|t| *t.borrow_mut() = Some(HashMap::default()));
+/// of a fleet host's render); `shared_sets` is about how many such sets there are. The text is
+/// the same as `prometheus_client::encoding::text::encode`'s.
+pub(crate) fn encode_exposition(out: &mut String, reg: &Registry, shared_sets: usize) -> std::fmt::Result {
+    SHARED_TEXT.with(|t| *t.borrow_mut() = Some(HashMap::with_capacity_and_hasher(shared_sets, Default::default())));
     let result = encode(out, reg);
     SHARED_TEXT.with(|t| *t.borrow_mut() = None);
     result
@@ -350,7 +351,7 @@ mod tests {
         let mut plain = String::new();
         encode(&mut plain, &reg).unwrap();
         let mut shared = String::new();
-        encode_exposition(&mut shared, &reg).unwrap();
+        encode_exposition(&mut shared, &reg, 1).unwrap();
         assert_eq!(shared, plain);
         assert!(plain.contains(r#"connmon_g{comm="a\"b\\c\nd",port="80",cgroup=""} 1"#), "{plain}");
         // Extra labels follow the set's, escaped too.
