@@ -1,7 +1,8 @@
 //! The exposition's text, byte for byte, for a host with a bit of everything (queued and failing
 //! listeners and pools, storms, accepts, destinations, alerts, a label that needs escaping) under
 //! a small series budget, so every level is used. The fixture was rendered by the build before
-//! the render's per-render label caches (`LabelCache`): they must not change a byte.
+//! the render's shared label sets (`export::Shown`, `series::Extra`, `series::encode_exposition`):
+//! they must not change a byte.
 use std::collections::{BTreeMap, HashMap};
 
 use monitor_common::{AcceptKey, PoolKey, PoolStats};

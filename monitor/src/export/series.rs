@@ -107,7 +107,8 @@ fn remember(fresh: Arc<Labels>) -> Arc<Labels> {
 
 /// What a series can be given its labels as: a borrowed set (copied, or shared with an equal set
 /// pushed recently), a set built for it (moved, not copied), or a set already shared, such as an
-/// exporter's per-render label cache (`LabelCache`): a reference count, no copy and no compare.
+/// entity's identity built once per render (`export::Shown`, a pool row's set): a reference
+/// count, no copy and no compare.
 pub(crate) trait RowLabels {
     fn into_shared(self) -> Arc<Labels>;
 }
