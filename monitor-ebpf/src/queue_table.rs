@@ -73,12 +73,9 @@ pub(crate) fn peer_closed<F: Fields>(f: &F) -> Result<(), i64> {
 /// the kernel has already released the socket's local port (`skc_num` is 0), so the listener
 /// could no longer be named there. A reset that ends a listener's queue when it closes comes
 /// through tcp_disconnect instead, and is not counted.
-pub(crate) fn reset_received(sk: *const u8) -> Result<(), i64> {
-    reset_received_at::<false>(sk)
-}
-
-/// `reset_received` for either kind of socket pointer: `BTF` when the hook passed a BTF-typed
-/// `struct sock *` (tp_btf), so fields load directly, as in `access::load`.
+///
+/// `BTF` when the hook passed a BTF-typed `struct sock *` (tp_btf), so fields load directly, as in
+/// `access::load`.
 #[inline(always)]
 pub(crate) fn reset_received_at<const BTF: bool>(sk: *const u8) -> Result<(), i64> {
     // The owner first: most sockets reset here were accepted already, and one load rules them out.

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use monitor_common::TCP_SYN_SENT;
 
 use crate::{
-    access::{direct, read_ctx},
+    access::{direct, load, read_ctx},
     maps::{check_program_name, off},
     pool_table::{socket, with_stats},
 };
@@ -36,28 +36,28 @@ check_program_name!(tcp_retransmit_skb_btf, TCP_RETRANSMIT_SKB_BTF);
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let _ = read_ctx(&ctx, off!(TP_OFFSETS.rx_reset_skaddr)).and_then(|sk| on_reset(sk, true));
+    let _ = read_ctx(&ctx, off!(TP_OFFSETS.rx_reset_skaddr)).and_then(|sk| on_reset::<false>(sk, true));
     0
 }
 check_program_name!(tcp_receive_reset, TCP_RECEIVE_RESET);
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    let _ = on_reset(ctx.arg(0), true);
+    let _ = on_reset::<true>(ctx.arg(0), true);
     0
 }
 check_program_name!(tcp_receive_reset_btf, TCP_RECEIVE_RESET_BTF);
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let _ = read_ctx(&ctx, off!(TP_OFFSETS.tx_reset_skaddr)).and_then(|sk| on_reset(sk, false));
+    let _ = read_ctx(&ctx, off!(TP_OFFSETS.tx_reset_skaddr)).and_then(|sk| on_reset::<false>(sk, false));
     0
 }
 check_program_name!(tcp_send_reset, TCP_SEND_RESET);
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    let _ = on_reset(ctx.arg(0), false);
+    let _ = on_reset::<true>(ctx.arg(0), false);
     0
 }
 check_program_name!(tcp_send_reset_btf, TCP_SEND_RESET_BTF);
@@ -79,13 +79,19 @@ fn on_syn_retransmit(sk: u64) {
     }
 }
 
+/// A reset for `sk`. `BTF`: the hook passed a BTF-typed socket, so fields load directly.
 #[inline(always)]
-fn on_reset(sk: u64, received: bool) -> Result<(), i64> {
+fn on_reset<const BTF: bool>(sk: u64, received: bool) -> Result<(), i64> {
     // A reset sent in answer to a packet no socket owns has none.
     if sk == 0 {
         return Ok(());
     }
-    if let Some(info) = socket(sk) {
+    // A passive child (a server's end, which inherits its listener's backlog) is never in the
+    // socket table: one load instead of a missed hash lookup, on the server's side of every reset.
+    // A socket that listened and then connect()ed reads as one too and its resets go uncounted,
+    // as its close does (`queue_table::passive_child`).
+    let passive = load::<u32, BTF>(sk as *const u8, off!(SOCK_OFFSETS.max_ack_backlog)).is_ok_and(|b| b != 0);
+    if let Some(info) = (!passive).then(|| socket(sk)).flatten() {
         with_stats(info.pool_id, |s| {
             if received {
                 s.resets_received += 1;
@@ -95,7 +101,7 @@ fn on_reset(sk: u64, received: bool) -> Result<(), i64> {
         });
     } else if received {
         // Not a client connection: maybe a child in an accept queue whose client gave up.
-        crate::queue_table::reset_received(sk as *const u8)?;
+        crate::queue_table::reset_received_at::<BTF>(sk as *const u8)?;
     }
     Ok(())
 }
