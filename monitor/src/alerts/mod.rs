@@ -264,8 +264,15 @@ impl Engine {
             }
             if self.cfg.accept_queue_slow_failure.enabled {
                 let abandoned = self.record("abandoned", &ll, now, l.queue.abandoned.unwrap_or(0) as f64);
-                let (cond, ann) =
-                    slow_failure::judge(l, &local(l), &abandoned, now, &self.cfg.accept_queue_slow_failure);
+                let queued = l.queued.map(|n| self.record("queued", &ll, now, n as f64));
+                let (cond, ann) = slow_failure::judge(
+                    l,
+                    &local(l),
+                    &abandoned,
+                    queued.as_deref(),
+                    now,
+                    &self.cfg.accept_queue_slow_failure,
+                );
                 if needed(Alert::SlowFailure, cond) {
                     judged.push((Alert::SlowFailure, ll.clone(), cond, ann));
                 }

@@ -163,8 +163,13 @@ pub struct SlowFailureRule {
     pub enabled: bool,
     /// How long clients wait for an answer before giving up (their connect or read timeout).
     pub client_timeout: Dur,
-    /// Abandoned connections within `window` that fire the rule on their own.
+    /// Abandoned connections within `window` that fire the rule on their own...
     pub min_abandoned: u64,
+    /// ...when they are at least this share of the connections queued within `window` (where
+    /// the eBPF peak probe counts them). A short queue that refuses the excess at once still sees
+    /// a few clients leave at the moment it takes them in (their final ACK was dropped while it
+    /// was full, and their timeout came first): a handful in thousands, not a slow failure.
+    pub min_abandoned_ratio: Ratio,
     pub window: Dur,
     #[serde(rename = "for")]
     pub for_duration: Dur,
@@ -177,6 +182,7 @@ impl Default for SlowFailureRule {
             enabled: true,
             client_timeout: secs(1),
             min_abandoned: 10,
+            min_abandoned_ratio: Ratio(0.05),
             window: secs(30),
             for_duration: secs(5),
             clear_for: secs(60),
