@@ -262,9 +262,13 @@ impl Engine {
                 ]);
                 judged.push((Alert::QueueSaturated, ll.clone(), cond, ann));
             }
+            // Connections queued (the peak probe's count): one series for the two rules that read it.
+            let queued = l
+                .queued
+                .filter(|_| self.cfg.accept_queue_slow_failure.enabled || self.cfg.inflight_growth.enabled)
+                .map(|n| self.record("queued", &ll, now, n as f64));
             if self.cfg.accept_queue_slow_failure.enabled {
                 let abandoned = self.record("abandoned", &ll, now, l.queue.abandoned.unwrap_or(0) as f64);
-                let queued = l.queued.map(|n| self.record("queued", &ll, now, n as f64));
                 let (cond, ann) = slow_failure::judge(
                     l,
                     &local(l),
@@ -300,9 +304,8 @@ impl Engine {
             }
             let established = self.record("established", &ll, now, f64::from(l.established));
             let depth = self.record("depth", &ll, now, f64::from(l.depth));
-            if let (Some(q), true) = (l.queued, self.cfg.inflight_growth.enabled) {
-                let queued = self.record("queued", &ll, now, q as f64);
-                let (cond, ann) = self.inflight(&established, &depth, &queued, now);
+            if let (Some(queued), true) = (&queued, self.cfg.inflight_growth.enabled) {
+                let (cond, ann) = self.inflight(&established, &depth, queued, now);
                 if needed(Alert::InflightGrowth, cond) {
                     judged.push((Alert::InflightGrowth, ll.clone(), cond, ann));
                 }

@@ -101,3 +101,77 @@ fn a_flapping_condition_does_not_flap_the_alert() {
     let names: Vec<(u64, bool)> = events.iter().map(|(t, c)| (*t, matches!(c, Change::Fired(_)))).collect();
     assert_eq!(names, vec![(10, true)], "fires once after for, never resolves while flapping: {events:?}");
 }
+
+/// The queued count feeds two rules (in-flight growth and slow failure): one sample per
+/// evaluation in one series, so neither sees each evaluation twice.
+#[test]
+fn a_listener_series_gets_one_sample_per_evaluation() {
+    let mut e = Engine::new(cfg(), BTreeMap::new());
+    let none = HashMap::new();
+    let none_l = HashMap::new();
+    let mut listener = crate::model::listeners::tests_support::listener(1, 8);
+    for t in 0..4u64 {
+        listener.queued = Some(10 * t);
+        let ls = [listener.clone()];
+        let inputs = Inputs {
+            pools: &[],
+            listeners: &ls,
+            namespaces: &[],
+            pool_signals: &none,
+            listener_signals: &none_l,
+            destinations: &[],
+            peer_names: &HashMap::new(),
+        };
+        e.evaluate(t as f64 * 5.0, &inputs);
+    }
+    let kinds = &e.series[&listener_labels(&listener)];
+    for kind in ["queued", "abandoned", "drops", "established", "depth"] {
+        assert_eq!(kinds[kind].len(), 4, "{kind}: {:?}", kinds[kind]);
+    }
+}
+
+/// Feeds one listener every 5 s up to `to` with the default rules; returns when InFlightGrowth
+/// fired, if it did. `established(t)` and `queued(t)` (connections queued since start) shape it.
+fn inflight_fired(to: u64, established: impl Fn(u64) -> u32, queued: impl Fn(u64) -> u64) -> Option<u64> {
+    let mut e = Engine::new(AlertsConfig::default(), BTreeMap::new());
+    let none = HashMap::new();
+    let none_l = HashMap::new();
+    let mut listener = crate::model::listeners::tests_support::listener(0, 128);
+    for t in (0..=to).step_by(5) {
+        listener.established = established(t);
+        listener.queued = Some(queued(t));
+        let ls = [listener.clone()];
+        let inputs = Inputs {
+            pools: &[],
+            listeners: &ls,
+            namespaces: &[],
+            pool_signals: &none,
+            listener_signals: &none_l,
+            destinations: &[],
+            peer_names: &HashMap::new(),
+        };
+        let fired = e
+            .evaluate(t as f64, &inputs)
+            .into_iter()
+            .any(|c| matches!(c, Change::Fired(a) if a.alertname == "InFlightGrowth"));
+        if fired {
+            return Some(t);
+        }
+    }
+    None
+}
+
+#[test]
+fn in_flight_work_growing_at_a_steady_accept_rate_fires_after_the_window_and_for() {
+    // Little's law after a spike: 5 accepts/s, and 2 more connections held every minute.
+    let at = inflight_fired(900, |t| 40 + (t / 30) as u32, |t| 5 * t);
+    // 80% of the 10m window (480 s) must be seen, then `for` (2m) must pass.
+    assert!(at.is_some_and(|t| (600..=620).contains(&t)), "fired at {at:?}");
+}
+
+#[test]
+fn in_flight_work_that_is_flat_or_follows_the_load_stays_silent() {
+    assert_eq!(inflight_fired(900, |_| 40, |t| 5 * t), None, "flat at 40");
+    // Connections grow because arrivals grow: the accept rate doubles over the window.
+    assert_eq!(inflight_fired(900, |t| 40 + (t / 30) as u32, |t| t * t / 120), None, "growing with the load");
+}
