@@ -35,6 +35,20 @@ fn run(e: &mut Engine, from: u64, to: u64, f: impl Fn(u64) -> i64) -> Vec<(u64, 
     out
 }
 
+/// Evaluates `e` at `t` on `listeners` alone.
+fn evaluate_listeners(e: &mut Engine, t: f64, listeners: &[Listener]) -> Vec<Change> {
+    let inputs = Inputs {
+        pools: &[],
+        listeners,
+        namespaces: &[],
+        pool_signals: &HashMap::new(),
+        listener_signals: &HashMap::new(),
+        destinations: &[],
+        peer_names: &HashMap::new(),
+    };
+    e.evaluate(t, &inputs)
+}
+
 #[test]
 fn a_leaking_pool_fires_with_time_to_ceiling_and_resolves_after_a_plateau() {
     let mut ceilings = BTreeMap::new();
@@ -77,24 +91,13 @@ fn a_flapping_condition_does_not_flap_the_alert() {
     c.accept_queue_saturated.for_duration = Dur(Duration::from_secs(10));
     c.accept_queue_saturated.clear_for = Dur(Duration::from_secs(10));
     let mut e = Engine::new(c, BTreeMap::new());
-    let none = HashMap::new();
-    let none_l = HashMap::new();
     let mut listener = crate::model::listeners::tests_support::listener(4, 4);
     let mut events = Vec::new();
     for t in 0..60u64 {
         // Full for 20 s, then alternating every second for 40 s.
         listener.depth = if t < 20 || t % 2 == 0 { 4 } else { 0 };
         let ls = [listener.clone()];
-        let inputs = Inputs {
-            pools: &[],
-            listeners: &ls,
-            namespaces: &[],
-            pool_signals: &none,
-            listener_signals: &none_l,
-            destinations: &[],
-            peer_names: &HashMap::new(),
-        };
-        for ch in e.evaluate(t as f64, &inputs) {
+        for ch in evaluate_listeners(&mut e, t as f64, &ls) {
             events.push((t, ch));
         }
     }
@@ -107,22 +110,11 @@ fn a_flapping_condition_does_not_flap_the_alert() {
 #[test]
 fn a_listener_series_gets_one_sample_per_evaluation() {
     let mut e = Engine::new(cfg(), BTreeMap::new());
-    let none = HashMap::new();
-    let none_l = HashMap::new();
     let mut listener = crate::model::listeners::tests_support::listener(1, 8);
     for t in 0..4u64 {
         listener.queued = Some(10 * t);
         let ls = [listener.clone()];
-        let inputs = Inputs {
-            pools: &[],
-            listeners: &ls,
-            namespaces: &[],
-            pool_signals: &none,
-            listener_signals: &none_l,
-            destinations: &[],
-            peer_names: &HashMap::new(),
-        };
-        e.evaluate(t as f64 * 5.0, &inputs);
+        evaluate_listeners(&mut e, t as f64 * 5.0, &ls);
     }
     let kinds = &e.series[&listener_labels(&listener)];
     for kind in ["queued", "abandoned", "drops", "established", "depth"] {
@@ -134,24 +126,12 @@ fn a_listener_series_gets_one_sample_per_evaluation() {
 /// fired, if it did. `established(t)` and `queued(t)` (connections queued since start) shape it.
 fn inflight_fired(to: u64, established: impl Fn(u64) -> u32, queued: impl Fn(u64) -> u64) -> Option<u64> {
     let mut e = Engine::new(AlertsConfig::default(), BTreeMap::new());
-    let none = HashMap::new();
-    let none_l = HashMap::new();
     let mut listener = crate::model::listeners::tests_support::listener(0, 128);
     for t in (0..=to).step_by(5) {
         listener.established = established(t);
         listener.queued = Some(queued(t));
         let ls = [listener.clone()];
-        let inputs = Inputs {
-            pools: &[],
-            listeners: &ls,
-            namespaces: &[],
-            pool_signals: &none,
-            listener_signals: &none_l,
-            destinations: &[],
-            peer_names: &HashMap::new(),
-        };
-        let fired = e
-            .evaluate(t as f64, &inputs)
+        let fired = evaluate_listeners(&mut e, t as f64, &ls)
             .into_iter()
             .any(|c| matches!(c, Change::Fired(a) if a.alertname == "InFlightGrowth"));
         if fired {
