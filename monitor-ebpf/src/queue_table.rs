@@ -38,6 +38,13 @@ pub(crate) fn passive_child<F: Fields>(f: &F) -> bool {
     f.max_ack_backlog().is_ok_and(|b| b != 0)
 }
 
+/// `passive_child` for the reset hooks, which have a bare socket pointer rather than `Fields`:
+/// `BTF` as in `access::load`. Its resets go uncounted the same way its close does.
+#[inline(always)]
+pub(crate) fn passive_child_at<const BTF: bool>(sk: *const u8) -> bool {
+    load::<u32, BTF>(sk, off!(SOCK_OFFSETS.max_ack_backlog)).is_ok_and(|b| b != 0)
+}
+
 /// Called from the state probe when a passive child finished its handshake (it is now queued).
 #[inline(always)]
 pub(crate) fn child_queued(sk: u64, key: &QueueKey) {

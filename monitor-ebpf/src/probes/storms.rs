@@ -11,7 +11,7 @@ use aya_ebpf::{
 use monitor_common::TCP_SYN_SENT;
 
 use crate::{
-    access::{direct, load, read_ctx},
+    access::{direct, read_ctx},
     maps::{check_program_name, off},
     pool_table::{socket, with_stats},
 };
@@ -86,11 +86,9 @@ fn on_reset<const BTF: bool>(sk: u64, received: bool) -> Result<(), i64> {
     if sk == 0 {
         return Ok(());
     }
-    // A passive child (a server's end, which inherits its listener's backlog) is never in the
-    // socket table: one load instead of a missed hash lookup, on the server's side of every reset.
-    // A socket that listened and then connect()ed reads as one too and its resets go uncounted,
-    // as its close does (`queue_table::passive_child`).
-    let passive = load::<u32, BTF>(sk as *const u8, off!(SOCK_OFFSETS.max_ack_backlog)).is_ok_and(|b| b != 0);
+    // A passive child (a server's end) is never in the socket table: one load instead of a missed
+    // hash lookup, on the server's side of every reset.
+    let passive = crate::queue_table::passive_child_at::<BTF>(sk as *const u8);
     if let Some(info) = (!passive).then(|| socket(sk)).flatten() {
         with_stats(info.pool_id, |s| {
             if received {
