@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn a_short_queue_that_takes_in_thousands_and_loses_a_few_stays_silent() {
-        // The short-backlog replay: about 80 queued a second, 5–9 abandoned in 35 s (the ACKs
+        // The short-backlog replay: about 80 queued a second, 4–13 abandoned in 35 s (the ACKs
         // dropped while the queue was full); here 12 in 30 s, over min_abandoned on its own.
         assert!(!fires(0.4, Some(80.0)));
     }
