@@ -10,8 +10,12 @@
 //!    `<target>/xtask-logs/`: `cargo xtask dist` (the static release binary and tarball),
 //!    `cargo xtask image` and `cargo xtask fuzz --build-only`;
 //! 4. every test binary but the two that check step 3's artifacts (`tests/dist.rs`,
-//!    `tests/container.rs`), one after another as `cargo test` runs them;
-//! 5. those two once the tarball and the image exist, then the doc tests;
+//!    `tests/container.rs`), one after another as `cargo test` runs them; beside them, the one
+//!    that waits for a real ten-minute alert window (`tests/incidents_inflight.rs`, gentle traffic
+//!    in a namespace of its own: every test picks its alerts by its own labels), its output into
+//!    `<target>/xtask-logs/test-incidents_inflight.log` and onto the terminal when it ends;
+//! 5. those two once the tarball and the image exist, then the doc tests, then step 4's long test
+//!    is waited for;
 //! 6. the kernel matrix's guests (`tests/kernel_smoke.rs` under qemu; the host's run is step 4's);
 //! 7. once step 3 has built them, every fuzz target's corpus and 10 s of fuzzing each, one
 //!    target per CPU at a time.
@@ -44,6 +48,9 @@ pub const LOCK_ENV: &str = "CONNMON_TEST_LOCK";
 /// The integration tests that check the release tarball and the image: they run once the
 /// background builds made them.
 const NEED_ARTIFACTS: &[&str] = &["dist", "container"];
+/// The integration test that waits out a default ten-minute alert window: run beside the others
+/// (it needs the clock, not the CPU), so that it adds nothing to the suite's time.
+const BESIDE: &str = "incidents_inflight";
 
 /// `cargo test` over the workspace's user-space crates, the root of every test command here.
 fn cargo_test() -> Command {
@@ -101,9 +108,10 @@ pub fn run() -> Result<()> {
     let lock = Some(TestLock::acquire()?);
     let waited = started.elapsed();
     let started = Instant::now();
+    let beside = Beside::start(&built);
     let mut first = cargo_test();
     first.args(["--no-fail-fast", "--lib", "--bins"]);
-    for name in built.tests.iter().filter(|t| !NEED_ARTIFACTS.contains(&t.as_str())) {
+    for name in built.tests.iter().filter(|t| !NEED_ARTIFACTS.contains(&t.as_str()) && t.as_str() != BESIDE) {
         first.args(["--test", name]);
     }
     let result = run_inherit(&mut first);
@@ -147,6 +155,10 @@ pub fn run() -> Result<()> {
     let result = run_inherit(cargo_test().args(["--no-fail-fast", "--doc"]));
     steps.record("doc tests", started, &result);
     note("doc tests", result);
+    let started = Instant::now();
+    let result = beside.wait();
+    steps.record(&format!("wait for tests/{BESIDE}.rs (started with the test binaries)"), started, &result);
+    note(&format!("tests ({BESIDE})"), result);
 
     // The guests run the same kernel_smoke binary the suite ran on the host above.
     let started = Instant::now();
@@ -192,6 +204,9 @@ struct Built {
     /// Integration test targets (`tests/*.rs`) by name.
     tests: Vec<String>,
     kernel_smoke: Option<PathBuf>,
+    /// The executable of [`BESIDE`], run without cargo (a second `cargo test` would wait for the
+    /// first one's lock on the target dir).
+    beside: Option<PathBuf>,
 }
 
 fn build_tests() -> Result<Built> {
@@ -207,15 +222,18 @@ fn build_tests() -> Result<Built> {
 
 /// The test targets in cargo's JSON messages.
 fn parse_built(json_lines: &str) -> Result<Built> {
-    let mut built = Built { tests: Vec::new(), kernel_smoke: None };
+    let mut built = Built { tests: Vec::new(), kernel_smoke: None, beside: None };
     for line in json_lines.lines().filter(|l| l.contains("\"reason\":\"compiler-artifact\"")) {
         let v: serde_json::Value = serde_json::from_str(line).context("cargo's JSON message")?;
         if v["profile"]["test"] != true || v["target"]["kind"][0] != "test" {
             continue;
         }
         let name = v["target"]["name"].as_str().context("a test target without a name")?.to_string();
+        let executable = v["executable"].as_str().map(PathBuf::from);
         if name == "kernel_smoke" {
-            built.kernel_smoke = v["executable"].as_str().map(PathBuf::from);
+            built.kernel_smoke = executable;
+        } else if name == BESIDE {
+            built.beside = executable;
         }
         built.tests.push(name);
     }
@@ -225,6 +243,40 @@ fn parse_built(json_lines: &str) -> Result<Built> {
         bail!("cargo built no integration test binary");
     }
     Ok(built)
+}
+
+/// Step 4's long test, running beside the others: its thread, and its log.
+struct Beside {
+    run: thread::JoinHandle<Result<()>>,
+    log: PathBuf,
+}
+
+impl Beside {
+    fn start(built: &Built) -> Beside {
+        let log = log_path(&format!("test-{BESIDE}"));
+        let _ = std::fs::remove_file(&log);
+        let exe = built.beside.clone();
+        let to = log.clone();
+        let run = thread::spawn(move || {
+            let exe = exe.with_context(|| format!("cargo built no {BESIDE} test binary"))?;
+            // As cargo runs an integration test: from its package's folder.
+            let mut cmd = Command::new(exe);
+            cmd.arg("--nocapture").current_dir(workspace_root().join("monitor"));
+            let hint = format!("tests/{BESIDE}.rs failed beside the other tests: its log says why");
+            run_logged(&mut cmd, &to, &hint)
+        });
+        println!("=== test: started tests/{BESIDE}.rs beside the other test binaries (log {})", log.display());
+        Beside { run, log }
+    }
+
+    /// Waits for it; shows its log when it passed (a failure's tail is shown by `run_logged`).
+    fn wait(self) -> Result<()> {
+        let result = self.run.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the thread running it panicked")));
+        if result.is_ok() {
+            println!("=== test: tests/{BESIDE}.rs\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+        result
+    }
 }
 
 /// The niced builds of step 3.
@@ -320,11 +372,13 @@ mod tests {
             r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"connmon"},"profile":{"test":true},"executable":"/t/connmon-1"}"#,
             r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"kernel_smoke"},"profile":{"test":true},"executable":"/t/kernel_smoke-2"}"#,
             r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"dist"},"profile":{"test":true},"executable":"/t/dist-3"}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"incidents_inflight"},"profile":{"test":true},"executable":"/t/incidents_inflight-4"}"#,
             r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"serde"},"profile":{"test":false},"executable":null}"#,
             r#"{"reason":"build-finished","success":true}"#,
         ];
         let built = parse_built(&lines.join("\n")).unwrap();
-        assert_eq!(built.tests, ["dist", "kernel_smoke"]);
+        assert_eq!(built.tests, ["dist", "incidents_inflight", "kernel_smoke"]);
+        assert_eq!(built.beside, Some(PathBuf::from("/t/incidents_inflight-4")));
         assert_eq!(built.kernel_smoke, Some(PathBuf::from("/t/kernel_smoke-2")));
         assert!(parse_built(lines[0]).is_err(), "no integration test at all is an error");
     }

@@ -18,6 +18,7 @@ pub use connmon::alerts::Alert;
 pub const POOL_GROWTH: &str = Alert::PoolGrowth.name();
 pub const QUEUE_SATURATED: &str = Alert::QueueSaturated.name();
 pub const LISTEN_OVERFLOW: &str = Alert::ListenOverflow.name();
+pub const INFLIGHT_GROWTH: &str = Alert::InflightGrowth.name();
 pub use connmon::export::{ALERTS_FIRED, ALERT_ACTIVE};
 
 /// The agent's GET /api/v1/alerts.

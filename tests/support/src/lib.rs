@@ -62,6 +62,7 @@ pub mod client;
 pub mod exports;
 pub mod grafana;
 pub mod incidents;
+pub mod inflight;
 pub mod kube;
 pub mod kube_api;
 pub mod leak_client;
