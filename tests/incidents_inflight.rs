@@ -10,11 +10,18 @@
 //! 2m: about ten minutes after the listener appears). Its healthy twin, the same server and the
 //! same arrivals without the spike, keeps up and stays silent.
 //!
+//! The rule twin: a real Prometheus loads the shipped deploy/prometheus/connmon-rules.yml and
+//! scrapes the agent every 15 s. Its InFlightGrowth has `for: 10m` over a 10m window, so it fires
+//! minutes after the agent's; when the agent fires, the twin's expression must already hold for
+//! the server (the alert pending or firing in Prometheus) and not for the twin.
+//!
 //! Truth here: `ss -tn state established` in the test's namespace (the server's open
 //! connections), and the clients' own count of what they started and got back.
+//! Needs Prometheus (Debian: package `prometheus`; `PROMETHEUS` overrides the binary).
 //!
-//! The test waits for a real ten-minute window, so `cargo xtask test` runs this binary beside the
-//! others rather than after them. Needs root.
+//! The test waits for a real ten-minute window, so `cargo xtask test` runs this binary after the
+//! other test binaries, beside the steps that load no eBPF on the host (the matrix's guests,
+//! fuzzing). Needs root.
 
 use connmon_test_support as common;
 
@@ -38,6 +45,9 @@ const KNEE: f64 = 10.0;
 /// 30 s for the agent's one-second evaluations and the clients' start.
 const FIRES_WITHIN_S: f64 = 630.0;
 
+/// Prometheus's scrape and rule evaluation interval: a common production setting.
+const SCRAPE_INTERVAL: &str = "15s";
+
 fn listener_labels<'a>(ino: &'a str, port: &'a str) -> [(&'a str, &'a str); 3] {
     [("netns", ino), ("addr", "127.0.0.1"), ("port", port)]
 }
@@ -54,6 +64,13 @@ fn waiting_growth_per_min(clients: &SteadyClients, secs: f64) -> f64 {
 #[test]
 fn inflight_growth_after_a_spike_fires_with_defaults_and_the_twin_stays_silent() {
     let agent = Agent::start(&[]);
+    let rules = workspace::root().join("deploy/prometheus/connmon-rules.yml");
+    let config = format!(
+        "{}rule_files:\n  - '{}'\n",
+        scrape_config("connmon", SCRAPE_INTERVAL, &[agent.addr()]),
+        rules.display()
+    );
+    let prom = Prometheus::start(&config);
     let ns = Netns::new();
     let ino = ns.inode().to_string();
     let (port, twin_port) = (unique_port(), unique_port());
@@ -119,4 +136,29 @@ fn inflight_growth_after_a_spike_fires_with_defaults_and_the_twin_stays_silent()
     let needles = [format!("netns={ino:?}"), format!("port={twin_s:?}")];
     let fired = log_lines(&agent, "firing", INFLIGHT_GROWTH, &needles);
     assert!(fired.is_empty(), "the agent fired InFlightGrowth for the healthy twin: {fired:#?}");
+
+    // The rule twin in a real Prometheus, on the same exposition.
+    let twin_rule = |p: &str| {
+        let expr = format!("ALERTS{{alertname=\"{INFLIGHT_GROWTH}\",netns=\"{ino}\",port=\"{p}\"}}");
+        prom.query(&expr).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let server_rule = twin_rule(&port_s);
+    let states: Vec<&str> = server_rule.iter().filter_map(|s| s.label("alertstate")).collect();
+    let half = |offset: &str| {
+        let expr = format!(
+            "sum without (client_class) (increase(connmon_listen_accepts_total{{port=\"{port_s}\"}}[5m]{offset}))"
+        );
+        prom.query(&expr).map(|v| v.iter().map(|s| s.value).collect::<Vec<_>>())
+    };
+    eprintln!(
+        "Prometheus: InFlightGrowth {states:?}; accepts in the last 5m {:?}, in the 5m before {:?}",
+        half(""),
+        half(" offset 5m")
+    );
+    assert!(
+        states.iter().any(|s| *s == "pending" || *s == "firing"),
+        "when the agent fired, Prometheus's InFlightGrowth (deploy/prometheus/connmon-rules.yml) did not hold for the server: {server_rule:?}"
+    );
+    let twin_listed = twin_rule(&twin_s);
+    assert!(twin_listed.is_empty(), "Prometheus's InFlightGrowth holds for the healthy twin: {twin_listed:?}");
 }

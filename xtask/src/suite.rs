@@ -10,21 +10,22 @@
 //!    `<target>/xtask-logs/`: `cargo xtask dist` (the static release binary and tarball),
 //!    `cargo xtask image` and `cargo xtask fuzz --build-only`;
 //! 4. every test binary but the two that check step 3's artifacts (`tests/dist.rs`,
-//!    `tests/container.rs`), one after another as `cargo test` runs them; beside them, the one
-//!    that waits for a real ten-minute alert window (`tests/incidents_inflight.rs`, gentle traffic
-//!    in a namespace of its own: every test picks its alerts by its own labels), its output into
-//!    `<target>/xtask-logs/test-incidents_inflight.log` and onto the terminal when it ends;
-//! 5. those two once the tarball and the image exist, then the doc tests, then step 4's long test
-//!    is waited for;
-//! 6. the kernel matrix's guests (`tests/kernel_smoke.rs` under qemu; the host's run is step 4's);
-//! 7. once step 3 has built them, every fuzz target's corpus and 10 s of fuzzing each, one
-//!    target per CPU at a time.
+//!    `tests/container.rs`) and the long one of step 5, one after another as `cargo test` runs
+//!    them;
+//! 5. those two once the tarball and the image exist; then the one that waits out a real
+//!    ten-minute alert window (`tests/incidents_inflight.rs`) starts, beside steps 6 to 8, which
+//!    load no eBPF on this host (its output goes into
+//!    `<target>/xtask-logs/test-incidents_inflight.log`, and onto the terminal when it ends);
+//! 6. the doc tests;
+//! 7. the kernel matrix's guests (`tests/kernel_smoke.rs` under qemu; the host's run is step 4's);
+//! 8. once step 3 has built them, every fuzz target's corpus and 10 s of fuzzing each, one
+//!    target per CPU at a time; then step 5's long test is waited for.
 //!
 //! Every step runs even when an earlier one failed (one run shows everything); the command fails
 //! at the end if any did, after a table of how long each step took. With `CONNMON_TEST_LOCK=FILE`
-//! (shared development machines), steps 4 and 5 hold an exclusive `flock` on FILE (let go between
-//! them only to wait for step 3's artifacts), so tests that load eBPF programs never overlap
-//! another checkout's, and no wait for a build holds it.
+//! (shared development machines), steps 4 and 5 hold an exclusive `flock` on FILE until step 5's
+//! long test ends (let go between steps 4 and 5 only to wait for step 3's artifacts), so tests
+//! that load eBPF programs never overlap another checkout's, and no wait for a build holds it.
 
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
@@ -48,8 +49,10 @@ pub const LOCK_ENV: &str = "CONNMON_TEST_LOCK";
 /// The integration tests that check the release tarball and the image: they run once the
 /// background builds made them.
 const NEED_ARTIFACTS: &[&str] = &["dist", "container"];
-/// The integration test that waits out a default ten-minute alert window: run beside the others
-/// (it needs the clock, not the CPU), so that it adds nothing to the suite's time.
+/// The integration test that waits out a default ten-minute alert window. It needs the clock, not
+/// the CPU, so it runs beside the steps after the test binaries: not beside them, where its agent
+/// would be a second tracer of every connection and its pool of a thousand connections the
+/// busiest on the host (which `pools_limits`' series cap must find to be its own).
 const BESIDE: &str = "incidents_inflight";
 
 /// `cargo test` over the workspace's user-space crates, the root of every test command here.
@@ -108,7 +111,6 @@ pub fn run() -> Result<()> {
     let lock = Some(TestLock::acquire()?);
     let waited = started.elapsed();
     let started = Instant::now();
-    let beside = Beside::start(&built);
     let mut first = cargo_test();
     first.args(["--no-fail-fast", "--lib", "--bins"]);
     for name in built.tests.iter().filter(|t| !NEED_ARTIFACTS.contains(&t.as_str()) && t.as_str() != BESIDE) {
@@ -149,16 +151,15 @@ pub fn run() -> Result<()> {
     });
     steps.record("tests/dist.rs and tests/container.rs", started, &result);
     note("tests (dist, container)", result);
-    drop(lock);
     held += started.elapsed();
+    // From here to the end no other step loads eBPF on this host: the long test runs beside them,
+    // holding the lock.
+    let beside_started = Instant::now();
+    let beside = Beside::start(&built);
     let started = Instant::now();
     let result = run_inherit(cargo_test().args(["--no-fail-fast", "--doc"]));
     steps.record("doc tests", started, &result);
     note("doc tests", result);
-    let started = Instant::now();
-    let result = beside.wait();
-    steps.record(&format!("wait for tests/{BESIDE}.rs (started with the test binaries)"), started, &result);
-    note(&format!("tests ({BESIDE})"), result);
 
     // The guests run the same kernel_smoke binary the suite ran on the host above.
     let started = Instant::now();
@@ -181,6 +182,12 @@ pub fn run() -> Result<()> {
     let result = fuzz::run(&fuzz_opts, &[]);
     steps.record("fuzz targets", started, &result);
     note("fuzz", result);
+    let started = Instant::now();
+    let result = beside.wait();
+    steps.record(&format!("wait for tests/{BESIDE}.rs (started after tests/container.rs)"), started, &result);
+    note(&format!("tests ({BESIDE})"), result);
+    drop(lock);
+    held += beside_started.elapsed();
 
     println!("\n=== test: {} in all", elapsed(t0.elapsed()));
     for (name, took, ok) in &steps.0 {
@@ -245,7 +252,7 @@ fn parse_built(json_lines: &str) -> Result<Built> {
     Ok(built)
 }
 
-/// Step 4's long test, running beside the others: its thread, and its log.
+/// Step 5's long test, running beside the later steps: its thread, and its log.
 struct Beside {
     run: thread::JoinHandle<Result<()>>,
     log: PathBuf,
@@ -262,10 +269,10 @@ impl Beside {
             // As cargo runs an integration test: from its package's folder.
             let mut cmd = Command::new(exe);
             cmd.arg("--nocapture").current_dir(workspace_root().join("monitor"));
-            let hint = format!("tests/{BESIDE}.rs failed beside the other tests: its log says why");
+            let hint = format!("tests/{BESIDE}.rs failed: its log says why");
             run_logged(&mut cmd, &to, &hint)
         });
-        println!("=== test: started tests/{BESIDE}.rs beside the other test binaries (log {})", log.display());
+        println!("=== test: started tests/{BESIDE}.rs, beside the steps that follow (log {})", log.display());
         Beside { run, log }
     }
 
