@@ -3,11 +3,10 @@
 //! `tests/fixtures/steady_clients.py` with their own count of what they started and got back, and
 //! `ss`'s count of the server's open connections, the oracle for the agent's.
 
-use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 
-use super::{workspace, Netns, TempDir};
+use super::{start_fixture_server, workspace, Netns, TempDir};
 
 /// `inflight_server.py ADDR PORT CAPACITY KNEE` in `ns` (Debian's python3): accepts everything,
 /// completes `capacity / (1 + L / knee)` requests a second with L in flight. Killed on drop.
@@ -17,21 +16,8 @@ pub struct InflightServer {
 
 impl InflightServer {
     pub fn start(ns: &Netns, addr: &str, port: u16, capacity: f64, knee: f64) -> InflightServer {
-        let script = workspace::root().join("tests/fixtures/inflight_server.py").display().to_string();
         let args = [addr.to_string(), port.to_string(), capacity.to_string(), knee.to_string()];
-        let mut argv = vec!["/usr/bin/python3", script.as_str()];
-        argv.extend(args.iter().map(String::as_str));
-        let mut child = ns
-            .command(&argv)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::io::BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("read from {argv:?}: {e}"));
-        assert_eq!(line.trim(), "listening", "{argv:?} did not start");
-        InflightServer { child }
+        InflightServer { child: start_fixture_server(ns, "inflight_server.py", &args) }
     }
 }
 

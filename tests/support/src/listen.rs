@@ -56,6 +56,26 @@ pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
 }
 
+/// `tests/fixtures/SCRIPT ARGS` under Debian's python3 in `ns`, its stdin a pipe (the servers exit
+/// when it closes) and its first line of output read: they print `listening` once they listen.
+pub fn start_fixture_server(ns: &Netns, script: &str, args: &[String]) -> std::process::Child {
+    use std::io::BufRead as _;
+    let script = super::workspace::root().join("tests/fixtures").join(script).display().to_string();
+    let mut argv = vec!["/usr/bin/python3", script.as_str()];
+    argv.extend(args.iter().map(String::as_str));
+    let mut child = ns
+        .command(&argv)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("read from {argv:?}: {e}"));
+    assert_eq!(line.trim(), "listening", "{argv:?} did not start");
+    child
+}
+
 /// The pre-fork server of `tests/fixtures/prefork_server.py` (Debian's python3), started in `ns`:
 /// it listens with the backlog asked for and forks `workers` that accept, send a greeting byte,
 /// work `service_ms` and reply. `addr` is an IP address, a unix path or `@abstract-name`. Killed
@@ -66,24 +86,9 @@ pub struct PreforkServer {
 
 impl PreforkServer {
     pub fn start(ns: &Netns, addr: &str, port: u16, backlog: i32, workers: u32, service_ms: u32) -> PreforkServer {
-        use std::io::BufRead as _;
-        let script = super::workspace::root().join("tests/fixtures/prefork_server.py");
-        let script = script.display().to_string();
         let args =
             [addr.to_string(), port.to_string(), backlog.to_string(), workers.to_string(), service_ms.to_string()];
-        let mut argv = vec!["/usr/bin/python3", script.as_str()];
-        argv.extend(args.iter().map(String::as_str));
-        let mut child = ns
-            .command(&argv)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
-        std::io::BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("read from {argv:?}: {e}"));
-        assert_eq!(line.trim(), "listening", "{argv:?} did not start");
-        PreforkServer { child }
+        PreforkServer { child: start_fixture_server(ns, "prefork_server.py", &args) }
     }
 
     pub fn pid(&self) -> u32 {
