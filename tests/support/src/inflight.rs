@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 
-use super::{start_fixture_server, workspace, Netns, TempDir};
+use super::{fixture_command, start_fixture_server, Netns, TempDir};
 
 /// `inflight_server.py ADDR PORT CAPACITY KNEE` in `ns` (Debian's python3): accepts everything,
 /// completes `capacity / (1 + L / knee)` requests a second with L in flight. Killed on drop.
@@ -64,15 +64,13 @@ impl SteadyClients {
     ) -> SteadyClients {
         let dir = TempDir::new("connmon-steady");
         let status = dir.path().join("status.txt");
-        let script = workspace::root().join("tests/fixtures/steady_clients.py").display().to_string();
         let mut args = vec![addr.to_string(), port.to_string(), rate.to_string(), seconds.to_string()];
         args.push(status.display().to_string());
         if let Some((at, n)) = spike {
             args.extend([at.to_string(), n.to_string()]);
         }
-        let mut argv = vec!["/usr/bin/python3", script.as_str()];
-        argv.extend(args.iter().map(String::as_str));
-        let child = ns.command(&argv).stdout(Stdio::null()).spawn().unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
+        let mut cmd = fixture_command(ns, "steady_clients.py", &args);
+        let child = cmd.stdout(Stdio::null()).spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
         SteadyClients { child, status, _dir: dir }
     }
 

@@ -56,23 +56,28 @@ pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
 }
 
-/// `tests/fixtures/SCRIPT ARGS` under Debian's python3 in `ns`, its stdin a pipe (the servers exit
-/// when it closes) and its first line of output read: they print `listening` once they listen.
-pub fn start_fixture_server(ns: &Netns, script: &str, args: &[String]) -> std::process::Child {
-    use std::io::BufRead as _;
+/// `tests/fixtures/SCRIPT ARGS` under Debian's python3 in `ns`, not yet spawned.
+pub fn fixture_command(ns: &Netns, script: &str, args: &[String]) -> std::process::Command {
     let script = super::workspace::root().join("tests/fixtures").join(script).display().to_string();
     let mut argv = vec!["/usr/bin/python3", script.as_str()];
     argv.extend(args.iter().map(String::as_str));
-    let mut child = ns
-        .command(&argv)
+    ns.command(&argv)
+}
+
+/// [`fixture_command`] spawned with its stdin a pipe (the servers exit when it closes) and its
+/// first line of output read: they print `listening` once they listen.
+pub fn start_fixture_server(ns: &Netns, script: &str, args: &[String]) -> std::process::Child {
+    use std::io::BufRead as _;
+    let mut cmd = fixture_command(ns, script, args);
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
     let mut line = String::new();
     let stdout = child.stdout.take().expect("piped stdout");
-    std::io::BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("read from {argv:?}: {e}"));
-    assert_eq!(line.trim(), "listening", "{argv:?} did not start");
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("read from {cmd:?}: {e}"));
+    assert_eq!(line.trim(), "listening", "{cmd:?} did not start");
     child
 }
 
@@ -131,13 +136,10 @@ impl TimeoutClients {
         let dir = TempDir::new("connmon-clients");
         let out = dir.path().join("attempts.txt");
         let file = std::fs::File::create(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
-        let script = super::workspace::root().join("tests/fixtures/timeout_clients.py");
-        let script = script.display().to_string();
         let args =
             [addr.to_string(), port.to_string(), threads.to_string(), timeout_ms.to_string(), seconds.to_string()];
-        let mut argv = vec!["/usr/bin/python3", script.as_str()];
-        argv.extend(args.iter().map(String::as_str));
-        let child = ns.command(&argv).stdout(file).spawn().unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
+        let mut cmd = fixture_command(ns, "timeout_clients.py", &args);
+        let child = cmd.stdout(file).spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
         TimeoutClients { child, out, _dir: dir }
     }
 
